@@ -1,0 +1,269 @@
+"""Reading and writing model checkpoints.
+
+Our format is a folder with ``config.json`` (``model_type: brainlm``) and ``model.safetensors``
+holding :class:`~brainlm.model.BrainLMForPretraining`'s state dict.
+
+The original BrainLM format (``model_type: brainlm_mae``, a ``transformers`` checkpoint of
+its ``BrainLMForPretraining``) comes in through one adapter here: its config keys map one to
+one, its separate query/key/value weights are fused, and two kinds of stored tensors that
+carry no information are dropped (the sinusoidal tables ``*.pos_embedding.pe``, which we
+compute, and ``decoder.decoder_pred``, a leftover image head that the original never uses).
+
+Pickled ``.bin`` files are read with ``torch.load(weights_only=True)`` only: a pickle that
+would run code is refused before anything in it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from brainlm.model import BrainLMConfig, BrainLMForPretraining
+
+__all__ = ["load_pretrained", "save_pretrained", "load_state_dict_file", "convert_original_state_dict"]
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+# Config keys of the original that have no meaning here (image-model leftovers, HF metadata).
+_ORIGINAL_IGNORED_KEYS = {
+    "architectures", "image_size", "patch_size", "num_channels", "norm_pix_loss", "torch_dtype",
+    "transformers_version", "model_type", "_name_or_path", "output_attentions", "output_hidden_states",
+    "return_dict", "use_return_dict", "id2label", "label2id", "problem_type", "chunk_size_feed_forward",
+    "is_encoder_decoder", "tie_word_embeddings", "pruned_heads",
+}
+# Stored tensors of the original that carry nothing we need.
+_ORIGINAL_DROPPED = re.compile(r"(^|\.)pos_embedding\.pe$|^decoder\.decoder_pred\.(weight|bias)$")
+
+# original layer sub-module name -> ours (qkv handled separately)
+_LAYER_RENAMES = {
+    "attention.self.conv.weight": "attn.conv.weight",
+    "attention.output.dense.weight": "attn.proj.weight",
+    "attention.output.dense.bias": "attn.proj.bias",
+    "attention.output.LayerNorm.weight": "norm1.weight",
+    "attention.output.LayerNorm.bias": "norm1.bias",
+    "intermediate.dense.weight": "mlp.fc1.weight",
+    "intermediate.dense.bias": "mlp.fc1.bias",
+    "output.dense.weight": "mlp.fc2.weight",
+    "output.dense.bias": "mlp.fc2.bias",
+    "output.LayerNorm.weight": "norm2.weight",
+    "output.LayerNorm.bias": "norm2.bias",
+}
+_TOP_RENAMES = {
+    "vit.embeddings.cls_token": "encoder.cls_token",
+    "vit.embeddings.signal_embedding_projection.weight": "encoder.signal_proj.weight",
+    "vit.embeddings.signal_embedding_projection.bias": "encoder.signal_proj.bias",
+    "vit.embeddings.xyz_embedding_projection.weight": "encoder.xyz_proj.weight",
+    "vit.embeddings.xyz_embedding_projection.bias": "encoder.xyz_proj.bias",
+    "vit.layernorm.weight": "encoder.norm.weight",
+    "vit.layernorm.bias": "encoder.norm.bias",
+    "decoder.mask_token": "decoder.mask_token",
+    "decoder.decoder_embed.weight": "decoder.embed.weight",
+    "decoder.decoder_embed.bias": "decoder.embed.bias",
+    "decoder.decoder_xyz_projection.weight": "decoder.xyz_proj.weight",
+    "decoder.decoder_xyz_projection.bias": "decoder.xyz_proj.bias",
+    "decoder.decoder_norm.weight": "decoder.norm.weight",
+    "decoder.decoder_norm.bias": "decoder.norm.bias",
+    "decoder.decoder_pred1.weight": "decoder.pred1.weight",
+    "decoder.decoder_pred1.bias": "decoder.pred1.bias",
+    "decoder.decoder_pred2.weight": "decoder.pred2.weight",
+    "decoder.decoder_pred2.bias": "decoder.pred2.bias",
+}
+_LAYER_PREFIXES = {"vit.encoder.layer.": "encoder.blocks.layers.", "decoder.decoder_layers.": "decoder.blocks.layers."}
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` file, or a pickled ``.bin`` with ``weights_only=True``.
+
+    Raises:
+        ValueError: the pickle holds anything but tensors and plain containers (it may try
+            to run code); nothing in it is executed.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types
+            raise ValueError(f"cannot read weights from {path}: {err}") from err
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"refusing to load {path}: it is not a plain tensor pickle (it may execute code when "
+            f"unpickled). Convert it to safetensors in a trusted environment. Detail: {str(err).splitlines()[0]}"
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"cannot read weights from {path} (truncated or not a torch file): {err}") from err
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{path} does not hold a flat state dict of tensors")
+    return state
+
+
+def _find_weights(folder: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def original_config_to_ours(raw: dict[str, Any]) -> BrainLMConfig:
+    """Map an original ``brainlm_mae`` config dict to :class:`BrainLMConfig`.
+
+    The original's layers take their exact attention branch when ``num_landmarks ==
+    segment_means_seq_len``; any other pair would select its Nystrom branch, which we map to
+    ``attention_type="nystrom"`` with a warning (its landmark reshape differs from ours).
+    """
+    names = set(BrainLMConfig.__dataclass_fields__) - {"extra"}
+    known = {k: v for k, v in raw.items() if k in names}
+    unknown = {k: v for k, v in raw.items() if k not in names and k not in _ORIGINAL_IGNORED_KEYS}
+    if unknown:
+        warnings.warn(f"ignoring unknown config keys: {sorted(unknown)}", stacklevel=3)
+    landmarks = raw.get("num_landmarks", 64)
+    seg_len = raw.get("segment_means_seq_len", 64)
+    if landmarks != seg_len:
+        warnings.warn(
+            "num_landmarks != segment_means_seq_len: the original would use its Nystrom branch; "
+            "loading with attention_type='nystrom', whose landmarks differ from the original's",
+            stacklevel=3,
+        )
+        known["attention_type"] = "nystrom"
+    # The original's layers always have q/k/v biases, whatever its config says.
+    known["qkv_bias"] = True
+    known.setdefault("num_timepoints_per_voxel", 490)  # the original config class defaults
+    known.setdefault("timepoint_patching_size", 49)
+    return BrainLMConfig(**known, extra=unknown)
+
+
+def convert_original_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an original BrainLM state dict to ours; fuse q/k/v. Unknown keys are kept as is."""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if _ORIGINAL_DROPPED.search(key):
+            continue
+        if key in _TOP_RENAMES:
+            out[_TOP_RENAMES[key]] = value
+            continue
+        for old_prefix, new_prefix in _LAYER_PREFIXES.items():
+            if key.startswith(old_prefix):
+                index, rest = key[len(old_prefix):].split(".", 1)
+                layer = f"{new_prefix}{index}."
+                m = re.fullmatch(r"attention\.self\.(query|key|value)\.(weight|bias)", rest)
+                if m:
+                    qkv.setdefault(f"{layer}attn.qkv.{m.group(2)}", {})[m.group(1)] = value
+                elif rest in _LAYER_RENAMES:
+                    out[layer + _LAYER_RENAMES[rest]] = value
+                else:
+                    out[key] = value
+                break
+        else:
+            out[key] = value
+    for name, parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            missing = sorted({"query", "key", "value"} - set(parts))
+            raise ValueError(f"original checkpoint lacks {missing} for {name}")
+        out[name] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+    return out
+
+
+def _load_strict(model: BrainLMForPretraining, state: dict[str, torch.Tensor], source: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        lines = [f"weights in {source} do not match the model:"]
+        if missing:
+            lines.append(f"  missing ({len(missing)}): {', '.join(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected ({len(unexpected)}): {', '.join(unexpected)}")
+        raise ValueError("\n".join(lines))
+    wrong = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if state[k].shape != v.shape
+    ]
+    if wrong:
+        raise ValueError(f"weights in {source} have the wrong shapes for this config:\n  " + "\n  ".join(wrong))
+    model.load_state_dict(state, strict=True)
+
+
+def read_config(folder: str | Path) -> tuple[dict[str, Any], str]:
+    """The raw config dict of a checkpoint folder and its ``model_type``."""
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a checkpoint folder: no config.json")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
+    return raw, str(raw.get("model_type", "brainlm"))
+
+
+def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> BrainLMForPretraining:
+    """Load a BrainLM checkpoint folder (ours or the original's) into a model in eval mode."""
+    folder = Path(path)
+    raw, model_type = read_config(folder)
+    weights = _find_weights(folder)
+    state = load_state_dict_file(weights)
+    if model_type == "brainlm_mae":
+        config = original_config_to_ours(raw)
+        state = convert_original_state_dict(state)
+    elif model_type == "brainlm":
+        config = BrainLMConfig.from_dict(raw)
+        if config.extra:
+            warnings.warn(f"{folder / 'config.json'}: keeping unknown config keys {sorted(config.extra)}", stacklevel=2)
+    else:
+        raise ValueError(
+            f"{folder}: model_type {model_type!r} is not a BrainLM checkpoint (expected 'brainlm' or 'brainlm_mae')"
+        )
+    model = BrainLMForPretraining(config)
+    _load_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, weights)
+    return model.to(map_location).eval()
+
+
+def save_pretrained(model: BrainLMForPretraining, path: str | Path) -> None:
+    """Write ``config.json`` and ``model.safetensors`` atomically (temporary names, then rename)."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp_weights = folder / ".model.safetensors.tmp"
+    save_file(state, str(tmp_weights), metadata={"format": "pt", "brainlm": "1"})
+    tmp_cfg = folder / ".config.json.tmp"
+    model.config.to_json(tmp_cfg)
+    tmp_weights.replace(folder / "model.safetensors")
+    tmp_cfg.replace(folder / "config.json")
+
+
+def to_original_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict in the original's names (q/k/v split again); the inverse of the adapter.
+
+    The original's computed tables and unused image head are not produced.
+    """
+    top = {v: k for k, v in _TOP_RENAMES.items()}
+    layer_names = {v: k for k, v in _LAYER_RENAMES.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key in top:
+            out[top[key]] = value
+            continue
+        for old_prefix, new_prefix in _LAYER_PREFIXES.items():
+            if key.startswith(new_prefix):
+                index, rest = key[len(new_prefix):].split(".", 1)
+                layer = f"{old_prefix}{index}."
+                if rest.startswith("attn.qkv."):
+                    kind = rest.rsplit(".", 1)[1]
+                    for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
+                        out[f"{layer}attention.self.{name}.{kind}"] = part
+                else:
+                    out[layer + layer_names[rest]] = value
+                break
+        else:
+            raise KeyError(f"no original name for {key}")
+    return out
