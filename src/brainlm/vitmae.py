@@ -321,6 +321,11 @@ class BrainLMViTMAE(nn.Module):
     def hidden_size(self) -> int:
         return self.config.hidden_size
 
+    @property
+    def padding(self) -> tuple[int, int, int, int]:
+        """Rows and columns of -1 around the window: (top, bottom, left, right)."""
+        return self._pad
+
     # ----- window <-> image
 
     def _check_window(self, signal_vectors: torch.Tensor) -> None:
