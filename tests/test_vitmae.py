@@ -27,6 +27,7 @@ from brainlm.vitmae import (  # noqa: E402
     is_vitmae_checkpoint,
     load_vitmae,
     read_region_order,
+    resolve_checkpoint,
     vitmae_111m_config,
     vitmae_650m_config,
 )
@@ -357,15 +358,23 @@ def test_load_legacy_bin_folder(saved, model, windows, tmp_path):
     """The released files: old parameter names, a .bin, image_size as a list, extra keys."""
     folder = tmp_path / "vitmae_111M"
     folder.mkdir()
-    state = load_file(saved / "model.safetensors")
-    torch.save({_legacy_key(k): v for k, v in state.items()}, folder / "pytorch_model.bin")
-    assert any("encoder.layer.0.attention.attention.query" in k for k in map(_legacy_key, state))
+    state = {k: v.clone() for k, v in model.mae.state_dict().items()}
+    # Position tables unlike transformers' own sin-cos init: they must come from the file.
+    g = torch.Generator().manual_seed(3)
+    for key in ("vit.embeddings.position_embeddings", "decoder.decoder_pos_embed"):
+        state[key] = torch.randn(state[key].shape, generator=g)
+    legacy = {_legacy_key(k): v for k, v in state.items()}
+    assert "vit.encoder.layer.1.attention.attention.query.weight" in legacy
+    assert "decoder.decoder_layers.0.attention.output.dense.weight" in legacy
+    torch.save(legacy, folder / "pytorch_model.bin")
     config = json.loads((saved / "config.json").read_text())
     config.update(image_size=[432, 432], train_mode="auto_encode", transformers_version="4.28.0")
     (folder / "config.json").write_text(json.dumps(config))
     assert is_vitmae_checkpoint(folder)
     loaded = load_vitmae(folder)
-    torch.testing.assert_close(loaded.embed(windows), model.embed(windows))
+    for key, value in loaded.mae.state_dict().items():
+        torch.testing.assert_close(value, state[key], msg=key)
+    assert loaded.image_size == (432, 432)
 
 
 def test_bin_is_read_with_weights_only(saved, tmp_path, monkeypatch):
@@ -433,6 +442,13 @@ def test_is_vitmae_checkpoint_negative_cases(saved, tmp_path):
 def test_missing_local_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
         load_vitmae(tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
+        load_vitmae("./absent/vitmae_111M")
+
+
+def test_resolve_checkpoint_keeps_local_folders(saved):
+    assert resolve_checkpoint(saved) == saved
+    assert resolve_checkpoint(str(saved)) == saved
 
 
 def test_weights_that_do_not_fit_the_config(saved, tmp_path):

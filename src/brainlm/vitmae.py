@@ -46,7 +46,8 @@ Where we depart from the original, and why:
 
 - Attention runs through ``transformers``' SDPA path, not the flash-attn monkey patch
   (``replace_vitmae_attn_with_flash_attn.py``); that patch needs a CUDA flash-attn build
-  and half precision, and it applied the attention dropout probability even in eval mode.
+  and half precision, and it passes the attention dropout probability to flash-attn even in
+  eval mode (harmless only because the tutorial sets that probability to 0).
 - The loss is in the caller's units, 5.6430855**2 times the original's loss (which was
   computed on the scaled image), so that it is the MSE of the returned ``logits``. Like
   the original, and unlike ``transformers``' own ``ViTMAEForPreTraining`` loss, it excludes
@@ -65,12 +66,16 @@ Where we depart from the original, and why:
   (16 -> 432, 14 -> 434); we read it from ``config.image_size`` as the tutorial's padding
   does, and check that it holds the window.
 
-Preset configs: the original code states the encoder only as "111M" / "650M" and the image
-and patch sizes above. ``vitmae_111m_config`` and ``vitmae_650m_config`` take the encoder of
-ViT-MAE base (768 wide, 12 layers, 12 heads) and huge (1280 wide, 32 layers, 16 heads) and,
-since no decoder size for these models is visible in the original code, the ``transformers``
-ViT-MAE decoder defaults (512 wide, 8 layers, 16 heads). A loaded checkpoint always uses its
-own ``config.json``.
+Preset configs: the original code names the models only "111M" / "650M" and fixes the image
+and patch sizes above; no layer sizes are visible in it. ``vitmae_111m_config`` and
+``vitmae_650m_config`` take the encoder of ViT-MAE base (768 wide, 12 layers, 12 heads) and
+huge (1280 wide, 32 layers, 16 heads) and the ``transformers`` ViT-MAE decoder defaults
+(512 wide, 8 layers, 16 heads); with those, the full models have 112.6M and 658.3M
+parameters, in line with the names. A loaded checkpoint always uses its own ``config.json``.
+
+The modules themselves are ``transformers``' (patch embedding, blocks, decoder); the
+original's ``modeling_vit_mae_with_padding.py`` has the same layers and parameter names, and
+``transformers`` renames the older parameter names of the released files when loading.
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ __all__ = [
     "is_vitmae_checkpoint",
     "load_vitmae",
     "read_region_order",
+    "resolve_checkpoint",
     "vitmae_111m_config",
     "vitmae_650m_config",
 ]
@@ -573,6 +579,26 @@ def _download(hub_id: str, revision: str | None) -> Path:
     return Path(root) / subfolder
 
 
+def resolve_checkpoint(path_or_hub_id: str | os.PathLike, *, revision: str | None = None) -> Path:
+    """A local checkpoint folder for a local path or a hub id (``owner/name[/subfolder]``).
+
+    An existing local path is returned as is; anything else that looks like a hub id is
+    fetched with ``huggingface_hub.snapshot_download`` (only the subfolder's files).
+
+    Raises:
+        FileNotFoundError: a local-looking path that does not exist.
+        RuntimeError: a hub id that cannot be fetched (no network, offline mode, unknown id).
+    """
+    source = str(path_or_hub_id)
+    folder = Path(source).expanduser()
+    if folder.exists():
+        return folder
+    looks_local = source.startswith(("/", ".", "~")) or "\\" in source
+    if looks_local or not _HUB_ID.match(source):
+        raise FileNotFoundError(f"no checkpoint folder at {source}")
+    return _download(source, revision)
+
+
 def load_vitmae(
     path_or_hub_id: str | os.PathLike,
     *,
@@ -599,12 +625,7 @@ def load_vitmae(
     from transformers import ViTMAEForPreTraining
 
     source = str(path_or_hub_id)
-    folder = Path(source).expanduser()
-    if not folder.exists():
-        looks_local = source.startswith(("/", ".", "~")) or os.sep + os.sep in source
-        if looks_local or not _HUB_ID.match(source):
-            raise FileNotFoundError(f"no checkpoint folder at {source}")
-        folder = _download(source, revision)
+    folder = resolve_checkpoint(source, revision=revision)
     if not is_vitmae_checkpoint(folder):
         config = _read_config_json(folder) if folder.is_dir() else None
         if config is None:
