@@ -314,7 +314,7 @@ class BrainLMViTMAE(nn.Module):
         return _pair(self.config.image_size)
 
     @property
-    def patch_size(self) -> int:
+    def patch_size(self) -> int | tuple[int, int]:
         ph, pw = _pair(self.config.patch_size)
         return ph if ph == pw else (ph, pw)
 
