@@ -53,6 +53,15 @@ def _check_field_of_view(img, atlas_img, source: str, min_fraction: float) -> No
         )
 
 
+def _label_in_view(img, atlas_img, value: int) -> bool:
+    """Whether any voxel of one atlas label lies inside the image's field of view."""
+    ijk = np.argwhere(np.asanyarray(atlas_img.dataobj) == value)
+    world = ijk @ atlas_img.affine[:3, :3].T + atlas_img.affine[:3, 3]
+    inv = np.linalg.inv(img.affine)
+    vox = world @ inv[:3, :3].T + inv[:3, 3]
+    return bool(np.all((vox > -0.5) & (vox < np.array(img.shape[:3]) - 0.5), axis=1).any())
+
+
 class Parcellator:
     """4D BOLD image -> ``(T, R)`` region-mean time series.
 
@@ -90,6 +99,19 @@ class Parcellator:
             raise ValueError(f"atlas {self.atlas_.name!r} has no label image to parcellate with")
         return self
 
+    @staticmethod
+    def _extract(masker, image, confounds, sample_mask, source) -> tuple[np.ndarray, list[int]]:
+        try:
+            with warnings.catch_warnings():
+                # Labels removed by resampling are handled by the caller.
+                warnings.filterwarnings("ignore", message=".*labels were removed.*")
+                warnings.filterwarnings("ignore", message="Resampling images at transform time")
+                signals = masker.fit_transform(image, confounds=confounds, sample_mask=sample_mask)
+        except (EOFError, OSError, zlib.error) as err:
+            raise InputError(f"{source}: unreadable or truncated image ({type(err).__name__}: {err})") from err
+        found = [int(v) for k, v in masker.region_ids_.items() if k != "background"]
+        return np.asarray(signals, np.float32), found
+
     def transform(self, img, *, confounds=None, sample_mask=None, t_r: float | None = None) -> np.ndarray:
         """Parcellate one image.
 
@@ -108,7 +130,7 @@ class Parcellator:
 
         if not hasattr(self, "atlas_"):
             self.fit()
-        source = str(img)
+        source = str(img) if isinstance(img, (str, Path)) else "<in-memory image>"
         try:
             image = nib.load(img) if isinstance(img, (str, Path)) else img
         except FileNotFoundError:
@@ -129,27 +151,25 @@ class Parcellator:
                 confounds, sample_mask = load_confounds_strategy(str(source), denoise_strategy=self.confound_strategy)
             except Exception as err:
                 raise InputError(f"{source}: cannot load confounds ({type(err).__name__}: {err})") from err
-        masker = NiftiLabelsMasker(
-            labels_img=atlas_img,
-            resampling_target="data",
-            detrend=self.detrend,
-            high_pass=self.high_pass,
-            low_pass=self.low_pass,
-            t_r=t_r if np.isfinite(t_r) else None,
-            standardize=None,
-        )
-        try:
-            with warnings.catch_warnings():
-                # Removed labels are reported below as an error naming them.
-                warnings.filterwarnings("ignore", message=".*labels were removed.*")
-                signals = masker.fit_transform(image, confounds=confounds, sample_mask=sample_mask)
-        except (EOFError, OSError, zlib.error) as err:
-            raise InputError(f"{source}: unreadable or truncated image ({type(err).__name__}: {err})") from err
-        found = [int(v) for k, v in masker.region_ids_.items() if k != "background"]
-        if signals.shape[1] != self.atlas_.num_regions:
-            missing = sorted(set(self.atlas_.label_values.tolist()) - set(found))
-            raise InputError(
-                f"{source}: {len(missing)} atlas regions have no voxel in the image after resampling "
-                f"(labels {missing[:10]}{' ...' if len(missing) > 10 else ''}); is the image in the atlas's space?"
-            )
+        kwargs = dict(detrend=self.detrend, high_pass=self.high_pass, low_pass=self.low_pass,
+                      t_r=t_r if np.isfinite(t_r) else None, standardize=None)
+        signals, found = self._extract(NiftiLabelsMasker(labels_img=atlas_img, resampling_target="data", **kwargs),
+                                       image, confounds, sample_mask, source)
+        missing = sorted(set(self.atlas_.label_values.tolist()) - set(found))
+        if missing:
+            outside = [v for v in missing if not _label_in_view(image, atlas_img, v)]
+            if outside:
+                raise InputError(
+                    f"{source}: {len(outside)} atlas regions have no voxel in the image's field of view "
+                    f"(labels {outside[:10]}{' ...' if len(outside) > 10 else ''}); is the image in the atlas's space?"
+                )
+            # Parcels smaller than a BOLD voxel vanish when the atlas is resampled to the BOLD
+            # grid; only those are taken from the image resampled onto the atlas grid.
+            fine, fine_found = self._extract(NiftiLabelsMasker(labels_img=atlas_img, resampling_target="labels", **kwargs),
+                                             image, confounds, sample_mask, source)
+            columns = dict(zip(found, signals.T))
+            columns.update({v: fine[:, fine_found.index(v)] for v in missing})
+            found, signals = sorted(columns), np.stack([columns[v] for v in sorted(columns)], axis=1)
+        if list(found) != self.atlas_.label_values.tolist():
+            raise InputError(f"{source}: parcellation gave regions {found[:5]}..., not the atlas's {self.atlas_.num_regions}")
         return np.asarray(signals, np.float32)
