@@ -73,7 +73,7 @@ def _load_array(path: Path, key: str | None) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     if suffix in {".csv", ".tsv"}:
         table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", header=None)
-        if not np.issubdtype(table.iloc[0].dtype, np.number) or table.iloc[0].isna().all():
+        if pd.to_numeric(table.iloc[0], errors="coerce").isna().any():
             # A header row of region names: read again with it.
             table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
         return table.apply(pd.to_numeric, errors="raise").to_numpy()
