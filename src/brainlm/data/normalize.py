@@ -45,6 +45,52 @@ def _safe(scale: np.ndarray) -> np.ndarray:
     return np.where(scale > 0, scale, 1.0)
 
 
+class _RowReservoir:
+    """A uniform random sample of at most ``capacity`` rows from a stream of ``(T, R)`` arrays.
+
+    Each row gets a random key and the rows with the smallest keys are kept, so memory stays
+    at ``capacity`` rows whatever the cohort size.
+    """
+
+    def __init__(self, capacity: int, rng: np.random.Generator):
+        self.capacity, self.rng = capacity, rng
+        self.keys = np.empty(0)
+        self.buffer = None
+        self.filled = 0
+
+    def add(self, x: np.ndarray) -> None:
+        if self.buffer is None:
+            self.buffer = np.empty((min(self.capacity, 4096), x.shape[1]), np.float32)
+            self.keys = np.full(len(self.buffer), np.inf)
+        new_keys = self.rng.random(len(x))
+        free = self.capacity - self.filled
+        if free > 0:
+            n = min(free, len(x))
+            if self.filled + n > len(self.buffer):  # grow geometrically up to capacity
+                size = min(self.capacity, max(2 * len(self.buffer), self.filled + n))
+                self.buffer = np.resize(self.buffer, (size, self.buffer.shape[1]))
+                self.keys = np.concatenate([self.keys, np.full(size - len(self.keys), np.inf)])
+            self.buffer[self.filled:self.filled + n] = x[:n]
+            self.keys[self.filled:self.filled + n] = new_keys[:n]
+            self.filled += n
+            x, new_keys = x[n:], new_keys[n:]
+        if len(x) == 0:
+            return
+        # Candidates beat the current largest kept key; they replace the largest kept keys.
+        cand = np.flatnonzero(new_keys < self.keys.max())
+        if len(cand) == 0:
+            return
+        merged = np.concatenate([self.keys, new_keys[cand]])
+        keep = np.argpartition(merged, self.capacity - 1)[: self.capacity]
+        out_slots = np.setdiff1d(np.arange(self.capacity), keep[keep < self.capacity])
+        incoming = cand[keep[keep >= self.capacity] - self.capacity]
+        self.buffer[out_slots] = x[incoming]
+        self.keys[out_slots] = new_keys[incoming]
+
+    def rows(self) -> np.ndarray:
+        return self.buffer[: self.filled] if self.buffer is not None else np.empty((0, 0))
+
+
 class Normalizer:
     """Per-region normalisation of ``(T, R)`` recordings.
 
@@ -59,7 +105,7 @@ class Normalizer:
     ``num_fit_recordings_``.
     """
 
-    def __init__(self, method: str = "robust", *, max_fit_rows: int = 200_000, seed: int = 0):
+    def __init__(self, method: str = "robust", *, max_fit_rows: int = 100_000, seed: int = 0):
         if method not in NORMALIZATIONS:
             raise ValueError(f"unknown normalisation {method!r}; choose one of {', '.join(NORMALIZATIONS)}")
         self.method = method
@@ -77,8 +123,7 @@ class Normalizer:
             recordings: iterable of ``(T, R)`` arrays, consumed once (may be a generator).
         """
         rng = np.random.default_rng(self.seed)
-        keys = np.empty(0)
-        rows = None
+        sample = _RowReservoir(self.max_fit_rows, rng)
         lo = hi = None
         count = 0
         for x in recordings:
@@ -86,21 +131,14 @@ class Normalizer:
             count += 1
             lo = x.min(0) if lo is None else np.minimum(lo, x.min(0))
             hi = x.max(0) if hi is None else np.maximum(hi, x.max(0))
-            if self.method in _CENTRED:
-                x = x - x.mean(0)
-            # Keep the rows with the smallest random keys: a uniform sample of bounded size.
-            new_keys = rng.random(len(x))
-            keys = np.concatenate([keys, new_keys])
-            rows = x if rows is None else np.concatenate([rows, x])
-            if len(keys) > self.max_fit_rows:
-                keep = np.argpartition(keys, self.max_fit_rows)[: self.max_fit_rows]
-                keys, rows = keys[keep], rows[keep]
+            if self.needs_fit:
+                sample.add(x - x.mean(0) if self.method in _CENTRED else x)
         if count == 0:
             raise ValueError("cannot fit a normaliser on zero recordings")
         self.num_fit_recordings_ = count
         if not self.needs_fit:
             return self
-        m = self.method
+        m, rows = self.method, sample.rows().astype(np.float64)
         if m in {"robust", "original_robust"}:
             q25, q50, q75 = np.percentile(rows, [25, 50, 75], axis=0)
             self.center_, self.scale_ = q50, _safe(q75 - q25)
@@ -152,7 +190,7 @@ class Normalizer:
     @classmethod
     def from_state(cls, state: dict) -> "Normalizer":
         """Rebuild a fitted normaliser from ``state_dict()``."""
-        norm = cls(state["method"], max_fit_rows=state.get("max_fit_rows", 200_000), seed=state.get("seed", 0))
+        norm = cls(state["method"], max_fit_rows=state.get("max_fit_rows", 100_000), seed=state.get("seed", 0))
         if "scale" in state:
             norm.center_, norm.scale_ = np.asarray(state["center"]), np.asarray(state["scale"])
         if "num_fit_recordings" in state:
