@@ -2,7 +2,9 @@
 
 nilearn resamples the atlas to the BOLD grid (nearest neighbour), averages voxels per label
 and cleans the signals (``nilearn.signal.clean``: detrending, band-pass, confound
-regression). What is added here: the atlas defaults to A424, the TR comes from the JSON
+regression). Parcels smaller than a BOLD voxel, which vanish when the atlas is resampled
+(one A424 parcel is a single 2 mm voxel), take the BOLD voxel at their centroid
+(``NiftiSpheresMasker``). What is added here: the atlas defaults to A424, the TR comes from the JSON
 sidecar or the header, fMRIPrep confounds are found next to the image, and images that are not
 in the atlas's space are refused instead of silently giving empty regions.
 
@@ -53,13 +55,14 @@ def _check_field_of_view(img, atlas_img, source: str, min_fraction: float) -> No
         )
 
 
-def _label_in_view(img, atlas_img, value: int) -> bool:
-    """Whether any voxel of one atlas label lies inside the image's field of view."""
+def _label_in_view(img, atlas_img, value: int) -> tuple[bool, np.ndarray]:
+    """Whether any voxel of one atlas label lies inside the image's field of view, and its centroid (mm)."""
     ijk = np.argwhere(np.asanyarray(atlas_img.dataobj) == value)
     world = ijk @ atlas_img.affine[:3, :3].T + atlas_img.affine[:3, 3]
     inv = np.linalg.inv(img.affine)
     vox = world @ inv[:3, :3].T + inv[:3, 3]
-    return bool(np.all((vox > -0.5) & (vox < np.array(img.shape[:3]) - 0.5), axis=1).any())
+    inside = np.all((vox > -0.5) & (vox < np.array(img.shape[:3]) - 0.5), axis=1)
+    return bool(inside.any()), world[inside].mean(0) if inside.any() else world.mean(0)
 
 
 class Parcellator:
@@ -109,7 +112,8 @@ class Parcellator:
                 signals = masker.fit_transform(image, confounds=confounds, sample_mask=sample_mask)
         except (EOFError, OSError, zlib.error) as err:
             raise InputError(f"{source}: unreadable or truncated image ({type(err).__name__}: {err})") from err
-        found = [int(v) for k, v in masker.region_ids_.items() if k != "background"]
+        ids = getattr(masker, "region_ids_", {})
+        found = [int(v) for k, v in ids.items() if k != "background"]
         return np.asarray(signals, np.float32), found
 
     def transform(self, img, *, confounds=None, sample_mask=None, t_r: float | None = None) -> np.ndarray:
@@ -126,7 +130,7 @@ class Parcellator:
             ``(T, R)`` float32, columns in atlas region order.
         """
         import nibabel as nib
-        from nilearn.maskers import NiftiLabelsMasker
+        from nilearn.maskers import NiftiLabelsMasker, NiftiSpheresMasker
 
         if not hasattr(self, "atlas_"):
             self.fit()
@@ -157,18 +161,27 @@ class Parcellator:
                                        image, confounds, sample_mask, source)
         missing = sorted(set(self.atlas_.label_values.tolist()) - set(found))
         if missing:
-            outside = [v for v in missing if not _label_in_view(image, atlas_img, v)]
+            view = {v: _label_in_view(image, atlas_img, v) for v in missing}
+            outside = [v for v in missing if not view[v][0]]
             if outside:
                 raise InputError(
                     f"{source}: {len(outside)} atlas regions have no voxel in the image's field of view "
                     f"(labels {outside[:10]}{' ...' if len(outside) > 10 else ''}); is the image in the atlas's space?"
                 )
             # Parcels smaller than a BOLD voxel vanish when the atlas is resampled to the BOLD
-            # grid; only those are taken from the image resampled onto the atlas grid.
-            fine, fine_found = self._extract(NiftiLabelsMasker(labels_img=atlas_img, resampling_target="labels", **kwargs),
-                                             image, confounds, sample_mask, source)
+            # grid; each of those takes the BOLD voxel at its centroid, cleaned the same way.
+            seeds = np.array([view[v][1] for v in missing])
+            # A small mask around the seeds keeps nilearn's voxel search cheap.
+            inv = np.linalg.inv(image.affine)
+            near = np.rint(seeds @ inv[:3, :3].T + inv[:3, 3]).astype(int)
+            mask = np.zeros(image.shape[:3], np.int8)
+            for i, j, k in near:
+                mask[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2, max(k - 1, 0):k + 2] = 1
+            spheres = NiftiSpheresMasker([tuple(c) for c in seeds], radius=None,
+                                         mask_img=nib.Nifti1Image(mask, image.affine), **kwargs)
+            fine, _ = self._extract(spheres, image, confounds, sample_mask, source)
             columns = dict(zip(found, signals.T))
-            columns.update({v: fine[:, fine_found.index(v)] for v in missing})
+            columns.update({v: fine[:, i] for i, v in enumerate(missing)})
             found, signals = sorted(columns), np.stack([columns[v] for v in sorted(columns)], axis=1)
         if list(found) != self.atlas_.label_values.tolist():
             raise InputError(f"{source}: parcellation gave regions {found[:5]}..., not the atlas's {self.atlas_.num_regions}")
