@@ -109,3 +109,17 @@ def test_torch_distributed_ranks_see_different_data(store):
         p.join(timeout=60)
     (r0, ids0), (r1, ids1) = gathered
     assert (r0, r1) == (0, 1) and len(ids0) == len(ids1) == 3 and not set(ids0) & set(ids1)
+
+
+def test_random_mode_reassigns_recordings_to_ranks_each_epoch(store):
+    parts = [WindowDataset(store, "train", window=W, rank=r, world_size=2, seed=5) for r in range(2)]
+
+    def owned(epoch):
+        for p in parts:
+            p.set_epoch(epoch)
+        sets = [{p[i]["recording_id"] for i in range(len(p))} for p in parts]
+        assert not sets[0] & sets[1] and len(sets[0] | sets[1]) == 6
+        return sets[0]
+
+    assert owned(0) == owned(0)
+    assert any(owned(e) != owned(0) for e in range(1, 5))

@@ -10,8 +10,9 @@ Modes:
     ``sliding`` every window ``start, start + stride, ...`` that fits in each recording.
 
 Under ``torchrun`` (``torch.distributed`` initialised) each rank takes every
-``world_size``-th item, padded by wrapping around so all ranks get the same count; rank and
-world size can also be given. DataLoader workers share nothing: each maps the shards itself.
+``world_size``-th item, padded by wrapping around so all ranks get the same count (in random
+mode the items are permuted per epoch first, identically on all ranks); rank and world size can
+also be given. DataLoader workers share nothing: each maps the shards itself.
 """
 
 from __future__ import annotations
@@ -87,18 +88,32 @@ class WindowDataset(torch.utils.data.Dataset):
             starts = start + offs * self.stride
         else:
             rec, starts = recs, np.full(len(recs), start)
-        # Rank sharding, padded by wrapping so every rank sees the same number of items.
-        per_rank = -(-len(rec) // self.world_size) if len(rec) else 0
-        take = np.arange(self.rank, per_rank * self.world_size, self.world_size) % max(len(rec), 1)
-        self._rec, self._start = rec[take], starts[take]
+        self._all_rec, self._all_start = rec, starts
+        self._assign()
         self._length = self.store.recordings["num_timepoints"].to_numpy()
         meta = self.store.recordings
         self._ids = {c: meta[c].astype(str).to_numpy() for c in ["recording_id", "subject_id", "session_id", "run_id"]}
         self._labels = {c: meta[c].to_numpy() for c in self.label_columns}
 
+    def _assign(self) -> None:
+        """This rank's items: every ``world_size``-th, padded by wrapping so all ranks get as many."""
+        rec, starts = self._all_rec, self._all_start
+        if self.mode == "random" and self.world_size > 1:
+            # Ranks see a different subset of recordings each epoch, the same on every rank.
+            order = np.random.default_rng((self.seed, self.epoch, 1)).permutation(len(rec))
+            rec, starts = rec[order], starts[order]
+        per_rank = -(-len(rec) // self.world_size) if len(rec) else 0
+        take = np.arange(self.rank, per_rank * self.world_size, self.world_size) % max(len(rec), 1)
+        self._rec, self._start = rec[take], starts[take]
+
     def set_epoch(self, epoch: int) -> None:
-        """Choose the random windows of this epoch (call before each epoch, as with DistributedSampler)."""
+        """Choose this epoch's random windows (and, on several ranks, recordings per rank).
+
+        Call before each epoch, as with ``DistributedSampler``; the same epoch gives the same
+        windows.
+        """
         self.epoch = epoch
+        self._assign()
 
     def __len__(self) -> int:
         return len(self._rec)

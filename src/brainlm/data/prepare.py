@@ -279,12 +279,15 @@ def _arrow_type(values: pd.Series) -> pa.DataType:
     return pa.string()
 
 
-def _recordings_from_tasks(tasks, cfg: PrepareConfig) -> Iterator[Recording]:
+def _recordings_from_tasks(tasks, cfg: PrepareConfig) -> Iterator[Recording | InputError]:
     for source, load in _progress(tasks, cfg.progress, desc="reading inputs", unit="file"):
         try:
             yield load()
         except InputError as err:
             yield err  # reported by the caller, who decides to skip or stop
+        except (ValueError, OSError, EOFError, TypeError, IndexError, KeyError) as err:
+            # Errors raised deep inside third-party readers still name the file.
+            yield InputError(f"{source}: {type(err).__name__}: {err}")
 
 
 def prepare(config: PrepareConfig) -> Store:
@@ -314,84 +317,84 @@ def write_store(cfg: PrepareConfig, atlas: Atlas, tasks: list[tuple[str, Callabl
     staging = out / f".staging-{fingerprint}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    num_regions = atlas.num_regions
-    skipped: list[dict] = []
-    metas: list[dict] = []
-    seen: dict[str, str] = {}
+    try:
+        num_regions = atlas.num_regions
+        skipped: list[dict] = []
+        metas: list[dict] = []
+        seen: dict[str, str] = {}
 
-    # Pass 1: read, check, resample; stage as float32.
-    writer = _ShardWriter(staging, "staging", _shard_schema(num_regions, "float32", {}), max_bytes=cfg.shard_mb << 20)
-    for item in _recordings_from_tasks(tasks, cfg):
-        try:
-            if isinstance(item, InputError):
-                raise item
-            rec = item
-            if rec.recording_id in seen:
-                raise InputError(f"{rec.source}: duplicate subject/session/run {rec.recording_id!r} (also {seen[rec.recording_id]})")
-            data = rec.data
-            if cfg.target_tr:
-                if not np.isfinite(rec.tr):
-                    raise InputError(f"{rec.source}: TR unknown, cannot resample to {cfg.target_tr} s (pass tr=)")
-                data = resample_tr(data, rec.tr, cfg.target_tr)
-            check_recording(data, rec.source, num_regions=num_regions, window=cfg.window)
-        except InputError as err:
-            if cfg.on_error == "raise":
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            log.warning("skipped: %s", err)
-            skipped.append({"source": str(err).split(": ")[0], "reason": str(err)})
-            continue
-        seen[rec.recording_id] = rec.source
-        shard, row = writer.add({}, data)
-        metas.append({
-            "recording_id": rec.recording_id, "subject_id": rec.subject_id, "session_id": rec.session_id,
-            "run_id": rec.run_id, "task": rec.task, "tr": float(cfg.target_tr or rec.tr), "source": rec.source,
-            "num_timepoints": len(data), "_stage": (shard, row), **{f"{k}": v for k, v in rec.phenotypes.items()},
-        })
-    writer.close()
-    if not metas:
+        # Pass 1: read, check, resample; stage as float32.
+        writer = _ShardWriter(staging, "staging", _shard_schema(num_regions, "float32", {}), max_bytes=cfg.shard_mb << 20)
+        for item in _recordings_from_tasks(tasks, cfg):
+            try:
+                if isinstance(item, InputError):
+                    raise item
+                rec = item
+                if rec.recording_id in seen:
+                    raise InputError(f"{rec.source}: duplicate subject/session/run {rec.recording_id!r} (also {seen[rec.recording_id]})")
+                data = rec.data
+                if cfg.target_tr:
+                    if not np.isfinite(rec.tr):
+                        raise InputError(f"{rec.source}: TR unknown, cannot resample to {cfg.target_tr} s (pass tr=)")
+                    data = resample_tr(data, rec.tr, cfg.target_tr)
+                check_recording(data, rec.source, num_regions=num_regions, window=cfg.window)
+            except InputError as err:
+                if cfg.on_error == "raise":
+                    raise
+                log.warning("skipped: %s", err)
+                skipped.append({"source": str(err).split(": ")[0], "reason": str(err)})
+                continue
+            seen[rec.recording_id] = rec.source
+            shard, row = writer.add({}, data)
+            metas.append({
+                "recording_id": rec.recording_id, "subject_id": rec.subject_id, "session_id": rec.session_id,
+                "run_id": rec.run_id, "task": rec.task, "tr": float(cfg.target_tr or rec.tr), "source": rec.source,
+                "num_timepoints": len(data), "_stage": (shard, row), **{f"{k}": v for k, v in rec.phenotypes.items()},
+            })
+        writer.close()
+        if not metas:
+            raise ValueError(f"no usable recordings among {len(tasks)} inputs; first problem: {skipped[0]['reason'] if skipped else 'none'}")
+
+        table = pd.DataFrame(metas)
+        splits = split_subjects(table["subject_id"], cfg.split, cfg.seed)
+        split_of = {s: name for name, subs in splits.items() for s in subs}
+        table["split"] = table["subject_id"].map(split_of)
+        stage_readers: dict[str, _ShardReader] = {}
+
+        def staged(i: int) -> np.ndarray:
+            shard, row = table["_stage"].iloc[i]
+            if shard not in stage_readers:
+                stage_readers[shard] = _ShardReader(staging / shard, num_regions)
+            return stage_readers[shard].recording(row)
+
+        # Fit on the training split only.
+        method = cfg.normalization or default_normalization
+        train_rows = np.flatnonzero(table["split"].to_numpy() == "train")
+        normalizer = Normalizer(method, seed=cfg.seed).fit(staged(i) for i in train_rows)
+
+        # Pass 2: normalise and write the final shards, split by split.
+        base = {"recording_id", "subject_id", "session_id", "run_id", "task", "tr", "source", "num_timepoints", "_stage", "split"}
+        pheno_cols = [c for c in table.columns if c not in base]
+        pheno_types = {c: _arrow_type(table[c]) for c in pheno_cols}
+        schema = _shard_schema(num_regions, cfg.dtype, pheno_types)
+        shards, shard_col, row_col = [], np.empty(len(table), object), np.zeros(len(table), np.int64)
+        order = []
+        for name in SPLITS:
+            rows = np.flatnonzero(table["split"].to_numpy() == name)
+            writer = _ShardWriter(out / "shards", f"{name}-{fingerprint}", schema, max_bytes=cfg.shard_mb << 20)
+            for i in _progress(rows, cfg.progress, desc=f"writing {name}", unit="rec"):
+                x = normalizer.transform(staged(i))
+                if cfg.dtype == "float16" and np.abs(x).max() > np.finfo(np.float16).max:
+                    raise ValueError(f"{table['source'].iloc[i]}: normalised values exceed float16 range; use dtype float32")
+                rec = table.iloc[i]
+                meta = {c: (None if pd.isna(rec[c]) else rec[c]) for c in ["recording_id", "subject_id", "session_id", "run_id", "task", "tr", "num_timepoints"] + pheno_cols}
+                meta.update(atlas=atlas.name, normalization=method)
+                shard, row = writer.add(meta, x)
+                shard_col[i], row_col[i] = f"shards/{shard}", row
+                order.append(i)
+            shards += [{**s, "split": name} for s in writer.close()]
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise ValueError(f"no usable recordings among {len(tasks)} inputs; first problem: {skipped[0]['reason'] if skipped else 'none'}")
-
-    table = pd.DataFrame(metas)
-    splits = split_subjects(table["subject_id"], cfg.split, cfg.seed)
-    split_of = {s: name for name, subs in splits.items() for s in subs}
-    table["split"] = table["subject_id"].map(split_of)
-    stage_readers: dict[str, _ShardReader] = {}
-
-    def staged(i: int) -> np.ndarray:
-        shard, row = table["_stage"].iloc[i]
-        if shard not in stage_readers:
-            stage_readers[shard] = _ShardReader(staging / shard, num_regions)
-        return stage_readers[shard].recording(row)
-
-    # Fit on the training split only.
-    method = cfg.normalization or default_normalization
-    train_rows = np.flatnonzero(table["split"].to_numpy() == "train")
-    normalizer = Normalizer(method, seed=cfg.seed).fit(staged(i) for i in train_rows)
-
-    # Pass 2: normalise and write the final shards, split by split.
-    base = {"recording_id", "subject_id", "session_id", "run_id", "task", "tr", "source", "num_timepoints", "_stage", "split"}
-    pheno_cols = [c for c in table.columns if c not in base]
-    pheno_types = {c: _arrow_type(table[c]) for c in pheno_cols}
-    schema = _shard_schema(num_regions, cfg.dtype, pheno_types)
-    shards, shard_col, row_col = [], np.empty(len(table), object), np.zeros(len(table), np.int64)
-    order = []
-    for name in SPLITS:
-        rows = np.flatnonzero(table["split"].to_numpy() == name)
-        writer = _ShardWriter(out / "shards", f"{name}-{fingerprint}", schema, max_bytes=cfg.shard_mb << 20)
-        for i in _progress(rows, cfg.progress, desc=f"writing {name}", unit="rec"):
-            x = normalizer.transform(staged(i))
-            if cfg.dtype == "float16" and np.abs(x).max() > np.finfo(np.float16).max:
-                raise ValueError(f"{table['source'].iloc[i]}: normalised values exceed float16 range; use dtype float32")
-            rec = table.iloc[i]
-            meta = {c: (None if pd.isna(rec[c]) else rec[c]) for c in ["recording_id", "subject_id", "session_id", "run_id", "task", "tr", "num_timepoints"] + pheno_cols}
-            meta.update(atlas=atlas.name, normalization=method)
-            shard, row = writer.add(meta, x)
-            shard_col[i], row_col[i] = f"shards/{shard}", row
-            order.append(i)
-        shards += [{**s, "split": name} for s in writer.close()]
-    shutil.rmtree(staging, ignore_errors=True)
 
     table["shard"], table["row"] = shard_col, row_col
     table = table.iloc[order].drop(columns="_stage").reset_index(drop=True)

@@ -177,8 +177,9 @@ def read_participants(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: participants table not found")
     sep = "," if path.suffix.lower() == ".csv" else "\t"
-    table = pd.read_csv(path, sep=sep, dtype={0: str})
-    id_col = "participant_id" if "participant_id" in table.columns else table.columns[0]
+    columns = pd.read_csv(path, sep=sep, nrows=0).columns
+    id_col = "participant_id" if "participant_id" in columns else columns[0]
+    table = pd.read_csv(path, sep=sep, dtype={id_col: str})  # keep leading zeros of IDs
     table[id_col] = table[id_col].astype(str).str.removeprefix("sub-")
     if table[id_col].duplicated().any():
         dup = table.loc[table[id_col].duplicated(), id_col].iloc[0]
