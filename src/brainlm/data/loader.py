@@ -128,7 +128,8 @@ class WindowDataset(torch.utils.data.Dataset):
         rec = int(self._rec[i])
         t0 = self._window_start(i, rec)
         x = self.store.window(rec, t0, self.window)  # (W, R) view of the memory-mapped shard
-        signal = torch.from_numpy(np.ascontiguousarray(x.T, dtype=np.float32))  # (R, W)
+        # Copy out of the read-only map, then widen and transpose in torch (faster than numpy for float16).
+        signal = torch.from_numpy(np.array(x)).to(torch.float32).T.contiguous()  # (R, W)
         item = {"signal_vectors": signal, "xyz_vectors": self.xyz, "window_start": t0}
         item.update({c: v[rec] for c, v in self._ids.items()})
         item["phenotypes"] = {c: v[rec] for c, v in self._labels.items()}
