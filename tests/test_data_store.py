@@ -223,3 +223,31 @@ def test_collate_phenotypes(tmp_path):
     assert batch["phenotypes"]["age"].dtype.is_floating_point
     np.testing.assert_array_equal(batch["phenotypes"]["age"].numpy(), [20.0 + int(s) for s in batch["subject_id"]])
     assert batch["phenotypes"]["sex"] == ["MF"[int(s) % 2] for s in batch["subject_id"]]
+
+
+def test_failed_rebuild_leaves_previous_store_intact(tmp_path):
+    from brainlm.data import Atlas, Recording
+    from brainlm.data.prepare import write_store
+
+    inputs = _write_npy(tmp_path / "in", _series())
+    store = prepare(_cfg(tmp_path, inputs))
+
+    def crash():
+        raise MemoryError("simulated crash while reading")
+
+    tasks = [(p, lambda p=p: Recording(np.load(p), subject_id=p[-20:-18], source=p)) for p in inputs] + [("x", crash)]
+    atlas = Atlas(name="coords", coords=store.coords, region_names=store.region_names)
+    with pytest.raises(MemoryError):
+        write_store(_cfg(tmp_path, inputs, seed=1), atlas, tasks)
+    again = open_store(tmp_path / "store")
+    assert again.manifest == store.manifest
+    again.verify()
+    assert not list((tmp_path / "store").glob(".*"))  # staging removed
+
+
+def test_participant_ids_keep_leading_zeros(tmp_path):
+    from brainlm.data import read_participants
+
+    (tmp_path / "p.tsv").write_text("participant_id\tage\nsub-007\t31\n008\tn/a\n")
+    table = read_participants(tmp_path / "p.tsv")
+    assert list(table.index) == ["007", "008"] and np.isnan(table.loc["008", "age"])
