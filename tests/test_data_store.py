@@ -89,7 +89,7 @@ def test_store_readable_with_pyarrow_alone(tmp_path):
     prepare(_cfg(tmp_path, _write_npy(tmp_path / "in", series), dtype="float32", normalization="none"))
     root = tmp_path / "store"
     manifest = json.loads((root / "manifest.json").read_text())
-    regions = pq.read_table(root / "regions.parquet").to_pandas()
+    regions = pq.read_table(root / manifest["files"]["regions"]).to_pandas()
     assert list(regions.columns) == ["region_index", "name", "x", "y", "z"]
     shard = manifest["shards"][0]
     table = ipc.open_file(str(root / shard["file"])).read_all()

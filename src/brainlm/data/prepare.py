@@ -401,15 +401,19 @@ def write_store(cfg: PrepareConfig, atlas: Atlas, tasks: list[tuple[str, Callabl
     table["atlas"], table["normalization"] = atlas.name, method
     cols = ["recording_id", "subject_id", "session_id", "run_id", "task", "split", "shard", "row", "num_timepoints",
             "tr", "atlas", "normalization", "source"] + pheno_cols
-    _write_parquet(out / "recordings.parquet", pa.Table.from_pandas(table[cols], preserve_index=False))
+    # Table names carry the fingerprint too: until the new manifest is in place, the previous
+    # manifest still points at its own, unchanged tables.
+    files = {"recordings": f"recordings-{fingerprint}.parquet", "regions": f"regions-{fingerprint}.parquet"}
+    _write_parquet(out / files["recordings"], pa.Table.from_pandas(table[cols], preserve_index=False))
     regions = pd.DataFrame({"region_index": np.arange(num_regions, dtype=np.int32), "name": atlas.region_names,
                             "x": atlas.coords[:, 0], "y": atlas.coords[:, 1], "z": atlas.coords[:, 2]})
-    _write_parquet(out / "regions.parquet", pa.Table.from_pandas(regions, preserve_index=False))
+    _write_parquet(out / files["regions"], pa.Table.from_pandas(regions, preserve_index=False))
     for rel, write in (extra_files or {}).items():
         write(out / rel)
     manifest = {
         "format": STORE_FORMAT,
         "fingerprint": fingerprint,
+        "files": files,
         "atlas": atlas.name,
         "num_regions": num_regions,
         "dtype": cfg.dtype,
@@ -428,9 +432,9 @@ def write_store(cfg: PrepareConfig, atlas: Atlas, tasks: list[tuple[str, Callabl
         "options": {k: v for k, v in asdict(cfg).items() if k not in {"progress"}},
     }
     _write_json(out / "manifest.json", manifest)
-    # Shards of earlier builds are no longer referenced: remove them only now.
-    keep = {Path(s["file"]).name for s in shards}
-    for old in (out / "shards").glob("*.arrow"):
+    # Files of earlier builds are no longer referenced: remove them only now.
+    keep = {Path(s["file"]).name for s in shards} | set(files.values())
+    for old in [*(out / "shards").glob("*.arrow"), *out.glob("recordings-*.parquet"), *out.glob("regions-*.parquet")]:
         if old.name not in keep:
             old.unlink()
     return open_store(out)

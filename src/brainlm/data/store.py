@@ -2,10 +2,10 @@
 
 Layout of a store folder (the full schema is in ``docs/store.md``)::
 
-    manifest.json          format, counts, splits, normalisation, shard list with sha256
-    regions.parquet        one row per region: region_index, name, x, y, z
-    recordings.parquet     one row per recording: IDs, split, shard, row, length, TR, phenotypes
-    shards/<split>-<n>-<fingerprint>.arrow
+    manifest.json          format, counts, splits, normalisation, file names, shards with sha256
+    regions-<fingerprint>.parquet     one row per region: region_index, name, x, y, z
+    recordings-<fingerprint>.parquet  one row per recording: IDs, split, shard, row, length, TR, phenotypes
+    shards/<split>-<fingerprint>-<n>.arrow
                            Arrow IPC files; column "timeseries" is
                            list<fixed_size_list<float16|float32, R>> (timepoints x regions)
 
@@ -196,10 +196,10 @@ class Store:
         self.manifest = json.loads(manifest_path.read_text())
         if self.manifest.get("format") != STORE_FORMAT:
             raise ValueError(f"{self.path}: unknown store format {self.manifest.get('format')!r}")
-        regions = pd.read_parquet(self.path / "regions.parquet")
+        regions = pd.read_parquet(self.path / self.manifest["files"]["regions"])
         self.coords = regions[["x", "y", "z"]].to_numpy(np.float32)
         self.region_names = regions["name"].astype(str).tolist()
-        self.recordings = pd.read_parquet(self.path / "recordings.parquet")
+        self.recordings = pd.read_parquet(self.path / self.manifest["files"]["recordings"])
         self.normalization = self.manifest["normalization"]
         self.phenotype_columns = list(self.manifest.get("phenotype_columns", []))
         self._shard_of = self.recordings["shard"].to_numpy()
