@@ -251,3 +251,18 @@ def test_participant_ids_keep_leading_zeros(tmp_path):
     (tmp_path / "p.tsv").write_text("participant_id\tage\nsub-007\t31\n008\tn/a\n")
     table = read_participants(tmp_path / "p.tsv")
     assert list(table.index) == ["007", "008"] and np.isnan(table.loc["008", "age"])
+
+
+def test_cli_prepare_folder_and_bad_file(tmp_path, capsys):
+    from brainlm.cli import main
+
+    series = _series()
+    _write_npy(tmp_path / "in", series)
+    args = ["prepare", str(tmp_path / "in"), "--coords", str(_coords(tmp_path)), "--window", "20", "--split", "4", "1", "1"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert len(open_store(tmp_path / "a")) == 6
+    series[3][5, 2] = np.nan
+    _write_npy(tmp_path / "in", series)
+    assert main([*args, "--out", str(tmp_path / "b"), "--on-error", "raise"]) == 2
+    err = capsys.readouterr().err
+    assert "brainlm prepare: error:" in err and "sub-03_task-rest_run-1.npy" in err and "NaN" in err
