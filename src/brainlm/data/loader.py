@@ -110,7 +110,8 @@ class WindowDataset(torch.utils.data.Dataset):
         """Choose this epoch's random windows (and, on several ranks, recordings per rank).
 
         Call before each epoch, as with ``DistributedSampler``; the same epoch gives the same
-        windows.
+        windows. DataLoader workers receive a copy of the dataset when an epoch's iterator
+        starts, so this reaches them unless ``persistent_workers=True``.
         """
         self.epoch = epoch
         self._assign()
