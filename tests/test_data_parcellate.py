@@ -175,3 +175,12 @@ def test_bold_files_batch_skips_bad_file(tmp_path):
     assert len(store) == 3
     assert "sub-04_bold.nii.gz" in store.manifest["skipped"][0]["reason"]
     assert open_store(tmp_path / "s").atlas == "boxes"
+
+
+def test_atlas_coordinate_count_must_match_labels(tmp_path):
+    path, _, _ = _box_atlas(tmp_path)
+    np.savetxt(tmp_path / "c.dat", [[1, 0, 0, 0], [2, 1, 1, 1]], delimiter="\t")
+    with pytest.raises(ValueError, match="2 coordinate rows but the atlas .* has 3 labels"):
+        load_atlas(path, coords=tmp_path / "c.dat")
+    a424 = load_atlas("A424")
+    assert a424.num_regions == 424 and a424.coords.shape == (424, 3) and a424.label_values[-1] == 424
