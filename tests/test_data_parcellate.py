@@ -171,10 +171,13 @@ def test_bold_files_batch_skips_bad_file(tmp_path):
     (tmp_path / "sub-04_bold.nii.gz").write_bytes(b"not a nifti")
     files = sorted(str(p) for p in tmp_path.glob("sub-*_bold.nii.gz"))
     store = prepare(PrepareConfig(inputs=files, out_dir=str(tmp_path / "s"), atlas=str(atlas_path), tr=1.0,
-                                  window=10, split=(2, 1, 0), progress=False))
+                                  window=10, split=(2, 1, 0), jobs=2, progress=False))  # two processes
     assert len(store) == 3
     assert "sub-04_bold.nii.gz" in store.manifest["skipped"][0]["reason"]
     assert open_store(tmp_path / "s").atlas == "boxes"
+    serial = prepare(PrepareConfig(inputs=files, out_dir=str(tmp_path / "s1"), atlas=str(atlas_path), tr=1.0,
+                                   window=10, split=(2, 1, 0), progress=False))
+    assert [s["sha256"] for s in serial.manifest["shards"]] == [s["sha256"] for s in store.manifest["shards"]]
 
 
 def test_atlas_coordinate_count_must_match_labels(tmp_path):

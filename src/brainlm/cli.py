@@ -62,6 +62,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--window", type=int, default=200, help="recordings shorter than this are rejected")
     g.add_argument("--on-error", default="skip", choices=["skip", "raise"], help="skip bad inputs (default) or stop")
     g.add_argument("--shard-mb", type=int, default=256)
+    g.add_argument("--jobs", type=int, default=1, help="processes reading / parcellating inputs in parallel")
 
     def run(args: argparse.Namespace) -> int:
         from brainlm.data import PrepareConfig, prepare
@@ -74,7 +75,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
             recording_column=args.recording_column, coords_dataset=args.coords_dataset,
             participants=args.participants, target_tr=args.target_tr, normalization=args.normalization,
             dtype=args.dtype, split=tuple(args.split), seed=args.seed, window=args.window,
-            on_error=args.on_error, shard_mb=args.shard_mb,
+            on_error=args.on_error, shard_mb=args.shard_mb, jobs=args.jobs,
         )
         store = prepare(config)
         print(store)

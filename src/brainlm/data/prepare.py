@@ -79,6 +79,7 @@ class PrepareConfig:
     window: int = 200  # recordings shorter than this are rejected
     on_error: str = "skip"  # skip | raise
     shard_mb: int = 256  # target shard size
+    jobs: int = 1  # processes reading / parcellating inputs in parallel
     progress: bool = True  # tqdm bars
 
     def __post_init__(self):
@@ -94,6 +95,8 @@ class PrepareConfig:
             raise ValueError(f"split needs three non-negative numbers (train, validation, test), got {self.split}")
         if self.window < 1:
             raise ValueError("window must be positive")
+        if self.jobs < 1:
+            raise ValueError("jobs must be at least 1")
         if not self.demo and not self.inputs:
             raise ValueError("no inputs given (pass files or folders, or use the demo)")
 
@@ -244,7 +247,7 @@ def _tasks(cfg: PrepareConfig) -> tuple[Atlas, list[tuple[str, Callable[[], Reco
 
 def _fingerprint(cfg: PrepareConfig, sources: list[str]) -> str:
     digest = hashlib.sha256()
-    options = {k: v for k, v in asdict(cfg).items() if k not in {"out_dir", "progress", "on_error"}}
+    options = {k: v for k, v in asdict(cfg).items() if k not in {"out_dir", "progress", "on_error", "jobs"}}
     digest.update(json.dumps(options, sort_keys=True, default=str).encode())
     for s in sources:
         p = Path(s)
@@ -279,15 +282,38 @@ def _arrow_type(values: pd.Series) -> pa.DataType:
     return pa.string()
 
 
+def _load(source: str, load: Callable[[], Recording]) -> Recording | InputError:
+    try:
+        return load()
+    except InputError as err:
+        return err  # reported by the caller, who decides to skip or stop
+    except (ValueError, OSError, EOFError, TypeError, IndexError, KeyError) as err:
+        # Errors raised deep inside third-party readers still name the file.
+        return InputError(f"{source}: {type(err).__name__}: {err}")
+
+
+_FORKED_TASKS: list = []  # inherited by forked workers: loaders are closures, not picklable
+
+
+def _load_forked(i: int) -> Recording | InputError:
+    return _load(*_FORKED_TASKS[i])
+
+
 def _recordings_from_tasks(tasks, cfg: PrepareConfig) -> Iterator[Recording | InputError]:
-    for source, load in _progress(tasks, cfg.progress, desc="reading inputs", unit="file"):
-        try:
-            yield load()
-        except InputError as err:
-            yield err  # reported by the caller, who decides to skip or stop
-        except (ValueError, OSError, EOFError, TypeError, IndexError, KeyError) as err:
-            # Errors raised deep inside third-party readers still name the file.
-            yield InputError(f"{source}: {type(err).__name__}: {err}")
+    """Load inputs in order, in ``cfg.jobs`` forked processes when more than one."""
+    import multiprocessing as mp
+
+    if cfg.jobs == 1 or len(tasks) < 2 or "fork" not in mp.get_all_start_methods():
+        for task in _progress(tasks, cfg.progress, desc="reading inputs", unit="file"):
+            yield _load(*task)
+        return
+    _FORKED_TASKS[:] = tasks
+    try:
+        with mp.get_context("fork").Pool(min(cfg.jobs, len(tasks))) as pool:
+            results = pool.imap(_load_forked, range(len(tasks)), chunksize=1)
+            yield from _progress(results, cfg.progress, total=len(tasks), desc="reading inputs", unit="file")
+    finally:
+        _FORKED_TASKS.clear()
 
 
 def prepare(config: PrepareConfig) -> Store:
