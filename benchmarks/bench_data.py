@@ -24,8 +24,7 @@ import torch
 
 
 def _bench_store(root: Path, recordings: int, timepoints: int) -> tuple[object, float]:
-    from brainlm.data import PrepareConfig, Recording, load_atlas
-    from brainlm.data.prepare import write_store
+    from brainlm.data import PrepareConfig, Recording, load_atlas, write_store
 
     atlas = load_atlas("A424")
     rng = np.random.default_rng(0)

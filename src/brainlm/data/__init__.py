@@ -16,7 +16,7 @@ from .loader import WindowDataset, collate_windows
 from .normalize import NORMALIZATIONS, Normalizer, TemporalResampler, resample_tr
 from .original import read_original_coordinates, read_original_dataset
 from .parcellate import Parcellator
-from .prepare import PrepareConfig, check_recording, prepare, split_subjects
+from .prepare import PrepareConfig, check_recording, prepare, split_subjects, write_store
 from .readers import InputError, Recording, find_bids_bold, read_participants, read_timeseries
 from .store import STORE_FORMAT, Store, open_store
 
@@ -27,7 +27,7 @@ __all__ = [
     "NORMALIZATIONS", "Normalizer", "TemporalResampler", "resample_tr",
     "read_original_dataset", "read_original_coordinates",
     "Parcellator",
-    "PrepareConfig", "prepare", "check_recording", "split_subjects",
+    "PrepareConfig", "prepare", "write_store", "check_recording", "split_subjects",
     "InputError", "Recording", "find_bids_bold", "read_participants", "read_timeseries",
     "STORE_FORMAT", "Store", "open_store",
 ]

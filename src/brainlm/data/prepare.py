@@ -39,7 +39,7 @@ from .readers import (
 )
 from .store import STORE_FORMAT, Store, _ShardReader, _ShardWriter, _shard_schema, _write_json, _write_parquet, open_store
 
-__all__ = ["PrepareConfig", "prepare", "check_recording", "split_subjects"]
+__all__ = ["PrepareConfig", "prepare", "write_store", "check_recording", "split_subjects"]
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
@@ -333,7 +333,19 @@ def prepare(config: PrepareConfig) -> Store:
 
 def write_store(cfg: PrepareConfig, atlas: Atlas, tasks: list[tuple[str, Callable[[], Recording]]],
                 default_normalization: str = "robust", extra_files: dict[str, Callable[[Path], None]] | None = None) -> Store:
-    """Run both passes for prepared input loaders (used by ``prepare`` and the demo)."""
+    """Write a store from ready input loaders (the engine of ``prepare`` and the demo).
+
+    Args:
+        cfg: options (``inputs`` and the input-specific fields are not used here).
+        atlas: region coordinates and names (R regions).
+        tasks: ``(source, load)`` pairs; ``load()`` returns a ``Recording`` with ``(T, R)``
+            data or raises ``InputError``. Any source of recordings can be stored this way.
+        default_normalization: used when ``cfg.normalization`` is None.
+        extra_files: file name in the store -> function writing it (atomically).
+
+    Returns:
+        The opened ``Store``.
+    """
     out = Path(cfg.out_dir)
     fingerprint = _fingerprint(cfg, [s for s, _ in tasks])
     if _finished(out, fingerprint):

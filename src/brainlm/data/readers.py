@@ -19,6 +19,8 @@ __all__ = [
     "Recording",
     "read_timeseries",
     "find_bids_bold",
+    "bold_sidecar",
+    "confounds_file",
     "parse_bids_entities",
     "read_participants",
     "TIMESERIES_SUFFIXES",
