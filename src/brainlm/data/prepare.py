@@ -43,6 +43,8 @@ __all__ = ["PrepareConfig", "prepare", "write_store", "check_recording", "split_
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
+_RESERVED = {"recording_id", "subject_id", "session_id", "run_id", "task", "split", "shard", "row", "num_timepoints",
+             "tr", "atlas", "normalization", "source", "timeseries", "_stage"}
 
 
 @dataclass(kw_only=True)
@@ -387,7 +389,9 @@ def write_store(cfg: PrepareConfig, atlas: Atlas, tasks: list[tuple[str, Callabl
             metas.append({
                 "recording_id": rec.recording_id, "subject_id": rec.subject_id, "session_id": rec.session_id,
                 "run_id": rec.run_id, "task": rec.task, "tr": float(cfg.target_tr or rec.tr), "source": rec.source,
-                "num_timepoints": len(data), "_stage": (shard, row), **{f"{k}": v for k, v in rec.phenotypes.items()},
+                "num_timepoints": len(data), "_stage": (shard, row),
+                    # A phenotype named like a store column (e.g. "task") gets a prefix.
+                    **{(f"phenotype_{k}" if k in _RESERVED else str(k)): v for k, v in rec.phenotypes.items()},
             })
         writer.close()
         if not metas:
