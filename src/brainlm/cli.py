@@ -86,7 +86,167 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-_COMMANDS = [_add_demo, _add_prepare]
+def _data_args(p: argparse.ArgumentParser, split: bool = True) -> None:
+    p.add_argument("checkpoint", help="model folder (ours, original BrainLM, ViT-MAE, a training run) or hub id")
+    p.add_argument("data", nargs="+", help="a store folder, or parcellated time-series files (with --coords)")
+    p.add_argument("--coords", help="coordinate file for time-series files")
+    if split:
+        p.add_argument("--split", help="store split: train, validation or test (default: all)")
+    p.add_argument("--window", type=int, help="timepoints per window (default: the model's)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def _data(args: argparse.Namespace):
+    return args.data[0] if len(args.data) == 1 and not args.coords else args.data
+
+
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="embeddings of recording windows (masking off), as Parquet or .npy")
+    _data_args(p)
+    p.add_argument("--out", required=True, help="output .parquet, or .npy (with .index.tsv beside it)")
+    p.add_argument("--pooling", default="cls", choices=["cls", "mean", "region_time"])
+    p.add_argument("--keep-regions", action="store_true", help="region_time: keep one vector per region (R, D)")
+    p.add_argument("--windows", default="average", choices=["first", "sliding", "average"])
+    p.add_argument("--stride", type=int, help="step of sliding windows (default: the window)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--attention", action="store_true", help="also store CLS attention per region")
+
+    def run(args: argparse.Namespace) -> int:
+        from brainlm.downstream import run_embed
+
+        run_embed(args.checkpoint, _data(args), args.out, overwrite=args.overwrite, split=args.split,
+                  coords=args.coords, pooling=args.pooling, average_regions=not args.keep_regions,
+                  windows=args.windows, window=args.window, stride=args.stride, batch_size=args.batch_size,
+                  attention=args.attention)
+        print(f"wrote {args.out}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reconstruct", help="reconstruct whole recordings window by window; R^2 per region and a plot")
+    _data_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mask-ratio", type=float, default=0.5)
+    p.add_argument("--single-pass", action="store_true", help="one random mask per window instead of covering every patch")
+    p.add_argument("--seed", type=int, default=0)
+
+    def run(args: argparse.Namespace) -> int:
+        from brainlm.downstream import run_reconstruct
+
+        summary = run_reconstruct(args.checkpoint, _data(args), args.out, split=args.split, coords=args.coords,
+                                  overwrite=args.overwrite, mask_ratio=args.mask_ratio, window=args.window,
+                                  cover=not args.single_pass, seed=args.seed)
+        print(summary.to_string(index=False))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_forecast(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("forecast", help="predict the last k timepoints of each window; vs persistence and AR baselines")
+    _data_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("-k", "--last", type=int, required=True, help="timepoints to forecast: a multiple of the patch size")
+    p.add_argument("--stride", type=int, help="step of the windows (default: the window)")
+    p.add_argument("--ar-order", type=int, default=3)
+
+    def run(args: argparse.Namespace) -> int:
+        from brainlm.downstream import run_forecast
+
+        metrics = run_forecast(args.checkpoint, _data(args), args.out, args.last, split=args.split, coords=args.coords,
+                               overwrite=args.overwrite, window=args.window, stride=args.stride, ar_order=args.ar_order)
+        print(metrics.to_string(index=False))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="probes on frozen embeddings and on functional connectivity, grouped CV by subject")
+    _data_args(p)
+    p.add_argument("--target", required=True, help="phenotype column (store) or column of --targets")
+    p.add_argument("--targets", help="TSV/CSV of targets keyed by subject_id or participant_id")
+    p.add_argument("--subject-column")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--task", default="auto", choices=["auto", "regression", "classification"])
+    p.add_argument("--probes", default="dummy,ridge,knn,svm,mlp", help="comma separated")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--inner-folds", type=int, default=3)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--pooling", default="cls", choices=["cls", "mean", "region_time"])
+    p.add_argument("--windows", default="average", choices=["first", "sliding", "average"])
+    p.add_argument("--stride", type=int)
+    p.add_argument("--no-fc", action="store_true", help="skip the functional connectivity baseline")
+    p.add_argument("--seed", type=int, default=0)
+
+    def run(args: argparse.Namespace) -> int:
+        from brainlm.downstream import run_probe
+
+        run_probe(args.checkpoint, _data(args), args.target, args.out, overwrite=args.overwrite,
+                  targets_file=args.targets, subject_column=args.subject_column, split=args.split, coords=args.coords,
+                  pooling=args.pooling, windows=args.windows, window=args.window, stride=args.stride,
+                  fc_baseline=not args.no_fc, task=args.task, probes=tuple(args.probes.split(",")),
+                  n_splits=args.folds, inner_splits=args.inner_folds, n_boot=args.bootstrap, seed=args.seed)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="train a CLS -> MLP head (encoder frozen or not) with early stopping")
+    p.add_argument("checkpoint", help="model folder or training run")
+    p.add_argument("store", help="store folder with train and validation splits")
+    p.add_argument("--target", required=True)
+    p.add_argument("--targets", help="TSV/CSV of targets keyed by subject")
+    p.add_argument("--subject-column")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--task", default="auto", choices=["auto", "regression", "classification"])
+    p.add_argument("--full", action="store_true", help="fine-tune the encoder too (default: frozen)")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--encoder-lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--head-hidden", type=int, default=128)
+    p.add_argument("--window", type=int)
+    p.add_argument("--stride", type=int)
+    p.add_argument("--seed", type=int, default=0)
+
+    def run(args: argparse.Namespace) -> int:
+        from brainlm.downstream import run_finetune
+
+        run_finetune(args.checkpoint, args.store, args.target, args.out, overwrite=args.overwrite,
+                     targets_file=args.targets, subject_column=args.subject_column, task=args.task,
+                     freeze_encoder=not args.full, epochs=args.epochs, patience=args.patience, lr=args.lr,
+                     encoder_lr=args.encoder_lr, batch_size=args.batch_size, head_hidden=args.head_hidden,
+                     window=args.window, stride=args.stride, seed=args.seed)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_fingerprint(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fingerprint", help="identify subjects from the first half of a recording to the second")
+    _data_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--pooling", default="cls", choices=["cls", "mean", "region_time"])
+    p.add_argument("--stride", type=int, help="step of the windows inside each half (default: half a window)")
+
+    def run(args: argparse.Namespace) -> int:
+        from brainlm.downstream import run_fingerprint
+
+        run_fingerprint(args.checkpoint, _data(args), args.out, overwrite=args.overwrite, split=args.split,
+                        coords=args.coords, pooling=args.pooling, window=args.window, stride=args.stride)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+_COMMANDS = [_add_demo, _add_prepare, _add_embed, _add_reconstruct, _add_forecast, _add_probe, _add_finetune,
+             _add_fingerprint]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         # Bad input is reported as one clear line, not a stack trace.
         print(f"brainlm {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,70 @@
+"""Using a trained model: embeddings, reconstruction, forecasting, probes, fine-tuning, fingerprinting.
+
+Public API::
+
+    load_model(path_or_id)                       our / original / ViT-MAE / run / fine-tuned folders
+    open_recordings(store_or_files, split, coords) -> Recordings
+    embed(model, data, pooling=..., windows=...) -> Embeddings;  write_embeddings / read_embeddings
+    embed_windows(model, (B, R, T), (R, 3), pooling) -> (B, D) | (B, R, D);  cls_attention -> (B, R, P)
+    reconstruct_recording(model, (T, R), (R, 3), mask_ratio) -> Reconstruction (true, pred, r2)
+    forecast_windows(model, (B, R, T), (R, 3), k) -> (B, R, k);  forecast_recordings(...) -> ForecastResult
+    probe(model, data, target) / run_probes(X, y, groups) -> ProbeResult (with the FC baseline)
+    finetune(model, store, target, FinetuneConfig(...)) -> FinetuneResult;  load_finetuned(folder)
+    fingerprint(model, data) -> (summary, matches);  identify(first, second)
+"""
+
+from .embed import (
+    POOLINGS,
+    WINDOW_MODES,
+    Embeddings,
+    cls_attention,
+    embed,
+    embed_recordings,
+    embed_windows,
+    read_embeddings,
+    window_starts,
+    write_embeddings,
+)
+from .finetune import BrainLMFinetuner, FinetuneConfig, FinetuneResult, finetune, load_finetuned, save_finetuned
+from .fingerprint import fingerprint, identify
+from .loading import (
+    Recordings,
+    check_regions,
+    is_vitmae,
+    load_model,
+    model_num_regions,
+    model_window,
+    open_recordings,
+    resolve_model_folder,
+)
+from .plots import plot_fingerprint, plot_forecast, plot_reconstruction
+from .probe import PROBES, ProbeResult, align_targets, fc_features, functional_connectivity, load_targets, probe, run_probes
+from .report import run_embed, run_finetune, run_fingerprint, run_forecast, run_probe, run_reconstruct
+from .reconstruct import (
+    ForecastResult,
+    Reconstruction,
+    ar_forecast,
+    forecast_noise,
+    forecast_recordings,
+    forecast_windows,
+    masking_noise,
+    persistence_forecast,
+    r2_per_region,
+    reconstruct_recording,
+    reconstruct_recordings,
+)
+
+__all__ = [
+    "POOLINGS", "WINDOW_MODES", "Embeddings", "cls_attention", "embed", "embed_recordings", "embed_windows",
+    "read_embeddings", "window_starts", "write_embeddings",
+    "BrainLMFinetuner", "FinetuneConfig", "FinetuneResult", "finetune", "load_finetuned", "save_finetuned",
+    "fingerprint", "identify",
+    "Recordings", "check_regions", "is_vitmae", "load_model", "model_num_regions", "model_window",
+    "open_recordings", "resolve_model_folder",
+    "plot_fingerprint", "plot_forecast", "plot_reconstruction",
+    "run_embed", "run_reconstruct", "run_forecast", "run_probe", "run_finetune", "run_fingerprint",
+    "PROBES", "ProbeResult", "align_targets", "fc_features", "functional_connectivity", "load_targets", "probe",
+    "run_probes",
+    "ForecastResult", "Reconstruction", "ar_forecast", "forecast_noise", "forecast_recordings", "forecast_windows",
+    "masking_noise", "persistence_forecast", "r2_per_region", "reconstruct_recording", "reconstruct_recordings",
+]

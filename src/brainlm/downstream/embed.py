@@ -1,0 +1,355 @@
+"""Embeddings of recording windows from a trained encoder, with masking off.
+
+Dimension letters: B windows in a batch, R regions, T timepoints per window, P = T / W
+patches per region, L = R * P tokens, D hidden size, N windows in total.
+
+Poolings (``pooling=``):
+
+- ``"cls"``: the CLS token, ``(N, D)``.
+- ``"mean"``: the mean of the L patch tokens (CLS excluded), ``(N, D)``.
+- ``"region_time"``: the tokens reshaped to ``(R, P, D)`` (region-major order, which holds with
+  masking off and no noise) and averaged over time, ``(N, R, D)``; with
+  ``average_regions=True`` also over regions, ``(N, D)``. Not available for the released
+  ViT-MAE models, whose tokens are image patches.
+
+Windows of a recording (``windows=``): ``"first"`` the window at timepoint 0; ``"sliding"``
+every window at ``0, stride, 2 * stride, ...``; ``"average"`` the mean of the sliding windows'
+embeddings, one row per recording (``window = -1``).
+
+CLS attention (``attention=True``): the last encoder layer's attention of the CLS query over
+the L patch tokens, averaged over heads and renormalised after dropping the CLS token's
+attention to itself, summed over each region's patches: ``(N, R)``, each row sums to 1.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .loading import Recordings, check_regions, is_vitmae, load_model, model_window, open_recordings
+
+__all__ = [
+    "POOLINGS",
+    "WINDOW_MODES",
+    "Embeddings",
+    "embed_windows",
+    "cls_attention",
+    "window_starts",
+    "embed_recordings",
+    "embed",
+    "write_embeddings",
+    "read_embeddings",
+]
+
+POOLINGS = ("cls", "mean", "region_time")
+WINDOW_MODES = ("first", "sliding", "average")
+INDEX_COLUMNS = ["recording_id", "subject_id", "session_id", "run_id", "window", "window_start"]
+
+
+def _as_batch(signal_vectors, xyz_vectors) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.as_tensor(np.array(signal_vectors, dtype=np.float32))  # a copy: store views are read-only
+    xyz = torch.as_tensor(np.array(xyz_vectors, dtype=np.float32))
+    if x.dim() != 3:
+        raise ValueError(f"signal_vectors must be (B, R, T), got shape {tuple(x.shape)}")
+    if xyz.dim() == 2:
+        xyz = xyz.expand(x.shape[0], -1, -1)  # (B, R, 3)
+    return x, xyz
+
+
+@torch.no_grad()
+def embed_windows(
+    model: nn.Module,
+    signal_vectors,
+    xyz_vectors,
+    pooling: str = "cls",
+    average_regions: bool = False,
+    attention: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Embed a batch of windows with masking off.
+
+    Args:
+        model: ``BrainLMForPretraining`` or ``BrainLMViTMAE``.
+        signal_vectors: ``(B, R, T)`` windows (array or tensor).
+        xyz_vectors: ``(B, R, 3)`` or ``(R, 3)`` coordinates.
+        pooling: ``"cls"``, ``"mean"`` or ``"region_time"`` (module docstring).
+        average_regions: with ``region_time``, also average over regions.
+        attention: also return CLS attention per region, ``(B, R)``.
+
+    Returns:
+        ``(B, D)`` or ``(B, R, D)`` float32 embeddings; with ``attention``, ``(emb, attn)``.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    x, xyz = _as_batch(signal_vectors, xyz_vectors)
+    device = next(model.parameters()).device
+    x, xyz = x.to(device), xyz.to(device)
+    if is_vitmae(model):
+        if pooling == "region_time":
+            raise ValueError("region_time pooling is not applicable to ViT-MAE models (their tokens are image patches); use 'cls' or 'mean'")
+        if attention:
+            raise ValueError("CLS attention maps are only available for BrainLM models, not ViT-MAE")
+        return model.embed(x, pooling=pooling).float().cpu().numpy()
+    out = model(x, xyz, mask_ratio=0.0, output_cls_attentions=attention)
+    hidden = out.encoder_last_hidden_state  # (B, 1 + L, D), tokens region-major
+    B, R, T = x.shape
+    P = T // model.config.timepoint_patching_size
+    if pooling == "cls":
+        emb = hidden[:, 0]  # (B, D)
+    elif pooling == "mean":
+        emb = hidden[:, 1:].mean(1)  # (B, D)
+    else:
+        tokens = hidden[:, 1:].reshape(B, R, P, -1)  # (B, R, P, D)
+        emb = tokens.mean(2)  # (B, R, D)
+        if average_regions:
+            emb = emb.mean(1)  # (B, D)
+    emb = emb.float().cpu().numpy()
+    if not attention:
+        return emb
+    return emb, _region_attention(out.cls_attentions[-1], R, P).cpu().numpy()
+
+
+def _region_attention(cls_attn: torch.Tensor, R: int, P: int) -> torch.Tensor:
+    """(B, H, 1 + L) CLS attention of one layer -> (B, R), head mean, renormalised over tokens."""
+    a = cls_attn.float().mean(1)[:, 1:]  # (B, L) drop the CLS token's attention to itself
+    a = a / a.sum(-1, keepdim=True)
+    return a.view(-1, R, P).sum(-1)  # (B, R)
+
+
+@torch.no_grad()
+def cls_attention(model: nn.Module, signal_vectors, xyz_vectors, layer: int = -1) -> np.ndarray:
+    """CLS attention over patch tokens in one encoder layer, averaged over heads.
+
+    Returns:
+        ``(B, R, P)``; each window's map sums to 1 over its R * P tokens (the CLS token's
+        attention to itself is dropped and the rest renormalised).
+    """
+    if is_vitmae(model):
+        raise ValueError("CLS attention maps are only available for BrainLM models, not ViT-MAE")
+    x, xyz = _as_batch(signal_vectors, xyz_vectors)
+    device = next(model.parameters()).device
+    out = model(x.to(device), xyz.to(device), mask_ratio=0.0, output_cls_attentions=True)
+    B, R, T = x.shape
+    P = T // model.config.timepoint_patching_size
+    a = out.cls_attentions[layer].float().mean(1)[:, 1:]  # (B, L)
+    a = a / a.sum(-1, keepdim=True)
+    return a.view(B, R, P).cpu().numpy()  # (B, R, P)
+
+
+def window_starts(num_timepoints: int, window: int, stride: int | None = None, mode: str = "sliding") -> np.ndarray:
+    """Start timepoints of the windows of one recording (``first``: only 0)."""
+    if mode not in WINDOW_MODES:
+        raise ValueError(f"windows must be one of {WINDOW_MODES}, got {mode!r}")
+    if num_timepoints < window:
+        return np.zeros(0, dtype=np.int64)
+    if mode == "first":
+        return np.zeros(1, dtype=np.int64)
+    return np.arange(0, num_timepoints - window + 1, stride or window, dtype=np.int64)
+
+
+@dataclass
+class Embeddings:
+    """Embeddings with their keys.
+
+    Attributes:
+        X: ``(N, D)`` or ``(N, R, D)`` float32.
+        index: ``N`` rows of ``recording_id, subject_id, session_id, run_id, window,
+            window_start`` (``window = -1`` and ``window_start = -1`` for a recording average).
+        attention: ``(N, R)`` CLS attention per region, or None.
+        pooling: the pooling used.
+        skipped: recordings shorter than one window (not embedded), by ``recording_id``.
+    """
+
+    X: np.ndarray
+    index: pd.DataFrame
+    attention: np.ndarray | None = None
+    pooling: str = "cls"
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+
+def embed_recordings(
+    model: nn.Module,
+    recordings: Recordings,
+    *,
+    pooling: str = "cls",
+    average_regions: bool = False,
+    windows: str = "average",
+    window: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 32,
+    attention: bool = False,
+    progress: bool = True,
+) -> Embeddings:
+    """Embed every recording of ``recordings`` window by window (batched across recordings).
+
+    Args:
+        model: a loaded model.
+        recordings: from :func:`open_recordings`.
+        pooling, average_regions: see :func:`embed_windows`.
+        windows: ``"first"``, ``"sliding"`` or ``"average"``.
+        window: timepoints per window (default: the model's training window).
+        stride: step of sliding windows (default: ``window``).
+        batch_size: windows per forward pass.
+        attention: also compute CLS attention per region.
+        progress: show a progress bar.
+
+    Returns:
+        ``Embeddings``; recordings shorter than ``window`` are listed in ``skipped``.
+    """
+    check_regions(model, recordings.num_regions, recordings.source)
+    window = window or model_window(model)
+    if windows not in WINDOW_MODES:
+        raise ValueError(f"windows must be one of {WINDOW_MODES}, got {windows!r}")
+    rows, embs, attns, skipped = [], [], [], []
+    batch, batch_rows = [], []
+
+    def flush():
+        if not batch:
+            return
+        res = embed_windows(model, np.stack(batch), recordings.coords, pooling, average_regions, attention)
+        e, a = res if attention else (res, None)
+        embs.append(e)
+        if a is not None:
+            attns.append(a)
+        rows.extend(batch_rows)
+        batch.clear()
+        batch_rows.clear()
+
+    for meta, ts in tqdm(recordings, total=len(recordings), desc="embed", disable=not progress):
+        starts = window_starts(len(ts), window, stride, windows)
+        if len(starts) == 0:
+            skipped.append(meta["recording_id"])
+            continue
+        for w, t0 in enumerate(starts):
+            batch.append(ts[t0 : t0 + window].T)  # (R, T)
+            batch_rows.append({**meta, "window": w, "window_start": int(t0)})
+            if len(batch) >= batch_size:
+                flush()
+    flush()
+    if not rows:
+        raise ValueError(f"no recording of {recordings.source} holds a window of {window} timepoints")
+    X = np.concatenate(embs)
+    A = np.concatenate(attns) if attention else None
+    index = pd.DataFrame(rows)[INDEX_COLUMNS]
+    if windows == "average":
+        keys = index["recording_id"].to_numpy()
+        order = list(dict.fromkeys(keys))
+        pos = [np.flatnonzero(keys == k) for k in order]
+        X = np.stack([X[p].mean(0) for p in pos])
+        A = np.stack([A[p].mean(0) for p in pos]) if A is not None else None
+        index = index.iloc[[p[0] for p in pos]].reset_index(drop=True)
+        index["window"] = -1
+        index["window_start"] = -1
+    return Embeddings(X.astype(np.float32), index.reset_index(drop=True), A, pooling, skipped)
+
+
+def embed(
+    model_or_path,
+    data,
+    *,
+    split: str | None = None,
+    coords=None,
+    **kwargs,
+) -> Embeddings:
+    """Load a model (if given a path) and embed a store or files; see :func:`embed_recordings`.
+
+    Args:
+        model_or_path: a model, or anything :func:`load_model` accepts.
+        data: a store (path or ``Store``) or time-series files.
+        split: store split, None for all.
+        coords: coordinates for files.
+        **kwargs: passed to :func:`embed_recordings`.
+    """
+    model = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    return embed_recordings(model.eval(), open_recordings(data, split, coords), **kwargs)
+
+
+def _temp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_embeddings(emb: Embeddings, path: str | os.PathLike, overwrite: bool = False) -> list[Path]:
+    """Write embeddings as Parquet (``.parquet``) or ``.npy`` with an index ``.tsv`` beside it.
+
+    Parquet: the index columns, ``embedding`` (list of float32, flattened) and, when computed,
+    ``attention`` (list of R float32); the embedding shape per row is stored in the file's
+    metadata (``brainlm.shape``). ``.npy``: ``X`` as saved by numpy, the index as
+    ``<stem>.index.tsv`` and attention as ``<stem>.attention.npy``.
+    Files are written under temporary names and renamed when complete.
+
+    Raises:
+        FileExistsError: a target exists and ``overwrite`` is False.
+        ValueError: an unknown suffix.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if path.suffix not in (".parquet", ".npy"):
+        raise ValueError(f"{path}: embeddings are written as .parquet or .npy")
+    targets = [path]
+    if path.suffix == ".npy":
+        targets.append(path.with_suffix(".index.tsv"))
+        if emb.attention is not None:
+            targets.append(path.with_suffix(".attention.npy"))
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"not overwriting {', '.join(existing)} (pass overwrite=True / --overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        table = pa.Table.from_pandas(emb.index, preserve_index=False)
+        flat = emb.X.reshape(len(emb.X), -1)
+        table = table.append_column("embedding", pa.array(list(flat), type=pa.list_(pa.float32())))
+        if emb.attention is not None:
+            table = table.append_column("attention", pa.array(list(emb.attention.astype(np.float32)), type=pa.list_(pa.float32())))
+        meta = dict(table.schema.metadata or {})
+        meta[b"brainlm.shape"] = ",".join(map(str, emb.X.shape[1:])).encode()
+        meta[b"brainlm.pooling"] = emb.pooling.encode()
+        tmp = _temp(path)
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
+        tmp.replace(path)
+    else:
+        writes = [(path, lambda f: np.save(f, emb.X))]
+        writes.append((targets[1], lambda f: emb.index.to_csv(f, sep="\t", index=False)))
+        if emb.attention is not None:
+            writes.append((targets[2], lambda f: np.save(f, emb.attention)))
+        for target, write in writes:
+            tmp = _temp(target)
+            with open(tmp, "wb") as f:
+                write(f)
+            tmp.replace(target)
+    return targets
+
+
+def read_embeddings(path: str | os.PathLike) -> Embeddings:
+    """Read what :func:`write_embeddings` wrote."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no embeddings file")
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+        meta = table.schema.metadata or {}
+        shape = tuple(int(s) for s in meta.get(b"brainlm.shape", b"").decode().split(",") if s)
+        df = table.to_pandas()
+        X = np.stack(df["embedding"].to_numpy()).astype(np.float32)
+        X = X.reshape(len(X), *shape) if shape else X
+        A = np.stack(df["attention"].to_numpy()).astype(np.float32) if "attention" in df else None
+        index = df[INDEX_COLUMNS].copy()
+        for c in ("recording_id", "subject_id", "session_id", "run_id"):
+            index[c] = index[c].astype(str)
+        return Embeddings(X, index, A, meta.get(b"brainlm.pooling", b"cls").decode())
+    X = np.load(path)
+    index = pd.read_csv(path.with_suffix(".index.tsv"), sep="\t", dtype={c: str for c in INDEX_COLUMNS[:4]}, keep_default_na=False)
+    att = path.with_suffix(".attention.npy")
+    return Embeddings(X, index, np.load(att) if att.is_file() else None)

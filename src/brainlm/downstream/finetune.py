@@ -1,0 +1,304 @@
+"""Fine-tuning: the encoder's CLS token into a small MLP head, as in the BrainLM paper.
+
+Dimension letters: B windows, R regions, T timepoints per window, D hidden size, C outputs
+(classes, or 1 for regression).
+
+``finetune`` trains on sliding windows of a store's training split (every window of a
+subject carries the subject's target) and stops early on the validation split's loss
+(MSE of standardised targets, or cross-entropy). ``freeze_encoder=True`` trains the head
+only (encoder in eval mode, no gradients); otherwise encoder and head are trained together,
+the encoder with its own, smaller learning rate. The decoder is never used or changed.
+
+The saved folder is an ordinary checkpoint of the whole masked autoencoder with the
+fine-tuned encoder (``config.json`` + ``model.safetensors``: ``load_model``, ``embed`` and
+``probe`` accept it) plus ``head.safetensors`` and ``head.json`` (task, classes, target
+scaling, head sizes), read by ``load_finetuned``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from brainlm.model import BrainLMForPretraining
+
+from .loading import check_regions, is_vitmae, load_model, model_window
+
+__all__ = ["FinetuneConfig", "BrainLMFinetuner", "FinetuneResult", "finetune", "save_finetuned", "load_finetuned"]
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig:
+    """Options of :func:`finetune`."""
+
+    task: str = "auto"  # "regression", "classification", or "auto" (see brainlm.downstream.probe)
+    freeze_encoder: bool = True  # train the head only
+    head_hidden: int = 128  # width of the head's hidden layer
+    dropout: float = 0.1  # dropout before the head's output layer
+    epochs: int = 50  # at most this many passes over the training windows
+    patience: int = 5  # stop after this many epochs without a better validation loss
+    lr: float = 1e-3  # head learning rate (AdamW)
+    encoder_lr: float = 1e-4  # encoder learning rate when not frozen
+    weight_decay: float = 0.01
+    batch_size: int = 16
+    window: int | None = None  # timepoints per window (default: the model's)
+    stride: int | None = None  # step of the sliding windows (default: window // 2)
+    train_split: str = "train"
+    val_split: str = "validation"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.task not in ("auto", "regression", "classification"):
+            raise ValueError(f"task must be 'auto', 'regression' or 'classification', got {self.task!r}")
+        if self.epochs < 1 or self.patience < 1 or self.batch_size < 1 or self.head_hidden < 1:
+            raise ValueError("epochs, patience, batch_size and head_hidden must be positive")
+
+
+class BrainLMFinetuner(nn.Module):
+    """Encoder + MLP head on the CLS token: ``(B, R, T), (B, R, 3) -> (B, C)``.
+
+    Args:
+        backbone: the masked autoencoder whose encoder is used (masking off).
+        num_outputs: C.
+        hidden: head width.
+        dropout: head dropout.
+    """
+
+    def __init__(self, backbone: BrainLMForPretraining, num_outputs: int, hidden: int = 128, dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        D = backbone.config.hidden_size
+        self.head = nn.Sequential(nn.Linear(D, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_outputs))
+        self.info: dict = {"num_outputs": num_outputs, "hidden": hidden, "dropout": dropout}
+
+    def forward(self, signal_vectors: torch.Tensor, xyz_vectors: torch.Tensor) -> torch.Tensor:
+        latent, *_ = self.backbone.forward_encoder(signal_vectors, xyz_vectors, mask_ratio=0.0)  # (B, 1 + L, D)
+        return self.head(latent[:, 0])  # (B, C)
+
+    @torch.no_grad()
+    def predict(self, signal_vectors, xyz_vectors) -> np.ndarray:
+        """Predictions in target units: class labels (classification) or values (regression), ``(B,)``."""
+        self.eval()
+        x = torch.as_tensor(np.asarray(signal_vectors, np.float32))
+        xyz = torch.as_tensor(np.asarray(xyz_vectors, np.float32))
+        if xyz.dim() == 2:
+            xyz = xyz.expand(x.shape[0], -1, -1)
+        out = self(x, xyz).float()
+        if self.info.get("task") == "classification":
+            return np.asarray(self.info["classes"], dtype=object)[out.argmax(1).numpy()]
+        return (out[:, 0] * self.info.get("y_std", 1.0) + self.info.get("y_mean", 0.0)).numpy()
+
+
+@dataclass
+class FinetuneResult:
+    """``model`` (best validation epoch), ``history`` (epoch, train_loss, val_loss, val_metric;
+    epoch 0 is before training), ``best_epoch``, ``out_dir`` (None if not saved),
+    ``missing_subjects`` (subjects of the two splits without a target, left out)."""
+
+    model: BrainLMFinetuner
+    history: pd.DataFrame
+    best_epoch: int
+    out_dir: Path | None
+    missing_subjects: list[str]
+
+
+def _windows(store, split: str, window: int, stride: int, targets: pd.Series):
+    from .embed import window_starts
+    from .probe import _strip_sub
+
+    xs, ys, missing = [], [], set()
+    for meta, ts in _store_iter(store, split):
+        sid = _strip_sub(meta["subject_id"])
+        value = targets.get(sid, np.nan)
+        if pd.isna(value):
+            missing.add(sid)
+            continue
+        for t0 in window_starts(len(ts), window, stride):
+            xs.append(ts[t0 : t0 + window].T)
+            ys.append(value)
+    return (np.stack(xs) if xs else np.zeros((0,))), np.asarray(ys, dtype=object), missing
+
+
+def _store_iter(store, split):
+    for row, ts in store.iter_recordings(split):
+        yield {c: str(row[c]) for c in ("recording_id", "subject_id")}, ts
+
+
+def _run_epoch(model, x, y, xyz, task, batch_size, opt=None, gen=None) -> tuple[float, float]:
+    """One pass; returns (mean loss, metric: accuracy or R^2 in standardised units)."""
+    train = opt is not None
+    model.head.train(train)
+    order = torch.randperm(len(x), generator=gen) if train else torch.arange(len(x))
+    total, outs = 0.0, []
+    with torch.set_grad_enabled(train):
+        for s in range(0, len(x), batch_size):
+            idx = order[s : s + batch_size]
+            out = model(x[idx], xyz.expand(len(idx), -1, -1))
+            loss = F.cross_entropy(out, y[idx]) if task == "classification" else F.mse_loss(out[:, 0], y[idx])
+            if train:
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            total += loss.item() * len(idx)
+            outs.append(out.detach())
+    out = torch.cat(outs)[torch.argsort(order)]
+    if task == "classification":
+        metric = (out.argmax(1) == y).float().mean().item()
+    else:
+        metric = 1 - ((out[:, 0] - y) ** 2).sum().item() / max(((y - y.mean()) ** 2).sum().item(), 1e-12)
+    return total / len(x), metric
+
+
+def finetune(
+    model_or_path,
+    store,
+    target: str,
+    config: FinetuneConfig | None = None,
+    *,
+    targets_file: str | os.PathLike | None = None,
+    subject_column: str | None = None,
+    out_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Fine-tune encoder + head on a store's phenotype (or a TSV keyed by subject).
+
+    Args:
+        model_or_path: a ``BrainLMForPretraining`` or a folder ``load_model`` accepts.
+        store: a ``Store`` or store folder with training and validation splits.
+        target: target column.
+        config: ``FinetuneConfig``.
+        targets_file, subject_column: a TSV/CSV of targets (default: the store's phenotypes).
+        out_dir: where to save the best model (nothing is saved when None).
+        overwrite: replace an existing checkpoint in ``out_dir``.
+
+    Raises:
+        FileExistsError: ``out_dir`` holds a checkpoint and ``overwrite`` is False (checked first).
+        ValueError: a ViT-MAE model, region mismatch, no labelled windows in a split, a single class.
+    """
+    from brainlm.data import Store, open_store
+
+    from .probe import _infer_task, load_targets
+
+    config = config or FinetuneConfig()
+    if out_dir is not None and (Path(out_dir) / "config.json").exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds a checkpoint; pass overwrite=True / --overwrite")
+    backbone = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    if is_vitmae(backbone):
+        raise ValueError("fine-tuning is implemented for BrainLM models, not the released ViT-MAE models")
+    store = store if isinstance(store, Store) else open_store(store)
+    check_regions(backbone, store.num_regions, str(store.path))
+    targets = load_targets(targets_file if targets_file is not None else store, target, subject_column)
+    window = config.window or model_window(backbone)
+    stride = config.stride or max(1, window // 2)
+    xtr, ytr, miss_tr = _windows(store, config.train_split, window, stride, targets)
+    xva, yva, miss_va = _windows(store, config.val_split, window, stride, targets)
+    missing = sorted(miss_tr | miss_va)
+    if missing:
+        warnings.warn(f"{len(missing)} subjects have no {target!r} target and are left out: {missing}", stacklevel=2)
+    for name, y in ((config.train_split, ytr), (config.val_split, yva)):
+        if len(y) == 0:
+            raise ValueError(f"no labelled window of {window} timepoints in split {name!r}")
+    task = _infer_task(np.concatenate([ytr, yva])) if config.task == "auto" else config.task
+    info: dict = {"task": task, "target": target, "window": window}
+    if task == "classification":
+        classes = sorted(set(map(str, ytr)))
+        if len(classes) < 2:
+            raise ValueError(f"single-class target in the training split ({classes}): classification needs two classes")
+        unseen = set(map(str, yva)) - set(classes)
+        if unseen:
+            raise ValueError(f"validation classes {sorted(unseen)} do not occur in training")
+        lut = {c: i for i, c in enumerate(classes)}
+        yt = torch.tensor([lut[str(v)] for v in ytr])
+        yv = torch.tensor([lut[str(v)] for v in yva])
+        info.update(classes=classes)
+        num_outputs = len(classes)
+    else:
+        ytr_f, yva_f = ytr.astype(np.float64), yva.astype(np.float64)
+        mean, std = float(ytr_f.mean()), float(ytr_f.std() or 1.0)
+        yt = torch.tensor((ytr_f - mean) / std, dtype=torch.float32)
+        yv = torch.tensor((yva_f - mean) / std, dtype=torch.float32)
+        info.update(y_mean=mean, y_std=std)
+        num_outputs = 1
+
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    model = BrainLMFinetuner(copy.deepcopy(backbone), num_outputs, config.head_hidden, config.dropout)
+    model.info.update(info)
+    model.backbone.eval()  # no dropout in the encoder, frozen or not
+    for p in model.backbone.decoder.parameters():
+        p.requires_grad_(False)
+    groups = [{"params": list(model.head.parameters()), "lr": config.lr}]
+    if config.freeze_encoder:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    else:
+        groups.append({"params": [p for p in model.backbone.encoder.parameters()], "lr": config.encoder_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    xtr_t, xva_t = torch.from_numpy(xtr.astype(np.float32)), torch.from_numpy(xva.astype(np.float32))
+    xyz = torch.from_numpy(store.coords.astype(np.float32))[None]  # (1, R, 3)
+
+    val_loss, val_metric = _run_epoch(model, xva_t, yv, xyz, task, config.batch_size)
+    history = [{"epoch": 0, "train_loss": math.nan, "val_loss": val_loss, "val_metric": val_metric}]
+    best, best_epoch, best_state, waited = val_loss, 0, copy.deepcopy(model.state_dict()), 0
+    bar = tqdm(range(1, config.epochs + 1), desc="finetune", disable=not progress)
+    for epoch in bar:
+        train_loss, _ = _run_epoch(model, xtr_t, yt, xyz, task, config.batch_size, opt, gen)
+        val_loss, val_metric = _run_epoch(model, xva_t, yv, xyz, task, config.batch_size)
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_metric": val_metric})
+        bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+        if val_loss < best:
+            best, best_epoch, best_state, waited = val_loss, epoch, copy.deepcopy(model.state_dict()), 0
+        else:
+            waited += 1
+            if waited >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    model.info.update(best_epoch=best_epoch, best_val_loss=best, config=asdict(config))
+    model.eval()
+    saved = None
+    if out_dir is not None:
+        saved = save_finetuned(model, out_dir, overwrite=overwrite)
+    return FinetuneResult(model, pd.DataFrame(history), best_epoch, saved, missing)
+
+
+def save_finetuned(model: BrainLMFinetuner, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write the encoder checkpoint (``config.json``, ``model.safetensors``) and the head files."""
+    folder = Path(folder)
+    if (folder / "config.json").exists() and not overwrite:
+        raise FileExistsError(f"{folder} already holds a checkpoint; pass overwrite=True")
+    model.backbone.save_pretrained(folder)
+    head = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
+    tmp = folder / ".head.safetensors.tmp"
+    save_file(head, str(tmp))
+    tmp.replace(folder / "head.safetensors")
+    tmp = folder / ".head.json.tmp"
+    tmp.write_text(json.dumps(model.info, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(folder / "head.json")
+    return folder
+
+
+def load_finetuned(folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> BrainLMFinetuner:
+    """Load what :func:`save_finetuned` wrote (encoder + head), in eval mode."""
+    folder = Path(folder)
+    if not (folder / "head.json").is_file():
+        raise FileNotFoundError(f"{folder}: no head.json (not a fine-tuned checkpoint; load_model reads the encoder alone)")
+    info = json.loads((folder / "head.json").read_text())
+    backbone = load_model(folder, map_location)
+    model = BrainLMFinetuner(backbone, info["num_outputs"], info["hidden"], info["dropout"])
+    model.head.load_state_dict(load_file(str(folder / "head.safetensors")))
+    model.info = info
+    return model.to(map_location).eval()

@@ -1,0 +1,216 @@
+"""One way in for every kind of model folder, and the data it is applied to.
+
+``load_model(path_or_id)`` accepts:
+
+- our checkpoint folders (``config.json`` with ``model_type: brainlm`` + ``model.safetensors``),
+  including fine-tuned folders written by :func:`brainlm.downstream.save_finetuned` (the
+  encoder is loaded; the head is read by :func:`brainlm.downstream.load_finetuned`);
+- original BrainLM checkpoint folders (``model_type: brainlm_mae``);
+- released ViT-MAE folders (``model_type: vit_mae``) or Hugging Face hub ids such as
+  ``vandijklab/brainlm/vitmae_111M`` (these need the network or the local hub cache);
+- training run folders: ``RUN/best/`` when present, else the newest ``RUN/checkpoints/step_*``.
+
+``open_recordings(data, ...)`` accepts a store (path or ``Store``) or a list of parcellated
+time-series files (those ``prepare`` reads, with a coordinate file). Files are used as
+given: they must already be normalised the way the model's training data was (run
+``brainlm prepare`` to get the same normalisation as a store).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainlm.checkpoint import load_pretrained, read_config
+from brainlm.model import BrainLMForPretraining
+
+__all__ = [
+    "load_model",
+    "resolve_model_folder",
+    "model_num_regions",
+    "model_window",
+    "check_regions",
+    "is_vitmae",
+    "Recordings",
+    "open_recordings",
+]
+
+_STEP = re.compile(r"^step_(\d+)$")
+
+
+def is_vitmae(model: nn.Module) -> bool:
+    """Whether ``model`` is a released ViT-MAE model (``brainlm.vitmae.BrainLMViTMAE``)."""
+    return type(model).__name__ == "BrainLMViTMAE"
+
+
+def resolve_model_folder(path: str | os.PathLike) -> Path:
+    """The checkpoint folder inside ``path``: itself, ``RUN/best`` or the newest ``RUN/checkpoints/step_*``.
+
+    Raises:
+        FileNotFoundError: nothing loadable in ``path``.
+    """
+    folder = Path(path).expanduser()
+    if (folder / "config.json").is_file():
+        return folder
+    if (folder / "best" / "config.json").is_file():
+        return folder / "best"
+    steps = folder / "checkpoints"
+    if steps.is_dir():
+        found = sorted(
+            (int(m.group(1)), p) for p in steps.iterdir() if p.is_dir() and (m := _STEP.match(p.name))
+        )
+        if found:
+            return found[-1][1]
+    raise FileNotFoundError(
+        f"{folder}: not a checkpoint folder (no config.json) nor a training run (no best/ or checkpoints/step_*)"
+    )
+
+
+def load_model(path_or_id: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load any supported model folder or hub id, in eval mode (see the module docstring).
+
+    Returns:
+        ``BrainLMForPretraining`` (ours, original, fine-tuned encoder, run folder) or
+        ``BrainLMViTMAE`` (released ViT-MAE).
+
+    Raises:
+        FileNotFoundError: a local path that does not exist or holds no checkpoint.
+        ValueError: a folder whose config is not a known model type.
+        RuntimeError: a hub id that cannot be fetched.
+    """
+    source = str(path_or_id)
+    local = Path(source).expanduser()
+    if not local.exists():
+        from brainlm.vitmae import load_vitmae, resolve_checkpoint
+
+        folder = resolve_checkpoint(source)  # FileNotFoundError for local-looking paths
+        return load_vitmae(folder, device=map_location)
+    folder = resolve_model_folder(local)
+    raw, model_type = read_config(folder)
+    if model_type == "vit_mae":
+        from brainlm.vitmae import load_vitmae
+
+        return load_vitmae(folder, device=map_location)
+    if model_type not in ("brainlm", "brainlm_mae"):
+        raise ValueError(f"{folder}: model_type {model_type!r} is not a BrainLM or ViT-MAE checkpoint")
+    return load_pretrained(folder, map_location=map_location)
+
+
+def model_num_regions(model: nn.Module) -> int:
+    """R the model was trained for: ``config.num_brain_voxels``, or 424 for ViT-MAE."""
+    if is_vitmae(model):
+        return int(model.num_regions)
+    return int(model.config.num_brain_voxels)
+
+
+def model_window(model: nn.Module) -> int:
+    """Timepoints per window the model was trained on (``num_timepoints_per_voxel``; 200 for ViT-MAE)."""
+    if is_vitmae(model):
+        return int(model.window_length)
+    return int(model.config.num_timepoints_per_voxel)
+
+
+def check_regions(model: nn.Module, num_regions: int, what: str = "the data") -> None:
+    """Raise ``ValueError`` naming both counts when the model and the data disagree on R."""
+    expected = model_num_regions(model)
+    if expected != int(num_regions):
+        raise ValueError(
+            f"region mismatch: the model was trained on {expected} regions but {what} has {num_regions}; "
+            "use data parcellated with the model's atlas"
+        )
+
+
+@dataclass
+class Recordings:
+    """Recordings to run a model on, from a store or from files.
+
+    Attributes:
+        coords: ``(R, 3)`` float32 region centres.
+        meta: one dict per recording (``recording_id``, ``subject_id``, ``session_id``, ``run_id``).
+        load: ``load(i)`` returns recording ``i`` as ``(T, R)`` float32.
+        source: where they come from, for messages.
+    """
+
+    coords: np.ndarray
+    meta: list[dict]
+    load: Callable[[int], np.ndarray]
+    source: str
+    region_names: list[str] | None = None
+
+    @property
+    def num_regions(self) -> int:
+        return len(self.coords)
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def __iter__(self) -> Iterator[tuple[dict, np.ndarray]]:
+        for i, m in enumerate(self.meta):
+            yield m, self.load(i)
+
+
+def open_recordings(
+    data, split: str | None = None, coords: str | os.PathLike | np.ndarray | None = None
+) -> Recordings:
+    """Recordings of a store (optionally one split) or of parcellated time-series files.
+
+    Args:
+        data: a ``Store``, a store folder, or a list of files (``.npy``/``.csv``/``.tsv``/``.mat``/
+            ``.parquet``, timepoints x regions or regions x timepoints).
+        split: store split (``train``/``validation``/``test``); None for all. Not used for files.
+        coords: for files: a coordinate file (as ``prepare --coords``) or an ``(R, 3)`` array.
+
+    Returns:
+        ``Recordings``.
+    """
+    from brainlm.data import Store, open_store
+
+    if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
+        data = open_store(data)
+    if isinstance(data, Store):
+        store = data
+        idx = store.split_index(split)
+        cols = ["recording_id", "subject_id", "session_id", "run_id"]
+        meta = [{c: str(v) for c, v in row.items()} for row in store.recordings.iloc[idx][cols].to_dict("records")]
+        return Recordings(store.coords.astype(np.float32), meta, lambda i: store.get(int(idx[i])), str(store.path),
+                          list(store.region_names))
+    files = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    if not files:
+        raise ValueError("no recordings given")
+    if coords is None:
+        raise ValueError("time-series files need region coordinates (coords=... / --coords)")
+    if isinstance(coords, (str, os.PathLike)):
+        from brainlm.data import read_coordinates
+
+        xyz = read_coordinates(coords)
+        xyz = xyz[0] if isinstance(xyz, tuple) else xyz
+    else:
+        xyz = coords
+    xyz = np.asarray(xyz, dtype=np.float32)
+    if xyz.ndim != 2 or xyz.shape[1] != 3:
+        raise ValueError(f"coords must be (R, 3), got shape {xyz.shape}")
+    return _file_recordings(files, xyz)
+
+
+def _file_recordings(files: Sequence, xyz: np.ndarray) -> Recordings:
+    from brainlm.data.readers import parse_bids_entities, read_timeseries
+
+    meta = []
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: file not found")
+        ent = parse_bids_entities(path)
+        sub = ent.get("sub", path.name.split(".")[0])
+        m = {"subject_id": sub, "session_id": ent.get("ses", ""), "run_id": ent.get("run", "")}
+        m["recording_id"] = "_".join([f"sub-{sub}"] + [f"{k}-{ent[k]}" for k in ("ses", "task", "run") if k in ent])
+        meta.append(m)
+    paths = [Path(f) for f in files]
+    return Recordings(xyz, meta, lambda i: read_timeseries(paths[i], num_regions=len(xyz)), f"{len(files)} files")

@@ -1,0 +1,466 @@
+"""Probes on frozen features, with a functional-connectivity baseline and subject-grouped CV.
+
+Features are one row per window or per recording (the rows of an ``Embeddings``); targets are
+one value per subject. Every row of a subject shares its target and its fold.
+
+Protocol (``run_probes``):
+
+- Outer cross-validation grouped by subject: ``GroupKFold`` (regression) or
+  ``StratifiedGroupKFold`` (classification), shuffled with ``seed``; no subject is in both
+  the training and the test part of a fold (checked).
+- Nested hyper-parameter choice: inside each outer training part, ``GridSearchCV`` with the
+  same kind of subject-grouped folds (``inner_splits``, fewer when there are few subjects).
+  Features are standardised inside the pipeline.
+- Probes: ``dummy`` (mean / majority class: the chance level), ``ridge`` (Ridge or
+  LogisticRegression), ``knn``, ``svm`` (RBF SVR / SVC), ``mlp`` (one hidden layer of 64).
+- Metrics on the pooled out-of-fold predictions: R^2, MAE, Pearson r (regression); accuracy,
+  balanced accuracy, AUROC (classification; one-vs-rest macro for more than two classes),
+  with percentile bootstrap confidence intervals over subjects (resampled with replacement).
+
+Targets: from a store's phenotype column (one value per subject; recordings of a subject
+must agree) or a TSV/CSV keyed by subject (``subject_id`` or ``participant_id`` column, a
+``sub-`` prefix is ignored). A subject with no target or a NaN target is **excluded and
+reported**: listed in ``ProbeResult.missing_subjects`` and in a warning. ``task="auto"``
+chooses classification for text, boolean or two-valued targets, regression otherwise.
+
+Functional connectivity baseline (``fc_features``): the upper triangle (diagonal excluded) of
+the Pearson correlation matrix of the regions over a window, ``R (R - 1) / 2`` values; for
+per-recording rows the window matrices are averaged, exactly as the embeddings are.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .embed import Embeddings, embed_recordings, window_starts
+from .loading import Recordings, load_model, open_recordings
+
+__all__ = [
+    "PROBES",
+    "functional_connectivity",
+    "fc_features",
+    "load_targets",
+    "align_targets",
+    "ProbeResult",
+    "run_probes",
+    "probe",
+]
+
+PROBES = ("dummy", "ridge", "knn", "svm", "mlp")
+
+
+def functional_connectivity(timeseries: np.ndarray) -> np.ndarray:
+    """Upper triangle (k = 1) of the region correlation matrix: ``(T, R)`` -> ``(R (R - 1) / 2,)``.
+
+    A constant region has no correlation; its entries are 0.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = np.corrcoef(np.asarray(timeseries, np.float64).T)  # (R, R)
+    iu = np.triu_indices(c.shape[0], k=1)
+    return np.nan_to_num(c[iu]).astype(np.float32)
+
+
+def fc_features(
+    recordings: Recordings,
+    *,
+    window: int,
+    windows: str = "average",
+    stride: int | None = None,
+    progress: bool = False,
+) -> Embeddings:
+    """Functional connectivity of the same windows ``embed_recordings`` would use.
+
+    Returns:
+        ``Embeddings`` with ``X`` of shape ``(N, R (R - 1) / 2)`` and the same index.
+    """
+    rows, feats = [], []
+    for meta, ts in tqdm(recordings, total=len(recordings), desc="fc", disable=not progress):
+        starts = window_starts(len(ts), window, stride, windows)
+        if len(starts) == 0:
+            continue
+        f = np.stack([functional_connectivity(ts[t0 : t0 + window]) for t0 in starts])
+        if windows == "average":
+            feats.append(f.mean(0, keepdims=True))
+            rows.append({**meta, "window": -1, "window_start": -1})
+        else:
+            feats.append(f)
+            rows += [{**meta, "window": w, "window_start": int(t0)} for w, t0 in enumerate(starts)]
+    if not rows:
+        raise ValueError(f"no recording of {recordings.source} holds a window of {window} timepoints")
+    index = pd.DataFrame(rows)[["recording_id", "subject_id", "session_id", "run_id", "window", "window_start"]]
+    return Embeddings(np.concatenate(feats), index, pooling="fc")
+
+
+def _strip_sub(s) -> str:
+    s = str(s)
+    return s[4:] if s.startswith("sub-") else s
+
+
+def load_targets(source, column: str, subject_column: str | None = None) -> pd.Series:
+    """One target value per subject, from a store's phenotypes or a TSV / CSV file.
+
+    Args:
+        source: a ``Store``, a store folder, or a ``.tsv`` / ``.csv`` file.
+        column: the target column.
+        subject_column: the subject column of a file (default ``subject_id``, else ``participant_id``).
+
+    Returns:
+        ``pd.Series`` indexed by subject ID (``sub-`` prefix removed), named ``column``; NaN
+        where a subject has no value.
+
+    Raises:
+        ValueError: unknown column, or recordings of one subject with different values.
+    """
+    from brainlm.data import Store, open_store
+
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        source = open_store(source)
+    if isinstance(source, Store):
+        table = source.recordings
+        if column not in table.columns:
+            raise ValueError(f"{source.path}: no phenotype column {column!r}; has {source.phenotype_columns}")
+        table = table[["subject_id", column]].rename(columns={"subject_id": "_subject"})
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: target table not found")
+        table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype={subject_column or "": str})
+        sc = subject_column or next((c for c in ("subject_id", "participant_id") if c in table.columns), None)
+        if sc is None or sc not in table.columns:
+            raise ValueError(f"{path}: no subject column (expected subject_id or participant_id; has {list(table.columns)})")
+        if column not in table.columns:
+            raise ValueError(f"{path}: no target column {column!r}; has {list(table.columns)}")
+        table = table[[sc, column]].rename(columns={sc: "_subject"})
+    table = table.assign(_subject=table["_subject"].map(_strip_sub))
+    per = table.dropna(subset=[column]).groupby("_subject")[column].nunique()
+    if (per > 1).any():
+        raise ValueError(f"target {column!r} differs between recordings of subjects {sorted(per[per > 1].index)[:10]}")
+    out = table.groupby("_subject", sort=False)[column].first()
+    out.index.name = "subject_id"
+    return out.rename(column)
+
+
+def align_targets(index: pd.DataFrame, targets: pd.Series) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Targets of the rows of ``index`` and the subjects without one.
+
+    Returns:
+        ``y`` (object array, one per row), ``keep`` (bool per row), and the sorted subject IDs
+        with no target or a NaN target (their rows have ``keep = False``).
+    """
+    subjects = index["subject_id"].astype(str).map(_strip_sub)
+    y = subjects.map(targets).to_numpy(dtype=object)
+    keep = ~pd.isna(y)
+    missing = sorted(set(subjects[~keep]))
+    return y, keep, missing
+
+
+@dataclass
+class ProbeResult:
+    """What ``run_probes`` / ``probe`` return.
+
+    Attributes:
+        metrics: one row per (features, probe, metric): ``value``, ``ci_low``, ``ci_high``.
+        predictions: out-of-fold predictions per row: ``features``, ``probe``, ``subject_id``,
+            ``fold``, ``y_true``, ``y_pred``.
+        folds: per (features, outer fold): the training and test subjects.
+        task: ``"regression"`` or ``"classification"``.
+        missing_subjects: subjects excluded for lack of a target (no value or NaN).
+        chance: the chance level (classification: majority-class accuracy).
+    """
+
+    metrics: pd.DataFrame
+    predictions: pd.DataFrame
+    folds: list[dict]
+    task: str
+    missing_subjects: list[str] = field(default_factory=list)
+    chance: float | None = None
+
+    def table(self) -> pd.DataFrame:
+        """Metrics side by side: rows (features, probe), columns metric, cells ``value [lo, hi]``."""
+        m = self.metrics.assign(cell=lambda d: d.apply(lambda r: f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]", axis=1))
+        return m.pivot_table(index=["features", "probe"], columns="metric", values="cell", aggfunc="first")
+
+
+def _infer_task(y: np.ndarray) -> str:
+    s = pd.Series(y)
+    if s.dtype == object:
+        num = pd.to_numeric(s, errors="coerce")
+        if num.isna().any() or s.map(lambda v: isinstance(v, (bool, np.bool_))).any():
+            return "classification"
+        s = num
+    return "classification" if s.nunique() <= 2 else "regression"
+
+
+def _estimators(task: str, seed: int, min_train: int) -> dict:
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+    from sklearn.svm import SVC, SVR
+
+    ks = [k for k in (1, 3, 5, 10, 20) if k <= max(1, min_train)] or [1]
+    mlp = dict(hidden_layer_sizes=(64,), max_iter=500, random_state=seed)
+    if task == "regression":
+        return {
+            "dummy": (DummyRegressor(), {}),
+            "ridge": (Ridge(), {"est__alpha": list(np.logspace(-2, 4, 7))}),
+            "knn": (KNeighborsRegressor(), {"est__n_neighbors": ks}),
+            "svm": (SVR(), {"est__C": [0.1, 1.0, 10.0]}),
+            "mlp": (MLPRegressor(**mlp), {"est__alpha": [1e-3, 1e-1, 10.0]}),
+        }
+    return {
+        "dummy": (DummyClassifier(strategy="prior"), {}),
+        "ridge": (LogisticRegression(max_iter=2000), {"est__C": list(np.logspace(-3, 2, 6))}),
+        "knn": (KNeighborsClassifier(), {"est__n_neighbors": ks}),
+        "svm": (SVC(), {"est__C": [0.1, 1.0, 10.0]}),
+        "mlp": (MLPClassifier(**mlp), {"est__alpha": [1e-3, 1e-1, 10.0]}),
+    }
+
+
+def _scores(est, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class scores for AUROC: probabilities, or a softmax of decision values."""
+    if hasattr(est, "predict_proba"):
+        try:
+            s = est.predict_proba(X)
+        except AttributeError:
+            s = None
+        if s is not None:
+            return s[:, 1] if n_classes == 2 else s
+    d = est.decision_function(X)
+    if n_classes == 2:
+        return d
+    e = np.exp(d - d.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _metric(task: str, name: str, y, pred, score, classes) -> float:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, mean_absolute_error, r2_score, roc_auc_score
+
+    if task == "regression":
+        if name == "r2":
+            return float(r2_score(y, pred)) if len(y) > 1 else np.nan
+        if name == "mae":
+            return float(mean_absolute_error(y, pred))
+        if np.std(pred) == 0 or np.std(y) == 0:
+            return np.nan
+        return float(np.corrcoef(y, pred)[0, 1])
+    if name == "accuracy":
+        return float(accuracy_score(y, pred))
+    if name == "balanced_accuracy":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(balanced_accuracy_score(y, pred))
+    present = np.unique(y)
+    if len(present) < 2:
+        return np.nan
+    if len(classes) == 2:
+        return float(roc_auc_score(y == classes[1], score))
+    if len(present) < len(classes):
+        return np.nan
+    return float(roc_auc_score(y, score, multi_class="ovr", labels=classes))
+
+
+_METRICS = {"regression": ("r2", "mae", "pearson_r"), "classification": ("accuracy", "balanced_accuracy", "auroc")}
+
+
+def run_probes(
+    X: np.ndarray,
+    y,
+    groups,
+    *,
+    task: str = "auto",
+    probes=PROBES,
+    n_splits: int = 5,
+    inner_splits: int = 3,
+    n_boot: int = 1000,
+    seed: int = 0,
+    features: str = "features",
+) -> ProbeResult:
+    """Cross-validated probes on one feature matrix (module docstring for the protocol).
+
+    Args:
+        X: ``(N, F)`` features (more dimensions are flattened).
+        y: ``(N,)`` targets, no missing values (use :func:`align_targets` first).
+        groups: ``(N,)`` subject of each row.
+        task: ``"auto"``, ``"regression"`` or ``"classification"``.
+        probes: names from ``PROBES``.
+        n_splits: outer folds; at most the number of subjects.
+        inner_splits: inner folds for the hyper-parameter grid.
+        n_boot: bootstrap resamples of subjects for the confidence intervals (0: none).
+        seed: folds, MLP initialisation and bootstrap.
+        features: a name for these features in the output.
+
+    Raises:
+        ValueError: missing targets, a single class, fewer subjects than folds, unknown probe.
+    """
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.asarray(X, np.float64).reshape(len(X), -1)
+    y = np.asarray(y, dtype=object)
+    groups = np.asarray(groups).astype(str)
+    if len(X) != len(y) or len(y) != len(groups):
+        raise ValueError(f"X, y and groups differ in length ({len(X)}, {len(y)}, {len(groups)})")
+    if pd.isna(y).any():
+        raise ValueError(f"{int(pd.isna(y).sum())} targets are missing or NaN; drop those rows first (align_targets)")
+    if not np.isfinite(X).all():
+        raise ValueError("features contain NaN or Inf")
+    bad = [p for p in probes if p not in PROBES]
+    if bad:
+        raise ValueError(f"unknown probes {bad}; choose from {PROBES}")
+    task = _infer_task(y) if task == "auto" else task
+    if task not in _METRICS:
+        raise ValueError(f"task must be 'auto', 'regression' or 'classification', got {task!r}")
+    subjects = np.unique(groups)
+    if len(subjects) < n_splits:
+        raise ValueError(f"{len(subjects)} subjects with a target are fewer than the {n_splits} folds; use fewer folds")
+    if n_splits < 2:
+        raise ValueError("n_splits must be at least 2")
+    if task == "regression":
+        y = pd.to_numeric(pd.Series(y), errors="raise").to_numpy(np.float64)
+        if np.unique(y).size < 2:
+            raise ValueError("the target is constant: nothing to predict")
+        outer = GroupKFold(n_splits, shuffle=True, random_state=seed)
+        classes = None
+    else:
+        y = y.astype(str)
+        classes = np.unique(y)
+        if len(classes) < 2:
+            raise ValueError(f"single-class target (every subject is {classes[0]!r}): classification needs two classes")
+        outer = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
+
+    rows, folds = [], []
+    split = list(outer.split(X, y, groups))
+    for f, (tr, te) in enumerate(split):
+        overlap = set(groups[tr]) & set(groups[te])
+        if overlap:  # cannot happen with grouped splitters; checked because the claim rests on it
+            raise RuntimeError(f"subjects {sorted(overlap)} in both train and test of fold {f}")
+        folds.append({"features": features, "fold": f, "train_subjects": sorted(set(groups[tr])), "test_subjects": sorted(set(groups[te]))})
+    n_train_subj = min(len(set(groups[tr])) for tr, _ in split)
+    inner_k = max(2, min(inner_splits, n_train_subj))
+    min_train = min(len(tr) for tr, _ in split) * (inner_k - 1) // inner_k
+    for name in probes:
+        est, grid = _estimators(task, seed, min_train)[name]
+        pipe = Pipeline([("scale", StandardScaler()), ("est", est)])
+        for f, (tr, te) in enumerate(split):
+            if grid:
+                inner = (GroupKFold(inner_k, shuffle=True, random_state=seed) if task == "regression"
+                         else StratifiedGroupKFold(inner_k, shuffle=True, random_state=seed))
+                model = GridSearchCV(clone(pipe), grid, cv=inner,
+                                     scoring="neg_mean_squared_error" if task == "regression" else "balanced_accuracy",
+                                     error_score=np.nan)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    model.fit(X[tr], y[tr], groups=groups[tr])
+            else:
+                model = clone(pipe).fit(X[tr], y[tr])
+            pred = model.predict(X[te])
+            score = _scores(model, X[te], len(classes)) if task == "classification" else None
+            for j, i in enumerate(te):
+                row = {"features": features, "probe": name, "row": int(i), "subject_id": groups[i], "fold": f,
+                       "y_true": y[i], "y_pred": pred[j]}
+                if score is not None:
+                    row["score"] = score[j] if score.ndim == 1 else list(score[j])
+                rows.append(row)
+    preds = pd.DataFrame(rows)
+    metrics = []
+    rng = np.random.default_rng(seed)
+    boot = [rng.choice(subjects, len(subjects), replace=True) for _ in range(n_boot)]
+    for name, p in preds.groupby("probe", sort=False):
+        yt, yp = p["y_true"].to_numpy(), p["y_pred"].to_numpy()
+        sc = np.asarray(p["score"].tolist()) if "score" in p else None
+        by_subj = {s: np.flatnonzero(p["subject_id"].to_numpy() == s) for s in subjects}
+        for m in _METRICS[task]:
+            value = _metric(task, m, yt, yp, sc, classes)
+            samples = []
+            for b in boot:
+                idx = np.concatenate([by_subj[s] for s in b])
+                samples.append(_metric(task, m, yt[idx], yp[idx], None if sc is None else sc[idx], classes))
+            samples = np.asarray(samples, float)
+            lo, hi = (np.nanpercentile(samples, [2.5, 97.5]) if np.isfinite(samples).any() else (np.nan, np.nan))
+            metrics.append({"features": features, "probe": name, "metric": m, "value": value, "ci_low": lo, "ci_high": hi,
+                            "n_rows": len(p), "n_subjects": len(subjects)})
+    chance = None
+    if task == "classification":
+        chance = float(pd.Series(y).value_counts(normalize=True).max())
+    return ProbeResult(pd.DataFrame(metrics), preds, folds, task, chance=chance)
+
+
+def probe(
+    model_or_path,
+    data,
+    target: str,
+    *,
+    targets_file: str | os.PathLike | None = None,
+    subject_column: str | None = None,
+    split: str | None = None,
+    coords=None,
+    pooling: str = "cls",
+    windows: str = "average",
+    window: int | None = None,
+    stride: int | None = None,
+    fc_baseline: bool = True,
+    batch_size: int = 32,
+    progress: bool = True,
+    **probe_kwargs,
+) -> ProbeResult:
+    """Frozen-embedding probes and the same probes on functional connectivity, side by side.
+
+    Args:
+        model_or_path: a model or anything ``load_model`` accepts.
+        data: a store or time-series files.
+        target: the target column (store phenotype, or in ``targets_file``).
+        targets_file: a TSV/CSV keyed by subject; default: the store's phenotypes.
+        subject_column: the subject column of ``targets_file``.
+        split: store split (None: all recordings; the probe's own CV splits by subject).
+        coords: coordinates for time-series files.
+        pooling, windows, window, stride, batch_size: as :func:`embed_recordings`
+            (``region_time`` embeddings are averaged over regions).
+        fc_baseline: also probe the functional-connectivity baseline.
+        **probe_kwargs: passed to :func:`run_probes` (task, probes, n_splits, ...).
+
+    Returns:
+        ``ProbeResult`` with ``features`` = ``"brainlm"`` and ``"fc"`` rows.
+    """
+    from .loading import model_window
+
+    model = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    recs = open_recordings(data, split, coords)
+    if targets_file is None:
+        if isinstance(data, (list, tuple)):
+            raise ValueError("time-series files carry no phenotypes: pass targets_file")
+        targets = load_targets(data, target)
+    else:
+        targets = load_targets(targets_file, target, subject_column)
+    window = window or model_window(model)
+    emb = embed_recordings(model.eval(), recs, pooling=pooling, average_regions=True, windows=windows,
+                           window=window, stride=stride, batch_size=batch_size, progress=progress)
+    feats = {"brainlm": emb}
+    if fc_baseline:
+        feats["fc"] = fc_features(recs, window=window, windows=windows, stride=stride)
+    y, keep, missing = align_targets(emb.index, targets)
+    if missing:
+        warnings.warn(f"{len(missing)} subjects have no {target!r} target and are left out: {missing}", stacklevel=2)
+    if not keep.any():
+        raise ValueError(f"no subject of {recs.source} has a {target!r} target")
+    results = []
+    for name, e in feats.items():
+        results.append(run_probes(e.X[keep], y[keep], e.index["subject_id"].to_numpy()[keep], features=name, **probe_kwargs))
+    out = ProbeResult(
+        pd.concat([r.metrics for r in results], ignore_index=True),
+        pd.concat([r.predictions for r in results], ignore_index=True),
+        sum((r.folds for r in results), []),
+        results[0].task,
+        missing,
+        results[0].chance,
+    )
+    return out
