@@ -21,7 +21,7 @@ def tiny_model(num_regions: int = R, window: int = WINDOW, seed: int = 0) -> Bra
 
 def subject_series(i: int, label: int, T: int = T_REC, seed: int = 0) -> np.ndarray:
     """(T, R): a subject-specific mixing of smooth sources, plus a strong source shared by regions 0
-    and 1: in phase for label 1, in opposite phase for label 0; label 1 also shifts region 2's mean."""
+    and 1: in phase for label 1, in opposite phase for label 0; label 1 also shifts every region by +2."""
     rng = np.random.default_rng((seed, i))
     t = np.arange(T)
     sources = np.stack([np.sin(2 * np.pi * f * t + p) for f, p in zip(rng.uniform(0.02, 0.15, 4), rng.uniform(0, 6, 4))])
@@ -30,7 +30,7 @@ def subject_series(i: int, label: int, T: int = T_REC, seed: int = 0) -> np.ndar
     shared = np.sin(2 * np.pi * 0.05 * t + rng.uniform(0, 6))
     x[:, 0] += 5 * shared
     x[:, 1] += 5 * shared if label else -5 * shared
-    x[:, 2] += 2.0 * label
+    x += 2.0 * label
     return x.astype(np.float32)
 
 

@@ -46,6 +46,7 @@ class FinetuneConfig:
 
     task: str = "auto"  # "regression", "classification", or "auto" (see brainlm.downstream.probe)
     freeze_encoder: bool = True  # train the head only
+    pooling: str = "cls"  # "cls" (the paper) or "mean" of the patch tokens, fed to the head
     head_hidden: int = 128  # width of the head's hidden layer
     dropout: float = 0.1  # dropout before the head's output layer
     epochs: int = 50  # at most this many passes over the training windows
@@ -63,6 +64,8 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.task not in ("auto", "regression", "classification"):
             raise ValueError(f"task must be 'auto', 'regression' or 'classification', got {self.task!r}")
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 1 or self.head_hidden < 1:
             raise ValueError("epochs, patience, batch_size and head_hidden must be positive")
 
@@ -75,31 +78,63 @@ class BrainLMFinetuner(nn.Module):
         num_outputs: C.
         hidden: head width.
         dropout: head dropout.
+        pooling: ``"cls"`` the CLS token, ``"mean"`` the mean of the patch tokens.
     """
 
-    def __init__(self, backbone: BrainLMForPretraining, num_outputs: int, hidden: int = 128, dropout: float = 0.1):
+    def __init__(self, backbone: BrainLMForPretraining, num_outputs: int, hidden: int = 128, dropout: float = 0.1,
+                 pooling: str = "cls"):
         super().__init__()
         self.backbone = backbone
         D = backbone.config.hidden_size
-        self.head = nn.Sequential(nn.Linear(D, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_outputs))
-        self.info: dict = {"num_outputs": num_outputs, "hidden": hidden, "dropout": dropout}
+        # Pooled features are standardised first with statistics of the training windows taken
+        # before training (``fit_scaler``): their scales differ widely between dimensions (the
+        # role BatchNorm plays in MAE's linear probing, without running statistics that lag).
+        self.head = nn.Sequential(
+            _Standardize(D), nn.Linear(D, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_outputs)
+        )
+        self.pooling = pooling
+        self.info: dict = {"num_outputs": num_outputs, "hidden": hidden, "dropout": dropout, "pooling": pooling}
+
+    def pool(self, signal_vectors: torch.Tensor, xyz_vectors: torch.Tensor) -> torch.Tensor:
+        """The encoder's pooled output, ``(B, D)``."""
+        latent, *_ = self.backbone.forward_encoder(signal_vectors, xyz_vectors, mask_ratio=0.0)  # (B, 1 + L, D)
+        return latent[:, 0] if self.pooling == "cls" else latent[:, 1:].mean(1)  # (B, D)
 
     def forward(self, signal_vectors: torch.Tensor, xyz_vectors: torch.Tensor) -> torch.Tensor:
-        latent, *_ = self.backbone.forward_encoder(signal_vectors, xyz_vectors, mask_ratio=0.0)  # (B, 1 + L, D)
-        return self.head(latent[:, 0])  # (B, C)
+        return self.head(self.pool(signal_vectors, xyz_vectors))  # (B, C)
+
+    @torch.no_grad()
+    def fit_scaler(self, signal_vectors: torch.Tensor, xyz_vectors: torch.Tensor, batch_size: int = 64) -> None:
+        """Set the head's feature standardisation from windows ``(N, R, T)``, ``(1, R, 3)``."""
+        feats = torch.cat([self.pool(signal_vectors[s : s + batch_size], xyz_vectors.expand(len(signal_vectors[s : s + batch_size]), -1, -1))
+                           for s in range(0, len(signal_vectors), batch_size)])  # (N, D)
+        self.head[0].mean.copy_(feats.mean(0))
+        self.head[0].std.copy_(feats.std(0).clamp_min(1e-6) if len(feats) > 1 else torch.ones_like(feats[0]))
 
     @torch.no_grad()
     def predict(self, signal_vectors, xyz_vectors) -> np.ndarray:
         """Predictions in target units: class labels (classification) or values (regression), ``(B,)``."""
         self.eval()
-        x = torch.as_tensor(np.asarray(signal_vectors, np.float32))
-        xyz = torch.as_tensor(np.asarray(xyz_vectors, np.float32))
+        x = torch.as_tensor(np.array(signal_vectors, np.float32))
+        xyz = torch.as_tensor(np.array(xyz_vectors, np.float32))
         if xyz.dim() == 2:
             xyz = xyz.expand(x.shape[0], -1, -1)
         out = self(x, xyz).float()
         if self.info.get("task") == "classification":
             return np.asarray(self.info["classes"], dtype=object)[out.argmax(1).numpy()]
         return (out[:, 0] * self.info.get("y_std", 1.0) + self.info.get("y_mean", 0.0)).numpy()
+
+
+class _Standardize(nn.Module):
+    """``(x - mean) / std`` with fixed statistics (buffers, saved with the head)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
 @dataclass
@@ -236,7 +271,7 @@ def finetune(
 
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    model = BrainLMFinetuner(copy.deepcopy(backbone), num_outputs, config.head_hidden, config.dropout)
+    model = BrainLMFinetuner(copy.deepcopy(backbone), num_outputs, config.head_hidden, config.dropout, config.pooling)
     model.info.update(info)
     model.backbone.eval()  # no dropout in the encoder, frozen or not
     for p in model.backbone.decoder.parameters():
@@ -251,6 +286,7 @@ def finetune(
     xtr_t, xva_t = torch.from_numpy(xtr.astype(np.float32)), torch.from_numpy(xva.astype(np.float32))
     xyz = torch.from_numpy(store.coords.astype(np.float32))[None]  # (1, R, 3)
 
+    model.fit_scaler(xtr_t, xyz)
     val_loss, val_metric = _run_epoch(model, xva_t, yv, xyz, task, config.batch_size)
     history = [{"epoch": 0, "train_loss": math.nan, "val_loss": val_loss, "val_metric": val_metric}]
     best, best_epoch, best_state, waited = val_loss, 0, copy.deepcopy(model.state_dict()), 0
@@ -298,7 +334,7 @@ def load_finetuned(folder: str | os.PathLike, map_location: str | torch.device =
         raise FileNotFoundError(f"{folder}: no head.json (not a fine-tuned checkpoint; load_model reads the encoder alone)")
     info = json.loads((folder / "head.json").read_text())
     backbone = load_model(folder, map_location)
-    model = BrainLMFinetuner(backbone, info["num_outputs"], info["hidden"], info["dropout"])
+    model = BrainLMFinetuner(backbone, info["num_outputs"], info["hidden"], info["dropout"], info.get("pooling", "cls"))
     model.head.load_state_dict(load_file(str(folder / "head.safetensors")))
     model.info = info
     return model.to(map_location).eval()

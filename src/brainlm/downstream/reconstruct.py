@@ -275,8 +275,8 @@ def forecast_windows(model: nn.Module, signal_vectors, xyz_vectors, k: int) -> n
     """
     if is_vitmae(model):
         raise ValueError("forecasting needs a BrainLM model: ViT-MAE image patches do not align with the last timepoints")
-    x = torch.as_tensor(np.asarray(signal_vectors, np.float32))
-    xyz = torch.as_tensor(np.asarray(xyz_vectors, np.float32))
+    x = torch.as_tensor(np.array(signal_vectors, np.float32))
+    xyz = torch.as_tensor(np.array(xyz_vectors, np.float32))
     if xyz.dim() == 2:
         xyz = xyz.expand(x.shape[0], -1, -1)
     B, R, T = x.shape
