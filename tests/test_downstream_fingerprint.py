@@ -1,0 +1,28 @@
+import numpy as np
+import pytest
+from downstream_synth import synthetic_store, tiny_model
+
+from brainlm.downstream import fingerprint, identify
+
+
+def test_identify_by_correlation():
+    rng = np.random.default_rng(0)
+    first = rng.normal(size=(5, 30))
+    second = first[[0, 1, 2, 3, 4]] * 3 + 1 + 0.1 * rng.normal(size=(5, 30))  # scale and shift do not matter
+    assert identify(first, second).tolist() == [0, 1, 2, 3, 4]
+    swapped = second[[1, 0, 2, 3, 4]]
+    assert identify(first, swapped).tolist() == [1, 0, 2, 3, 4]
+
+
+def test_fingerprint_on_synthetic_subjects(tmp_path):
+    store = synthetic_store(tmp_path / "s", n_subjects=8, split=(6, 1, 1), T=160)
+    summary, matches = fingerprint(tiny_model(), store)
+    s = summary.set_index("features")
+    assert s.loc["fc", "chance"] == pytest.approx(1 / 8) and s.loc["fc", "num_subjects"] == 8
+    assert s.loc["fc", "accuracy"] >= 0.75  # subject-specific mixing is a strong FC fingerprint
+    assert 0.0 <= s.loc["brainlm", "accuracy"] <= 1.0
+    assert len(matches) == 16 and set(matches["subject_id"]) == set(store.recordings["subject_id"])
+    with pytest.raises(ValueError, match="half of its 160 timepoints is shorter than a window of 100"):
+        fingerprint(tiny_model(window=100), store)
+    with pytest.raises(ValueError, match="at least two subjects"):
+        fingerprint(tiny_model(), store, split="test")
