@@ -101,6 +101,8 @@ def run_case(case: dict) -> dict:
     impl, kind, B, steps = case["impl"], case["kind"], case["batch"], case["steps"]
     overrides = case.get("overrides", {})
     cfg, model = _build(impl, case["preset"], **overrides)
+    if case.get("compile"):
+        model = torch.compile(model)
     R, T = case.get("regions", cfg.num_brain_voxels), case.get("timepoints", cfg.num_timepoints_per_voxel)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(B, R, T, generator=g)
@@ -172,6 +174,10 @@ def model_suite(args) -> list[dict]:
         if args.bf16:
             cases.append(dict(label=f"{args.preset} train mask {mask} batch {args.batch} bf16", impl="brainlm",
                               kind="train", preset=args.preset, batch=args.batch, mask=mask, steps=args.steps, bf16=True))
+        if args.compile:
+            cases.append(dict(label=f"{args.preset} train mask {mask} batch {args.batch} compiled", impl="brainlm",
+                              kind="train", preset=args.preset, batch=args.batch, mask=mask, steps=args.steps,
+                              bf16=False, compile=True))
     if args.embed:
         for impl in args.impls:
             cases.append(dict(label=f"{args.preset} embed mask 0 batch {args.embed_batch}", impl=impl, kind="embed",
@@ -203,6 +209,7 @@ def main() -> None:
     ap.add_argument("--impls", nargs="+", default=["original", "brainlm"])
     ap.add_argument("--no-embed", dest="embed", action="store_false")
     ap.add_argument("--bf16", action="store_true", help="also run brainlm under bf16 autocast")
+    ap.add_argument("--compile", action="store_true", help="also run brainlm under torch.compile")
     ap.add_argument("--long-context", action="store_true")
     ap.add_argument("--json", help="write all results to this file")
     args = ap.parse_args()
