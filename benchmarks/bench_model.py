@@ -166,25 +166,30 @@ def _fmt_row(r: dict, gemm: float) -> str:
 
 
 def model_suite(args) -> list[dict]:
+    overrides = json.loads(args.overrides) if args.overrides else {}
     cases = []
     for mask in args.masks:
         for impl in args.impls:
             cases.append(dict(label=f"{args.preset} train mask {mask} batch {args.batch}", impl=impl, kind="train",
-                              preset=args.preset, batch=args.batch, mask=mask, steps=args.steps, bf16=False))
+                              preset=args.preset, batch=args.batch, mask=mask, steps=args.steps, bf16=False,
+                              overrides=overrides))
         if args.bf16:
             cases.append(dict(label=f"{args.preset} train mask {mask} batch {args.batch} bf16", impl="brainlm",
-                              kind="train", preset=args.preset, batch=args.batch, mask=mask, steps=args.steps, bf16=True))
+                              kind="train", preset=args.preset, batch=args.batch, mask=mask, steps=args.steps, bf16=True,
+                              overrides=overrides))
         if args.compile:
             cases.append(dict(label=f"{args.preset} train mask {mask} batch {args.batch} compiled", impl="brainlm",
                               kind="train", preset=args.preset, batch=args.batch, mask=mask, steps=args.steps,
-                              bf16=False, compile=True))
+                              bf16=False, compile=True, overrides=overrides))
     if args.embed:
         for impl in args.impls:
             cases.append(dict(label=f"{args.preset} embed mask 0 batch {args.embed_batch}", impl=impl, kind="embed",
-                              preset=args.preset, batch=args.embed_batch, mask=0.0, steps=args.steps, bf16=False))
+                              preset=args.preset, batch=args.embed_batch, mask=0.0, steps=args.steps, bf16=False,
+                              overrides=overrides))
         if args.bf16:
             cases.append(dict(label=f"{args.preset} embed mask 0 batch {args.embed_batch} bf16", impl="brainlm",
-                              kind="embed", preset=args.preset, batch=args.embed_batch, mask=0.0, steps=args.steps, bf16=True))
+                              kind="embed", preset=args.preset, batch=args.embed_batch, mask=0.0, steps=args.steps, bf16=True,
+                              overrides=overrides))
     return cases
 
 
@@ -202,6 +207,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--preset", default="13m")
+    ap.add_argument("--overrides", help='config overrides as JSON, e.g. \'{"decoder_hidden_size": 768}\'')
     ap.add_argument("--masks", type=float, nargs="+", default=[0.2, 0.75, 0.9])
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--embed-batch", type=int, default=4)
