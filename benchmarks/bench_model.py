@@ -35,6 +35,23 @@ def _threads() -> int:
 # -------------------------------------------------------------------------------------------
 
 
+def _layer_flops(n: int, dim: int, inter: int, kernel: int) -> float:
+    linear = 2 * n * dim * (3 * dim + dim + 2 * inter)
+    attention = 2 * 2 * n * n * dim
+    conv = 2 * n * dim * kernel
+    return linear + attention + conv
+
+
+def encoder_flops(cfg, B: int, R: int, T: int, mask_ratio: float) -> float:
+    """FLOPs of the encoder alone (embedding extraction)."""
+    W = cfg.timepoint_patching_size
+    L = R * (T // W)
+    K = int(L * (1 - mask_ratio))
+    D = cfg.hidden_size
+    layers = cfg.num_hidden_layers * _layer_flops(K + 1, D, cfg.intermediate_size, cfg.conv_kernel_size or 0)
+    return B * (2 * L * (W * D + 3 * D) + layers)
+
+
 def forward_flops(cfg, B: int, R: int, T: int, mask_ratio: float) -> float:
     """FLOPs of one forward pass: linear layers, attention (QK^T and PV), value convolution."""
     W = cfg.timepoint_patching_size
@@ -44,15 +61,9 @@ def forward_flops(cfg, B: int, R: int, T: int, mask_ratio: float) -> float:
     D, Dd = cfg.hidden_size, cfg.decoder_hidden_size
     k = cfg.conv_kernel_size or 0
 
-    def layer(n: int, dim: int, inter: int) -> float:
-        linear = 2 * n * dim * (3 * dim + dim + 2 * inter)
-        attention = 2 * 2 * n * n * dim
-        conv = 2 * n * dim * k
-        return linear + attention + conv
-
-    enc = 2 * L * (W * D + 3 * D) + cfg.num_hidden_layers * layer(K + 1, D, cfg.intermediate_size)
+    enc = encoder_flops(cfg, 1, R, T, mask_ratio)
     dec = 2 * (K + 1) * D * Dd + 2 * L * 3 * Dd
-    dec += cfg.decoder_num_hidden_layers * layer(L + 1, Dd, cfg.decoder_intermediate_size)
+    dec += cfg.decoder_num_hidden_layers * _layer_flops(L + 1, Dd, cfg.decoder_intermediate_size, k)
     dec += 2 * L * (Dd * (Dd // 2) + (Dd // 2) * W)
     return B * (enc + dec)
 
@@ -101,6 +112,8 @@ def run_case(case: dict) -> dict:
     impl, kind, B, steps = case["impl"], case["kind"], case["batch"], case["steps"]
     overrides = case.get("overrides", {})
     cfg, model = _build(impl, case["preset"], **overrides)
+    if case.get("compile"):
+        model = torch.compile(model)
     R, T = case.get("regions", cfg.num_brain_voxels), case.get("timepoints", cfg.num_timepoints_per_voxel)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(B, R, T, generator=g)
@@ -123,15 +136,17 @@ def run_case(case: dict) -> dict:
                 times.append(time.perf_counter() - t)
         flops = 3 * forward_flops(cfg, B, R, T, case["mask"])
     else:
+        # Embeddings need the encoder only (``model.vit`` in the original's notebooks).
+        encode = model.encode if impl == "original" else model.forward_encoder
         model.eval()
-        with torch.no_grad():
+        with torch.inference_mode():
             for i in range(steps + 1):
                 t = time.perf_counter()
                 with ctx():
-                    _call(model, impl, x, xyz, 0.0)
+                    encode(x, xyz, mask_ratio=0.0)
                 if i:
                     times.append(time.perf_counter() - t)
-        flops = forward_flops(cfg, B, R, T, 0.0)
+        flops = encoder_flops(cfg, B, R, T, 0.0)
     sec = statistics.median(times)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {**case, "seconds": sec, "flops": flops, "peak_rss_mb": peak_mb}
@@ -164,21 +179,30 @@ def _fmt_row(r: dict, gemm: float) -> str:
 
 
 def model_suite(args) -> list[dict]:
+    overrides = json.loads(args.overrides) if args.overrides else {}
     cases = []
     for mask in args.masks:
         for impl in args.impls:
             cases.append(dict(label=f"{args.preset} train mask {mask} batch {args.batch}", impl=impl, kind="train",
-                              preset=args.preset, batch=args.batch, mask=mask, steps=args.steps, bf16=False))
+                              preset=args.preset, batch=args.batch, mask=mask, steps=args.steps, bf16=False,
+                              overrides=overrides))
         if args.bf16:
             cases.append(dict(label=f"{args.preset} train mask {mask} batch {args.batch} bf16", impl="brainlm",
-                              kind="train", preset=args.preset, batch=args.batch, mask=mask, steps=args.steps, bf16=True))
+                              kind="train", preset=args.preset, batch=args.batch, mask=mask, steps=args.steps, bf16=True,
+                              overrides=overrides))
+        if args.compile:
+            cases.append(dict(label=f"{args.preset} train mask {mask} batch {args.batch} compiled", impl="brainlm",
+                              kind="train", preset=args.preset, batch=args.batch, mask=mask, steps=args.steps,
+                              bf16=False, compile=True, overrides=overrides))
     if args.embed:
         for impl in args.impls:
             cases.append(dict(label=f"{args.preset} embed mask 0 batch {args.embed_batch}", impl=impl, kind="embed",
-                              preset=args.preset, batch=args.embed_batch, mask=0.0, steps=args.steps, bf16=False))
+                              preset=args.preset, batch=args.embed_batch, mask=0.0, steps=args.steps, bf16=False,
+                              overrides=overrides))
         if args.bf16:
             cases.append(dict(label=f"{args.preset} embed mask 0 batch {args.embed_batch} bf16", impl="brainlm",
-                              kind="embed", preset=args.preset, batch=args.embed_batch, mask=0.0, steps=args.steps, bf16=True))
+                              kind="embed", preset=args.preset, batch=args.embed_batch, mask=0.0, steps=args.steps, bf16=True,
+                              overrides=overrides))
     return cases
 
 
@@ -196,6 +220,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--preset", default="13m")
+    ap.add_argument("--overrides", help='config overrides as JSON, e.g. \'{"decoder_hidden_size": 768}\'')
     ap.add_argument("--masks", type=float, nargs="+", default=[0.2, 0.75, 0.9])
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--embed-batch", type=int, default=4)
@@ -203,6 +228,7 @@ def main() -> None:
     ap.add_argument("--impls", nargs="+", default=["original", "brainlm"])
     ap.add_argument("--no-embed", dest="embed", action="store_false")
     ap.add_argument("--bf16", action="store_true", help="also run brainlm under bf16 autocast")
+    ap.add_argument("--compile", action="store_true", help="also run brainlm under torch.compile")
     ap.add_argument("--long-context", action="store_true")
     ap.add_argument("--json", help="write all results to this file")
     args = ap.parse_args()
