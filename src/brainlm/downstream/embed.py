@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .loading import Recordings, check_regions, is_vitmae, load_model, model_window, open_recordings
+from .loading import _as_tensor, Recordings, check_regions, is_vitmae, load_model, model_window, open_recordings
 
 __all__ = [
     "POOLINGS",
@@ -54,8 +54,8 @@ INDEX_COLUMNS = ["recording_id", "subject_id", "session_id", "run_id", "window",
 
 
 def _as_batch(signal_vectors, xyz_vectors) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.as_tensor(np.array(signal_vectors, dtype=np.float32))  # a copy: store views are read-only
-    xyz = torch.as_tensor(np.array(xyz_vectors, dtype=np.float32))
+    x = _as_tensor(signal_vectors)
+    xyz = _as_tensor(xyz_vectors)
     if x.dim() != 3:
         raise ValueError(f"signal_vectors must be (B, R, T), got shape {tuple(x.shape)}")
     if xyz.dim() == 2:

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from brainlm.model import BrainLMForPretraining
 
-from .loading import check_regions, is_vitmae, load_model, model_window
+from .loading import _as_tensor, check_regions, is_vitmae, load_model, model_window
 
 __all__ = ["FinetuneConfig", "BrainLMFinetuner", "FinetuneResult", "finetune", "save_finetuned", "load_finetuned"]
 
@@ -115,8 +115,8 @@ class BrainLMFinetuner(nn.Module):
     def predict(self, signal_vectors, xyz_vectors) -> np.ndarray:
         """Predictions in target units: class labels (classification) or values (regression), ``(B,)``."""
         self.eval()
-        x = torch.as_tensor(np.array(signal_vectors, np.float32))
-        xyz = torch.as_tensor(np.array(xyz_vectors, np.float32))
+        x = _as_tensor(signal_vectors)
+        xyz = _as_tensor(xyz_vectors)
         if xyz.dim() == 2:
             xyz = xyz.expand(x.shape[0], -1, -1)
         out = self(x, xyz).float()

@@ -45,6 +45,13 @@ __all__ = [
 _STEP = re.compile(r"^step_(\d+)$")
 
 
+def _as_tensor(a) -> torch.Tensor:
+    """A float32 tensor from a tensor or array; arrays are copied (store views are read-only)."""
+    if torch.is_tensor(a):
+        return a.detach().float()
+    return torch.from_numpy(np.array(a, dtype=np.float32))
+
+
 def is_vitmae(model: nn.Module) -> bool:
     """Whether ``model`` is a released ViT-MAE model (``brainlm.vitmae.BrainLMViTMAE``)."""
     return type(model).__name__ == "BrainLMViTMAE"

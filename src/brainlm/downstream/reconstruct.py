@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .loading import Recordings, check_regions, is_vitmae, model_window
+from .loading import _as_tensor, Recordings, check_regions, is_vitmae, model_window
 
 __all__ = [
     "r2_per_region",
@@ -275,8 +275,8 @@ def forecast_windows(model: nn.Module, signal_vectors, xyz_vectors, k: int) -> n
     """
     if is_vitmae(model):
         raise ValueError("forecasting needs a BrainLM model: ViT-MAE image patches do not align with the last timepoints")
-    x = torch.as_tensor(np.array(signal_vectors, np.float32))
-    xyz = torch.as_tensor(np.array(xyz_vectors, np.float32))
+    x = _as_tensor(signal_vectors)
+    xyz = _as_tensor(xyz_vectors)
     if xyz.dim() == 2:
         xyz = xyz.expand(x.shape[0], -1, -1)
     B, R, T = x.shape
