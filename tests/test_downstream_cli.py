@@ -27,7 +27,7 @@ def test_embed_reconstruct_forecast_fingerprint(setup, capsys):
     assert len(pd.read_csv(root / "rec" / "r2_per_region.csv")) == 2 * 6
     assert list((root / "rec").glob("reconstruction_*.png"))
     assert main(["forecast", ckpt, data, "--split", "test", "--out", str(root / "fc"), "-k", "5"]) == 0
-    assert set(pd.read_csv(root / "fc" / "forecast_metrics.csv")["method"]) == {"brainlm", "persistence", "ar"}
+    assert set(pd.read_csv(root / "fc" / "forecast_metrics.csv")["method"]) == {"brainlm", "persistence", "mean", "ar"}
     assert main(["forecast", ckpt, data, "--out", str(root / "fc2"), "-k", "7"]) == 2
     assert "multiple of the patch size" in capsys.readouterr().err
     assert main(["fingerprint", ckpt, data, "--out", str(root / "fp")]) == 0

@@ -114,7 +114,7 @@ def test_reconstruct_and_forecast_recordings(tmp_path, model):
     table, results = reconstruct_recordings(model, recs, mask_ratio=0.5, progress=False)
     assert len(table) == 2 * R and set(results) == set(table["recording_id"])
     res = forecast_recordings(model, recs, 2 * PATCH, stride=20, progress=False)
-    assert list(res.metrics["method"]) == ["brainlm", "persistence", "ar"]
+    assert list(res.metrics["method"]) == ["brainlm", "persistence", "mean", "ar"]
     assert res.true.shape == (2 * 6, R, 10) and res.context.shape == (12, R, 10)
     mse = ((res.true - res.preds["persistence"]) ** 2).mean()
     assert res.metrics.set_index("method").loc["persistence", "mse"] == pytest.approx(mse)

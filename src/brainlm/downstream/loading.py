@@ -162,6 +162,14 @@ class Recordings:
         for i, m in enumerate(self.meta):
             yield m, self.load(i)
 
+    def subset(self, subject_ids) -> "Recordings":
+        """The recordings of the given subjects only (in the original order)."""
+        wanted = {str(s) for s in subject_ids}
+        keep = [i for i, m in enumerate(self.meta) if m["subject_id"] in wanted]
+        load = self.load
+        return Recordings(self.coords, [self.meta[i] for i in keep], lambda i: load(keep[i]),
+                          f"{self.source} ({len(keep)} recordings)", self.region_names)
+
 
 def open_recordings(
     data, split: str | None = None, coords: str | os.PathLike | np.ndarray | None = None
@@ -169,7 +177,7 @@ def open_recordings(
     """Recordings of a store (optionally one split) or of parcellated time-series files.
 
     Args:
-        data: a ``Store``, a store folder, or a list of files (``.npy``/``.csv``/``.tsv``/``.mat``/
+        data: a ``Recordings`` (returned as is), a ``Store``, a store folder, or a list of files (``.npy``/``.csv``/``.tsv``/``.mat``/
             ``.parquet``, timepoints x regions or regions x timepoints).
         split: store split (``train``/``validation``/``test``); None for all. Not used for files.
         coords: for files: a coordinate file (as ``prepare --coords``) or an ``(R, 3)`` array.
@@ -179,6 +187,8 @@ def open_recordings(
     """
     from brainlm.data import Store, open_store
 
+    if isinstance(data, Recordings):
+        return data
     if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
         data = open_store(data)
     if isinstance(data, Store):

@@ -58,7 +58,8 @@ def plot_forecast(result, path: str | os.PathLike, window_index: int = 0, region
     ctx, true = result.context[window_index], result.true[window_index]  # (R, V), (R, k)
     V, k = ctx.shape[1], true.shape[1]
     plt, (fig, axes) = _figure(len(regions), 1, figsize=(8, 1.9 * len(regions)), sharex=True, squeeze=False)
-    styles = {"brainlm": ("tab:red", "-"), "persistence": ("tab:green", ":"), "ar": ("tab:blue", "--")}
+    styles = {"brainlm": ("tab:red", "-"), "persistence": ("tab:green", ":"), "mean": ("tab:orange", "-."),
+              "ar": ("tab:blue", "--")}
     for ax, r in zip(axes[:, 0], regions):
         ax.plot(np.arange(V), ctx[r], color="0.3", lw=0.9, label="visible")
         ax.plot(np.arange(V, V + k), true[r], color="0.3", lw=0.9, alpha=0.5, label="hidden truth")
@@ -67,7 +68,7 @@ def plot_forecast(result, path: str | os.PathLike, window_index: int = 0, region
             ax.plot(np.arange(V, V + k), pred[window_index, r], color=c, ls=ls, lw=1.2, label=name)
         ax.axvline(V - 0.5, color="0.6", lw=0.8)
         ax.set_title(region_names[r] if region_names else f"region {r}", fontsize=9, loc="left")
-    axes[0, 0].legend(fontsize=7, ncol=5, loc="upper left")
+    axes[0, 0].legend(fontsize=7, ncol=6, loc="lower left", bbox_to_anchor=(0, 1.12), frameon=False)
     axes[-1, 0].set_xlabel("timepoint in window")
     if title:
         fig.suptitle(title, fontsize=10)

@@ -16,7 +16,7 @@ original code's ``last_timepoints_masking``. k must be a positive multiple of W 
 T (the model masks whole patches): k / W patches per region are masked, and the visible
 tokens keep their region-major order. Baselines on the same windows: persistence (the last
 visible value repeated) and a per-region autoregressive model AR(p) fitted by least squares
-(with intercept) on the T - k visible timepoints of that window and iterated k steps.
+(with intercept) on the T - k visible timepoints of that window and iterated k steps; and the mean of the visible part.
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ class ForecastResult:
     """Forecast metrics and the arrays they came from.
 
     Attributes:
-        metrics: one row per method (``brainlm``, ``persistence``, ``ar``): ``mse`` over all
+        metrics: one row per method (``brainlm``, ``persistence``, ``mean``, ``ar``): ``mse`` over all
             forecast points and ``r2`` (per-region R^2 over the forecast points of all windows,
             averaged over regions).
         true, preds: ``(N, R, k)`` truth and ``{method: (N, R, k)}``.
@@ -351,6 +351,7 @@ def forecast_recordings(
     methods = {
         "brainlm": np.concatenate(preds),
         "persistence": persistence_forecast(ctx, k),
+        "mean": np.repeat(ctx.mean(-1, keepdims=True), k, axis=-1),
         "ar": ar_forecast(ctx, k, ar_order),
     }
     metrics = pd.DataFrame([{"method": m, **_forecast_metrics(true, p)} for m, p in methods.items()])
