@@ -22,7 +22,14 @@ from brainlm.integrate.contrastive import (
     info_nce,
     retrieval_metrics,
 )
-from brainlm.integrate.dna import average_strands, embed_dna, read_fasta, reverse_complement, write_dna_table
+from brainlm.integrate.dna import (
+    average_strands,
+    embed_dna,
+    embed_dna_to_table,
+    read_fasta,
+    reverse_complement,
+    write_dna_table,
+)
 from brainlm.integrate.fusion import FusionAnalysis
 from brainlm.integrate.io import (
     JoinedCohort,
@@ -54,6 +61,7 @@ __all__ = [
     "average_strands",
     "check_table",
     "embed_dna",
+    "embed_dna_to_table",
     "encode_covariates",
     "info_nce",
     "join_modalities",

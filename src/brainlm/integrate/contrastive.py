@@ -14,7 +14,8 @@ the best state is restored.
 
 Retrieval is scored on held-out subjects only, in both directions (brain -> genetic and
 genetic -> brain): recall@1/5/10, median rank and mean reciprocal rank (MRR), where the
-rank of the true partner among the held-out candidates is 1 for a perfect match. The
+rank of the true partner among the held-out candidates is 1 for a perfect match (ties
+count against it). The
 shuffled-pair null re-scores the same held-out similarity matrix with the true pairing
 replaced by a random one, ``n_null`` times; its mean is chance (recall@k = k / n).
 
@@ -111,8 +112,12 @@ def info_nce(zb: torch.Tensor, zg: torch.Tensor, temperature: torch.Tensor) -> t
 
 
 def _rank_matrix(S: np.ndarray) -> np.ndarray:
-    """ranks[i, j] = 1 + number of candidates scoring strictly higher than j for query i."""
-    return rankdata(-S, axis=1, method="min").astype(np.int64)
+    """ranks[i, j] = number of candidates scoring at least as high as j for query i.
+
+    Ties count against the query, so collapsed (identical) embeddings score as badly as
+    they deserve rather than all sharing rank 1.
+    """
+    return rankdata(-S, axis=1, method="max").astype(np.int64)
 
 
 def _scores(ranks: np.ndarray) -> dict[str, float]:

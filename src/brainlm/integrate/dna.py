@@ -161,3 +161,8 @@ def write_dna_table(path: str | Path, subject_ids, sequence_ids, X, id_col: str 
     else:
         raise ValueError(f"unsupported table format {suffix!r} (use .parquet, .csv or .tsv)")
     return path
+
+
+def embed_dna_to_table(model_dir, fasta, out, **kwargs) -> Path:
+    """:func:`embed_dna` followed by :func:`write_dna_table` (the ``brainlm embed-dna`` command)."""
+    return write_dna_table(out, *embed_dna(model_dir, fasta, **kwargs))
