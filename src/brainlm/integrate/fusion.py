@@ -4,8 +4,9 @@ Per fold, each modality gets its own :class:`ModalityPreprocessor` fitted on the
 training subjects; the fused features are the two preprocessed blocks side by side,
 each divided by sqrt(its width) so that both modalities enter with the same total
 variance whatever their dimensions. Every feature set then goes through the same
-model (logistic / ridge regression with internal CV of the penalty, or histogram
-gradient boosting), and the out-of-fold predictions of all subjects are scored once.
+model - ``"linear"``: L2 logistic regression (C = 1) or ridge regression with the
+penalty chosen by leave-one-out inside the training fold; ``"gbm"``: gradient boosting
+with 100 depth-2 trees - and the out-of-fold predictions of all subjects are scored once.
 
 Folds are subject-grouped (``StratifiedGroupKFold`` for classification, ``GroupKFold``
 for regression): every row of a subject is in the same fold. Confidence intervals are
