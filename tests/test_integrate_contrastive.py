@@ -67,6 +67,8 @@ def test_planted_factor_gives_recall_far_above_chance():
     assert (m["recall@1"] > 0.5).all()
     assert (m["p_recall@1"] <= 1 / 201 + 1e-12).all() and (m["p_mrr"] <= 1 / 201 + 1e-12).all()
     assert (m["median_rank"] <= 2).all()
+    # Towers trained on shuffled pairs find nothing on the true held-out pairs.
+    assert (m["shuffled_fit_recall@1"] < 0.15).all()
 
 
 def test_no_shared_factor_gives_chance_recall():
@@ -74,7 +76,7 @@ def test_no_shared_factor_gives_chance_recall():
     for s in range(3):
         cohort = make_null_cohort(n_subjects=120, brain_dim=32, genetic_dim=16, n_shared=8, seed=10 + s)
         m = ContrastiveAnalysis(n_splits=3, n_null=200, random_state=s, **SMALL).fit(cohort.brain, cohort.genetic).metrics_
-        recall += m["recall@1"].tolist()
+        recall += m["recall@1"].tolist() + m["shuffled_fit_recall@1"].tolist()
         p += m["p_mrr"].tolist()
     assert np.mean(recall) < 0.08  # chance is 0.025; planted cohorts reach > 0.5
     assert min(p) > 0.01

@@ -97,7 +97,7 @@ def test_fusion_fits_preprocessing_on_training_folds_only(spy, cohort):
 
 
 def test_contrastive_fits_preprocessing_on_training_folds_only(spy, cohort):
-    con = ContrastiveAnalysis(n_splits=3, n_null=10, hidden_dim=16, out_dim=8, max_epochs=2).fit(
+    con = ContrastiveAnalysis(n_splits=3, n_null=10, shuffled_fit=False, hidden_dim=16, out_dim=8, max_epochs=2).fit(
         cohort.brain, cohort.genetic
     )
     _assert_fitted_on_training_rows(spy, con.folds_, cohort.brain, cohort.genetic)

@@ -91,13 +91,14 @@ def _add_integrate(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--device", default="cpu")
     t.add_argument("--no-export", action="store_true", help="skip the [N, 512] shared-space tables")
+    t.add_argument("--no-shuffled-fit", action="store_true", help="skip the towers trained on shuffled pairs")
 
     def run_contrastive(args: argparse.Namespace) -> int:
         from brainlm.integrate.run import run_contrastive
 
         res = run_contrastive(
             args.brain, args.genetic, args.out, args.covariates, n_splits=args.folds, n_null=args.null,
-            export=not args.no_export, seed=args.seed, id_col=args.id_col, pca_components=args.pca,
+            shuffled_fit=not args.no_shuffled_fit, export=not args.no_export, seed=args.seed, id_col=args.id_col, pca_components=args.pca,
             max_epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
             device=args.device,
         )

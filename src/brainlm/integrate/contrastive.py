@@ -16,8 +16,11 @@ Retrieval is scored on held-out subjects only, in both directions (brain -> gene
 genetic -> brain): recall@1/5/10, median rank and mean reciprocal rank (MRR), where the
 rank of the true partner among the held-out candidates is 1 for a perfect match (ties
 count against it). The
-shuffled-pair null re-scores the same held-out similarity matrix with the true pairing
-replaced by a random one, ``n_null`` times; its mean is chance (recall@k = k / n).
+shuffled-pair null comes in two forms: (a) the same held-out similarity matrix scored
+against ``n_null`` random pairings (its mean is chance, recall@k = k / n; it gives the
+p-values), and (b) with ``shuffled_fit=True``, a second pair of towers per fold trained on
+the training subjects with their brain-genetic pairing shuffled, then scored on the true
+held-out pairs: what the whole pipeline finds when there is nothing to find.
 
 Shapes: B batch, D_b / D_g input widths, E = 512 shared-space width.
 """
@@ -196,12 +199,14 @@ class ContrastiveAligner:
         self.device = device
         self.random_state = random_state
 
-    def fit(self, X, Y, covariates=None) -> "ContrastiveAligner":
+    def fit(self, X, Y, covariates=None, genetic_covariates=None) -> "ContrastiveAligner":
         """Fit preprocessing and projectors.
 
         Args:
             X: (N, D_b) brain embeddings. Y: (N, D_g) genetic embeddings, row-aligned.
             covariates: optional (N, C), regressed out of both modalities.
+            genetic_covariates: covariates of the genetic rows when they differ from the
+                brain rows' (shuffled pairings); default ``covariates``.
 
         Returns:
             self.
@@ -214,10 +219,11 @@ class ContrastiveAligner:
         p = self.pca_components
         pca_x, pca_y = tuple(p) if isinstance(p, (tuple, list)) else (p, p)
         self.brain_pre_ = ModalityPreprocessor(self.scale, pca_x, self.random_state).fit(X, covariates)
-        self.genetic_pre_ = ModalityPreprocessor(self.scale, pca_y, self.random_state).fit(Y, covariates)
+        cov_g = covariates if genetic_covariates is None else genetic_covariates
+        self.genetic_pre_ = ModalityPreprocessor(self.scale, pca_y, self.random_state).fit(Y, cov_g)
         dev = torch.device(self.device)
         xb = torch.as_tensor(self.brain_pre_.transform(X, covariates), device=dev)
-        xg = torch.as_tensor(self.genetic_pre_.transform(Y, covariates), device=dev)
+        xg = torch.as_tensor(self.genetic_pre_.transform(Y, cov_g), device=dev)
 
         gen = torch.Generator().manual_seed(self.random_state)
         torch.manual_seed(self.random_state)
@@ -286,6 +292,13 @@ class ContrastiveAligner:
         }
 
 
+def _similarity(aligner: ContrastiveAligner, X, Y, covariates) -> np.ndarray:
+    """(N, N) cosine similarities of held-out brain rows (queries) and genetic rows."""
+    zb = aligner.transform_brain(X, covariates).astype(np.float64)
+    zg = aligner.transform_genetic(Y, covariates).astype(np.float64)
+    return zb @ zg.T
+
+
 class ContrastiveAnalysis:
     """Cross-validated two-tower alignment with held-out retrieval and a shuffled-pair null.
 
@@ -293,6 +306,7 @@ class ContrastiveAnalysis:
         n_splits: K-fold splits (shuffled, seeded); retrieval candidates are the
             held-out subjects of a fold.
         n_null: shuffled pairings per fold for the null.
+        shuffled_fit: also train towers on shuffled training pairs per fold (null (b)).
         random_state: seed of folds and null.
         **aligner_params: passed to :class:`ContrastiveAligner`.
 
@@ -301,13 +315,17 @@ class ContrastiveAnalysis:
         fold_metrics_: frame, one row per (fold, direction) with the retrieval metrics.
         metrics_: frame, one row per direction: mean over folds, chance level of
             recall@1 and MRR, null mean and p-values (``(1 + #null >= observed) /
-            (1 + n_null)`` for recall@1 and MRR averaged over folds).
+            (1 + n_null)`` for recall@1 and MRR averaged over folds), and with
+            ``shuffled_fit`` the recall@1 / MRR of the towers trained on shuffled pairs.
         aligners_: the fitted aligner of each fold.
     """
 
-    def __init__(self, n_splits: int = 5, n_null: int = 1000, random_state: int = 0, **aligner_params):
+    def __init__(
+        self, n_splits: int = 5, n_null: int = 1000, shuffled_fit: bool = True, random_state: int = 0, **aligner_params
+    ):
         self.n_splits = n_splits
         self.n_null = n_null
+        self.shuffled_fit = shuffled_fit
         self.random_state = random_state
         self.aligner_params = aligner_params
 
@@ -321,16 +339,31 @@ class ContrastiveAnalysis:
         self.folds_ = list(KFold(self.n_splits, shuffle=True, random_state=self.random_state).split(X))
         rng = np.random.default_rng(self.random_state)
         rows, null_rows, self.aligners_ = [], [], []
+        c_tr, c_te = (None, None)
         for f, (tr, te) in enumerate(self.folds_):
+            if cov is not None:
+                c_tr, c_te = cov[tr], cov[te]
             params = {"random_state": self.random_state + f, **self.aligner_params}
-            al = ContrastiveAligner(**params).fit(X[tr], Y[tr], None if cov is None else cov[tr])
+            al = ContrastiveAligner(**params).fit(X[tr], Y[tr], c_tr)
             self.aligners_.append(al)
-            zb = al.transform_brain(X[te], None if cov is None else cov[te])
-            zg = al.transform_genetic(Y[te], None if cov is None else cov[te])
-            S = zb.astype(np.float64) @ zg.T.astype(np.float64)
-            for direction, R in (("brain->genetic", _rank_matrix(S)), ("genetic->brain", _rank_matrix(S.T))):
+            S = _similarity(al, X[te], Y[te], c_te)
+            S0 = None
+            if self.shuffled_fit:
+                shuffle = rng.permutation(len(tr))
+                al0 = ContrastiveAligner(**params).fit(
+                    X[tr], Y[tr][shuffle], c_tr, None if c_tr is None else c_tr[shuffle]
+                )
+                S0 = _similarity(al0, X[te], Y[te], c_te)
+            for direction, R, R0 in (
+                ("brain->genetic", _rank_matrix(S), None if S0 is None else _rank_matrix(S0)),
+                ("genetic->brain", _rank_matrix(S.T), None if S0 is None else _rank_matrix(S0.T)),
+            ):
                 diag = np.arange(len(te))
-                rows.append({"fold": f, "direction": direction, "n_candidates": len(te), **_scores(R[diag, diag])})
+                row = {"fold": f, "direction": direction, "n_candidates": len(te), **_scores(R[diag, diag])}
+                if R0 is not None:
+                    shuffled = _scores(R0[diag, diag])
+                    row["shuffled_fit_recall@1"], row["shuffled_fit_mrr"] = shuffled["recall@1"], shuffled["mrr"]
+                rows.append(row)
                 perms = np.array([rng.permutation(len(te)) for _ in range(self.n_null)]).reshape(self.n_null, len(te))
                 null_ranks = R[diag[None, :], perms]  # (n_null, n_test)
                 null_rows.append({

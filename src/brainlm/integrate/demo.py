@@ -132,7 +132,7 @@ def run_real_demo(
     write_fusion_report(fusion, out_dir / "fusion", "Late fusion: predicting the acquisition dataset (hcp vs gw)", notes)
 
     con = ContrastiveAnalysis(
-        n_splits, n_permutations, seed, pca_components=pca, max_epochs=max_epochs, patience=20, batch_size=16,
+        n_splits=n_splits, n_null=n_permutations, random_state=seed, pca_components=pca, max_epochs=max_epochs, patience=20, batch_size=16,
         val_fraction=0.25,
     )
     con.fit(cohort.A, cohort.B, cohort.covariates)

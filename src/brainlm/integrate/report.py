@@ -139,8 +139,11 @@ def write_contrastive_report(
     temps = [al.temperature_ for al in analysis.aligners_]
     blocks = [
         f"{len(analysis.folds_)}-fold cross-validation; candidates are the held-out subjects of a fold "
-        f"(about {n_cand:.0f}); null = the same similarity matrix scored against {analysis.n_null} shuffled pairings. "
-        f"Best epochs per fold: {best}; learnt temperatures: {[round(t, 3) for t in temps]}.",
+        f"(about {n_cand:.0f}); null: the same similarity matrix scored against {analysis.n_null} shuffled pairings "
+        "(`null_*`, `p_*`)"
+        + ("; `shuffled_fit_*`: towers trained on shuffled training pairs, scored on the true held-out pairs. "
+           if analysis.shuffled_fit else ". ")
+        + f"Best epochs per fold: {best}; learnt temperatures: {[round(t, 3) for t in temps]}.",
         "",
         markdown_table(m),
         "",

@@ -125,6 +125,7 @@ def run_contrastive(
     *,
     n_splits: int = 5,
     n_null: int = 1000,
+    shuffled_fit: bool = True,
     export: bool = True,
     seed: int = 0,
     id_col: str = "subject_id",
@@ -137,7 +138,9 @@ def run_contrastive(
     ``aligner_params`` go to :class:`~brainlm.integrate.contrastive.ContrastiveAligner`.
     """
     cohort = load_cohort(brain, genetic, covariates, id_col)
-    analysis = ContrastiveAnalysis(n_splits, n_null, seed, **aligner_params)
+    analysis = ContrastiveAnalysis(
+        n_splits=n_splits, n_null=n_null, shuffled_fit=shuffled_fit, random_state=seed, **aligner_params
+    )
     analysis.fit(cohort.A, cohort.B, cohort.covariates)
     out_dir = Path(out_dir)
     notes = _notes(cohort, brain, genetic)
