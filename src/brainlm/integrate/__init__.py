@@ -14,6 +14,7 @@ Works on any two embedding tables keyed by subject ID (BrainLM embeddings from
 """
 
 from brainlm.integrate.cca import CCAAnalysis, RegularizedCCA
+from brainlm.integrate.demo import load_demo_subjects, run_real_demo
 from brainlm.integrate.contrastive import (
     ContrastiveAligner,
     ContrastiveAnalysis,
@@ -65,6 +66,7 @@ __all__ = [
     "encode_covariates",
     "info_nce",
     "join_modalities",
+    "load_demo_subjects",
     "load_cohort",
     "make_null_cohort",
     "make_synthetic_cohort",
@@ -76,6 +78,7 @@ __all__ = [
     "run_cca",
     "run_contrastive",
     "run_fusion",
+    "run_real_demo",
     "write_cca_report",
     "write_contrastive_report",
     "write_dna_table",
