@@ -85,6 +85,7 @@ def _add_integrate(sub: argparse._SubParsersAction) -> None:
     _add_integrate_common(t)
     t.add_argument("--null", type=int, default=1000, help="shuffled pairings for the null")
     t.add_argument("--pca", type=int, help="PCA dimensions per modality before the projectors")
+    t.add_argument("--scale", default="zscore", choices=["zscore", "layernorm", "none"])
     t.add_argument("--epochs", type=int, default=200, help="maximum epochs")
     t.add_argument("--patience", type=int, default=10, help="early-stopping patience (epochs)")
     t.add_argument("--batch-size", type=int, default=64)
@@ -98,9 +99,9 @@ def _add_integrate(sub: argparse._SubParsersAction) -> None:
 
         res = run_contrastive(
             args.brain, args.genetic, args.out, args.covariates, n_splits=args.folds, n_null=args.null,
-            shuffled_fit=not args.no_shuffled_fit, export=not args.no_export, seed=args.seed, id_col=args.id_col, pca_components=args.pca,
-            max_epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
-            device=args.device,
+            shuffled_fit=not args.no_shuffled_fit, export=not args.no_export, seed=args.seed,
+            id_col=args.id_col, pca_components=args.pca, scale=args.scale, max_epochs=args.epochs,
+            patience=args.patience, batch_size=args.batch_size, lr=args.lr, device=args.device,
         )
         print(res.metrics_[["direction", "recall@1", "chance_recall@1", "mrr", "p_recall@1"]].to_string(index=False))
         return 0

@@ -377,8 +377,11 @@ class ContrastiveAnalysis:
             row = {"direction": direction, **grp.drop(columns=["fold", "direction"]).mean().to_dict()}
             row["chance_recall@1"] = float(np.mean(1.0 / grp.n_candidates))
             for key in ("recall@1", "mrr"):
+                if not self.n_null:
+                    row[f"null_{key}"] = row[f"p_{key}"] = float("nan")
+                    continue
                 null = np.mean([r[key] for r in nulls], axis=0)  # (n_null,) averaged over folds
-                row[f"null_{key}"] = float(null.mean()) if self.n_null else float("nan")
+                row[f"null_{key}"] = float(null.mean())
                 row[f"p_{key}"] = float((1 + (null >= row[key] - 1e-12).sum()) / (1 + self.n_null))
             summary.append(row)
         self.metrics_ = pd.DataFrame(summary)

@@ -104,7 +104,9 @@ def run_real_demo(
     SC = np.stack(subjects.sc.to_numpy())
     if brain_table is None:
         brain_ids, B = sc_ids, np.stack(subjects.fc.to_numpy())
-        brain_label = "functional-connectivity features (Fisher-z FC upper triangle, 4,371 values; not BrainLM embeddings)"
+        brain_label = (
+            "functional-connectivity features (Fisher-z FC upper triangle, 4,371 values; not BrainLM embeddings)"
+        )
     else:
         brain_ids, B = read_embedding_table(brain_table)
         brain_label = f"BrainLM embeddings from `{brain_table}`"
@@ -124,16 +126,18 @@ def run_real_demo(
     write_cca_report(cca, out_dir / "cca", "CCA: brain vs structural connectivity (dataset regressed out)", notes)
     cca_raw = CCAAnalysis(1, n_splits, n_permutations, "zscore", pca, reg=0.1, random_state=seed)
     cca_raw.fit(cohort.A, cohort.B)
-    write_cca_report(cca_raw, out_dir / "cca_no_covariate", "CCA: brain vs structural connectivity (no covariate)", notes)
+    title = "CCA: brain vs structural connectivity (no covariate)"
+    write_cca_report(cca_raw, out_dir / "cca_no_covariate", title, notes)
 
-    # Gradient boosting is left out: with ~8 training subjects it cannot make a single split.
+    # Gradient boosting is left out: ~8 training subjects are too few for boosted trees.
     fusion = FusionAnalysis("classification", ("linear",), n_splits, n_permutations, "zscore", pca, seed)
     fusion.fit(cohort.A, cohort.B, (dataset == "hcp").astype(int))
-    write_fusion_report(fusion, out_dir / "fusion", "Late fusion: predicting the acquisition dataset (hcp vs gw)", notes)
+    title = "Late fusion: predicting the acquisition dataset (hcp vs gw)"
+    write_fusion_report(fusion, out_dir / "fusion", title, notes)
 
     con = ContrastiveAnalysis(
-        n_splits=n_splits, n_null=n_permutations, random_state=seed, pca_components=pca, max_epochs=max_epochs, patience=20, batch_size=16,
-        val_fraction=0.25,
+        n_splits=n_splits, n_null=n_permutations, random_state=seed, pca_components=pca,
+        max_epochs=max_epochs, patience=20, batch_size=16, val_fraction=0.25,
     )
     con.fit(cohort.A, cohort.B, cohort.covariates)
     write_contrastive_report(con, out_dir / "contrastive", "Contrastive alignment: brain vs structural", notes)

@@ -45,7 +45,9 @@ def average_strands(forward, reverse) -> np.ndarray:
     """
     forward, reverse = np.asarray(forward, dtype=np.float64), np.asarray(reverse, dtype=np.float64)
     if forward.shape != reverse.shape:
-        raise ValueError(f"forward and reverse-complement embeddings differ in shape: {forward.shape} vs {reverse.shape}")
+        raise ValueError(
+            f"forward and reverse-complement embeddings differ in shape: {forward.shape} vs {reverse.shape}"
+        )
     return ((forward + reverse) / 2).astype(np.float32)
 
 

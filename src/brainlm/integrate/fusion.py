@@ -156,7 +156,8 @@ class FusionAnalysis:
             for fs in FEATURE_SETS:
                 for m in self.models:
                     model = _make_model(m, task, self.random_state).fit(feats[fs][0], y[tr])
-                    pred = model.predict_proba(feats[fs][1])[:, 1] if task == "classification" else model.predict(feats[fs][1])
+                    x_test = feats[fs][1]
+                    pred = model.predict_proba(x_test)[:, 1] if task == "classification" else model.predict(x_test)
                     self.oof_[(fs, m)][te] = pred
         self._score(y, groups)
         return self
