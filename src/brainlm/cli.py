@@ -52,7 +52,7 @@ def _add_integrate(sub: argparse._SubParsersAction) -> None:
             n_splits=args.folds, n_permutations=args.permutations, scale=args.scale,
             pca_components=args.pca, reg=args.reg, seed=args.seed, id_col=args.id_col,
         )
-        print(f"held-out r1 = {cca.test_corr_[0]:.3f}, p = {cca.p_value_:.4f}; report in {args.out}")
+        print(f"held-out r1 = {cca.test_corr_[0]:.3f}, p = {cca.p_value_:.3g}; report in {args.out}")
         return 0
 
     c.set_defaults(func=run_cca)
