@@ -60,7 +60,8 @@ def write_cca_report(analysis, out_dir, title: str = "CCA: brain vs genetic embe
     axes[1].axvline(analysis.test_corr_[0], color="tab:red", label="observed")
     axes[0].set(xlabel="component", ylabel="held-out canonical r", xticks=k)
     axes[0].legend(fontsize=8)
-    axes[1].set(xlabel="held-out r (component 1)", ylabel="permutations", title=f"p = {analysis.p_value_:.3g} ({analysis.n_permutations} permutations)")
+    p_title = f"p = {analysis.p_value_:.3g} ({analysis.n_permutations} permutations)"
+    axes[1].set(xlabel="held-out r (component 1)", ylabel="permutations", title=p_title)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "cca.png", dpi=110)
