@@ -21,6 +21,8 @@ def test_fingerprint_on_synthetic_subjects(tmp_path):
     assert s.loc["fc", "chance"] == pytest.approx(1 / 8) and s.loc["fc", "num_subjects"] == 8
     assert s.loc["fc", "accuracy"] >= 0.75  # subject-specific mixing is a strong FC fingerprint
     assert 0.0 <= s.loc["brainlm", "accuracy"] <= 1.0
+    rt, _ = fingerprint(tiny_model(), store, pooling="region_time", keep_regions=True)
+    assert rt.loc[0, "pooling"] == "region_time_regions"
     assert len(matches) == 16 and set(matches["subject_id"]) == set(store.recordings["subject_id"])
     with pytest.raises(ValueError, match="half of its 160 timepoints is shorter than a window of 100"):
         fingerprint(tiny_model(window=100), store)

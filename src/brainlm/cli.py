@@ -361,13 +361,15 @@ def _add_fingerprint(sub: argparse._SubParsersAction) -> None:
     _data_args(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--pooling", default="cls", choices=["cls", "mean", "region_time"])
+    p.add_argument("--keep-regions", action="store_true", help="region_time: compare the (R, D) region embeddings")
     p.add_argument("--stride", type=int, help="step of the windows inside each half (default: half a window)")
 
     def run(args: argparse.Namespace) -> int:
         from brainlm.downstream import run_fingerprint
 
         run_fingerprint(args.checkpoint, _data(args), args.out, overwrite=args.overwrite, split=args.split,
-                        coords=args.coords, pooling=args.pooling, window=args.window, stride=args.stride)
+                        coords=args.coords, pooling=args.pooling, keep_regions=args.keep_regions, window=args.window,
+                        stride=args.stride)
         return 0
 
     p.set_defaults(func=run)

@@ -45,6 +45,7 @@ def fingerprint(
     split: str | None = None,
     coords=None,
     pooling: str = "cls",
+    keep_regions: bool = False,
     window: int | None = None,
     stride: int | None = None,
     batch_size: int = 32,
@@ -55,7 +56,9 @@ def fingerprint(
         model_or_path: a model or anything ``load_model`` accepts.
         data: a store or time-series files; one recording per subject is used (the first).
         split: store split (None: all).
-        pooling: embedding pooling (``region_time`` is averaged over regions).
+        pooling: embedding pooling.
+        keep_regions: with ``region_time``, compare the flattened ``(R, D)`` region embeddings
+            instead of their average over regions.
         window: timepoints per window (default: the model's); each half must hold one.
         stride: step of the sliding windows inside each half (default ``window // 2``).
 
@@ -84,7 +87,7 @@ def fingerprint(
         subjects.append(meta["subject_id"])
         for h, part in enumerate((ts[:half], ts[half : 2 * half])):
             wins = np.stack([part[t0 : t0 + window].T for t0 in window_starts(len(part), window, stride)])  # (n, R, T)
-            e = np.concatenate([embed_windows(model, wins[s : s + batch_size], recs.coords, pooling, True)
+            e = np.concatenate([embed_windows(model, wins[s : s + batch_size], recs.coords, pooling, not keep_regions)
                                 for s in range(0, len(wins), batch_size)])
             emb[h].append(e.mean(0))
             fc[h].append(functional_connectivity(part))
@@ -95,6 +98,7 @@ def fingerprint(
     for kind, feats in (("brainlm", emb), ("fc", fc)):
         ident = identify(np.stack(feats[0]), np.stack(feats[1]))
         summary.append({"features": kind, "accuracy": float((ident == np.arange(S)).mean()), "chance": 1.0 / S,
-                        "num_subjects": S, "window": window, "pooling": pooling if kind == "brainlm" else "fc"})
+                        "num_subjects": S, "window": window, "pooling": (pooling + ("_regions" if keep_regions and pooling == "region_time" else ""))
+                        if kind == "brainlm" else "fc"})
         matches += [{"features": kind, "subject_id": s, "identified_as": subjects[i]} for s, i in zip(subjects, ident)]
     return pd.DataFrame(summary), pd.DataFrame(matches)

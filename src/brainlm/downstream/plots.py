@@ -77,8 +77,9 @@ def plot_forecast(result, path: str | os.PathLike, window_index: int = 0, region
 
 def plot_fingerprint(summary: pd.DataFrame, path: str | os.PathLike, title: str = "Subject identification") -> Path:
     """Bar chart of identification accuracy per feature kind, with the chance level."""
-    plt, (fig, ax) = _figure(figsize=(4.2, 3.2))
-    ax.bar(summary["features"], summary["accuracy"], color=["tab:red", "tab:blue", "tab:gray"][: len(summary)])
+    plt, (fig, ax) = _figure(figsize=(1.3 * len(summary) + 1.5, 3.4))
+    colors = ["tab:blue" if f.lower() == "fc" else "tab:red" for f in summary["features"]]
+    ax.bar([f.replace(" ", "\n", 1) for f in summary["features"]], summary["accuracy"], color=colors)
     ax.axhline(float(summary["chance"].iloc[0]), color="k", ls="--", lw=1, label=f"chance (1/{int(summary['num_subjects'].iloc[0])})")
     for i, a in enumerate(summary["accuracy"]):
         ax.text(i, a + 0.02, f"{a:.2f}", ha="center", fontsize=9)
