@@ -92,6 +92,8 @@ def test_missing_and_nan_targets_are_reported_not_silently_dropped(store, tmp_pa
         tmp_path / "t.tsv", sep="\t", index=False)
     targets = load_targets(tmp_path / "t.tsv", "age")
     assert targets["s03"] == 4.5
+    pd.DataFrame({"subject_id": ["001", "002"], "iq": [100, 90]}).to_csv(tmp_path / "z.csv", index=False)
+    assert load_targets(tmp_path / "z.csv", "iq").index.tolist() == ["001", "002"]  # leading zeros kept
     y, keep, missing = align_targets(pd.DataFrame({"subject_id": ["s00", "s03"]}), targets)
     assert missing == ["s00"] and keep.tolist() == [False, True]
     with pytest.warns(UserWarning, match="s00"):

@@ -131,7 +131,8 @@ def load_targets(source, column: str, subject_column: str | None = None) -> pd.S
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: target table not found")
-        table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype={subject_column or "": str})
+        ids = {c: str for c in ("subject_id", "participant_id", subject_column) if c}  # keep leading zeros
+        table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=ids)
         sc = subject_column or next((c for c in ("subject_id", "participant_id") if c in table.columns), None)
         if sc is None or sc not in table.columns:
             raise ValueError(f"{path}: no subject column (expected subject_id or participant_id; has {list(table.columns)})")
