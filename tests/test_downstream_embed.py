@@ -160,3 +160,13 @@ def test_vitmae_models(tmp_path):
         embed_windows(loaded, x, torch.zeros(424, 3), "region_time")
     with pytest.raises(ValueError, match=r"trained on 424 regions but .* has 94"):
         check_regions(loaded, 94, "the store")
+
+
+def test_parquet_reads_as_an_integration_embedding_table(store, model, tmp_path):
+    from brainlm.integrate.io import read_embedding_table
+
+    emb = embed(model, store, windows="sliding", progress=False)
+    write_embeddings(emb, tmp_path / "e.parquet")
+    ids, X = read_embedding_table(tmp_path / "e.parquet")  # windows of a subject averaged
+    first = ids[0]
+    np.testing.assert_allclose(X[0], emb.X[emb.index["subject_id"] == first].mean(0), atol=1e-5)
