@@ -41,3 +41,26 @@ def tiny_config(out_dir, **changes) -> TrainConfig:
     )
     base.update(changes)
     return TrainConfig(**base)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dist_worker(rank: int, world: int, port: int, config_kwargs: dict, resume: bool = False) -> None:
+    """One process of a gloo group on CPU running ``pretrain`` on the toy data."""
+    import os
+
+    from brainlm.train import pretrain
+    from brainlm.train.distributed import destroy_distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    try:
+        pretrain(tiny_config(**config_kwargs), resume=resume, train_dataset=ToyWindows(), val_dataset=ToyWindows(8, seed=1))
+    finally:
+        destroy_distributed()

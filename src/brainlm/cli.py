@@ -22,7 +22,30 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-_COMMANDS = [_add_demo]
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain BrainLM (also under torchrun for DDP / FSDP)",
+        description="Pretrain BrainLM. Any training setting can be changed with --key=value "
+        "(e.g. --max_steps=500, --model.hidden_size=128); see docs/training.md.",
+    )
+    p.add_argument("--preset", default=None, help="training preset: demo, 13m, 111m, 650m (default 13m)")
+    p.add_argument("--data", default=None, help="store folder (brainlm.data)")
+    p.add_argument("--out", default=None, help="run folder")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2 (under torchrun)")
+
+    def run(args: argparse.Namespace) -> int:
+        from brainlm.train import parse_overrides, run_pretrain
+
+        run_pretrain(args.preset, data=args.data, out=args.out, resume=args.resume, fsdp=args.fsdp,
+                     overrides=parse_overrides(args.overrides))
+        return 0
+
+    p.set_defaults(func=run, accepts_overrides=True)
+
+
+_COMMANDS = [_add_demo, _add_pretrain]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as err:

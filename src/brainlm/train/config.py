@@ -18,7 +18,7 @@ from typing import Any
 from brainlm.model import PRESETS as MODEL_PRESETS
 from brainlm.model import BrainLMConfig
 
-__all__ = ["TrainConfig", "TRAIN_PRESETS", "train_preset", "apply_overrides", "parse_overrides"]
+__all__ = ["TrainConfig", "TRAIN_PRESETS", "train_preset", "apply_overrides", "parse_overrides", "resolve_config"]
 
 
 @dataclass(kw_only=True)
@@ -274,3 +274,27 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
     if "model_overrides" in changes:
         model_changes = {**model_changes, **changes.pop("model_overrides")}
     return dataclasses.replace(config, **changes, model_overrides=model_changes)
+
+
+def resolve_config(
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    resume: str | Path | None = None,
+) -> TrainConfig:
+    """The settings of a run: a preset (or, when resuming, the run's saved settings) plus overrides.
+
+    Raises:
+        ValueError / FileNotFoundError: unknown preset or key, or ``resume`` is not a run folder.
+    """
+    if resume is not None and preset is None:
+        path = Path(resume) / "train_config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{resume} is not a run folder: no train_config.json")
+        config = TrainConfig.load(path)
+    else:
+        config = train_preset(preset or "13m")
+    config = apply_overrides(config, overrides or {})
+    if resume is not None:
+        config = config.replace(out_dir=str(resume))
+    return config

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from brainlm.model import BrainLMConfig, BrainLMForPretraining
 from brainlm.train import checkpointing as ckpt
-from brainlm.train.config import TrainConfig
+from brainlm.train.config import TrainConfig, resolve_config
 from brainlm.train.distributed import (
     DistInfo, all_reduce_sum, autocast_context, barrier, init_distributed, no_sync, resolve_device,
     resolve_precision, unwrap_model, wrap_model,
@@ -38,7 +38,7 @@ from brainlm.train.distributed import (
 from brainlm.train.metrics import BASELINES, MaskedMetrics, baseline_predictions
 from brainlm.train.optim import build_optimizer, build_scheduler, scaled_lr
 
-__all__ = ["pretrain", "evaluate", "RunResult", "NonFiniteLossError", "build_datasets"]
+__all__ = ["pretrain", "run_pretrain", "evaluate", "RunResult", "NonFiniteLossError", "build_datasets"]
 
 _ID_KEYS = ("subject_id", "recording_id", "session_id", "run_id", "window_start")
 # Tags that keep the seeded streams apart.
@@ -608,3 +608,32 @@ def _raise_non_finite(loss, step: int, micro: int, batch: dict, info: DistInfo, 
     raise NonFiniteLossError(
         f"non-finite loss ({float(loss)}) at step {step + 1} (micro-batch {micro}); batch: {ids}; {kept}"
     )
+
+
+def run_pretrain(
+    preset: str | None = None,
+    *,
+    data: str | None = None,
+    out: str | None = None,
+    resume: str | None = None,
+    fsdp: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> RunResult:
+    """``brainlm pretrain``: resolve the settings, train, print where the results are."""
+    changes = dict(overrides or {})
+    if data is not None:
+        changes["data"] = data
+    if out is not None:
+        changes["out_dir"] = out
+    if fsdp:
+        changes["fsdp"] = True
+    config = resolve_config(preset, changes, resume=resume)
+    result = pretrain(config, resume=resume is not None)
+    if init_distributed().is_main:
+        m = result.metrics
+        print(f"step {result.step}: validation masked-patch R^2 model {m['model_r2']:.3f} | interp "
+              f"{m['interp_r2']:.3f} | mean {m['mean_r2']:.3f} | zero {m['zero_r2']:.3f}")
+        print(f"checkpoint: {result.checkpoint}\nbest: {result.best}\nmetrics: {result.metrics_file}")
+        for p in result.plots:
+            print(f"plot: {p}")
+    return result
