@@ -12,14 +12,16 @@ import sys
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the end-to-end demo on the bundled real recordings")
-    p.add_argument("--out", default="runs/demo", help="run folder")
+    p.add_argument("--out", default="runs/demo", help="folder for the demo store and run")
+    p.add_argument("--smoke", action="store_true", help="a few training steps only, to check the pipeline")
 
     def run(args: argparse.Namespace) -> int:
         from brainlm.demo import run_demo
+        from brainlm.train import parse_overrides
 
-        return run_demo(out_dir=args.out)
+        return run_demo(out_dir=args.out, overrides=parse_overrides(args.overrides), smoke=args.smoke)
 
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, accepts_overrides=True)
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:

@@ -606,7 +606,7 @@ def _raise_non_finite(loss, step: int, micro: int, batch: dict, info: DistInfo, 
         ids = "; ".join(f"rank {r}: {s}" for r, s in enumerate(gathered))
     kept = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
     raise NonFiniteLossError(
-        f"non-finite loss ({float(loss)}) at step {step + 1} (micro-batch {micro}); batch: {ids}; {kept}"
+        f"non-finite loss ({float(loss.detach())}) at step {step + 1} (micro-batch {micro}); batch: {ids}; {kept}"
     )
 
 
