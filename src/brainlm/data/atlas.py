@@ -1,0 +1,142 @@
+"""Atlases: a label image plus one centre (MNI mm) and one name per region.
+
+A424 (the parcellation BrainLM was pretrained on) is bundled and is the default. Any label
+NIfTI is accepted; when no coordinate file is given, region centres come from the labels
+(nilearn's ``find_parcellation_cut_coords``, which places each centre inside its region).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Atlas", "load_atlas", "read_coordinates", "bundled_path", "aal2_94_regions"]
+
+
+def bundled_path(filename: str) -> Path:
+    """Path of a file shipped in ``brainlm/atlases`` (see the NOTICE there)."""
+    return Path(str(resources.files("brainlm") / "atlases" / filename))
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """A parcellation.
+
+    Attributes:
+        name: short name stored with every recording (e.g. ``"A424"``).
+        coords: ``(R, 3)`` float32 region centres in MNI mm.
+        region_names: ``R`` names, in the order of the time-series columns.
+        labels_img: path of the label NIfTI, or None for atlases known only by table
+            (already-parcellated data).
+        label_values: ``(R,)`` integer label of each region in ``labels_img``.
+    """
+
+    name: str
+    coords: np.ndarray
+    region_names: list[str]
+    labels_img: Path | None = None
+    label_values: np.ndarray | None = None
+
+    @property
+    def num_regions(self) -> int:
+        return len(self.region_names)
+
+
+def read_coordinates(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
+    """Read region centres from a coordinate file.
+
+    Accepts the A424 ``.dat`` layout (whitespace separated ``label X Y Z``, no header, any line
+    endings) and ``.csv``/``.tsv`` tables with ``x``, ``y``, ``z`` columns (any case) and an
+    optional ``name`` column. Rows are regions, in time-series column order.
+
+    Returns:
+        ``(coords (R, 3) float32, names or None)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: coordinate file not found")
+    try:
+        if path.suffix.lower() in {".csv", ".tsv"}:
+            table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+            cols = {c.lower(): c for c in table.columns}
+            if not {"x", "y", "z"} <= cols.keys():
+                raise ValueError(f"{path}: coordinate table needs x, y, z columns, has {list(table.columns)}")
+            coords = table[[cols["x"], cols["y"], cols["z"]]].to_numpy(np.float32)
+            names = table[cols["name"]].astype(str).tolist() if "name" in cols else None
+            return coords, names
+        rows = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read coordinates ({err})") from err
+    if rows.shape[1] == 4:  # label X Y Z
+        return rows[:, 1:].astype(np.float32), [str(int(v)) for v in rows[:, 0]]
+    if rows.shape[1] == 3:
+        return rows.astype(np.float32), None
+    raise ValueError(f"{path}: expected 3 (X Y Z) or 4 (label X Y Z) columns, found {rows.shape[1]}")
+
+
+def _label_centres(labels_img) -> tuple[np.ndarray, np.ndarray]:
+    from nilearn.plotting import find_parcellation_cut_coords
+
+    coords, labels = find_parcellation_cut_coords(labels_img, return_label_names=True)
+    return np.asarray(coords, np.float32), np.asarray(labels).astype(np.int64)
+
+
+def load_atlas(
+    atlas: str | Path | Atlas = "A424",
+    *,
+    coords: str | Path | None = None,
+    name: str | None = None,
+) -> Atlas:
+    """Load the bundled A424 atlas or any label NIfTI.
+
+    Args:
+        atlas: ``"A424"``, a path to a label NIfTI (0 = background), or an ``Atlas``.
+        coords: optional coordinate file (see ``read_coordinates``), one row per label in
+            increasing label order; computed from the labels when omitted.
+        name: name stored with the data; defaults to the file name without extension.
+
+    Returns:
+        An ``Atlas`` whose regions are the non-zero labels in increasing order.
+    """
+    if isinstance(atlas, Atlas):
+        return atlas
+    import nibabel as nib
+
+    if str(atlas).upper() == "A424":
+        img_path, coords, name = bundled_path("A424+2mm.nii.gz"), coords or bundled_path("A424_Coordinates.dat"), name or "A424"
+    else:
+        img_path = Path(atlas)
+        if not img_path.is_file():
+            raise FileNotFoundError(f"{img_path}: atlas label image not found")
+    try:
+        data = np.asanyarray(nib.load(img_path).dataobj)
+    except Exception as err:  # nibabel raises many types for bad files
+        raise ValueError(f"{img_path}: cannot read atlas label image ({err})") from err
+    if data.ndim != 3:
+        raise ValueError(f"{img_path}: atlas label image must be 3D, has shape {data.shape}")
+    label_values = np.unique(data.astype(np.int64))
+    label_values = label_values[label_values != 0]
+    if coords is not None:
+        xyz, names = read_coordinates(coords)
+        if len(xyz) != len(label_values):
+            raise ValueError(
+                f"{coords}: {len(xyz)} coordinate rows but the atlas {img_path} has {len(label_values)} labels"
+            )
+    else:
+        xyz, found = _label_centres(img_path)
+        xyz = xyz[np.argsort(found)]
+        names = None
+    names = names or [str(int(v)) for v in label_values]
+    stem = img_path.name.split(".")[0]
+    return Atlas(name=name or stem, coords=xyz, region_names=names, labels_img=img_path, label_values=label_values)
+
+
+def aal2_94_regions() -> tuple[np.ndarray, list[str]]:
+    """Centres ``(94, 3)`` float32 (approximate MNI mm) and names of the 94 AAL2 regions of the demo data."""
+    table = pd.read_csv(bundled_path("aal2_94_coordinates.csv"))
+    names = pd.read_csv(bundled_path("aal2_94_region_names.txt"), sep="\t", header=None)[1].tolist()
+    return table[["x", "y", "z"]].to_numpy(np.float32), names

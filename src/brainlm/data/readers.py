@@ -1,0 +1,189 @@
+"""Reading inputs: parcellated time-series files, BIDS / fMRIPrep layouts, recording IDs.
+
+Every reader returns ``(T, R)`` float32 (timepoints x regions). Bad files raise ``InputError``
+(a ``ValueError``) whose message starts with the file name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "InputError",
+    "Recording",
+    "read_timeseries",
+    "find_bids_bold",
+    "bold_sidecar",
+    "confounds_file",
+    "parse_bids_entities",
+    "read_participants",
+    "TIMESERIES_SUFFIXES",
+]
+
+TIMESERIES_SUFFIXES = (".npy", ".csv", ".tsv", ".mat", ".parquet")
+
+
+class InputError(ValueError):
+    """A bad input file; the message names the file and the problem."""
+
+
+@dataclass
+class Recording:
+    """One recording on its way into the store.
+
+    Attributes:
+        data: ``(T, R)`` float32 time series.
+        subject_id, session_id, run_id, task: identifiers ("" when unknown).
+        tr: repetition time in seconds (NaN when unknown).
+        source: where it came from (file path), for error messages and provenance.
+        phenotypes: extra per-recording values (age, sex, diagnosis ...).
+    """
+
+    data: np.ndarray
+    subject_id: str
+    session_id: str = ""
+    run_id: str = ""
+    task: str = ""
+    tr: float = float("nan")
+    source: str = ""
+    phenotypes: dict = field(default_factory=dict)
+
+    @property
+    def recording_id(self) -> str:
+        parts = [f"sub-{self.subject_id}"]
+        parts += [f"{k}-{v}" for k, v in (("ses", self.session_id), ("task", self.task), ("run", self.run_id)) if v]
+        return "_".join(parts)
+
+
+_ENTITY = re.compile(r"(sub|ses|task|run)-([A-Za-z0-9]+)")
+
+
+def parse_bids_entities(path: str | Path) -> dict[str, str]:
+    """``sub``/``ses``/``task``/``run`` entities found in a file name (empty dict when none)."""
+    return dict(_ENTITY.findall(Path(path).name))
+
+
+def _load_array(path: Path, key: str | None) -> np.ndarray:
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix in {".csv", ".tsv"}:
+        table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", header=None)
+        if pd.to_numeric(table.iloc[0], errors="coerce").isna().any():
+            # A header row of region names: read again with it.
+            table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        return table.apply(pd.to_numeric, errors="raise").to_numpy()
+    if suffix == ".parquet":
+        return pd.read_parquet(path).to_numpy()
+    if suffix == ".mat":
+        from scipy.io import loadmat
+
+        content = {k: v for k, v in loadmat(path).items() if not k.startswith("__")}
+        arrays = {k: v for k, v in content.items() if isinstance(v, np.ndarray) and v.ndim == 2}
+        if key is not None:
+            if key not in arrays:
+                raise InputError(f"{path}: no 2D variable {key!r} (has {sorted(arrays)})")
+            return arrays[key]
+        if len(arrays) != 1:
+            raise InputError(f"{path}: {len(arrays)} 2D variables {sorted(arrays)}; name one with key=")
+        return next(iter(arrays.values()))
+    raise InputError(f"{path}: unsupported time-series format {suffix!r} (use one of {', '.join(TIMESERIES_SUFFIXES)})")
+
+
+def read_timeseries(
+    path: str | Path,
+    *,
+    num_regions: int | None = None,
+    orientation: str = "auto",
+    key: str | None = None,
+) -> np.ndarray:
+    """Read one parcellated recording.
+
+    Args:
+        path: ``.npy``, ``.csv``/``.tsv`` (optional header row), ``.mat`` or ``.parquet``.
+        num_regions: expected region count R (from the coordinates); used to detect the
+            orientation and checked.
+        orientation: ``"auto"``, ``"TR"`` (rows are timepoints) or ``"RT"`` (rows are regions).
+            ``auto`` picks the axis whose length is ``num_regions``; when both or neither match
+            (or R is unknown), rows are taken as timepoints.
+        key: variable name inside a ``.mat`` file (needed only when it holds several).
+
+    Returns:
+        ``(T, R)`` float32.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        x = _load_array(path, key)
+    except InputError:
+        raise
+    except Exception as err:  # truncated / corrupt files raise many types
+        raise InputError(f"{path}: unreadable or truncated file ({type(err).__name__}: {err})") from err
+    x = np.asarray(x)
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        raise InputError(f"{path}: expected a 2D numeric array, got shape {x.shape} dtype {x.dtype}")
+    if orientation not in {"auto", "TR", "RT"}:
+        raise ValueError(f"orientation must be 'auto', 'TR' or 'RT', not {orientation!r}")
+    if orientation == "RT" or (orientation == "auto" and num_regions is not None
+                               and x.shape[0] == num_regions and x.shape[1] != num_regions):
+        x = x.T
+    if num_regions is not None and x.shape[1] != num_regions:
+        raise InputError(
+            f"{path}: {x.shape[1]} regions (shape {x.shape}) but the coordinates list {num_regions} regions"
+        )
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def find_bids_bold(root: str | Path) -> list[Path]:
+    """Preprocessed MNI-space BOLD images of a BIDS / fMRIPrep derivatives folder.
+
+    Matches ``sub-*/[ses-*/]func/*_space-MNI152*_desc-preproc_bold.nii[.gz]``, sorted.
+    """
+    root = Path(root)
+    found = list(root.glob("sub-*/func/*_space-MNI152*_desc-preproc_bold.nii*"))
+    found += root.glob("sub-*/ses-*/func/*_space-MNI152*_desc-preproc_bold.nii*")
+    return sorted(found)
+
+
+def bold_sidecar(bold: Path) -> dict:
+    """The JSON sidecar of a BOLD image (``{}`` when absent)."""
+    side = bold.with_name(re.sub(r"\.nii(\.gz)?$", ".json", bold.name))
+    if not side.is_file():
+        return {}
+    try:
+        return json.loads(side.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{side}: unreadable JSON sidecar ({err})") from err
+
+
+def confounds_file(bold: Path) -> Path | None:
+    """The fMRIPrep ``*_desc-confounds_timeseries.tsv`` next to a BOLD image, if any."""
+    prefix = bold.name.split("_space-")[0]
+    hits = sorted(bold.parent.glob(f"{prefix}*_desc-confounds_timeseries.tsv"))
+    return hits[0] if hits else None
+
+
+def read_participants(path: str | Path) -> pd.DataFrame:
+    """A phenotype table indexed by subject ID (``participant_id`` or the first column).
+
+    The ``sub-`` prefix of BIDS participant IDs is dropped so the index matches ``subject_id``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: participants table not found")
+    sep = "," if path.suffix.lower() == ".csv" else "\t"
+    columns = pd.read_csv(path, sep=sep, nrows=0).columns
+    id_col = "participant_id" if "participant_id" in columns else columns[0]
+    table = pd.read_csv(path, sep=sep, dtype={id_col: str})  # keep leading zeros of IDs
+    table[id_col] = table[id_col].astype(str).str.removeprefix("sub-")
+    if table[id_col].duplicated().any():
+        dup = table.loc[table[id_col].duplicated(), id_col].iloc[0]
+        raise InputError(f"{path}: subject {dup!r} appears more than once")
+    return table.set_index(id_col)

@@ -1,0 +1,657 @@
+"""The released BrainLM ViT-MAE checkpoints (111M and 650M), on CPU and GPU.
+
+The large published BrainLM weights (Hugging Face ``vandijklab/brainlm``, folders
+``vitmae_111M`` and ``vitmae_650M``) are stock ``transformers`` ``ViTMAEForPreTraining``
+models that see one recording window as an image. This module is the adapter at the edge:
+it loads such a folder into the maintained ``transformers`` ViT-MAE classes and wraps them
+with the window <-> image conversion, so callers hand in ``(B, R, T)`` windows as they do to
+the core model and get windows back.
+
+Dimension letters::
+
+    B batch          R regions (424, the A424 parcels)     T timepoints (200)
+    C channels (3)   H, W padded image height and width    N image patches (H/p * W/p)
+    p patch size     D encoder hidden size
+
+The window -> image steps, as the original code does them (``brainlm_tutorial.ipynb``,
+cells building ``reorder_idxs_by_x_coord`` / ``preprocess_images``, and
+``brainlm_mae/modeling_vit_mae_with_padding.py``, ``ViTMAEForPreTraining.forward``):
+
+1. reorder the regions by ascending Y (the third column of ``A424_Coordinates.dat``);
+   the original uses Python's ``sorted(range(424), key=Y)``, which is stable, so parcels
+   with the same Y keep their label order. 420 of the 424 parcels share a Y value with
+   another parcel, so the tie rule matters; ``np.argsort(kind="stable")`` reproduces it,
+   the default quicksort does not;
+2. divide by ``5.6430855``;
+3. repeat into 3 identical channels;
+4. pad with ``-1`` to ``config.image_size``, ``total // 2`` on each side (432 x 432 for the
+   patch-16 model: 4 rows above and below, 116 columns left and right; 434 x 434 for the
+   patch-14 model: 5 and 117).
+
+The decoder output is unpatchified, the padding cut away, and the three channels averaged
+back to one ``(B, R, T)`` window. The mask follows ``transformers``: per patch, 1 = masked,
+and masking draws from all ``N`` patches of the padded image, padding-only patches included
+(the original does the same).
+
+Output units and shapes (``ViTMAEOutput``):
+
+- ``logits``: ``(B, R, T)``, the reconstruction in the caller's region order and units:
+  the reorder and the division by 5.6430855 are undone.
+- ``mask``: ``(B, R, T)`` pixel mask in the caller's region order, 1 = masked.
+- ``patch_mask``: ``(B, N)``, 1 = masked, in ``transformers``' patch order (row-major).
+- ``loss``: mean squared error between ``logits`` and the input over the masked pixels of
+  the window, so ``((logits - x) ** 2 * mask).sum() / mask.sum()``.
+
+Where we depart from the original, and why:
+
+- Attention runs through ``transformers``' SDPA path, not the flash-attn monkey patch
+  (``replace_vitmae_attn_with_flash_attn.py``); that patch needs a CUDA flash-attn build
+  and half precision, and it passes the attention dropout probability to flash-attn even in
+  eval mode (harmless only because the tutorial sets that probability to 0).
+- The loss is in the caller's units, 5.6430855**2 times the original's loss (which was
+  computed on the scaled image), so that it is the MSE of the returned ``logits``. Like
+  the original, and unlike ``transformers``' own ``ViTMAEForPreTraining`` loss, it excludes
+  the padding: ``transformers`` averages over every pixel of a masked patch.
+- ``embed`` turns masking off (every patch enters the encoder, in order). The original
+  tutorial took CLS tokens from ``model.vit`` with the checkpoint's mask ratio (0.75), so
+  its embeddings were random; ours are deterministic. ``"mean"`` pooling averages all ``N``
+  patch tokens, padding-only patches included, as the tutorial's mean over
+  ``last_hidden_state[:, 1:]`` did.
+- The original only pads an even total (it pads ``total // 2`` on both sides, so an odd
+  total fails). We put the extra row or column at the end (bottom / right). The released
+  configs both have even totals, so they are not affected.
+- Pixel-normalised loss (``config.norm_pix_loss``) is not supported in ``forward``; the
+  reconstruction would not be in signal units. ``embed`` works regardless.
+- The original's ``ViTMAEForPreTraining`` fixes the image size from the patch size
+  (16 -> 432, 14 -> 434); we read it from ``config.image_size`` as the tutorial's padding
+  does, and check that it holds the window.
+
+Preset configs: the original code names the models only "111M" / "650M" and fixes the image
+and patch sizes above; no layer sizes are visible in it. ``vitmae_111m_config`` and
+``vitmae_650m_config`` take the encoder of ViT-MAE base (768 wide, 12 layers, 12 heads) and
+huge (1280 wide, 32 layers, 16 heads) and the ``transformers`` ViT-MAE decoder defaults
+(512 wide, 8 layers, 16 heads); with those, the full models have 112.6M and 658.3M
+parameters, in line with the names. A loaded checkpoint always uses its own ``config.json``.
+
+The modules themselves are ``transformers``' (patch embedding, blocks, decoder); the
+original's ``modeling_vit_mae_with_padding.py`` has the same layers and parameter names, and
+``transformers`` renames the older parameter names of the released files when loading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "A424_SCALE",
+    "BrainLMViTMAE",
+    "ViTMAEOutput",
+    "is_vitmae_checkpoint",
+    "load_vitmae",
+    "read_region_order",
+    "resolve_checkpoint",
+    "vitmae_111m_config",
+    "vitmae_650m_config",
+]
+
+# The original divides every window by this value before padding (brainlm_tutorial.ipynb,
+# ``max_val_to_scale``).
+A424_SCALE = 5.6430855
+NUM_REGIONS = 424
+WINDOW_LENGTH = 200
+PAD_VALUE = -1.0
+
+_CONFIG_FILE = "config.json"
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def _vitmae_config(**kwargs):
+    from transformers import ViTMAEConfig
+
+    config = ViTMAEConfig(**kwargs)
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def vitmae_111m_config(**overrides):
+    """ViT-MAE base encoder on a 432 x 432 image with 16 x 16 patches (27 x 27 = 729 patches).
+
+    Decoder: ``transformers`` defaults (512 wide, 8 layers, 16 heads), see the module docstring.
+    """
+    kwargs = dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        image_size=432,
+        patch_size=16,
+        num_channels=3,
+        decoder_hidden_size=512,
+        decoder_num_hidden_layers=8,
+        decoder_num_attention_heads=16,
+        decoder_intermediate_size=2048,
+        mask_ratio=0.75,
+        norm_pix_loss=False,
+    )
+    kwargs.update(overrides)
+    return _vitmae_config(**kwargs)
+
+
+def vitmae_650m_config(**overrides):
+    """ViT-MAE huge encoder on a 434 x 434 image with 14 x 14 patches (31 x 31 = 961 patches).
+
+    Decoder: ``transformers`` defaults (512 wide, 8 layers, 16 heads), see the module docstring.
+    """
+    kwargs = dict(
+        hidden_size=1280,
+        num_hidden_layers=32,
+        num_attention_heads=16,
+        intermediate_size=5120,
+        image_size=434,
+        patch_size=14,
+        num_channels=3,
+        decoder_hidden_size=512,
+        decoder_num_hidden_layers=8,
+        decoder_num_attention_heads=16,
+        decoder_intermediate_size=2048,
+        mask_ratio=0.75,
+        norm_pix_loss=False,
+    )
+    kwargs.update(overrides)
+    return _vitmae_config(**kwargs)
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"expected an int or a pair, got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+# --------------------------------------------------------------------------- region order
+
+
+def read_region_order(coords_path: str | os.PathLike | None = None) -> torch.Tensor:
+    """Region order of the image rows: A424 parcels by ascending Y, ties in label order.
+
+    Args:
+        coords_path: the A424 coordinate file (tab separated ``label X Y Z`` per row, no
+            header). ``None`` reads the copy bundled with the package.
+
+    Returns:
+        ``(R,)`` long tensor ``order``: image row ``j`` holds region ``order[j]``, where region
+        ``i`` (0-based) is the parcel with label ``i + 1``.
+    """
+    if coords_path is None:
+        text = resources.files("brainlm").joinpath("atlases/A424_Coordinates.dat").read_text()
+        source = "the bundled A424_Coordinates.dat"
+    else:
+        path = Path(coords_path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"A424 coordinate file not found: {path} (needed to order the regions by Y; "
+                "pass coords_path=None to use the copy bundled with brainlm)"
+            )
+        text = path.read_text()
+        source = str(path)
+    rows = [line.split() for line in text.splitlines() if line.strip()]
+    try:
+        table = np.array(rows, dtype=np.float64)  # (R, 4) label X Y Z
+    except ValueError as err:
+        raise ValueError(f"{source}: expected numeric rows 'label X Y Z' ({err})") from None
+    if table.ndim != 2 or table.shape[1] != 4:
+        raise ValueError(f"{source}: expected 4 columns 'label X Y Z' per row")
+    labels = table[:, 0]
+    if sorted(labels.tolist()) != list(range(1, NUM_REGIONS + 1)):
+        raise ValueError(
+            f"{source}: expected the {NUM_REGIONS} A424 labels 1..{NUM_REGIONS}, "
+            f"got {len(labels)} rows"
+        )
+    y = table[np.argsort(labels, kind="stable"), 2]  # (R,) Y of region i = label i + 1
+    # Stable, as the original's Python sorted(): equal Y keeps label order.
+    return torch.from_numpy(np.argsort(y, kind="stable")).long()
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class ViTMAEOutput:
+    """What ``BrainLMViTMAE.forward`` returns. Shapes and units: see the module docstring."""
+
+    loss: torch.Tensor  # () MSE over masked window pixels, caller's units
+    logits: torch.Tensor  # (B, R, T) reconstruction, caller's region order and units
+    mask: torch.Tensor  # (B, R, T) 1 = masked
+    encoder_last_hidden_state: torch.Tensor  # (B, 1 + kept, D) CLS first
+    ids_restore: torch.Tensor  # (B, N)
+    patch_mask: torch.Tensor  # (B, N) 1 = masked
+
+
+class BrainLMViTMAE(nn.Module):
+    """A ``transformers`` ``ViTMAEForPreTraining`` that reads and writes ``(B, R, T)`` windows.
+
+    Args:
+        mae: the ``transformers`` model (its ``config.image_size`` must hold the window).
+        region_order: ``(R,)`` image row -> region index, from ``read_region_order``.
+        scale: windows are divided by this before they become an image.
+        window_length: timepoints ``T`` per window.
+    """
+
+    def __init__(
+        self,
+        mae: nn.Module,
+        region_order: torch.Tensor | None = None,
+        *,
+        scale: float = A424_SCALE,
+        window_length: int = WINDOW_LENGTH,
+    ):
+        super().__init__()
+        self.mae = mae
+        if region_order is None:
+            region_order = read_region_order()
+        region_order = torch.as_tensor(region_order, dtype=torch.long)
+        if sorted(region_order.tolist()) != list(range(len(region_order))):
+            raise ValueError("region_order must be a permutation of 0..R-1")
+        self.register_buffer("region_order", region_order, persistent=False)
+        self.register_buffer("region_restore", torch.argsort(region_order), persistent=False)
+        self.scale = float(scale)
+        self.window_length = int(window_length)
+
+        H, W = self.image_size
+        ph, pw = _pair(self.config.patch_size)
+        if H % ph or W % pw:
+            raise ValueError(
+                f"image size {H} x {W} is not a whole number of {ph} x {pw} patches"
+            )
+        if H < self.num_regions or W < self.window_length:
+            raise ValueError(
+                f"config image size {H} x {W} cannot hold a {self.num_regions} x "
+                f"{self.window_length} window (regions x timepoints)"
+            )
+        # Padding (top, bottom, left, right); an odd total puts the extra row/column last.
+        top, left = (H - self.num_regions) // 2, (W - self.window_length) // 2
+        self._pad = (top, H - self.num_regions - top, left, W - self.window_length - left)
+
+    @classmethod
+    def from_config(cls, config, coords_path=None, **kwargs) -> "BrainLMViTMAE":
+        """A randomly initialised model from a ``ViTMAEConfig`` (e.g. ``vitmae_111m_config()``)."""
+        from transformers import ViTMAEForPreTraining
+
+        config._attn_implementation = "sdpa"
+        return cls(ViTMAEForPreTraining(config), read_region_order(coords_path), **kwargs)
+
+    # ----- sizes
+
+    @property
+    def config(self):
+        return self.mae.config
+
+    @property
+    def num_regions(self) -> int:
+        return len(self.region_order)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return _pair(self.config.image_size)
+
+    @property
+    def patch_size(self) -> int | tuple[int, int]:
+        ph, pw = _pair(self.config.patch_size)
+        return ph if ph == pw else (ph, pw)
+
+    @property
+    def num_patches(self) -> int:
+        (H, W), (ph, pw) = self.image_size, _pair(self.config.patch_size)
+        return (H // ph) * (W // pw)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def padding(self) -> tuple[int, int, int, int]:
+        """Rows and columns of -1 around the window: (top, bottom, left, right)."""
+        return self._pad
+
+    # ----- window <-> image
+
+    def _check_window(self, signal_vectors: torch.Tensor) -> None:
+        if signal_vectors.ndim != 3:
+            raise ValueError(
+                f"signal_vectors must be (B, R, T), got shape {tuple(signal_vectors.shape)}"
+            )
+        _, R, T = signal_vectors.shape
+        if R != self.num_regions:
+            raise ValueError(
+                f"the released ViT-MAE BrainLM models only know the A424 parcellation: "
+                f"expected {self.num_regions} regions, got {R}"
+            )
+        if T != self.window_length:
+            raise ValueError(f"expected windows of {self.window_length} timepoints, got {T}")
+
+    def to_image(self, signal_vectors: torch.Tensor) -> torch.Tensor:
+        """Window -> padded image: reorder by Y, scale, 3 channels, pad with -1.
+
+        Args:
+            signal_vectors: ``(B, R, T)`` in the caller's region order.
+
+        Returns:
+            ``(B, C, H, W)`` in the model's dtype.
+        """
+        self._check_window(signal_vectors)
+        dtype = self.mae.vit.embeddings.patch_embeddings.projection.weight.dtype
+        x = signal_vectors[:, self.region_order] / self.scale  # (B, R, T) rows by Y
+        x = x.to(dtype).unsqueeze(1).expand(-1, self.config.num_channels, -1, -1)  # (B, C, R, T)
+        top, bottom, left, right = self._pad
+        return F.pad(x, (left, right, top, bottom), value=PAD_VALUE)  # (B, C, H, W)
+
+    def from_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Padded image -> window: cut the padding, average the channels, undo scale and reorder.
+
+        Args:
+            image: ``(B, C, H, W)``.
+
+        Returns:
+            ``(B, R, T)`` in the caller's region order and units.
+        """
+        top, _, left, _ = self._pad
+        x = image[:, :, top : top + self.num_regions, left : left + self.window_length]  # (B, C, R, T)
+        x = x.mean(dim=1) * self.scale  # (B, R, T) rows by Y
+        return x[:, self.region_restore]  # (B, R, T) caller's order
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """``(B, N, p * p * C)`` -> ``(B, C, H, W)``, the layout of ``transformers``' ``patchify``."""
+        (H, W), (ph, pw) = self.image_size, _pair(self.config.patch_size)
+        B, C = patches.shape[0], self.config.num_channels
+        x = patches.reshape(B, H // ph, W // pw, ph, pw, C)  # (B, h, w, ph, pw, C)
+        x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, h, ph, w, pw)
+        return x.reshape(B, C, H, W)  # (B, C, H, W)
+
+    # ----- the masked autoencoder, in named steps around transformers' modules
+
+    def random_masking(
+        self, x: torch.Tensor, noise: torch.Tensor | None, mask_ratio: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keep the ``N * (1 - mask_ratio)`` patches with the smallest noise.
+
+        Same rule as ``transformers``' ``ViTMAEEmbeddings.random_masking``, with the ratio
+        passed in rather than read from the config.
+
+        Args:
+            x: ``(B, N, D)`` patch embeddings.
+            noise: ``(B, N)``, small = keep; ``None`` draws uniform noise.
+            mask_ratio: fraction of the ``N`` patches to mask.
+
+        Returns:
+            kept ``(B, kept, D)``, mask ``(B, N)`` (1 = masked), ids_restore ``(B, N)``.
+        """
+        B, N, D = x.shape
+        num_keep = int(N * (1 - mask_ratio))
+        if noise is None:
+            noise = torch.rand(B, N, device=x.device)
+        if noise.shape != (B, N):
+            raise ValueError(f"noise must be (B, N) = ({B}, {N}), got {tuple(noise.shape)}")
+        ids_shuffle = torch.argsort(noise.to(x.device), dim=1)  # (B, N) ascending: keep first
+        ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, N)
+        ids_keep = ids_shuffle[:, :num_keep]  # (B, kept)
+        kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, D))  # (B, kept, D)
+        mask = torch.ones(B, N, device=x.device, dtype=x.dtype)
+        mask[:, :num_keep] = 0
+        mask = torch.gather(mask, 1, ids_restore)  # (B, N) 1 = masked
+        return kept, mask, ids_restore
+
+    def forward_encoder(
+        self, image: torch.Tensor, noise: torch.Tensor | None, mask_ratio: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Patch-embed, add positions, mask, prepend CLS, run the encoder.
+
+        Args:
+            image: ``(B, C, H, W)``.
+
+        Returns:
+            hidden ``(B, 1 + kept, D)``, mask ``(B, N)``, ids_restore ``(B, N)``.
+        """
+        vit = self.mae.vit
+        emb = vit.embeddings
+        pos = emb.position_embeddings  # (1, 1 + N, D), CLS position first
+        x = emb.patch_embeddings(image) + pos[:, 1:]  # (B, N, D)
+        x, mask, ids_restore = self.random_masking(x, noise, mask_ratio)  # (B, kept, D)
+        cls = (emb.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)  # (B, 1, D)
+        x = torch.cat([cls, x], dim=1)  # (B, 1 + kept, D)
+        if hasattr(vit, "layers"):
+            for layer in vit.layers:
+                x = layer(x)
+        else:  # transformers 4.x keeps the blocks in an encoder module
+            x = vit.encoder(x).last_hidden_state
+        return vit.layernorm(x), mask, ids_restore
+
+    def forward_decoder(self, hidden: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """``(B, 1 + kept, D)`` -> per-patch pixels ``(B, N, p * p * C)``."""
+        return self.mae.decoder(hidden, ids_restore).logits
+
+    def forward_loss(
+        self, signal_vectors: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """MSE over masked window pixels; padding never enters (it is not in the window).
+
+        Args:
+            signal_vectors, logits, mask: ``(B, R, T)``; ``mask`` 1 = masked.
+
+        Returns:
+            scalar, float32.
+        """
+        err = (logits.float() - signal_vectors.float()) ** 2  # (B, R, T)
+        mask = mask.float()
+        return (err * mask).sum() / mask.sum().clamp(min=1)
+
+    def forward(
+        self,
+        signal_vectors: torch.Tensor,
+        xyz_vectors: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        mask_ratio: float | None = None,
+    ) -> ViTMAEOutput:
+        """Masked reconstruction of ``(B, R, T)`` windows.
+
+        Args:
+            signal_vectors: ``(B, R, T)`` normalised recording windows, caller's region order.
+            xyz_vectors: accepted for interface compatibility and ignored; the region order
+                comes from the A424 coordinates given at construction.
+            noise: ``(B, N)`` over the image patches, small = keep; ``None`` draws at random.
+            mask_ratio: fraction of the ``N`` image patches to mask; ``None`` uses the config's.
+
+        Returns:
+            ``ViTMAEOutput`` (shapes and units in the module docstring).
+        """
+        if self.config.norm_pix_loss:
+            raise NotImplementedError(
+                "config.norm_pix_loss=True is not supported: the reconstruction would not be in "
+                "signal units (embed() still works)"
+            )
+        mask_ratio = self.config.mask_ratio if mask_ratio is None else float(mask_ratio)
+        image = self.to_image(signal_vectors)  # (B, C, H, W)
+        hidden, patch_mask, ids_restore = self.forward_encoder(image, noise, mask_ratio)
+        patches = self.forward_decoder(hidden, ids_restore)  # (B, N, p*p*C)
+        logits = self.from_image(self.unpatchify(patches))  # (B, R, T)
+        pixel_mask = patch_mask.unsqueeze(-1).expand(-1, -1, patches.shape[-1])  # (B, N, p*p*C)
+        # Undo only the crop and the reorder: scaling a 0/1 mask would break it.
+        top, _, left, _ = self._pad
+        mask = self.unpatchify(pixel_mask)[:, 0]  # (B, H, W), equal over channels
+        mask = mask[:, top : top + self.num_regions, left : left + self.window_length]  # (B, R, T)
+        mask = mask[:, self.region_restore]  # (B, R, T)
+        loss = self.forward_loss(signal_vectors, logits, mask)
+        return ViTMAEOutput(
+            loss=loss,
+            logits=logits,
+            mask=mask,
+            encoder_last_hidden_state=hidden,
+            ids_restore=ids_restore,
+            patch_mask=patch_mask,
+        )
+
+    def embed(
+        self,
+        signal_vectors: torch.Tensor,
+        xyz_vectors: torch.Tensor | None = None,
+        pooling: str = "cls",
+    ) -> torch.Tensor:
+        """One vector per window, with masking off (every patch, in order).
+
+        Args:
+            signal_vectors: ``(B, R, T)``.
+            xyz_vectors: ignored (see ``forward``).
+            pooling: ``"cls"`` the CLS token, ``"mean"`` the mean of the ``N`` patch tokens.
+
+        Returns:
+            ``(B, D)``.
+        """
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        image = self.to_image(signal_vectors)
+        B = image.shape[0]
+        in_order = torch.arange(self.num_patches, device=image.device).expand(B, -1)  # (B, N)
+        hidden, _, _ = self.forward_encoder(image, in_order, mask_ratio=0.0)  # (B, 1 + N, D)
+        return hidden[:, 0] if pooling == "cls" else hidden[:, 1:].mean(dim=1)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_config_json(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / _CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_vitmae_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a local folder with a ``vit_mae`` ``config.json`` and weights."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return False
+    config = _read_config_json(folder)
+    if not config or config.get("model_type") != "vit_mae":
+        return False
+    return any((folder / name).is_file() for name in _WEIGHT_FILES)
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+)?$")
+
+
+def _download(hub_id: str, revision: str | None) -> Path:
+    """Fetch ``owner/name[/subfolder]`` with ``huggingface_hub``; return the local folder."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise RuntimeError(
+            f"'{hub_id}' is not a local folder, and downloading it needs huggingface_hub "
+            "(pip install 'brainlm[hf]'); or pass a local checkpoint folder"
+        ) from None
+    owner, name, *sub = hub_id.split("/")
+    subfolder = "/".join(sub)
+    patterns = [f"{subfolder}/*"] if subfolder else None
+    try:
+        root = snapshot_download(f"{owner}/{name}", revision=revision, allow_patterns=patterns)
+    except Exception as err:  # no network, offline mode, unknown repo, ...
+        raise RuntimeError(
+            f"could not fetch '{hub_id}' from the Hugging Face Hub ({type(err).__name__}); "
+            "download the checkpoint folder where there is a network and pass its local path"
+        ) from None
+    return Path(root) / subfolder
+
+
+def resolve_checkpoint(path_or_hub_id: str | os.PathLike, *, revision: str | None = None) -> Path:
+    """A local checkpoint folder for a local path or a hub id (``owner/name[/subfolder]``).
+
+    An existing local path is returned as is; anything else that looks like a hub id is
+    fetched with ``huggingface_hub.snapshot_download`` (only the subfolder's files).
+
+    Raises:
+        FileNotFoundError: a local-looking path that does not exist.
+        RuntimeError: a hub id that cannot be fetched (no network, offline mode, unknown id).
+    """
+    source = str(path_or_hub_id)
+    folder = Path(source).expanduser()
+    if folder.exists():
+        return folder
+    looks_local = source.startswith(("/", ".", "~")) or "\\" in source
+    if looks_local or not _HUB_ID.match(source):
+        raise FileNotFoundError(f"no checkpoint folder at {source}")
+    return _download(source, revision)
+
+
+def load_vitmae(
+    path_or_hub_id: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    coords_path: str | os.PathLike | None = None,
+    revision: str | None = None,
+) -> BrainLMViTMAE:
+    """Load a released BrainLM ViT-MAE checkpoint.
+
+    Args:
+        path_or_hub_id: a local folder (``config.json`` with ``model_type: vit_mae`` and
+            ``model.safetensors`` or ``pytorch_model.bin``), or a hub id with optional
+            subfolder, e.g. ``"vandijklab/brainlm/vitmae_111M"``; an existing local path
+            always wins, and a hub id needs the network (or the local hub cache).
+        dtype: parameter dtype (float32, bfloat16; float16 on GPU).
+        device: where the model lives.
+        coords_path: A424 coordinate file for the region order; ``None`` uses the bundled one.
+        revision: hub revision (ignored for local folders).
+
+    Returns:
+        ``BrainLMViTMAE`` in eval mode.
+    """
+    from transformers import ViTMAEForPreTraining
+
+    source = str(path_or_hub_id)
+    folder = resolve_checkpoint(source, revision=revision)
+    if not is_vitmae_checkpoint(folder):
+        config = _read_config_json(folder) if folder.is_dir() else None
+        if config is None:
+            raise ValueError(f"{source}: not a checkpoint folder (no readable {_CONFIG_FILE})")
+        if config.get("model_type") != "vit_mae":
+            raise ValueError(
+                f"{source}: config model_type is {config.get('model_type')!r}, not 'vit_mae'"
+            )
+        raise ValueError(f"{source}: no weights ({' or '.join(_WEIGHT_FILES[::2])})")
+    region_order = read_region_order(coords_path)
+
+    # transformers reads .bin weights with torch.load(weights_only=True) and renames the
+    # keys of older releases (vit.encoder.layer.*.attention.attention.query, ...).
+    mae, info = ViTMAEForPreTraining.from_pretrained(
+        folder,
+        attn_implementation="sdpa",
+        local_files_only=True,
+        weights_only=True,
+        output_loading_info=True,
+    )
+    missing = list(info.get("missing_keys", []))
+    mismatched = list(info.get("mismatched_keys", []))
+    if missing or mismatched:
+        raise ValueError(
+            f"{source}: weights do not fit the config (missing {missing[:5]}, "
+            f"mismatched {mismatched[:5]})"
+        )
+    model = BrainLMViTMAE(mae, region_order)
+    return model.to(device=device, dtype=dtype).eval()

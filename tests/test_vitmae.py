@@ -1,0 +1,519 @@
+"""The ViT-MAE adapter for the released BrainLM checkpoints.
+
+No checkpoint can be downloaded here, so models are built with
+``transformers.ViTMAEForPreTraining(config)``, saved with ``save_pretrained`` (and in the
+older key layout of the released files), and loaded back through ``brainlm.vitmae``.
+Tiny configs keep the image large enough for a 424 x 200 window but use few, big patches
+and a narrow network; the full sizes are only built on the meta device.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from safetensors.torch import load_file, save_file  # noqa: E402
+from transformers import ViTMAEForPreTraining  # noqa: E402
+
+from brainlm.vitmae import (  # noqa: E402
+    A424_SCALE,
+    BrainLMViTMAE,
+    is_vitmae_checkpoint,
+    load_vitmae,
+    read_region_order,
+    resolve_checkpoint,
+    vitmae_111m_config,
+    vitmae_650m_config,
+)
+
+COORDS = Path(__file__).resolve().parents[1] / "src/brainlm/atlases/A424_Coordinates.dat"
+
+
+def tiny_config(image_size=432, patch_size=48, **overrides):
+    kwargs = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=image_size,
+        patch_size=patch_size,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+    )
+    kwargs.update(overrides)
+    return vitmae_111m_config(**kwargs)
+
+
+def tiny_model(seed=0, **config_kwargs) -> BrainLMViTMAE:
+    torch.manual_seed(seed)
+    return BrainLMViTMAE.from_config(tiny_config(**config_kwargs)).eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> BrainLMViTMAE:
+    return tiny_model()
+
+
+@pytest.fixture
+def windows() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(2, 424, 200, generator=g)  # (B, R, T)
+
+
+def _noise(model, batch, seed=2):
+    return torch.rand(batch, model.num_patches, generator=torch.Generator().manual_seed(seed))
+
+
+def _legacy_key(key: str) -> str:
+    """Parameter names as transformers 4.x wrote them, the layout of the released files."""
+    for new, old in [
+        ("vit.layers.", "vit.encoder.layer."),
+        ("attention.q_proj", "attention.attention.query"),
+        ("attention.k_proj", "attention.attention.key"),
+        ("attention.v_proj", "attention.attention.value"),
+        ("attention.o_proj", "attention.output.dense"),
+        ("mlp.fc1", "intermediate.dense"),
+        ("mlp.fc2", "output.dense"),
+    ]:
+        key = key.replace(new, old)
+    return key
+
+
+# --------------------------------------------------------------------------- region order
+
+
+def test_region_order_is_the_originals_stable_sort_by_y():
+    rows = [line.split() for line in COORDS.read_text().splitlines()]
+    y = [float(r[2]) for r in rows]
+    original = sorted(range(len(y)), key=lambda k: y[k])  # as in brainlm_tutorial.ipynb
+    order = read_region_order()
+    assert order.tolist() == original
+    assert read_region_order(COORDS).tolist() == original
+    # Ties are common, and within a tie the label order is kept.
+    y_sorted = np.asarray(y)[original]
+    tied = np.flatnonzero(np.diff(y_sorted) == 0)
+    assert len(tied) > 100
+    assert all(order[i] < order[i + 1] for i in tied)
+    assert not np.array_equal(np.argsort(y), original)  # an unstable sort would differ
+
+
+def test_region_order_follows_labels_not_file_rows(tmp_path):
+    lines = COORDS.read_text().splitlines()
+    shuffled = tmp_path / "coords.dat"
+    shuffled.write_text("\n".join(lines[::-1]) + "\n")
+    assert read_region_order(shuffled).tolist() == read_region_order().tolist()
+
+
+def test_missing_coordinate_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="coordinate file not found"):
+        read_region_order(tmp_path / "nope.dat")
+    with pytest.raises(FileNotFoundError, match="coordinate file not found"):
+        BrainLMViTMAE.from_config(tiny_config(), coords_path=tmp_path / "nope.dat")
+
+
+def test_malformed_coordinate_file_is_a_clear_error(tmp_path):
+    short = tmp_path / "short.dat"
+    short.write_text("\n".join(COORDS.read_text().splitlines()[:400]))
+    with pytest.raises(ValueError, match="424 A424 labels"):
+        read_region_order(short)
+    junk = tmp_path / "junk.dat"
+    junk.write_text("label X Y Z\n1 2 3 4\n")
+    with pytest.raises(ValueError, match="numeric rows"):
+        read_region_order(junk)
+
+
+# --------------------------------------------------------------------------- window <-> image
+
+
+@pytest.mark.parametrize(
+    "image_size, patch_size, padding",
+    [(432, 48, (4, 4, 116, 116)), (434, 31, (5, 5, 117, 117)), (435, 29, (5, 6, 117, 118))],
+)
+def test_image_is_reordered_scaled_three_channels_padded(image_size, patch_size, padding, windows):
+    m = tiny_model(image_size=image_size, patch_size=patch_size)
+    assert m.padding == padding
+    top, bottom, left, right = padding
+    image = m.to_image(windows)
+    assert image.shape == (2, 3, image_size, image_size)
+    inside = image[:, :, top : image_size - bottom, left : image_size - right]  # (B, C, R, T)
+    expected = windows[:, read_region_order()] / 5.6430855
+    for c in range(3):
+        torch.testing.assert_close(inside[:, c], expected)
+    outside = torch.ones_like(image, dtype=torch.bool)
+    outside[:, :, top : image_size - bottom, left : image_size - right] = False
+    assert (image[outside] == -1).all()
+    # The inverse gives back the window in the caller's order and units.
+    torch.testing.assert_close(m.from_image(image), windows)
+
+
+def test_unpatchify_inverts_transformers_patchify(model, windows):
+    image = model.to_image(windows)
+    torch.testing.assert_close(model.unpatchify(model.mae.patchify(image)), image)
+
+
+def test_full_size_presets_pad_like_the_original():
+    # The original pads 424 x 200 to 432 x 432 (patch 16) and 434 x 434 (patch 14).
+    with torch.device("meta"):
+        mae111 = ViTMAEForPreTraining(vitmae_111m_config())
+        mae650 = ViTMAEForPreTraining(vitmae_650m_config())
+    m111, m650 = BrainLMViTMAE(mae111), BrainLMViTMAE(mae650)
+    assert m111.padding == (4, 4, 116, 116) and m111.num_patches == 27 * 27
+    assert m650.padding == (5, 5, 117, 117) and m650.num_patches == 31 * 31
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def test_full_size_parameter_counts_on_meta():
+    with torch.device("meta"):
+        m111 = ViTMAEForPreTraining(vitmae_111m_config())
+        m650 = ViTMAEForPreTraining(vitmae_650m_config())
+    n111 = sum(p.numel() for p in m111.parameters())
+    n650 = sum(p.numel() for p in m650.parameters())
+    assert 105e6 < n111 < 118e6, n111
+    assert 630e6 < n650 < 670e6, n650
+    assert (m111.config.hidden_size, m111.config.num_hidden_layers) == (768, 12)
+    assert (m650.config.hidden_size, m650.config.num_hidden_layers) == (1280, 32)
+
+
+def test_interface_attributes(model):
+    assert model.num_regions == 424
+    assert model.window_length == 200
+    assert model.config.model_type == "vit_mae"
+    assert model.config._attn_implementation == "sdpa"
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def test_forward_shapes(model, windows):
+    out = model(windows, xyz_vectors=torch.zeros(2, 424, 3), noise=_noise(model, 2))
+    n, kept = model.num_patches, int(model.num_patches * (1 - model.config.mask_ratio))
+    assert out.logits.shape == (2, 424, 200)
+    assert out.mask.shape == (2, 424, 200)
+    assert out.encoder_last_hidden_state.shape == (2, 1 + kept, model.hidden_size)
+    assert out.ids_restore.shape == out.patch_mask.shape == (2, n)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert set(out.mask.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_encoder_and_decoder_equal_transformers_forward(model, windows):
+    noise = _noise(model, 2)
+    out = model(windows, noise=noise)
+    with torch.no_grad():
+        ref = model.mae(model.to_image(windows), noise=noise)
+        ref_enc = model.mae.vit(model.to_image(windows), noise=noise)
+    torch.testing.assert_close(out.encoder_last_hidden_state, ref_enc.last_hidden_state)
+    torch.testing.assert_close(out.patch_mask, ref.mask)
+    torch.testing.assert_close(out.ids_restore, ref.ids_restore)
+    torch.testing.assert_close(out.logits, model.from_image(model.mae.unpatchify(ref.logits)))
+
+
+def test_mask_ratio_argument(model, windows):
+    out = model(windows, mask_ratio=0.5)
+    assert out.patch_mask.sum(1).tolist() == [model.num_patches - int(model.num_patches * 0.5)] * 2
+
+
+def test_pixel_mask_is_the_patch_mask_inside_the_window(model, windows):
+    out = model(windows, noise=_noise(model, 2))
+    (H, W), p = model.image_size, model.patch_size
+    top, _, left, _ = model.padding
+    grid = out.patch_mask.view(2, H // p, W // p)  # (B, h, w)
+    pixels = grid.repeat_interleave(p, 1).repeat_interleave(p, 2)  # (B, H, W)
+    window = pixels[:, top : top + 424, left : left + 200]  # (B, R, T) rows by Y
+    torch.testing.assert_close(out.mask, window[:, torch.argsort(read_region_order())])
+
+
+def test_loss_is_on_masked_pixels_inside_the_window(model, windows):
+    noise = _noise(model, 2)
+    out = model(windows, noise=noise)
+    # The MSE of the returned reconstruction over the returned mask ...
+    manual = ((out.logits - windows) ** 2 * out.mask).sum() / out.mask.sum()
+    torch.testing.assert_close(out.loss, manual)
+    # ... is the original's loss (computed on the scaled image, padding cut) times scale**2.
+    image = model.to_image(windows)
+    top, _, left, _ = model.padding
+    with torch.no_grad():
+        ref = model.mae(image, noise=noise)
+    crop = (slice(None), slice(None), slice(top, top + 424), slice(left, left + 200))
+    pred = model.mae.unpatchify(ref.logits)[crop].mean(1)
+    mask = model.mae.unpatchify(ref.mask.unsqueeze(-1).expand_as(ref.logits))[crop].mean(1)
+    original = ((pred - image[crop].mean(1)) ** 2 * mask).sum() / mask.sum()
+    torch.testing.assert_close(out.loss, original * A424_SCALE**2)
+    # transformers' own loss also counts the padding of masked patches, so it differs.
+    assert not torch.isclose(ref.loss * A424_SCALE**2, out.loss, rtol=1e-3)
+
+
+def test_loss_ignores_unmasked_pixels(model, windows):
+    out = model(windows, noise=_noise(model, 2))
+    changed = out.logits + 100.0 * (1 - out.mask)
+    torch.testing.assert_close(model.forward_loss(windows, changed, out.mask), out.loss)
+
+
+def test_every_parameter_gets_a_gradient(windows):
+    m = tiny_model().train()
+    m(windows, noise=_noise(m, 2)).loss.backward()
+    for name, p in m.named_parameters():
+        if p.requires_grad:  # the sin-cos position tables are frozen, as in transformers
+            assert p.grad is not None, name
+            assert torch.isfinite(p.grad).all(), name
+
+
+# --------------------------------------------------------------------------- embed
+
+
+def test_embed_is_deterministic_and_uses_every_patch(model, windows):
+    cls = model.embed(windows, pooling="cls")
+    mean = model.embed(windows, pooling="mean")
+    assert cls.shape == mean.shape == (2, model.hidden_size)
+    torch.testing.assert_close(model.embed(windows), cls)
+    # Masking off: all N patches, in order, whatever the config's mask ratio.
+    image = model.to_image(windows)
+    hidden, mask, ids_restore = model.forward_encoder(image, None, mask_ratio=0.0)
+    assert hidden.shape[1] == 1 + model.num_patches and mask.sum() == 0
+    torch.testing.assert_close(mean, model.embed(windows, pooling="mean"))
+    # Same as transformers' own encoder with masking off and patches kept in order.
+    in_order = torch.arange(model.num_patches).expand(2, -1)
+    ratio = model.config.mask_ratio
+    try:
+        model.config.mask_ratio = 0.0
+        with torch.no_grad():
+            ref = model.mae.vit(image, noise=in_order).last_hidden_state
+    finally:
+        model.config.mask_ratio = ratio
+    torch.testing.assert_close(cls, ref[:, 0])
+    torch.testing.assert_close(mean, ref[:, 1:].mean(1))
+
+
+def test_embed_sees_the_last_region_and_timepoint(model, windows):
+    poked = windows.clone()
+    poked[:, 423, 199] += 5.0
+    assert not torch.allclose(model.embed(poked), model.embed(windows))
+
+
+def test_embed_rejects_unknown_pooling(model, windows):
+    with pytest.raises(ValueError, match="pooling must be"):
+        model.embed(windows, pooling="max")
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_window_must_have_424_regions(model):
+    with pytest.raises(ValueError, match="only know the A424 parcellation"):
+        model(torch.randn(1, 400, 200))
+    with pytest.raises(ValueError, match="only know the A424 parcellation"):
+        model.embed(torch.randn(1, 100, 200))
+
+
+def test_window_must_have_the_trained_length(model):
+    with pytest.raises(ValueError, match="200 timepoints"):
+        model(torch.randn(1, 424, 150))
+    with pytest.raises(ValueError, match=r"\(B, R, T\)"):
+        model(torch.randn(424, 200))
+
+
+def test_image_too_small_for_the_window():
+    with pytest.raises(ValueError, match="cannot hold a 424 x 200 window"):
+        BrainLMViTMAE.from_config(tiny_config(image_size=224, patch_size=16))
+
+
+def test_norm_pix_loss_is_refused_in_forward(windows):
+    m = tiny_model(norm_pix_loss=True)
+    with pytest.raises(NotImplementedError, match="norm_pix_loss"):
+        m(windows)
+    assert m.embed(windows).shape == (2, 32)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, model):
+    folder = tmp_path_factory.mktemp("vitmae") / "vitmae_tiny"
+    model.mae.save_pretrained(folder)
+    return folder
+
+
+def test_load_safetensors_folder(saved, model, windows):
+    assert is_vitmae_checkpoint(saved)
+    loaded = load_vitmae(saved)
+    assert not loaded.training
+    assert loaded.config._attn_implementation == "sdpa"
+    noise = _noise(model, 2)
+    a, b = loaded(windows, noise=noise), model(windows, noise=noise)
+    torch.testing.assert_close(a.logits, b.logits)
+    torch.testing.assert_close(loaded.embed(windows), model.embed(windows))
+
+
+def test_load_legacy_bin_folder(saved, model, windows, tmp_path):
+    """The released files: old parameter names, a .bin, image_size as a list, extra keys."""
+    folder = tmp_path / "vitmae_111M"
+    folder.mkdir()
+    state = {k: v.clone() for k, v in model.mae.state_dict().items()}
+    # Position tables unlike transformers' own sin-cos init: they must come from the file.
+    g = torch.Generator().manual_seed(3)
+    for key in ("vit.embeddings.position_embeddings", "decoder.decoder_pos_embed"):
+        state[key] = torch.randn(state[key].shape, generator=g)
+    legacy = {_legacy_key(k): v for k, v in state.items()}
+    assert "vit.encoder.layer.1.attention.attention.query.weight" in legacy
+    assert "decoder.decoder_layers.0.attention.output.dense.weight" in legacy
+    torch.save(legacy, folder / "pytorch_model.bin")
+    config = json.loads((saved / "config.json").read_text())
+    config.update(image_size=[432, 432], train_mode="auto_encode", transformers_version="4.28.0")
+    (folder / "config.json").write_text(json.dumps(config))
+    assert is_vitmae_checkpoint(folder)
+    loaded = load_vitmae(folder)
+    for key, value in loaded.mae.state_dict().items():
+        torch.testing.assert_close(value, state[key], msg=key)
+    assert loaded.image_size == (432, 432)
+
+
+def test_bin_is_read_with_weights_only(saved, tmp_path, monkeypatch):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "config.json").write_text((saved / "config.json").read_text())
+    torch.save(load_file(saved / "model.safetensors"), folder / "pytorch_model.bin")
+    seen = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    load_vitmae(folder)
+    assert seen and all(w is True for w in seen)
+
+
+def test_load_dtype_and_device(saved):
+    m = load_vitmae(saved, dtype=torch.bfloat16, device="cpu")
+    assert {p.dtype for p in m.parameters()} == {torch.bfloat16}
+
+
+def test_bf16_on_cpu_is_close_to_fp32(model, windows):
+    m16 = tiny_model().to(torch.bfloat16)
+    e32, e16 = model.embed(windows), m16.embed(windows)
+    assert e16.dtype == torch.bfloat16
+    assert (e16.float() - e32).norm() / e32.norm() < 0.05
+    noise = _noise(model, 2)
+    l32, l16 = model(windows, noise=noise).loss, m16(windows, noise=noise).loss
+    assert torch.isfinite(l16) and abs(l16 - l32) / l32 < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_gpu_dtypes_are_close_to_cpu_fp32(saved, model, windows, dtype):
+    m = load_vitmae(saved, dtype=dtype, device="cuda")
+    x = windows.cuda()
+    e = m.embed(x).float().cpu()
+    ref = model.embed(windows)
+    assert (e - ref).norm() / ref.norm() < (1e-4 if dtype == torch.float32 else 0.05)
+    out = m(x, noise=_noise(model, 2).cuda())
+    assert torch.isfinite(out.loss)
+
+
+def test_is_vitmae_checkpoint_negative_cases(saved, tmp_path):
+    assert not is_vitmae_checkpoint(tmp_path / "absent")
+    assert not is_vitmae_checkpoint(saved / "config.json")
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((saved / "config.json").read_text())
+    assert not is_vitmae_checkpoint(no_weights)
+    core = tmp_path / "core"
+    core.mkdir()
+    (core / "config.json").write_text(json.dumps({"model_type": "brainlm_mae"}))
+    (core / "model.safetensors").write_bytes((saved / "model.safetensors").read_bytes())
+    assert not is_vitmae_checkpoint(core)
+    with pytest.raises(ValueError, match="not 'vit_mae'"):
+        load_vitmae(core)
+    with pytest.raises(ValueError, match="no weights"):
+        load_vitmae(no_weights)
+
+
+def test_missing_local_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
+        load_vitmae(tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
+        load_vitmae("./absent/vitmae_111M")
+
+
+def test_resolve_checkpoint_keeps_local_folders(saved):
+    assert resolve_checkpoint(saved) == saved
+    assert resolve_checkpoint(str(saved)) == saved
+
+
+def test_weights_that_do_not_fit_the_config(saved, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "config.json").write_text((saved / "config.json").read_text())
+    state = load_file(saved / "model.safetensors")
+    state.pop("vit.embeddings.cls_token")
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(ValueError, match="do not fit the config"):
+        load_vitmae(folder)
+
+
+def test_image_size_too_small_in_a_checkpoint(tmp_path):
+    folder = tmp_path / "small"
+    ViTMAEForPreTraining(tiny_config(image_size=224, patch_size=16)).save_pretrained(folder)
+    with pytest.raises(ValueError, match="cannot hold"):
+        load_vitmae(folder)
+
+
+# --------------------------------------------------------------------------- hub ids
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_hub_id_offline_is_a_clear_error(no_network, monkeypatch, tmp_path):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(RuntimeError, match=r"'vandijklab/brainlm/vitmae_111M'.*local path"):
+        load_vitmae("vandijklab/brainlm/vitmae_111M")
+
+
+def test_hub_id_without_network_is_a_clear_error(no_network, monkeypatch):
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    with pytest.raises(RuntimeError, match=r"could not fetch 'vandijklab/brainlm'"):
+        load_vitmae("vandijklab/brainlm")
+
+
+def test_hub_id_downloads_the_subfolder(no_network, monkeypatch, saved, windows, model):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(saved.parent)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    loaded = load_vitmae(f"vandijklab/brainlm/{saved.name}", revision="main")
+    assert calls == [
+        ("vandijklab/brainlm", {"revision": "main", "allow_patterns": [f"{saved.name}/*"]})
+    ]
+    torch.testing.assert_close(loaded.embed(windows), model.embed(windows))
