@@ -32,8 +32,8 @@ from brainlm.model import BrainLMConfig, BrainLMForPretraining
 from brainlm.train import checkpointing as ckpt
 from brainlm.train.config import TrainConfig, resolve_config
 from brainlm.train.distributed import (
-    DistInfo, all_reduce_sum, autocast_context, barrier, init_distributed, no_sync, resolve_device,
-    resolve_precision, unwrap_model, wrap_model,
+    DistInfo, all_reduce_sum, autocast_context, barrier, destroy_distributed, init_distributed, no_sync,
+    resolve_device, resolve_precision, unwrap_model, wrap_model,
 )
 from brainlm.train.metrics import BASELINES, MaskedMetrics, baseline_predictions
 from brainlm.train.optim import build_optimizer, build_scheduler, scaled_lr
@@ -636,4 +636,5 @@ def run_pretrain(
         print(f"checkpoint: {result.checkpoint}\nbest: {result.best}\nmetrics: {result.metrics_file}")
         for p in result.plots:
             print(f"plot: {p}")
+    destroy_distributed()
     return result
