@@ -52,3 +52,22 @@ def test_fsdp_two_processes_then_resume_on_one(single, tmp_path):
     assert _losses(out) == pytest.approx(_losses(single.run_dir), rel=1e-4, abs=1e-5)
     assert _max_diff(result.checkpoint, single.checkpoint) < 2e-3
     assert torch.isfinite(torch.tensor(result.metrics["loss"]))
+
+
+def test_device_precision_and_wrapping_choices():
+    from brainlm.model import BrainLMForPretraining, brainlm_tiny
+    from brainlm.train.distributed import (
+        autocast_context, cpu_supports_bf16, init_distributed, resolve_device, resolve_precision, wrap_model,
+    )
+
+    cpu = resolve_device("cpu")
+    assert resolve_precision("fp32", cpu) == torch.float32
+    assert resolve_precision("auto", cpu) == (torch.bfloat16 if cpu_supports_bf16() else torch.float32)
+    with autocast_context(cpu, torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+    info = init_distributed()  # no torchrun environment: one process
+    assert (info.rank, info.world_size, info.is_distributed) == (0, 1, False)
+    model = BrainLMForPretraining(brainlm_tiny())
+    assert wrap_model(model, "none") is model
+    with pytest.raises(RuntimeError, match="launch with torchrun"):
+        wrap_model(model, "ddp")

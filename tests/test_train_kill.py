@@ -61,11 +61,13 @@ def _assert_same(weights: dict, checkpoint: Path) -> None:
 
 def test_sigkill_at_random_moment_then_resume(reference, tmp_path):
     out = tmp_path / "run"
+    rng = random.Random(1234)
+    kill_after = rng.randint(1, SETTINGS["max_steps"] - 10)  # a random step, then a random moment inside it
     proc = _start(out)
-    _wait_for(lambda: (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").stat().st_size > 0, proc)
-    time.sleep(random.Random(1234).uniform(0.0, 1.0))
+    _wait_for(lambda: max([r["step"] for r in read_metrics(out)], default=0) >= kill_after, proc)
+    time.sleep(rng.uniform(0.0, 0.01))
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL  # killed, not finished
     for folder in find_checkpoints(out):  # every checkpoint that looks complete is complete
         verify_checkpoint(folder)
     logged = max([r["step"] for r in read_metrics(out)], default=0)
