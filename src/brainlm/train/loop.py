@@ -448,11 +448,14 @@ def pretrain(
 
     # -- model, optimiser --------------------------------------------------------------------------
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    if config.init_from:
-        model = BrainLMForPretraining.from_pretrained(config.init_from)
-        model.config = model_config
-    else:
-        model = BrainLMForPretraining(model_config)
+    model = BrainLMForPretraining(model_config)
+    if config.init_from and state is None:
+        source = BrainLMForPretraining.from_pretrained(config.init_from)
+        try:
+            model.load_state_dict(source.state_dict())
+        except RuntimeError as err:
+            raise ValueError(f"the weights in {config.init_from} do not fit the configured model "
+                             f"(set --model to the same size): {str(err).splitlines()[0]}") from err
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model = model.to(device).train()
