@@ -108,6 +108,15 @@ def test_incompatible_or_existing_run_folder(short_run):
     assert _snapshot(short_run) == before
 
 
+def test_init_from_checkpoint(short_run, tmp_path):
+    source = latest_checkpoint(short_run)
+    result = _run(tmp_path / "warm", init_from=str(source), max_steps=1, eval_every=0, save_every=0)
+    assert result.step == 1
+    with pytest.raises(ValueError, match="do not fit the configured model"):
+        _run(tmp_path / "bad", init_from=str(source), model_overrides=dict(timepoint_patching_size=10, hidden_size=64))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_corrupt_checkpoint(short_run):
     weights = latest_checkpoint(short_run) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])  # truncated
