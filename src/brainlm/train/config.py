@@ -150,8 +150,8 @@ def demo() -> TrainConfig:
             time_encoding_dropout=0.0,
         ),
         window=40, train_mode="sliding", train_stride=5, eval_mode="sliding", eval_stride=40,
-        out_dir="runs/demo", seed=0, max_steps=600, batch_size=32, base_lr=0.024, warmup_ratio=0.05,
-        min_lr_ratio=0.05, eval_every=100, save_every=100, keep_last=2, log_every=10, num_threads=1,
+        out_dir="runs/demo", seed=0, max_steps=1500, batch_size=32, base_lr=0.024, warmup_ratio=0.05,
+        min_lr_ratio=0.05, eval_every=250, save_every=250, keep_last=2, log_every=10, num_threads=1,
         precision="fp32",
     )
 
