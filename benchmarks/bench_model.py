@@ -35,6 +35,23 @@ def _threads() -> int:
 # -------------------------------------------------------------------------------------------
 
 
+def _layer_flops(n: int, dim: int, inter: int, kernel: int) -> float:
+    linear = 2 * n * dim * (3 * dim + dim + 2 * inter)
+    attention = 2 * 2 * n * n * dim
+    conv = 2 * n * dim * kernel
+    return linear + attention + conv
+
+
+def encoder_flops(cfg, B: int, R: int, T: int, mask_ratio: float) -> float:
+    """FLOPs of the encoder alone (embedding extraction)."""
+    W = cfg.timepoint_patching_size
+    L = R * (T // W)
+    K = int(L * (1 - mask_ratio))
+    D = cfg.hidden_size
+    layers = cfg.num_hidden_layers * _layer_flops(K + 1, D, cfg.intermediate_size, cfg.conv_kernel_size or 0)
+    return B * (2 * L * (W * D + 3 * D) + layers)
+
+
 def forward_flops(cfg, B: int, R: int, T: int, mask_ratio: float) -> float:
     """FLOPs of one forward pass: linear layers, attention (QK^T and PV), value convolution."""
     W = cfg.timepoint_patching_size
@@ -44,15 +61,9 @@ def forward_flops(cfg, B: int, R: int, T: int, mask_ratio: float) -> float:
     D, Dd = cfg.hidden_size, cfg.decoder_hidden_size
     k = cfg.conv_kernel_size or 0
 
-    def layer(n: int, dim: int, inter: int) -> float:
-        linear = 2 * n * dim * (3 * dim + dim + 2 * inter)
-        attention = 2 * 2 * n * n * dim
-        conv = 2 * n * dim * k
-        return linear + attention + conv
-
-    enc = 2 * L * (W * D + 3 * D) + cfg.num_hidden_layers * layer(K + 1, D, cfg.intermediate_size)
+    enc = encoder_flops(cfg, 1, R, T, mask_ratio)
     dec = 2 * (K + 1) * D * Dd + 2 * L * 3 * Dd
-    dec += cfg.decoder_num_hidden_layers * layer(L + 1, Dd, cfg.decoder_intermediate_size)
+    dec += cfg.decoder_num_hidden_layers * _layer_flops(L + 1, Dd, cfg.decoder_intermediate_size, k)
     dec += 2 * L * (Dd * (Dd // 2) + (Dd // 2) * W)
     return B * (enc + dec)
 
@@ -125,15 +136,17 @@ def run_case(case: dict) -> dict:
                 times.append(time.perf_counter() - t)
         flops = 3 * forward_flops(cfg, B, R, T, case["mask"])
     else:
+        # Embeddings need the encoder only (``model.vit`` in the original's notebooks).
+        encode = model.encode if impl == "original" else model.forward_encoder
         model.eval()
-        with torch.no_grad():
+        with torch.inference_mode():
             for i in range(steps + 1):
                 t = time.perf_counter()
                 with ctx():
-                    _call(model, impl, x, xyz, 0.0)
+                    encode(x, xyz, mask_ratio=0.0)
                 if i:
                     times.append(time.perf_counter() - t)
-        flops = forward_flops(cfg, B, R, T, 0.0)
+        flops = encoder_flops(cfg, B, R, T, 0.0)
     sec = statistics.median(times)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {**case, "seconds": sec, "flops": flops, "peak_rss_mb": peak_mb}

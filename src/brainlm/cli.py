@@ -111,7 +111,135 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, accepts_overrides=True)
 
 
-_COMMANDS = [_add_demo, _add_prepare, _add_pretrain]
+def _add_integrate_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--brain", required=True, help="brain embedding table (.parquet/.csv/.tsv/.npy)")
+    p.add_argument("--genetic", required=True, help="genetic embedding table, keyed by the same subject IDs")
+    p.add_argument("--covariates", help="covariate TSV with a subject_id column (regressed out per fold)")
+    p.add_argument("--out", required=True, help="output folder for the report, plots and tables")
+    p.add_argument("--id-col", default="subject_id", help="subject-ID column name")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_integrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("integrate", help="brain-genetics integration: CCA, late fusion, contrastive alignment")
+    isub = p.add_subparsers(dest="analysis", required=True)
+
+    c = isub.add_parser("cca", help="cross-validated CCA with subject-label permutation tests")
+    _add_integrate_common(c)
+    c.add_argument("--components", type=int, default=2, help="canonical pairs")
+    c.add_argument("--permutations", type=int, default=1000)
+    c.add_argument("--pca", type=int, help="PCA dimensions per modality before CCA")
+    c.add_argument("--scale", default="zscore", choices=["zscore", "layernorm", "none"])
+    c.add_argument("--reg", type=float, default=0.01, help="covariance shrinkage")
+
+    def run_cca(args: argparse.Namespace) -> int:
+        from brainlm.integrate.run import run_cca
+
+        cca = run_cca(
+            args.brain, args.genetic, args.out, args.covariates, n_components=args.components,
+            n_splits=args.folds, n_permutations=args.permutations, scale=args.scale,
+            pca_components=args.pca, reg=args.reg, seed=args.seed, id_col=args.id_col,
+        )
+        print(f"held-out r1 = {cca.test_corr_[0]:.3f}, p = {cca.p_value_:.3g}; report in {args.out}")
+        return 0
+
+    c.set_defaults(func=run_cca)
+
+    f = isub.add_parser("fusion", help="genetic vs brain vs concatenated prediction")
+    _add_integrate_common(f)
+    f.add_argument("--phenotypes", required=True, help="TSV/CSV with subject_id and the target column")
+    f.add_argument("--target", required=True, help="target column")
+    f.add_argument("--task", default="auto", choices=["auto", "classification", "regression"])
+    f.add_argument("--models", default="linear,gbm", help="comma-separated: linear, gbm")
+    f.add_argument("--bootstrap", type=int, default=1000)
+    f.add_argument("--pca", type=int, help="PCA dimensions per modality")
+    f.add_argument("--scale", default="zscore", choices=["zscore", "layernorm", "none"])
+
+    def run_fusion(args: argparse.Namespace) -> int:
+        from brainlm.integrate.run import run_fusion
+
+        fusion = run_fusion(
+            args.brain, args.genetic, args.phenotypes, args.target, args.out, args.covariates,
+            task=args.task, models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+            n_splits=args.folds, n_bootstrap=args.bootstrap, scale=args.scale, pca_components=args.pca,
+            seed=args.seed, id_col=args.id_col,
+        )
+        print(fusion.gains_.to_string(index=False))
+        return 0
+
+    f.set_defaults(func=run_fusion)
+
+    t = isub.add_parser("contrastive", help="two-tower InfoNCE alignment, held-out retrieval, shared-space export")
+    _add_integrate_common(t)
+    t.add_argument("--null", type=int, default=1000, help="shuffled pairings for the null")
+    t.add_argument("--pca", type=int, help="PCA dimensions per modality before the projectors")
+    t.add_argument("--scale", default="zscore", choices=["zscore", "layernorm", "none"])
+    t.add_argument("--epochs", type=int, default=200, help="maximum epochs")
+    t.add_argument("--patience", type=int, default=10, help="early-stopping patience (epochs)")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--no-export", action="store_true", help="skip the [N, 512] shared-space tables")
+    t.add_argument("--no-shuffled-fit", action="store_true", help="skip the towers trained on shuffled pairs")
+
+    def run_contrastive(args: argparse.Namespace) -> int:
+        from brainlm.integrate.run import run_contrastive
+
+        res = run_contrastive(
+            args.brain, args.genetic, args.out, args.covariates, n_splits=args.folds, n_null=args.null,
+            shuffled_fit=not args.no_shuffled_fit, export=not args.no_export, seed=args.seed,
+            id_col=args.id_col, pca_components=args.pca, scale=args.scale, max_epochs=args.epochs,
+            patience=args.patience, batch_size=args.batch_size, lr=args.lr, device=args.device,
+        )
+        print(res.metrics_[["direction", "recall@1", "chance_recall@1", "mrr", "p_recall@1"]].to_string(index=False))
+        return 0
+
+    t.set_defaults(func=run_contrastive)
+
+    d = isub.add_parser("demo", help="the three analyses on the 12 real demo subjects (FC or BrainLM vs structural)")
+    d.add_argument("--brain", help="BrainLM embedding table of the demo subjects (default: FC features)")
+    d.add_argument("--out", default="runs/integrate_demo", help="output folder")
+    d.add_argument("--permutations", type=int, default=1000)
+    d.add_argument("--seed", type=int, default=0)
+
+    def run_demo(args: argparse.Namespace) -> int:
+        from brainlm.integrate.demo import run_real_demo
+
+        for key, value in run_real_demo(args.brain, args.out, n_permutations=args.permutations, seed=args.seed).items():
+            print(f"{key}: {value}")
+        return 0
+
+    d.set_defaults(func=run_demo)
+
+
+def _add_embed_dna(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed-dna", help="embed FASTA sequences with a local Hugging Face DNA model folder")
+    p.add_argument("--model", required=True, help="local model folder (config, weights, tokenizer)")
+    p.add_argument("--fasta", required=True, help="FASTA file; record names are subject IDs")
+    p.add_argument("--out", required=True, help="output table (.parquet/.csv/.tsv)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, help="truncate to this many tokens")
+    p.add_argument("--id-sep", help="cut record names at this separator to get subject IDs")
+    p.add_argument("--no-rc", action="store_true", help="do not average with the reverse complement")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code")
+
+    def run(args: argparse.Namespace) -> int:
+        from brainlm.integrate.dna import embed_dna_to_table
+
+        path = embed_dna_to_table(
+            args.model, args.fasta, args.out, batch_size=args.batch_size, max_length=args.max_length,
+            reverse_complement_average=not args.no_rc, id_sep=args.id_sep, device=args.device,
+            trust_remote_code=args.trust_remote_code,
+        )
+        print(f"wrote {path}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+_COMMANDS = [_add_demo, _add_prepare, _add_pretrain, _add_integrate, _add_embed_dna]
 
 
 def build_parser() -> argparse.ArgumentParser:

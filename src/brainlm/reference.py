@@ -94,7 +94,8 @@ class OriginalBrainLM(nn.Module):
         self.vit.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.decoder = _Decoder(config)
 
-    def forward(self, signal_vectors: Tensor, xyz_vectors: Tensor, noise: Tensor | None = None, mask_ratio=None):
+    def encode(self, signal_vectors: Tensor, xyz_vectors: Tensor, noise: Tensor | None = None, mask_ratio=None):
+        """The encoder alone (``model.vit`` in the original): (latent, mask, ids_restore)."""
         cfg = self.config
         ratio = cfg.mask_ratio if mask_ratio is None else mask_ratio
         emb = self.vit.embeddings
@@ -118,8 +119,17 @@ class OriginalBrainLM(nn.Module):
         x = torch.cat([emb.cls_token.expand(B, -1, -1), x], dim=1)
         for layer in self.vit.encoder.layer:
             x = layer(x)[0]
-        latent = self.vit.layernorm(x)
+        return self.vit.layernorm(x), mask, ids_restore
 
+    def forward(self, signal_vectors: Tensor, xyz_vectors: Tensor, noise: Tensor | None = None, mask_ratio=None):
+        cfg = self.config
+        ratio = cfg.mask_ratio if mask_ratio is None else mask_ratio
+        B, R, T = signal_vectors.shape
+        W = cfg.timepoint_patching_size
+        P = T // W
+        L = R * P
+        keep = int(L * (1 - ratio))
+        latent, mask, ids_restore = self.encode(signal_vectors, xyz_vectors, noise, ratio)
         dec = self.decoder
         y = dec.decoder_embed(latent)
         Dd = y.shape[-1]

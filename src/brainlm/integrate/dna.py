@@ -1,0 +1,170 @@
+"""DNA embeddings from a local Hugging Face model folder.
+
+:func:`embed_dna` reads FASTA records, runs each sequence and its reverse complement
+through the model, mean-pools the last hidden state over real (non-padding) tokens and
+averages the two strands, so the embedding does not depend on which strand the FASTA
+happens to list. Only local folders are read (``local_files_only=True``); nothing is
+downloaded. Models that need their own code (``trust_remote_code``) are loaded only when
+asked to.
+
+Record names map to subject IDs: the first whitespace-separated word of the header,
+cut at ``id_sep`` when given (``>sub-01|APOE`` with ``id_sep="|"`` -> ``sub-01``);
+the table gets a ``sequence_id`` column with the full word, so several sequences of one
+subject are averaged by :func:`~brainlm.integrate.io.read_embedding_table`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+_COMPLEMENT = str.maketrans("ACGTUNacgtun", "TGCAANtgcaan")
+
+
+def reverse_complement(seq: str) -> str:
+    """Reverse complement of a DNA sequence (A<->T, C<->G, N kept, case kept).
+
+    Raises:
+        ValueError: characters other than ACGTUN (either case).
+    """
+    bad = set(seq) - set("ACGTUNacgtun")
+    if bad:
+        raise ValueError(f"not a DNA sequence: unexpected characters {sorted(bad)[:5]}")
+    return seq.translate(_COMPLEMENT)[::-1]
+
+
+def average_strands(forward, reverse) -> np.ndarray:
+    """Average forward and reverse-complement embeddings.
+
+    Args:
+        forward, reverse: (N, D) embeddings of the same N sequences on each strand.
+
+    Returns:
+        (N, D) float32 mean.
+    """
+    forward, reverse = np.asarray(forward, dtype=np.float64), np.asarray(reverse, dtype=np.float64)
+    if forward.shape != reverse.shape:
+        raise ValueError(
+            f"forward and reverse-complement embeddings differ in shape: {forward.shape} vs {reverse.shape}"
+        )
+    return ((forward + reverse) / 2).astype(np.float32)
+
+
+def read_fasta(path: str | Path) -> list[tuple[str, str]]:
+    """Read a FASTA file into ``[(name, sequence), ...]`` (name = first word of the header)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"FASTA file not found: {path}")
+    records, name, chunks = [], None, []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith(">"):
+            if name is not None:
+                records.append((name, "".join(chunks)))
+            words = line[1:].split()
+            if not words:
+                raise ValueError(f"{path}: FASTA header without a name")
+            name, chunks = words[0], []
+        else:
+            if name is None:
+                raise ValueError(f"{path}: sequence line before the first '>' header")
+            chunks.append(line)
+    if name is not None:
+        records.append((name, "".join(chunks)))
+    if not records:
+        raise ValueError(f"{path}: no FASTA records")
+    return records
+
+
+def _mean_pool(model, tokenizer, seqs: list[str], max_length: int | None, device) -> np.ndarray:
+    import torch
+
+    enc = tokenizer(seqs, return_tensors="pt", padding=True, truncation=max_length is not None, max_length=max_length)
+    enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        out = model(**enc)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, L, D)
+    mask = enc.get("attention_mask", torch.ones(hidden.shape[:2], device=device)).unsqueeze(-1).to(hidden.dtype)
+    return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu().numpy()  # (B, D)
+
+
+def embed_dna(
+    model_dir: str | Path,
+    fasta: str | Path,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    reverse_complement_average: bool = True,
+    id_sep: str | None = None,
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    progress: bool = True,
+):
+    """Embed every FASTA record with a local Hugging Face model.
+
+    Args:
+        model_dir: folder with the model's config, weights and tokenizer.
+        fasta: FASTA file; see the module docstring for how names become subject IDs.
+        batch_size: sequences per forward pass.
+        max_length: truncate tokenised sequences to this many tokens (None: no truncation).
+        reverse_complement_average: average with the reverse-complement strand.
+        id_sep: cut record names at this separator to get the subject ID.
+        device: torch device string.
+        trust_remote_code: allow the model folder's own Python code (e.g. Caduceus).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        subject_ids: (N,) str; sequence_ids: (N,) str; X: (N, D) float32.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModel, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").exists():
+        raise FileNotFoundError(f"no Hugging Face model folder at {model_dir} (config.json missing)")
+    records = read_fasta(fasta)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        raise ValueError(f"the tokenizer in {model_dir} has no padding token; batching needs one")
+    dev = torch.device(device)
+    model = AutoModel.from_pretrained(model_dir, local_files_only=True, trust_remote_code=trust_remote_code)
+    model = model.to(dev).eval()
+
+    chunks = []
+    for start in tqdm(range(0, len(records), batch_size), desc="embed-dna", unit="batch", disable=not progress):
+        seqs = [s.upper() for _, s in records[start : start + batch_size]]
+        fwd = _mean_pool(model, tokenizer, seqs, max_length, dev)
+        if reverse_complement_average:
+            rev = _mean_pool(model, tokenizer, [reverse_complement(s) for s in seqs], max_length, dev)
+            fwd = average_strands(fwd, rev)
+        chunks.append(fwd)
+    names = np.array([n for n, _ in records], dtype=str)
+    subjects = np.array([n.split(id_sep)[0] if id_sep else n for n in names], dtype=str)
+    return subjects, names, np.concatenate(chunks).astype(np.float32)
+
+
+def write_dna_table(path: str | Path, subject_ids, sequence_ids, X, id_col: str = "subject_id") -> Path:
+    """Write :func:`embed_dna` output as Parquet/CSV/TSV with ``subject_id``, ``sequence_id``, ``emb_*``."""
+    import pandas as pd
+
+    path = Path(path)
+    frame = pd.DataFrame(np.asarray(X, dtype=np.float32), columns=[f"emb_{i}" for i in range(np.shape(X)[1])])
+    frame.insert(0, "sequence_id", np.asarray(sequence_ids, dtype=str))
+    frame.insert(0, id_col, np.asarray(subject_ids, dtype=str))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        frame.to_parquet(path, index=False)
+    elif suffix in (".csv", ".tsv"):
+        frame.to_csv(path, sep="," if suffix == ".csv" else "\t", index=False)
+    else:
+        raise ValueError(f"unsupported table format {suffix!r} (use .parquet, .csv or .tsv)")
+    return path
+
+
+def embed_dna_to_table(model_dir, fasta, out, **kwargs) -> Path:
+    """:func:`embed_dna` followed by :func:`write_dna_table` (the ``brainlm embed-dna`` command)."""
+    return write_dna_table(out, *embed_dna(model_dir, fasta, **kwargs))

@@ -1,0 +1,153 @@
+"""Short Markdown reports with PNG plots (matplotlib, Agg backend) for each analysis.
+
+Each ``write_*_report(analysis, out_dir, ...)`` writes ``<out_dir>/report.md`` plus its
+figures next to it, and returns the report path. ``notes`` lines (data description,
+join summary) go at the top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub-flavoured Markdown table; floats rounded to ``digits``."""
+
+    def cell(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
+        return str(v)
+
+    head = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def _write(out_dir: Path, title: str, notes, blocks: list[str]) -> Path:
+    lines = [f"# {title}", ""]
+    for note in notes or []:
+        lines += [note, ""]
+    lines += blocks
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def write_cca_report(analysis, out_dir, title: str = "CCA: brain vs genetic embeddings", notes=None) -> Path:
+    """Report of a fitted :class:`~brainlm.integrate.cca.CCAAnalysis`: table, null histogram."""
+    plt = _plt()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    k = np.arange(1, analysis.n_components + 1)
+    axes[0].bar(k, analysis.test_corr_, yerr=analysis.fold_corr_.std(0), color="tab:blue", label="held-out r")
+    if analysis.n_permutations:
+        axes[0].plot(k, np.percentile(analysis.null_corr_, 95, axis=0), "k_", ms=20, label="null 95th pct")
+        axes[1].hist(analysis.null_corr_[:, 0], bins=30, color="0.7")
+    axes[1].axvline(analysis.test_corr_[0], color="tab:red", label="observed")
+    axes[0].set(xlabel="component", ylabel="held-out canonical r", xticks=k)
+    axes[0].legend(fontsize=8)
+    p_title = f"p = {analysis.p_value_:.3g} ({analysis.n_permutations} permutations)"
+    axes[1].set(xlabel="held-out r (component 1)", ylabel="permutations", title=p_title)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "cca.png", dpi=110)
+    plt.close(fig)
+    blocks = [
+        f"{len(analysis.folds_)}-fold cross-validation, {analysis.n_permutations} subject-label permutations; "
+        "held-out r is the correlation of the canonical variates of held-out subjects, averaged over folds; "
+        "stability is the mean |cosine| of fold weight vectors (1 = same direction in every fold).",
+        "",
+        markdown_table(analysis.summary()),
+        "",
+        "![held-out canonical correlations and permutation null](cca.png)",
+    ]
+    return _write(out_dir, title, notes, blocks)
+
+
+def write_fusion_report(analysis, out_dir, title: str = "Late fusion: genetic vs brain vs both", notes=None) -> Path:
+    """Report of a fitted :class:`~brainlm.integrate.fusion.FusionAnalysis`: tables, CI plot."""
+    plt = _plt()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    main = analysis.gains_.metric.iloc[0]
+    res = analysis.results_
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    labels = [f"{r.features}\n{r.model}" for r in res.itertuples()]
+    val = res[main].to_numpy()
+    err = np.vstack([val - res[f"{main}_lo"], res[f"{main}_hi"] - val])
+    colors = [{"genetic": "tab:green", "brain": "tab:blue", "fusion": "tab:purple"}[f] for f in res.features]
+    ax.bar(range(len(res)), val, yerr=err, color=colors, capsize=3)
+    ax.axhline(0.5 if main == "auroc" else 0.0, color="k", lw=0.8, ls="--")
+    ax.set_xticks(range(len(res)), labels, fontsize=7)
+    ax.set_ylabel(main.upper() if main == "auroc" else "R^2")
+    fig.tight_layout()
+    fig.savefig(out_dir / "fusion.png", dpi=110)
+    plt.close(fig)
+    blocks = [
+        f"Task: {analysis.task_}; {len(analysis.folds_)} subject-grouped folds; out-of-fold predictions scored once; "
+        f"95% bootstrap intervals over {analysis.n_bootstrap} subject resamples.",
+        "",
+        "## Performance",
+        "",
+        markdown_table(res),
+        "",
+        "## Fusion minus best single modality (paired bootstrap)",
+        "",
+        markdown_table(analysis.gains_),
+        "",
+        "![performance with 95% intervals](fusion.png)",
+    ]
+    return _write(out_dir, title, notes, blocks)
+
+
+def write_contrastive_report(
+    analysis, out_dir, title: str = "Two-tower contrastive alignment", notes=None
+) -> Path:
+    """Report of a fitted :class:`~brainlm.integrate.contrastive.ContrastiveAnalysis`."""
+    plt = _plt()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    m = analysis.metrics_
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    ks = [1, 5, 10]
+    n_cand = m.n_candidates.iloc[0]
+    for _, row in m.iterrows():
+        axes[0].plot(ks, [row[f"recall@{k}"] for k in ks], "o-", label=row["direction"])
+    axes[0].plot(ks, [min(1.0, k / n_cand) for k in ks], "k--", label="chance")
+    axes[0].set(xlabel="k", ylabel="recall@k (held-out)", xticks=ks, ylim=(0, 1.05))
+    axes[0].legend(fontsize=8)
+    for f, al in enumerate(analysis.aligners_):
+        axes[1].plot(al.history_.epoch, al.history_.val_loss, label=f"fold {f}")
+    axes[1].set(xlabel="epoch", ylabel="validation InfoNCE")
+    fig.tight_layout()
+    fig.savefig(out_dir / "contrastive.png", dpi=110)
+    plt.close(fig)
+    best = [al.best_epoch_ for al in analysis.aligners_]
+    temps = [al.temperature_ for al in analysis.aligners_]
+    blocks = [
+        f"{len(analysis.folds_)}-fold cross-validation; candidates are the held-out subjects of a fold "
+        f"(about {n_cand:.0f}); null: the same similarity matrix scored against {analysis.n_null} shuffled pairings "
+        "(`null_*`, `p_*`)"
+        + ("; `shuffled_fit_*`: towers trained on shuffled training pairs, scored on the true held-out pairs. "
+           if analysis.shuffled_fit else ". ")
+        + f"Best epochs per fold: {best}; learnt temperatures: {[round(t, 3) for t in temps]}.",
+        "",
+        markdown_table(m),
+        "",
+        "![retrieval and validation loss](contrastive.png)",
+    ]
+    return _write(out_dir, title, notes, blocks)
