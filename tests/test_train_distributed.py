@@ -44,7 +44,7 @@ def test_fsdp_two_processes_then_resume_on_one(single, tmp_path):
     # 2 processes shard the model (FSDP2) and stop at step 3 with a checkpoint ...
     mp.spawn(dist_worker, args=(2, free_port(), dict(out_dir=str(out), batch_size=2, fsdp=True, stop_at_step=3,
                                                      **STEPS)), nprocs=2)
-    assert _losses(out) == pytest.approx(_losses(single.run_dir)[:3], rel=1e-5, abs=1e-6)
+    assert _losses(out) == pytest.approx(_losses(single.run_dir)[:3], rel=1e-4, abs=1e-5)
     # ... and 1 process with the same global batch resumes from it
     result = pretrain(tiny_config(out, batch_size=4, **STEPS), resume=True, train_dataset=ToyWindows(),
                       val_dataset=ToyWindows(8, seed=1))
