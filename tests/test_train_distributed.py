@@ -11,6 +11,17 @@ from brainlm.train import pretrain, read_metrics
 STEPS = dict(max_steps=6, eval_every=3, save_every=3)
 
 
+def _spawn(config_kwargs: dict) -> None:
+    """Two gloo processes; a fresh port again if another program took the first one."""
+    for attempt in range(3):
+        try:
+            mp.spawn(dist_worker, args=(2, free_port(), config_kwargs), nprocs=2)
+            return
+        except mp.ProcessRaisedException as err:
+            if "address already in use" not in str(err).lower() or attempt == 2:
+                raise
+
+
 def _losses(run_dir):
     return [r["loss"] for r in read_metrics(run_dir) if r["split"] == "train"]
 
@@ -30,7 +41,7 @@ def single(tmp_path_factory):
 
 def test_ddp_two_processes_match_one_with_doubled_batch(single, tmp_path):
     out = tmp_path / "ddp"
-    mp.spawn(dist_worker, args=(2, free_port(), dict(out_dir=str(out), batch_size=2, **STEPS)), nprocs=2)
+    _spawn(dict(out_dir=str(out), batch_size=2, **STEPS))
     assert _losses(out) == pytest.approx(_losses(single.run_dir), rel=1e-5, abs=1e-6)
     assert _max_diff(out / "checkpoints" / "step_00000006", single.checkpoint) < 2e-3
     val = [r for r in read_metrics(out) if r["split"] == "validation"]
@@ -42,8 +53,7 @@ def test_ddp_two_processes_match_one_with_doubled_batch(single, tmp_path):
 def test_fsdp_two_processes_then_resume_on_one(single, tmp_path):
     out = tmp_path / "fsdp"
     # 2 processes shard the model (FSDP2) and stop at step 3 with a checkpoint ...
-    mp.spawn(dist_worker, args=(2, free_port(), dict(out_dir=str(out), batch_size=2, fsdp=True, stop_at_step=3,
-                                                     **STEPS)), nprocs=2)
+    _spawn(dict(out_dir=str(out), batch_size=2, fsdp=True, stop_at_step=3, **STEPS))
     assert _losses(out) == pytest.approx(_losses(single.run_dir)[:3], rel=1e-4, abs=1e-5)
     # ... and 1 process with the same global batch resumes from it
     result = pretrain(tiny_config(out, batch_size=4, **STEPS), resume=True, train_dataset=ToyWindows(),
