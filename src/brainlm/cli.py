@@ -12,14 +12,16 @@ import sys
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the end-to-end demo on the bundled real recordings")
-    p.add_argument("--out", default="runs/demo", help="run folder")
+    p.add_argument("--out", default="runs/demo", help="folder for the demo store and run")
+    p.add_argument("--smoke", action="store_true", help="a few training steps only, to check the pipeline")
 
     def run(args: argparse.Namespace) -> int:
         from brainlm.demo import run_demo
+        from brainlm.train import parse_overrides
 
-        return run_demo(out_dir=args.out)
+        return run_demo(out_dir=args.out, overrides=parse_overrides(args.overrides), smoke=args.smoke)
 
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, accepts_overrides=True)
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -142,6 +144,29 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
         return 0
 
     p.set_defaults(func=run)
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain BrainLM (also under torchrun for DDP / FSDP)",
+        description="Pretrain BrainLM. Any training setting can be changed with --key=value "
+        "(e.g. --max_steps=500, --model.hidden_size=128); see docs/training.md.",
+    )
+    p.add_argument("--preset", default=None, help="training preset: demo, 13m, 111m, 650m (default 13m)")
+    p.add_argument("--data", default=None, help="store folder (brainlm.data)")
+    p.add_argument("--out", default=None, help="run folder")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2 (under torchrun)")
+
+    def run(args: argparse.Namespace) -> int:
+        from brainlm.train import parse_overrides, run_pretrain
+
+        run_pretrain(args.preset, data=args.data, out=args.out, resume=args.resume, fsdp=args.fsdp,
+                     overrides=parse_overrides(args.overrides))
+        return 0
+
+    p.set_defaults(func=run, accepts_overrides=True)
 
 
 def _add_integrate_common(p: argparse.ArgumentParser) -> None:
@@ -375,8 +400,8 @@ def _add_fingerprint(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-_COMMANDS = [_add_demo, _add_prepare, _add_integrate, _add_embed_dna, _add_embed, _add_reconstruct, _add_forecast,
-             _add_probe, _add_finetune, _add_fingerprint]
+_COMMANDS = [_add_demo, _add_prepare, _add_pretrain, _add_integrate, _add_embed_dna, _add_embed, _add_reconstruct,
+             _add_forecast, _add_probe, _add_finetune, _add_fingerprint]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -388,7 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:

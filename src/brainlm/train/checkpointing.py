@@ -1,0 +1,285 @@
+"""Training checkpoints that survive ``kill -9``, and resume on any number of processes.
+
+A checkpoint is a folder ``RUN/checkpoints/step_00000100/``:
+
+    config.json, model.safetensors   the model (loadable with ``BrainLMForPretraining.from_pretrained``)
+    optimizer.pt                     full (unsharded) AdamW state, keyed by parameter name
+    scheduler.pt                     the learning-rate scheduler
+    rng.pt                           python / numpy / torch (and CUDA) RNG states of every rank
+    trainer_state.json               step, data position (epoch, samples consumed in it), best metric
+    train_config.json                the resolved training settings
+    manifest.json                    size and SHA-256 of every file above; written last
+
+It is written by rank 0 into ``checkpoints/.tmp-step_...`` and renamed into place, so a
+folder named ``step_*`` is always complete; a truncated or altered file fails the manifest
+check with a clear error. The last ``keep_last`` are kept; the model with the best
+validation loss is kept separately in ``RUN/best/``.
+
+Model and optimiser state are gathered into full state dicts
+(``torch.distributed.checkpoint.state_dict`` with ``full_state_dict=True``), so a run saved by
+N processes (DDP or FSDP) resumes on M.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from brainlm.checkpoint import load_state_dict_file
+
+__all__ = [
+    "save_checkpoint", "load_checkpoint", "restore_checkpoint", "find_checkpoints", "latest_checkpoint",
+    "verify_checkpoint", "save_best", "capture_rng", "restore_rng", "clean_partial",
+]
+
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+# Testing hook: "STEP" or "STEP:SECONDS". The writer of that step's checkpoint sleeps halfway
+# through (after the weights, before the optimiser state), so a kill can land mid-write.
+_PAUSE_ENV = "BRAINLM_CHECKPOINT_PAUSE"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def capture_rng() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # Plain Python values only, so the file loads with torch.load(weights_only=True).
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Unsharded model and optimiser state dicts (collective: every rank calls it)."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=_is_dist())
+    return get_state_dict(model, optimizer, options=options)
+
+
+def find_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first (temporary folders are not listed)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = find_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def clean_partial(run_dir: str | Path) -> None:
+    """Remove folders left by writes or deletions that were killed halfway (rank 0 only)."""
+    for root in (Path(run_dir) / "checkpoints", Path(run_dir)):
+        if root.is_dir():
+            for p in root.iterdir():
+                if p.name.startswith((".tmp-", ".trash-")):
+                    if p.name.startswith(".trash-best") and not (Path(run_dir) / "best").exists():
+                        p.rename(Path(run_dir) / "best")  # killed between the two renames of save_best
+                    else:
+                        shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_manifest(folder: Path) -> None:
+    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "manifest.json")
+    manifest = {name: {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)} for name in files}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    for name in [*files, "manifest.json"]:
+        _fsync(folder / name)
+
+
+def verify_checkpoint(folder: str | Path) -> None:
+    """Check every file against the manifest.
+
+    Raises:
+        ValueError: a file is missing, truncated or altered, or the manifest is missing.
+    """
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise ValueError(f"checkpoint {folder} is incomplete: no manifest.json")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"checkpoint {folder} is corrupt: manifest.json is not valid JSON ({err})") from err
+    for name, meta in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"checkpoint {folder} is corrupt: {name} is missing")
+        size = path.stat().st_size
+        if size != meta["bytes"]:
+            raise ValueError(f"checkpoint {folder} is corrupt: {name} has {size} bytes, expected {meta['bytes']} (truncated?)")
+        if _sha256(path) != meta["sha256"]:
+            raise ValueError(f"checkpoint {folder} is corrupt: {name} does not match its SHA-256 in manifest.json")
+
+
+def _pause_if_asked(step: int) -> None:
+    spec = os.environ.get(_PAUSE_ENV)
+    if spec:
+        at, _, seconds = spec.partition(":")
+        if int(at) == step:
+            time.sleep(float(seconds or 3600))
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    trainer_state: dict[str, Any],
+    train_config_json: str,
+    keep_last: int,
+) -> Path:
+    """Write the checkpoint of ``step`` atomically and prune old ones (collective under torchrun).
+
+    Returns:
+        The checkpoint folder.
+    """
+    from brainlm.train.distributed import unwrap_model
+
+    model = unwrap_model(model)
+    model_sd, optim_sd = _full_state(model, optimizer)
+    rng = capture_rng()
+    if _is_dist():
+        all_rng: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(all_rng, rng)
+    else:
+        all_rng = [rng]
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step_{step:08d}"
+    if not _is_dist() or dist.get_rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        config = unwrap_model(model).config
+        save_file({k: v.detach().contiguous().cpu() for k, v in model_sd.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt", "brainlm": "1"})
+        config.to_json(tmp / "config.json")
+        _pause_if_asked(step)
+        torch.save(optim_sd, tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(all_rng, tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True) + "\n")
+        (tmp / "train_config.json").write_text(train_config_json)
+        _write_manifest(tmp)
+        if final.exists():  # re-saving the same step (e.g. the final save right after a periodic one)
+            trash = root / f".trash-{final.name}-{os.getpid()}"
+            final.rename(trash)
+            shutil.rmtree(trash)
+        os.replace(tmp, final)
+        _fsync(root)
+        for old in find_checkpoints(run_dir)[:-keep_last]:
+            trash = root / f".trash-{old.name}-{os.getpid()}"
+            old.rename(trash)  # a half-deleted folder never looks like a checkpoint
+            shutil.rmtree(trash, ignore_errors=True)
+    if _is_dist():
+        dist.barrier()
+    return final
+
+
+def save_best(run_dir: str | Path, model: nn.Module, metrics: dict[str, Any]) -> Path:
+    """Replace ``RUN/best/`` with the current model and its validation metrics (collective)."""
+    from brainlm.train.distributed import unwrap_model
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=_is_dist())
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    model = unwrap_model(model)
+    model_sd = get_model_state_dict(model, options=options)
+    run_dir = Path(run_dir)
+    best = run_dir / "best"
+    if not _is_dist() or dist.get_rank() == 0:
+        tmp = run_dir / f".tmp-best-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in model_sd.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt", "brainlm": "1"})
+        unwrap_model(model).config.to_json(tmp / "config.json")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        _write_manifest(tmp)
+        trash = run_dir / f".trash-best-{os.getpid()}"
+        if best.exists():
+            best.rename(trash)
+        os.replace(tmp, best)
+        shutil.rmtree(trash, ignore_errors=True)
+    if _is_dist():
+        dist.barrier()
+    return best
+
+
+def load_checkpoint(folder: str | Path) -> dict[str, Any]:
+    """Read a verified checkpoint folder into memory (CPU tensors).
+
+    Returns:
+        dict with ``model``, ``optimizer``, ``scheduler``, ``rng`` (one entry per saving rank),
+        ``trainer_state``, ``train_config`` (dict), ``model_config`` (dict), ``path``.
+    """
+    folder = Path(folder)
+    verify_checkpoint(folder)
+    return {
+        "model": load_state_dict_file(folder / "model.safetensors"),
+        "optimizer": torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True),
+        "scheduler": torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=True),
+        "rng": torch.load(folder / "rng.pt", map_location="cpu", weights_only=True),
+        "trainer_state": json.loads((folder / "trainer_state.json").read_text()),
+        "train_config": json.loads((folder / "train_config.json").read_text()),
+        "model_config": json.loads((folder / "config.json").read_text()),
+        "path": folder,
+    }
+
+
+def restore_checkpoint(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """Load model, optimiser and scheduler state; shards them again under FSDP (collective)."""
+    options = StateDictOptions(full_state_dict=True)
+    set_state_dict(model, optimizer, model_state_dict=ckpt["model"], optim_state_dict=ckpt["optimizer"], options=options)
+    scheduler.load_state_dict(ckpt["scheduler"])

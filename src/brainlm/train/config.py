@@ -1,0 +1,306 @@
+"""Training settings: one keyword-only dataclass, named presets, ``--key=value`` overrides.
+
+Model hyper-parameters are not repeated here: ``model`` names a preset of
+:mod:`brainlm.model` and ``model_overrides`` changes single fields of it
+(``--model.hidden_size=64`` on the command line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brainlm.model import PRESETS as MODEL_PRESETS
+from brainlm.model import BrainLMConfig
+
+__all__ = ["TrainConfig", "TRAIN_PRESETS", "train_preset", "apply_overrides", "parse_overrides", "resolve_config"]
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Everything a pretraining run needs besides the data itself."""
+
+    # model
+    model: str = "13m"  # a preset of brainlm.model.PRESETS
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # BrainLMConfig fields to change
+    init_from: str | None = None  # start from the weights of this model folder instead of random init
+    # data
+    data: str | None = None  # store folder (brainlm.data.open_store)
+    window: int = 200  # timepoints per window, T; the model's num_timepoints_per_voxel
+    train_mode: str = "random"  # window choice on the train split: "random" or "sliding"
+    train_stride: int = 0  # stride of sliding train windows (0 = window)
+    eval_mode: str = "sliding"  # windows of validation / test: "fixed" or "sliding" (never random)
+    eval_stride: int = 0  # stride of sliding evaluation windows (0 = window)
+    num_workers: int = 0  # DataLoader worker processes
+    # run
+    out_dir: str = "runs/pretrain"  # run folder: config, checkpoints, metrics, plots
+    seed: int = 1234  # seeds init, window order, masks and dropout
+    max_steps: int = 1000  # optimiser steps (sets the learning-rate schedule)
+    stop_at_step: int = 0  # end this call early at this step, schedule unchanged (0 = max_steps); resume later
+    # batch and optimisation (the original recipe: AdamW, base lr 1e-3 x global batch / 256,
+    # weight decay 0.05, 5% warmup then cosine, gradient clipping at 1.0)
+    batch_size: int = 32  # windows per process per micro-batch
+    grad_accum_steps: int = 1  # micro-batches per optimiser step
+    eval_batch_size: int = 0  # windows per process per evaluation batch (0 = batch_size)
+    base_lr: float = 1e-3  # lr = base_lr x global batch / 256
+    lr: float | None = None  # absolute learning rate; overrides base_lr when set
+    min_lr_ratio: float = 0.0  # the cosine ends at lr x min_lr_ratio
+    warmup_ratio: float = 0.05  # fraction of max_steps with linear warmup
+    warmup_steps: int | None = None  # warmup length in steps; overrides warmup_ratio when set
+    weight_decay: float = 0.05  # not applied to norms, biases, CLS and mask tokens
+    beta1: float = 0.9
+    beta2: float = 0.999
+    max_grad_norm: float = 1.0  # gradient clipping (0 disables)
+    # hardware
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    precision: str = "auto"  # "auto" (bf16 where the hardware has it, else fp32), "bf16", "fp32"
+    fsdp: bool = False  # shard the model with FSDP2 (fully_shard per block) under torchrun
+    compile: bool = False  # torch.compile the model
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass
+    num_threads: int = 0  # torch CPU threads (0 = leave torch's default)
+    # evaluation, checkpoints, logging
+    eval_every: int = 100  # steps between validation runs (0 = only at the end)
+    eval_max_batches: int = 0  # cap on validation batches per evaluation (0 = all)
+    save_every: int = 100  # steps between checkpoints (0 = only at the end)
+    keep_last: int = 3  # checkpoints kept besides the best
+    log_every: int = 10  # steps between training-loss records
+    progress: bool = True  # progress bar on rank 0
+    plots: bool = True  # write loss / metric curves and reconstruction plots
+    tensorboard: bool = False  # log to TensorBoard when the package is installed
+    wandb: bool = False  # log to Weights & Biases when the package is installed
+    wandb_project: str = "brainlm"
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"TrainConfig: {msg}")
+
+        need(self.model in MODEL_PRESETS, f"model must be one of {sorted(MODEL_PRESETS)}, got {self.model!r}")
+        for name in ("window", "max_steps", "batch_size", "grad_accum_steps", "keep_last"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) > 0, f"{name} must be a positive integer")
+        for name in ("eval_every", "save_every", "log_every", "eval_batch_size", "eval_max_batches",
+                     "train_stride", "eval_stride", "num_workers", "num_threads", "stop_at_step"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0")
+        need(self.train_mode in ("random", "sliding"), f"train_mode must be 'random' or 'sliding', got {self.train_mode!r}")
+        need(self.eval_mode in ("fixed", "sliding"), f"eval_mode must be 'fixed' or 'sliding', got {self.eval_mode!r}")
+        need(self.precision in ("auto", "bf16", "fp32"), f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
+        need(self.base_lr > 0 and (self.lr is None or self.lr > 0), "learning rates must be positive")
+        need(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)")
+        need(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]")
+        need(self.weight_decay >= 0 and self.max_grad_norm >= 0, "weight_decay and max_grad_norm must be >= 0")
+        self.model_config()  # model overrides are checked by BrainLMConfig itself
+
+    def model_config(self, num_regions: int | None = None) -> BrainLMConfig:
+        """The model's config: the preset, the window length, then ``model_overrides``."""
+        known = {f.name for f in dataclasses.fields(BrainLMConfig)} - {"extra"}
+        unknown = sorted(set(self.model_overrides) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown model settings {unknown}; known: {sorted(known)}")
+        changes: dict[str, Any] = {"num_timepoints_per_voxel": self.window}
+        if num_regions is not None:
+            changes["num_brain_voxels"] = num_regions
+        return MODEL_PRESETS[self.model](**{**changes, **self.model_overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        raw = json.loads(Path(path).read_text())
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise ValueError(f"{path}: unknown training settings {unknown} (written by another version?)")
+        return cls(**raw)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+# ---------------------------------------------------------------------------------------------
+
+
+def demo() -> TrainConfig:
+    """A few minutes on 2 CPU cores: the demo store (94 AAL2 regions), a 0.1M-parameter model.
+
+    Windows of 40 timepoints in patches of 10 (4 patches per region), half of the patches
+    masked, sliding train windows (stride 5) so each step sees new positions. In these
+    recordings neighbouring timepoints are only weakly correlated, so the signal to learn is
+    across regions at the same time; the model needs a few hundred steps to find it.
+
+    One thread in fp32: for a model this small, a second thread mostly waits on the first
+    (and stalls badly on a shared machine), and bf16 casts cost more than they save.
+    """
+    return TrainConfig(
+        model="tiny",
+        model_overrides=dict(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+            decoder_hidden_size=64, decoder_num_hidden_layers=1, decoder_num_attention_heads=4,
+            decoder_intermediate_size=128, conv_kernel_size=9, timepoint_patching_size=10, mask_ratio=0.5,
+            time_encoding_dropout=0.0,
+        ),
+        window=40, train_mode="sliding", train_stride=5, eval_mode="sliding", eval_stride=40,
+        out_dir="runs/demo", seed=0, max_steps=1500, batch_size=32, base_lr=0.024, warmup_ratio=0.05,
+        min_lr_ratio=0.05, eval_every=250, save_every=250, keep_last=2, log_every=10, num_threads=1,
+        precision="fp32",
+    )
+
+
+def recipe_13m() -> TrainConfig:
+    """The original 13M recipe: A424, 200 timepoints, patches of 20, 20% masked, batch 32 x 8."""
+    return TrainConfig(model="13m", window=200, batch_size=32, grad_accum_steps=8, base_lr=1e-3,
+                       weight_decay=0.05, warmup_ratio=0.05, max_steps=20000, eval_every=500, save_every=500)
+
+
+def pretrain_111m() -> TrainConfig:
+    """A 111M-class run for a few GPUs: bf16, 75% masked, global batch 512 on 8 processes."""
+    return TrainConfig(model="111m", window=200, batch_size=64, grad_accum_steps=1, base_lr=1.5e-4,
+                       weight_decay=0.05, warmup_ratio=0.05, max_steps=100000, eval_every=1000,
+                       save_every=1000, gradient_checkpointing=False)
+
+
+def pretrain_650m() -> TrainConfig:
+    """A 650M-class run: FSDP2 sharding, gradient checkpointing, bf16."""
+    return TrainConfig(model="650m", window=200, batch_size=32, grad_accum_steps=2, base_lr=1.5e-4,
+                       weight_decay=0.05, warmup_ratio=0.05, max_steps=100000, eval_every=1000,
+                       save_every=1000, fsdp=True, gradient_checkpointing=True)
+
+
+def _tiny() -> TrainConfig:
+    return TrainConfig(model="tiny", window=40, model_overrides=dict(timepoint_patching_size=10), batch_size=4,
+                       max_steps=20, eval_every=10, save_every=10, log_every=1, base_lr=1e-2, progress=False)
+
+
+TRAIN_PRESETS = {"demo": demo, "13m": recipe_13m, "111m": pretrain_111m, "650m": pretrain_650m, "tiny": _tiny}
+
+
+def train_preset(name: str) -> TrainConfig:
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"unknown training preset {name!r}; choose from {sorted(TRAIN_PRESETS)}")
+    return TRAIN_PRESETS[name]()
+
+
+# ---------------------------------------------------------------------------------------------
+# --key=value overrides
+# ---------------------------------------------------------------------------------------------
+
+
+def _coerce(text: str, annotation: Any, key: str) -> Any:
+    """Turn the text of an override into the type the field declares."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {**typing.__dict__, "Any": Any})  # postponed annotations
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(text, arg, key)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError("; ".join(errors))
+    if annotation is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key}: expected true/false, got {text!r}")
+    if annotation is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{key}: expected an integer, got {text!r}") from None
+    if annotation is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{key}: expected a number, got {text!r}") from None
+    if annotation is str or annotation is Any:
+        return text
+    if origin is dict or annotation is dict:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError(f"{key}: expected a JSON object, got {text!r}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a JSON object, got {text!r}")
+        return value
+    raise ValueError(f"{key}: cannot parse a value of type {annotation}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["--max_steps=10", "model.hidden_size=64"]`` -> ``{"max_steps": "10", "model.hidden_size": "64"}``."""
+    out = {}
+    for item in items:
+        body = item[2:] if item.startswith("--") else item
+        if "=" not in body:
+            raise ValueError(f"override {item!r} is not of the form --key=value")
+        key, value = body.split("=", 1)
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """A new config with ``overrides`` applied; string values are coerced to the field's type.
+
+    Keys ``model.<field>`` change one field of the model config.
+
+    Raises:
+        ValueError: an unknown key (the message lists the known ones) or a value of the wrong type.
+    """
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    model_fields = {f.name: f for f in dataclasses.fields(BrainLMConfig) if f.name != "extra"}
+    changes: dict[str, Any] = {}
+    model_changes = dict(config.model_overrides)
+    for key, value in overrides.items():
+        if key.startswith("model."):
+            name = key[len("model."):]
+            if name not in model_fields:
+                raise ValueError(f"unknown model setting {name!r}; known: {', '.join(sorted(model_fields))}")
+            model_changes[name] = _coerce(value, model_fields[name].type, key) if isinstance(value, str) else value
+        elif key in fields:
+            changes[key] = _coerce(value, fields[key].type, key) if isinstance(value, str) else value
+        else:
+            raise ValueError(f"unknown training setting {key!r}; known: {', '.join(sorted(fields))}")
+    if "model_overrides" in changes:
+        model_changes = {**model_changes, **changes.pop("model_overrides")}
+    return dataclasses.replace(config, **changes, model_overrides=model_changes)
+
+
+def resolve_config(
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    resume: str | Path | None = None,
+) -> TrainConfig:
+    """The settings of a run: a preset (or, when resuming, the run's saved settings) plus overrides.
+
+    Raises:
+        ValueError / FileNotFoundError: unknown preset or key, or ``resume`` is not a run folder.
+    """
+    if resume is not None and preset is None:
+        path = Path(resume) / "train_config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{resume} is not a run folder: no train_config.json")
+        config = TrainConfig.load(path)
+    else:
+        config = train_preset(preset or "13m")
+    config = apply_overrides(config, overrides or {})
+    if resume is not None:
+        config = config.replace(out_dir=str(resume))
+    return config

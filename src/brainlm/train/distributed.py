@@ -1,0 +1,190 @@
+"""Everything about processes, devices and precision, in one place.
+
+The same training loop runs on one process or under ``torchrun``: ``init_distributed()``
+reads the torchrun environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and joins the
+process group (NCCL on GPUs, gloo on CPUs); ``wrap_model(model, mode)`` returns the model
+for ``"none"``, wraps it in DDP for ``"ddp"``, or shards it with FSDP2 (``fully_shard`` on
+every transformer block, then on the whole model) for ``"fsdp"``. The model itself knows
+nothing of this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = [
+    "DistInfo", "init_distributed", "destroy_distributed", "wrap_model", "unwrap_model", "no_sync",
+    "resolve_device", "resolve_precision", "autocast_context", "cpu_supports_bf16",
+    "all_reduce_sum", "barrier", "broadcast_object",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1 or (dist.is_available() and dist.is_initialized())
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group described by the torchrun environment, if there is one.
+
+    Without ``WORLD_SIZE`` (a plain ``python`` run) nothing happens and rank 0 of 1 is returned.
+    An already initialised process group is used as it is.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available() and not device.startswith("cpu")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank, world, local_rank)
+
+
+def destroy_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> this process's GPU when there is one, else the CPU; otherwise ``torch.device(name)``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} asked for, but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    if any(f in flags for f in (" avx512_bf16", " amx_bf16")):
+        return True
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
+    return "AMX" in str(capability).upper()
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``"auto"`` -> bf16 where the hardware computes in it natively, else fp32."""
+    if precision == "fp32":
+        return torch.float32
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    else:
+        supported = cpu_supports_bf16()
+    if precision == "bf16":
+        if not supported and device.type == "cuda":
+            raise RuntimeError("precision 'bf16' asked for, but this GPU does not support bf16")
+        return torch.bfloat16
+    return torch.bfloat16 if supported else torch.float32
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype):
+    """The one autocast context of a run (a no-op in fp32)."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    return [m for name, m in model.named_modules() if type(m).__name__ == "Block"]
+
+
+def wrap_model(model: nn.Module, mode: str, device: torch.device | None = None) -> nn.Module:
+    """Prepare ``model`` for ``mode``: ``"none"``, ``"ddp"`` or ``"fsdp"``.
+
+    FSDP2 shards every transformer block, then the rest of the model; parameters become
+    DTensors and the optimiser must be built afterwards.
+    """
+    if mode == "none":
+        return model
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(f"wrap_model({mode!r}) needs torch.distributed: launch with torchrun")
+    if mode == "ddp":
+        ids = [device.index] if device is not None and device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in _transformer_blocks(model):
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    raise ValueError(f"unknown distribution mode {mode!r}; use 'none', 'ddp' or 'fsdp'")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model under DDP / torch.compile wrappers (FSDP2 modules are the model itself)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+@contextlib.contextmanager
+def no_sync(model: nn.Module, skip: bool = True):
+    """Skip the gradient all-reduce of this backward pass (for gradient accumulation)."""
+    if not skip:
+        yield
+        return
+    inner = model._orig_mod if hasattr(model, "_orig_mod") else model
+    if isinstance(inner, nn.parallel.DistributedDataParallel):
+        with inner.no_sync():
+            yield
+    elif hasattr(inner, "set_requires_gradient_sync"):  # FSDP2
+        inner.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            inner.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` of rank ``src`` on every rank."""
+    if dist.is_available() and dist.is_initialized():
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+    return obj

@@ -1,0 +1,87 @@
+"""Figures written into the run folder (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from brainlm.train.metrics import BASELINES, baseline_predictions  # noqa: E402
+
+__all__ = ["plot_curves", "plot_reconstructions"]
+
+_COLORS = {"model": "C0", "zero": "0.6", "mean": "C2", "interp": "C3"}
+
+
+def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """Training loss, validation loss, and validation R^2 of the model next to the baselines."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    train = [r for r in records if r.get("split") == "train"]
+    val = [r for r in records if r.get("split") == "validation"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    ax = axes[0]
+    if train:
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", color="C0", lw=1)
+    if val:
+        ax.plot([r["step"] for r in val], [r["loss"] for r in val], "o-", label="validation", color="C1")
+    ax.set(xlabel="step", ylabel="masked-patch loss", title="loss")
+    ax.legend()
+    for ax, metric, title in ((axes[1], "mse", "validation MSE (masked patches)"),
+                              (axes[2], "r2", "validation R$^2$ (masked patches)")):
+        for name in ("model", *BASELINES):
+            key = f"{name}_{metric}"
+            pts = [(r["step"], r[key]) for r in val if key in r]
+            if pts:
+                style = "o-" if name == "model" else "--"
+                ax.plot(*zip(*pts), style, label=name, color=_COLORS[name])
+        ax.set(xlabel="step", title=title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_reconstructions(examples: list[dict], patch_size: int, path: str | Path, num_regions: int = 4) -> Path:
+    """True vs reconstructed time courses of a few regions of a few windows; masked spans shaded.
+
+    Each example holds ``signal (R, T)``, ``pred (R, P, W)``, ``mask (R, P)`` (1 = masked).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = max(1, len(examples))
+    fig, axes = plt.subplots(rows, num_regions, figsize=(4 * num_regions, 2.4 * rows), squeeze=False)
+    for i, ex in enumerate(examples):
+        signal, pred, mask = ex["signal"], ex["pred"], ex["mask"]
+        R, T = signal.shape
+        P = T // patch_size
+        target = signal.view(1, R, P, patch_size)
+        interp = baseline_predictions(target, mask[None])["interp"][0].reshape(R, T)
+        regions = torch.linspace(0, R - 1, num_regions).round().long().tolist()
+        for j, r in enumerate(regions):
+            ax = axes[i, j]
+            for p in range(P):
+                if mask[r, p] > 0:
+                    ax.axvspan(p * patch_size - 0.5, (p + 1) * patch_size - 0.5, color="0.9", lw=0)
+            ax.plot(signal[r].numpy(), color="k", lw=1, label="true")
+            recon = pred[r].reshape(T).clone()
+            recon[~(mask[r] > 0).repeat_interleave(patch_size)] = float("nan")
+            ax.plot(recon.numpy(), color="C0", lw=1.2, label="model")
+            shown = interp[r].clone()
+            shown[~(mask[r] > 0).repeat_interleave(patch_size)] = float("nan")
+            ax.plot(shown.numpy(), color="C3", lw=0.8, ls="--", label="interp")
+            ax.set_title(f"window {ex.get('index', i)}, region {r}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle("validation windows: masked spans shaded")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
