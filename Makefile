@@ -25,8 +25,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Benchmarks print figures (see BENCHMARKS.md); they take tens of minutes on 2 CPU cores.
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/bench_model.py --bf16
+	$(PY) benchmarks/bench_model.py --long-context --steps 1
+	$(PY) benchmarks/bench_data.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
