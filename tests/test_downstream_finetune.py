@@ -69,3 +69,16 @@ def test_finetune_bad_inputs(tuned, store):
         load_finetuned(out.parent)
     with pytest.raises(ValueError, match="task must be"):
         FinetuneConfig(task="ranking")
+
+
+def test_every_trained_parameter_gets_a_gradient():
+    from brainlm.downstream import BrainLMFinetuner
+    from conftest import make_batch
+
+    model = BrainLMFinetuner(tiny_model(), num_outputs=3)
+    x, xyz = make_batch(4, R, WINDOW)
+    model.fit_scaler(x, xyz[:1])
+    model(x, xyz).sum().backward()
+    trained = [(n, p) for n, p in model.named_parameters() if not n.startswith("backbone.decoder.")]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for _, p in trained), [n for n, p in trained if p.grad is None]
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("backbone.decoder."))
