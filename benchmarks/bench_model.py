@@ -52,7 +52,14 @@ def encoder_flops(cfg, B: int, R: int, T: int, mask_ratio: float) -> float:
     return B * (2 * L * (W * D + 3 * D) + layers)
 
 
-def forward_flops(cfg, B: int, R: int, T: int, mask_ratio: float) -> float:
+def _last_layer_masked_flops(n: int, m: int, dim: int, inter: int, kernel: int) -> float:
+    """A layer whose queries (and per-token work) cover m of its n tokens."""
+    linear = 2 * n * dim * 2 * dim + 2 * m * dim * (dim + dim + 2 * inter)
+    attention = 2 * 2 * m * n * dim
+    return linear + attention + 2 * n * dim * kernel
+
+
+def forward_flops(cfg, B: int, R: int, T: int, mask_ratio: float, decode_visible: bool = True) -> float:
     """FLOPs of one forward pass: linear layers, attention (QK^T and PV), value convolution."""
     W = cfg.timepoint_patching_size
     P = T // W
@@ -63,8 +70,14 @@ def forward_flops(cfg, B: int, R: int, T: int, mask_ratio: float) -> float:
 
     enc = encoder_flops(cfg, 1, R, T, mask_ratio)
     dec = 2 * (K + 1) * D * Dd + 2 * L * 3 * Dd
-    dec += cfg.decoder_num_hidden_layers * _layer_flops(L + 1, Dd, cfg.decoder_intermediate_size, k)
-    dec += 2 * L * (Dd * (Dd // 2) + (Dd // 2) * W)
+    layers = cfg.decoder_num_hidden_layers
+    if decode_visible or layers == 0:
+        dec += layers * _layer_flops(L + 1, Dd, cfg.decoder_intermediate_size, k)
+        dec += 2 * L * (Dd * (Dd // 2) + (Dd // 2) * W)
+    else:  # brainlm training: last layer and head for masked tokens only
+        dec += (layers - 1) * _layer_flops(L + 1, Dd, cfg.decoder_intermediate_size, k)
+        dec += _last_layer_masked_flops(L + 1, L - K, Dd, cfg.decoder_intermediate_size, k)
+        dec += 2 * (L - K) * (Dd * (Dd // 2) + (Dd // 2) * W)
     return B * (enc + dec)
 
 
@@ -104,7 +117,8 @@ def _build(impl: str, preset: str, **overrides):
 def _call(model, impl, x, xyz, ratio):
     if impl == "original":
         return model(x, xyz, mask_ratio=ratio)[0]
-    return model(x, xyz, mask_ratio=ratio)
+    # As in brainlm's training loop: visible patches are not decoded (same loss and gradients).
+    return model(x, xyz, mask_ratio=ratio, decode_visible=False)
 
 
 def run_case(case: dict) -> dict:
@@ -134,7 +148,8 @@ def run_case(case: dict) -> dict:
             opt.zero_grad(set_to_none=True)
             if i:
                 times.append(time.perf_counter() - t)
-        flops = 3 * forward_flops(cfg, B, R, T, case["mask"])
+        # FLOPs actually executed (train = 3 x forward): brainlm skips visible decoder queries.
+        flops = 3 * forward_flops(cfg, B, R, T, case["mask"], decode_visible=impl == "original")
     else:
         # Embeddings need the encoder only (``model.vit`` in the original's notebooks).
         encode = model.encode if impl == "original" else model.forward_encoder

@@ -248,3 +248,26 @@ def test_without_qkv_bias():
     assert model.encoder.blocks.layers[0].attn.qkv.bias is None
     x, xyz = make_batch(1, 4, 200)
     assert torch.isfinite(model(x, xyz).loss)
+
+
+@pytest.mark.parametrize("ckpt,layers", [(False, 2), (True, 2), (False, 1), (False, 0)])
+def test_decoding_masked_patches_only_gives_same_loss_and_gradients(ckpt, layers):
+    cfg = brainlm_tiny(decoder_num_hidden_layers=layers, time_encoding_dropout=0.0)
+    x, xyz = make_batch(2, 9, 200)
+    noise = torch.rand(2, 90)
+    results = []
+    for visible in (True, False):
+        torch.manual_seed(0)
+        model = BrainLMForPretraining(cfg).train()
+        if ckpt:
+            model.gradient_checkpointing_enable()
+        out = model(x, xyz, noise=noise, mask_ratio=0.6, decode_visible=visible)
+        out.loss.backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (full, g_full), (masked, g_masked) = results
+    m = full.mask.bool()
+    assert torch.allclose(full.loss, masked.loss, atol=1e-6)
+    assert torch.allclose(full.logits[m], masked.logits[m], atol=1e-5)
+    assert torch.equal(masked.logits[~m], torch.zeros_like(masked.logits[~m]))
+    for n in g_full:
+        assert torch.allclose(g_full[n], g_masked[n], atol=1e-5), n

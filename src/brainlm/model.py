@@ -308,22 +308,37 @@ class Attention(nn.Module):
         self.num_landmarks = config.num_landmarks
         self.original_pinv_init = config.inv_coeff_init_option
 
-    def forward(self, x: Tensor, return_cls_attention: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, x: Tensor, return_cls_attention: bool = False, query_index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """x (B, N, D) -> (B, N, D); with ``query_index`` (B, M), outputs for those tokens only (B, M, D)."""
         B, N, D = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
+        H, d = self.num_heads, self.head_dim
+        if query_index is None:
+            qkv = self.qkv(x).view(B, N, 3, H, d)  # (B, N, 3, H, d)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
+        else:
+            # Keys and values for every token, queries only where outputs are needed.
+            w_q, w_kv = self.qkv.weight.split([D, 2 * D])
+            b_q, b_kv = self.qkv.bias.split([D, 2 * D]) if self.qkv.bias is not None else (None, None)
+            x_q = x.gather(1, query_index[..., None].expand(-1, -1, D))  # (B, M, D)
+            q = F.linear(x_q, w_q, b_q).view(B, -1, H, d).transpose(1, 2)  # (B, H, M, d)
+            k, v = F.linear(x, w_kv, b_kv).view(B, N, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d)
         if self.attention_type == "nystrom" and N > self.num_landmarks:
             out = self._nystrom(q, k, v)
         else:
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, d)
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, H, M, d)
         if self.conv is not None:
             # The depthwise (k, 1) kernel runs about twice as fast on a channels-last input.
-            out = out + self.conv(v.contiguous(memory_format=torch.channels_last))
+            conv = self.conv(v.contiguous(memory_format=torch.channels_last))  # (B, H, N, d)
+            if query_index is not None:
+                conv = conv.gather(2, query_index[:, None, :, None].expand(-1, H, -1, d))  # (B, H, M, d)
+            out = out + conv
         cls_attn = None
         if return_cls_attention:
             # Attention of the CLS query (token 0) over all tokens: (B, H, N); no N x N matrix.
             cls_attn = torch.softmax(q[:, :, :1] @ k.transpose(-1, -2) / math.sqrt(self.head_dim), -1)[:, :, 0]
-        out = out.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
+        out = out.transpose(1, 2).reshape(B, -1, D)  # (B, M, D)
         return self.proj(out), cls_attn
 
     def _nystrom(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -360,8 +375,12 @@ class Block(nn.Module):
         self.mlp = MLP(dim, mlp_dim, config.hidden_act, config.hidden_dropout_prob)
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
 
-    def forward(self, x: Tensor, return_cls_attention: bool = False) -> tuple[Tensor, Tensor | None]:
-        a, cls_attn = self.attn(x, return_cls_attention)
+    def forward(
+        self, x: Tensor, return_cls_attention: bool = False, query_index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        a, cls_attn = self.attn(x, return_cls_attention, query_index)
+        if query_index is not None:
+            x = x.gather(1, query_index[..., None].expand(-1, -1, x.shape[-1]))  # (B, M, D)
         x = self.norm1(x + self.drop(a))
         x = self.norm2(x + self.mlp(x))
         return x, cls_attn
@@ -375,13 +394,17 @@ class _Stack(nn.Module):
         self.layers = nn.ModuleList(blocks)
         self.gradient_checkpointing = False
 
-    def forward(self, x: Tensor, return_cls_attention: bool = False) -> tuple[Tensor, list[Tensor]]:
+    def forward(
+        self, x: Tensor, return_cls_attention: bool = False, last_query_index: Tensor | None = None
+    ) -> tuple[Tensor, list[Tensor]]:
+        """x (B, N, D) -> (B, N, D), or (B, M, D) for the tokens in ``last_query_index`` (B, M)."""
         cls_attentions = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            query_index = last_query_index if i == len(self.layers) - 1 else None
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, attn = checkpoint(layer, x, return_cls_attention, use_reentrant=False)
+                x, attn = checkpoint(layer, x, return_cls_attention, query_index, use_reentrant=False)
             else:
-                x, attn = layer(x, return_cls_attention)
+                x, attn = layer(x, return_cls_attention, query_index)
             if attn is not None:
                 cls_attentions.append(attn)
         return x, cls_attentions
@@ -451,8 +474,14 @@ class BrainLMDecoder(nn.Module):
         self.pred2 = nn.Linear(Dd // 2, config.timepoint_patching_size)
         self.use_tanh = config.use_tanh_decoder
 
-    def forward(self, latent: Tensor, ids_keep: Tensor, xyz_vectors: Tensor, num_patches: int) -> Tensor:
-        """latent (B, 1 + K, D), ids_keep (B, K), xyz (B, R, 3) -> predictions (B, R, P, W)."""
+    def forward(
+        self, latent: Tensor, ids_keep: Tensor, xyz_vectors: Tensor, num_patches: int, ids_masked: Tensor | None = None
+    ) -> Tensor:
+        """latent (B, 1 + K, D), ids_keep (B, K), xyz (B, R, 3) -> predictions (B, R, P, W).
+
+        With ``ids_masked`` (B, L - K), the last layer and the head run for masked tokens only
+        (every token still serves as key and value); other patches of the result are zero.
+        """
         x = self.embed(latent)  # (B, 1 + K, Dd)
         B, _, Dd = x.shape
         R, P = xyz_vectors.shape[1], num_patches
@@ -462,11 +491,20 @@ class BrainLMDecoder(nn.Module):
         full = full.view(B, R, P, Dd) + self.xyz_proj(xyz_vectors)[:, :, None, :]  # (B, R, P, Dd)
         full = self.time_drop(full + self.time_encoding[:P].to(full.dtype))
         x = torch.cat([x[:, :1], full.flatten(1, 2)], dim=1)  # (B, 1 + L, Dd), CLS then region-major
-        x, _ = self.blocks(x)
-        x = self.norm(x[:, 1:])  # (B, L, Dd); LayerNorm is per token, so dropping CLS first is exact
-        pred = self.pred2(self.pred_act(self.pred1(x)))  # (B, L, W)
+        if ids_masked is not None and len(self.blocks.layers) > 0:
+            x, _ = self.blocks(x, last_query_index=ids_masked + 1)  # (B, L - K, Dd); +1 skips CLS
+        else:
+            x, _ = self.blocks(x)
+            x = x[:, 1:]  # (B, L, Dd)
+            if ids_masked is not None:
+                x = x.gather(1, ids_masked[..., None].expand(-1, -1, Dd))  # (B, L - K, Dd)
+        x = self.norm(x)  # LayerNorm is per token, so dropping tokens first is exact
+        pred = self.pred2(self.pred_act(self.pred1(x)))  # (B, L or L - K, W)
         if self.use_tanh:
             pred = torch.tanh(pred)
+        if ids_masked is not None:
+            W = pred.shape[-1]
+            pred = pred.new_zeros(B, R * P, W).scatter(1, ids_masked[..., None].expand(-1, -1, W), pred)  # (B, L, W)
         return pred.view(B, R, P, -1)  # (B, R, P, W)
 
 
@@ -614,9 +652,11 @@ class BrainLMForPretraining(nn.Module):
         latent, cls_attentions = self.encoder(tokens, ids_keep, output_cls_attentions)
         return latent, mask, ids_restore, ids_keep, cls_attentions
 
-    def forward_decoder(self, latent: Tensor, ids_keep: Tensor, xyz_vectors: Tensor, num_patches: int) -> Tensor:
-        """latent (B, 1 + K, D) -> reconstruction (B, R, P, W)."""
-        return self.decoder(latent, ids_keep, xyz_vectors, num_patches)
+    def forward_decoder(
+        self, latent: Tensor, ids_keep: Tensor, xyz_vectors: Tensor, num_patches: int, ids_masked: Tensor | None = None
+    ) -> Tensor:
+        """latent (B, 1 + K, D) -> reconstruction (B, R, P, W) (masked patches only with ``ids_masked``)."""
+        return self.decoder(latent, ids_keep, xyz_vectors, num_patches, ids_masked)
 
     def forward_loss(self, signal_vectors: Tensor, pred: Tensor, mask: Tensor) -> Tensor | None:
         """Mean error over the timepoints of masked patches.
@@ -638,6 +678,7 @@ class BrainLMForPretraining(nn.Module):
         noise: Tensor | None = None,
         mask_ratio: float | None = None,
         output_cls_attentions: bool = False,
+        decode_visible: bool = True,
     ) -> BrainLMOutput:
         """Mask, encode, decode and score one batch of windows.
 
@@ -647,13 +688,19 @@ class BrainLMForPretraining(nn.Module):
             noise: optional (B, R * P) noise; tokens with the smallest noise are kept.
             mask_ratio: overrides ``config.mask_ratio`` for this call (0.0 for embeddings).
             output_cls_attentions: also return the CLS token's attention in every encoder layer.
+            decode_visible: when False, only masked patches are reconstructed (the loss and its
+                gradients are unchanged, visible patches of ``logits`` are 0): the decoder's last
+                layer then runs queries for masked tokens only, which training uses.
         """
         latent, mask, ids_restore, ids_keep, cls_attn = self.forward_encoder(
             signal_vectors, xyz_vectors, noise, mask_ratio, output_cls_attentions
         )
         B, R, T = signal_vectors.shape
         P = T // self.config.timepoint_patching_size
-        pred = self.forward_decoder(latent, ids_keep, xyz_vectors, P)  # (B, R, P, W)
+        ids_masked = None
+        if not decode_visible:
+            ids_masked = torch.argsort(ids_restore, dim=1)[:, ids_keep.shape[1]:]  # (B, L - K) encoder order
+        pred = self.forward_decoder(latent, ids_keep, xyz_vectors, P, ids_masked)  # (B, R, P, W)
         mask = mask.view(B, R, P)  # (B, R, P)
         loss = self.forward_loss(signal_vectors, pred, mask)
         return BrainLMOutput(

@@ -540,7 +540,8 @@ def pretrain(
                 torch.manual_seed(_seed_of(config.seed, _DROPOUT, g, info.rank))
                 with no_sync(model, skip=micro < config.grad_accum_steps - 1):
                     with autocast_context(device, dtype):
-                        out = model(x, xyz, noise=noise)
+                        # Only masked patches enter the loss: the decoder skips visible queries.
+                        out = model(x, xyz, noise=noise, decode_visible=False)
                     loss = out.loss
                     bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
                     if info.world_size > 1:
