@@ -24,8 +24,8 @@ def make_batch(B: int, R: int, T: int, seed: int = 0):
     freq = torch.rand(B, R, 1, generator=g) * 0.2 + 0.02
     phase = torch.rand(B, R, 1, generator=g) * 6.28
     signal = torch.sin(freq * t + phase) + 0.1 * torch.randn(B, R, T, generator=g)
-    xyz = torch.randn(B, 1, 3, generator=g).expand(B, R, 3) * 0 + torch.randn(1, R, 3, generator=g) * 40
-    return signal, xyz.contiguous()
+    xyz = (torch.randn(R, 3, generator=g) * 40).expand(B, R, 3).contiguous()  # same atlas for every window
+    return signal, xyz
 
 
 @pytest.fixture(autouse=True)

@@ -96,8 +96,9 @@ def embed_windows(
         if attention:
             raise ValueError("CLS attention maps are only available for BrainLM models, not ViT-MAE")
         return model.embed(x, pooling=pooling).float().cpu().numpy()
-    out = model(x, xyz, mask_ratio=0.0, output_cls_attentions=attention)
-    hidden = out.encoder_last_hidden_state  # (B, 1 + L, D), tokens region-major
+    # Embeddings need the encoder only: masking off, no noise -> region-major tokens.
+    hidden, _, _, _, cls_attentions = model.forward_encoder(x, xyz, mask_ratio=0.0, output_cls_attentions=attention)
+    # hidden: (B, 1 + L, D)
     B, R, T = x.shape
     P = T // model.config.timepoint_patching_size
     if pooling == "cls":
@@ -112,14 +113,14 @@ def embed_windows(
     emb = emb.float().cpu().numpy()
     if not attention:
         return emb
-    return emb, _region_attention(out.cls_attentions[-1], R, P).cpu().numpy()
+    return emb, _token_attention(cls_attentions[-1], R, P).sum(-1).cpu().numpy()  # (B, R)
 
 
-def _region_attention(cls_attn: torch.Tensor, R: int, P: int) -> torch.Tensor:
-    """(B, H, 1 + L) CLS attention of one layer -> (B, R), head mean, renormalised over tokens."""
+def _token_attention(cls_attn: torch.Tensor, R: int, P: int) -> torch.Tensor:
+    """(B, H, 1 + L) CLS attention of one layer -> (B, R, P), head mean, renormalised over tokens."""
     a = cls_attn.float().mean(1)[:, 1:]  # (B, L) drop the CLS token's attention to itself
     a = a / a.sum(-1, keepdim=True)
-    return a.view(-1, R, P).sum(-1)  # (B, R)
+    return a.view(-1, R, P)  # (B, R, P)
 
 
 @torch.no_grad()
@@ -134,12 +135,10 @@ def cls_attention(model: nn.Module, signal_vectors, xyz_vectors, layer: int = -1
         raise ValueError("CLS attention maps are only available for BrainLM models, not ViT-MAE")
     x, xyz = _as_batch(signal_vectors, xyz_vectors)
     device = next(model.parameters()).device
-    out = model(x.to(device), xyz.to(device), mask_ratio=0.0, output_cls_attentions=True)
+    *_, cls_attentions = model.forward_encoder(x.to(device), xyz.to(device), mask_ratio=0.0, output_cls_attentions=True)
     B, R, T = x.shape
     P = T // model.config.timepoint_patching_size
-    a = out.cls_attentions[layer].float().mean(1)[:, 1:]  # (B, L)
-    a = a / a.sum(-1, keepdim=True)
-    return a.view(B, R, P).cpu().numpy()  # (B, R, P)
+    return _token_attention(cls_attentions[layer], R, P).cpu().numpy()  # (B, R, P)
 
 
 def window_starts(num_timepoints: int, window: int, stride: int | None = None, mode: str = "sliding") -> np.ndarray:
