@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from brainlm.model import BrainLMConfig, BrainLMForPretraining
+from brainlm.errors import MissingInputError, UserError
 
 __all__ = ["load_pretrained", "save_pretrained", "load_state_dict_file", "convert_original_state_dict"]
 
@@ -90,18 +91,18 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as err:  # safetensors raises its own error types
-            raise ValueError(f"cannot read weights from {path}: {err}") from err
+            raise UserError(f"cannot read weights from {path}: {err}") from err
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
+        raise UserError(
             f"refusing to load {path}: it is not a plain tensor pickle (it may execute code when "
             f"unpickled). Convert it to safetensors in a trusted environment. Detail: {str(err).splitlines()[0]}"
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"cannot read weights from {path} (truncated or not a torch file): {err}") from err
+        raise UserError(f"cannot read weights from {path} (truncated or not a torch file): {err}") from err
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise ValueError(f"{path} does not hold a flat state dict of tensors")
+        raise UserError(f"{path} does not hold a flat state dict of tensors")
     return state
 
 
@@ -109,7 +110,7 @@ def _find_weights(folder: Path) -> Path:
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)}")
+    raise MissingInputError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)}")
 
 
 def original_config_to_ours(raw: dict[str, Any]) -> BrainLMConfig:
@@ -167,7 +168,7 @@ def convert_original_state_dict(state: dict[str, torch.Tensor]) -> dict[str, tor
     for name, parts in qkv.items():
         if set(parts) != {"query", "key", "value"}:
             missing = sorted({"query", "key", "value"} - set(parts))
-            raise ValueError(f"original checkpoint lacks {missing} for {name}")
+            raise UserError(f"original checkpoint lacks {missing} for {name}")
         out[name] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
     return out
 
@@ -182,14 +183,14 @@ def _load_strict(model: BrainLMForPretraining, state: dict[str, torch.Tensor], s
             lines.append(f"  missing ({len(missing)}): {', '.join(missing)}")
         if unexpected:
             lines.append(f"  unexpected ({len(unexpected)}): {', '.join(unexpected)}")
-        raise ValueError("\n".join(lines))
+        raise UserError("\n".join(lines))
     wrong = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
         for k, v in expected.items()
         if state[k].shape != v.shape
     ]
     if wrong:
-        raise ValueError(f"weights in {source} have the wrong shapes for this config:\n  " + "\n  ".join(wrong))
+        raise UserError(f"weights in {source} have the wrong shapes for this config:\n  " + "\n  ".join(wrong))
     model.load_state_dict(state, strict=True)
 
 
@@ -198,11 +199,11 @@ def read_config(folder: str | Path) -> tuple[dict[str, Any], str]:
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{folder} is not a checkpoint folder: no config.json")
+        raise MissingInputError(f"{folder} is not a checkpoint folder: no config.json")
     try:
         raw = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
+        raise UserError(f"{cfg_path} is not valid JSON: {err}") from err
     return raw, str(raw.get("model_type", "brainlm"))
 
 
@@ -220,7 +221,7 @@ def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") 
         if config.extra:
             warnings.warn(f"{folder / 'config.json'}: keeping unknown config keys {sorted(config.extra)}", stacklevel=2)
     else:
-        raise ValueError(
+        raise UserError(
             f"{folder}: model_type {model_type!r} is not a BrainLM checkpoint (expected 'brainlm' or 'brainlm_mae')"
         )
     model = BrainLMForPretraining(config)

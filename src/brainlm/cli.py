@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from brainlm.errors import UserError
+
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the end-to-end demo on the bundled real recordings")
@@ -404,11 +406,21 @@ _COMMANDS = [_add_demo, _add_prepare, _add_pretrain, _add_integrate, _add_embed_
              _add_forecast, _add_probe, _add_finetune, _add_fingerprint]
 
 
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Refuse abbreviated flags everywhere: ``--part`` must not silently mean ``--participants``."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _no_abbreviations(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brainlm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="brainlm", description=__doc__.splitlines()[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _COMMANDS:
         add(sub)
+    _no_abbreviations(parser)
     return parser
 
 
@@ -420,9 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = extra
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        # Bad input is reported as one clear line, not a stack trace.
-        print(f"brainlm {args.command}: error: {err}", file=sys.stderr)
+    except UserError as err:
+        # Bad input is one clear line; anything else is a bug and keeps its traceback.
+        print(f"brainlm {args.command}: error: {err.one_line()}", file=sys.stderr)
         return 2
 
 

@@ -51,6 +51,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from brainlm.errors import UserError
+
 __all__ = [
     "BrainLMConfig",
     "BrainLMForPretraining",
@@ -118,7 +120,7 @@ class BrainLMConfig:
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
             if not ok:
-                raise ValueError(f"BrainLMConfig: {msg}")
+                raise UserError(f"BrainLMConfig: {msg}")
 
         for name in (
             "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -587,23 +589,23 @@ class BrainLMForPretraining(nn.Module):
     def _check_inputs(self, signal_vectors: Tensor, xyz_vectors: Tensor) -> None:
         W = self.config.timepoint_patching_size
         if not torch.is_tensor(signal_vectors) or signal_vectors.dim() != 3:
-            raise ValueError(
+            raise UserError(
                 f"signal_vectors must be a (B, R, T) tensor, got shape {tuple(getattr(signal_vectors, 'shape', ()))}"
             )
         if not torch.is_tensor(xyz_vectors) or xyz_vectors.dim() != 3 or xyz_vectors.shape[-1] != 3:
-            raise ValueError(f"xyz_vectors must be a (B, R, 3) tensor, got shape {tuple(getattr(xyz_vectors, 'shape', ()))}")
+            raise UserError(f"xyz_vectors must be a (B, R, 3) tensor, got shape {tuple(getattr(xyz_vectors, 'shape', ()))}")
         B, R, T = signal_vectors.shape
         if xyz_vectors.shape[:2] != (B, R):
-            raise ValueError(
+            raise UserError(
                 f"signal_vectors has {R} regions (batch {B}) but xyz_vectors has shape {tuple(xyz_vectors.shape)}; "
                 "every region needs one (x, y, z) coordinate"
             )
         if T % W != 0 or T == 0:
-            raise ValueError(f"T = {T} timepoints is not a positive multiple of timepoint_patching_size W = {W}")
+            raise UserError(f"T = {T} timepoints is not a positive multiple of timepoint_patching_size W = {W}")
         if T // W > self.config.max_time_patches:
-            raise ValueError(f"{T // W} patches per region exceed max_time_patches ({self.config.max_time_patches})")
+            raise UserError(f"{T // W} patches per region exceed max_time_patches ({self.config.max_time_patches})")
         if not signal_vectors.is_floating_point() or not xyz_vectors.is_floating_point():
-            raise ValueError("signal_vectors and xyz_vectors must be floating point tensors")
+            raise UserError("signal_vectors and xyz_vectors must be floating point tensors")
 
     def patchify(self, signal_vectors: Tensor) -> Tensor:
         """(B, R, T) -> (B, R, P, W)."""
@@ -625,7 +627,7 @@ class BrainLMForPretraining(nn.Module):
             if noise is None:
                 noise = torch.rand(batch, num_tokens, device=device)
             elif noise.shape != (batch, num_tokens):
-                raise ValueError(f"noise must have shape (B, L) = {(batch, num_tokens)}, got {tuple(noise.shape)}")
+                raise UserError(f"noise must have shape (B, L) = {(batch, num_tokens)}, got {tuple(noise.shape)}")
             ids_shuffle = torch.argsort(noise.to(device), dim=1)  # (B, L) ascending: first kept
         ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L)
         ids_keep = ids_shuffle[:, :len_keep]  # (B, K)
@@ -645,7 +647,7 @@ class BrainLMForPretraining(nn.Module):
         self._check_inputs(signal_vectors, xyz_vectors)
         ratio = self.config.mask_ratio if mask_ratio is None else float(mask_ratio)
         if not 0.0 <= ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {ratio}")
+            raise UserError(f"mask_ratio must be in [0, 1), got {ratio}")
         tokens = self.encoder.embed(signal_vectors, xyz_vectors)  # (B, L, D)
         B, L, _ = tokens.shape
         ids_keep, mask, ids_restore = self.random_masking(B, L, ratio, noise, tokens.device)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from brainlm.errors import MissingInputError, UserError
 
 __all__ = ["Atlas", "load_atlas", "read_coordinates", "bundled_path", "aal2_94_regions"]
 
@@ -58,24 +59,24 @@ def read_coordinates(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: coordinate file not found")
+        raise MissingInputError(f"{path}: coordinate file not found")
     try:
         if path.suffix.lower() in {".csv", ".tsv"}:
             table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
             cols = {c.lower(): c for c in table.columns}
             if not {"x", "y", "z"} <= cols.keys():
-                raise ValueError(f"{path}: coordinate table needs x, y, z columns, has {list(table.columns)}")
+                raise UserError(f"{path}: coordinate table needs x, y, z columns, has {list(table.columns)}")
             coords = table[[cols["x"], cols["y"], cols["z"]]].to_numpy(np.float32)
             names = table[cols["name"]].astype(str).tolist() if "name" in cols else None
             return coords, names
         rows = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: cannot read coordinates ({err})") from err
+        raise UserError(f"{path}: cannot read coordinates ({err})") from err
     if rows.shape[1] == 4:  # label X Y Z
         return rows[:, 1:].astype(np.float32), [str(int(v)) for v in rows[:, 0]]
     if rows.shape[1] == 3:
         return rows.astype(np.float32), None
-    raise ValueError(f"{path}: expected 3 (X Y Z) or 4 (label X Y Z) columns, found {rows.shape[1]}")
+    raise UserError(f"{path}: expected 3 (X Y Z) or 4 (label X Y Z) columns, found {rows.shape[1]}")
 
 
 def _label_centres(labels_img) -> tuple[np.ndarray, np.ndarray]:
@@ -111,19 +112,19 @@ def load_atlas(
     else:
         img_path = Path(atlas)
         if not img_path.is_file():
-            raise FileNotFoundError(f"{img_path}: atlas label image not found")
+            raise MissingInputError(f"{img_path}: atlas label image not found")
     try:
         data = np.asanyarray(nib.load(img_path).dataobj)
     except Exception as err:  # nibabel raises many types for bad files
-        raise ValueError(f"{img_path}: cannot read atlas label image ({err})") from err
+        raise UserError(f"{img_path}: cannot read atlas label image ({err})") from err
     if data.ndim != 3:
-        raise ValueError(f"{img_path}: atlas label image must be 3D, has shape {data.shape}")
+        raise UserError(f"{img_path}: atlas label image must be 3D, has shape {data.shape}")
     label_values = np.unique(data.astype(np.int64))
     label_values = label_values[label_values != 0]
     if coords is not None:
         xyz, names = read_coordinates(coords)
         if len(xyz) != len(label_values):
-            raise ValueError(
+            raise UserError(
                 f"{coords}: {len(xyz)} coordinate rows but the atlas {img_path} has {len(label_values)} labels"
             )
     else:

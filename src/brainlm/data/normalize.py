@@ -17,6 +17,7 @@ from fractions import Fraction
 from typing import Iterable
 
 import numpy as np
+from brainlm.errors import UserError
 
 __all__ = ["Normalizer", "TemporalResampler", "NORMALIZATIONS", "resample_tr"]
 
@@ -107,7 +108,7 @@ class Normalizer:
 
     def __init__(self, method: str = "robust", *, max_fit_rows: int = 100_000, seed: int = 0):
         if method not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalisation {method!r}; choose one of {', '.join(NORMALIZATIONS)}")
+            raise UserError(f"unknown normalisation {method!r}; choose one of {', '.join(NORMALIZATIONS)}")
         self.method = method
         self.max_fit_rows = max_fit_rows
         self.seed = seed
@@ -134,7 +135,7 @@ class Normalizer:
             if self.needs_fit:
                 sample.add(x - x.mean(0) if self.method in _CENTRED else x)
         if count == 0:
-            raise ValueError("cannot fit a normaliser on zero recordings")
+            raise UserError("cannot fit a normaliser on zero recordings")
         self.num_fit_recordings_ = count
         if not self.needs_fit:
             return self
@@ -213,7 +214,7 @@ def resample_tr(x: np.ndarray, tr: float, target_tr: float) -> np.ndarray:
     from scipy.signal import resample_poly
 
     if not (np.isfinite(tr) and tr > 0 and target_tr > 0):
-        raise ValueError(f"resampling needs a known positive TR, got tr={tr}, target_tr={target_tr}")
+        raise UserError(f"resampling needs a known positive TR, got tr={tr}, target_tr={target_tr}")
     ratio = Fraction(tr / target_tr).limit_denominator(100)
     if ratio == 1:
         return np.asarray(x, np.float32)

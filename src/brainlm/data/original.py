@@ -23,6 +23,7 @@ import pyarrow.ipc as ipc
 
 from .atlas import Atlas
 from .readers import InputError, Recording
+from brainlm.errors import MissingInputError
 
 __all__ = ["read_original_dataset", "read_original_coordinates", "original_recordings"]
 
@@ -36,7 +37,7 @@ def read_original_dataset(folder: str | Path) -> pa.Table:
     try:
         files = [f["filename"] for f in json.loads(state.read_text())["_data_files"]]
     except FileNotFoundError:
-        raise FileNotFoundError(f"{folder}: not a saved Arrow dataset (no state.json)") from None
+        raise MissingInputError(f"{folder}: not a saved Arrow dataset (no state.json)") from None
     except (json.JSONDecodeError, KeyError) as err:
         raise InputError(f"{state}: unreadable dataset state ({err})") from err
     tables = []

@@ -38,6 +38,7 @@ from .readers import (
     read_timeseries,
 )
 from .store import STORE_FORMAT, Store, _ShardReader, _ShardWriter, _shard_schema, _write_json, _write_parquet, open_store
+from brainlm.errors import MissingInputError, UserError
 
 __all__ = ["PrepareConfig", "prepare", "write_store", "check_recording", "split_subjects"]
 
@@ -86,21 +87,21 @@ class PrepareConfig:
 
     def __post_init__(self):
         if self.kind not in {"auto", "bold", "bids", "timeseries", "original"}:
-            raise ValueError(f"kind must be auto, bold, bids, timeseries or original, not {self.kind!r}")
+            raise UserError(f"kind must be auto, bold, bids, timeseries or original, not {self.kind!r}")
         if self.dtype not in {"float16", "float32"}:
-            raise ValueError(f"dtype must be float16 or float32, not {self.dtype!r}")
+            raise UserError(f"dtype must be float16 or float32, not {self.dtype!r}")
         if self.on_error not in {"skip", "raise"}:
-            raise ValueError(f"on_error must be 'skip' or 'raise', not {self.on_error!r}")
+            raise UserError(f"on_error must be 'skip' or 'raise', not {self.on_error!r}")
         if self.normalization is not None and self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"unknown normalisation {self.normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
+            raise UserError(f"unknown normalisation {self.normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
         if len(self.split) != 3 or min(self.split) < 0 or sum(self.split) <= 0:
-            raise ValueError(f"split needs three non-negative numbers (train, validation, test), got {self.split}")
+            raise UserError(f"split needs three non-negative numbers (train, validation, test), got {self.split}")
         if self.window < 1:
-            raise ValueError("window must be positive")
+            raise UserError("window must be positive")
         if self.jobs < 1:
-            raise ValueError("jobs must be at least 1")
+            raise UserError("jobs must be at least 1")
         if not self.demo and not self.inputs:
-            raise ValueError("no inputs given (pass files or folders, or use the demo)")
+            raise UserError("no inputs given (pass files or folders, or use the demo)")
 
 
 def check_recording(x: np.ndarray, source: str, *, num_regions: int, window: int) -> None:
@@ -140,7 +141,7 @@ def split_subjects(subjects, split=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, 
         n_val, n_test = (int(round(n * s / total)) for s in split[1:])
         counts = [n - n_val - n_test, n_val, n_test]
     if counts[0] < 1:
-        raise ValueError(f"split {split} leaves no training subject among {n}")
+        raise UserError(f"split {split} leaves no training subject among {n}")
     order = np.random.default_rng(seed).permutation(n)
     out, start = {}, 0
     for name, count in zip(SPLITS, counts):
@@ -167,7 +168,7 @@ def _detect_kind(paths: list[Path]) -> str:
             return "bids"
         if any(q.suffix.lower() in TIMESERIES_SUFFIXES for q in p.iterdir()):
             return "timeseries"
-        raise ValueError(f"{p}: cannot tell what this folder holds; pass kind=")
+        raise UserError(f"{p}: cannot tell what this folder holds; pass kind=")
     if p.name.endswith((".nii", ".nii.gz")):
         return "bold"
     return "timeseries"
@@ -192,7 +193,7 @@ def _tasks(cfg: PrepareConfig) -> tuple[Atlas, list[tuple[str, Callable[[], Reco
     paths = [Path(p) for p in cfg.inputs]
     for p in paths:
         if not p.exists():
-            raise FileNotFoundError(f"{p}: input not found")
+            raise MissingInputError(f"{p}: input not found")
     kind = _detect_kind(paths) if cfg.kind == "auto" else cfg.kind
     if kind == "original":
         from .original import original_recordings
@@ -232,7 +233,7 @@ def _tasks(cfg: PrepareConfig) -> tuple[Atlas, list[tuple[str, Callable[[], Reco
         return atlas, [(str(f), lambda f=f: load_bold(f)) for f in files], "robust"
 
     if cfg.coords is None:
-        raise ValueError("already-parcellated inputs need a coordinate file (coords=)")
+        raise UserError("already-parcellated inputs need a coordinate file (coords=)")
     xyz, names = read_coordinates(cfg.coords)
     atlas = Atlas(name=cfg.atlas_name or Path(cfg.coords).name.split(".")[0], coords=xyz,
                   region_names=names or [str(i) for i in range(len(xyz))])
@@ -395,7 +396,7 @@ def write_store(cfg: PrepareConfig, atlas: Atlas, tasks: list[tuple[str, Callabl
             })
         writer.close()
         if not metas:
-            raise ValueError(f"no usable recordings among {len(tasks)} inputs; first problem: {skipped[0]['reason'] if skipped else 'none'}")
+            raise UserError(f"no usable recordings among {len(tasks)} inputs; first problem: {skipped[0]['reason'] if skipped else 'none'}")
 
         table = pd.DataFrame(metas)
         splits = split_subjects(table["subject_id"], cfg.split, cfg.seed)
@@ -427,7 +428,7 @@ def write_store(cfg: PrepareConfig, atlas: Atlas, tasks: list[tuple[str, Callabl
             for i in _progress(rows, cfg.progress, desc=f"writing {name}", unit="rec"):
                 x = normalizer.transform(staged(i))
                 if cfg.dtype == "float16" and np.abs(x).max() > np.finfo(np.float16).max:
-                    raise ValueError(f"{table['source'].iloc[i]}: normalised values exceed float16 range; use dtype float32")
+                    raise UserError(f"{table['source'].iloc[i]}: normalised values exceed float16 range; use dtype float32")
                 rec = table.iloc[i]
                 meta = {c: (None if pd.isna(rec[c]) else rec[c]) for c in ["recording_id", "subject_id", "session_id", "run_id", "task", "tr", "num_timepoints"] + pheno_cols}
                 meta.update(atlas=atlas.name, normalization=method)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from brainlm.errors import MissingInputError, UserError
 
 __all__ = [
     "InputError",
@@ -119,7 +120,7 @@ def read_timeseries(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
+        raise MissingInputError(f"{path}: file not found")
     try:
         x = _load_array(path, key)
     except InputError:
@@ -130,7 +131,7 @@ def read_timeseries(
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise InputError(f"{path}: expected a 2D numeric array, got shape {x.shape} dtype {x.dtype}")
     if orientation not in {"auto", "TR", "RT"}:
-        raise ValueError(f"orientation must be 'auto', 'TR' or 'RT', not {orientation!r}")
+        raise UserError(f"orientation must be 'auto', 'TR' or 'RT', not {orientation!r}")
     if orientation == "RT" or (orientation == "auto" and num_regions is not None
                                and x.shape[0] == num_regions and x.shape[1] != num_regions):
         x = x.T
@@ -177,7 +178,7 @@ def read_participants(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: participants table not found")
+        raise MissingInputError(f"{path}: participants table not found")
     sep = "," if path.suffix.lower() == ".csv" else "\t"
     columns = pd.read_csv(path, sep=sep, nrows=0).columns
     id_col = "participant_id" if "participant_id" in columns else columns[0]

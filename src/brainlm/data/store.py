@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
+from brainlm.errors import MissingInputError, UserError
 
 __all__ = ["Store", "open_store", "STORE_FORMAT"]
 
@@ -192,10 +193,10 @@ class Store:
         self.path = Path(path)
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
-            raise FileNotFoundError(f"{self.path}: not a brainlm store (no manifest.json)")
+            raise MissingInputError(f"{self.path}: not a brainlm store (no manifest.json)")
         self.manifest = json.loads(manifest_path.read_text())
         if self.manifest.get("format") != STORE_FORMAT:
-            raise ValueError(f"{self.path}: unknown store format {self.manifest.get('format')!r}")
+            raise UserError(f"{self.path}: unknown store format {self.manifest.get('format')!r}")
         regions = pd.read_parquet(self.path / self.manifest["files"]["regions"])
         self.coords = regions[["x", "y", "z"]].to_numpy(np.float32)
         self.region_names = regions["name"].astype(str).tolist()
@@ -230,7 +231,7 @@ class Store:
         if split is None:
             return np.arange(len(self.recordings))
         if split not in self.manifest["splits"]:
-            raise ValueError(f"{self.path}: no split {split!r}; has {list(self.manifest['splits'])}")
+            raise UserError(f"{self.path}: no split {split!r}; has {list(self.manifest['splits'])}")
         return np.flatnonzero(self.recordings["split"].to_numpy() == split)
 
     def _reader(self, shard: str) -> _ShardReader:

@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .loading import _as_tensor, Recordings, check_regions, is_vitmae, load_model, model_window, open_recordings
+from brainlm.errors import MissingInputError, OutputExistsError, UserError
 
 __all__ = [
     "POOLINGS",
@@ -57,7 +58,7 @@ def _as_batch(signal_vectors, xyz_vectors) -> tuple[torch.Tensor, torch.Tensor]:
     x = _as_tensor(signal_vectors)
     xyz = _as_tensor(xyz_vectors)
     if x.dim() != 3:
-        raise ValueError(f"signal_vectors must be (B, R, T), got shape {tuple(x.shape)}")
+        raise UserError(f"signal_vectors must be (B, R, T), got shape {tuple(x.shape)}")
     if xyz.dim() == 2:
         xyz = xyz.expand(x.shape[0], -1, -1)  # (B, R, 3)
     return x, xyz
@@ -86,15 +87,15 @@ def embed_windows(
         ``(B, D)`` or ``(B, R, D)`` float32 embeddings; with ``attention``, ``(emb, attn)``.
     """
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        raise UserError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     x, xyz = _as_batch(signal_vectors, xyz_vectors)
     device = next(model.parameters()).device
     x, xyz = x.to(device), xyz.to(device)
     if is_vitmae(model):
         if pooling == "region_time":
-            raise ValueError("region_time pooling is not applicable to ViT-MAE models (their tokens are image patches); use 'cls' or 'mean'")
+            raise UserError("region_time pooling is not applicable to ViT-MAE models (their tokens are image patches); use 'cls' or 'mean'")
         if attention:
-            raise ValueError("CLS attention maps are only available for BrainLM models, not ViT-MAE")
+            raise UserError("CLS attention maps are only available for BrainLM models, not ViT-MAE")
         return model.embed(x, pooling=pooling).float().cpu().numpy()
     # Embeddings need the encoder only: masking off, no noise -> region-major tokens.
     hidden, _, _, _, cls_attentions = model.forward_encoder(x, xyz, mask_ratio=0.0, output_cls_attentions=attention)
@@ -132,7 +133,7 @@ def cls_attention(model: nn.Module, signal_vectors, xyz_vectors, layer: int = -1
         attention to itself is dropped and the rest renormalised).
     """
     if is_vitmae(model):
-        raise ValueError("CLS attention maps are only available for BrainLM models, not ViT-MAE")
+        raise UserError("CLS attention maps are only available for BrainLM models, not ViT-MAE")
     x, xyz = _as_batch(signal_vectors, xyz_vectors)
     device = next(model.parameters()).device
     *_, cls_attentions = model.forward_encoder(x.to(device), xyz.to(device), mask_ratio=0.0, output_cls_attentions=True)
@@ -144,7 +145,7 @@ def cls_attention(model: nn.Module, signal_vectors, xyz_vectors, layer: int = -1
 def window_starts(num_timepoints: int, window: int, stride: int | None = None, mode: str = "sliding") -> np.ndarray:
     """Start timepoints of the windows of one recording (``first``: only 0)."""
     if mode not in WINDOW_MODES:
-        raise ValueError(f"windows must be one of {WINDOW_MODES}, got {mode!r}")
+        raise UserError(f"windows must be one of {WINDOW_MODES}, got {mode!r}")
     if num_timepoints < window:
         return np.zeros(0, dtype=np.int64)
     if mode == "first":
@@ -207,7 +208,7 @@ def embed_recordings(
     check_regions(model, recordings.num_regions, recordings.source)
     window = window or model_window(model)
     if windows not in WINDOW_MODES:
-        raise ValueError(f"windows must be one of {WINDOW_MODES}, got {windows!r}")
+        raise UserError(f"windows must be one of {WINDOW_MODES}, got {windows!r}")
     rows, embs, attns, skipped = [], [], [], []
     batch, batch_rows = [], []
 
@@ -235,7 +236,7 @@ def embed_recordings(
                 flush()
     flush()
     if not rows:
-        raise ValueError(f"no recording of {recordings.source} holds a window of {window} timepoints")
+        raise UserError(f"no recording of {recordings.source} holds a window of {window} timepoints")
     X = np.concatenate(embs)
     A = np.concatenate(attns) if attention else None
     index = pd.DataFrame(rows)[INDEX_COLUMNS]
@@ -294,7 +295,7 @@ def write_embeddings(emb: Embeddings, path: str | os.PathLike, overwrite: bool =
 
     path = Path(path)
     if path.suffix not in (".parquet", ".npy"):
-        raise ValueError(f"{path}: embeddings are written as .parquet or .npy")
+        raise UserError(f"{path}: embeddings are written as .parquet or .npy")
     targets = [path]
     if path.suffix == ".npy":
         targets.append(path.with_suffix(".index.tsv"))
@@ -302,7 +303,7 @@ def write_embeddings(emb: Embeddings, path: str | os.PathLike, overwrite: bool =
             targets.append(path.with_suffix(".attention.npy"))
     existing = [str(t) for t in targets if t.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"not overwriting {', '.join(existing)} (pass overwrite=True / --overwrite)")
+        raise OutputExistsError(f"not overwriting {', '.join(existing)} (pass overwrite=True / --overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
         table = pa.Table.from_pandas(emb.index, preserve_index=False)
@@ -335,7 +336,7 @@ def read_embeddings(path: str | os.PathLike) -> Embeddings:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no embeddings file")
+        raise MissingInputError(f"{path}: no embeddings file")
     if path.suffix == ".parquet":
         table = pq.read_table(path)
         meta = table.schema.metadata or {}

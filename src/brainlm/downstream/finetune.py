@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from brainlm.model import BrainLMForPretraining
 
 from .loading import _as_tensor, check_regions, is_vitmae, load_model, model_window
+from brainlm.errors import MissingInputError, OutputExistsError, UserError
 
 __all__ = ["FinetuneConfig", "BrainLMFinetuner", "FinetuneResult", "finetune", "save_finetuned", "load_finetuned"]
 
@@ -63,11 +64,11 @@ class FinetuneConfig:
 
     def __post_init__(self):
         if self.task not in ("auto", "regression", "classification"):
-            raise ValueError(f"task must be 'auto', 'regression' or 'classification', got {self.task!r}")
+            raise UserError(f"task must be 'auto', 'regression' or 'classification', got {self.task!r}")
         if self.pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
+            raise UserError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 1 or self.head_hidden < 1:
-            raise ValueError("epochs, patience, batch_size and head_hidden must be positive")
+            raise UserError("epochs, patience, batch_size and head_hidden must be positive")
 
 
 class BrainLMFinetuner(nn.Module):
@@ -230,10 +231,10 @@ def finetune(
 
     config = config or FinetuneConfig()
     if out_dir is not None and (Path(out_dir) / "config.json").exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds a checkpoint; pass overwrite=True / --overwrite")
+        raise OutputExistsError(f"{out_dir} already holds a checkpoint; pass overwrite=True / --overwrite")
     backbone = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
     if is_vitmae(backbone):
-        raise ValueError("fine-tuning is implemented for BrainLM models, not the released ViT-MAE models")
+        raise UserError("fine-tuning is implemented for BrainLM models, not the released ViT-MAE models")
     store = store if isinstance(store, Store) else open_store(store)
     check_regions(backbone, store.num_regions, str(store.path))
     targets = load_targets(targets_file if targets_file is not None else store, target, subject_column)
@@ -246,16 +247,16 @@ def finetune(
         warnings.warn(f"{len(missing)} subjects have no {target!r} target and are left out: {missing}", stacklevel=2)
     for name, y in ((config.train_split, ytr), (config.val_split, yva)):
         if len(y) == 0:
-            raise ValueError(f"no labelled window of {window} timepoints in split {name!r}")
+            raise UserError(f"no labelled window of {window} timepoints in split {name!r}")
     task = _infer_task(np.concatenate([ytr, yva])) if config.task == "auto" else config.task
     info: dict = {"task": task, "target": target, "window": window}
     if task == "classification":
         classes = sorted(set(map(str, ytr)))
         if len(classes) < 2:
-            raise ValueError(f"single-class target in the training split ({classes}): classification needs two classes")
+            raise UserError(f"single-class target in the training split ({classes}): classification needs two classes")
         unseen = set(map(str, yva)) - set(classes)
         if unseen:
-            raise ValueError(f"validation classes {sorted(unseen)} do not occur in training")
+            raise UserError(f"validation classes {sorted(unseen)} do not occur in training")
         lut = {c: i for i, c in enumerate(classes)}
         yt = torch.tensor([lut[str(v)] for v in ytr])
         yv = torch.tensor([lut[str(v)] for v in yva])
@@ -315,7 +316,7 @@ def save_finetuned(model: BrainLMFinetuner, folder: str | os.PathLike, overwrite
     """Write the encoder checkpoint (``config.json``, ``model.safetensors``) and the head files."""
     folder = Path(folder)
     if (folder / "config.json").exists() and not overwrite:
-        raise FileExistsError(f"{folder} already holds a checkpoint; pass overwrite=True")
+        raise OutputExistsError(f"{folder} already holds a checkpoint; pass overwrite=True")
     model.backbone.save_pretrained(folder)
     head = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
     tmp = folder / ".head.safetensors.tmp"
@@ -331,7 +332,7 @@ def load_finetuned(folder: str | os.PathLike, map_location: str | torch.device =
     """Load what :func:`save_finetuned` wrote (encoder + head), in eval mode."""
     folder = Path(folder)
     if not (folder / "head.json").is_file():
-        raise FileNotFoundError(f"{folder}: no head.json (not a fine-tuned checkpoint; load_model reads the encoder alone)")
+        raise MissingInputError(f"{folder}: no head.json (not a fine-tuned checkpoint; load_model reads the encoder alone)")
     info = json.loads((folder / "head.json").read_text())
     backbone = load_model(folder, map_location)
     model = BrainLMFinetuner(backbone, info["num_outputs"], info["hidden"], info["dropout"], info.get("pooling", "cls"))

@@ -17,6 +17,7 @@ import pandas as pd
 from .embed import embed_windows, window_starts
 from .loading import Recordings, check_regions, load_model, model_window, open_recordings
 from .probe import functional_connectivity
+from brainlm.errors import UserError
 
 __all__ = ["identify", "fingerprint"]
 
@@ -82,7 +83,7 @@ def fingerprint(
             continue
         half = len(ts) // 2
         if half < window:
-            raise ValueError(f"{meta['recording_id']}: half of its {len(ts)} timepoints is shorter than a window of {window}; pass a smaller window")
+            raise UserError(f"{meta['recording_id']}: half of its {len(ts)} timepoints is shorter than a window of {window}; pass a smaller window")
         seen.add(meta["subject_id"])
         subjects.append(meta["subject_id"])
         for h, part in enumerate((ts[:half], ts[half : 2 * half])):
@@ -92,7 +93,7 @@ def fingerprint(
             emb[h].append(e.mean(0))
             fc[h].append(functional_connectivity(part))
     if len(subjects) < 2:
-        raise ValueError("fingerprinting needs at least two subjects")
+        raise UserError("fingerprinting needs at least two subjects")
     S = len(subjects)
     summary, matches = [], []
     for kind, feats in (("brainlm", emb), ("fc", fc)):

@@ -30,6 +30,7 @@ from torch import nn
 
 from brainlm.checkpoint import load_pretrained, read_config
 from brainlm.model import BrainLMForPretraining
+from brainlm.errors import MissingInputError, UserError
 
 __all__ = [
     "load_model",
@@ -75,7 +76,7 @@ def resolve_model_folder(path: str | os.PathLike) -> Path:
         )
         if found:
             return found[-1][1]
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"{folder}: not a checkpoint folder (no config.json) nor a training run (no best/ or checkpoints/step_*)"
     )
 
@@ -106,7 +107,7 @@ def load_model(path_or_id: str | os.PathLike, map_location: str | torch.device =
 
         return load_vitmae(folder, device=map_location)
     if model_type not in ("brainlm", "brainlm_mae"):
-        raise ValueError(f"{folder}: model_type {model_type!r} is not a BrainLM or ViT-MAE checkpoint")
+        raise UserError(f"{folder}: model_type {model_type!r} is not a BrainLM or ViT-MAE checkpoint")
     return load_pretrained(folder, map_location=map_location)
 
 
@@ -128,7 +129,7 @@ def check_regions(model: nn.Module, num_regions: int, what: str = "the data") ->
     """Raise ``ValueError`` naming both counts when the model and the data disagree on R."""
     expected = model_num_regions(model)
     if expected != int(num_regions):
-        raise ValueError(
+        raise UserError(
             f"region mismatch: the model was trained on {expected} regions but {what} has {num_regions}; "
             "use data parcellated with the model's atlas"
         )
@@ -200,9 +201,9 @@ def open_recordings(
                           list(store.region_names))
     files = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     if not files:
-        raise ValueError("no recordings given")
+        raise UserError("no recordings given")
     if coords is None:
-        raise ValueError("time-series files need region coordinates (coords=... / --coords)")
+        raise UserError("time-series files need region coordinates (coords=... / --coords)")
     if isinstance(coords, (str, os.PathLike)):
         from brainlm.data import read_coordinates
 
@@ -212,7 +213,7 @@ def open_recordings(
         xyz = coords
     xyz = np.asarray(xyz, dtype=np.float32)
     if xyz.ndim != 2 or xyz.shape[1] != 3:
-        raise ValueError(f"coords must be (R, 3), got shape {xyz.shape}")
+        raise UserError(f"coords must be (R, 3), got shape {xyz.shape}")
     return _file_recordings(files, xyz)
 
 
@@ -223,7 +224,7 @@ def _file_recordings(files: Sequence, xyz: np.ndarray) -> Recordings:
     for f in files:
         path = Path(f)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: file not found")
+            raise MissingInputError(f"{path}: file not found")
         ent = parse_bids_entities(path)
         sub = ent.get("sub", path.name.split(".")[0])
         m = {"subject_id": sub, "session_id": ent.get("ses", ""), "run_id": ent.get("run", "")}

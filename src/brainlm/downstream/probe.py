@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from .embed import Embeddings, embed_recordings, window_starts
 from .loading import Recordings, load_model, open_recordings
+from brainlm.errors import MissingInputError, UserError
 
 __all__ = [
     "PROBES",
@@ -93,7 +94,7 @@ def fc_features(
             feats.append(f)
             rows += [{**meta, "window": w, "window_start": int(t0)} for w, t0 in enumerate(starts)]
     if not rows:
-        raise ValueError(f"no recording of {recordings.source} holds a window of {window} timepoints")
+        raise UserError(f"no recording of {recordings.source} holds a window of {window} timepoints")
     index = pd.DataFrame(rows)[["recording_id", "subject_id", "session_id", "run_id", "window", "window_start"]]
     return Embeddings(np.concatenate(feats), index, pooling="fc")
 
@@ -125,24 +126,24 @@ def load_targets(source, column: str, subject_column: str | None = None) -> pd.S
     if isinstance(source, Store):
         table = source.recordings
         if column not in table.columns:
-            raise ValueError(f"{source.path}: no phenotype column {column!r}; has {source.phenotype_columns}")
+            raise UserError(f"{source.path}: no phenotype column {column!r}; has {source.phenotype_columns}")
         table = table[["subject_id", column]].rename(columns={"subject_id": "_subject"})
     else:
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: target table not found")
+            raise MissingInputError(f"{path}: target table not found")
         ids = {c: str for c in ("subject_id", "participant_id", subject_column) if c}  # keep leading zeros
         table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=ids)
         sc = subject_column or next((c for c in ("subject_id", "participant_id") if c in table.columns), None)
         if sc is None or sc not in table.columns:
-            raise ValueError(f"{path}: no subject column (expected subject_id or participant_id; has {list(table.columns)})")
+            raise UserError(f"{path}: no subject column (expected subject_id or participant_id; has {list(table.columns)})")
         if column not in table.columns:
-            raise ValueError(f"{path}: no target column {column!r}; has {list(table.columns)}")
+            raise UserError(f"{path}: no target column {column!r}; has {list(table.columns)}")
         table = table[[sc, column]].rename(columns={sc: "_subject"})
     table = table.assign(_subject=table["_subject"].map(_strip_sub))
     per = table.dropna(subset=[column]).groupby("_subject")[column].nunique()
     if (per > 1).any():
-        raise ValueError(f"target {column!r} differs between recordings of subjects {sorted(per[per > 1].index)[:10]}")
+        raise UserError(f"target {column!r} differs between recordings of subjects {sorted(per[per > 1].index)[:10]}")
     out = table.groupby("_subject", sort=False)[column].first()
     out.index.name = "subject_id"
     return out.rename(column)
@@ -310,33 +311,33 @@ def run_probes(
     y = np.asarray(y, dtype=object)
     groups = np.asarray(groups).astype(str)
     if len(X) != len(y) or len(y) != len(groups):
-        raise ValueError(f"X, y and groups differ in length ({len(X)}, {len(y)}, {len(groups)})")
+        raise UserError(f"X, y and groups differ in length ({len(X)}, {len(y)}, {len(groups)})")
     if pd.isna(y).any():
-        raise ValueError(f"{int(pd.isna(y).sum())} targets are missing or NaN; drop those rows first (align_targets)")
+        raise UserError(f"{int(pd.isna(y).sum())} targets are missing or NaN; drop those rows first (align_targets)")
     if not np.isfinite(X).all():
-        raise ValueError("features contain NaN or Inf")
+        raise UserError("features contain NaN or Inf")
     bad = [p for p in probes if p not in PROBES]
     if bad:
-        raise ValueError(f"unknown probes {bad}; choose from {PROBES}")
+        raise UserError(f"unknown probes {bad}; choose from {PROBES}")
     task = _infer_task(y) if task == "auto" else task
     if task not in _METRICS:
-        raise ValueError(f"task must be 'auto', 'regression' or 'classification', got {task!r}")
+        raise UserError(f"task must be 'auto', 'regression' or 'classification', got {task!r}")
     subjects = np.unique(groups)
     if len(subjects) < n_splits:
-        raise ValueError(f"{len(subjects)} subjects with a target are fewer than the {n_splits} folds; use fewer folds")
+        raise UserError(f"{len(subjects)} subjects with a target are fewer than the {n_splits} folds; use fewer folds")
     if n_splits < 2:
-        raise ValueError("n_splits must be at least 2")
+        raise UserError("n_splits must be at least 2")
     if task == "regression":
         y = pd.to_numeric(pd.Series(y), errors="raise").to_numpy(np.float64)
         if np.unique(y).size < 2:
-            raise ValueError("the target is constant: nothing to predict")
+            raise UserError("the target is constant: nothing to predict")
         outer = GroupKFold(n_splits, shuffle=True, random_state=seed)
         classes = None
     else:
         y = y.astype(str)
         classes = np.unique(y)
         if len(classes) < 2:
-            raise ValueError(f"single-class target (every subject is {classes[0]!r}): classification needs two classes")
+            raise UserError(f"single-class target (every subject is {classes[0]!r}): classification needs two classes")
         outer = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
 
     rows, folds = [], []
@@ -438,7 +439,7 @@ def probe(
     recs = open_recordings(data, split, coords)
     if targets_file is None:
         if isinstance(data, (list, tuple)):
-            raise ValueError("time-series files carry no phenotypes: pass targets_file")
+            raise UserError("time-series files carry no phenotypes: pass targets_file")
         targets = load_targets(data, target)
     else:
         targets = load_targets(targets_file, target, subject_column)
@@ -452,7 +453,7 @@ def probe(
     if missing:
         warnings.warn(f"{len(missing)} subjects have no {target!r} target and are left out: {missing}", stacklevel=2)
     if not keep.any():
-        raise ValueError(f"no subject of {recs.source} has a {target!r} target")
+        raise UserError(f"no subject of {recs.source} has a {target!r} target")
     results = []
     for name, e in feats.items():
         results.append(run_probes(e.X[keep], y[keep], e.index["subject_id"].to_numpy()[keep], features=name, **probe_kwargs))

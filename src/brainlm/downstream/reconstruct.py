@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .loading import _as_tensor, Recordings, check_regions, is_vitmae, model_window
+from brainlm.errors import UserError
 
 __all__ = [
     "r2_per_region",
@@ -89,7 +90,7 @@ def masking_noise(masked: torch.Tensor) -> tuple[torch.Tensor, float]:
     B, L = masked.shape
     counts = masked.sum(1)
     if (counts != counts[0]).any():
-        raise ValueError("every window must mask the same number of tokens")
+        raise UserError("every window must mask the same number of tokens")
     num_masked = int(counts[0])
     noise = torch.arange(L, dtype=torch.float32).expand(B, L) + L * masked.float()
     # int(L * (1 - ratio)) must equal L - num_masked exactly; half a token of slack absorbs rounding.
@@ -104,7 +105,7 @@ def forecast_noise(batch: int, num_regions: int, num_patches: int, num_masked_pa
         noise ``(B, R * P)`` and mask ratio; see :func:`masking_noise`.
     """
     if not 0 < num_masked_patches < num_patches:
-        raise ValueError(f"must mask between 1 and {num_patches - 1} of {num_patches} patches, got {num_masked_patches}")
+        raise UserError(f"must mask between 1 and {num_patches - 1} of {num_patches} patches, got {num_masked_patches}")
     masked = torch.zeros(batch, num_regions, num_patches, dtype=torch.bool)
     masked[:, :, num_patches - num_masked_patches :] = True
     return masking_noise(masked.view(batch, -1))
@@ -151,12 +152,12 @@ def reconstruct_recording(
         seed: seed of the random masks.
     """
     if not 0.0 < mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        raise UserError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
     check_regions(model, timeseries.shape[1], "the recording")
     T = window or model_window(model)
     n_win = len(timeseries) // T
     if n_win == 0:
-        raise ValueError(f"recording of {len(timeseries)} timepoints is shorter than one window ({T})")
+        raise UserError(f"recording of {len(timeseries)} timepoints is shorter than one window ({T})")
     x = torch.from_numpy(np.ascontiguousarray(timeseries[: n_win * T].reshape(n_win, T, -1).transpose(0, 2, 1)))  # (n, R, T)
     R = x.shape[1]
     xyz = torch.as_tensor(coords, dtype=torch.float32).expand(n_win, R, 3)
@@ -176,7 +177,7 @@ def reconstruct_recording(
         L = R * P
         num_masked = L - int(L * (1 - mask_ratio))
         if num_masked == 0:
-            raise ValueError(f"mask_ratio {mask_ratio} masks no token of {L}")
+            raise UserError(f"mask_ratio {mask_ratio} masks no token of {L}")
         passes = math.ceil(L / num_masked) if cover else 1
         perm = torch.stack([torch.randperm(L, generator=g) for _ in range(n_win)])  # (n, L)
         for j in range(passes):
@@ -214,7 +215,7 @@ def reconstruct_recordings(
         results[meta["recording_id"]] = rec
         rows += [{**meta, "region": r, "r2": v} for r, v in enumerate(rec.r2)]
     if not results:
-        raise ValueError(f"no recording of {recordings.source} holds a window of {T} timepoints")
+        raise UserError(f"no recording of {recordings.source} holds a window of {T} timepoints")
     return pd.DataFrame(rows), results
 
 
@@ -243,7 +244,7 @@ def ar_forecast(visible: np.ndarray, k: int, order: int = 3) -> np.ndarray:
     y = np.asarray(visible, np.float64).reshape(-1, shape[-1])  # (S, V)
     S, V = y.shape
     if V <= 2 * order:
-        raise ValueError(f"AR({order}) needs more than {2 * order} visible timepoints, got {V}")
+        raise UserError(f"AR({order}) needs more than {2 * order} visible timepoints, got {V}")
     # Design: [y_{t-1}, ..., y_{t-p}, 1] -> y_t, for t = p .. V-1.
     lags = np.stack([y[:, order - i - 1 : V - i - 1] for i in range(order)], axis=-1)  # (S, V-p, p)
     design = np.concatenate([lags, np.ones((S, V - order, 1))], axis=-1)  # (S, V-p, p+1)
@@ -274,7 +275,7 @@ def forecast_windows(model: nn.Module, signal_vectors, xyz_vectors, k: int) -> n
         ``(B, R, k)``.
     """
     if is_vitmae(model):
-        raise ValueError("forecasting needs a BrainLM model: ViT-MAE image patches do not align with the last timepoints")
+        raise UserError("forecasting needs a BrainLM model: ViT-MAE image patches do not align with the last timepoints")
     x = _as_tensor(signal_vectors)
     xyz = _as_tensor(xyz_vectors)
     if xyz.dim() == 2:
@@ -282,7 +283,7 @@ def forecast_windows(model: nn.Module, signal_vectors, xyz_vectors, k: int) -> n
     B, R, T = x.shape
     Wp = model.config.timepoint_patching_size
     if k <= 0 or k % Wp or k >= T:
-        raise ValueError(f"k = {k} must be a positive multiple of the patch size W = {Wp} and smaller than the window T = {T}")
+        raise UserError(f"k = {k} must be a positive multiple of the patch size W = {Wp} and smaller than the window T = {T}")
     P = T // Wp
     noise, ratio = forecast_noise(B, R, P, k // Wp)
     device = next(model.parameters()).device
@@ -346,7 +347,7 @@ def forecast_recordings(
             ctxs.append(x[..., : T - k])
             rows += [{**meta, "window_start": int(t0)} for t0 in starts[s : s + batch_size]]
     if not rows:
-        raise ValueError(f"no recording of {recordings.source} holds a window of {T} timepoints")
+        raise UserError(f"no recording of {recordings.source} holds a window of {T} timepoints")
     true, ctx = np.concatenate(trues), np.concatenate(ctxs)
     methods = {
         "brainlm": np.concatenate(preds),

@@ -19,6 +19,7 @@ from .loading import load_model, open_recordings
 from .plots import plot_fingerprint, plot_forecast, plot_reconstruction
 from .probe import probe
 from .reconstruct import forecast_recordings, reconstruct_recordings
+from brainlm.errors import OutputExistsError
 
 __all__ = ["run_embed", "run_reconstruct", "run_forecast", "run_probe", "run_finetune", "run_fingerprint"]
 
@@ -27,7 +28,7 @@ def _out_dir(path, names: list[str], overwrite: bool) -> Path:
     out = Path(path)
     existing = [str(out / n) for n in names if (out / n).exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"not overwriting {', '.join(existing)} (pass --overwrite)")
+        raise OutputExistsError(f"not overwriting {', '.join(existing)} (pass --overwrite)")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -42,7 +43,7 @@ def run_embed(checkpoint, data, out, *, overwrite: bool = False, split=None, coo
     """Embed and write ``out`` (``.parquet``, or ``.npy`` + ``.index.tsv``); returns ``out``."""
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"not overwriting {out} (pass --overwrite)")
+        raise OutputExistsError(f"not overwriting {out} (pass --overwrite)")
     emb = embed(checkpoint, data, split=split, coords=coords, **kwargs)
     write_embeddings(emb, out, overwrite=overwrite)
     for rid in emb.skipped:

@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.model_selection import KFold
 
 from brainlm.integrate.preprocess import ModalityPreprocessor, check_pair
+from brainlm.errors import UserError
 
 
 def _inv_sqrt(C: np.ndarray) -> np.ndarray:
@@ -53,12 +54,12 @@ class RegularizedCCA:
         Y = np.asarray(Y, dtype=np.float64)
         n, k = X.shape[0], self.n_components
         if k > min(n - 1, X.shape[1], Y.shape[1]):
-            raise ValueError(
+            raise UserError(
                 f"{k} CCA components need more than {k} subjects and at least {k} features per modality; "
                 f"got {n} subjects, {X.shape[1]} and {Y.shape[1]} features"
             )
         if not 0 <= self.reg < 1:
-            raise ValueError(f"reg must be in [0, 1), got {self.reg}")
+            raise UserError(f"reg must be in [0, 1), got {self.reg}")
         self.x_mean_, self.y_mean_ = X.mean(0), Y.mean(0)
         Xc, Yc = X - self.x_mean_, Y - self.y_mean_
         Wx = _inv_sqrt(_shrink(Xc.T @ Xc / (n - 1), self.reg))
@@ -175,15 +176,15 @@ class CCAAnalysis:
         X, Y = check_pair(X, Y, self.n_splits)
         n = X.shape[0]
         if n < self.n_components + 1:
-            raise ValueError(f"fewer subjects ({n}) than CCA components + 1 ({self.n_components + 1})")
+            raise UserError(f"fewer subjects ({n}) than CCA components + 1 ({self.n_components + 1})")
         if n // self.n_splits < 3:
-            raise ValueError(
+            raise UserError(
                 f"{n} subjects in {self.n_splits} folds leave fewer than 3 held-out subjects per fold; "
                 "use fewer folds"
             )
         cov = None if covariates is None else np.asarray(covariates, dtype=np.float64)
         if cov is not None and cov.shape[0] != n:
-            raise ValueError(f"covariates have {cov.shape[0]} rows for {n} subjects")
+            raise UserError(f"covariates have {cov.shape[0]} rows for {n} subjects")
         kf = KFold(self.n_splits, shuffle=True, random_state=self.random_state)
         self.folds_ = list(kf.split(X))
         self.fold_corr_, wx, wy, x_parts = self._cv(X, Y, cov, cov)

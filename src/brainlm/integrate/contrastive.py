@@ -41,6 +41,7 @@ from torch.nn import functional as F
 
 from brainlm.integrate.io import write_embedding_table
 from brainlm.integrate.preprocess import ModalityPreprocessor, check_pair
+from brainlm.errors import UserError
 
 RECALL_AT = (1, 5, 10)
 
@@ -215,7 +216,7 @@ class ContrastiveAligner:
         n = X.shape[0]
         n_val = max(2, int(round(self.val_fraction * n)))
         if n - n_val < 2:
-            raise ValueError(f"{n} subjects are too few to train with a validation split of {n_val}")
+            raise UserError(f"{n} subjects are too few to train with a validation split of {n_val}")
         p = self.pca_components
         pca_x, pca_y = tuple(p) if isinstance(p, (tuple, list)) else (p, p)
         self.brain_pre_ = ModalityPreprocessor(self.scale, pca_x, self.random_state).fit(X, covariates)
@@ -335,7 +336,7 @@ class ContrastiveAnalysis:
         cov = None if covariates is None else np.asarray(covariates, dtype=np.float64)
         n = X.shape[0]
         if n // self.n_splits < 2:
-            raise ValueError(f"{n} subjects in {self.n_splits} folds leave fewer than 2 held-out subjects per fold")
+            raise UserError(f"{n} subjects in {self.n_splits} folds leave fewer than 2 held-out subjects per fold")
         self.folds_ = list(KFold(self.n_splits, shuffle=True, random_state=self.random_state).split(X))
         rng = np.random.default_rng(self.random_state)
         rows, null_rows, self.aligners_ = [], [], []

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from brainlm.errors import MissingInputError, UserError
 
 _COMPLEMENT = str.maketrans("ACGTUNacgtun", "TGCAANtgcaan")
 
@@ -30,7 +31,7 @@ def reverse_complement(seq: str) -> str:
     """
     bad = set(seq) - set("ACGTUNacgtun")
     if bad:
-        raise ValueError(f"not a DNA sequence: unexpected characters {sorted(bad)[:5]}")
+        raise UserError(f"not a DNA sequence: unexpected characters {sorted(bad)[:5]}")
     return seq.translate(_COMPLEMENT)[::-1]
 
 
@@ -45,7 +46,7 @@ def average_strands(forward, reverse) -> np.ndarray:
     """
     forward, reverse = np.asarray(forward, dtype=np.float64), np.asarray(reverse, dtype=np.float64)
     if forward.shape != reverse.shape:
-        raise ValueError(
+        raise UserError(
             f"forward and reverse-complement embeddings differ in shape: {forward.shape} vs {reverse.shape}"
         )
     return ((forward + reverse) / 2).astype(np.float32)
@@ -55,7 +56,7 @@ def read_fasta(path: str | Path) -> list[tuple[str, str]]:
     """Read a FASTA file into ``[(name, sequence), ...]`` (name = first word of the header)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"FASTA file not found: {path}")
+        raise MissingInputError(f"FASTA file not found: {path}")
     records, name, chunks = [], None, []
     for line in path.read_text().splitlines():
         line = line.strip()
@@ -66,16 +67,16 @@ def read_fasta(path: str | Path) -> list[tuple[str, str]]:
                 records.append((name, "".join(chunks)))
             words = line[1:].split()
             if not words:
-                raise ValueError(f"{path}: FASTA header without a name")
+                raise UserError(f"{path}: FASTA header without a name")
             name, chunks = words[0], []
         else:
             if name is None:
-                raise ValueError(f"{path}: sequence line before the first '>' header")
+                raise UserError(f"{path}: sequence line before the first '>' header")
             chunks.append(line)
     if name is not None:
         records.append((name, "".join(chunks)))
     if not records:
-        raise ValueError(f"{path}: no FASTA records")
+        raise UserError(f"{path}: no FASTA records")
     return records
 
 
@@ -124,11 +125,11 @@ def embed_dna(
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"no Hugging Face model folder at {model_dir} (config.json missing)")
+        raise MissingInputError(f"no Hugging Face model folder at {model_dir} (config.json missing)")
     records = read_fasta(fasta)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
-        raise ValueError(f"the tokenizer in {model_dir} has no padding token; batching needs one")
+        raise UserError(f"the tokenizer in {model_dir} has no padding token; batching needs one")
     dev = torch.device(device)
     model = AutoModel.from_pretrained(model_dir, local_files_only=True, trust_remote_code=trust_remote_code)
     model = model.to(dev).eval()
@@ -161,7 +162,7 @@ def write_dna_table(path: str | Path, subject_ids, sequence_ids, X, id_col: str 
     elif suffix in (".csv", ".tsv"):
         frame.to_csv(path, sep="," if suffix == ".csv" else "\t", index=False)
     else:
-        raise ValueError(f"unsupported table format {suffix!r} (use .parquet, .csv or .tsv)")
+        raise UserError(f"unsupported table format {suffix!r} (use .parquet, .csv or .tsv)")
     return path
 
 

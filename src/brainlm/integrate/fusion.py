@@ -25,6 +25,7 @@ from sklearn.metrics import average_precision_score, r2_score, roc_auc_score
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from brainlm.integrate.preprocess import ModalityPreprocessor, check_pair
+from brainlm.errors import UserError
 
 FEATURE_SETS = ("genetic", "brain", "fusion")
 
@@ -40,7 +41,7 @@ def _make_model(name: str, task: str, seed: int):
         # Exact (not histogram) boosting: single-threaded, and cohorts here are small.
         cls = GradientBoostingClassifier if task == "classification" else GradientBoostingRegressor
         return cls(n_estimators=100, learning_rate=0.05, max_depth=2, subsample=0.8, random_state=seed)
-    raise ValueError(f"unknown model {name!r} (use 'linear' or 'gbm')")
+    raise UserError(f"unknown model {name!r} (use 'linear' or 'gbm')")
 
 
 def _metrics(task: str):
@@ -122,26 +123,26 @@ class FusionAnalysis:
         y = np.asarray(y)
         n = X.shape[0]
         if y.shape != (n,):
-            raise ValueError(f"target must have shape ({n},), got {y.shape}")
+            raise UserError(f"target must have shape ({n},), got {y.shape}")
         if y.dtype.kind in "fc" and not np.isfinite(y).all():
-            raise ValueError("target contains NaN or inf")
+            raise UserError("target contains NaN or inf")
         task = self.task
         if task == "auto":
             task = "classification" if len(np.unique(y)) == 2 else "regression"
         if task not in ("classification", "regression"):
-            raise ValueError(f"task must be 'classification', 'regression' or 'auto', got {self.task!r}")
+            raise UserError(f"task must be 'classification', 'regression' or 'auto', got {self.task!r}")
         if task == "classification":
             classes = np.unique(y)
             if len(classes) != 2:
-                raise ValueError(f"classification needs exactly two classes, got {len(classes)}")
+                raise UserError(f"classification needs exactly two classes, got {len(classes)}")
             if np.bincount(np.searchsorted(classes, y)).min() < self.n_splits:
-                raise ValueError(f"fewer subjects in the smallest class than folds ({self.n_splits})")
+                raise UserError(f"fewer subjects in the smallest class than folds ({self.n_splits})")
             y = (y == classes[1]).astype(int)
         else:
             y = y.astype(np.float64)
         groups = np.arange(n) if groups is None else np.asarray(groups)
         if len(np.unique(groups)) < self.n_splits:
-            raise ValueError(f"fewer subjects ({len(np.unique(groups))}) than folds ({self.n_splits})")
+            raise UserError(f"fewer subjects ({len(np.unique(groups))}) than folds ({self.n_splits})")
         cov = None if covariates is None else np.asarray(covariates, dtype=np.float64)
         self.task_ = task
         if task == "classification":

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from brainlm.errors import MissingInputError, UserError
 
 ROW_KEY_COLUMNS = ("session_id", "run_id", "window", "sequence_id")
 _EMB_COL = re.compile(r"^emb_(\d+)$")
@@ -39,7 +40,7 @@ def _read_frame(path: Path) -> pd.DataFrame:
         return pd.read_csv(path)
     if suffix in (".tsv", ".txt"):
         return pd.read_csv(path, sep="\t")
-    raise ValueError(f"unsupported table format {suffix!r} for {path} (use .parquet, .csv, .tsv or .npy)")
+    raise UserError(f"unsupported table format {suffix!r} for {path} (use .parquet, .csv, .tsv or .npy)")
 
 
 def _read_npy_index(path: Path, id_col: str) -> np.ndarray:
@@ -54,14 +55,14 @@ def _read_npy_index(path: Path, id_col: str) -> np.ndarray:
         frame = pd.read_csv(idx, sep="," if ext == ".csv" else "\t", dtype=str)
         col = id_col if id_col in frame.columns else frame.columns[0]
         return frame[col].astype(str).to_numpy()
-    raise FileNotFoundError(f"no index file for {path}: expected {path.stem}.txt, .csv, .tsv or .json next to it")
+    raise MissingInputError(f"no index file for {path}: expected {path.stem}.txt, .csv, .tsv or .json next to it")
 
 
 def _feature_matrix(frame: pd.DataFrame, id_col: str, path: Path) -> np.ndarray:
     if "embedding" in frame.columns:
         lengths = frame["embedding"].map(lambda v: -1 if v is None else len(v))
         if lengths.nunique() != 1 or int(lengths.iloc[0]) < 1:
-            raise ValueError(
+            raise UserError(
                 f"{path}: rows of the 'embedding' column have different lengths {sorted(lengths.unique())[:5]}"
             )
         return np.stack([np.asarray(v, dtype=np.float64) for v in frame["embedding"]])
@@ -72,7 +73,7 @@ def _feature_matrix(frame: pd.DataFrame, id_col: str, path: Path) -> np.ndarray:
         skip = {id_col, *ROW_KEY_COLUMNS}
         cols = [c for c in frame.columns if c not in skip and pd.api.types.is_numeric_dtype(frame[c])]
     if not cols:
-        raise ValueError(f"{path}: no embedding columns found ('embedding', 'emb_<i>' or numeric columns)")
+        raise UserError(f"{path}: no embedding columns found ('embedding', 'emb_<i>' or numeric columns)")
     return frame[cols].to_numpy(dtype=np.float64)
 
 
@@ -83,17 +84,17 @@ def check_table(ids: np.ndarray, X: np.ndarray, name: str = "table") -> None:
     """
     X = np.asarray(X)
     if X.ndim != 2:
-        raise ValueError(f"{name}: embeddings must be 2-D (N, D), got shape {X.shape}")
+        raise UserError(f"{name}: embeddings must be 2-D (N, D), got shape {X.shape}")
     if len(ids) != X.shape[0]:
-        raise ValueError(f"{name}: {len(ids)} subject IDs but {X.shape[0]} embedding rows")
+        raise UserError(f"{name}: {len(ids)} subject IDs but {X.shape[0]} embedding rows")
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
         shown = ", ".join(map(str, np.asarray(ids)[bad][:5]))
-        raise ValueError(f"{name}: {int(bad.sum())} rows contain NaN or inf (subjects {shown})")
+        raise UserError(f"{name}: {int(bad.sum())} rows contain NaN or inf (subjects {shown})")
     uniq, counts = np.unique(np.asarray(ids, dtype=str), return_counts=True)
     if (counts > 1).any():
         shown = ", ".join(uniq[counts > 1][:5])
-        raise ValueError(f"{name}: duplicated subject IDs ({shown})")
+        raise UserError(f"{name}: duplicated subject IDs ({shown})")
 
 
 def read_embedding_table(
@@ -118,19 +119,19 @@ def read_embedding_table(
     """
     path = Path(path)
     if aggregate not in ("auto", "mean", "none"):
-        raise ValueError(f"aggregate must be 'auto', 'mean' or 'none', got {aggregate!r}")
+        raise UserError(f"aggregate must be 'auto', 'mean' or 'none', got {aggregate!r}")
     if not path.exists():
-        raise FileNotFoundError(f"embedding table not found: {path}")
+        raise MissingInputError(f"embedding table not found: {path}")
     if path.suffix.lower() == ".npy":
         X = np.load(path).astype(np.float64)
         ids = _read_npy_index(path, id_col)
         keys = pd.DataFrame(index=range(len(ids)))
         if X.ndim != 2 or len(ids) != X.shape[0]:
-            raise ValueError(f"{path}: array of shape {X.shape} does not match {len(ids)} IDs in its index")
+            raise UserError(f"{path}: array of shape {X.shape} does not match {len(ids)} IDs in its index")
     else:
         frame = _read_frame(path)
         if id_col not in frame.columns:
-            raise ValueError(f"{path}: no ID column {id_col!r} (columns: {list(frame.columns)[:8]})")
+            raise UserError(f"{path}: no ID column {id_col!r} (columns: {list(frame.columns)[:8]})")
         ids = frame[id_col].astype(str).to_numpy()
         X = _feature_matrix(frame, id_col, path)
         keys = frame[[c for c in ROW_KEY_COLUMNS if c in frame.columns]]
@@ -138,7 +139,7 @@ def read_embedding_table(
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
         shown = ", ".join(map(str, ids[bad][:5]))
-        raise ValueError(f"{path}: {int(bad.sum())} rows contain NaN or inf (subjects {shown})")
+        raise UserError(f"{path}: {int(bad.sum())} rows contain NaN or inf (subjects {shown})")
     dup = pd.Series(ids).duplicated(keep=False).to_numpy()
     if dup.any():
         rows_distinct = keys.shape[1] > 0 and not pd.concat(
@@ -146,7 +147,7 @@ def read_embedding_table(
         ).duplicated().any()
         if aggregate == "none" or (aggregate == "auto" and not rows_distinct):
             shown = ", ".join(sorted(set(ids[dup]))[:5])
-            raise ValueError(
+            raise UserError(
                 f"{path}: duplicated subject IDs ({shown}); pass aggregate='mean' to average them"
             )
         order = pd.unique(pd.Series(ids))
@@ -183,7 +184,7 @@ def write_embedding_table(path: str | Path, ids, X, id_col: str = "subject_id") 
     elif suffix == ".tsv":
         frame.to_csv(path, sep="\t", index=False)
     else:
-        raise ValueError(f"unsupported table format {suffix!r} (use .parquet, .csv, .tsv or .npy)")
+        raise UserError(f"unsupported table format {suffix!r} (use .parquet, .csv, .tsv or .npy)")
     return path
 
 
@@ -202,19 +203,19 @@ def read_covariates(path: str | Path, id_col: str = "subject_id", columns: list[
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"covariate file not found: {path}")
+        raise MissingInputError(f"covariate file not found: {path}")
     frame = pd.read_csv(path, sep="," if path.suffix.lower() == ".csv" else "\t")
     if id_col not in frame.columns:
-        raise ValueError(f"{path}: no ID column {id_col!r}")
+        raise UserError(f"{path}: no ID column {id_col!r}")
     frame[id_col] = frame[id_col].astype(str)
     if frame[id_col].duplicated().any():
         shown = ", ".join(frame.loc[frame[id_col].duplicated(), id_col].head(5))
-        raise ValueError(f"{path}: duplicated subject IDs ({shown})")
+        raise UserError(f"{path}: duplicated subject IDs ({shown})")
     frame = frame.set_index(id_col)
     if columns is not None:
         missing = [c for c in columns if c not in frame.columns]
         if missing:
-            raise ValueError(f"{path}: missing covariate columns {missing}")
+            raise UserError(f"{path}: missing covariate columns {missing}")
         frame = frame[columns]
     return encode_covariates(frame, name=str(path))
 
@@ -230,7 +231,7 @@ def encode_covariates(frame: pd.DataFrame, name: str = "covariates") -> pd.DataF
     """
     if frame.isna().any(axis=1).any():
         shown = ", ".join(map(str, frame.index[frame.isna().any(axis=1)][:5]))
-        raise ValueError(f"{name}: missing covariate values (subjects {shown})")
+        raise UserError(f"{name}: missing covariate values (subjects {shown})")
     text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     out = pd.get_dummies(frame, columns=text, drop_first=True, dtype=float)
     out.index = out.index.astype(str)
@@ -297,7 +298,7 @@ def join_modalities(
         common &= set(covariates.index.astype(str))
     keep = [i for i in ids_a if i in common]
     if not keep:
-        raise ValueError(
+        raise UserError(
             f"no overlapping subject IDs between {names[0]} ({len(ids_a)} IDs, e.g. {ids_a[:3].tolist()}) "
             f"and {names[1]} ({len(ids_b)} IDs, e.g. {ids_b[:3].tolist()})"
             + ("" if covariates is None else " and the covariates")

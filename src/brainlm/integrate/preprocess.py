@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.decomposition import PCA
+from brainlm.errors import UserError
 
 
 class ModalityScaler:
@@ -36,7 +37,7 @@ class ModalityScaler:
 
     def fit(self, X, y=None) -> "ModalityScaler":
         if self.method not in ("zscore", "layernorm", "none"):
-            raise ValueError(f"scaling method must be 'zscore', 'layernorm' or 'none', got {self.method!r}")
+            raise UserError(f"scaling method must be 'zscore', 'layernorm' or 'none', got {self.method!r}")
         X = np.asarray(X, dtype=np.float64)
         self.n_features_in_ = X.shape[1]
         if self.method == "zscore":
@@ -49,7 +50,7 @@ class ModalityScaler:
         """(N, D) -> (N, D) float32."""
         X = np.asarray(X, dtype=np.float64)
         if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"expected {self.n_features_in_} features, got {X.shape[1]}")
+            raise UserError(f"expected {self.n_features_in_} features, got {X.shape[1]}")
         if self.method == "zscore":
             X = (X - self.mean_) / self.scale_
         elif self.method == "layernorm":
@@ -72,7 +73,7 @@ class CovariateResidualizer:
         X = np.asarray(X, dtype=np.float64)
         C = np.asarray(covariates, dtype=np.float64)
         if C.ndim != 2 or C.shape[0] != X.shape[0]:
-            raise ValueError(f"covariates must be (N, K) with N={X.shape[0]}, got {C.shape}")
+            raise UserError(f"covariates must be (N, K) with N={X.shape[0]}, got {C.shape}")
         self.cov_mean_ = C.mean(axis=0)
         Cc = C - self.cov_mean_
         self.intercept_ = X.mean(axis=0)
@@ -122,7 +123,7 @@ class ModalityPreprocessor:
         if self.n_components is not None:
             k = int(self.n_components)
             if not 1 <= k <= min(Z.shape):
-                raise ValueError(
+                raise UserError(
                     f"PCA to {k} components needs at least {k} training subjects and features; "
                     f"got {Z.shape[0]} subjects x {Z.shape[1]} features"
                 )
@@ -136,7 +137,7 @@ class ModalityPreprocessor:
         Z = self.scaler_.transform(X)
         if self.residualizer_ is not None:
             if covariates is None:
-                raise ValueError("this preprocessor was fitted with covariates; pass them to transform too")
+                raise UserError("this preprocessor was fitted with covariates; pass them to transform too")
             Z = self.residualizer_.transform(Z, covariates)
         if self.pca_ is not None:
             Z = self.pca_.transform(Z)
@@ -166,14 +167,14 @@ def check_pair(X, Y, n_splits: int | None = None, names: tuple[str, str] = ("bra
     Y = np.asarray(Y, dtype=np.float64)
     for name, M in zip(names, (X, Y)):
         if M.ndim != 2:
-            raise ValueError(f"{name} embeddings must be 2-D (N, D), got shape {M.shape}")
+            raise UserError(f"{name} embeddings must be 2-D (N, D), got shape {M.shape}")
         if not np.isfinite(M).all():
-            raise ValueError(f"{name} embeddings contain NaN or inf in {int((~np.isfinite(M).all(1)).sum())} rows")
+            raise UserError(f"{name} embeddings contain NaN or inf in {int((~np.isfinite(M).all(1)).sum())} rows")
     if X.shape[0] != Y.shape[0]:
-        raise ValueError(
+        raise UserError(
             f"{names[0]} and {names[1]} embeddings have different numbers of subjects "
             f"({X.shape[0]} vs {Y.shape[0]}); join them on subject IDs first"
         )
     if n_splits is not None and X.shape[0] < max(n_splits, 2):
-        raise ValueError(f"fewer subjects ({X.shape[0]}) than folds ({n_splits})")
+        raise UserError(f"fewer subjects ({X.shape[0]}) than folds ({n_splits})")
     return X, Y

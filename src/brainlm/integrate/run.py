@@ -17,6 +17,7 @@ from brainlm.integrate.contrastive import ContrastiveAligner, ContrastiveAnalysi
 from brainlm.integrate.fusion import FusionAnalysis
 from brainlm.integrate.io import JoinedCohort, join_modalities, read_covariates, read_embedding_table
 from brainlm.integrate.report import write_cca_report, write_contrastive_report, write_fusion_report
+from brainlm.errors import MissingInputError, UserError
 
 
 def load_cohort(
@@ -91,18 +92,18 @@ def run_fusion(
     cohort = load_cohort(brain, genetic, covariates, id_col)
     phenotypes = Path(phenotypes)
     if not phenotypes.exists():
-        raise FileNotFoundError(f"phenotype file not found: {phenotypes}")
+        raise MissingInputError(f"phenotype file not found: {phenotypes}")
     pheno = pd.read_csv(phenotypes, sep="," if phenotypes.suffix.lower() == ".csv" else "\t")
     if id_col not in pheno.columns or target not in pheno.columns:
-        raise ValueError(f"{phenotypes}: needs columns {id_col!r} and {target!r}")
+        raise UserError(f"{phenotypes}: needs columns {id_col!r} and {target!r}")
     pheno[id_col] = pheno[id_col].astype(str)
     if pheno[id_col].duplicated().any():
-        raise ValueError(f"{phenotypes}: duplicated subject IDs")
+        raise UserError(f"{phenotypes}: duplicated subject IDs")
     y = pheno.dropna(subset=[target]).set_index(id_col)[target]
     keep = np.isin(cohort.ids, y.index)
     missing = cohort.ids[~keep].tolist()
     if keep.sum() == 0:
-        raise ValueError(f"no joined subject has a value of {target!r} in {phenotypes}")
+        raise UserError(f"no joined subject has a value of {target!r} in {phenotypes}")
     fusion = FusionAnalysis(task, tuple(models), n_splits, n_bootstrap, scale, pca_components, seed)
     cov = None if cohort.covariates is None else cohort.covariates[keep]
     fusion.fit(cohort.A[keep], cohort.B[keep], y.loc[cohort.ids[keep]].to_numpy(), cov)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from brainlm.errors import UserError
 
 
 @dataclass
@@ -82,7 +83,7 @@ def make_synthetic_cohort(
         A :class:`SyntheticCohort`.
     """
     if target not in ("binary", "continuous"):
-        raise ValueError(f"target must be 'binary' or 'continuous', got {target!r}")
+        raise UserError(f"target must be 'binary' or 'continuous', got {target!r}")
     rng = np.random.default_rng(seed)
     n = n_subjects
     z = rng.standard_normal((n, n_shared))

@@ -40,6 +40,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from brainlm.checkpoint import load_state_dict_file
+from brainlm.errors import UserError
 
 __all__ = [
     "save_checkpoint", "load_checkpoint", "restore_checkpoint", "find_checkpoints", "latest_checkpoint",
@@ -143,20 +144,20 @@ def verify_checkpoint(folder: str | Path) -> None:
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
-        raise ValueError(f"checkpoint {folder} is incomplete: no manifest.json")
+        raise UserError(f"checkpoint {folder} is incomplete: no manifest.json")
     try:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"checkpoint {folder} is corrupt: manifest.json is not valid JSON ({err})") from err
+        raise UserError(f"checkpoint {folder} is corrupt: manifest.json is not valid JSON ({err})") from err
     for name, meta in manifest.items():
         path = folder / name
         if not path.is_file():
-            raise ValueError(f"checkpoint {folder} is corrupt: {name} is missing")
+            raise UserError(f"checkpoint {folder} is corrupt: {name} is missing")
         size = path.stat().st_size
         if size != meta["bytes"]:
-            raise ValueError(f"checkpoint {folder} is corrupt: {name} has {size} bytes, expected {meta['bytes']} (truncated?)")
+            raise UserError(f"checkpoint {folder} is corrupt: {name} has {size} bytes, expected {meta['bytes']} (truncated?)")
         if _sha256(path) != meta["sha256"]:
-            raise ValueError(f"checkpoint {folder} is corrupt: {name} does not match its SHA-256 in manifest.json")
+            raise UserError(f"checkpoint {folder} is corrupt: {name} does not match its SHA-256 in manifest.json")
 
 
 def _pause_if_asked(step: int) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from brainlm.model import PRESETS as MODEL_PRESETS
 from brainlm.model import BrainLMConfig
+from brainlm.errors import MissingInputError, UserError
 
 __all__ = ["TrainConfig", "TRAIN_PRESETS", "train_preset", "apply_overrides", "parse_overrides", "resolve_config"]
 
@@ -78,7 +79,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
             if not ok:
-                raise ValueError(f"TrainConfig: {msg}")
+                raise UserError(f"TrainConfig: {msg}")
 
         need(self.model in MODEL_PRESETS, f"model must be one of {sorted(MODEL_PRESETS)}, got {self.model!r}")
         for name in ("window", "max_steps", "batch_size", "grad_accum_steps", "keep_last"):
@@ -100,7 +101,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(BrainLMConfig)} - {"extra"}
         unknown = sorted(set(self.model_overrides) - known)
         if unknown:
-            raise ValueError(f"TrainConfig: unknown model settings {unknown}; known: {sorted(known)}")
+            raise UserError(f"TrainConfig: unknown model settings {unknown}; known: {sorted(known)}")
         changes: dict[str, Any] = {"num_timepoints_per_voxel": self.window}
         if num_regions is not None:
             changes["num_brain_voxels"] = num_regions
@@ -118,7 +119,7 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - names)
         if unknown:
-            raise ValueError(f"{path}: unknown training settings {unknown} (written by another version?)")
+            raise UserError(f"{path}: unknown training settings {unknown} (written by another version?)")
         return cls(**raw)
 
     def replace(self, **changes: Any) -> "TrainConfig":
@@ -186,7 +187,7 @@ TRAIN_PRESETS = {"demo": demo, "13m": recipe_13m, "111m": pretrain_111m, "650m":
 
 def train_preset(name: str) -> TrainConfig:
     if name not in TRAIN_PRESETS:
-        raise ValueError(f"unknown training preset {name!r}; choose from {sorted(TRAIN_PRESETS)}")
+        raise UserError(f"unknown training preset {name!r}; choose from {sorted(TRAIN_PRESETS)}")
     return TRAIN_PRESETS[name]()
 
 
@@ -212,35 +213,35 @@ def _coerce(text: str, annotation: Any, key: str) -> Any:
                 return _coerce(text, arg, key)
             except ValueError as err:
                 errors.append(str(err))
-        raise ValueError("; ".join(errors))
+        raise UserError("; ".join(errors))
     if annotation is bool:
         low = text.lower()
         if low in ("1", "true", "yes", "on"):
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{key}: expected true/false, got {text!r}")
+        raise UserError(f"{key}: expected true/false, got {text!r}")
     if annotation is int:
         try:
             return int(text)
         except ValueError:
-            raise ValueError(f"{key}: expected an integer, got {text!r}") from None
+            raise UserError(f"{key}: expected an integer, got {text!r}") from None
     if annotation is float:
         try:
             return float(text)
         except ValueError:
-            raise ValueError(f"{key}: expected a number, got {text!r}") from None
+            raise UserError(f"{key}: expected a number, got {text!r}") from None
     if annotation is str or annotation is Any:
         return text
     if origin is dict or annotation is dict:
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
-            raise ValueError(f"{key}: expected a JSON object, got {text!r}") from None
+            raise UserError(f"{key}: expected a JSON object, got {text!r}") from None
         if not isinstance(value, dict):
-            raise ValueError(f"{key}: expected a JSON object, got {text!r}")
+            raise UserError(f"{key}: expected a JSON object, got {text!r}")
         return value
-    raise ValueError(f"{key}: cannot parse a value of type {annotation}")
+    raise UserError(f"{key}: cannot parse a value of type {annotation}")
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -249,7 +250,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     for item in items:
         body = item[2:] if item.startswith("--") else item
         if "=" not in body:
-            raise ValueError(f"override {item!r} is not of the form --key=value")
+            raise UserError(f"override {item!r} is not of the form --key=value")
         key, value = body.split("=", 1)
         out[key.strip().replace("-", "_")] = value
     return out
@@ -271,12 +272,12 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
         if key.startswith("model."):
             name = key[len("model."):]
             if name not in model_fields:
-                raise ValueError(f"unknown model setting {name!r}; known: {', '.join(sorted(model_fields))}")
+                raise UserError(f"unknown model setting {name!r}; known: {', '.join(sorted(model_fields))}")
             model_changes[name] = _coerce(value, model_fields[name].type, key) if isinstance(value, str) else value
         elif key in fields:
             changes[key] = _coerce(value, fields[key].type, key) if isinstance(value, str) else value
         else:
-            raise ValueError(f"unknown training setting {key!r}; known: {', '.join(sorted(fields))}")
+            raise UserError(f"unknown training setting {key!r}; known: {', '.join(sorted(fields))}")
     if "model_overrides" in changes:
         model_changes = {**model_changes, **changes.pop("model_overrides")}
     return dataclasses.replace(config, **changes, model_overrides=model_changes)
@@ -296,7 +297,7 @@ def resolve_config(
     if resume is not None and preset is None:
         path = Path(resume) / "train_config.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{resume} is not a run folder: no train_config.json")
+            raise MissingInputError(f"{resume} is not a run folder: no train_config.json")
         config = TrainConfig.load(path)
     else:
         config = train_preset(preset or "13m")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+from brainlm.errors import UserError
 
 __all__ = [
     "DistInfo", "init_distributed", "destroy_distributed", "wrap_model", "unwrap_model", "no_sync",
@@ -72,7 +73,7 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} asked for, but CUDA is not available")
+            raise UserError(f"--device {name!r}: CUDA is not available on this machine")
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device
@@ -100,7 +101,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
         supported = cpu_supports_bf16()
     if precision == "bf16":
         if not supported and device.type == "cuda":
-            raise RuntimeError("precision 'bf16' asked for, but this GPU does not support bf16")
+            raise UserError("--precision bf16: this GPU does not support bf16")
         return torch.bfloat16
     return torch.bfloat16 if supported else torch.float32
 
@@ -136,7 +137,7 @@ def wrap_model(model: nn.Module, mode: str, device: torch.device | None = None) 
             fully_shard(block)
         fully_shard(model)
         return model
-    raise ValueError(f"unknown distribution mode {mode!r}; use 'none', 'ddp' or 'fsdp'")
+    raise UserError(f"unknown distribution mode {mode!r}; use 'none', 'ddp' or 'fsdp'")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -37,6 +37,7 @@ from brainlm.train.distributed import (
 )
 from brainlm.train.metrics import BASELINES, MaskedMetrics, baseline_predictions
 from brainlm.train.optim import build_optimizer, build_scheduler, scaled_lr
+from brainlm.errors import MissingInputError, UserError
 
 __all__ = ["pretrain", "run_pretrain", "evaluate", "RunResult", "NonFiniteLossError", "build_datasets"]
 
@@ -164,7 +165,7 @@ def build_datasets(config: TrainConfig, splits: tuple[str, ...] = ("train", "val
     never random. Sharding over processes is done by the training loop, not the dataset.
     """
     if config.data is None:
-        raise ValueError("no data: pass a store folder (--data STORE) or datasets")
+        raise UserError("no data: pass a store folder (--data STORE) or datasets")
     from brainlm.data import WindowDataset, open_store
 
     store = open_store(config.data)
@@ -180,15 +181,15 @@ def build_datasets(config: TrainConfig, splits: tuple[str, ...] = ("train", "val
 def _check_dataset(dataset: Dataset | None, split: str, window: int) -> int:
     """The region count R of a dataset; clear errors for empty splits and wrong shapes."""
     if dataset is None or len(dataset) == 0:
-        raise ValueError(f"the {split} split is empty: it has no windows of {window} timepoints")
+        raise UserError(f"the {split} split is empty: it has no windows of {window} timepoints")
     item = dataset[0]
     if not isinstance(item, dict) or "signal_vectors" not in item or "xyz_vectors" not in item:
-        raise ValueError(f"{split} items must be dicts with 'signal_vectors' (R, T) and 'xyz_vectors' (R, 3)")
+        raise UserError(f"{split} items must be dicts with 'signal_vectors' (R, T) and 'xyz_vectors' (R, 3)")
     R, T = item["signal_vectors"].shape
     if T != window:
-        raise ValueError(f"{split} windows have {T} timepoints but the config says window={window}")
+        raise UserError(f"{split} windows have {T} timepoints but the config says window={window}")
     if tuple(item["xyz_vectors"].shape) != (R, 3):
-        raise ValueError(f"{split} xyz_vectors has shape {tuple(item['xyz_vectors'].shape)}, expected ({R}, 3)")
+        raise UserError(f"{split} xyz_vectors has shape {tuple(item['xyz_vectors'].shape)}, expected ({R}, 3)")
     return R
 
 
@@ -357,10 +358,10 @@ def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool, model_confi
     saved_cfg_path = run_dir / "train_config.json"
     if not resume:
         if saved_cfg_path.exists() or ckpt.find_checkpoints(run_dir):
-            raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+            raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
         return None
     if not saved_cfg_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: no train_config.json")
+        raise MissingInputError(f"{run_dir} is not a run folder: no train_config.json")
     saved = TrainConfig.load(saved_cfg_path)
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None:
@@ -369,13 +370,13 @@ def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool, model_confi
         saved_model = json.loads((latest / "config.json").read_text())
     new_model = model_config.to_dict()
     if saved_model.get("num_brain_voxels") != new_model["num_brain_voxels"]:
-        raise ValueError(
+        raise UserError(
             f"the data have {new_model['num_brain_voxels']} regions but the checkpoint in {run_dir} was trained on "
             f"{saved_model.get('num_brain_voxels')}; use a store of the same atlas"
         )
     differences = _diff(saved_model, new_model)
     if differences:
-        raise ValueError(f"{run_dir} was trained with an incompatible model config:\n  " + "\n  ".join(differences))
+        raise UserError(f"{run_dir} was trained with an incompatible model config:\n  " + "\n  ".join(differences))
     return ckpt.load_checkpoint(latest) if latest is not None else None
 
 
@@ -428,10 +429,10 @@ def pretrain(
     R = _check_dataset(train_dataset, "train", config.window)
     R_val = _check_dataset(val_dataset, "validation", config.window)
     if R_val != R:
-        raise ValueError(f"train windows have {R} regions but validation windows have {R_val}")
+        raise UserError(f"train windows have {R} regions but validation windows have {R_val}")
     micro_global = config.batch_size * info.world_size
     if micro_global > len(train_dataset):
-        raise ValueError(
+        raise UserError(
             f"batch of {micro_global} windows ({config.batch_size} x {info.world_size} processes) is larger than the "
             f"train split ({len(train_dataset)} windows); lower batch_size"
         )
@@ -441,7 +442,7 @@ def pretrain(
 
         raw, _ = read_config(config.init_from)
         if raw.get("num_brain_voxels") != R:
-            raise ValueError(f"the data have {R} regions but the checkpoint {config.init_from} was trained on "
+            raise UserError(f"the data have {R} regions but the checkpoint {config.init_from} was trained on "
                              f"{raw.get('num_brain_voxels')}; use a store of the same atlas")
     state = _check_run_dir(config, run_dir, resume, model_config)
     barrier()
@@ -454,7 +455,7 @@ def pretrain(
         try:
             model.load_state_dict(source.state_dict())
         except RuntimeError as err:
-            raise ValueError(f"the weights in {config.init_from} do not fit the configured model "
+            raise UserError(f"the weights in {config.init_from} do not fit the configured model "
                              f"(set --model to the same size): {str(err).splitlines()[0]}") from err
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
