@@ -54,7 +54,7 @@ def test_probe_and_finetune(setup, capsys):
     assert main(["embed", str(out), data, "--out", str(root / "ft.npy")]) == 0
     assert np.load(root / "ft.npy").shape == (12, 16)
     assert main(["finetune", ckpt, data, "--target", "group", "--out", str(out)]) == 2
-    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert "pass --overwrite to replace" in capsys.readouterr().err
 
 
 def test_region_mismatch_is_one_line(setup, capsys):

@@ -39,8 +39,9 @@ def test_cli_cca(tables, capsys):
             "--covariates", str(tables / "cov.tsv"), "--out", str(out), "--folds", "3", "--permutations", "50"]
     assert main(argv) == 0
     report = (out / "report.md").read_text()
-    assert "2 brain subjects without a match: sub-0000, sub-0001" in report
-    assert "1 genetic subjects without a match: sub-extra" in report
+    # subject IDs are read as text without the BIDS "sub-" prefix, as everywhere
+    assert "2 brain subjects without a match: 0000, 0001" in report
+    assert "1 genetic subjects without a match: extra" in report
     assert (out / "cca.png").exists() and len(pd.read_csv(out / "cca.csv")) == 2
     assert "held-out r1" in capsys.readouterr().out
 

@@ -82,10 +82,10 @@ def test_missing_files_and_index(tmp_path, table):
     with pytest.raises(FileNotFoundError, match="not found"):
         read_embedding_table(tmp_path / "nope.parquet")
     np.save(tmp_path / "noindex.npy", table[1])
-    with pytest.raises(FileNotFoundError, match="no index file"):
+    with pytest.raises(FileNotFoundError, match="no index beside it"):
         read_embedding_table(tmp_path / "noindex.npy")
     (tmp_path / "x.csv").write_text("id,emb_0\na,1\n")
-    with pytest.raises(ValueError, match="no ID column 'subject_id'"):
+    with pytest.raises(ValueError, match="no subject column 'subject_id'"):
         read_embedding_table(tmp_path / "x.csv")
 
 

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from brainlm.model import BrainLMConfig, BrainLMForPretraining
 from brainlm.errors import MissingInputError, UserError
+from brainlm.model import BrainLMConfig, BrainLMForPretraining
 
 __all__ = ["load_pretrained", "save_pretrained", "load_state_dict_file", "convert_original_state_dict"]
 

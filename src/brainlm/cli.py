@@ -179,6 +179,7 @@ def _add_integrate_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--id-col", default="subject_id", help="subject-ID column name")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
 
 
 def _add_integrate(sub: argparse._SubParsersAction) -> None:
@@ -199,7 +200,7 @@ def _add_integrate(sub: argparse._SubParsersAction) -> None:
         cca = run_cca(
             args.brain, args.genetic, args.out, args.covariates, n_components=args.components,
             n_splits=args.folds, n_permutations=args.permutations, scale=args.scale,
-            pca_components=args.pca, reg=args.reg, seed=args.seed, id_col=args.id_col,
+            pca_components=args.pca, reg=args.reg, seed=args.seed, id_col=args.id_col, overwrite=args.overwrite,
         )
         print(f"held-out r1 = {cca.test_corr_[0]:.3f}, p = {cca.p_value_:.3g}; report in {args.out}")
         return 0
@@ -223,7 +224,7 @@ def _add_integrate(sub: argparse._SubParsersAction) -> None:
             args.brain, args.genetic, args.phenotypes, args.target, args.out, args.covariates,
             task=args.task, models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
             n_splits=args.folds, n_bootstrap=args.bootstrap, scale=args.scale, pca_components=args.pca,
-            seed=args.seed, id_col=args.id_col,
+            seed=args.seed, id_col=args.id_col, overwrite=args.overwrite,
         )
         print(fusion.gains_.to_string(index=False))
         return 0
@@ -249,7 +250,7 @@ def _add_integrate(sub: argparse._SubParsersAction) -> None:
         res = run_contrastive(
             args.brain, args.genetic, args.out, args.covariates, n_splits=args.folds, n_null=args.null,
             shuffled_fit=not args.no_shuffled_fit, export=not args.no_export, seed=args.seed,
-            id_col=args.id_col, pca_components=args.pca, scale=args.scale, max_epochs=args.epochs,
+            id_col=args.id_col, overwrite=args.overwrite, pca_components=args.pca, scale=args.scale, max_epochs=args.epochs,
             patience=args.patience, batch_size=args.batch_size, lr=args.lr, device=args.device,
         )
         print(res.metrics_[["direction", "recall@1", "chance_recall@1", "mrr", "p_recall@1"]].to_string(index=False))
@@ -262,11 +263,14 @@ def _add_integrate(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", default="runs/integrate_demo", help="output folder")
     d.add_argument("--permutations", type=int, default=1000)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--overwrite", action="store_true", help="replace the reports of an earlier run in --out")
 
     def run_demo(args: argparse.Namespace) -> int:
         from brainlm.integrate.demo import run_real_demo
 
-        for key, value in run_real_demo(args.brain, args.out, n_permutations=args.permutations, seed=args.seed).items():
+        headline = run_real_demo(args.brain, args.out, n_permutations=args.permutations, seed=args.seed,
+                                 overwrite=args.overwrite)
+        for key, value in headline.items():
             print(f"{key}: {value}")
         return 0
 
@@ -277,7 +281,8 @@ def _add_embed_dna(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed-dna", help="embed FASTA sequences with a local Hugging Face DNA model folder")
     p.add_argument("--model", required=True, help="local model folder (config, weights, tokenizer)")
     p.add_argument("--fasta", required=True, help="FASTA file; record names are subject IDs")
-    p.add_argument("--out", required=True, help="output table (.parquet/.csv/.tsv)")
+    p.add_argument("--out", required=True, help="output table (.parquet/.csv/.tsv/.npy)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, help="truncate to this many tokens")
     p.add_argument("--id-sep", help="cut record names at this separator to get subject IDs")
@@ -289,7 +294,7 @@ def _add_embed_dna(sub: argparse._SubParsersAction) -> None:
         from brainlm.integrate.dna import embed_dna_to_table
 
         path = embed_dna_to_table(
-            args.model, args.fasta, args.out, batch_size=args.batch_size, max_length=args.max_length,
+            args.model, args.fasta, args.out, overwrite=args.overwrite, batch_size=args.batch_size, max_length=args.max_length,
             reverse_complement_average=not args.no_rc, id_sep=args.id_sep, device=args.device,
             trust_remote_code=args.trust_remote_code,
         )

@@ -40,7 +40,13 @@ def run_demo(out_dir: str = "runs/demo", overrides: dict[str, Any] | None = None
     """
     from brainlm.data import build_demo_store
     from brainlm.model import BrainLMForPretraining
-    from brainlm.train import apply_overrides, build_datasets, evaluate, pretrain, train_preset
+    from brainlm.train import (
+        apply_overrides,
+        build_datasets,
+        evaluate,
+        pretrain,
+        train_preset,
+    )
     from brainlm.train.checkpointing import find_checkpoints
     from brainlm.train.distributed import resolve_device, resolve_precision
 

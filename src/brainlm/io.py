@@ -34,13 +34,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainlm.errors import InputError, MissingInputError, OutputExistsError, OutputLockedError, UserError
+from brainlm.errors import (
+    InputError,
+    MissingInputError,
+    OutputExistsError,
+    OutputLockedError,
+    UserError,
+)
 
 __all__ = [
     "sha256_file",
     "atomic_write",
     "atomic_write_text",
     "atomic_write_json",
+    "write_csv",
     "json_safe",
     "json_line",
     "check_overwrite",
@@ -107,6 +114,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *, fsync
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text), fsync=fsync)
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike, *, sep: str = ",") -> Path:
+    """A table as CSV (or TSV with ``sep="\\t"``), written atomically, without the index."""
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, sep=sep, index=False))
 
 
 def json_safe(obj: Any) -> Any:
@@ -314,7 +326,8 @@ def read_table(path: str | os.PathLike, text_columns: Iterable[str] = (), *, fla
         raise InputError(f"{where}: cannot read the table ({type(err).__name__}: {err})") from err
     for c in frame.columns:
         if str(c).lower() in _ID_LIKE or c in set(text_columns):
-            frame[c] = frame[c].map(lambda v: v if pd.isna(v) else str(v))
+            # IDs are text; an empty cell is an empty ID ("" session), not a number.
+            frame[c] = frame[c].map(lambda v: "" if pd.isna(v) else str(v))
     return frame
 
 
@@ -348,14 +361,15 @@ def read_subject_table(
     if id_col is None:
         id_col = next((c for c in SUBJECT_COLUMNS if c in frame.columns), frame.columns[0] if len(frame.columns) else None)
         if id_col is not None and id_col not in SUBJECT_COLUMNS:
-            frame[id_col] = frame[id_col].map(lambda v: v if pd.isna(v) else str(v))
+            frame[id_col] = frame[id_col].map(lambda v: "" if pd.isna(v) else str(v))
     if id_col is None or id_col not in frame.columns:
         raise InputError(f"{where}: no subject column {id_col or 'subject_id'!r} (has {list(frame.columns)[:10]})")
     missing = [c for c in (columns or []) if c not in frame.columns]
     if missing:
         raise InputError(f"{where}: no column {missing[0]!r} (has {list(frame.columns)[:10]})")
-    if frame[id_col].isna().any():
-        raise InputError(f"{where}: {int(frame[id_col].isna().sum())} rows have no subject ID")
+    empty = frame[id_col].astype(str).str.strip() == ""
+    if empty.any():
+        raise InputError(f"{where}: {int(empty.sum())} rows have no subject ID in column {id_col!r}")
     frame = frame.assign(**{id_col: frame[id_col].map(normalize_subject_id)}).set_index(id_col)
     frame.index.name = "subject_id"
     if unique and frame.index.duplicated().any():

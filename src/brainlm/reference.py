@@ -55,7 +55,9 @@ class _Embeddings(nn.Module):
 class _Decoder(nn.Module):
     def __init__(self, config: BrainLMConfig):
         super().__init__()
-        from transformers.models.nystromformer.modeling_nystromformer import NystromformerLayer
+        from transformers.models.nystromformer.modeling_nystromformer import (
+            NystromformerLayer,
+        )
 
         D, Dd = config.hidden_size, config.decoder_hidden_size
         self.mask_token = nn.Parameter(torch.zeros(1, 1, Dd))
@@ -79,7 +81,9 @@ class OriginalBrainLM(nn.Module):
 
     def __init__(self, config: BrainLMConfig):
         super().__init__()
-        from transformers.models.nystromformer.modeling_nystromformer import NystromformerLayer
+        from transformers.models.nystromformer.modeling_nystromformer import (
+            NystromformerLayer,
+        )
 
         if config.decoder_hidden_size != config.hidden_size:
             raise ValueError("the original architecture needs decoder_hidden_size == hidden_size")

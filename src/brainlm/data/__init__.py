@@ -16,8 +16,20 @@ from .loader import WindowDataset, collate_windows
 from .normalize import NORMALIZATIONS, Normalizer, TemporalResampler, resample_tr
 from .original import read_original_coordinates, read_original_dataset
 from .parcellate import Parcellator
-from .prepare import PrepareConfig, check_recording, prepare, split_subjects, write_store
-from .readers import InputError, Recording, find_bids_bold, read_participants, read_timeseries
+from .prepare import (
+    PrepareConfig,
+    check_recording,
+    prepare,
+    split_subjects,
+    write_store,
+)
+from .readers import (
+    InputError,
+    Recording,
+    find_bids_bold,
+    read_participants,
+    read_timeseries,
+)
 from .store import STORE_FORMAT, Store, open_store
 
 __all__ = [

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from brainlm.errors import MissingInputError, UserError
 
 __all__ = ["Atlas", "load_atlas", "read_coordinates", "bundled_path", "aal2_94_regions"]

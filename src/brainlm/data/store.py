@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
+
 from brainlm.errors import MissingInputError, UserError
 
 __all__ = ["Store", "open_store", "STORE_FORMAT"]

@@ -13,19 +13,25 @@ Public API::
     fingerprint(model, data) -> (summary, matches);  identify(first, second)
 """
 
+from brainlm.io import Embeddings, read_embeddings, write_embeddings
+
 from .embed import (
     POOLINGS,
     WINDOW_MODES,
-    Embeddings,
     cls_attention,
     embed,
     embed_recordings,
     embed_windows,
-    read_embeddings,
     window_starts,
-    write_embeddings,
 )
-from .finetune import BrainLMFinetuner, FinetuneConfig, FinetuneResult, finetune, load_finetuned, save_finetuned
+from .finetune import (
+    BrainLMFinetuner,
+    FinetuneConfig,
+    FinetuneResult,
+    finetune,
+    load_finetuned,
+    save_finetuned,
+)
 from .fingerprint import fingerprint, identify
 from .loading import (
     Recordings,
@@ -38,8 +44,16 @@ from .loading import (
     resolve_model_folder,
 )
 from .plots import plot_fingerprint, plot_forecast, plot_reconstruction
-from .probe import PROBES, ProbeResult, align_targets, fc_features, functional_connectivity, load_targets, probe, run_probes
-from .report import run_embed, run_finetune, run_fingerprint, run_forecast, run_probe, run_reconstruct
+from .probe import (
+    PROBES,
+    ProbeResult,
+    align_targets,
+    fc_features,
+    functional_connectivity,
+    load_targets,
+    probe,
+    run_probes,
+)
 from .reconstruct import (
     ForecastResult,
     Reconstruction,
@@ -52,6 +66,14 @@ from .reconstruct import (
     r2_per_region,
     reconstruct_recording,
     reconstruct_recordings,
+)
+from .report import (
+    run_embed,
+    run_finetune,
+    run_fingerprint,
+    run_forecast,
+    run_probe,
+    run_reconstruct,
 )
 
 __all__ = [

@@ -24,8 +24,6 @@ attention to itself, summed over each region's patches: ``(N, R)``, each row sum
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,25 +31,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .loading import _as_tensor, Recordings, check_regions, is_vitmae, load_model, model_window, open_recordings
-from brainlm.errors import MissingInputError, OutputExistsError, UserError
+from brainlm.errors import UserError
+from brainlm.io import INDEX_COLUMNS, Embeddings
 
-__all__ = [
-    "POOLINGS",
-    "WINDOW_MODES",
-    "Embeddings",
-    "embed_windows",
-    "cls_attention",
-    "window_starts",
-    "embed_recordings",
-    "embed",
-    "write_embeddings",
-    "read_embeddings",
-]
+from .loading import (
+    Recordings,
+    _as_tensor,
+    check_regions,
+    is_vitmae,
+    load_model,
+    model_window,
+    open_recordings,
+)
+
+__all__ = ["POOLINGS", "WINDOW_MODES", "embed_windows", "cls_attention", "window_starts", "embed_recordings", "embed"]
 
 POOLINGS = ("cls", "mean", "region_time")
 WINDOW_MODES = ("first", "sliding", "average")
-INDEX_COLUMNS = ["recording_id", "subject_id", "session_id", "run_id", "window", "window_start"]
 
 
 def _as_batch(signal_vectors, xyz_vectors) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,29 +149,6 @@ def window_starts(num_timepoints: int, window: int, stride: int | None = None, m
     return np.arange(0, num_timepoints - window + 1, stride or window, dtype=np.int64)
 
 
-@dataclass
-class Embeddings:
-    """Embeddings with their keys.
-
-    Attributes:
-        X: ``(N, D)`` or ``(N, R, D)`` float32.
-        index: ``N`` rows of ``recording_id, subject_id, session_id, run_id, window,
-            window_start`` (``window = -1`` and ``window_start = -1`` for a recording average).
-        attention: ``(N, R)`` CLS attention per region, or None.
-        pooling: the pooling used.
-        skipped: recordings shorter than one window (not embedded), by ``recording_id``.
-    """
-
-    X: np.ndarray
-    index: pd.DataFrame
-    attention: np.ndarray | None = None
-    pooling: str = "cls"
-    skipped: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.X)
-
-
 def embed_recordings(
     model: nn.Module,
     recordings: Recordings,
@@ -271,85 +244,3 @@ def embed(
     """
     model = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
     return embed_recordings(model.eval(), open_recordings(data, split, coords), **kwargs)
-
-
-def _temp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def write_embeddings(emb: Embeddings, path: str | os.PathLike, overwrite: bool = False) -> list[Path]:
-    """Write embeddings as Parquet (``.parquet``) or ``.npy`` with an index ``.tsv`` beside it.
-
-    Parquet: the index columns, ``embedding`` (list of float32, flattened) and, when computed,
-    ``attention`` (list of R float32); the embedding shape per row is stored in the file's
-    metadata (``brainlm.shape``). ``.npy``: ``X`` as saved by numpy, the index as
-    ``<stem>.index.tsv`` and attention as ``<stem>.attention.npy``.
-    Files are written under temporary names and renamed when complete.
-
-    Raises:
-        FileExistsError: a target exists and ``overwrite`` is False.
-        ValueError: an unknown suffix.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if path.suffix not in (".parquet", ".npy"):
-        raise UserError(f"{path}: embeddings are written as .parquet or .npy")
-    targets = [path]
-    if path.suffix == ".npy":
-        targets.append(path.with_suffix(".index.tsv"))
-        if emb.attention is not None:
-            targets.append(path.with_suffix(".attention.npy"))
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(f"not overwriting {', '.join(existing)} (pass overwrite=True / --overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        table = pa.Table.from_pandas(emb.index, preserve_index=False)
-        flat = emb.X.reshape(len(emb.X), -1)
-        table = table.append_column("embedding", pa.array(list(flat), type=pa.list_(pa.float32())))
-        if emb.attention is not None:
-            table = table.append_column("attention", pa.array(list(emb.attention.astype(np.float32)), type=pa.list_(pa.float32())))
-        meta = dict(table.schema.metadata or {})
-        meta[b"brainlm.shape"] = ",".join(map(str, emb.X.shape[1:])).encode()
-        meta[b"brainlm.pooling"] = emb.pooling.encode()
-        tmp = _temp(path)
-        pq.write_table(table.replace_schema_metadata(meta), tmp)
-        tmp.replace(path)
-    else:
-        writes = [(path, lambda f: np.save(f, emb.X))]
-        writes.append((targets[1], lambda f: emb.index.to_csv(f, sep="\t", index=False)))
-        if emb.attention is not None:
-            writes.append((targets[2], lambda f: np.save(f, emb.attention)))
-        for target, write in writes:
-            tmp = _temp(target)
-            with open(tmp, "wb") as f:
-                write(f)
-            tmp.replace(target)
-    return targets
-
-
-def read_embeddings(path: str | os.PathLike) -> Embeddings:
-    """Read what :func:`write_embeddings` wrote."""
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"{path}: no embeddings file")
-    if path.suffix == ".parquet":
-        table = pq.read_table(path)
-        meta = table.schema.metadata or {}
-        shape = tuple(int(s) for s in meta.get(b"brainlm.shape", b"").decode().split(",") if s)
-        df = table.to_pandas()
-        X = np.stack(df["embedding"].to_numpy()).astype(np.float32)
-        X = X.reshape(len(X), *shape) if shape else X
-        A = np.stack(df["attention"].to_numpy()).astype(np.float32) if "attention" in df else None
-        index = df[INDEX_COLUMNS].copy()
-        for c in ("recording_id", "subject_id", "session_id", "run_id"):
-            index[c] = index[c].astype(str)
-        return Embeddings(X, index, A, meta.get(b"brainlm.pooling", b"cls").decode())
-    X = np.load(path)
-    index = pd.read_csv(path.with_suffix(".index.tsv"), sep="\t", dtype={c: str for c in INDEX_COLUMNS[:4]}, keep_default_na=False)
-    att = path.with_suffix(".attention.npy")
-    return Embeddings(X, index, np.load(att) if att.is_file() else None)

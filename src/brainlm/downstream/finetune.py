@@ -33,10 +33,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from brainlm.errors import MissingInputError, OutputExistsError, UserError
+from brainlm.io import atomic_write, atomic_write_json, normalize_subject_id
 from brainlm.model import BrainLMForPretraining
 
 from .loading import _as_tensor, check_regions, is_vitmae, load_model, model_window
-from brainlm.errors import MissingInputError, OutputExistsError, UserError
 
 __all__ = ["FinetuneConfig", "BrainLMFinetuner", "FinetuneResult", "finetune", "save_finetuned", "load_finetuned"]
 
@@ -153,11 +154,9 @@ class FinetuneResult:
 
 def _windows(store, split: str, window: int, stride: int, targets: pd.Series):
     from .embed import window_starts
-    from .probe import _strip_sub
-
     xs, ys, missing = [], [], set()
     for meta, ts in _store_iter(store, split):
-        sid = _strip_sub(meta["subject_id"])
+        sid = normalize_subject_id(meta["subject_id"])
         value = targets.get(sid, np.nan)
         if pd.isna(value):
             missing.add(sid)
@@ -319,12 +318,8 @@ def save_finetuned(model: BrainLMFinetuner, folder: str | os.PathLike, overwrite
         raise OutputExistsError(f"{folder} already holds a checkpoint; pass overwrite=True")
     model.backbone.save_pretrained(folder)
     head = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
-    tmp = folder / ".head.safetensors.tmp"
-    save_file(head, str(tmp))
-    tmp.replace(folder / "head.safetensors")
-    tmp = folder / ".head.json.tmp"
-    tmp.write_text(json.dumps(model.info, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(folder / "head.json")
+    atomic_write(folder / "head.safetensors", lambda tmp: save_file(head, str(tmp)))
+    atomic_write_json(folder / "head.json", json.loads(json.dumps(model.info, default=str)), sort_keys=True)
     return folder
 
 

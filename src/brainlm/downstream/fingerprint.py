@@ -14,10 +14,17 @@ import os
 import numpy as np
 import pandas as pd
 
-from .embed import embed_windows, window_starts
-from .loading import Recordings, check_regions, load_model, model_window, open_recordings
-from .probe import functional_connectivity
 from brainlm.errors import UserError
+
+from .embed import embed_windows, window_starts
+from .loading import (
+    Recordings,
+    check_regions,
+    load_model,
+    model_window,
+    open_recordings,
+)
+from .probe import functional_connectivity
 
 __all__ = ["identify", "fingerprint"]
 

@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from brainlm.checkpoint import load_pretrained, read_config
-from brainlm.model import BrainLMForPretraining
 from brainlm.errors import MissingInputError, UserError
 
 __all__ = [

@@ -8,25 +8,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brainlm.figures import pyplot, save_figure
+
 __all__ = ["plot_reconstruction", "plot_forecast", "plot_fingerprint"]
 
 
 def _figure(*args, **kwargs):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     return plt, plt.subplots(*args, **kwargs)
 
 
 def _save(fig, plt, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 def plot_reconstruction(rec, path: str | os.PathLike, regions=None, region_names=None, tr: float | None = None,

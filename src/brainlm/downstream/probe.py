@@ -39,9 +39,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .embed import Embeddings, embed_recordings, window_starts
+from brainlm.errors import UserError
+from brainlm.io import Embeddings, normalize_subject_id, read_subject_table
+
+from .embed import embed_recordings, window_starts
 from .loading import Recordings, load_model, open_recordings
-from brainlm.errors import MissingInputError, UserError
 
 __all__ = [
     "PROBES",
@@ -99,52 +101,38 @@ def fc_features(
     return Embeddings(np.concatenate(feats), index, pooling="fc")
 
 
-def _strip_sub(s) -> str:
-    s = str(s)
-    return s[4:] if s.startswith("sub-") else s
-
-
 def load_targets(source, column: str, subject_column: str | None = None) -> pd.Series:
-    """One target value per subject, from a store's phenotypes or a TSV / CSV file.
+    """One target value per subject, from a store's phenotypes or a table file.
 
     Args:
-        source: a ``Store``, a store folder, or a ``.tsv`` / ``.csv`` file.
+        source: a ``Store``, a store folder, or a CSV / TSV / Parquet file.
         column: the target column.
         subject_column: the subject column of a file (default ``subject_id``, else ``participant_id``).
 
     Returns:
-        ``pd.Series`` indexed by subject ID (``sub-`` prefix removed), named ``column``; NaN
-        where a subject has no value.
+        ``pd.Series`` indexed by subject ID (text, ``sub-`` prefix removed), named ``column``;
+        NaN where a subject has no value.
 
     Raises:
-        ValueError: unknown column, or recordings of one subject with different values.
+        UserError: unknown column, or rows of one subject with different values.
     """
     from brainlm.data import Store, open_store
 
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
         source = open_store(source)
     if isinstance(source, Store):
-        table = source.recordings
-        if column not in table.columns:
-            raise UserError(f"{source.path}: no phenotype column {column!r}; has {source.phenotype_columns}")
-        table = table[["subject_id", column]].rename(columns={"subject_id": "_subject"})
+        if column not in source.recordings.columns:
+            raise UserError(f"{source.path}: no phenotype column {column!r} (--target); has {source.phenotype_columns}")
+        table = source.recordings[["subject_id", column]].assign(subject_id=lambda d: d["subject_id"].map(normalize_subject_id))
+        table = table.set_index("subject_id")
+        where = str(source.path)
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise MissingInputError(f"{path}: target table not found")
-        ids = {c: str for c in ("subject_id", "participant_id", subject_column) if c}  # keep leading zeros
-        table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=ids)
-        sc = subject_column or next((c for c in ("subject_id", "participant_id") if c in table.columns), None)
-        if sc is None or sc not in table.columns:
-            raise UserError(f"{path}: no subject column (expected subject_id or participant_id; has {list(table.columns)})")
-        if column not in table.columns:
-            raise UserError(f"{path}: no target column {column!r}; has {list(table.columns)}")
-        table = table[[sc, column]].rename(columns={sc: "_subject"})
-    table = table.assign(_subject=table["_subject"].map(_strip_sub))
-    per = table.dropna(subset=[column]).groupby("_subject")[column].nunique()
+        table = read_subject_table(source, id_col=subject_column, columns=[column], flag="--targets", unique=False)
+        where = f"--targets {source}"
+    per = table[column].dropna().groupby(level=0).nunique()
     if (per > 1).any():
-        raise UserError(f"target {column!r} differs between recordings of subjects {sorted(per[per > 1].index)[:10]}")
-    out = table.groupby("_subject", sort=False)[column].first()
+        raise UserError(f"{where}: target {column!r} differs between rows of subjects {sorted(per[per > 1].index)[:10]}")
+    out = table[column].groupby(level=0, sort=False).first()
     out.index.name = "subject_id"
     return out.rename(column)
 
@@ -156,7 +144,7 @@ def align_targets(index: pd.DataFrame, targets: pd.Series) -> tuple[np.ndarray, 
         ``y`` (object array, one per row), ``keep`` (bool per row), and the sorted subject IDs
         with no target or a NaN target (their rows have ``keep = False``).
     """
-    subjects = index["subject_id"].astype(str).map(_strip_sub)
+    subjects = index["subject_id"].map(normalize_subject_id)
     y = subjects.map(targets).to_numpy(dtype=object)
     keep = ~pd.isna(y)
     missing = sorted(set(subjects[~keep]))
@@ -243,7 +231,13 @@ def _scores(est, X: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def _metric(task: str, name: str, y, pred, score, classes) -> float:
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, mean_absolute_error, r2_score, roc_auc_score
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        mean_absolute_error,
+        r2_score,
+        roc_auc_score,
+    )
 
     if task == "regression":
         if name == "r2":

@@ -30,8 +30,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .loading import _as_tensor, Recordings, check_regions, is_vitmae, model_window
 from brainlm.errors import UserError
+
+from .loading import Recordings, _as_tensor, check_regions, is_vitmae, model_window
 
 __all__ = [
     "r2_per_region",

@@ -14,7 +14,6 @@ Works on any two embedding tables keyed by subject ID (BrainLM embeddings from
 """
 
 from brainlm.integrate.cca import CCAAnalysis, RegularizedCCA
-from brainlm.integrate.demo import load_demo_subjects, run_real_demo
 from brainlm.integrate.contrastive import (
     ContrastiveAligner,
     ContrastiveAnalysis,
@@ -23,6 +22,7 @@ from brainlm.integrate.contrastive import (
     info_nce,
     retrieval_metrics,
 )
+from brainlm.integrate.demo import load_demo_subjects, run_real_demo
 from brainlm.integrate.dna import (
     average_strands,
     embed_dna,
@@ -41,10 +41,22 @@ from brainlm.integrate.io import (
     read_embedding_table,
     write_embedding_table,
 )
-from brainlm.integrate.preprocess import CovariateResidualizer, ModalityPreprocessor, ModalityScaler
-from brainlm.integrate.report import write_cca_report, write_contrastive_report, write_fusion_report
+from brainlm.integrate.preprocess import (
+    CovariateResidualizer,
+    ModalityPreprocessor,
+    ModalityScaler,
+)
+from brainlm.integrate.report import (
+    write_cca_report,
+    write_contrastive_report,
+    write_fusion_report,
+)
 from brainlm.integrate.run import load_cohort, run_cca, run_contrastive, run_fusion
-from brainlm.integrate.synthetic import SyntheticCohort, make_null_cohort, make_synthetic_cohort
+from brainlm.integrate.synthetic import (
+    SyntheticCohort,
+    make_null_cohort,
+    make_synthetic_cohort,
+)
 
 __all__ = [
     "CCAAnalysis",

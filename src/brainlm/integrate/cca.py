@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import KFold
 
-from brainlm.integrate.preprocess import ModalityPreprocessor, check_pair
 from brainlm.errors import UserError
+from brainlm.integrate.preprocess import ModalityPreprocessor, check_pair
 
 
 def _inv_sqrt(C: np.ndarray) -> np.ndarray:

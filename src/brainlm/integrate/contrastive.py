@@ -39,9 +39,9 @@ from sklearn.model_selection import KFold
 from torch import nn
 from torch.nn import functional as F
 
+from brainlm.errors import UserError
 from brainlm.integrate.io import write_embedding_table
 from brainlm.integrate.preprocess import ModalityPreprocessor, check_pair
-from brainlm.errors import UserError
 
 RECALL_AT = (1, 5, 10)
 

@@ -33,8 +33,18 @@ import pandas as pd
 from brainlm.integrate.cca import CCAAnalysis
 from brainlm.integrate.contrastive import ContrastiveAnalysis
 from brainlm.integrate.fusion import FusionAnalysis
-from brainlm.integrate.io import encode_covariates, join_modalities, read_embedding_table
-from brainlm.integrate.report import markdown_table, write_cca_report, write_contrastive_report, write_fusion_report
+from brainlm.integrate.io import (
+    encode_covariates,
+    join_modalities,
+    read_embedding_table,
+)
+from brainlm.integrate.report import (
+    markdown_table,
+    write_cca_report,
+    write_contrastive_report,
+    write_fusion_report,
+)
+from brainlm.io import atomic_write_text, output_folder
 
 
 def _upper(M: np.ndarray) -> np.ndarray:
@@ -50,7 +60,11 @@ def load_demo_subjects() -> pd.DataFrame:
     """
     from scipy.io import loadmat
 
-    from brainlm.data.demo import FUNCTIONAL_FILES, demo_subjects, load_demo_structural_connectivity
+    from brainlm.data.demo import (
+        FUNCTIONAL_FILES,
+        demo_subjects,
+        load_demo_structural_connectivity,
+    )
 
     structural = load_demo_structural_connectivity()
     rows = []
@@ -71,6 +85,7 @@ def run_real_demo(
     pca_components: int = 3,
     max_epochs: int = 200,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict:
     """Run CCA, late fusion and contrastive alignment on the 12 demo subjects.
 
@@ -84,11 +99,16 @@ def run_real_demo(
         pca_components: PCA dimensions per modality, fitted on training folds.
         max_epochs: bound on contrastive training epochs.
         seed: seed of folds, permutations and training.
+        overwrite: replace the reports of an earlier run in ``out_dir``.
 
     Returns:
         Dict of headline numbers (also written to the summary report).
     """
-    out_dir = Path(out_dir)
+    with output_folder(out_dir, ["report.md"], overwrite=overwrite) as out:
+        return _real_demo(brain_table, out, n_permutations, n_splits, pca_components, max_epochs, seed)
+
+
+def _real_demo(brain_table, out_dir: Path, n_permutations, n_splits, pca_components, max_epochs, seed) -> dict:
     subjects = load_demo_subjects()
     sc_ids = subjects.index.to_numpy(dtype=str)
     SC = np.stack(subjects.sc.to_numpy())
@@ -165,5 +185,5 @@ def run_real_demo(
         "Reports: [CCA](cca/report.md), [CCA without covariate](cca_no_covariate/report.md), "
         "[fusion](fusion/report.md), [contrastive](contrastive/report.md).",
     ]
-    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
     return headline

@@ -18,7 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from brainlm.errors import MissingInputError, UserError
+from brainlm.io import Embeddings, OutputLock, check_overwrite, write_embeddings
 
 _COMPLEMENT = str.maketrans("ACGTUNacgtun", "TGCAANtgcaan")
 
@@ -147,25 +149,19 @@ def embed_dna(
     return subjects, names, np.concatenate(chunks).astype(np.float32)
 
 
-def write_dna_table(path: str | Path, subject_ids, sequence_ids, X, id_col: str = "subject_id") -> Path:
-    """Write :func:`embed_dna` output as Parquet/CSV/TSV with ``subject_id``, ``sequence_id``, ``emb_*``."""
+def write_dna_table(path: str | Path, subject_ids, sequence_ids, X, id_col: str = "subject_id",
+                    overwrite: bool = False) -> Path:
+    """Write :func:`embed_dna` output as an embedding table (:func:`brainlm.io.write_embeddings`)
+    keyed by ``subject_id`` and ``sequence_id``: Parquet, CSV/TSV or ``.npy``."""
     import pandas as pd
 
-    path = Path(path)
-    frame = pd.DataFrame(np.asarray(X, dtype=np.float32), columns=[f"emb_{i}" for i in range(np.shape(X)[1])])
-    frame.insert(0, "sequence_id", np.asarray(sequence_ids, dtype=str))
-    frame.insert(0, id_col, np.asarray(subject_ids, dtype=str))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        frame.to_parquet(path, index=False)
-    elif suffix in (".csv", ".tsv"):
-        frame.to_csv(path, sep="," if suffix == ".csv" else "\t", index=False)
-    else:
-        raise UserError(f"unsupported table format {suffix!r} (use .parquet, .csv or .tsv)")
-    return path
+    index = pd.DataFrame({id_col: np.asarray(subject_ids, dtype=str), "sequence_id": np.asarray(sequence_ids, dtype=str)})
+    write_embeddings(Embeddings(np.asarray(X, dtype=np.float32), index, pooling="dna"), path, overwrite=overwrite)
+    return Path(path)
 
 
-def embed_dna_to_table(model_dir, fasta, out, **kwargs) -> Path:
+def embed_dna_to_table(model_dir, fasta, out, overwrite: bool = False, **kwargs) -> Path:
     """:func:`embed_dna` followed by :func:`write_dna_table` (the ``brainlm embed-dna`` command)."""
-    return write_dna_table(out, *embed_dna(model_dir, fasta, **kwargs))
+    with OutputLock(out, what="embedding table"):
+        check_overwrite([out], overwrite)
+        return write_dna_table(out, *embed_dna(model_dir, fasta, **kwargs), overwrite=overwrite)

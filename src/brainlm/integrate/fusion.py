@@ -24,8 +24,8 @@ from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import average_precision_score, r2_score, roc_auc_score
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-from brainlm.integrate.preprocess import ModalityPreprocessor, check_pair
 from brainlm.errors import UserError
+from brainlm.integrate.preprocess import ModalityPreprocessor, check_pair
 
 FEATURE_SETS = ("genetic", "brain", "fusion")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.decomposition import PCA
+
 from brainlm.errors import UserError
 
 

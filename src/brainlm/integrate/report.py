@@ -12,14 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brainlm.figures import pyplot, save_figure
+from brainlm.io import atomic_write_text
+
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -42,7 +40,7 @@ def _write(out_dir: Path, title: str, notes, blocks: list[str]) -> Path:
         lines += [note, ""]
     lines += blocks
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
 
 
@@ -63,9 +61,7 @@ def write_cca_report(analysis, out_dir, title: str = "CCA: brain vs genetic embe
     p_title = f"p = {analysis.p_value_:.3g} ({analysis.n_permutations} permutations)"
     axes[1].set(xlabel="held-out r (component 1)", ylabel="permutations", title=p_title)
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "cca.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_dir / "cca.png", dpi=110)
     blocks = [
         f"{len(analysis.folds_)}-fold cross-validation, {analysis.n_permutations} subject-label permutations; "
         "held-out r is the correlation of the canonical variates of held-out subjects, averaged over folds; "
@@ -94,9 +90,7 @@ def write_fusion_report(analysis, out_dir, title: str = "Late fusion: genetic vs
     ax.axhline(0.5 if main == "auroc" else 0.0, color="k", lw=0.8, ls="--")
     ax.set_xticks(range(len(res)), labels, fontsize=7)
     ax.set_ylabel(main.upper() if main == "auroc" else "R^2")
-    fig.tight_layout()
-    fig.savefig(out_dir / "fusion.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_dir / "fusion.png", dpi=110)
     blocks = [
         f"Task: {analysis.task_}; {len(analysis.folds_)} subject-grouped folds; out-of-fold predictions scored once; "
         f"95% bootstrap intervals over {analysis.n_bootstrap} subject resamples.",
@@ -133,9 +127,7 @@ def write_contrastive_report(
     for f, al in enumerate(analysis.aligners_):
         axes[1].plot(al.history_.epoch, al.history_.val_loss, label=f"fold {f}")
     axes[1].set(xlabel="epoch", ylabel="validation InfoNCE")
-    fig.tight_layout()
-    fig.savefig(out_dir / "contrastive.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_dir / "contrastive.png", dpi=110)
     best = [al.best_epoch_ for al in analysis.aligners_]
     temps = [al.temperature_ for al in analysis.aligners_]
     blocks = [

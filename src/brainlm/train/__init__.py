@@ -9,17 +9,42 @@ Public API::
     init_distributed(), wrap_model(model, mode), resolve_device, resolve_precision, autocast_context
 """
 
-from brainlm.train.checkpointing import latest_checkpoint, load_checkpoint, verify_checkpoint
+from brainlm.train.checkpointing import (
+    latest_checkpoint,
+    load_checkpoint,
+    verify_checkpoint,
+)
 from brainlm.train.config import (
-    TRAIN_PRESETS, TrainConfig, apply_overrides, parse_overrides, resolve_config, train_preset,
+    TRAIN_PRESETS,
+    TrainConfig,
+    apply_overrides,
+    parse_overrides,
+    resolve_config,
+    train_preset,
 )
 from brainlm.train.distributed import (
-    autocast_context, init_distributed, resolve_device, resolve_precision, unwrap_model, wrap_model,
+    autocast_context,
+    init_distributed,
+    resolve_device,
+    resolve_precision,
+    unwrap_model,
+    wrap_model,
 )
 from brainlm.train.loop import (
-    NonFiniteLossError, RunResult, build_datasets, evaluate, pretrain, read_metrics, run_pretrain,
+    NonFiniteLossError,
+    RunResult,
+    build_datasets,
+    evaluate,
+    pretrain,
+    read_metrics,
+    run_pretrain,
 )
-from brainlm.train.metrics import BASELINES, MaskedMetrics, baseline_predictions, masked_metrics
+from brainlm.train.metrics import (
+    BASELINES,
+    MaskedMetrics,
+    baseline_predictions,
+    masked_metrics,
+)
 from brainlm.train.optim import build_optimizer, lr_at, param_groups, scaled_lr
 
 __all__ = [

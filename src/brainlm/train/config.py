@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from brainlm.errors import MissingInputError, UserError
 from brainlm.model import PRESETS as MODEL_PRESETS
 from brainlm.model import BrainLMConfig
-from brainlm.errors import MissingInputError, UserError
 
 __all__ = ["TrainConfig", "TRAIN_PRESETS", "train_preset", "apply_overrides", "parse_overrides", "resolve_config"]
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+
 from brainlm.errors import UserError
 
 __all__ = [

@@ -14,7 +14,6 @@ batch b see the same windows and masks as one process with batch N x b.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -28,16 +27,25 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from brainlm.errors import MissingInputError, UserError
 from brainlm.model import BrainLMConfig, BrainLMForPretraining
 from brainlm.train import checkpointing as ckpt
 from brainlm.train.config import TrainConfig, resolve_config
 from brainlm.train.distributed import (
-    DistInfo, all_reduce_sum, autocast_context, barrier, destroy_distributed, init_distributed, no_sync,
-    resolve_device, resolve_precision, unwrap_model, wrap_model,
+    DistInfo,
+    all_reduce_sum,
+    autocast_context,
+    barrier,
+    destroy_distributed,
+    init_distributed,
+    no_sync,
+    resolve_device,
+    resolve_precision,
+    unwrap_model,
+    wrap_model,
 )
 from brainlm.train.metrics import BASELINES, MaskedMetrics, baseline_predictions
 from brainlm.train.optim import build_optimizer, build_scheduler, scaled_lr
-from brainlm.errors import MissingInputError, UserError
 
 __all__ = ["pretrain", "run_pretrain", "evaluate", "RunResult", "NonFiniteLossError", "build_datasets"]
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from brainlm.train.metrics import BASELINES, baseline_predictions  # noqa: E402
+from brainlm.figures import pyplot, save_figure
+from brainlm.train.metrics import BASELINES, baseline_predictions
 
 __all__ = ["plot_curves", "plot_reconstructions"]
 
@@ -24,6 +21,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     train = [r for r in records if r.get("split") == "train"]
     val = [r for r in records if r.get("split") == "validation"]
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     ax = axes[0]
     if train:
@@ -42,10 +40,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
                 ax.plot(*zip(*pts), style, label=name, color=_COLORS[name])
         ax.set(xlabel="step", title=title)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_reconstructions(examples: list[dict], patch_size: int, path: str | Path, num_regions: int = 4) -> Path:
@@ -56,6 +51,7 @@ def plot_reconstructions(examples: list[dict], patch_size: int, path: str | Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = max(1, len(examples))
+    plt = pyplot()
     fig, axes = plt.subplots(rows, num_regions, figsize=(4 * num_regions, 2.4 * rows), squeeze=False)
     for i, ex in enumerate(examples):
         signal, pred, mask = ex["signal"], ex["pred"], ex["mask"]
@@ -81,7 +77,4 @@ def plot_reconstructions(examples: list[dict], patch_size: int, path: str | Path
             if i == 0 and j == 0:
                 ax.legend(fontsize=7)
     fig.suptitle("validation windows: masked spans shaded")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
