@@ -102,7 +102,7 @@ def test_missing_and_nan_targets_are_reported_not_silently_dropped(store, tmp_pa
 
 def test_bad_inputs(store, tmp_path):
     X, y, g = planted(n_subjects=4)
-    with pytest.raises(ValueError, match="4 subjects with a target are fewer than the 5 folds"):
+    with pytest.raises(ValueError, match="4 subjects are fewer than the 5 folds; use fewer --folds"):
         run_probes(X, y, g, n_splits=5)
     with pytest.raises(ValueError, match="single-class target"):
         probe(tiny_model(), store, "constant", n_splits=3, progress=False)

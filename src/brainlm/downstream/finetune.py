@@ -31,11 +31,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from brainlm.errors import MissingInputError, OutputExistsError, UserError
+from brainlm.evaluate.protocol import EarlyStopping, infer_task
 from brainlm.io import atomic_write, atomic_write_json, normalize_subject_id
 from brainlm.model import BrainLMForPretraining
+from brainlm.progress import progress as progress_bar
 
 from .loading import _as_tensor, check_regions, is_vitmae, load_model, model_window
 
@@ -226,7 +227,7 @@ def finetune(
     """
     from brainlm.data import Store, open_store
 
-    from .probe import _infer_task, load_targets
+    from .probe import load_targets
 
     config = config or FinetuneConfig()
     if out_dir is not None and (Path(out_dir) / "config.json").exists() and not overwrite:
@@ -247,7 +248,7 @@ def finetune(
     for name, y in ((config.train_split, ytr), (config.val_split, yva)):
         if len(y) == 0:
             raise UserError(f"no labelled window of {window} timepoints in split {name!r}")
-    task = _infer_task(np.concatenate([ytr, yva])) if config.task == "auto" else config.task
+    task = infer_task(np.concatenate([ytr, yva]), config.task)
     info: dict = {"task": task, "target": target, "window": window}
     if task == "classification":
         classes = sorted(set(map(str, ytr)))
@@ -289,20 +290,18 @@ def finetune(
     model.fit_scaler(xtr_t, xyz)
     val_loss, val_metric = _run_epoch(model, xva_t, yv, xyz, task, config.batch_size)
     history = [{"epoch": 0, "train_loss": math.nan, "val_loss": val_loss, "val_metric": val_metric}]
-    best, best_epoch, best_state, waited = val_loss, 0, copy.deepcopy(model.state_dict()), 0
-    bar = tqdm(range(1, config.epochs + 1), desc="finetune", disable=not progress)
+    stop = EarlyStopping(config.patience)
+    stop.update(val_loss, 0, model.state_dict())
+    bar = progress_bar(range(1, config.epochs + 1), enabled=progress, desc="finetune", unit="epoch")
     for epoch in bar:
         train_loss, _ = _run_epoch(model, xtr_t, yt, xyz, task, config.batch_size, opt, gen)
         val_loss, val_metric = _run_epoch(model, xva_t, yv, xyz, task, config.batch_size)
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_metric": val_metric})
         bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
-        if val_loss < best:
-            best, best_epoch, best_state, waited = val_loss, epoch, copy.deepcopy(model.state_dict()), 0
-        else:
-            waited += 1
-            if waited >= config.patience:
-                break
-    model.load_state_dict(best_state)
+        if stop.update(val_loss, epoch, model.state_dict()):
+            break
+    best, best_epoch = stop.best, stop.best_epoch
+    model.load_state_dict(stop.best_state)
     model.info.update(best_epoch=best_epoch, best_val_loss=best, config=asdict(config))
     model.eval()
     saved = None

@@ -40,6 +40,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from brainlm.errors import UserError
+from brainlm.evaluate.protocol import SubjectBootstrap, infer_task, subject_folds
 from brainlm.io import Embeddings, normalize_subject_id, read_subject_table
 
 from .embed import embed_recordings, window_starts
@@ -178,16 +179,6 @@ class ProbeResult:
         return m.pivot_table(index=["features", "probe"], columns="metric", values="cell", aggfunc="first")
 
 
-def _infer_task(y: np.ndarray) -> str:
-    s = pd.Series(y)
-    if s.dtype == object:
-        num = pd.to_numeric(s, errors="coerce")
-        if num.isna().any() or s.map(lambda v: isinstance(v, (bool, np.bool_))).any():
-            return "classification"
-        s = num
-    return "classification" if s.nunique() <= 2 else "regression"
-
-
 def _estimators(task: str, seed: int, min_train: int) -> dict:
     from sklearn.dummy import DummyClassifier, DummyRegressor
     from sklearn.linear_model import LogisticRegression, Ridge
@@ -294,13 +285,30 @@ def run_probes(
         features: a name for these features in the output.
 
     Raises:
-        ValueError: missing targets, a single class, fewer subjects than folds, unknown probe.
+        UserError: missing targets, a single class, fewer subjects than folds, unknown probe.
     """
-    from sklearn.base import clone
-    from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
+    X, y, groups, task, classes = _check_probe_inputs(X, y, groups, task, probes)
+    split = subject_folds(y, groups, task, n_splits, seed)
+    folds = [{"features": features, "fold": f, "train_subjects": sorted(set(groups[tr])),
+              "test_subjects": sorted(set(groups[te]))} for f, (tr, te) in enumerate(split)]
+    rows = []
+    for name in probes:
+        for f, (tr, te) in enumerate(split):
+            pred, score = _fit_predict(name, task, X, y, groups, tr, te, inner_splits, seed, classes)
+            for j, i in enumerate(te):
+                row = {"features": features, "probe": name, "row": int(i), "subject_id": groups[i], "fold": f,
+                       "y_true": y[i], "y_pred": pred[j]}
+                if score is not None:
+                    row["score"] = score[j] if score.ndim == 1 else list(score[j])
+                rows.append(row)
+    preds = pd.DataFrame(rows)
+    metrics = _probe_metrics(preds, task, classes, n_boot, seed, features)
+    chance = float(pd.Series(y).value_counts(normalize=True).max()) if task == "classification" else None
+    return ProbeResult(metrics, preds, folds, task, chance=chance)
 
+
+def _check_probe_inputs(X, y, groups, task: str, probes):
+    """Validated arrays, the task, and the classes (None for regression)."""
     X = np.asarray(X, np.float64).reshape(len(X), -1)
     y = np.asarray(y, dtype=object)
     groups = np.asarray(groups).astype(str)
@@ -312,83 +320,58 @@ def run_probes(
         raise UserError("features contain NaN or Inf")
     bad = [p for p in probes if p not in PROBES]
     if bad:
-        raise UserError(f"unknown probes {bad}; choose from {PROBES}")
-    task = _infer_task(y) if task == "auto" else task
-    if task not in _METRICS:
-        raise UserError(f"task must be 'auto', 'regression' or 'classification', got {task!r}")
-    subjects = np.unique(groups)
-    if len(subjects) < n_splits:
-        raise UserError(f"{len(subjects)} subjects with a target are fewer than the {n_splits} folds; use fewer folds")
-    if n_splits < 2:
-        raise UserError("n_splits must be at least 2")
+        raise UserError(f"--probes: unknown probes {bad}; choose from {PROBES}")
+    task = infer_task(y, task)
     if task == "regression":
         y = pd.to_numeric(pd.Series(y), errors="raise").to_numpy(np.float64)
         if np.unique(y).size < 2:
             raise UserError("the target is constant: nothing to predict")
-        outer = GroupKFold(n_splits, shuffle=True, random_state=seed)
-        classes = None
-    else:
-        y = y.astype(str)
-        classes = np.unique(y)
-        if len(classes) < 2:
-            raise UserError(f"single-class target (every subject is {classes[0]!r}): classification needs two classes")
-        outer = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed)
+        return X, y, groups, task, None
+    y = y.astype(str)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise UserError(f"single-class target (every subject is {classes[0]!r}): classification needs two classes")
+    return X, y, groups, task, classes
 
-    rows, folds = [], []
-    split = list(outer.split(X, y, groups))
-    for f, (tr, te) in enumerate(split):
-        overlap = set(groups[tr]) & set(groups[te])
-        if overlap:  # cannot happen with grouped splitters; checked because the claim rests on it
-            raise RuntimeError(f"subjects {sorted(overlap)} in both train and test of fold {f}")
-        folds.append({"features": features, "fold": f, "train_subjects": sorted(set(groups[tr])), "test_subjects": sorted(set(groups[te]))})
-    n_train_subj = min(len(set(groups[tr])) for tr, _ in split)
-    inner_k = max(2, min(inner_splits, n_train_subj))
-    min_train = min(len(tr) for tr, _ in split) * (inner_k - 1) // inner_k
-    for name in probes:
-        est, grid = _estimators(task, seed, min_train)[name]
-        pipe = Pipeline([("scale", StandardScaler()), ("est", est)])
-        for f, (tr, te) in enumerate(split):
-            if grid:
-                inner = (GroupKFold(inner_k, shuffle=True, random_state=seed) if task == "regression"
-                         else StratifiedGroupKFold(inner_k, shuffle=True, random_state=seed))
-                model = GridSearchCV(clone(pipe), grid, cv=inner,
-                                     scoring="neg_mean_squared_error" if task == "regression" else "balanced_accuracy",
-                                     error_score=np.nan)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    model.fit(X[tr], y[tr], groups=groups[tr])
-            else:
-                model = clone(pipe).fit(X[tr], y[tr])
-            pred = model.predict(X[te])
-            score = _scores(model, X[te], len(classes)) if task == "classification" else None
-            for j, i in enumerate(te):
-                row = {"features": features, "probe": name, "row": int(i), "subject_id": groups[i], "fold": f,
-                       "y_true": y[i], "y_pred": pred[j]}
-                if score is not None:
-                    row["score"] = score[j] if score.ndim == 1 else list(score[j])
-                rows.append(row)
-    preds = pd.DataFrame(rows)
-    metrics = []
-    rng = np.random.default_rng(seed)
-    boot = [rng.choice(subjects, len(subjects), replace=True) for _ in range(n_boot)]
+
+def _fit_predict(name, task, X, y, groups, tr, te, inner_splits, seed, classes):
+    """One probe on one outer fold: nested grid search on the training subjects, then predict."""
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    inner_k = max(2, min(inner_splits, len(set(groups[tr]))))
+    est, grid = _estimators(task, seed, len(tr) * (inner_k - 1) // inner_k)[name]
+    pipe = Pipeline([("scale", StandardScaler()), ("est", est)])
+    if grid:
+        inner = subject_folds(y[tr], groups[tr], task, inner_k, seed)
+        model = GridSearchCV(clone(pipe), grid, cv=inner, error_score=np.nan,
+                             scoring="neg_mean_squared_error" if task == "regression" else "balanced_accuracy")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(X[tr], y[tr])
+    else:
+        model = clone(pipe).fit(X[tr], y[tr])
+    score = _scores(model, X[te], len(classes)) if task == "classification" else None
+    return model.predict(X[te]), score
+
+
+def _probe_metrics(preds: pd.DataFrame, task: str, classes, n_boot: int, seed: int, features: str) -> pd.DataFrame:
+    """Each metric on the pooled out-of-fold predictions, with a subject-bootstrap interval."""
+    out = []
     for name, p in preds.groupby("probe", sort=False):
         yt, yp = p["y_true"].to_numpy(), p["y_pred"].to_numpy()
         sc = np.asarray(p["score"].tolist()) if "score" in p else None
-        by_subj = {s: np.flatnonzero(p["subject_id"].to_numpy() == s) for s in subjects}
+        boot = SubjectBootstrap(p["subject_id"].to_numpy(), n_boot, seed)
         for m in _METRICS[task]:
-            value = _metric(task, m, yt, yp, sc, classes)
-            samples = []
-            for b in boot:
-                idx = np.concatenate([by_subj[s] for s in b])
-                samples.append(_metric(task, m, yt[idx], yp[idx], None if sc is None else sc[idx], classes))
-            samples = np.asarray(samples, float)
-            lo, hi = (np.nanpercentile(samples, [2.5, 97.5]) if np.isfinite(samples).any() else (np.nan, np.nan))
-            metrics.append({"features": features, "probe": name, "metric": m, "value": value, "ci_low": lo, "ci_high": hi,
-                            "n_rows": len(p), "n_subjects": len(subjects)})
-    chance = None
-    if task == "classification":
-        chance = float(pd.Series(y).value_counts(normalize=True).max())
-    return ProbeResult(pd.DataFrame(metrics), preds, folds, task, chance=chance)
+            def stat(idx, m=m):
+                return _metric(task, m, yt[idx], yp[idx], None if sc is None else sc[idx], classes)
+
+            lo, hi = boot.ci(stat)
+            out.append({"features": features, "probe": name, "metric": m, "value": stat(np.arange(len(p))),
+                        "ci_low": lo, "ci_high": hi, "n_rows": len(p), "n_subjects": boot.num_subjects})
+    return pd.DataFrame(out)
 
 
 def probe(

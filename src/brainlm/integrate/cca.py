@@ -17,9 +17,9 @@ preprocessing included.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import KFold
 
 from brainlm.errors import UserError
+from brainlm.evaluate.protocol import subject_folds
 from brainlm.integrate.preprocess import ModalityPreprocessor, check_pair
 
 
@@ -185,8 +185,7 @@ class CCAAnalysis:
         cov = None if covariates is None else np.asarray(covariates, dtype=np.float64)
         if cov is not None and cov.shape[0] != n:
             raise UserError(f"covariates have {cov.shape[0]} rows for {n} subjects")
-        kf = KFold(self.n_splits, shuffle=True, random_state=self.random_state)
-        self.folds_ = list(kf.split(X))
+        self.folds_ = subject_folds(np.zeros(n), np.arange(n), "regression", self.n_splits, self.random_state)
         self.fold_corr_, wx, wy, x_parts = self._cv(X, Y, cov, cov)
         self.test_corr_ = self.fold_corr_.mean(0)
         self.x_stability_ = _mean_abs_cosine(wx)

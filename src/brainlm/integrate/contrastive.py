@@ -27,7 +27,6 @@ Shapes: B batch, D_b / D_g input widths, E = 512 shared-space width.
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
@@ -35,11 +34,11 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import rankdata
-from sklearn.model_selection import KFold
 from torch import nn
 from torch.nn import functional as F
 
 from brainlm.errors import UserError
+from brainlm.evaluate.protocol import EarlyStopping, subject_folds
 from brainlm.integrate.io import write_embedding_table
 from brainlm.integrate.preprocess import ModalityPreprocessor, check_pair
 
@@ -233,35 +232,36 @@ class ContrastiveAligner:
         model = TwoTower(xb.shape[1], xg.shape[1], self.hidden_dim, self.out_dim, self.dropout).to(dev)
         opt = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
-        best, best_state, wait, history = float("inf"), None, 0, []
+        stop, history = EarlyStopping(self.patience, min_delta=1e-6), []
         for epoch in range(self.max_epochs):
-            model.train()
-            perm = tr[torch.randperm(len(tr), generator=gen).to(dev)]
-            losses = []
-            for start in range(0, len(perm), self.batch_size):
-                idx = perm[start : start + self.batch_size]
-                if len(idx) < 2:
-                    continue  # one pair has no negatives
-                loss = info_nce(*model(xb[idx], xg[idx]), model.temperature)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
+            train_loss = self._epoch(model, opt, xb, xg, tr[torch.randperm(len(tr), generator=gen).to(dev)])
             model.eval()
             with torch.no_grad():
                 val_loss = info_nce(*model(xb[val], xg[val]), model.temperature).item()
-            history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss})
-            if val_loss < best - 1e-6:
-                best, best_state, wait, self.best_epoch_ = val_loss, copy.deepcopy(model.state_dict()), 0, epoch
-            else:
-                wait += 1
-                if wait >= self.patience:
-                    break
-        model.load_state_dict(best_state)
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+            if stop.update(val_loss, epoch, model.state_dict()):
+                break
+        model.load_state_dict(stop.best_state)
+        self.best_epoch_ = stop.best_epoch
         self.model_ = model.eval()
         self.history_ = pd.DataFrame(history)
         self.temperature_ = float(model.temperature.item())
         return self
+
+    def _epoch(self, model: TwoTower, opt, xb, xg, order) -> float:
+        """One pass over the training pairs in ``order``; the mean batch loss."""
+        model.train()
+        losses = []
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            if len(idx) < 2:
+                continue  # one pair has no negatives
+            loss = info_nce(*model(xb[idx], xg[idx]), model.temperature)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return float(np.mean(losses))
 
     @torch.no_grad()
     def transform_brain(self, X, covariates=None) -> np.ndarray:
@@ -337,7 +337,7 @@ class ContrastiveAnalysis:
         n = X.shape[0]
         if n // self.n_splits < 2:
             raise UserError(f"{n} subjects in {self.n_splits} folds leave fewer than 2 held-out subjects per fold")
-        self.folds_ = list(KFold(self.n_splits, shuffle=True, random_state=self.random_state).split(X))
+        self.folds_ = subject_folds(np.zeros(n), np.arange(n), "regression", self.n_splits, self.random_state)
         rng = np.random.default_rng(self.random_state)
         rows, null_rows, self.aligners_ = [], [], []
         c_tr, c_te = (None, None)

@@ -22,9 +22,9 @@ import pandas as pd
 from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import average_precision_score, r2_score, roc_auc_score
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from brainlm.errors import UserError
+from brainlm.evaluate.protocol import SubjectBootstrap, infer_task, subject_folds
 from brainlm.integrate.preprocess import ModalityPreprocessor, check_pair
 
 FEATURE_SETS = ("genetic", "brain", "fusion")
@@ -54,8 +54,8 @@ class FusionAnalysis:
     """Cross-validated comparison of single-modality and fused prediction.
 
     Args:
-        task: ``"classification"``, ``"regression"`` or ``"auto"`` (classification when
-            the target has two values).
+        task: ``"classification"``, ``"regression"`` or ``"auto"``
+            (:func:`brainlm.evaluate.protocol.infer_task`).
         models: any of ``"linear"`` and ``"gbm"``.
         n_splits: subject-grouped folds.
         n_bootstrap: bootstrap resamples for the intervals.
@@ -126,11 +126,7 @@ class FusionAnalysis:
             raise UserError(f"target must have shape ({n},), got {y.shape}")
         if y.dtype.kind in "fc" and not np.isfinite(y).all():
             raise UserError("target contains NaN or inf")
-        task = self.task
-        if task == "auto":
-            task = "classification" if len(np.unique(y)) == 2 else "regression"
-        if task not in ("classification", "regression"):
-            raise UserError(f"task must be 'classification', 'regression' or 'auto', got {self.task!r}")
+        task = infer_task(y, self.task)
         if task == "classification":
             classes = np.unique(y)
             if len(classes) != 2:
@@ -141,15 +137,9 @@ class FusionAnalysis:
         else:
             y = y.astype(np.float64)
         groups = np.arange(n) if groups is None else np.asarray(groups)
-        if len(np.unique(groups)) < self.n_splits:
-            raise UserError(f"fewer subjects ({len(np.unique(groups))}) than folds ({self.n_splits})")
         cov = None if covariates is None else np.asarray(covariates, dtype=np.float64)
         self.task_ = task
-        if task == "classification":
-            splitter = StratifiedGroupKFold(self.n_splits, shuffle=True, random_state=self.random_state)
-        else:
-            splitter = GroupKFold(self.n_splits, shuffle=True, random_state=self.random_state)
-        self.folds_ = list(splitter.split(X, y, groups))
+        self.folds_ = subject_folds(y, groups, task, self.n_splits, self.random_state)
 
         self.oof_ = {(fs, m): np.zeros(n) for fs in FEATURE_SETS for m in self.models}
         for tr, te in self.folds_:
@@ -166,25 +156,18 @@ class FusionAnalysis:
     def _score(self, y, groups) -> None:
         metrics = _metrics(self.task_)
         main = next(iter(metrics))
-        rng = np.random.default_rng(self.random_state)
-        uniq, inv = np.unique(groups, return_inverse=True)
-        members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-        boots = []
-        while len(boots) < self.n_bootstrap:
-            idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
-            if self.task_ == "classification" and len(np.unique(y[idx])) < 2:
-                continue  # a resample with one class has no AUROC
-            boots.append(idx)
+        valid = (lambda idx: len(np.unique(y[idx])) > 1) if self.task_ == "classification" else None
+        boot = SubjectBootstrap(groups, self.n_bootstrap, self.random_state, valid)
 
-        rows, boot_main = [], {}
+        def stat(fn, pred):
+            return lambda idx: fn(y[idx], pred[idx])
+
+        rows = []
         for (fs, m), pred in self.oof_.items():
             row = {"features": fs, "model": m}
             for name, fn in metrics.items():
-                dist = np.array([fn(y[i], pred[i]) for i in boots]) if boots else np.array([np.nan])
                 row[name] = fn(y, pred)
-                row[f"{name}_lo"], row[f"{name}_hi"] = np.percentile(dist, [2.5, 97.5])
-                if name == main:
-                    boot_main[(fs, m)] = dist
+                row[f"{name}_lo"], row[f"{name}_hi"] = boot.ci(stat(fn, pred))
             rows.append(row)
         self.results_ = pd.DataFrame(rows)
 
@@ -192,12 +175,11 @@ class FusionAnalysis:
         for m in self.models:
             res = self.results_[self.results_.model == m].set_index("features")[main]
             best = "brain" if res["brain"] >= res["genetic"] else "genetic"
-            diff = boot_main[("fusion", m)] - boot_main[(best, m)]
-            lo, hi = np.percentile(diff, [2.5, 97.5])
+            cmp = boot.compare(stat(metrics[main], self.oof_[("fusion", m)]), stat(metrics[main], self.oof_[(best, m)]))
             gains.append({
                 "model": m, "metric": main, "best_single": best,
                 "fusion": res["fusion"], "single": res[best],
-                "gain": res["fusion"] - res[best], "gain_lo": lo, "gain_hi": hi,
-                "p_boot": float((diff <= 0).mean()),
+                "gain": res["fusion"] - res[best], "gain_lo": cmp.diff_lo, "gain_hi": cmp.diff_hi,
+                "p_boot": cmp.p_boot,
             })
         self.gains_ = pd.DataFrame(gains)

@@ -10,17 +10,22 @@ it on the training rows and applies it to the held-out rows. Steps, in order:
 3. PCA to ``n_components`` dimensions (scikit-learn), fitted on the training rows.
 
 Shapes: X (N, D) features, C (N, K) covariates; outputs float32.
+
+All three are scikit-learn estimators (``get_params`` / ``clone`` work; ``ModalityScaler`` also
+goes into a ``Pipeline``). The covariates are passed as a second argument of ``fit`` and
+``transform``, because they belong to the rows, not to the estimator.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
 
 from brainlm.errors import UserError
 
 
-class ModalityScaler:
+class ModalityScaler(TransformerMixin, BaseEstimator):
     """Z-score features or LayerNorm rows.
 
     Args:
@@ -59,11 +64,8 @@ class ModalityScaler:
             X = (X - X.mean(axis=1, keepdims=True)) / np.maximum(std, self.eps)
         return X.astype(np.float32)
 
-    def fit_transform(self, X, y=None) -> np.ndarray:
-        return self.fit(X).transform(X)
 
-
-class CovariateResidualizer:
+class CovariateResidualizer(BaseEstimator):
     """Remove the linear effect of covariates from every feature.
 
     Fitted attributes:
@@ -93,7 +95,7 @@ class CovariateResidualizer:
         return self.fit(X, covariates).transform(X, covariates)
 
 
-class ModalityPreprocessor:
+class ModalityPreprocessor(BaseEstimator):
     """Scale -> residualise against covariates -> optional PCA, for one modality.
 
     Args:
