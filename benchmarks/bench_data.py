@@ -24,7 +24,7 @@ import torch
 
 
 def _bench_store(root: Path, recordings: int, timepoints: int) -> tuple[object, float]:
-    from brainlm.data import PrepareConfig, Recording, load_atlas, write_store
+    from brainlm.data import Recording, Source, StoreOptions, load_atlas, write_store
 
     atlas = load_atlas("A424")
     rng = np.random.default_rng(0)
@@ -35,9 +35,8 @@ def _bench_store(root: Path, recordings: int, timepoints: int) -> tuple[object, 
                                  source=f"synthetic-{i}")
 
     tasks = [(f"synthetic-{i}", make(i)) for i in range(recordings)]
-    cfg = PrepareConfig(out_dir=str(root / "store"), demo=True, split=(0.8, 0.1, 0.1), progress=False)
     t = time.perf_counter()
-    store = write_store(cfg, atlas, tasks)
+    store = write_store(Source("synthetic", atlas, tasks), root / "store", StoreOptions(progress=False))
     return store, time.perf_counter() - t
 
 

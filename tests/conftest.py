@@ -1,6 +1,7 @@
 """Shared test settings and fixtures."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ import torch
 
 # Keep the suite predictable on small machines.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Shard verifications are cached per machine; the tests keep theirs out of the user's home.
+os.environ.setdefault("BRAINLM_CACHE", tempfile.mkdtemp(prefix="brainlm-cache-"))
 
 DATA = Path(__file__).parent / "data"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from brainlm.data import Atlas, PrepareConfig, Recording, write_store
+from brainlm.data import Atlas, Recording, Source, StoreOptions, write_store
 from brainlm.model import BrainLMForPretraining, brainlm_tiny
 
 R, T_REC, WINDOW, PATCH = 6, 120, 20, 5
@@ -51,6 +51,5 @@ def synthetic_store(out, n_subjects: int = 12, split=(8, 2, 2), seed: int = 0, T
                                          "constant": "x", "partial": np.nan if i < 2 else float(label)})
 
         tasks.append((f"syn{i}", load))
-    cfg = PrepareConfig(out_dir=str(out), inputs=[t[0] for t in tasks], split=split, seed=seed, dtype="float32", normalization="none",
-                        window=WINDOW, progress=False)
-    return write_store(cfg, atlas, tasks)
+    options = StoreOptions(split=split, seed=seed, dtype="float32", normalization="none", window=WINDOW, progress=False)
+    return write_store(Source("synthetic", atlas, tasks), out, options)

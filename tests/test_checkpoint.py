@@ -5,11 +5,15 @@ import shutil
 
 import pytest
 import torch
+from conftest import make_batch
 from safetensors.torch import load_file, save_file
 
-from brainlm.checkpoint import convert_original_state_dict, load_state_dict_file, to_original_state_dict
+from brainlm.checkpoint import (
+    convert_original_state_dict,
+    load_state_dict_file,
+    to_original_state_dict,
+)
 from brainlm.model import BrainLMForPretraining, brainlm_tiny
-from conftest import make_batch
 
 
 @pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])

@@ -14,7 +14,15 @@ import pyarrow as pa
 import pytest
 from pyarrow import ipc
 
-from brainlm.data import InputError, PrepareConfig, load_atlas, write_store
+from brainlm.data import (
+    InputError,
+    InputOptions,
+    StoreOptions,
+    load_atlas,
+    open_source,
+    prepare,
+    write_store,
+)
 from brainlm.data.brainmarks import (
     BRAINMARKS_SPLIT,
     brainmarks_classification_metrics,
@@ -150,10 +158,10 @@ def test_single_split_folder_and_explicit_target_map(toy):
 
 def test_loaders_feed_the_store(toy, tmp_path):
     root, _ = toy
-    atlas, tasks, norm = brainmarks_recordings([root])
-    cfg = PrepareConfig(inputs=[str(root)], out_dir=str(tmp_path / "store"), window=100, split=(4, 1, 1),
-                        dtype="float32", progress=False)
-    store = write_store(cfg, atlas, tasks, norm)
+    options = StoreOptions(window=100, split=(4, 1, 1), dtype="float32", progress=False)
+    store = write_store(open_source([root], InputOptions(kind="brainmarks")), tmp_path / "store", options)
+    auto = prepare([root], tmp_path / "auto", None, options)  # --kind auto recognises the layout
+    assert auto.manifest["kind"] == "brainmarks" and auto.manifest["shards"] == store.manifest["shards"]
     assert store.normalization["method"] == "robust"
     assert sorted(store.recordings["subject_id"]) == sorted(GENDER)
     assert {"gender", "age", "fluid", BRAINMARKS_SPLIT} <= set(store.phenotype_columns)

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from brainlm.cli import main
-from brainlm.data import WindowDataset, build_demo_store, collate_windows, load_demo_structural_connectivity, open_store
+from brainlm.data import (
+    WindowDataset,
+    build_demo_store,
+    collate_windows,
+    load_demo_structural_connectivity,
+    open_store,
+)
 
 pytest.importorskip("scipy.io")
 

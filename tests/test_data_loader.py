@@ -5,7 +5,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from brainlm.data import PrepareConfig, WindowDataset, collate_windows, open_store, prepare
+from brainlm.data import (
+    InputOptions,
+    StoreOptions,
+    WindowDataset,
+    collate_windows,
+    open_store,
+    prepare,
+)
 
 R, W = 5, 16
 
@@ -20,8 +27,8 @@ def store(tmp_path_factory):
         np.save(path, rng.normal(size=(40 + 3 * i, R)).astype(np.float32))
         inputs.append(str(path))
     np.savetxt(root / "c.dat", np.c_[np.arange(1, R + 1), rng.normal(size=(R, 3))], delimiter="\t")
-    return prepare(PrepareConfig(inputs=inputs, out_dir=str(root / "store"), coords=str(root / "c.dat"), window=W,
-                                 split=(6, 2, 2), normalization="zscore", dtype="float32", progress=False))
+    return prepare(inputs, root / "store", InputOptions(coords=str(root / "c.dat")),
+                   StoreOptions(window=W, split=(6, 2, 2), normalization="zscore", dtype="float32", progress=False))
 
 
 def test_batch_shapes(store):
@@ -64,13 +71,26 @@ def test_fixed_and_sliding(store):
         WindowDataset(store, "train", window=1000)
 
 
-def test_rank_sharding_disjoint_and_even(store):
-    parts = [WindowDataset(store, "train", window=W, mode="fixed", rank=r, world_size=4) for r in range(4)]
-    assert len({len(p) for p in parts}) == 1  # 6 items over 4 ranks: padded to 2 each
-    seen = [p[i]["recording_id"] for p in parts for i in range(len(p))]
-    assert set(seen) == set(store.recordings.query("split == 'train'")["recording_id"])
-    two = [WindowDataset(store, "train", window=W, mode="fixed", rank=r, world_size=2) for r in range(2)]
-    assert not {two[0][i]["recording_id"] for i in range(3)} & {two[1][i]["recording_id"] for i in range(3)}
+def test_sampler_evaluation_order_is_disjoint_and_even():
+    from brainlm.data import WindowSampler
+
+    parts = [list(WindowSampler(6, 2, rank=r, world_size=4)) for r in range(4)]
+    assert {len(p) for p in parts} == {1}  # 6 items over 4 ranks: padded to 2 each, one batch
+    flat = [i for p in parts for batch in p for i in batch]
+    assert sorted(i for i in flat if i >= 0) == list(range(6)) and flat.count(-1) == 2
+    assert list(WindowSampler(5, 2, rank=0, world_size=1)) == [[0, 1], [2, 3], [4]]
+
+
+def test_sampler_training_order_matches_one_process_with_the_global_batch():
+    from brainlm.data import WindowSampler
+
+    one = list(WindowSampler(20, 4, rank=0, world_size=1, shuffle=True, seed=7, epoch=2))
+    two = [list(WindowSampler(20, 2, rank=r, world_size=2, shuffle=True, seed=7, epoch=2)) for r in range(2)]
+    assert len(one) == 5 and [a + b for a, b in zip(*two)] == one
+    assert one != list(WindowSampler(20, 4, shuffle=True, seed=7, epoch=3))  # a new order every epoch
+    resumed = list(WindowSampler(20, 4, shuffle=True, seed=7, epoch=2, start_batch=3))
+    assert resumed == one[3:]  # resumes exactly where a run stopped
+    assert len(list(WindowSampler(21, 4, shuffle=True))) == 5  # the incomplete tail is dropped
 
 
 def test_multiworker_dataloader(store):
@@ -83,11 +103,16 @@ def test_multiworker_dataloader(store):
 
 
 def _rank_main(rank, world, path, port, out):
+    from brainlm.data import WindowSampler
+    from brainlm.data.sampler import IndexedDataset
+
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     ds = WindowDataset(open_store(path), "train", window=W, mode="fixed")
-    ids = [ds[i]["recording_id"] for i in range(len(ds))]
+    sampler = WindowSampler(len(ds), 2)  # rank and world size from torch.distributed
+    loader = torch.utils.data.DataLoader(IndexedDataset(ds), batch_sampler=sampler, collate_fn=collate_windows)
+    ids = [rid for batch in loader for rid, i in zip(batch["recording_id"], batch["index"]) if i >= 0]
     gathered = [None] * world
-    torch.distributed.all_gather_object(gathered, (ds.rank, ids))
+    torch.distributed.all_gather_object(gathered, (sampler.rank, ids))
     if rank == 0:
         out.put(gathered)
     torch.distributed.destroy_process_group()
@@ -109,17 +134,4 @@ def test_torch_distributed_ranks_see_different_data(store):
         p.join(timeout=60)
     (r0, ids0), (r1, ids1) = gathered
     assert (r0, r1) == (0, 1) and len(ids0) == len(ids1) == 3 and not set(ids0) & set(ids1)
-
-
-def test_random_mode_reassigns_recordings_to_ranks_each_epoch(store):
-    parts = [WindowDataset(store, "train", window=W, rank=r, world_size=2, seed=5) for r in range(2)]
-
-    def owned(epoch):
-        for p in parts:
-            p.set_epoch(epoch)
-        sets = [{p[i]["recording_id"] for i in range(len(p))} for p in parts]
-        assert not sets[0] & sets[1] and len(sets[0] | sets[1]) == 6
-        return sets[0]
-
-    assert owned(0) == owned(0)
-    assert any(owned(e) != owned(0) for e in range(1, 5))
+    assert set(ids0) | set(ids1) == set(store.recordings.query("split == 'train'")["recording_id"])

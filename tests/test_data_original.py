@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from brainlm.data import InputError, PrepareConfig, WindowDataset, prepare, read_original_dataset
+from brainlm.data import (
+    InputError,
+    InputOptions,
+    StoreOptions,
+    WindowDataset,
+    prepare,
+    read_original_dataset,
+)
 
 datasets = pytest.importorskip("datasets")
 R, T = 7, 48
@@ -28,8 +35,8 @@ def _write_original(root, n=6, seed=0):
 
 def test_original_dataset_to_store(tmp_path):
     raw, coords = _write_original(tmp_path)
-    store = prepare(PrepareConfig(inputs=[str(tmp_path / "train")], out_dir=str(tmp_path / "store"), window=16,
-                                  split=(4, 1, 1), dtype="float32", progress=False))
+    store = prepare([tmp_path / "train"], tmp_path / "store", None,
+                    StoreOptions(window=16, split=(4, 1, 1), dtype="float32", progress=False))
     assert store.normalization["method"] == "none"
     np.testing.assert_allclose(store.coords, coords)
     assert sorted(store.recordings["subject_id"]) == [str(1000 + i) for i in range(6)]
@@ -44,9 +51,8 @@ def test_original_dataset_to_store(tmp_path):
 
 def test_original_raw_column_renormalised(tmp_path):
     raw, _ = _write_original(tmp_path)
-    store = prepare(PrepareConfig(inputs=[str(tmp_path / "train")], out_dir=str(tmp_path / "s"), kind="original",
-                                  recording_column="Raw_Recording", normalization="zscore", window=16,
-                                  split=(4, 1, 1), dtype="float32", progress=False))
+    store = prepare([tmp_path / "train"], tmp_path / "s", InputOptions(kind="original", recording_column="Raw_Recording"),
+                    StoreOptions(normalization="zscore", window=16, split=(4, 1, 1), dtype="float32", progress=False))
     x = store.get(0)
     np.testing.assert_allclose(x.mean(0), 0, atol=1e-5)
 
@@ -54,8 +60,8 @@ def test_original_raw_column_renormalised(tmp_path):
 def test_original_bad_inputs(tmp_path):
     _write_original(tmp_path)
     with pytest.raises(InputError, match="no column 'Nope'"):
-        prepare(PrepareConfig(inputs=[str(tmp_path / "train")], out_dir=str(tmp_path / "s"), kind="original",
-                              recording_column="Nope", progress=False))
+        prepare([tmp_path / "train"], tmp_path / "s", InputOptions(kind="original", recording_column="Nope"),
+                StoreOptions(progress=False))
     arrow = next((tmp_path / "train").glob("*.arrow"))
     arrow.write_bytes(arrow.read_bytes()[:300])
     with pytest.raises(InputError, match="unreadable or truncated"):

@@ -7,7 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainlm.data import InputError, Parcellator, PrepareConfig, load_atlas, open_store, prepare
+from brainlm.data import (
+    InputError,
+    InputOptions,
+    Parcellator,
+    StoreOptions,
+    load_atlas,
+    open_store,
+    prepare,
+)
 from brainlm.data.atlas import bundled_path
 
 
@@ -126,8 +134,8 @@ def test_bids_fmriprep_folder_to_store(tmp_path):
     atlas_path, labels, affine = _box_atlas(tmp_path)
     root = tmp_path / "derivatives"
     motion = _write_bids(root, labels, affine, n_subjects=3)
-    store = prepare(PrepareConfig(inputs=[str(root)], out_dir=str(tmp_path / "store"), atlas=str(atlas_path),
-                                  window=40, split=(1, 1, 1), normalization="zscore", progress=False))
+    store = prepare([root], tmp_path / "store", InputOptions(atlas=str(atlas_path)),
+                    StoreOptions(window=40, split=(1, 1, 1), normalization="zscore", progress=False))
     rec = store.recordings.set_index("subject_id")
     assert sorted(rec.index) == ["01", "02", "03"]
     assert (rec["session_id"] == "1").all() and (rec["task"] == "rest").all() and (rec["run_id"] == "1").all()
@@ -170,13 +178,13 @@ def test_bold_files_batch_skips_bad_file(tmp_path):
         nib.save(_bold(labels, affine, np.random.default_rng(s).normal(size=(12, 3))), tmp_path / f"sub-{s:02d}_bold.nii.gz")
     (tmp_path / "sub-04_bold.nii.gz").write_bytes(b"not a nifti")
     files = sorted(str(p) for p in tmp_path.glob("sub-*_bold.nii.gz"))
-    store = prepare(PrepareConfig(inputs=files, out_dir=str(tmp_path / "s"), atlas=str(atlas_path), tr=1.0,
-                                  window=10, split=(2, 1, 0), jobs=2, progress=False))  # two processes
+    store = prepare(files, tmp_path / "s", InputOptions(atlas=str(atlas_path), tr=1.0),
+                    StoreOptions(window=10, split=(2, 1, 0), jobs=2, progress=False))  # two processes
     assert len(store) == 3
     assert "sub-04_bold.nii.gz" in store.manifest["skipped"][0]["reason"]
     assert open_store(tmp_path / "s").atlas == "boxes"
-    serial = prepare(PrepareConfig(inputs=files, out_dir=str(tmp_path / "s1"), atlas=str(atlas_path), tr=1.0,
-                                   window=10, split=(2, 1, 0), progress=False))
+    serial = prepare(files, tmp_path / "s1", InputOptions(atlas=str(atlas_path), tr=1.0),
+                     StoreOptions(window=10, split=(2, 1, 0), progress=False))
     assert [s["sha256"] for s in serial.manifest["shards"]] == [s["sha256"] for s in store.manifest["shards"]]
 
 

@@ -1,5 +1,6 @@
 """prepare -> store -> loader round trips, input formats, splits, atomic and idempotent writes, bad inputs."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,8 +12,9 @@ import scipy.io
 
 from brainlm.data import (
     InputError,
+    InputOptions,
     Normalizer,
-    PrepareConfig,
+    StoreOptions,
     WindowDataset,
     collate_windows,
     open_store,
@@ -46,16 +48,23 @@ def _write_npy(folder, series, names=None):
     return paths
 
 
-def _cfg(tmp_path, inputs, **kw):
-    base = dict(inputs=inputs, out_dir=str(tmp_path / "store"), coords=str(_coords(tmp_path)), window=20,
-                split=(4, 1, 1), tr=0.72, progress=False)
+_INPUT_FIELDS = {f.name for f in dataclasses.fields(InputOptions)}
+
+
+def _options(tmp_path, **kw):
+    base = dict(coords=str(_coords(tmp_path)), window=20, split=(4, 1, 1), tr=0.72, progress=False)
     base.update(kw)
-    return PrepareConfig(**base)
+    return (InputOptions(**{k: v for k, v in base.items() if k in _INPUT_FIELDS}),
+            StoreOptions(**{k: v for k, v in base.items() if k not in _INPUT_FIELDS}))
+
+
+def _prepare(tmp_path, inputs, out_dir=None, **kw):
+    return prepare(inputs, out_dir or tmp_path / "store", *_options(tmp_path, **kw))
 
 
 def test_round_trip_float32_exact(tmp_path):
     series = _series()
-    store = prepare(_cfg(tmp_path, _write_npy(tmp_path / "in", series), dtype="float32", normalization="zscore"))
+    store = _prepare(tmp_path, _write_npy(tmp_path / "in", series), dtype="float32", normalization="zscore")
     assert store.num_regions == R and store.coords.shape == (R, 3) and store.region_names[0] == "r0"
     for _, row in store.recordings.iterrows():
         raw = series[int(row["subject_id"])]
@@ -72,7 +81,7 @@ def test_round_trip_float32_exact(tmp_path):
 
 def test_round_trip_float16_and_train_only_statistics(tmp_path):
     series = _series()
-    store = prepare(_cfg(tmp_path, _write_npy(tmp_path / "in", series)))  # robust, float16
+    store = _prepare(tmp_path, _write_npy(tmp_path / "in", series))  # robust, float16
     norm = Normalizer.from_state(store.normalization)
     assert store.normalization["method"] == "robust" and store.normalization["num_fit_recordings"] == 4
     train = store.split_index("train")
@@ -86,7 +95,7 @@ def test_round_trip_float16_and_train_only_statistics(tmp_path):
 
 def test_store_readable_with_pyarrow_alone(tmp_path):
     series = _series()
-    prepare(_cfg(tmp_path, _write_npy(tmp_path / "in", series), dtype="float32", normalization="none"))
+    _prepare(tmp_path, _write_npy(tmp_path / "in", series), dtype="float32", normalization="none")
     root = tmp_path / "store"
     manifest = json.loads((root / "manifest.json").read_text())
     regions = pq.read_table(root / manifest["files"]["regions"]).to_pandas()
@@ -116,8 +125,7 @@ def test_split_by_subject_deterministic(tmp_path):
     # Two runs per subject: both runs of a subject must land in the same split.
     series = _series(12, T=30)
     names = [f"sub-{i // 2:02d}_task-rest_run-{i % 2 + 1}.npy" for i in range(12)]
-    cfg = _cfg(tmp_path, _write_npy(tmp_path / "in", series, names), split=(0.5, 0.25, 0.25), seed=3)
-    store = prepare(cfg)
+    store = _prepare(tmp_path, _write_npy(tmp_path / "in", series, names), split=(0.5, 0.25, 0.25), seed=3)
     by_split = store.recordings.groupby("split")["subject_id"].apply(set)
     assert sum(len(s) for s in by_split) == 6 and set.intersection(*by_split) == set()
     assert store.splits == split_subjects([f"{i:02d}" for i in range(6)], (0.5, 0.25, 0.25), seed=3)
@@ -126,17 +134,17 @@ def test_split_by_subject_deterministic(tmp_path):
 
 def test_rerun_is_idempotent_and_atomic(tmp_path):
     inputs = _write_npy(tmp_path / "in", _series())
-    store = prepare(_cfg(tmp_path, inputs))
+    store = _prepare(tmp_path, inputs)
     files = sorted((tmp_path / "store").rglob("*"))
     stamps = {p: p.stat().st_mtime_ns for p in files}
-    again = prepare(_cfg(tmp_path, inputs))
+    again = _prepare(tmp_path, inputs)
     assert {p: p.stat().st_mtime_ns for p in sorted((tmp_path / "store").rglob("*"))} == stamps
     assert again.manifest == store.manifest
     again.verify()
     assert not [p for p in files if p.name.startswith(".")]  # no temporary or staging files left
     # A changed input rebuilds, and the old shards disappear once the new manifest is in place.
     np.save(inputs[0], _series(1, T=80, seed=9)[0])
-    rebuilt = prepare(_cfg(tmp_path, inputs))
+    rebuilt = _prepare(tmp_path, inputs)
     assert rebuilt.manifest["fingerprint"] != store.manifest["fingerprint"]
     assert sorted(p.name for p in (tmp_path / "store" / "shards").iterdir()) == sorted(
         s["file"].split("/")[1] for s in rebuilt.manifest["shards"])
@@ -144,7 +152,7 @@ def test_rerun_is_idempotent_and_atomic(tmp_path):
 
 def test_shards_roll_over_and_stream(tmp_path):
     series = _series(6, T=200)
-    store = prepare(_cfg(tmp_path, _write_npy(tmp_path / "in", series), shard_mb=0, dtype="float32"))
+    store = _prepare(tmp_path, _write_npy(tmp_path / "in", series), shard_mb=0, dtype="float32")
     assert len(store.manifest["shards"]) == 6  # one recording per shard at this tiny size
     got = {m["recording_id"]: x for m, x in store.iter_recordings("train")}
     assert len(got) == 4
@@ -167,12 +175,12 @@ def test_bad_recording_skipped_or_raised(tmp_path, make, match):
     series = _series()
     series[2] = make(series[2])
     inputs = _write_npy(tmp_path / "in", series)
-    store = prepare(_cfg(tmp_path, inputs, split=(3, 1, 1)))
+    store = _prepare(tmp_path, inputs, split=(3, 1, 1))
     assert len(store) == 5 and "sub-02" not in set(store.recordings["recording_id"].str[:6])
     (skip,) = store.manifest["skipped"]
     assert "sub-02_task-rest_run-1.npy" in skip["reason"]
     with pytest.raises(InputError, match=rf"sub-02_task-rest_run-1.npy.*{match}"):
-        prepare(_cfg(tmp_path, inputs, out_dir=str(tmp_path / "other"), on_error="raise", split=(3, 1, 1)))
+        _prepare(tmp_path, inputs, out_dir=tmp_path / "other", on_error="raise", split=(3, 1, 1))
     assert not (tmp_path / "other" / "manifest.json").exists()
 
 
@@ -187,7 +195,7 @@ def test_duplicate_ids_unreadable_and_truncated_files(tmp_path):
     trunc.write_bytes(trunc.read_bytes()[:200])
     garbage = tmp_path / "in" / "sub-08_task-rest_run-1.csv"
     garbage.write_text("a,b\nc,d\n")
-    store = prepare(_cfg(tmp_path, inputs + [str(dup), str(trunc), str(garbage)], split=(3, 1, 1)))
+    store = _prepare(tmp_path, inputs + [str(dup), str(trunc), str(garbage)], split=(3, 1, 1))
     reasons = [s["reason"] for s in store.manifest["skipped"]]
     assert len(store) == 5 and len(reasons) == 3
     assert any("in2/sub-01_task-rest_run-1.npy" in r and "duplicate" in r for r in reasons)
@@ -198,16 +206,16 @@ def test_duplicate_ids_unreadable_and_truncated_files(tmp_path):
 def test_missing_coordinates_and_wrong_coordinate_count(tmp_path):
     inputs = _write_npy(tmp_path / "in", _series())
     with pytest.raises(ValueError, match="coordinate file"):
-        prepare(_cfg(tmp_path, inputs, coords=None))
+        _prepare(tmp_path, inputs, coords=None)
     np.savetxt(tmp_path / "c.dat", np.c_[np.arange(1, 5), np.zeros((4, 3))], delimiter="\t")
     with pytest.raises(InputError, match="6 regions.*coordinates list 4"):
-        prepare(_cfg(tmp_path, inputs, coords=str(tmp_path / "c.dat"), on_error="raise"))
+        _prepare(tmp_path, inputs, coords=str(tmp_path / "c.dat"), on_error="raise")
 
 
 def test_target_tr_resampling(tmp_path):
     series = _series(6, T=100)
-    store = prepare(_cfg(tmp_path, _write_npy(tmp_path / "in", series), tr=1.44, target_tr=0.72, normalization="none",
-                         dtype="float32"))
+    store = _prepare(tmp_path, _write_npy(tmp_path / "in", series), tr=1.44, target_tr=0.72, normalization="none",
+                         dtype="float32")
     np.testing.assert_allclose(store.recordings["tr"], 0.72)
     row = store.recordings.iloc[0]
     assert row["num_timepoints"] == 2 * len(series[int(row["subject_id"])])
@@ -217,7 +225,7 @@ def test_collate_phenotypes(tmp_path):
     inputs = _write_npy(tmp_path / "in", _series())
     pd.DataFrame({"participant_id": [f"sub-{i:02d}" for i in range(6)], "age": np.arange(6) + 20.0,
                   "sex": list("MFMFMF")}).to_csv(tmp_path / "participants.tsv", sep="\t", index=False)
-    store = prepare(_cfg(tmp_path, inputs, participants=str(tmp_path / "participants.tsv")))
+    store = _prepare(tmp_path, inputs, participants=str(tmp_path / "participants.tsv"))
     assert store.phenotype_columns == ["age", "sex"]
     batch = collate_windows([it for it in WindowDataset(store, "train", window=20)])
     assert batch["phenotypes"]["age"].dtype.is_floating_point
@@ -226,11 +234,10 @@ def test_collate_phenotypes(tmp_path):
 
 
 def test_failed_rebuild_leaves_previous_store_intact(tmp_path):
-    from brainlm.data import Atlas, Recording
-    from brainlm.data.prepare import write_store
+    from brainlm.data import Atlas, Recording, Source, write_store
 
     inputs = _write_npy(tmp_path / "in", _series())
-    store = prepare(_cfg(tmp_path, inputs))
+    store = _prepare(tmp_path, inputs)
 
     def crash():
         raise MemoryError("simulated crash while reading")
@@ -238,7 +245,7 @@ def test_failed_rebuild_leaves_previous_store_intact(tmp_path):
     tasks = [(p, lambda p=p: Recording(np.load(p), subject_id=p[-20:-18], source=p)) for p in inputs] + [("x", crash)]
     atlas = Atlas(name="coords", coords=store.coords, region_names=store.region_names)
     with pytest.raises(MemoryError):
-        write_store(_cfg(tmp_path, inputs, seed=1), atlas, tasks)
+        write_store(Source("timeseries", atlas, tasks), tmp_path / "store", _options(tmp_path, seed=1)[1])
     again = open_store(tmp_path / "store")
     assert again.manifest == store.manifest
     again.verify()

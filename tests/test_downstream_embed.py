@@ -3,7 +3,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-from downstream_synth import PATCH, R, WINDOW, synthetic_store, tiny_model
+from conftest import make_batch
+from downstream_synth import PATCH, WINDOW, R, synthetic_store, tiny_model
 
 from brainlm.downstream import (
     check_regions,
@@ -16,7 +17,6 @@ from brainlm.downstream import (
     window_starts,
     write_embeddings,
 )
-from conftest import make_batch
 
 
 @pytest.fixture(scope="module")

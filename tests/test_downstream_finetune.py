@@ -3,9 +3,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from downstream_synth import R, WINDOW, synthetic_store, tiny_model
+from downstream_synth import WINDOW, R, synthetic_store, tiny_model
 
-from brainlm.downstream import FinetuneConfig, embed, finetune, load_finetuned, load_model, probe
+from brainlm.downstream import (
+    FinetuneConfig,
+    embed,
+    finetune,
+    load_finetuned,
+    load_model,
+    probe,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +79,9 @@ def test_finetune_bad_inputs(tuned, store):
 
 
 def test_every_trained_parameter_gets_a_gradient():
-    from brainlm.downstream import BrainLMFinetuner
     from conftest import make_batch
+
+    from brainlm.downstream import BrainLMFinetuner
 
     model = BrainLMFinetuner(tiny_model(), num_outputs=3)
     x, xyz = make_batch(4, R, WINDOW)

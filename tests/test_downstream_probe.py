@@ -3,7 +3,15 @@ import pandas as pd
 import pytest
 from downstream_synth import R, synthetic_store, tiny_model
 
-from brainlm.downstream import align_targets, fc_features, functional_connectivity, load_targets, open_recordings, probe, run_probes
+from brainlm.downstream import (
+    align_targets,
+    fc_features,
+    functional_connectivity,
+    load_targets,
+    open_recordings,
+    probe,
+    run_probes,
+)
 
 
 def planted(n_subjects=16, rows=3, seed=0, task="classification"):

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 import torch
-from downstream_synth import PATCH, R, WINDOW, synthetic_store, tiny_model
+from conftest import make_batch
+from downstream_synth import PATCH, WINDOW, R, synthetic_store, tiny_model
 from sklearn.metrics import r2_score
 
 from brainlm.downstream import (
@@ -16,7 +17,6 @@ from brainlm.downstream import (
     reconstruct_recording,
     reconstruct_recordings,
 )
-from conftest import make_batch
 
 
 @pytest.fixture(scope="module")

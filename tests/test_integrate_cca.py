@@ -5,7 +5,13 @@ import pytest
 from scipy.stats import kstest
 from sklearn.cross_decomposition import CCA
 
-from brainlm.integrate import CCAAnalysis, RegularizedCCA, encode_covariates, make_null_cohort, make_synthetic_cohort
+from brainlm.integrate import (
+    CCAAnalysis,
+    RegularizedCCA,
+    encode_covariates,
+    make_null_cohort,
+    make_synthetic_cohort,
+)
 
 
 def _cov(cohort):

@@ -5,7 +5,12 @@ import pandas as pd
 import pytest
 
 from brainlm.cli import main
-from brainlm.integrate import make_null_cohort, make_synthetic_cohort, read_embedding_table, write_embedding_table
+from brainlm.integrate import (
+    make_null_cohort,
+    make_synthetic_cohort,
+    read_embedding_table,
+    write_embedding_table,
+)
 
 
 def test_generator_is_seeded_and_documented_shapes():

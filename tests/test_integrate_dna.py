@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from brainlm.cli import main
-from brainlm.integrate import average_strands, embed_dna, read_embedding_table, read_fasta, reverse_complement
+from brainlm.integrate import (
+    average_strands,
+    embed_dna,
+    read_embedding_table,
+    read_fasta,
+    reverse_complement,
+)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from brainlm.integrate import (
     ModalityScaler,
     encode_covariates,
     make_synthetic_cohort,
+    preprocess,
 )
-from brainlm.integrate import preprocess
 
 
 def test_zscore_uses_fit_statistics():

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from conftest import make_batch
 
 from brainlm.model import (
     BrainLMConfig,
@@ -12,7 +13,6 @@ from brainlm.model import (
     brainlm_650m,
     brainlm_tiny,
 )
-from conftest import make_batch
 
 
 @pytest.mark.parametrize(

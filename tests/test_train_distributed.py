@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.multiprocessing as mp
+from _train_helpers import ToyWindows, dist_worker, free_port, tiny_config
 from safetensors.torch import load_file
 
-from _train_helpers import ToyWindows, dist_worker, free_port, tiny_config
 from brainlm.train import pretrain, read_metrics
 
 STEPS = dict(max_steps=6, eval_every=3, save_every=3)
@@ -67,7 +67,12 @@ def test_fsdp_two_processes_then_resume_on_one(single, tmp_path):
 def test_device_precision_and_wrapping_choices():
     from brainlm.model import BrainLMForPretraining, brainlm_tiny
     from brainlm.train.distributed import (
-        autocast_context, cpu_supports_bf16, init_distributed, resolve_device, resolve_precision, wrap_model,
+        autocast_context,
+        cpu_supports_bf16,
+        init_distributed,
+        resolve_device,
+        resolve_precision,
+        wrap_model,
     )
 
     cpu = resolve_device("cpu")

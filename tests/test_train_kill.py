@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _train_helpers import ToyWindows, tiny_config
 from safetensors.torch import load_file
 
-from _train_helpers import ToyWindows, tiny_config
 from brainlm.train import pretrain, read_metrics
 from brainlm.train.checkpointing import find_checkpoints, verify_checkpoint
 

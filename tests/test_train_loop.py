@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _train_helpers import ToyWindows, tiny_config
 from safetensors.torch import load_file
 
-from _train_helpers import ToyWindows, tiny_config
 from brainlm.model import BrainLMForPretraining
 from brainlm.train import NonFiniteLossError, latest_checkpoint, pretrain, read_metrics
 

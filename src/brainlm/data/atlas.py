@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainlm.errors import MissingInputError, UserError
+from brainlm.errors import InputError, MissingInputError, UserError
 
 __all__ = ["Atlas", "load_atlas", "read_coordinates", "bundled_path", "aal2_94_regions"]
 
@@ -61,6 +61,15 @@ def read_coordinates(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"{path}: coordinate file not found")
+    coords, names = _read_coordinate_file(path)
+    bad = np.flatnonzero(~np.isfinite(coords).all(1))
+    if len(bad):
+        raise InputError(f"{path}: {len(bad)} regions have missing or non-finite coordinates "
+                         f"(e.g. row {int(bad[0]) + 1}); every region needs an x, y, z centre")
+    return coords, names
+
+
+def _read_coordinate_file(path: Path) -> tuple[np.ndarray, list[str] | None]:
     try:
         if path.suffix.lower() in {".csv", ".tsv"}:
             table = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")

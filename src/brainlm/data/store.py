@@ -2,7 +2,7 @@
 
 Layout of a store folder (the full schema is in ``docs/store.md``)::
 
-    manifest.json          format, counts, splits, normalisation, file names, shards with sha256
+    manifest.json          format, counts, splits, normalisation, files, shards with size and sha256
     regions-<fingerprint>.parquet     one row per region: region_index, name, x, y, z
     recordings-<fingerprint>.parquet  one row per recording: IDs, split, shard, row, length, TR, phenotypes
     shards/<split>-<fingerprint>-<n>.arrow
@@ -10,101 +10,89 @@ Layout of a store folder (the full schema is in ``docs/store.md``)::
                            list<fixed_size_list<float16|float32, R>> (timepoints x regions)
 
 Shards are uncompressed Arrow IPC files so they are memory-mapped: opening a store reads only
-the small tables, and a window read touches only its own bytes. Every file is written under a
-temporary name and renamed, and the manifest last, so a reader never sees a half-written store.
+the small tables, and a window read touches only its own bytes.
+
+**Integrity.** Every file the manifest lists carries its size and SHA-256. Each shard is
+checked the first time a process opens it: its size always, and its SHA-256 unless this
+machine has already verified the same file (same path, size, modification time and inode; the
+cache is ``$BRAINLM_CACHE/verified.json``, default ``~/.cache/brainlm``). A damaged, truncated
+or replaced file stops the reader with one line naming it. ``Store.verify()`` (``brainlm
+verify STORE``) checks every file, ignoring the cache.
+
+The columns of the store are spelled once, in :data:`META_COLUMNS` and :data:`TABLE_COLUMNS`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.ipc as ipc
-import pyarrow.parquet as pq
 
-from brainlm.errors import MissingInputError, UserError
+from brainlm.errors import CorruptFileError, MissingInputError, UserError
+from brainlm.io import atomic_write, atomic_write_json, sha256_file, temporary_path
 
-__all__ = ["Store", "open_store", "STORE_FORMAT"]
+__all__ = ["Store", "open_store", "STORE_FORMAT", "META_COLUMNS", "TABLE_COLUMNS", "ShardWriter", "shard_schema"]
 
 STORE_FORMAT = "brainlm-store/1"
-_ID_COLUMNS = ["recording_id", "subject_id", "session_id", "run_id", "task"]
+ID_COLUMNS = ("recording_id", "subject_id", "session_id", "run_id", "task")
+# Per-recording metadata, in every shard and in the recordings table: name -> Arrow type.
+META_COLUMNS: dict[str, pa.DataType] = {
+    **{c: pa.string() for c in ID_COLUMNS},
+    "tr": pa.float32(),
+    "num_timepoints": pa.int32(),
+    "atlas": pa.string(),
+    "normalization": pa.string(),
+}
+# The recordings table: the metadata plus where each recording is and where it came from.
+TABLE_COLUMNS = [*ID_COLUMNS, "split", "shard", "row", "num_timepoints", "tr", "atlas", "normalization", "source"]
+# Names a phenotype column may not take (they get a ``phenotype_`` prefix).
+RESERVED_COLUMNS = set(META_COLUMNS) | set(TABLE_COLUMNS) | {"timeseries"}
 
 
-def _atomic_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = _atomic_path(path)
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
-    os.replace(tmp, path)
-
-
-def _write_parquet(path: Path, table: pa.Table) -> None:
-    tmp = _atomic_path(path)
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _shard_schema(num_regions: int, dtype: str, phenotype_types: dict[str, pa.DataType]) -> pa.Schema:
+def shard_schema(num_regions: int, dtype: str, phenotype_types: dict[str, pa.DataType] | None = None,
+                 meta: bool = True) -> pa.Schema:
+    """Schema of a shard: the metadata columns, ``timeseries`` and the phenotype columns."""
     value = pa.float16() if dtype == "float16" else pa.float32()
-    fields = [pa.field(c, pa.string()) for c in _ID_COLUMNS]
-    fields += [
-        pa.field("tr", pa.float32()),
-        pa.field("num_timepoints", pa.int32()),
-        pa.field("atlas", pa.string()),
-        pa.field("normalization", pa.string()),
-        pa.field("timeseries", pa.list_(pa.list_(value, num_regions))),
-    ]
-    fields += [pa.field(name, typ) for name, typ in phenotype_types.items()]
+    fields = [pa.field(c, t) for c, t in META_COLUMNS.items()] if meta else []
+    fields.append(pa.field("timeseries", pa.list_(pa.list_(value, num_regions))))
+    fields += [pa.field(name, typ) for name, typ in (phenotype_types or {}).items()]
     return pa.schema(fields)
 
 
-class _ShardWriter:
-    """Streams recordings of one split into shards of about ``max_bytes`` each.
+class ShardWriter:
+    """Streams ``(T, R)`` recordings into Arrow IPC shards of about ``max_bytes`` each.
 
-    Each shard is written to a hidden temporary name and renamed when complete.
+    Each shard is written under a hidden temporary name and renamed when complete;
+    :attr:`written` lists the complete files (to remove them if a later step fails).
     """
 
     def __init__(self, shard_dir: Path, prefix: str, schema: pa.Schema, *, max_bytes: int, batch_size: int = 32):
-        self.shard_dir, self.prefix, self.schema = shard_dir, prefix, schema
+        self.shard_dir, self.prefix, self.schema = Path(shard_dir), prefix, schema
         self.max_bytes, self.batch_size = max_bytes, batch_size
         self.value_type = schema.field("timeseries").type.value_type.value_type
         self.num_regions = schema.field("timeseries").type.value_type.list_size
         self.shards: list[dict] = []  # manifest entries of finished shards
+        self.written: list[Path] = []
         self._rows: list[dict] = []
         self._writer = None
-        self._bytes = 0
-        self._count = 0
+        self._bytes = self._count = 0
 
     def add(self, meta: dict, data: np.ndarray) -> tuple[str, int]:
         """Queue one ``(T, R)`` recording; returns ``(shard file name, row in shard)``."""
         if self._writer is None:
-            index = len(self.shards)
-            self._name = f"{self.prefix}-{index:05d}.arrow"
-            self._tmp = _atomic_path(self.shard_dir / self._name)
+            self._name = f"{self.prefix}-{len(self.shards):05d}.arrow"
+            self._tmp = temporary_path(self.shard_dir / self._name)
             self._writer = ipc.new_file(self._tmp, self.schema)
-            self._count = 0
-            self._bytes = 0
+            self._count = self._bytes = 0
         self._rows.append({**meta, "timeseries": data})
-        row = self._count
+        row, name = self._count, self._name
         self._count += 1
         self._bytes += data.size * (2 if self.value_type == pa.float16() else 4)
-        name = self._name
         if len(self._rows) >= self.batch_size:
             self._flush()
         if self._bytes >= self.max_bytes:
@@ -116,17 +104,11 @@ class _ShardWriter:
             return
         series = [r.pop("timeseries") for r in self._rows]
         flat = np.concatenate([s.reshape(-1) for s in series]).astype(
-            np.float16 if self.value_type == pa.float16() else np.float32
-        )
-        lengths = np.array([len(s) for s in series])
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+            np.float16 if self.value_type == pa.float16() else np.float32)
+        offsets = np.concatenate([[0], np.cumsum([len(s) for s in series])]).astype(np.int32)
         inner = pa.FixedSizeListArray.from_arrays(pa.array(flat), self.num_regions)
-        columns = {}
-        for f in self.schema:
-            if f.name == "timeseries":
-                columns[f.name] = pa.ListArray.from_arrays(pa.array(offsets), inner, type=f.type)
-            else:
-                columns[f.name] = pa.array([r.get(f.name) for r in self._rows], type=f.type)
+        columns = {f.name: (pa.ListArray.from_arrays(pa.array(offsets), inner, type=f.type) if f.name == "timeseries"
+                            else pa.array([r.get(f.name) for r in self._rows], type=f.type)) for f in self.schema}
         self._writer.write_batch(pa.RecordBatch.from_pydict(columns, schema=self.schema))
         self._rows = []
 
@@ -135,9 +117,9 @@ class _ShardWriter:
         self._writer.close()
         final = self.shard_dir / self._name
         os.replace(self._tmp, final)
-        self.shards.append(
-            {"file": f"shards/{self._name}", "num_recordings": self._count, "bytes": final.stat().st_size, "sha256": _sha256(final)}
-        )
+        self.written.append(final)
+        self.shards.append({"file": f"{self.shard_dir.name}/{self._name}", "num_recordings": self._count,
+                            "bytes": final.stat().st_size, "sha256": sha256_file(final)})
         self._writer = None
 
     def close(self) -> list[dict]:
@@ -145,22 +127,94 @@ class _ShardWriter:
             self._close_shard()
         return self.shards
 
+    def abort(self) -> None:
+        """Remove everything written so far (a later step failed)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._tmp.unlink(missing_ok=True)
+            self._writer = None
+        for path in self.written:
+            path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification
+# ---------------------------------------------------------------------------------------------
+
+
+def _cache_file() -> Path:
+    root = os.environ.get("BRAINLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "brainlm")
+    return Path(root) / "verified.json"
+
+
+_VERIFIED: set[str] = set()  # keys verified by this process (inherited by forked workers)
+
+
+def _cache_key(path: Path, sha256: str) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{sha256}"
+
+
+def _disk_cache() -> set[str]:
+    try:
+        return set(json.loads(_cache_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
+def _remember(key: str) -> None:
+    _VERIFIED.add(key)
+    path = _cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keys = sorted((_disk_cache() | {key}))[-100_000:]
+        atomic_write_json(path, keys, indent=None)
+    except OSError:
+        pass  # a read-only home only costs a re-verification next time
+
+
+def verify_file(path: Path, expected: dict, *, use_cache: bool = True, what: str = "file") -> None:
+    """Check one file against its manifest entry (``bytes``, ``sha256``); one-line error naming it.
+
+    Args:
+        use_cache: skip the SHA-256 when this process or this machine's cache has already
+            verified the same file (same path, size, modification time and inode).
+    """
+    if not path.is_file():
+        raise CorruptFileError(f"{path}: this {what} is missing (listed in the manifest); the store is incomplete")
+    size = path.stat().st_size
+    if "bytes" in expected and size != expected["bytes"]:
+        raise CorruptFileError(f"{path}: {size} bytes, the manifest says {expected['bytes']} (truncated or replaced); "
+                               "rebuild the store with brainlm prepare")
+    if "sha256" not in expected:
+        return
+    key = _cache_key(path, expected["sha256"])
+    if use_cache and (key in _VERIFIED or key in _disk_cache()):
+        _VERIFIED.add(key)
+        return
+    if sha256_file(path) != expected["sha256"]:
+        raise CorruptFileError(f"{path}: contents do not match the SHA-256 in the manifest (damaged or altered); "
+                               "rebuild the store with brainlm prepare")
+    _remember(key)
+
 
 class _ShardReader:
-    """Memory-mapped view of one shard: ``(T, R)`` arrays without copying the file."""
+    """Memory-mapped view of one verified shard: ``(T, R)`` arrays without copying the file."""
 
     def __init__(self, path: Path, num_regions: int):
-        self._file = pa.memory_map(str(path), "r")
-        reader = ipc.open_file(self._file)
-        self.values, self.offsets = [], []  # per record batch: flat values, timepoint offsets
-        self.locate = []  # row -> (batch, row in batch)
-        for b in range(reader.num_record_batches):
-            col = reader.get_batch(b).column("timeseries")
-            inner = col.values
-            # ``.values`` ignores slice offsets, so shift the list offsets by the inner one.
-            self.values.append(inner.values.to_numpy(zero_copy_only=True))
-            self.offsets.append(col.offsets.to_numpy().astype(np.int64) + inner.offset)
-            self.locate += [(b, i) for i in range(len(col))]
+        try:
+            self._file = pa.memory_map(str(path), "r")
+            reader = ipc.open_file(self._file)
+            self.values, self.offsets, self.locate = [], [], []  # per record batch; row -> (batch, row in batch)
+            for b in range(reader.num_record_batches):
+                col = reader.get_batch(b).column("timeseries")
+                inner = col.values
+                # ``.values`` ignores slice offsets, so shift the list offsets by the inner one.
+                self.values.append(inner.values.to_numpy(zero_copy_only=True))
+                self.offsets.append(col.offsets.to_numpy().astype(np.int64) + inner.offset)
+                self.locate += [(b, i) for i in range(len(col))]
+        except (OSError, pa.ArrowException, KeyError) as err:
+            raise CorruptFileError(f"{path}: not a readable store shard ({type(err).__name__}: {err})") from err
         self.num_regions = num_regions
 
     def window(self, row: int, start: int, length: int) -> np.ndarray:
@@ -174,6 +228,11 @@ class _ShardReader:
         b, i = self.locate[row]
         t0, t1 = self.offsets[b][i], self.offsets[b][i + 1]
         return self.values[b][t0 * self.num_regions:t1 * self.num_regions].reshape(t1 - t0, self.num_regions)
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------------
 
 
 class Store:
@@ -190,24 +249,37 @@ class Store:
         phenotype_columns: names of the phenotype columns of ``recordings``.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
-            raise MissingInputError(f"{self.path}: not a brainlm store (no manifest.json)")
-        self.manifest = json.loads(manifest_path.read_text())
+            raise MissingInputError(f"{self.path}: not a brainlm store (no manifest.json); build one with brainlm prepare")
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except ValueError as err:
+            raise CorruptFileError(f"{manifest_path}: not valid JSON ({err})") from err
         if self.manifest.get("format") != STORE_FORMAT:
             raise UserError(f"{self.path}: unknown store format {self.manifest.get('format')!r}")
-        regions = pd.read_parquet(self.path / self.manifest["files"]["regions"])
+        regions = self._table("regions")
         self.coords = regions[["x", "y", "z"]].to_numpy(np.float32)
         self.region_names = regions["name"].astype(str).tolist()
-        self.recordings = pd.read_parquet(self.path / self.manifest["files"]["recordings"])
+        self.recordings = self._table("recordings")
         self.normalization = self.manifest["normalization"]
         self.phenotype_columns = list(self.manifest.get("phenotype_columns", []))
         self._shard_of = self.recordings["shard"].to_numpy()
         self._row_of = self.recordings["row"].to_numpy()
+        self._entries = {s["file"]: s for s in self.manifest["shards"]}
         self._readers: dict[str, _ShardReader] = {}
         self._pid = os.getpid()
+
+    def _table(self, name: str) -> pd.DataFrame:
+        rel = self.manifest["files"][name]
+        path = self.path / rel
+        verify_file(path, self.manifest.get("checksums", {}).get(rel, {}), what=f"{name} table")
+        try:
+            return pd.read_parquet(path)
+        except Exception as err:  # pyarrow raises several types for damaged files
+            raise CorruptFileError(f"{path}: unreadable {name} table ({type(err).__name__}: {err})") from err
 
     @property
     def num_regions(self) -> int:
@@ -232,14 +304,16 @@ class Store:
         if split is None:
             return np.arange(len(self.recordings))
         if split not in self.manifest["splits"]:
-            raise UserError(f"{self.path}: no split {split!r}; has {list(self.manifest['splits'])}")
+            raise UserError(f"{self.path}: no split {split!r} (--split); has {list(self.manifest['splits'])}")
         return np.flatnonzero(self.recordings["split"].to_numpy() == split)
 
     def _reader(self, shard: str) -> _ShardReader:
         if os.getpid() != self._pid:  # a forked DataLoader worker maps the files anew
             self._readers, self._pid = {}, os.getpid()
         if shard not in self._readers:
-            self._readers[shard] = _ShardReader(self.path / shard, self.num_regions)
+            path = self.path / shard
+            verify_file(path, self._entries.get(shard, {}), what="shard")
+            self._readers[shard] = _ShardReader(path, self.num_regions)
         return self._readers[shard]
 
     def window(self, index: int, start: int, length: int) -> np.ndarray:
@@ -260,11 +334,21 @@ class Store:
         for i in self.split_index(split):
             yield self.recordings.iloc[i], self.get(int(i))
 
-    def verify(self) -> None:
-        """Check every shard against the manifest's sha256; raises ``RuntimeError`` on mismatch."""
-        for shard in self.manifest["shards"]:
-            if _sha256(self.path / shard["file"]) != shard["sha256"]:
-                raise RuntimeError(f"{self.path / shard['file']}: checksum does not match the manifest")
+    def verify(self, progress: bool = False) -> dict:
+        """Check every file of the store against the manifest (SHA-256, no cache).
+
+        Returns:
+            ``{"files": n, "bytes": total}``. Raises ``CorruptFileError`` naming the first bad file.
+        """
+        from brainlm.progress import progress as progress_bar
+
+        entries = [(self.path / rel, meta, "table") for rel, meta in self.manifest.get("checksums", {}).items()]
+        entries += [(self.path / s["file"], s, "shard") for s in self.manifest["shards"]]
+        for path, meta, what in progress_bar(entries, enabled=progress, desc="verify", unit="file"):
+            verify_file(path, meta, use_cache=False, what=what)
+            if what == "shard":
+                _ShardReader(path, self.num_regions)
+        return {"files": len(entries), "bytes": sum(int(m.get("bytes", 0)) for _, m, _ in entries)}
 
     def __len__(self) -> int:
         return len(self.recordings)
@@ -280,6 +364,15 @@ class Store:
         return f"Store({str(self.path)!r}, atlas={self.atlas!r}, regions={self.num_regions}, recordings={counts})"
 
 
-def open_store(path: str | Path) -> Store:
+def open_store(path: str | os.PathLike) -> Store:
     """Open a store written by ``prepare`` (reads only the small tables; shards are mapped lazily)."""
     return Store(path)
+
+
+def write_parquet(path: Path, frame: pd.DataFrame) -> dict:
+    """Write a table atomically; returns its manifest entry (``bytes``, ``sha256``)."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    import pyarrow.parquet as pq
+
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}

