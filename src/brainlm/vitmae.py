@@ -389,28 +389,40 @@ class BrainLMViTMAE(nn.Module):
     # ----- the masked autoencoder, in named steps around transformers' modules
 
     def random_masking(
-        self, x: torch.Tensor, noise: torch.Tensor | None, mask_ratio: float
+        self,
+        x: torch.Tensor,
+        noise: torch.Tensor | None,
+        mask_ratio: float | None = None,
+        *,
+        num_keep: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Keep the ``N * (1 - mask_ratio)`` patches with the smallest noise.
+        """Keep the ``num_keep`` patches with the smallest noise (``N * (1 - mask_ratio)``).
 
         Same rule as ``transformers``' ``ViTMAEEmbeddings.random_masking``, with the ratio
-        passed in rather than read from the config.
+        passed in rather than read from the config, or the count given directly; ties in
+        ``noise`` keep patch order (stable sort).
 
         Args:
             x: ``(B, N, D)`` patch embeddings.
             noise: ``(B, N)``, small = keep; ``None`` draws uniform noise.
-            mask_ratio: fraction of the ``N`` patches to mask.
+            mask_ratio: fraction of the ``N`` patches to mask; or
+            num_keep: the number of patches to keep (exactly one of the two).
 
         Returns:
             kept ``(B, kept, D)``, mask ``(B, N)`` (1 = masked), ids_restore ``(B, N)``.
         """
         B, N, D = x.shape
-        num_keep = int(N * (1 - mask_ratio))
+        if (mask_ratio is None) == (num_keep is None):
+            raise ValueError("pass exactly one of mask_ratio and num_keep")
+        if num_keep is None:
+            num_keep = int(N * (1 - mask_ratio))
+        if not 0 <= num_keep <= N:
+            raise ValueError(f"num_keep must be between 0 and N = {N}, got {num_keep}")
         if noise is None:
             noise = torch.rand(B, N, device=x.device)
         if noise.shape != (B, N):
             raise ValueError(f"noise must be (B, N) = ({B}, {N}), got {tuple(noise.shape)}")
-        ids_shuffle = torch.argsort(noise.to(x.device), dim=1)  # (B, N) ascending: keep first
+        ids_shuffle = torch.argsort(noise.to(x.device), dim=1, stable=True)  # (B, N) keep first
         ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, N)
         ids_keep = ids_shuffle[:, :num_keep]  # (B, kept)
         kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, D))  # (B, kept, D)
@@ -420,12 +432,18 @@ class BrainLMViTMAE(nn.Module):
         return kept, mask, ids_restore
 
     def forward_encoder(
-        self, image: torch.Tensor, noise: torch.Tensor | None, mask_ratio: float
+        self,
+        image: torch.Tensor,
+        noise: torch.Tensor | None,
+        mask_ratio: float | None = None,
+        *,
+        num_keep: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Patch-embed, add positions, mask, prepend CLS, run the encoder.
 
         Args:
             image: ``(B, C, H, W)``.
+            noise, mask_ratio, num_keep: as ``random_masking``.
 
         Returns:
             hidden ``(B, 1 + kept, D)``, mask ``(B, N)``, ids_restore ``(B, N)``.
@@ -434,7 +452,7 @@ class BrainLMViTMAE(nn.Module):
         emb = vit.embeddings
         pos = emb.position_embeddings  # (1, 1 + N, D), CLS position first
         x = emb.patch_embeddings(image) + pos[:, 1:]  # (B, N, D)
-        x, mask, ids_restore = self.random_masking(x, noise, mask_ratio)  # (B, kept, D)
+        x, mask, ids_restore = self.random_masking(x, noise, mask_ratio, num_keep=num_keep)
         cls = (emb.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1)  # (B, 1 + kept, D)
         if hasattr(vit, "layers"):
@@ -447,6 +465,19 @@ class BrainLMViTMAE(nn.Module):
     def forward_decoder(self, hidden: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """``(B, 1 + kept, D)`` -> per-patch pixels ``(B, N, p * p * C)``."""
         return self.mae.decoder(hidden, ids_restore).logits
+
+    def window_mask(self, patch_mask: torch.Tensor) -> torch.Tensor:
+        """Patch mask ``(B, N)`` -> pixel mask ``(B, R, T)`` of the window, caller's region order.
+
+        Only the crop and the reorder are undone: scaling a 0/1 mask would break it.
+        """
+        (H, W), (ph, pw) = self.image_size, _pair(self.config.patch_size)
+        grid = patch_mask.view(-1, H // ph, W // pw)  # (B, h, w)
+        pixels = grid.repeat_interleave(ph, dim=1).repeat_interleave(pw, dim=2)  # (B, H, W)
+        top, _, left, _ = self._pad
+        R, T = self.num_regions, self.window_length
+        mask = pixels[:, top : top + R, left : left + T]  # (B, R, T) rows by Y
+        return mask[:, self.region_restore]  # (B, R, T) caller's order
 
     def forward_loss(
         self, signal_vectors: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor
@@ -492,12 +523,7 @@ class BrainLMViTMAE(nn.Module):
         hidden, patch_mask, ids_restore = self.forward_encoder(image, noise, mask_ratio)
         patches = self.forward_decoder(hidden, ids_restore)  # (B, N, p*p*C)
         logits = self.from_image(self.unpatchify(patches))  # (B, R, T)
-        pixel_mask = patch_mask.unsqueeze(-1).expand(-1, -1, patches.shape[-1])  # (B, N, p*p*C)
-        # Undo only the crop and the reorder: scaling a 0/1 mask would break it.
-        top, _, left, _ = self._pad
-        mask = self.unpatchify(pixel_mask)[:, 0]  # (B, H, W), equal over channels
-        mask = mask[:, top : top + self.num_regions, left : left + self.window_length]  # (B, R, T)
-        mask = mask[:, self.region_restore]  # (B, R, T)
+        mask = self.window_mask(patch_mask)  # (B, R, T)
         loss = self.forward_loss(signal_vectors, logits, mask)
         return ViTMAEOutput(
             loss=loss,
