@@ -10,6 +10,7 @@ and a narrow network; the full sizes are only built on the meta device.
 from __future__ import annotations
 
 import json
+import math
 import socket
 from pathlib import Path
 
@@ -304,6 +305,205 @@ def test_embed_rejects_unknown_pooling(model, windows):
         model.embed(windows, pooling="max")
 
 
+# --------------------------------------------------------------------------- forecasting
+
+
+def original_last_masking(image, T, p, k, mode):
+    """The original's predict_last / predict_last_pixel rule, restated for the test.
+
+    From ``ViTMAEForPreTraining.forward`` in ``brainlm_mae/modeling_vit_mae_with_padding.py``
+    (vandijklab/BrainLM): the window starts (W - T) // 2 columns into the padded image; the
+    patch columns from ``start`` to the one holding the window's end are masked in every row;
+    ``predict_last`` rounds the count of columns up, ``predict_last_pixel`` down and zeroes
+    the remaining image columns of the last k (every row, every channel).
+
+    Args:
+        image: ``(B, C, H, W)`` padded image. T: window length. p: patch size. k: timepoints.
+
+    Returns:
+        noise ``(B, N)`` 0/1 (1 = masked), the image the encoder sees, and the number of the
+        last k timepoints covered only by zeroing (0 for predict_last).
+    """
+    B, _, H, W = image.shape
+    left = (W - T) // 2
+    image_end = left + T  # one past the window's last image column
+    patch_end = math.ceil(image_end / p) * p
+    mask_start = image_end - k
+    num_mask = (patch_end - mask_start) // p
+    if mask_start % p != 0 and mode == "predict_last":
+        num_mask += 1
+    end = patch_end // p
+    start = end - num_mask
+    grid = torch.zeros(B, H // p, W // p)
+    grid[:, :, start:end] = 1
+    seen = image.clone()
+    zeroed = 0
+    if mode == "predict_last_pixel":
+        zeroed = k - (image_end - start * p)
+        if zeroed > 0:
+            seen[:, :, :, start * p - zeroed : start * p] = 0
+    return grid.flatten(1), seen, max(zeroed, 0)
+
+
+def original_masking_step(sequence, noise):
+    """The original's masking step in the forecasting modes: keep N - sum(noise) patches."""
+    B, N, D = sequence.shape
+    num_keep = int(N - noise[0].sum())
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    kept = torch.gather(sequence, 1, ids_shuffle[:, :num_keep, None].expand(-1, -1, D))
+    mask = torch.ones(B, N)
+    mask[:, :num_keep] = 0
+    return kept, torch.gather(mask, 1, ids_restore), ids_restore
+
+
+@pytest.fixture(scope="module")
+def model_p31() -> BrainLMViTMAE:
+    return tiny_model(image_size=434, patch_size=31)  # odd patch, 117 columns of left padding
+
+
+@pytest.mark.parametrize("mode", ["predict_last", "predict_last_pixel"])
+@pytest.mark.parametrize("which", ["model", "model_p31"])
+@pytest.mark.parametrize("ratio", [0.2, 0.29, 0.38, 0.5])
+def test_forecast_modes_equal_the_originals_rule(request, which, mode, ratio, windows, monkeypatch):
+    m = request.getfixturevalue(which)
+    T, p = 200, m.patch_size
+    k = int(ratio * T)  # the original's count: 0.29 * 200 truncates to 57
+    image = m.to_image(windows)
+    noise, seen, zeroed = original_last_masking(image, T, p, k, mode)
+    monkeypatch.setattr(m.mae.vit.embeddings, "random_masking", original_masking_step)
+    with torch.no_grad():
+        ref = m.mae(seen, noise=noise)
+    monkeypatch.undo()
+    out = m(windows, train_mode=mode, mask_ratio=ratio)
+
+    # Masks: the same patches; the window mask adds the zeroed timepoints.
+    torch.testing.assert_close(out.patch_mask, ref.mask)
+    top, _, left, _ = m.padding
+    crop = (slice(None), slice(None), slice(top, top + 424), slice(left, left + 200))
+    ref_mask = m.mae.unpatchify(ref.mask.unsqueeze(-1).expand_as(ref.logits))[crop].mean(1)
+    if zeroed:
+        ref_mask[:, :, T - k : T - k + zeroed] = 1
+    restore = torch.argsort(read_region_order())
+    torch.testing.assert_close(out.mask, ref_mask[:, restore])
+    assert (out.mask == out.mask[:, :1]).all()  # every region alike
+    if mode == "predict_last_pixel":
+        assert out.mask.sum(-1).unique().tolist() == [k]
+    else:
+        assert out.mask.sum(-1).unique().item() >= k
+    # Kept patches in row-major order: the restore of a stable sort of the 0/1 noise.
+    torch.testing.assert_close(out.ids_restore, torch.argsort(torch.argsort(noise, stable=True)))
+
+    # Reconstruction and loss (the original's is on the scaled image).
+    pred = m.mae.unpatchify(ref.logits)[crop].mean(1)  # (B, R, T) rows by Y
+    torch.testing.assert_close(out.logits, pred[:, restore] * A424_SCALE)
+    target = image[crop].mean(1)  # the unzeroed input
+    original = ((pred - target) ** 2 * ref_mask).sum() / ref_mask.sum()
+    torch.testing.assert_close(out.loss, original * A424_SCALE**2)
+
+
+def test_modes_agree_when_k_is_on_a_patch_boundary(model, windows):
+    # Patch 48, window from image column 116: boundaries at window timepoints 28, 76, 124, 172.
+    a = model(windows, train_mode="predict_last", num_last=76)
+    b = model(windows, train_mode="predict_last_pixel", num_last=76)
+    torch.testing.assert_close(a.mask, b.mask)
+    torch.testing.assert_close(a.logits, b.logits)
+    assert a.mask.sum(-1).unique().tolist() == [76]
+
+
+def test_last_masking_of_the_released_sizes():
+    with torch.device("meta"):
+        mae16 = ViTMAEForPreTraining(vitmae_111m_config())
+        mae14 = ViTMAEForPreTraining(vitmae_650m_config())
+    m16, m14 = BrainLMViTMAE(mae16), BrainLMViTMAE(mae14)
+    # Patch 16, 116 columns of left padding: window timepoints 156.. share columns 17-19.
+    last = m16.last_masking(40, "predict_last")
+    assert (last.columns, last.zeroed, last.hidden_from) == (range(17, 20), range(156, 156), 156)
+    pixel = m16.last_masking(40, "predict_last_pixel")
+    assert (pixel.columns, pixel.zeroed, pixel.hidden_from) == (range(18, 20), range(160, 172), 160)
+    assert m16.last_patch_mask(last).view(27, 27)[:, 17:20].all()
+    assert m16.last_patch_mask(last).sum() == 27 * 3
+    # Patch 14, 117 columns of left padding.
+    last = m14.last_masking(40, "predict_last")
+    assert (last.columns, last.hidden_from) == (range(19, 23), 149)
+    pixel = m14.last_masking(40, "predict_last_pixel")
+    assert (pixel.columns, pixel.zeroed, pixel.hidden_from) == (range(20, 23), range(160, 163), 160)
+    # The limits: pixel mode needs a whole column; patch mode must leave something visible.
+    assert m16.last_masking(12, "predict_last_pixel").columns == range(19, 20)
+    assert m14.last_masking(9, "predict_last_pixel").columns == range(22, 23)
+    assert m16.last_masking(188, "predict_last").hidden_from == 12
+    assert m14.last_masking(191, "predict_last").hidden_from == 9
+    with pytest.raises(ValueError, match="at least 12"):
+        m16.last_masking(11, "predict_last_pixel")
+    with pytest.raises(ValueError, match="at most 188"):
+        m16.last_masking(189, "predict_last")
+
+
+@pytest.mark.parametrize("mode", ["predict_last", "predict_last_pixel"])
+def test_forecast_depends_only_on_the_visible_part(model, windows, mode):
+    k = 40
+    y = model.forecast(windows, k, train_mode=mode)
+    assert y.shape == (2, 424, k) and y.dtype == torch.float32
+    torch.testing.assert_close(y, model(windows, train_mode=mode, num_last=k).logits[..., -k:])
+    hidden_from = model.last_masking(k, mode).hidden_from  # 124 (patch), 160 (pixel)
+    assert hidden_from == (124 if mode == "predict_last" else 160)
+    g = torch.Generator().manual_seed(5)
+    changed = windows.clone()
+    changed[..., hidden_from:] = 10 * torch.randn(2, 424, 200 - hidden_from, generator=g)
+    torch.testing.assert_close(model.forecast(changed, k, train_mode=mode), y, rtol=0, atol=0)
+    # ... but the last visible timepoint does count.
+    poked = windows.clone()
+    poked[:, :, hidden_from - 1] += 5.0
+    assert not torch.allclose(model.forecast(poked, k, train_mode=mode), y)
+
+
+def test_forecast_fraction_is_the_originals_count(model, windows):
+    torch.testing.assert_close(model.forecast(windows, 0.2), model.forecast(windows, 40))
+    assert model.forecast(windows, 0.29).shape[-1] == 57  # int(0.29 * 200)
+    # forward's mask_ratio means the same in the forecasting modes; None reads the config's.
+    out = model(windows, train_mode="predict_last_pixel")
+    assert out.mask.sum(-1).unique().tolist() == [int(model.config.mask_ratio * 200)]
+
+
+def test_forecast_rejects_bad_k(model, windows):
+    for k in (0, -3, 200, 250):
+        with pytest.raises(ValueError, match="between 1 and 199"):
+            model.forecast(windows, k)
+    for fraction in (0.0, 1.0, 1.5, -0.2):
+        with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+            model.forecast(windows, fraction)
+    with pytest.raises(ValueError, match="rounds down to none"):
+        model.forecast(windows, 0.004)
+    for k in (True, "10", None):
+        with pytest.raises(TypeError):
+            model.forecast(windows, k)
+    assert model.forecast(windows, np.int64(10)).shape == (2, 424, 10)
+    with pytest.raises(ValueError, match="at least 28"):
+        model.forecast(windows, 27, train_mode="predict_last_pixel")
+    with pytest.raises(ValueError, match="at most 172"):
+        model.forecast(windows, 173)
+    with pytest.raises(ValueError, match="train_mode must be one of"):
+        model.forecast(windows, 10, train_mode="auto_encode")
+
+
+def test_forward_train_mode_arguments(model, windows):
+    with pytest.raises(ValueError, match="train_mode must be one of"):
+        model(windows, train_mode="predict_next")
+    with pytest.raises(ValueError, match="noise must be None"):
+        model(windows, noise=_noise(model, 2), train_mode="predict_last")
+    with pytest.raises(ValueError, match="not both"):
+        model(windows, train_mode="predict_last", mask_ratio=0.2, num_last=40)
+    with pytest.raises(ValueError, match="num_last is for the forecasting modes"):
+        model(windows, num_last=40)
+    # The default is still random masking, whatever the config says.
+    model.config.train_mode = "predict_last"
+    try:
+        out = model(windows, noise=_noise(model, 2))
+    finally:
+        del model.config.train_mode
+    assert out.patch_mask.sum(1).tolist() == [model.num_patches - int(model.num_patches * 0.25)] * 2
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -419,6 +619,10 @@ def test_gpu_dtypes_are_close_to_cpu_fp32(saved, model, windows, dtype):
     assert (e - ref).norm() / ref.norm() < (1e-4 if dtype == torch.float32 else 0.05)
     out = m(x, noise=_noise(model, 2).cuda())
     assert torch.isfinite(out.loss)
+    for mode in ("predict_last", "predict_last_pixel"):
+        y = m.forecast(x, 40, train_mode=mode).float().cpu()
+        ref = model.forecast(windows, 40, train_mode=mode)
+        assert (y - ref).norm() / ref.norm() < (1e-4 if dtype == torch.float32 else 0.05)
 
 
 def test_is_vitmae_checkpoint_negative_cases(saved, tmp_path):

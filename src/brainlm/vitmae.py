@@ -42,6 +42,35 @@ Output units and shapes (``ViTMAEOutput``):
 - ``loss``: mean squared error between ``logits`` and the input over the masked pixels of
   the window, so ``((logits - x) ** 2 * mask).sum() / mask.sum()``.
 
+Forecasting modes (``train_mode``), as the original's ``ViTMAEForPreTraining.forward``
+(``modeling_vit_mae_with_padding.py``) does them. ``"auto_encode"`` (the default) is the random
+masking above. The two forecasting modes hide the last ``k`` timepoints of every region,
+the same for every window, with no randomness; ``k = int(mask_ratio * T)`` (the original
+reuses ``config.mask_ratio`` as a fraction of the ``T`` timepoints, not of the patches), or
+``num_last`` / ``forecast(x, k)`` here. Only patch *columns* are masked (time runs along the
+image width), each in every patch row (all regions and the padding rows above and below);
+the right-hand padding-only columns stay visible. Patch boundaries do not fall on the
+window's timepoints in general (the window starts ``left`` = 116 columns into the image for
+patch 16: boundaries at window timepoints 12, 28, ..., 188), so the two modes round
+differently:
+
+- ``"predict_last"`` (patch level): every patch column that holds any of the last ``k``
+  timepoints is masked, so the encoder may lose a few more (up to ``p - 1``) timepoints
+  before ``T - k``; the returned ``mask`` and the loss cover all of the masked columns'
+  timepoints, not only the last ``k``.
+- ``"predict_last_pixel"`` (pixel level): only patch columns that lie wholly inside the last
+  ``k`` timepoints (or the right padding) are masked; the rest of the last ``k`` timepoints,
+  the front of the last visible column, are set to 0 in the input image (every row of those
+  image columns, padding rows included, all channels), so the encoder still sees nothing
+  from ``T - k`` on; ``mask`` and the loss cover exactly the last ``k`` timepoints (the
+  zeroed ones are predicted by visible tokens). It needs at least one whole masked column:
+  ``k >= 12`` for patch 16 (``k >= 9`` for patch 14).
+
+When ``k`` lands on a patch boundary the two modes are the same. In both, the masked
+patches are the 0/1 "noise" handed to the masking step, with ``N - masked`` patches kept;
+``ids_restore`` is that of a stable sort (kept patches first in row-major order, then the
+masked ones). ``forecast(x, k)`` returns the reconstruction of the last ``k`` timepoints.
+
 Where we depart from the original, and why:
 
 - Attention runs through ``transformers``' SDPA path, not the flash-attn monkey patch
@@ -60,6 +89,22 @@ Where we depart from the original, and why:
 - The original only pads an even total (it pads ``total // 2`` on both sides, so an odd
   total fails). We put the extra row or column at the end (bottom / right). The released
   configs both have even totals, so they are not affected.
+- ``train_mode`` is an argument of ``forward`` (default ``"auto_encode"``), not
+  ``config.train_mode``; a checkpoint's ``config.train_mode`` is ignored. The original reads
+  the config, which fails when the key is absent (the tutorial sets it to ``auto_encode`` in
+  that case) and would silently make a checkpoint saved in a forecasting mode forecast.
+- ``noise`` is honoured in ``"auto_encode"``; the original always draws its own noise there,
+  ignoring the caller's. With a forecasting mode, ``noise`` is refused (the original
+  silently replaced it).
+- Forecasting sizes the original mishandles are refused: ``predict_last_pixel`` with no
+  whole masked column (for the released sizes the original then masks no patch, also sets
+  the right padding of the last patch column to 0, and its loss mask is empty, so the loss
+  is NaN), and ``predict_last`` with a ``k`` whose columns would hide the whole window.
+- In the forecasting modes the original sorts its 0/1 noise with an unstable ``argsort``,
+  so the order of the kept patches (and ``ids_restore``) is up to the sort; we sort
+  stably. The encoder sees the same set of patches with the same position embeddings
+  (added before masking), and attention does not depend on token order, so the outputs
+  agree up to rounding.
 - Pixel-normalised loss (``config.norm_pix_loss``) is not supported in ``forward``; the
   reconstruction would not be in signal units. ``embed`` works regardless.
 - The original's ``ViTMAEForPreTraining`` fixes the image size from the patch size
@@ -81,6 +126,7 @@ original's ``modeling_vit_mae_with_padding.py`` has the same layers and paramete
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -94,7 +140,9 @@ from torch import nn
 
 __all__ = [
     "A424_SCALE",
+    "TRAIN_MODES",
     "BrainLMViTMAE",
+    "LastMasking",
     "ViTMAEOutput",
     "is_vitmae_checkpoint",
     "load_vitmae",
@@ -110,6 +158,9 @@ A424_SCALE = 5.6430855
 NUM_REGIONS = 424
 WINDOW_LENGTH = 200
 PAD_VALUE = -1.0
+# The original's config.train_mode values: random masking, and the two forecasting modes.
+TRAIN_MODES = ("auto_encode", "predict_last", "predict_last_pixel")
+FORECAST_MODES = TRAIN_MODES[1:]
 
 _CONFIG_FILE = "config.json"
 _WEIGHT_FILES = (
@@ -244,6 +295,30 @@ class ViTMAEOutput:
     encoder_last_hidden_state: torch.Tensor  # (B, 1 + kept, D) CLS first
     ids_restore: torch.Tensor  # (B, N)
     patch_mask: torch.Tensor  # (B, N) 1 = masked
+
+
+@dataclass(frozen=True)
+class LastMasking:
+    """What a forecasting mode hides to predict the last ``num_last`` timepoints.
+
+    The same for every window (see "Forecasting modes" in the module docstring).
+
+    Attributes:
+        train_mode: ``"predict_last"`` or ``"predict_last_pixel"``.
+        num_last: ``k``, the timepoints to predict.
+        columns: the masked patch columns (image column // patch width), each masked in
+            every patch row.
+        zeroed: window timepoints set to 0 in the input image (``predict_last_pixel``: the
+            part of the last ``k`` in the last visible column); empty for ``predict_last``.
+        hidden_from: first window timepoint the encoder does not see (``T - k``, or earlier
+            for ``predict_last``); ``forward``'s ``mask`` and loss cover ``hidden_from..T-1``.
+    """
+
+    train_mode: str
+    num_last: int
+    columns: range
+    zeroed: range
+    hidden_from: int
 
 
 class BrainLMViTMAE(nn.Module):
@@ -389,28 +464,40 @@ class BrainLMViTMAE(nn.Module):
     # ----- the masked autoencoder, in named steps around transformers' modules
 
     def random_masking(
-        self, x: torch.Tensor, noise: torch.Tensor | None, mask_ratio: float
+        self,
+        x: torch.Tensor,
+        noise: torch.Tensor | None,
+        mask_ratio: float | None = None,
+        *,
+        num_keep: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Keep the ``N * (1 - mask_ratio)`` patches with the smallest noise.
+        """Keep the ``num_keep`` patches with the smallest noise (``N * (1 - mask_ratio)``).
 
         Same rule as ``transformers``' ``ViTMAEEmbeddings.random_masking``, with the ratio
-        passed in rather than read from the config.
+        passed in rather than read from the config, or the count given directly; ties in
+        ``noise`` keep patch order (stable sort).
 
         Args:
             x: ``(B, N, D)`` patch embeddings.
             noise: ``(B, N)``, small = keep; ``None`` draws uniform noise.
-            mask_ratio: fraction of the ``N`` patches to mask.
+            mask_ratio: fraction of the ``N`` patches to mask; or
+            num_keep: the number of patches to keep (exactly one of the two).
 
         Returns:
             kept ``(B, kept, D)``, mask ``(B, N)`` (1 = masked), ids_restore ``(B, N)``.
         """
         B, N, D = x.shape
-        num_keep = int(N * (1 - mask_ratio))
+        if (mask_ratio is None) == (num_keep is None):
+            raise ValueError("pass exactly one of mask_ratio and num_keep")
+        if num_keep is None:
+            num_keep = int(N * (1 - mask_ratio))
+        if not 0 <= num_keep <= N:
+            raise ValueError(f"num_keep must be between 0 and N = {N}, got {num_keep}")
         if noise is None:
             noise = torch.rand(B, N, device=x.device)
         if noise.shape != (B, N):
             raise ValueError(f"noise must be (B, N) = ({B}, {N}), got {tuple(noise.shape)}")
-        ids_shuffle = torch.argsort(noise.to(x.device), dim=1)  # (B, N) ascending: keep first
+        ids_shuffle = torch.argsort(noise.to(x.device), dim=1, stable=True)  # (B, N) keep first
         ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, N)
         ids_keep = ids_shuffle[:, :num_keep]  # (B, kept)
         kept = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, D))  # (B, kept, D)
@@ -420,12 +507,18 @@ class BrainLMViTMAE(nn.Module):
         return kept, mask, ids_restore
 
     def forward_encoder(
-        self, image: torch.Tensor, noise: torch.Tensor | None, mask_ratio: float
+        self,
+        image: torch.Tensor,
+        noise: torch.Tensor | None,
+        mask_ratio: float | None = None,
+        *,
+        num_keep: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Patch-embed, add positions, mask, prepend CLS, run the encoder.
 
         Args:
             image: ``(B, C, H, W)``.
+            noise, mask_ratio, num_keep: as ``random_masking``.
 
         Returns:
             hidden ``(B, 1 + kept, D)``, mask ``(B, N)``, ids_restore ``(B, N)``.
@@ -434,7 +527,7 @@ class BrainLMViTMAE(nn.Module):
         emb = vit.embeddings
         pos = emb.position_embeddings  # (1, 1 + N, D), CLS position first
         x = emb.patch_embeddings(image) + pos[:, 1:]  # (B, N, D)
-        x, mask, ids_restore = self.random_masking(x, noise, mask_ratio)  # (B, kept, D)
+        x, mask, ids_restore = self.random_masking(x, noise, mask_ratio, num_keep=num_keep)
         cls = (emb.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1)  # (B, 1 + kept, D)
         if hasattr(vit, "layers"):
@@ -447,6 +540,19 @@ class BrainLMViTMAE(nn.Module):
     def forward_decoder(self, hidden: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """``(B, 1 + kept, D)`` -> per-patch pixels ``(B, N, p * p * C)``."""
         return self.mae.decoder(hidden, ids_restore).logits
+
+    def window_mask(self, patch_mask: torch.Tensor) -> torch.Tensor:
+        """Patch mask ``(B, N)`` -> pixel mask ``(B, R, T)`` of the window, caller's region order.
+
+        Only the crop and the reorder are undone: scaling a 0/1 mask would break it.
+        """
+        (H, W), (ph, pw) = self.image_size, _pair(self.config.patch_size)
+        grid = patch_mask.view(-1, H // ph, W // pw)  # (B, h, w)
+        pixels = grid.repeat_interleave(ph, dim=1).repeat_interleave(pw, dim=2)  # (B, H, W)
+        top, _, left, _ = self._pad
+        R, T = self.num_regions, self.window_length
+        mask = pixels[:, top : top + R, left : left + T]  # (B, R, T) rows by Y
+        return mask[:, self.region_restore]  # (B, R, T) caller's order
 
     def forward_loss(
         self, signal_vectors: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor
@@ -463,12 +569,120 @@ class BrainLMViTMAE(nn.Module):
         mask = mask.float()
         return (err * mask).sum() / mask.sum().clamp(min=1)
 
+    # ----- forecasting: the original's predict_last / predict_last_pixel masks
+
+    def _num_last(self, k) -> int:
+        """Check a count of last timepoints: an int with ``1 <= k < T``."""
+        T = self.window_length
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+            raise TypeError(f"k must be an int number of timepoints, got {k!r}")
+        if not 1 <= k < T:
+            raise ValueError(
+                f"k must be between 1 and {T - 1} (the window has {T} timepoints), got {k}"
+            )
+        return int(k)
+
+    def _num_last_of_fraction(self, fraction) -> int:
+        """``int(fraction * T)``: the original's count for ``mask_ratio`` when forecasting."""
+        T = self.window_length
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
+            raise TypeError(f"the fraction of timepoints must be a float, got {fraction!r}")
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(
+                f"the fraction of timepoints to predict must be in (0, 1), got {fraction} "
+                "(pass an int for a number of timepoints)"
+            )
+        k = int(float(fraction) * T)
+        if k < 1:
+            raise ValueError(f"fraction {fraction} of {T} timepoints rounds down to none")
+        return k
+
+    def last_masking(self, num_last: int, train_mode: str = "predict_last") -> LastMasking:
+        """Which patch columns and pixels a forecasting mode hides (no tensors, no randomness).
+
+        Args:
+            num_last: ``k``, the timepoints to predict, ``1 <= k < T``.
+            train_mode: ``"predict_last"`` (mask every patch column holding any of the last
+                ``k`` timepoints) or ``"predict_last_pixel"`` (mask the columns wholly inside
+                them, zero the rest of them in the input).
+
+        Returns:
+            ``LastMasking``.
+
+        Raises:
+            ValueError: an unknown mode, ``k`` out of range, ``predict_last`` hiding the whole
+                window, or ``predict_last_pixel`` without a whole column to mask.
+        """
+        if train_mode not in FORECAST_MODES:
+            raise ValueError(f"train_mode must be one of {FORECAST_MODES}, got {train_mode!r}")
+        k = self._num_last(num_last)
+        T, left = self.window_length, self._pad[2]
+        pw = _pair(self.config.patch_size)[1]
+        # Image columns: the window occupies left .. left + T - 1.
+        end = -(-(left + T) // pw)  # one past the last patch column holding the window
+        first = left + T - k  # image column of window timepoint T - k
+        if train_mode == "predict_last":
+            start = first // pw  # the column holding timepoint T - k, and all after it
+            col0 = start * pw - left  # window timepoint where the masked columns begin
+            if col0 < 1:
+                inside = -(-(left + 1) // pw) * pw - left  # first column start inside the window
+                raise ValueError(
+                    f"predict_last with k={k} would hide the whole window: timepoint {T - k} lies "
+                    f"in a patch column that starts at window timepoint {col0}; k must be at "
+                    f"most {T - inside}"
+                )
+            zeroed = range(col0, col0)  # none
+        else:
+            start = -(-first // pw)  # the first column starting at or after T - k
+            if start >= end:
+                last_width = left + T - (end - 1) * pw  # window timepoints in the last column
+                raise ValueError(
+                    f"predict_last_pixel with k={k} masks no patch: it masks only patch columns "
+                    f"wholly inside the last k timepoints, and the last column holds "
+                    f"{last_width}; k must be at least {last_width} (or use predict_last)"
+                )
+            col0 = start * pw - left
+            zeroed = range(T - k, col0)  # the front of the last visible column
+        return LastMasking(
+            train_mode=train_mode,
+            num_last=k,
+            columns=range(start, end),
+            zeroed=zeroed,
+            hidden_from=min(T - k, col0),
+        )
+
+    def last_patch_mask(self, masking: LastMasking, device=None) -> torch.Tensor:
+        """``(N,)`` float, 1 = masked: ``masking.columns`` in every patch row, row-major."""
+        (H, W), (ph, pw) = self.image_size, _pair(self.config.patch_size)
+        grid = torch.zeros(H // ph, W // pw, device=device)  # (h, w)
+        grid[:, masking.columns.start : masking.columns.stop] = 1
+        return grid.flatten()  # (N,)
+
+    def zero_timepoints(self, image: torch.Tensor, timepoints: range) -> torch.Tensor:
+        """Set window ``timepoints`` to 0 in every row (padding rows too) and channel.
+
+        Args:
+            image: ``(B, C, H, W)``.
+            timepoints: window timepoints (a range of ``0..T-1``).
+
+        Returns:
+            a new ``(B, C, H, W)`` (the input is left unchanged).
+        """
+        left = self._pad[2]
+        image = image.clone()
+        image[..., left + timepoints.start : left + timepoints.stop] = 0
+        return image
+
+    # ----- forward passes
+
     def forward(
         self,
         signal_vectors: torch.Tensor,
         xyz_vectors: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         mask_ratio: float | None = None,
+        train_mode: str = "auto_encode",
+        num_last: int | None = None,
     ) -> ViTMAEOutput:
         """Masked reconstruction of ``(B, R, T)`` windows.
 
@@ -477,27 +691,57 @@ class BrainLMViTMAE(nn.Module):
             xyz_vectors: accepted for interface compatibility and ignored; the region order
                 comes from the A424 coordinates given at construction.
             noise: ``(B, N)`` over the image patches, small = keep; ``None`` draws at random.
-            mask_ratio: fraction of the ``N`` image patches to mask; ``None`` uses the config's.
+                ``"auto_encode"`` only.
+            mask_ratio: ``"auto_encode"``: fraction of the ``N`` image patches to mask.
+                Forecasting modes: fraction of the ``T`` timepoints to predict,
+                ``k = int(mask_ratio * T)``. ``None`` uses the config's.
+            train_mode: ``"auto_encode"`` (random patches), ``"predict_last"`` or
+                ``"predict_last_pixel"`` (the last ``k`` timepoints; see the module docstring).
+            num_last: forecasting modes: ``k`` itself, instead of ``mask_ratio``.
 
         Returns:
-            ``ViTMAEOutput`` (shapes and units in the module docstring).
+            ``ViTMAEOutput`` (shapes and units in the module docstring). In the forecasting
+            modes ``mask`` is 1 from ``last_masking(k, train_mode).hidden_from`` on, in every
+            region, and the loss is over those timepoints.
         """
         if self.config.norm_pix_loss:
             raise NotImplementedError(
                 "config.norm_pix_loss=True is not supported: the reconstruction would not be in "
                 "signal units (embed() still works)"
             )
-        mask_ratio = self.config.mask_ratio if mask_ratio is None else float(mask_ratio)
+        if train_mode not in TRAIN_MODES:
+            raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}")
         image = self.to_image(signal_vectors)  # (B, C, H, W)
-        hidden, patch_mask, ids_restore = self.forward_encoder(image, noise, mask_ratio)
+        B, N = image.shape[0], self.num_patches
+
+        # Masking: random patches, or the columns (and pixels) of the last k timepoints.
+        if train_mode == "auto_encode":
+            if num_last is not None:
+                raise ValueError("num_last is for the forecasting modes, not auto_encode")
+            ratio = self.config.mask_ratio if mask_ratio is None else float(mask_ratio)
+            num_keep = int(N * (1 - ratio))
+            zeroed = range(0)
+        else:
+            if noise is not None:
+                raise ValueError(f"{train_mode} masks deterministically: noise must be None")
+            if num_last is not None and mask_ratio is not None:
+                raise ValueError("pass mask_ratio or num_last, not both")
+            if num_last is None:
+                ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+                num_last = self._num_last_of_fraction(ratio)
+            masking = self.last_masking(num_last, train_mode)
+            noise = self.last_patch_mask(masking, image.device).expand(B, -1)  # (B, N) 1 = mask
+            rows = self.image_size[0] // _pair(self.config.patch_size)[0]
+            num_keep = N - rows * len(masking.columns)
+            zeroed = masking.zeroed
+            image = self.zero_timepoints(image, zeroed)  # (B, C, H, W)
+
+        hidden, patch_mask, ids_restore = self.forward_encoder(image, noise, num_keep=num_keep)
         patches = self.forward_decoder(hidden, ids_restore)  # (B, N, p*p*C)
         logits = self.from_image(self.unpatchify(patches))  # (B, R, T)
-        pixel_mask = patch_mask.unsqueeze(-1).expand(-1, -1, patches.shape[-1])  # (B, N, p*p*C)
-        # Undo only the crop and the reorder: scaling a 0/1 mask would break it.
-        top, _, left, _ = self._pad
-        mask = self.unpatchify(pixel_mask)[:, 0]  # (B, H, W), equal over channels
-        mask = mask[:, top : top + self.num_regions, left : left + self.window_length]  # (B, R, T)
-        mask = mask[:, self.region_restore]  # (B, R, T)
+        mask = self.window_mask(patch_mask)  # (B, R, T)
+        if len(zeroed):
+            mask[..., zeroed.start : zeroed.stop] = 1  # zeroed pixels count as hidden
         loss = self.forward_loss(signal_vectors, logits, mask)
         return ViTMAEOutput(
             loss=loss,
@@ -507,6 +751,48 @@ class BrainLMViTMAE(nn.Module):
             ids_restore=ids_restore,
             patch_mask=patch_mask,
         )
+
+    def forecast(
+        self,
+        signal_vectors: torch.Tensor,
+        k_or_fraction: float,
+        *,
+        train_mode: str = "predict_last",
+    ) -> torch.Tensor:
+        """The model's prediction of the last ``k`` timepoints of each window, from the rest.
+
+        One deterministic forward pass in a forecasting mode (``forward(train_mode=...)``);
+        the encoder never sees timepoints ``T - k`` on, so their values in ``signal_vectors``
+        do not matter (pass anything finite, e.g. zeros, when they are unknown).
+        ``"predict_last"`` also hides the rest of the patch column holding timepoint
+        ``T - k`` (up to ``p - 1`` more timepoints, see ``last_masking``);
+        ``"predict_last_pixel"`` hides exactly the last ``k``. Gradients flow as in ``forward``;
+        wrap in ``torch.no_grad()`` for inference.
+
+        Args:
+            signal_vectors: ``(B, R, T)`` windows, caller's region order and units.
+            k_or_fraction: an int ``k`` (``1 <= k < T``), or a float fraction in ``(0, 1)`` of
+                the ``T`` timepoints, ``k = int(fraction * T)`` as the original's ``mask_ratio``.
+            train_mode: ``"predict_last"`` (default: only whole patches are hidden, as in
+                pretraining) or ``"predict_last_pixel"`` (needs ``k`` at least the window
+                timepoints in the last patch column: 12 for patch 16, 9 for patch 14).
+
+        Returns:
+            ``(B, R, k)``, caller's region order and units, the model's dtype.
+
+        Raises:
+            TypeError: ``k_or_fraction`` is neither an int nor a float.
+            ValueError: ``k`` out of range, or too large or small for the mode (see
+                ``last_masking``); an unknown ``train_mode``.
+        """
+        if train_mode not in FORECAST_MODES:
+            raise ValueError(f"train_mode must be one of {FORECAST_MODES}, got {train_mode!r}")
+        if isinstance(k_or_fraction, numbers.Integral) and not isinstance(k_or_fraction, bool):
+            k = self._num_last(k_or_fraction)
+        else:
+            k = self._num_last_of_fraction(k_or_fraction)
+        out = self(signal_vectors, train_mode=train_mode, num_last=k)
+        return out.logits[..., self.window_length - k :]  # (B, R, k)
 
     def embed(
         self,
