@@ -263,3 +263,38 @@ def test_fast_path_streams_a_gzipped_file_in_blocks(tmp_path):
     np.testing.assert_allclose(streamed.transform(path), whole, rtol=1e-6, atol=1e-3)
     np.testing.assert_allclose(streamed.transform(path), whole, rtol=1e-6, atol=1e-3)
     assert len(streamed._plans) == 1
+
+
+def _time_first(T, *, tr_zoom=None):
+    """A 3 mm MNI image saved with time on the first axis (array (T, X, Y, Z)); the data do not matter."""
+    affine, shape = _mni_grid()
+    out = nib.Nifti1Image(np.zeros((T,) + shape, np.uint8), affine)
+    out.header.set_xyzt_units("mm", "sec")
+    if tr_zoom is not None:
+        out.header["pixdim"][4] = tr_zoom
+    return out
+
+
+def test_time_first_image_is_refused_up_front(tmp_path):
+    path = tmp_path / "sub-01_bold.nii.gz"
+    nib.save(_time_first(150), path)  # 150 timepoints x 3 mm: 450 mm on the first axis
+    with pytest.raises(InputError) as err:
+        Parcellator().fit().transform(path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(path))
+    assert "axis 0 looks like time" in message and "images must be (x, y, z, time)" in message
+
+
+def test_time_first_short_run_refused_when_4th_step_is_not_a_tr():
+    # 100 timepoints x 3 mm = 300 mm on the first axis: longer than a head, not beyond 400 mm.
+    with pytest.raises(InputError, match=r"axis 0 looks like time.*not a repetition time.*\(x, y, z, time\)"):
+        Parcellator().fit().transform(_time_first(100, tr_zoom=0.0))
+    with pytest.raises(InputError, match="axis 0 looks like time"):
+        Parcellator().fit().transform(_time_first(100, tr_zoom=61.0))
+
+
+def test_time_last_images_pass_the_time_axis_check():
+    img, _ = _a424_bold(T=150)
+    assert Parcellator().fit().transform(img).shape == (150, 424)  # 450 mm of time on the 4th axis is fine
+    img.header["pixdim"][4] = 0.0  # no TR in the header: fine while the spatial axes look spatial
+    assert Parcellator().fit().transform(img).shape == (150, 424)

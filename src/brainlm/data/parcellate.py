@@ -18,8 +18,8 @@ Parcels smaller than a BOLD voxel, which vanish when the atlas is resampled (one
 is a single 2 mm voxel), take the BOLD voxel at their centroid, as nilearn's
 ``NiftiSpheresMasker(radius=None)`` picks it, cleaned the same way. What is added around
 nilearn: the atlas defaults to A424, the TR comes from the JSON sidecar or the header, fMRIPrep
-confounds are found next to the image, and images that are not in the atlas's space are
-refused instead of silently giving empty regions.
+confounds are found next to the image, and images that are not (x, y, z, time) or not in the
+atlas's space are refused instead of silently giving nonsense or empty regions.
 
 Default confound strategy: nilearn's ``load_confounds_strategy(img, "simple")`` (motion
 parameters with derivatives and squares, mean white-matter and CSF signals, the cosine
@@ -43,6 +43,14 @@ from .readers import InputError, bold_sidecar, confounds_file
 
 __all__ = ["Parcellator", "bold_tr"]
 
+# Time-axis checks: no brain image spans more than this along one spatial axis ...
+_MAX_EXTENT_MM = 400.0
+# ... and none spans more than this (a head's field of view) when the 4th axis is not time.
+_HEAD_EXTENT_MM = 260.0
+_TR_RANGE_S = (0.05, 30.0)
+_TIME_UNITS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
+
+
 def bold_tr(img, sidecar: dict | None = None) -> float:
     """Repetition time in seconds: ``RepetitionTime`` of the sidecar, else the header's 4th zoom."""
     if sidecar and "RepetitionTime" in sidecar:
@@ -52,6 +60,39 @@ def bold_tr(img, sidecar: dict | None = None) -> float:
         return float("nan")
     unit = img.header.get_xyzt_units()[1]
     return float(zooms[3]) / 1000.0 if unit == "msec" else float(zooms[3])
+
+
+def _voxel_sizes(affine) -> np.ndarray:
+    """Step in mm along each of the three spatial array axes."""
+    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(0))
+
+
+def _check_time_last(img, source: str) -> None:
+    """Refuse 4D images whose time axis is not the last one, from the header alone.
+
+    An array axis ``i < 3`` looks like time when it spans more than any brain image does
+    (``shape[i] x voxel size > 400 mm``), or more than a head (> 260 mm) while the 4th axis's
+    step is not a plausible repetition time (0.05-30 s).
+    """
+    shape = tuple(int(n) for n in img.shape)
+    extent = np.array(shape[:3]) * _voxel_sizes(img.affine)
+    zooms = img.header.get_zooms()
+    step = float(zooms[3]) if len(zooms) > 3 else float("nan")
+    get_units = getattr(img.header, "get_xyzt_units", None)
+    unit = get_units()[1] if get_units else "unknown"
+    tr = step * _TIME_UNITS.get(unit, 1.0)
+    tr_ok = bool(np.isfinite(tr) and _TR_RANGE_S[0] <= tr <= _TR_RANGE_S[1])
+    suspects = [i for i in range(3) if extent[i] > _MAX_EXTENT_MM]
+    why = f"more than {_MAX_EXTENT_MM:.0f} mm, too long for a brain"
+    if not suspects and not tr_ok:
+        suspects = [i for i in range(3) if extent[i] > _HEAD_EXTENT_MM]
+        why = f"longer than a head while the 4th axis's step {step:g} is not a repetition time"
+    if suspects:
+        i = max(suspects, key=lambda a: extent[a])
+        raise InputError(
+            f"{source}: array axis {i} looks like time ({shape[i]} steps x {extent[i] / shape[i]:.3g} mm "
+            f"= {extent[i]:.0f} mm, {why}; shape {shape}); images must be (x, y, z, time)"
+        )
 
 
 def _to_voxels(world: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -302,7 +343,7 @@ class Parcellator:
         """Parcellate one image.
 
         Args:
-            img: path of a 4D NIfTI (or a nibabel image).
+            img: path of a 4D NIfTI (or a nibabel image), array ``(x, y, z, time)``.
             confounds: confound table ``(T, K)``; by default, fMRIPrep confounds found next to
                 the image, loaded with ``confound_strategy``.
             sample_mask: timepoints to keep (from the confound strategy when found).
@@ -320,6 +361,7 @@ class Parcellator:
         with _opened(img, source) as image:
             if image.ndim != 4:
                 raise InputError(f"{source}: expected a 4D BOLD image, got shape {image.shape}")
+            _check_time_last(image, source)
             plan = self._plan(image.shape, image.affine, source)
 
             sidecar = bold_sidecar(Path(source)) if isinstance(img, (str, Path)) else {}
