@@ -79,7 +79,7 @@ def old_masker_path(path: Path, atlas) -> np.ndarray:
 
     image = nib.load(path)
     atlas_img = nib.load(atlas.labels_img)
-    kwargs = dict(detrend=False, high_pass=None, low_pass=None, t_r=2.0, standardize=None)
+    kwargs = {"detrend": False, "high_pass": None, "low_pass": None, "t_r": 2.0, "standardize": None}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         masker = NiftiLabelsMasker(labels_img=atlas_img, resampling_target="data", **kwargs)

@@ -221,7 +221,7 @@ def test_fast_path_equals_nilearn_maskers(scrub):
     sample_mask = np.r_[np.arange(2, 20), np.arange(23, T)] if scrub else None
     brain = np.argwhere(data[..., 0] != 0)
     data[tuple(brain[len(brain) // 2])][5] = np.nan  # a non-finite voxel in a parcel: nilearn counts it as 0
-    options = dict(detrend=True, high_pass=0.01, low_pass=0.15, t_r=2.0, standardize=None)
+    options = {"detrend": True, "high_pass": 0.01, "low_pass": 0.15, "t_r": 2.0, "standardize": None}
 
     fast = Parcellator(detrend=True, high_pass=0.01, low_pass=0.15).fit()
     with pytest.warns(UserWarning, match="non-finite"):

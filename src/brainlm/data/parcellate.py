@@ -383,9 +383,9 @@ class Parcellator:
         # Cleaning, with the arguments NiftiLabelsMasker passes (maskers/base_masker.py:
         # filter_and_extract), once for the label means and once for the sub-voxel parcels,
         # as the two maskers did.
-        kwargs = dict(detrend=self.detrend, standardize=None, standardize_confounds=True,
-                      t_r=t_r if np.isfinite(t_r) else None, low_pass=self.low_pass, high_pass=self.high_pass,
-                      confounds=confounds, runs=None)
+        kwargs = {"detrend": self.detrend, "standardize": None, "standardize_confounds": True,
+                  "t_r": t_r if np.isfinite(t_r) else None, "low_pass": self.low_pass, "high_pass": self.high_pass,
+                  "confounds": confounds, "runs": None}
         n_mean = len(plan.mean_labels)
         parts = [clean(means[:, :n_mean], sample_mask=_copy_mask(sample_mask), **kwargs)]
         if plan.seed_labels:
