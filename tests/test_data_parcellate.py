@@ -1,6 +1,7 @@
 """Parcellation against an independent numpy computation, BIDS / fMRIPrep inputs, bad images."""
 
 import json
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -195,3 +196,113 @@ def test_atlas_coordinate_count_must_match_labels(tmp_path):
         load_atlas(path, coords=tmp_path / "c.dat")
     a424 = load_atlas("A424")
     assert a424.num_regions == 424 and a424.coords.shape == (424, 3) and a424.label_values[-1] == 424
+
+
+def _a424_bold(T=48, voxel=3.0, shift=0.4, seed=0):
+    """A brain-like image on a non-2 mm MNI grid: a level, parcel signals, drifts, voxel noise."""
+    atlas = nib.load(bundled_path("A424+2mm.nii.gz"))
+    labels = np.asarray(atlas.dataobj).astype(np.int64)
+    affine, shape = _mni_grid(voxel, shift)
+    _, lab = _numpy_parcel_means(np.zeros(shape + (1,)), affine, labels, atlas.affine, [1])
+    rng = np.random.default_rng(seed)
+    parcel = rng.normal(size=(T, 425)) * 10 + np.outer(np.arange(T), rng.normal(size=425)) * 0.5
+    brain = np.flatnonzero(lab)
+    data = np.zeros((lab.size, T), np.float32)
+    data[brain] = 1000 + parcel[:, lab[brain]].T + rng.normal(size=(brain.size, T)) * 20
+    img = nib.Nifti1Image(data.reshape(shape + (T,)), affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = 2.0
+    return img, atlas
+
+
+@pytest.mark.parametrize("scrub", [False, True])
+def test_fast_path_equals_nilearn_maskers(scrub):
+    """Detrending, band-pass and confounds (and scrubbing) on a 3 mm grid: the sparse streaming path
+    gives what NiftiLabelsMasker (and NiftiSpheresMasker for the sub-voxel parcel) give."""
+    from nilearn.maskers import NiftiLabelsMasker, NiftiSpheresMasker
+
+    img, atlas = _a424_bold()
+    data = np.asarray(img.dataobj)
+    T = data.shape[3]
+    rng = np.random.default_rng(3)
+    confounds = np.c_[rng.normal(size=(T, 3)), np.linspace(-1, 1, T)]
+    sample_mask = np.r_[np.arange(2, 20), np.arange(23, T)] if scrub else None
+    brain = np.argwhere(data[..., 0] != 0)
+    data[tuple(brain[len(brain) // 2])][5] = np.nan  # a non-finite voxel in a parcel: nilearn counts it as 0
+    options = {"detrend": True, "high_pass": 0.01, "low_pass": 0.15, "t_r": 2.0, "standardize": None}
+
+    fast = Parcellator(detrend=True, high_pass=0.01, low_pass=0.15).fit()
+    with pytest.warns(UserWarning, match="non-finite"):
+        out = fast.transform(nib.Nifti1Image(data.copy(), img.affine, img.header), confounds=confounds,
+                             sample_mask=sample_mask, t_r=2.0)
+    masker = NiftiLabelsMasker(labels_img=atlas, resampling_target="data", reports=False, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = masker.fit_transform(nib.Nifti1Image(data.copy(), img.affine, img.header), confounds=confounds,
+                                   sample_mask=None if sample_mask is None else sample_mask.copy())
+    ids = [int(v) for k, v in masker.region_ids_.items() if k != "background"]
+    assert len(ids) == 423 and 405 not in ids  # label 405 vanishes on this grid
+    columns = np.array(ids) - 1
+    assert out.shape == ref.shape[:1] + (424,) and out.dtype == np.float32
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(out[:, columns], ref, rtol=1e-5, atol=1e-5 * scale)
+
+    centre = np.argwhere(np.asarray(atlas.dataobj) == 405).mean(0) @ atlas.affine[:3, :3].T + atlas.affine[:3, 3]
+    i, j, k = np.rint(np.linalg.solve(img.affine[:3, :3], centre - img.affine[:3, 3])).astype(int)
+    box = np.zeros(data.shape[:3], np.int8)
+    box[i - 1:i + 2, j - 1:j + 2, k - 1:k + 2] = 1  # keeps nilearn's voxel search cheap
+    spheres = NiftiSpheresMasker([tuple(centre)], radius=None, mask_img=nib.Nifti1Image(box, img.affine),
+                                 reports=False, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref405 = spheres.fit_transform(nib.Nifti1Image(data.copy(), img.affine, img.header), confounds=confounds,
+                                       sample_mask=None if sample_mask is None else sample_mask.copy())
+    np.testing.assert_allclose(out[:, 404], ref405[:, 0], rtol=1e-5, atol=1e-5 * np.abs(ref405).max())
+
+
+def test_fast_path_streams_a_gzipped_file_in_blocks(tmp_path):
+    """Blocks of a few timepoints read from a gzipped file give the in-memory result; the
+    resampled atlas is computed once per grid."""
+    img, _ = _a424_bold(T=20)
+    path = tmp_path / "sub-01_bold.nii.gz"
+    nib.save(img, path)
+    whole = Parcellator(detrend=True).fit().transform(img)
+    streamed = Parcellator(detrend=True, block_mb=3 * 0.272).fit()  # 3 volumes of 61 x 73 x 61 float32 per block
+    np.testing.assert_allclose(streamed.transform(path), whole, rtol=1e-6, atol=1e-3)
+    np.testing.assert_allclose(streamed.transform(path), whole, rtol=1e-6, atol=1e-3)
+    assert len(streamed._plans) == 1
+
+
+def _time_first(T, *, tr_zoom=None):
+    """A 3 mm MNI image saved with time on the first axis (array (T, X, Y, Z)); the data do not matter."""
+    affine, shape = _mni_grid()
+    out = nib.Nifti1Image(np.zeros((T,) + shape, np.uint8), affine)
+    out.header.set_xyzt_units("mm", "sec")
+    if tr_zoom is not None:
+        out.header["pixdim"][4] = tr_zoom
+    return out
+
+
+def test_time_first_image_is_refused_up_front(tmp_path):
+    path = tmp_path / "sub-01_bold.nii.gz"
+    nib.save(_time_first(150), path)  # 150 timepoints x 3 mm: 450 mm on the first axis
+    with pytest.raises(InputError) as err:
+        Parcellator().fit().transform(path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(path))
+    assert "axis 0 looks like time" in message and "images must be (x, y, z, time)" in message
+
+
+def test_time_first_short_run_refused_when_4th_step_is_not_a_tr():
+    # 100 timepoints x 3 mm = 300 mm on the first axis: longer than a head, not beyond 400 mm.
+    with pytest.raises(InputError, match=r"axis 0 looks like time.*not a repetition time.*\(x, y, z, time\)"):
+        Parcellator().fit().transform(_time_first(100, tr_zoom=0.0))
+    with pytest.raises(InputError, match="axis 0 looks like time"):
+        Parcellator().fit().transform(_time_first(100, tr_zoom=61.0))
+
+
+def test_time_last_images_pass_the_time_axis_check():
+    img, _ = _a424_bold(T=150)
+    assert Parcellator().fit().transform(img).shape == (150, 424)  # 450 mm of time on the 4th axis is fine
+    img.header["pixdim"][4] = 0.0  # no TR in the header: fine while the spatial axes look spatial
+    assert Parcellator().fit().transform(img).shape == (150, 424)
