@@ -40,6 +40,7 @@ from brainlm.downstream import (
     reconstruct_recordings,
 )
 from brainlm.model import BrainLMForPretraining, brainlm_tiny
+from brainlm.checkpoint import save_pretrained
 
 
 def pretrain_small(store, out: Path, *, window: int = 40, steps: int = 600, batch_size: int = 32, seed: int = 0) -> Path:
@@ -72,7 +73,7 @@ def pretrain_small(store, out: Path, *, window: int = 40, steps: int = 600, batc
                 print(f"step {step}: masked MSE {np.mean(losses[-50:]):.3f} ({time.time() - t0:.0f} s)")
             if step >= steps:
                 break
-    model.eval().save_pretrained(out)
+    save_pretrained(model.eval(), out)
     return out
 
 

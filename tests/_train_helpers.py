@@ -55,8 +55,8 @@ def dist_worker(rank: int, world: int, port: int, config_kwargs: dict, resume: b
     """One process of a gloo group on CPU running ``pretrain`` on the toy data."""
     import os
 
+    from brainlm.distributed import destroy_distributed
     from brainlm.train import pretrain
-    from brainlm.train.distributed import destroy_distributed
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world))

@@ -10,7 +10,9 @@ from safetensors.torch import load_file, save_file
 
 from brainlm.checkpoint import (
     convert_original_state_dict,
+    load_pretrained,
     load_state_dict_file,
+    save_pretrained,
     to_original_state_dict,
 )
 from brainlm.model import BrainLMForPretraining, brainlm_tiny
@@ -23,7 +25,7 @@ def test_golden_original_checkpoint_reproduced(golden_dir, tmp_path, weights):
     shutil.copy(golden_dir / "config.json", folder)
     shutil.copy(golden_dir / weights, folder)
     golden = load_file(str(golden_dir / "golden.safetensors"))
-    model = BrainLMForPretraining.from_pretrained(folder)
+    model = load_pretrained(folder)
     assert not model.training
     with torch.no_grad():
         out = model(golden["signal_vectors"], golden["xyz_vectors"], noise=golden["noise"])
@@ -69,9 +71,9 @@ def test_matches_original_architecture_for_any_config(overrides):
 def test_save_load_round_trip_is_exact(tmp_path):
     torch.manual_seed(0)
     model = BrainLMForPretraining(brainlm_tiny(use_tanh_decoder=True)).eval()
-    model.save_pretrained(tmp_path / "m")
+    save_pretrained(model, tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
-    loaded = BrainLMForPretraining.from_pretrained(tmp_path / "m")
+    loaded = load_pretrained(tmp_path / "m")
     assert loaded.config == model.config
     for (n, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), n
@@ -98,7 +100,7 @@ def test_unknown_config_keys_warn_not_crash(golden_dir, tmp_path):
     cfg["some_future_option"] = 3
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.warns(UserWarning, match="some_future_option"):
-        BrainLMForPretraining.from_pretrained(folder)
+        load_pretrained(folder)
 
 
 class _Evil:
@@ -117,7 +119,7 @@ def test_malicious_pickle_is_refused_and_nothing_runs(golden_dir, tmp_path):
     with open(folder / "pytorch_model.bin", "wb") as f:
         pickle.dump({"x": _Evil(marker)}, f)
     with pytest.raises(ValueError, match="refusing to load"):
-        BrainLMForPretraining.from_pretrained(folder)
+        load_pretrained(folder)
     assert not marker.exists()
 
 
@@ -130,7 +132,7 @@ def test_missing_and_unexpected_weights_are_listed(golden_dir, tmp_path):
     state["vit.extra_thing"] = torch.zeros(1)
     save_file(state, str(folder / "model.safetensors"))
     with pytest.raises(ValueError, match=r"missing \(1\): encoder.norm.weight(.|\n)*unexpected \(1\): vit.extra_thing"):
-        BrainLMForPretraining.from_pretrained(folder)
+        load_pretrained(folder)
 
 
 def test_truncated_and_absent_weights(golden_dir, tmp_path):
@@ -138,13 +140,13 @@ def test_truncated_and_absent_weights(golden_dir, tmp_path):
     folder.mkdir()
     shutil.copy(golden_dir / "config.json", folder)
     with pytest.raises(FileNotFoundError, match="no weights"):
-        BrainLMForPretraining.from_pretrained(folder)
+        load_pretrained(folder)
     data = (golden_dir / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="cannot read weights"):
-        BrainLMForPretraining.from_pretrained(folder)
+        load_pretrained(folder)
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        BrainLMForPretraining.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
 
 
 def test_wrong_shapes_for_config(golden_dir, tmp_path):
@@ -154,7 +156,7 @@ def test_wrong_shapes_for_config(golden_dir, tmp_path):
     cfg["intermediate_size"] = 128
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="wrong shapes"):
-        BrainLMForPretraining.from_pretrained(folder)
+        load_pretrained(folder)
 
 
 def test_bin_loader_accepts_plain_tensor_pickles(tmp_path):

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 from downstream_synth import synthetic_store, tiny_model
 
+from brainlm.checkpoint import save_pretrained
 from brainlm.cli import main
 from brainlm.downstream import read_embeddings
 
@@ -11,7 +12,7 @@ from brainlm.downstream import read_embeddings
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     store = synthetic_store(root / "store", n_subjects=12, split=(8, 2, 2))
-    tiny_model().save_pretrained(root / "run" / "best")  # a training run folder
+    save_pretrained(tiny_model(), root / "run" / "best")  # a training run folder
     return root, store
 
 
@@ -27,7 +28,7 @@ def test_embed_reconstruct_forecast_fingerprint(setup, capsys):
     assert len(pd.read_csv(root / "rec" / "r2_per_region.csv")) == 2 * 6
     assert list((root / "rec").glob("reconstruction_*.png"))
     assert main(["forecast", ckpt, data, "--split", "test", "--out", str(root / "fc"), "-k", "5"]) == 0
-    assert set(pd.read_csv(root / "fc" / "forecast_metrics.csv")["method"]) == {"brainlm", "persistence", "mean", "ar"}
+    assert set(pd.read_csv(root / "fc" / "forecast_metrics.csv")["method"]) == {"brainlm", "persistence", "mean", "ar", "var"}
     assert main(["forecast", ckpt, data, "--out", str(root / "fc2"), "-k", "7"]) == 2
     assert "multiple of the patch size" in capsys.readouterr().err
     assert main(["fingerprint", ckpt, data, "--out", str(root / "fp")]) == 0
@@ -43,7 +44,7 @@ def test_probe_and_finetune(setup, capsys):
         assert main(args) == 0
     assert (root / "p" / "missing_subjects.txt").read_text().split() == ["s00", "s01"]
     metrics = pd.read_csv(root / "p" / "probe_metrics.csv")
-    assert set(metrics["features"]) == {"brainlm", "fc"}
+    assert set(metrics["features"]) == {"brainlm", "fc", "fc_partial", "fc_tangent"}
     assert main(["probe", ckpt, data, "--target", "constant", "--out", str(root / "p2"), "--folds", "3"]) == 2
     assert "single-class target" in capsys.readouterr().err
     assert main(["probe", ckpt, data, "--target", "group", "--out", str(root / "p3"), "--folds", "20"]) == 2
@@ -59,7 +60,7 @@ def test_probe_and_finetune(setup, capsys):
 
 def test_region_mismatch_is_one_line(setup, capsys):
     root, store = setup
-    tiny_model(num_regions=9).save_pretrained(root / "m9")
+    save_pretrained(tiny_model(num_regions=9), root / "m9")
     assert main(["embed", str(root / "m9"), str(store.path), "--out", str(root / "x.parquet")]) == 2
     err = capsys.readouterr().err
     assert "trained on 9 regions" in err and "has 6" in err and len(err.strip().splitlines()) == 1

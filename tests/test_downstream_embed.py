@@ -6,6 +6,7 @@ import torch
 from conftest import make_batch
 from downstream_synth import PATCH, WINDOW, R, synthetic_store, tiny_model
 
+from brainlm.checkpoint import save_pretrained
 from brainlm.downstream import (
     check_regions,
     cls_attention,
@@ -129,15 +130,15 @@ def test_short_recordings_are_skipped_and_listed(store, model):
 
 
 def test_load_model_dispatch(tmp_path, model, golden_dir):
-    model.save_pretrained(tmp_path / "ours")
+    save_pretrained(model, tmp_path / "ours")
     run = tmp_path / "run"
-    model.save_pretrained(run / "checkpoints" / "step_00000010")
-    model.save_pretrained(run / "checkpoints" / "step_00000020")
+    save_pretrained(model, run / "checkpoints" / "step_00000010")
+    save_pretrained(model, run / "checkpoints" / "step_00000020")
     x, xyz = make_batch(1, R, WINDOW)
     ref = embed_windows(model, x, xyz)
     for path in (tmp_path / "ours", run, run / "checkpoints" / "step_00000010"):
         np.testing.assert_allclose(embed_windows(load_model(path), x, xyz), ref, atol=1e-6)
-    model.save_pretrained(run / "best")
+    save_pretrained(model, run / "best")
     assert load_model(run) is not None
     orig = load_model(golden_dir)  # original BrainLM format
     assert type(orig).__name__ == "BrainLMForPretraining"
@@ -156,7 +157,7 @@ def test_vitmae_models(tmp_path):
     assert type(loaded).__name__ == "BrainLMViTMAE"
     x = torch.randn(2, 424, 200)
     assert embed_windows(loaded, x, torch.zeros(424, 3), "mean").shape == (2, 32)
-    with pytest.raises(ValueError, match="region_time pooling is not applicable to ViT-MAE"):
+    with pytest.raises(ValueError, match="'region_time' does not apply to ViT-MAE"):
         embed_windows(loaded, x, torch.zeros(424, 3), "region_time")
     with pytest.raises(ValueError, match=r"trained on 424 regions but .* has 94"):
         check_regions(loaded, 94, "the store")

@@ -6,7 +6,6 @@ from downstream_synth import R, synthetic_store, tiny_model
 from brainlm.downstream import (
     align_targets,
     fc_features,
-    functional_connectivity,
     load_targets,
     open_recordings,
     probe,
@@ -59,11 +58,17 @@ def test_multiclass_auroc():
     assert (res.metrics.query("metric == 'auroc'")["value"] > 0.8).all()
 
 
-def test_functional_connectivity_is_the_upper_triangle():
+def _pearson(ts):
+    c = np.corrcoef(ts.T)
+    return c[np.tril_indices(len(c), -1)]  # nilearn's vector order: the lower triangle row by row
+
+
+def test_pearson_fc_is_the_plain_correlation():
+    from brainlm.evaluate.baselines import connectivity_features
+
     rng = np.random.default_rng(0)
     ts = rng.normal(size=(50, 4))
-    c = np.corrcoef(ts.T)
-    np.testing.assert_allclose(functional_connectivity(ts), [c[0, 1], c[0, 2], c[0, 3], c[1, 2], c[1, 3], c[2, 3]], rtol=1e-5)
+    np.testing.assert_allclose(connectivity_features([ts], "fc")[0], _pearson(ts), rtol=1e-5)
 
 
 def test_fc_features_use_the_embedding_windows(tmp_path):
@@ -73,7 +78,7 @@ def test_fc_features_use_the_embedding_windows(tmp_path):
     sl = fc_features(recs, window=20, windows="sliding", stride=20)
     assert avg.X.shape == (2, R * (R - 1) // 2) and sl.X.shape == (12, R * (R - 1) // 2)
     ts = store.get(avg.index.loc[0, "recording_id"])
-    expected = np.mean([functional_connectivity(ts[t : t + 20]) for t in range(0, 101, 20)], axis=0)
+    expected = np.mean([_pearson(ts[t : t + 20]) for t in range(0, 101, 20)], axis=0)
     np.testing.assert_allclose(avg.X[0], expected, rtol=1e-5)
 
 
@@ -84,7 +89,7 @@ def store(tmp_path_factory):
 
 def test_probe_end_to_end_reports_fc_and_model_side_by_side(store):
     res = probe(tiny_model(), store, "group", n_splits=3, n_boot=20, probes=("dummy", "ridge"), progress=False)
-    assert set(res.metrics["features"]) == {"brainlm", "fc"}
+    assert set(res.metrics["features"]) == {"brainlm", "fc", "fc_partial", "fc_tangent"}
     fc = res.metrics.set_index(["features", "probe", "metric"])["value"]
     assert fc["fc", "ridge", "accuracy"] > 0.8  # the planted coupling of regions 0 and 1 lives in FC
     assert res.missing_subjects == []

@@ -21,7 +21,8 @@ def store(tmp_path_factory):
 def test_pretrain_on_store_and_resume(store, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["pretrain", "--data", str(store.path), "--out", str(run), *TINY]) == 0
-    assert "validation masked-patch R^2 model" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "validation masked-value R^2 model" in out and "strongest baseline (conn)" in out
     saved = json.loads((run / "train_config.json").read_text())
     assert saved["data"] == str(store.path) and saved["max_steps"] == 2
     assert json.loads((run / "checkpoints" / "step_00000002" / "config.json").read_text())["num_brain_voxels"] == 94
@@ -38,3 +39,67 @@ def test_demo_smoke(tmp_path, capsys):
     assert main(["demo", "--smoke", "--out", str(tmp_path / "demo"), *TINY[1:]]) == 0
     out = capsys.readouterr().out
     assert "linear interpolation" in out and "region mean" in out and "checkpoint:" in out
+
+
+def test_resume_rules_and_strict_json(store, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(store.path), "--out", str(run), *TINY, "--max_grad_norm=0"]) == 0
+    lines = (run / "metrics.jsonl").read_text()
+
+    def strict(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    records = [json.loads(line, parse_constant=strict) for line in lines.splitlines()]  # NaN would raise
+    assert any(r.get("grad_norm", 0) is None for r in records)  # no clipping: no norm, written as null
+    # --resume names the run folder; another --out is refused, not ignored
+    assert main(["pretrain", "--resume", str(run), "--out", str(tmp_path / "other")]) == 2
+    assert "--out" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    # resuming a finished run changes nothing (no duplicate validation row)
+    assert main(["pretrain", "--resume", str(run)]) == 0
+    assert (run / "metrics.jsonl").read_text() == lines
+
+
+def test_two_runs_into_one_folder_one_is_refused(store, tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "brainlm.cli", "pretrain", "--data", str(store.path), "--out", str(run),
+            *TINY, "--max_steps=6"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "being written by process" in refused or "already holds a run" in refused
+    steps = [r["step"] for r in read_metrics(run) if r["split"] == "train"]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) == 6  # one run's records only
+
+
+def test_impossible_sizes_are_refused_before_allocating(store, tmp_path, capsys):
+    out = tmp_path / "huge"
+    assert main(["pretrain", "--data", str(store.path), "--out", str(out), *TINY,
+                 "--model.num_hidden_layers=1000000000"]) == 2
+    assert "GiB are free" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_damaged_store_stops_pretrain_and_embed(store, tmp_path, capsys):
+    import shutil
+
+    from brainlm import save_pretrained
+    from brainlm.model import BrainLMForPretraining, brainlm_tiny
+
+    damaged = tmp_path / "store"
+    shutil.copytree(store.path, damaged)
+    shard = damaged / json.loads((damaged / "manifest.json").read_text())["shards"][0]["file"]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert main(["pretrain", "--data", str(damaged), "--out", str(tmp_path / "run"), *TINY]) == 2
+    assert shard.name in capsys.readouterr().err.strip().splitlines()[-1]
+    model = BrainLMForPretraining(brainlm_tiny(num_brain_voxels=94, num_timepoints_per_voxel=40,
+                                               timepoint_patching_size=10))
+    save_pretrained(model, tmp_path / "model")
+    out = tmp_path / "emb.parquet"
+    assert main(["embed", str(tmp_path / "model"), str(damaged), "--out", str(out), "--device", "cpu"]) == 2
+    assert "SHA-256" in capsys.readouterr().err and not out.exists()

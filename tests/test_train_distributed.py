@@ -65,8 +65,7 @@ def test_fsdp_two_processes_then_resume_on_one(single, tmp_path):
 
 
 def test_device_precision_and_wrapping_choices():
-    from brainlm.model import BrainLMForPretraining, brainlm_tiny
-    from brainlm.train.distributed import (
+    from brainlm.distributed import (
         autocast_context,
         cpu_supports_bf16,
         init_distributed,
@@ -74,6 +73,7 @@ def test_device_precision_and_wrapping_choices():
         resolve_precision,
         wrap_model,
     )
+    from brainlm.model import BrainLMForPretraining, brainlm_tiny
 
     cpu = resolve_device("cpu")
     assert resolve_precision("fp32", cpu) == torch.float32

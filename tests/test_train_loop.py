@@ -10,7 +10,7 @@ import torch
 from _train_helpers import ToyWindows, tiny_config
 from safetensors.torch import load_file
 
-from brainlm.model import BrainLMForPretraining
+from brainlm.checkpoint import load_pretrained
 from brainlm.train import NonFiniteLossError, latest_checkpoint, pretrain, read_metrics
 
 
@@ -47,7 +47,7 @@ def test_run_folder_contents(reference):
     for key in ("model_r2", "interp_r2", "mean_r2", "zero_r2", "model_pearson", "interp_mse"):
         assert key in reference.metrics
     # a checkpoint's model is an ordinary model folder
-    model = BrainLMForPretraining.from_pretrained(reference.checkpoint)
+    model = load_pretrained(reference.checkpoint)
     assert model.config.num_brain_voxels == 6
     val = [r for r in read_metrics(run) if r["split"] == "validation"]
     assert [r["step"] for r in val] == [6, 12]

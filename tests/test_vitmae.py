@@ -272,15 +272,15 @@ def test_every_parameter_gets_a_gradient(windows):
 
 
 def test_embed_is_deterministic_and_uses_every_patch(model, windows):
-    cls = model.embed(windows, pooling="cls")
-    mean = model.embed(windows, pooling="mean")
+    cls = model.embed(windows, pooling="cls").embeddings
+    mean = model.embed(windows, pooling="mean").embeddings
     assert cls.shape == mean.shape == (2, model.hidden_size)
-    torch.testing.assert_close(model.embed(windows), cls)
+    torch.testing.assert_close(model.embed(windows).embeddings, cls)
     # Masking off: all N patches, in order, whatever the config's mask ratio.
     image = model.to_image(windows)
     hidden, mask, ids_restore = model.forward_encoder(image, None, mask_ratio=0.0)
     assert hidden.shape[1] == 1 + model.num_patches and mask.sum() == 0
-    torch.testing.assert_close(mean, model.embed(windows, pooling="mean"))
+    torch.testing.assert_close(mean, model.embed(windows, pooling="mean").embeddings)
     # Same as transformers' own encoder with masking off and patches kept in order.
     in_order = torch.arange(model.num_patches).expand(2, -1)
     ratio = model.config.mask_ratio
@@ -297,11 +297,11 @@ def test_embed_is_deterministic_and_uses_every_patch(model, windows):
 def test_embed_sees_the_last_region_and_timepoint(model, windows):
     poked = windows.clone()
     poked[:, 423, 199] += 5.0
-    assert not torch.allclose(model.embed(poked), model.embed(windows))
+    assert not torch.allclose(model.embed(poked).embeddings, model.embed(windows).embeddings)
 
 
 def test_embed_rejects_unknown_pooling(model, windows):
-    with pytest.raises(ValueError, match="pooling must be"):
+    with pytest.raises(ValueError, match="does not apply to ViT-MAE"):
         model.embed(windows, pooling="max")
 
 
@@ -442,7 +442,7 @@ def test_last_masking_of_the_released_sizes():
 @pytest.mark.parametrize("mode", ["predict_last", "predict_last_pixel"])
 def test_forecast_depends_only_on_the_visible_part(model, windows, mode):
     k = 40
-    y = model.forecast(windows, k, train_mode=mode)
+    y = model.forecast(windows, None, k, train_mode=mode)
     assert y.shape == (2, 424, k) and y.dtype == torch.float32
     torch.testing.assert_close(y, model(windows, train_mode=mode, num_last=k).logits[..., -k:])
     hidden_from = model.last_masking(k, mode).hidden_from  # 124 (patch), 160 (pixel)
@@ -450,16 +450,16 @@ def test_forecast_depends_only_on_the_visible_part(model, windows, mode):
     g = torch.Generator().manual_seed(5)
     changed = windows.clone()
     changed[..., hidden_from:] = 10 * torch.randn(2, 424, 200 - hidden_from, generator=g)
-    torch.testing.assert_close(model.forecast(changed, k, train_mode=mode), y, rtol=0, atol=0)
+    torch.testing.assert_close(model.forecast(changed, None, k, train_mode=mode), y, rtol=0, atol=0)
     # ... but the last visible timepoint does count.
     poked = windows.clone()
     poked[:, :, hidden_from - 1] += 5.0
-    assert not torch.allclose(model.forecast(poked, k, train_mode=mode), y)
+    assert not torch.allclose(model.forecast(poked, None, k, train_mode=mode), y)
 
 
 def test_forecast_fraction_is_the_originals_count(model, windows):
-    torch.testing.assert_close(model.forecast(windows, 0.2), model.forecast(windows, 40))
-    assert model.forecast(windows, 0.29).shape[-1] == 57  # int(0.29 * 200)
+    torch.testing.assert_close(model.forecast(windows, None, 0.2), model.forecast(windows, None, 40))
+    assert model.forecast(windows, None, 0.29).shape[-1] == 57  # int(0.29 * 200)
     # forward's mask_ratio means the same in the forecasting modes; None reads the config's.
     out = model(windows, train_mode="predict_last_pixel")
     assert out.mask.sum(-1).unique().tolist() == [int(model.config.mask_ratio * 200)]
@@ -468,22 +468,22 @@ def test_forecast_fraction_is_the_originals_count(model, windows):
 def test_forecast_rejects_bad_k(model, windows):
     for k in (0, -3, 200, 250):
         with pytest.raises(ValueError, match="between 1 and 199"):
-            model.forecast(windows, k)
+            model.forecast(windows, None, k)
     for fraction in (0.0, 1.0, 1.5, -0.2):
         with pytest.raises(ValueError, match=r"in \(0, 1\)"):
-            model.forecast(windows, fraction)
+            model.forecast(windows, None, fraction)
     with pytest.raises(ValueError, match="rounds down to none"):
-        model.forecast(windows, 0.004)
+        model.forecast(windows, None, 0.004)
     for k in (True, "10", None):
         with pytest.raises(TypeError):
-            model.forecast(windows, k)
-    assert model.forecast(windows, np.int64(10)).shape == (2, 424, 10)
+            model.forecast(windows, None, k)
+    assert model.forecast(windows, None, np.int64(10)).shape == (2, 424, 10)
     with pytest.raises(ValueError, match="at least 28"):
-        model.forecast(windows, 27, train_mode="predict_last_pixel")
+        model.forecast(windows, None, 27, train_mode="predict_last_pixel")
     with pytest.raises(ValueError, match="at most 172"):
-        model.forecast(windows, 173)
+        model.forecast(windows, None, 173)
     with pytest.raises(ValueError, match="train_mode must be one of"):
-        model.forecast(windows, 10, train_mode="auto_encode")
+        model.forecast(windows, None, 10, train_mode="auto_encode")
 
 
 def test_forward_train_mode_arguments(model, windows):
@@ -511,7 +511,7 @@ def test_window_must_have_424_regions(model):
     with pytest.raises(ValueError, match="only know the A424 parcellation"):
         model(torch.randn(1, 400, 200))
     with pytest.raises(ValueError, match="only know the A424 parcellation"):
-        model.embed(torch.randn(1, 100, 200))
+        model.embed(torch.randn(1, 100, 200)).embeddings
 
 
 def test_window_must_have_the_trained_length(model):
@@ -530,7 +530,7 @@ def test_norm_pix_loss_is_refused_in_forward(windows):
     m = tiny_model(norm_pix_loss=True)
     with pytest.raises(NotImplementedError, match="norm_pix_loss"):
         m(windows)
-    assert m.embed(windows).shape == (2, 32)
+    assert m.embed(windows).embeddings.shape == (2, 32)
 
 
 # --------------------------------------------------------------------------- loading
@@ -551,7 +551,7 @@ def test_load_safetensors_folder(saved, model, windows):
     noise = _noise(model, 2)
     a, b = loaded(windows, noise=noise), model(windows, noise=noise)
     torch.testing.assert_close(a.logits, b.logits)
-    torch.testing.assert_close(loaded.embed(windows), model.embed(windows))
+    torch.testing.assert_close(loaded.embed(windows).embeddings, model.embed(windows).embeddings)
 
 
 def test_load_legacy_bin_folder(saved, model, windows, tmp_path):
@@ -601,7 +601,7 @@ def test_load_dtype_and_device(saved):
 
 def test_bf16_on_cpu_is_close_to_fp32(model, windows):
     m16 = tiny_model().to(torch.bfloat16)
-    e32, e16 = model.embed(windows), m16.embed(windows)
+    e32, e16 = model.embed(windows).embeddings, m16.embed(windows).embeddings
     assert e16.dtype == torch.bfloat16
     assert (e16.float() - e32).norm() / e32.norm() < 0.05
     noise = _noise(model, 2)
@@ -614,14 +614,14 @@ def test_bf16_on_cpu_is_close_to_fp32(model, windows):
 def test_gpu_dtypes_are_close_to_cpu_fp32(saved, model, windows, dtype):
     m = load_vitmae(saved, dtype=dtype, device="cuda")
     x = windows.cuda()
-    e = m.embed(x).float().cpu()
-    ref = model.embed(windows)
+    e = m.embed(x).embeddings.float().cpu()
+    ref = model.embed(windows).embeddings
     assert (e - ref).norm() / ref.norm() < (1e-4 if dtype == torch.float32 else 0.05)
     out = m(x, noise=_noise(model, 2).cuda())
     assert torch.isfinite(out.loss)
     for mode in ("predict_last", "predict_last_pixel"):
-        y = m.forecast(x, 40, train_mode=mode).float().cpu()
-        ref = model.forecast(windows, 40, train_mode=mode)
+        y = m.forecast(x, None, 40, train_mode=mode).float().cpu()
+        ref = model.forecast(windows, None, 40, train_mode=mode)
         assert (y - ref).norm() / ref.norm() < (1e-4 if dtype == torch.float32 else 0.05)
 
 
@@ -720,4 +720,4 @@ def test_hub_id_downloads_the_subfolder(no_network, monkeypatch, saved, windows,
     assert calls == [
         ("vandijklab/brainlm", {"revision": "main", "allow_patterns": [f"{saved.name}/*"]})
     ]
-    torch.testing.assert_close(loaded.embed(windows), model.embed(windows))
+    torch.testing.assert_close(loaded.embed(windows).embeddings, model.embed(windows).embeddings)

@@ -1,5 +1,6 @@
 """BrainLM: a masked-autoencoder foundation model for fMRI parcel time series."""
 
+from brainlm.checkpoint import load_pretrained, save_pretrained
 from brainlm.model import (
     PRESETS,
     BrainLMConfig,
@@ -23,6 +24,8 @@ _LAZY = {
 }
 
 __all__ = [
+    "load_pretrained",
+    "save_pretrained",
     "BrainLMConfig",
     "BrainLMForPretraining",
     "BrainLMOutput",

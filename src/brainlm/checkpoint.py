@@ -26,9 +26,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from brainlm.errors import MissingInputError, UserError
+from brainlm.io import atomic_write, atomic_write_text
 from brainlm.model import BrainLMConfig, BrainLMForPretraining
 
-__all__ = ["load_pretrained", "save_pretrained", "load_state_dict_file", "convert_original_state_dict"]
+__all__ = ["load_pretrained", "save_pretrained", "save_weights", "save_config", "load_state_dict_file",
+           "convert_original_state_dict"]
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -224,22 +226,32 @@ def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(
             f"{folder}: model_type {model_type!r} is not a BrainLM checkpoint (expected 'brainlm' or 'brainlm_mae')"
         )
+    from brainlm.distributed import check_memory
+
+    check_memory(8 * config.num_parameters(), torch.device(map_location), f"{folder}: this model "
+                 f"({config.num_parameters() / 1e6:.0f}M parameters)", "is config.json right?")
     model = BrainLMForPretraining(config)
     _load_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, weights)
     return model.to(map_location).eval()
 
 
-def save_pretrained(model: BrainLMForPretraining, path: str | Path) -> None:
-    """Write ``config.json`` and ``model.safetensors`` atomically (temporary names, then rename)."""
+def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """A state dict as safetensors, written atomically."""
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt", "brainlm": "1"}))
+
+
+def save_config(config: BrainLMConfig, path: str | Path) -> None:
+    atomic_write_text(path, config.to_json() + "\n")
+
+
+def save_pretrained(model: BrainLMForPretraining, path: str | Path) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into the folder ``path``, each atomically."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp_weights = folder / ".model.safetensors.tmp"
-    save_file(state, str(tmp_weights), metadata={"format": "pt", "brainlm": "1"})
-    tmp_cfg = folder / ".config.json.tmp"
-    model.config.to_json(tmp_cfg)
-    tmp_weights.replace(folder / "model.safetensors")
-    tmp_cfg.replace(folder / "config.json")
+    save_weights(model.state_dict(), folder / "model.safetensors")
+    save_config(model.config, folder / "config.json")
+    return folder
 
 
 def to_original_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

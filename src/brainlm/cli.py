@@ -138,6 +138,9 @@ def _data_args(p: argparse.ArgumentParser, split: bool = True) -> None:
         p.add_argument("--split", help="store split: train, validation or test (default: all)")
     p.add_argument("--window", type=int, help="timepoints per window (default: the model's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--device", default="auto", help="auto (this process's GPU if any), cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 on GPUs and CPUs that compute in it natively, fp32 elsewhere")
 
 
 def _data(args: argparse.Namespace):
@@ -161,8 +164,11 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
         run_embed(args.checkpoint, _data(args), args.out, overwrite=args.overwrite, split=args.split,
                   coords=args.coords, pooling=args.pooling, average_regions=not args.keep_regions,
                   windows=args.windows, window=args.window, stride=args.stride, batch_size=args.batch_size,
-                  attention=args.attention)
-        print(f"wrote {args.out}")
+                  attention=args.attention, device=args.device, precision=args.precision)
+        from brainlm.distributed import is_main_process
+
+        if is_main_process():
+            print(f"wrote {args.out}")
         return 0
 
     p.set_defaults(func=run)
@@ -179,10 +185,9 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         from brainlm.downstream import run_reconstruct
 
-        summary = run_reconstruct(args.checkpoint, _data(args), args.out, split=args.split, coords=args.coords,
-                                  overwrite=args.overwrite, mask_ratio=args.mask_ratio, window=args.window,
-                                  cover=not args.single_pass, seed=args.seed)
-        print(summary.to_string(index=False))
+        run_reconstruct(args.checkpoint, _data(args), args.out, split=args.split, coords=args.coords,
+                        overwrite=args.overwrite, mask_ratio=args.mask_ratio, window=args.window,
+                        cover=not args.single_pass, seed=args.seed, device=args.device, precision=args.precision)
         return 0
 
     p.set_defaults(func=run)
@@ -348,16 +353,17 @@ def _add_forecast(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("forecast", help="predict the last k timepoints of each window; vs persistence and AR baselines")
     _data_args(p)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("-k", "--last", type=int, required=True, help="timepoints to forecast: a multiple of the patch size")
+    p.add_argument("-k", "--last", type=int, required=True,
+                   help="timepoints to forecast (BrainLM models: a multiple of the patch size)")
     p.add_argument("--stride", type=int, help="step of the windows (default: the window)")
     p.add_argument("--ar-order", type=int, default=3)
 
     def run(args: argparse.Namespace) -> int:
         from brainlm.downstream import run_forecast
 
-        metrics = run_forecast(args.checkpoint, _data(args), args.out, args.last, split=args.split, coords=args.coords,
-                               overwrite=args.overwrite, window=args.window, stride=args.stride, ar_order=args.ar_order)
-        print(metrics.to_string(index=False))
+        run_forecast(args.checkpoint, _data(args), args.out, args.last, split=args.split, coords=args.coords,
+                     overwrite=args.overwrite, window=args.window, stride=args.stride, ar_order=args.ar_order,
+                     device=args.device, precision=args.precision)
         return 0
 
     p.set_defaults(func=run)
@@ -378,7 +384,7 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pooling", default="cls", choices=["cls", "mean", "region_time"])
     p.add_argument("--windows", default="average", choices=["first", "sliding", "average"])
     p.add_argument("--stride", type=int)
-    p.add_argument("--no-fc", action="store_true", help="skip the functional connectivity baseline")
+    p.add_argument("--no-fc", action="store_true", help="skip the connectivity baselines (Pearson, partial, tangent FC)")
     p.add_argument("--seed", type=int, default=0)
 
     def run(args: argparse.Namespace) -> int:
@@ -388,7 +394,8 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
                   targets_file=args.targets, subject_column=args.subject_column, split=args.split, coords=args.coords,
                   pooling=args.pooling, windows=args.windows, window=args.window, stride=args.stride,
                   fc_baseline=not args.no_fc, task=args.task, probes=tuple(args.probes.split(",")),
-                  n_splits=args.folds, inner_splits=args.inner_folds, n_boot=args.bootstrap, seed=args.seed)
+                  n_splits=args.folds, inner_splits=args.inner_folds, n_boot=args.bootstrap, seed=args.seed,
+                  device=args.device, precision=args.precision)
         return 0
 
     p.set_defaults(func=run)
@@ -441,7 +448,7 @@ def _add_fingerprint(sub: argparse._SubParsersAction) -> None:
 
         run_fingerprint(args.checkpoint, _data(args), args.out, overwrite=args.overwrite, split=args.split,
                         coords=args.coords, pooling=args.pooling, keep_regions=args.keep_regions, window=args.window,
-                        stride=args.stride)
+                        stride=args.stride, device=args.device, precision=args.precision)
         return 0
 
     p.set_defaults(func=run)

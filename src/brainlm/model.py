@@ -43,7 +43,6 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,6 +56,10 @@ __all__ = [
     "BrainLMConfig",
     "BrainLMForPretraining",
     "BrainLMOutput",
+    "EncoderOutput",
+    "EmbeddingOutput",
+    "ReconstructionOutput",
+    "masking_noise",
     "brainlm_13m",
     "brainlm_111m",
     "brainlm_650m",
@@ -162,6 +165,35 @@ class BrainLMConfig:
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "time_encoding_dropout"):
             need(0.0 <= getattr(self, name) < 1.0, f"{name} must be in [0, 1)")
 
+    def num_parameters(self) -> int:
+        """Parameters of the model this config builds, counted without building it."""
+
+        def block(d: int, heads: int, inner: int) -> int:
+            conv = heads * self.conv_kernel_size if self.conv_kernel_size else 0
+            qkv = 3 * d * d + (3 * d if self.qkv_bias else 0)
+            return qkv + conv + (d * d + d) + 2 * d + (d * inner + inner + inner * d + d) + 2 * d
+
+        D, Dd, W = self.hidden_size, self.decoder_hidden_size, self.timepoint_patching_size
+        encoder = (W * D + D) + (3 * D + D) + D + 2 * D
+        encoder += self.num_hidden_layers * block(D, self.num_attention_heads, self.intermediate_size)
+        decoder = (D * Dd + Dd) + Dd + (3 * Dd + Dd) + 2 * Dd + (Dd * (Dd // 2) + Dd // 2) + ((Dd // 2) * W + W)
+        decoder += self.decoder_num_hidden_layers * block(Dd, self.decoder_num_attention_heads,
+                                                           self.decoder_intermediate_size)
+        return encoder + decoder
+
+    def activation_elements(self, batch: int, num_regions: int, num_timepoints: int) -> int:
+        """A rough count of the activations a training step keeps for the backward pass.
+
+        Per layer and token about ``8 D + 2 I`` values (inputs, q/k/v, attention output, two
+        norms, the MLP's hidden layer): an estimate for refusing impossible sizes up front, not
+        a memory planner.
+        """
+        L = num_regions * (num_timepoints // self.timepoint_patching_size)
+        K = int(L * (1 - self.mask_ratio)) + 1
+        enc = self.num_hidden_layers * K * (8 * self.hidden_size + 2 * self.intermediate_size)
+        dec = self.decoder_num_hidden_layers * (L + 1) * (8 * self.decoder_hidden_size + 2 * self.decoder_intermediate_size)
+        return batch * (enc + dec)
+
     @property
     def num_patches_per_voxel(self) -> int:
         """P for the configured window: T / W."""
@@ -172,11 +204,9 @@ class BrainLMConfig:
         extra = d.pop("extra")
         return {**extra, **d, "model_type": "brainlm"}
 
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
+    def to_json(self) -> str:
+        """The config as JSON text (``brainlm.checkpoint`` writes and reads the files)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BrainLMConfig":
@@ -188,10 +218,7 @@ class BrainLMConfig:
         return cls(**known, extra=extra)
 
     @classmethod
-    def from_json(cls, path_or_text: str | Path) -> "BrainLMConfig":
-        text = str(path_or_text)
-        if not text.lstrip().startswith("{"):
-            text = Path(path_or_text).read_text()
+    def from_json(cls, text: str) -> "BrainLMConfig":
         return cls.from_dict(json.loads(text))
 
     def replace(self, **changes: Any) -> "BrainLMConfig":
@@ -538,8 +565,81 @@ class BrainLMOutput:
     cls_attentions: list[Tensor] | None = None
 
 
+@dataclass
+class EncoderOutput:
+    """What :meth:`BrainLMForPretraining.forward_encoder` returns.
+
+    latent: (B, 1 + K, D) encoder output after its LayerNorm, CLS first, kept tokens in encoder order.
+    mask: (B, L), 1 = masked, region-major.
+    ids_restore: (B, L) position of each region-major token in the encoder's order.
+    ids_keep: (B, K) region-major index of each kept token, in encoder order.
+    cls_attentions: per encoder layer, (B, H, 1 + K) attention of the CLS token (empty unless asked).
+    """
+
+    latent: Tensor
+    mask: Tensor
+    ids_restore: Tensor
+    ids_keep: Tensor
+    cls_attentions: list[Tensor]
+
+
+@dataclass
+class EmbeddingOutput:
+    """What ``model.embed`` returns (both model kinds).
+
+    embeddings: (B, D) pooled vectors, or (B, R, D) per-region vectors (``region_time`` pooling).
+    cls_attention: (B, R) the last layer's CLS attention summed per region (each row sums to
+        1), when asked; None otherwise.
+    """
+
+    embeddings: Tensor
+    cls_attention: Tensor | None = None
+
+
+@dataclass
+class ReconstructionOutput:
+    """What ``model.reconstruct`` returns (both model kinds), in the caller's units.
+
+    pred: (B, R, T) reconstruction of the whole window.
+    mask: (B, R, T) bool, True where the value was hidden from the encoder.
+    """
+
+    pred: Tensor
+    mask: Tensor
+
+
+def masking_noise(masked: Tensor) -> tuple[Tensor, float]:
+    """Noise and mask ratio that make a model hide exactly the tokens marked in ``masked``.
+
+    Both model kinds keep the ``int(L * (1 - ratio))`` tokens with the smallest noise. Kept
+    tokens get noise equal to their index, masked tokens that plus L, so kept tokens stay in
+    index order (region-major for BrainLM). Every row must mask the same number of tokens.
+
+    Args:
+        masked: (B, L) bool, True = hide.
+
+    Returns:
+        noise (B, L) float, and the ``mask_ratio`` to pass with it.
+    """
+    B, L = masked.shape
+    counts = masked.sum(1)
+    if (counts != counts[0]).any():
+        raise ValueError("every window must mask the same number of tokens")
+    num_masked = int(counts[0])
+    noise = torch.arange(L, dtype=torch.float32, device=masked.device).expand(B, L) + L * masked.float()
+    # int(L * (1 - ratio)) must equal L - num_masked exactly; half a token of slack absorbs rounding.
+    ratio = (num_masked - 0.5) / L if num_masked else 0.0
+    return noise, ratio
+
+
 class BrainLMForPretraining(nn.Module):
-    """BrainLM masked autoencoder: ``model(signal_vectors, xyz_vectors, noise=None)``."""
+    """BrainLM masked autoencoder: ``model(signal_vectors, xyz_vectors, noise=None)``.
+
+    Besides the training forward pass it implements the interface that downstream code uses
+    for both model kinds (this one and :class:`brainlm.vitmae.BrainLMViTMAE`):
+    ``num_regions``, ``window_length``, ``num_tokens(T)``, ``embed``, ``reconstruct``,
+    ``forecast`` and ``cls_attention``.
+    """
 
     def __init__(self, config: BrainLMConfig):
         super().__init__()
@@ -642,8 +742,8 @@ class BrainLMForPretraining(nn.Module):
         noise: Tensor | None = None,
         mask_ratio: float | None = None,
         output_cls_attentions: bool = False,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]:
-        """Embed, mask and encode. Returns latent (B, 1 + K, D), mask (B, L), ids_restore, ids_keep, attentions."""
+    ) -> EncoderOutput:
+        """Embed, mask and encode: (B, R, T), (B, R, 3) -> :class:`EncoderOutput`."""
         self._check_inputs(signal_vectors, xyz_vectors)
         ratio = self.config.mask_ratio if mask_ratio is None else float(mask_ratio)
         if not 0.0 <= ratio < 1.0:
@@ -652,7 +752,7 @@ class BrainLMForPretraining(nn.Module):
         B, L, _ = tokens.shape
         ids_keep, mask, ids_restore = self.random_masking(B, L, ratio, noise, tokens.device)
         latent, cls_attentions = self.encoder(tokens, ids_keep, output_cls_attentions)
-        return latent, mask, ids_restore, ids_keep, cls_attentions
+        return EncoderOutput(latent, mask, ids_restore, ids_keep, cls_attentions)
 
     def forward_decoder(
         self, latent: Tensor, ids_keep: Tensor, xyz_vectors: Tensor, num_patches: int, ids_masked: Tensor | None = None
@@ -694,9 +794,8 @@ class BrainLMForPretraining(nn.Module):
                 gradients are unchanged, visible patches of ``logits`` are 0): the decoder's last
                 layer then runs queries for masked tokens only, which training uses.
         """
-        latent, mask, ids_restore, ids_keep, cls_attn = self.forward_encoder(
-            signal_vectors, xyz_vectors, noise, mask_ratio, output_cls_attentions
-        )
+        enc = self.forward_encoder(signal_vectors, xyz_vectors, noise, mask_ratio, output_cls_attentions)
+        latent, mask, ids_restore, ids_keep = enc.latent, enc.mask, enc.ids_restore, enc.ids_keep
         B, R, T = signal_vectors.shape
         P = T // self.config.timepoint_patching_size
         ids_masked = None
@@ -712,20 +811,89 @@ class BrainLMForPretraining(nn.Module):
             encoder_last_hidden_state=latent,
             ids_restore=ids_restore,
             ids_keep=ids_keep,
-            cls_attentions=cls_attn if output_cls_attentions else None,
+            cls_attentions=enc.cls_attentions if output_cls_attentions else None,
         )
 
-    # -- checkpoints (format details live in brainlm.checkpoint) ---------------------------------
+    # -- the interface shared with BrainLMViTMAE ------------------------------------------------
 
-    @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "BrainLMForPretraining":
-        """Load our own format or an original BrainLM checkpoint folder."""
-        from brainlm.checkpoint import load_pretrained
+    @property
+    def num_regions(self) -> int:
+        """R the model was trained for."""
+        return self.config.num_brain_voxels
 
-        return load_pretrained(path, **kwargs)
+    @property
+    def window_length(self) -> int:
+        """T of a training window."""
+        return self.config.num_timepoints_per_voxel
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into the folder ``path``."""
-        from brainlm.checkpoint import save_pretrained
+    def num_tokens(self, num_regions: int, num_timepoints: int) -> int:
+        """L, the tokens of a (R, T) window: what masking noise covers."""
+        return num_regions * (num_timepoints // self.config.timepoint_patching_size)
 
-        save_pretrained(self, path)
+    def embed(self, signal_vectors: Tensor, xyz_vectors: Tensor, pooling: str = "cls", average_regions: bool = False,
+              output_attentions: bool = False) -> EmbeddingOutput:
+        """Embed windows with masking off (tokens in region-major order, so the result is deterministic).
+
+        Args:
+            signal_vectors: (B, R, T). xyz_vectors: (B, R, 3).
+            pooling: ``"cls"`` the CLS token; ``"mean"`` the mean of the L patch tokens;
+                ``"region_time"`` the tokens as (R, P, D) averaged over time, (B, R, D)
+                (over regions too with ``average_regions``: (B, D)).
+            output_attentions: also return the last layer's CLS attention per region, (B, R).
+        """
+        if pooling not in ("cls", "mean", "region_time"):
+            raise UserError(f"--pooling must be cls, mean or region_time, got {pooling!r}")
+        enc = self.forward_encoder(signal_vectors, xyz_vectors, mask_ratio=0.0, output_cls_attentions=output_attentions)
+        hidden = enc.latent  # (B, 1 + L, D)
+        B, R, T = signal_vectors.shape
+        P = T // self.config.timepoint_patching_size
+        if pooling == "cls":
+            emb = hidden[:, 0]  # (B, D)
+        elif pooling == "mean":
+            emb = hidden[:, 1:].mean(1)  # (B, D)
+        else:
+            emb = hidden[:, 1:].reshape(B, R, P, -1).mean(2)  # (B, R, D)
+            if average_regions:
+                emb = emb.mean(1)  # (B, D)
+        attn = _token_attention(enc.cls_attentions[-1], R, P).sum(-1) if output_attentions else None  # (B, R)
+        return EmbeddingOutput(emb, attn)
+
+    def cls_attention(self, signal_vectors: Tensor, xyz_vectors: Tensor, layer: int = -1) -> Tensor:
+        """CLS attention over patch tokens in one encoder layer, head mean: (B, R, P), each map sums to 1."""
+        enc = self.forward_encoder(signal_vectors, xyz_vectors, mask_ratio=0.0, output_cls_attentions=True)
+        B, R, T = signal_vectors.shape
+        return _token_attention(enc.cls_attentions[layer], R, T // self.config.timepoint_patching_size)
+
+    def reconstruct(self, signal_vectors: Tensor, xyz_vectors: Tensor, noise: Tensor | None = None,
+                    mask_ratio: float | None = None) -> ReconstructionOutput:
+        """Mask, encode and decode windows: prediction and mask, (B, R, T) each."""
+        out = self(signal_vectors, xyz_vectors, noise=noise, mask_ratio=mask_ratio)
+        B, R, T = signal_vectors.shape
+        W = self.config.timepoint_patching_size
+        return ReconstructionOutput(out.logits.reshape(B, R, T), out.mask.bool().repeat_interleave(W, dim=-1))
+
+    def forecast(self, signal_vectors: Tensor, xyz_vectors: Tensor, k: int) -> Tensor:
+        """The last ``k`` timepoints of every region predicted from the rest: (B, R, k).
+
+        The last ``k / W`` patches of every region are hidden (k a positive multiple of W,
+        smaller than T), as the original code's ``last_timepoints_masking``; the visible
+        tokens keep their region-major order.
+        """
+        B, R, T = signal_vectors.shape
+        W = self.config.timepoint_patching_size
+        if k <= 0 or k % W or k >= T:
+            raise UserError(f"-k {k} must be a positive multiple of the patch size W = {W} and smaller than the window "
+                            f"T = {T}")
+        P = T // W
+        masked = torch.zeros(B, R, P, dtype=torch.bool, device=signal_vectors.device)
+        masked[:, :, P - k // W:] = True
+        noise, ratio = masking_noise(masked.view(B, -1))
+        return self.reconstruct(signal_vectors, xyz_vectors, noise=noise, mask_ratio=ratio).pred[..., T - k:]
+
+
+def _token_attention(cls_attn: Tensor, R: int, P: int) -> Tensor:
+    """(B, H, 1 + L) CLS attention of one layer -> (B, R, P): head mean, the CLS token's attention
+    to itself dropped, renormalised over the L tokens."""
+    a = cls_attn.float().mean(1)[:, 1:]  # (B, L)
+    a = a / a.sum(-1, keepdim=True)
+    return a.view(-1, R, P)  # (B, R, P)

@@ -138,6 +138,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from brainlm.errors import UserError
+from brainlm.model import EmbeddingOutput, ReconstructionOutput
+
 __all__ = [
     "A424_SCALE",
     "TRAIN_MODES",
@@ -755,7 +758,8 @@ class BrainLMViTMAE(nn.Module):
     def forecast(
         self,
         signal_vectors: torch.Tensor,
-        k_or_fraction: float,
+        xyz_vectors: torch.Tensor | None = None,
+        k_or_fraction: float | None = None,
         *,
         train_mode: str = "predict_last",
     ) -> torch.Tensor:
@@ -771,6 +775,8 @@ class BrainLMViTMAE(nn.Module):
 
         Args:
             signal_vectors: ``(B, R, T)`` windows, caller's region order and units.
+            xyz_vectors: ignored (see ``forward``); the argument keeps the signature of
+                :meth:`brainlm.model.BrainLMForPretraining.forecast`.
             k_or_fraction: an int ``k`` (``1 <= k < T``), or a float fraction in ``(0, 1)`` of
                 the ``T`` timepoints, ``k = int(fraction * T)`` as the original's ``mask_ratio``.
             train_mode: ``"predict_last"`` (default: only whole patches are hidden, as in
@@ -799,24 +805,47 @@ class BrainLMViTMAE(nn.Module):
         signal_vectors: torch.Tensor,
         xyz_vectors: torch.Tensor | None = None,
         pooling: str = "cls",
-    ) -> torch.Tensor:
+        average_regions: bool = False,
+        output_attentions: bool = False,
+    ) -> EmbeddingOutput:
         """One vector per window, with masking off (every patch, in order).
 
         Args:
             signal_vectors: ``(B, R, T)``.
             xyz_vectors: ignored (see ``forward``).
-            pooling: ``"cls"`` the CLS token, ``"mean"`` the mean of the ``N`` patch tokens.
+            pooling: ``"cls"`` the CLS token, ``"mean"`` the mean of the ``N`` patch tokens
+                (``"region_time"`` does not apply: the tokens are image patches).
+            average_regions, output_attentions: part of the shared interface; per-region
+                vectors and CLS attention per region exist for BrainLM models only.
 
         Returns:
-            ``(B, D)``.
+            ``EmbeddingOutput`` with ``embeddings`` ``(B, D)``.
         """
         if pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+            raise UserError(f"--pooling {pooling!r} does not apply to ViT-MAE models (their tokens are image "
+                            "patches); use cls or mean")
+        if output_attentions:
+            raise UserError("CLS attention maps per region are only available for BrainLM models, not ViT-MAE")
         image = self.to_image(signal_vectors)
         B = image.shape[0]
         in_order = torch.arange(self.num_patches, device=image.device).expand(B, -1)  # (B, N)
         hidden, _, _ = self.forward_encoder(image, in_order, mask_ratio=0.0)  # (B, 1 + N, D)
-        return hidden[:, 0] if pooling == "cls" else hidden[:, 1:].mean(dim=1)
+        return EmbeddingOutput(hidden[:, 0] if pooling == "cls" else hidden[:, 1:].mean(dim=1))
+
+    # ----- the rest of the interface shared with BrainLMForPretraining
+
+    def num_tokens(self, num_regions: int, num_timepoints: int) -> int:
+        """The image patches masking noise covers (whatever the window)."""
+        return self.num_patches
+
+    def reconstruct(self, signal_vectors: torch.Tensor, xyz_vectors: torch.Tensor | None = None,
+                    noise: torch.Tensor | None = None, mask_ratio: float | None = None) -> ReconstructionOutput:
+        """Random patch masking, encode, decode: prediction and mask, (B, R, T) each."""
+        out = self(signal_vectors, noise=noise, mask_ratio=mask_ratio)
+        return ReconstructionOutput(out.logits, out.mask.bool())
+
+    def cls_attention(self, signal_vectors: torch.Tensor, xyz_vectors: torch.Tensor | None = None, layer: int = -1):
+        raise UserError("CLS attention maps per region are only available for BrainLM models, not ViT-MAE")
 
 
 # --------------------------------------------------------------------------- loading

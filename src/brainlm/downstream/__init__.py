@@ -6,9 +6,13 @@ Public API::
     open_recordings(store_or_files, split, coords) -> Recordings
     embed(model, data, pooling=..., windows=...) -> Embeddings;  write_embeddings / read_embeddings
     embed_windows(model, (B, R, T), (R, 3), pooling) -> (B, D) | (B, R, D);  cls_attention -> (B, R, P)
-    reconstruct_recording(model, (T, R), (R, 3), mask_ratio) -> Reconstruction (true, pred, r2)
+    reconstruct_recording(model, (T, R), (R, 3), mask_ratio) -> Reconstruction (true, pred, r2, baselines)
     forecast_windows(model, (B, R, T), (R, 3), k) -> (B, R, k);  forecast_recordings(...) -> ForecastResult
-    probe(model, data, target) / run_probes(X, y, groups) -> ProbeResult (with the FC baseline)
+    probe(model, data, target) / run_probes(X, y, groups) -> ProbeResult (with the connectivity ladder)
+
+Every command scores the model next to the baseline ladder of :mod:`brainlm.evaluate.baselines`,
+fitted on the store's train split when there is one; the model kinds share one interface
+(``model.embed``, ``model.reconstruct``, ``model.forecast``), so nothing here asks which kind it has.
     finetune(model, store, target, FinetuneConfig(...)) -> FinetuneResult;  load_finetuned(folder)
     fingerprint(model, data) -> (summary, matches);  identify(first, second)
 """
@@ -36,10 +40,7 @@ from .fingerprint import fingerprint, identify
 from .loading import (
     Recordings,
     check_regions,
-    is_vitmae,
     load_model,
-    model_num_regions,
-    model_window,
     open_recordings,
     resolve_model_folder,
 )
@@ -49,7 +50,6 @@ from .probe import (
     ProbeResult,
     align_targets,
     fc_features,
-    functional_connectivity,
     load_targets,
     probe,
     run_probes,
@@ -57,13 +57,8 @@ from .probe import (
 from .reconstruct import (
     ForecastResult,
     Reconstruction,
-    ar_forecast,
-    forecast_noise,
     forecast_recordings,
     forecast_windows,
-    masking_noise,
-    persistence_forecast,
-    r2_per_region,
     reconstruct_recording,
     reconstruct_recordings,
 )
@@ -81,12 +76,11 @@ __all__ = [
     "read_embeddings", "window_starts", "write_embeddings",
     "BrainLMFinetuner", "FinetuneConfig", "FinetuneResult", "finetune", "load_finetuned", "save_finetuned",
     "fingerprint", "identify",
-    "Recordings", "check_regions", "is_vitmae", "load_model", "model_num_regions", "model_window",
-    "open_recordings", "resolve_model_folder",
+    "Recordings", "check_regions", "load_model", "open_recordings", "resolve_model_folder",
     "plot_fingerprint", "plot_forecast", "plot_reconstruction",
     "run_embed", "run_reconstruct", "run_forecast", "run_probe", "run_finetune", "run_fingerprint",
-    "PROBES", "ProbeResult", "align_targets", "fc_features", "functional_connectivity", "load_targets", "probe",
+    "PROBES", "ProbeResult", "align_targets", "fc_features", "load_targets", "probe",
     "run_probes",
-    "ForecastResult", "Reconstruction", "ar_forecast", "forecast_noise", "forecast_recordings", "forecast_windows",
-    "masking_noise", "persistence_forecast", "r2_per_region", "reconstruct_recording", "reconstruct_recordings",
+    "ForecastResult", "Reconstruction", "forecast_recordings", "forecast_windows", "reconstruct_recording",
+    "reconstruct_recordings",
 ]

@@ -29,20 +29,20 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from brainlm.distributed import (
+    autocast_context,
+    gather_in_order,
+    init_distributed,
+    rank_share,
+    resolve_device,
+    resolve_precision,
+)
 from brainlm.errors import UserError
 from brainlm.io import INDEX_COLUMNS, Embeddings
+from brainlm.progress import progress as progress_bar
 
-from .loading import (
-    Recordings,
-    _as_tensor,
-    check_regions,
-    is_vitmae,
-    load_model,
-    model_window,
-    open_recordings,
-)
+from .loading import Recordings, _as_tensor, check_regions, load_model, open_recordings
 
 __all__ = ["POOLINGS", "WINDOW_MODES", "embed_windows", "cls_attention", "window_starts", "embed_recordings", "embed"]
 
@@ -68,56 +68,31 @@ def embed_windows(
     pooling: str = "cls",
     average_regions: bool = False,
     attention: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Embed a batch of windows with masking off.
+    """Embed a batch of windows with masking off (``model.embed``, either model kind).
 
     Args:
-        model: ``BrainLMForPretraining`` or ``BrainLMViTMAE``.
+        model: a loaded model.
         signal_vectors: ``(B, R, T)`` windows (array or tensor).
         xyz_vectors: ``(B, R, 3)`` or ``(R, 3)`` coordinates.
         pooling: ``"cls"``, ``"mean"`` or ``"region_time"`` (module docstring).
         average_regions: with ``region_time``, also average over regions.
         attention: also return CLS attention per region, ``(B, R)``.
+        dtype: compute precision (autocast); outputs are float32.
 
     Returns:
         ``(B, D)`` or ``(B, R, D)`` float32 embeddings; with ``attention``, ``(emb, attn)``.
     """
     if pooling not in POOLINGS:
-        raise UserError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        raise UserError(f"--pooling must be one of {POOLINGS}, got {pooling!r}")
     x, xyz = _as_batch(signal_vectors, xyz_vectors)
     device = next(model.parameters()).device
-    x, xyz = x.to(device), xyz.to(device)
-    if is_vitmae(model):
-        if pooling == "region_time":
-            raise UserError("region_time pooling is not applicable to ViT-MAE models (their tokens are image patches); use 'cls' or 'mean'")
-        if attention:
-            raise UserError("CLS attention maps are only available for BrainLM models, not ViT-MAE")
-        return model.embed(x, pooling=pooling).float().cpu().numpy()
-    # Embeddings need the encoder only: masking off, no noise -> region-major tokens.
-    hidden, _, _, _, cls_attentions = model.forward_encoder(x, xyz, mask_ratio=0.0, output_cls_attentions=attention)
-    # hidden: (B, 1 + L, D)
-    B, R, T = x.shape
-    P = T // model.config.timepoint_patching_size
-    if pooling == "cls":
-        emb = hidden[:, 0]  # (B, D)
-    elif pooling == "mean":
-        emb = hidden[:, 1:].mean(1)  # (B, D)
-    else:
-        tokens = hidden[:, 1:].reshape(B, R, P, -1)  # (B, R, P, D)
-        emb = tokens.mean(2)  # (B, R, D)
-        if average_regions:
-            emb = emb.mean(1)  # (B, D)
-    emb = emb.float().cpu().numpy()
-    if not attention:
-        return emb
-    return emb, _token_attention(cls_attentions[-1], R, P).sum(-1).cpu().numpy()  # (B, R)
-
-
-def _token_attention(cls_attn: torch.Tensor, R: int, P: int) -> torch.Tensor:
-    """(B, H, 1 + L) CLS attention of one layer -> (B, R, P), head mean, renormalised over tokens."""
-    a = cls_attn.float().mean(1)[:, 1:]  # (B, L) drop the CLS token's attention to itself
-    a = a / a.sum(-1, keepdim=True)
-    return a.view(-1, R, P)  # (B, R, P)
+    with autocast_context(device, dtype):
+        out = model.embed(x.to(device), xyz.to(device), pooling=pooling, average_regions=average_regions,
+                          output_attentions=attention)
+    emb = out.embeddings.float().cpu().numpy()
+    return (emb, out.cls_attention.float().cpu().numpy()) if attention else emb
 
 
 @torch.no_grad()
@@ -128,14 +103,9 @@ def cls_attention(model: nn.Module, signal_vectors, xyz_vectors, layer: int = -1
         ``(B, R, P)``; each window's map sums to 1 over its R * P tokens (the CLS token's
         attention to itself is dropped and the rest renormalised).
     """
-    if is_vitmae(model):
-        raise UserError("CLS attention maps are only available for BrainLM models, not ViT-MAE")
     x, xyz = _as_batch(signal_vectors, xyz_vectors)
     device = next(model.parameters()).device
-    *_, cls_attentions = model.forward_encoder(x.to(device), xyz.to(device), mask_ratio=0.0, output_cls_attentions=True)
-    B, R, T = x.shape
-    P = T // model.config.timepoint_patching_size
-    return _token_attention(cls_attentions[layer], R, P).cpu().numpy()  # (B, R, P)
+    return model.cls_attention(x.to(device), xyz.to(device), layer).cpu().numpy()  # (B, R, P)
 
 
 def window_starts(num_timepoints: int, window: int, stride: int | None = None, mode: str = "sliding") -> np.ndarray:
@@ -160,12 +130,16 @@ def embed_recordings(
     stride: int | None = None,
     batch_size: int = 32,
     attention: bool = False,
+    precision: str = "fp32",
     progress: bool = True,
-) -> Embeddings:
+) -> Embeddings | None:
     """Embed every recording of ``recordings`` window by window (batched across recordings).
 
+    Under ``torchrun`` each process embeds every world-size-th recording and rank 0 returns
+    the whole table, in recording order, as one process would (other ranks return None).
+
     Args:
-        model: a loaded model.
+        model: a loaded model (on the device to use).
         recordings: from :func:`open_recordings`.
         pooling, average_regions: see :func:`embed_windows`.
         windows: ``"first"``, ``"sliding"`` or ``"average"``.
@@ -173,56 +147,69 @@ def embed_recordings(
         stride: step of sliding windows (default: ``window``).
         batch_size: windows per forward pass.
         attention: also compute CLS attention per region.
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (:func:`brainlm.distributed.resolve_precision`).
         progress: show a progress bar.
 
     Returns:
         ``Embeddings``; recordings shorter than ``window`` are listed in ``skipped``.
     """
     check_regions(model, recordings.num_regions, recordings.source)
-    window = window or model_window(model)
+    window = window or model.window_length
     if windows not in WINDOW_MODES:
-        raise UserError(f"windows must be one of {WINDOW_MODES}, got {windows!r}")
-    rows, embs, attns, skipped = [], [], [], []
-    batch, batch_rows = [], []
+        raise UserError(f"--windows must be one of {WINDOW_MODES}, got {windows!r}")
+    dtype = resolve_precision(precision, next(model.parameters()).device)
+    mine = rank_share(len(recordings))
+    batch: list[np.ndarray] = []
+    owners: list[tuple[int, int]] = []  # (recording index, window number) of each queued window
+    done: dict[int, list] = {i: [] for i in mine}
 
-    def flush():
-        if not batch:
-            return
-        res = embed_windows(model, np.stack(batch), recordings.coords, pooling, average_regions, attention)
-        e, a = res if attention else (res, None)
-        embs.append(e)
-        if a is not None:
-            attns.append(a)
-        rows.extend(batch_rows)
-        batch.clear()
-        batch_rows.clear()
+    def flush() -> None:
+        if batch:
+            res = embed_windows(model, np.stack(batch), recordings.coords, pooling, average_regions, attention, dtype)
+            e, a = res if attention else (res, None)
+            for j, (i, _) in enumerate(owners):
+                done[i].append((e[j], None if a is None else a[j]))
+            batch.clear()
+            owners.clear()
 
-    for meta, ts in tqdm(recordings, total=len(recordings), desc="embed", disable=not progress):
-        starts = window_starts(len(ts), window, stride, windows)
-        if len(starts) == 0:
-            skipped.append(meta["recording_id"])
-            continue
-        for w, t0 in enumerate(starts):
+    starts_of: dict[int, np.ndarray] = {}
+    for i in progress_bar(mine, enabled=progress, desc="embed", unit="rec"):
+        ts = recordings.load(i)
+        starts_of[i] = window_starts(len(ts), window, stride, windows)
+        for w, t0 in enumerate(starts_of[i]):
             batch.append(ts[t0 : t0 + window].T)  # (R, T)
-            batch_rows.append({**meta, "window": w, "window_start": int(t0)})
+            owners.append((i, w))
             if len(batch) >= batch_size:
                 flush()
     flush()
-    if not rows:
-        raise UserError(f"no recording of {recordings.source} holds a window of {window} timepoints")
-    X = np.concatenate(embs)
-    A = np.concatenate(attns) if attention else None
-    index = pd.DataFrame(rows)[INDEX_COLUMNS]
+    local = [(i, _recording_rows(recordings.meta[i], starts_of[i], done[i], windows)) for i in mine]
+    gathered = gather_in_order(local)
+    if gathered is None:
+        return None
+    return _assemble(gathered, recordings, window, pooling, attention)
+
+
+def _recording_rows(meta: dict, starts: np.ndarray, outputs: list, windows: str):
+    """Index rows and vectors of one recording (one averaged row with ``windows="average"``)."""
+    if len(starts) == 0:
+        return meta["recording_id"], [], None, None
+    X = np.stack([e for e, _ in outputs])
+    A = np.stack([a for _, a in outputs]) if outputs[0][1] is not None else None
     if windows == "average":
-        keys = index["recording_id"].to_numpy()
-        order = list(dict.fromkeys(keys))
-        pos = [np.flatnonzero(keys == k) for k in order]
-        X = np.stack([X[p].mean(0) for p in pos])
-        A = np.stack([A[p].mean(0) for p in pos]) if A is not None else None
-        index = index.iloc[[p[0] for p in pos]].reset_index(drop=True)
-        index["window"] = -1
-        index["window_start"] = -1
-    return Embeddings(X.astype(np.float32), index.reset_index(drop=True), A, pooling, skipped)
+        return meta["recording_id"], [{**meta, "window": -1, "window_start": -1}], X.mean(0, keepdims=True), (
+            None if A is None else A.mean(0, keepdims=True))
+    rows = [{**meta, "window": w, "window_start": int(t0)} for w, t0 in enumerate(starts)]
+    return meta["recording_id"], rows, X, A
+
+
+def _assemble(per_recording: list, recordings: Recordings, window: int, pooling: str, attention: bool) -> Embeddings:
+    rows = [row for _, r, _, _ in per_recording for row in r]
+    if not rows:
+        raise UserError(f"no recording of {recordings.source} holds a window of {window} timepoints (--window)")
+    X = np.concatenate([x for _, r, x, _ in per_recording if r]).astype(np.float32)
+    A = np.concatenate([a for _, r, _, a in per_recording if r]) if attention else None
+    skipped = [rid for rid, r, _, _ in per_recording if not r]
+    return Embeddings(X, pd.DataFrame(rows)[INDEX_COLUMNS], A, pooling, skipped)
 
 
 def embed(
@@ -231,8 +218,9 @@ def embed(
     *,
     split: str | None = None,
     coords=None,
+    device: str = "cpu",
     **kwargs,
-) -> Embeddings:
+) -> Embeddings | None:
     """Load a model (if given a path) and embed a store or files; see :func:`embed_recordings`.
 
     Args:
@@ -240,7 +228,10 @@ def embed(
         data: a store (path or ``Store``) or time-series files.
         split: store split, None for all.
         coords: coordinates for files.
+        device: where a loaded model runs (``"auto"``: this process's GPU under torchrun, if any).
         **kwargs: passed to :func:`embed_recordings`.
     """
-    model = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    model = model_or_path
+    if isinstance(model_or_path, (str, os.PathLike)):
+        model = load_model(model_or_path, map_location=resolve_device(device, init_distributed().local_rank))
     return embed_recordings(model.eval(), open_recordings(data, split, coords), **kwargs)

@@ -32,13 +32,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from brainlm.checkpoint import save_pretrained
 from brainlm.errors import MissingInputError, OutputExistsError, UserError
 from brainlm.evaluate.protocol import EarlyStopping, infer_task
 from brainlm.io import atomic_write, atomic_write_json, normalize_subject_id
 from brainlm.model import BrainLMForPretraining
 from brainlm.progress import progress as progress_bar
 
-from .loading import _as_tensor, check_regions, is_vitmae, load_model, model_window
+from .loading import _as_tensor, check_regions, load_model
 
 __all__ = ["FinetuneConfig", "BrainLMFinetuner", "FinetuneResult", "finetune", "save_finetuned", "load_finetuned"]
 
@@ -99,9 +100,8 @@ class BrainLMFinetuner(nn.Module):
         self.info: dict = {"num_outputs": num_outputs, "hidden": hidden, "dropout": dropout, "pooling": pooling}
 
     def pool(self, signal_vectors: torch.Tensor, xyz_vectors: torch.Tensor) -> torch.Tensor:
-        """The encoder's pooled output, ``(B, D)``."""
-        latent, *_ = self.backbone.forward_encoder(signal_vectors, xyz_vectors, mask_ratio=0.0)  # (B, 1 + L, D)
-        return latent[:, 0] if self.pooling == "cls" else latent[:, 1:].mean(1)  # (B, D)
+        """The encoder's pooled output, ``(B, D)`` (masking off)."""
+        return self.backbone.embed(signal_vectors, xyz_vectors, pooling=self.pooling).embeddings  # (B, D)
 
     def forward(self, signal_vectors: torch.Tensor, xyz_vectors: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(signal_vectors, xyz_vectors))  # (B, C)
@@ -233,12 +233,12 @@ def finetune(
     if out_dir is not None and (Path(out_dir) / "config.json").exists() and not overwrite:
         raise OutputExistsError(f"{out_dir} already holds a checkpoint; pass overwrite=True / --overwrite")
     backbone = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
-    if is_vitmae(backbone):
+    if not isinstance(backbone, BrainLMForPretraining):
         raise UserError("fine-tuning is implemented for BrainLM models, not the released ViT-MAE models")
     store = store if isinstance(store, Store) else open_store(store)
     check_regions(backbone, store.num_regions, str(store.path))
     targets = load_targets(targets_file if targets_file is not None else store, target, subject_column)
-    window = config.window or model_window(backbone)
+    window = config.window or backbone.window_length
     stride = config.stride or max(1, window // 2)
     xtr, ytr, miss_tr = _windows(store, config.train_split, window, stride, targets)
     xva, yva, miss_va = _windows(store, config.val_split, window, stride, targets)
@@ -315,7 +315,7 @@ def save_finetuned(model: BrainLMFinetuner, folder: str | os.PathLike, overwrite
     folder = Path(folder)
     if (folder / "config.json").exists() and not overwrite:
         raise OutputExistsError(f"{folder} already holds a checkpoint; pass overwrite=True")
-    model.backbone.save_pretrained(folder)
+    save_pretrained(model.backbone, folder)
     head = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
     atomic_write(folder / "head.safetensors", lambda tmp: save_file(head, str(tmp)))
     atomic_write_json(folder / "head.json", json.loads(json.dumps(model.info, default=str)), sort_keys=True)

@@ -1,10 +1,12 @@
 """Subject identification ("fingerprinting") from one half of a recording to the other.
 
 For each subject (its first recording), the timepoints are split into a first and a second
-half. Features of each half: the mean embedding of the sliding windows inside it, or the
-functional connectivity of the half (upper triangle of the region correlation matrix).
-Each second-half feature vector is assigned the subject of the most correlated (Pearson)
-first-half vector; accuracy is the fraction assigned correctly, chance is 1 / S.
+half. Features of each half: the mean BrainLM embedding of the sliding windows inside it, and
+the connectivity ladder of :mod:`brainlm.evaluate.baselines` computed on the same half:
+Pearson FC, partial-correlation FC and tangent-space FC (nilearn's ``ConnectivityMeasure``;
+the tangent reference is the mean over all halves and uses no identities). Each
+second-half vector is assigned the subject of the most correlated (Pearson) first-half
+vector; accuracy is the fraction assigned correctly, chance is 1 / S.
 """
 
 from __future__ import annotations
@@ -14,17 +16,16 @@ import os
 import numpy as np
 import pandas as pd
 
+from brainlm.distributed import resolve_precision
 from brainlm.errors import UserError
+from brainlm.evaluate.baselines import (
+    BASELINE_LABELS,
+    CONNECTIVITY_FEATURES,
+    connectivity_features,
+)
 
 from .embed import embed_windows, window_starts
-from .loading import (
-    Recordings,
-    check_regions,
-    load_model,
-    model_window,
-    open_recordings,
-)
-from .probe import functional_connectivity
+from .loading import Recordings, check_regions, load_model, open_recordings
 
 __all__ = ["identify", "fingerprint"]
 
@@ -46,6 +47,24 @@ def identify(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return corr.argmax(1)
 
 
+def _halves(recs: Recordings, window: int) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """Subjects (first recording each) and the two halves of their recordings."""
+    subjects, first, second = [], [], []
+    for meta, ts in recs:
+        if meta["subject_id"] in subjects:
+            continue
+        half = len(ts) // 2
+        if half < window:
+            raise UserError(f"{meta['recording_id']}: half of its {len(ts)} timepoints is shorter than a window of "
+                            f"{window}; pass a smaller --window")
+        subjects.append(meta["subject_id"])
+        first.append(ts[:half])
+        second.append(ts[half : 2 * half])
+    if len(subjects) < 2:
+        raise UserError("fingerprinting needs at least two subjects")
+    return subjects, first, second
+
+
 def fingerprint(
     model_or_path,
     data,
@@ -57,8 +76,10 @@ def fingerprint(
     window: int | None = None,
     stride: int | None = None,
     batch_size: int = 32,
+    connectivity: tuple[str, ...] = tuple(CONNECTIVITY_FEATURES),
+    precision: str = "fp32",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Subject identification accuracy of embeddings and of functional connectivity.
+    """Subject identification accuracy of embeddings and of the connectivity ladder.
 
     Args:
         model_or_path: a model or anything ``load_model`` accepts.
@@ -69,44 +90,40 @@ def fingerprint(
             instead of their average over regions.
         window: timepoints per window (default: the model's); each half must hold one.
         stride: step of the sliding windows inside each half (default ``window // 2``).
+        connectivity: connectivity features to compare with (``fc``, ``fc_partial``, ``fc_tangent``).
+        precision: compute precision of the embeddings (``auto``, ``fp32``, ``bf16``, ``fp16``).
 
     Returns:
-        ``summary`` (one row per feature kind: ``accuracy``, ``chance``, ``num_subjects``) and
-        ``matches`` (one row per subject and feature kind: ``subject_id``, ``identified_as``).
-
-    Raises:
-        ValueError: fewer than two subjects, or a half shorter than one window.
+        ``summary`` (one row per feature kind: ``features``, ``label``, ``accuracy``,
+        ``chance``, ``num_subjects``) and ``matches`` (one row per subject and feature kind).
     """
     model = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
     model.eval()
-    recs: Recordings = open_recordings(data, split, coords)
+    recs = open_recordings(data, split, coords)
     check_regions(model, recs.num_regions, recs.source)
-    window = window or model_window(model)
+    window = window or model.window_length
     stride = stride or max(1, window // 2)
-    subjects, emb, fc = [], {0: [], 1: []}, {0: [], 1: []}
-    seen = set()
-    for meta, ts in recs:
-        if meta["subject_id"] in seen:
-            continue
-        half = len(ts) // 2
-        if half < window:
-            raise UserError(f"{meta['recording_id']}: half of its {len(ts)} timepoints is shorter than a window of {window}; pass a smaller window")
-        seen.add(meta["subject_id"])
-        subjects.append(meta["subject_id"])
-        for h, part in enumerate((ts[:half], ts[half : 2 * half])):
-            wins = np.stack([part[t0 : t0 + window].T for t0 in window_starts(len(part), window, stride)])  # (n, R, T)
-            e = np.concatenate([embed_windows(model, wins[s : s + batch_size], recs.coords, pooling, not keep_regions)
-                                for s in range(0, len(wins), batch_size)])
-            emb[h].append(e.mean(0))
-            fc[h].append(functional_connectivity(part))
-    if len(subjects) < 2:
-        raise UserError("fingerprinting needs at least two subjects")
+    subjects, first, second = _halves(recs, window)
+    dtype = resolve_precision(precision, next(model.parameters()).device)
+    name = pooling + ("_regions" if keep_regions and pooling == "region_time" else "")
+    feats = {"brainlm": tuple(np.stack([_embed_half(model, part, recs.coords, pooling, keep_regions, window, stride,
+                                                    batch_size, dtype) for part in parts]) for parts in (first, second))}
+    for kind in connectivity:
+        both = connectivity_features(first + second, kind)  # one reference (tangent) for all halves
+        feats[kind] = (both[: len(first)], both[len(first):])
     S = len(subjects)
     summary, matches = [], []
-    for kind, feats in (("brainlm", emb), ("fc", fc)):
-        ident = identify(np.stack(feats[0]), np.stack(feats[1]))
-        summary.append({"features": kind, "accuracy": float((ident == np.arange(S)).mean()), "chance": 1.0 / S,
-                        "num_subjects": S, "window": window, "pooling": (pooling + ("_regions" if keep_regions and pooling == "region_time" else ""))
-                        if kind == "brainlm" else "fc"})
+    for kind, (a, b) in feats.items():
+        ident = identify(a, b)
+        summary.append({"features": kind, "label": f"BrainLM ({name})" if kind == "brainlm" else BASELINE_LABELS[kind],
+                        "accuracy": float((ident == np.arange(S)).mean()), "chance": 1.0 / S, "num_subjects": S,
+                        "window": window, "pooling": name if kind == "brainlm" else kind})
         matches += [{"features": kind, "subject_id": s, "identified_as": subjects[i]} for s, i in zip(subjects, ident)]
     return pd.DataFrame(summary), pd.DataFrame(matches)
+
+
+def _embed_half(model, part: np.ndarray, coords, pooling, keep_regions, window, stride, batch_size, dtype) -> np.ndarray:
+    wins = np.stack([part[t0 : t0 + window].T for t0 in window_starts(len(part), window, stride)])  # (n, R, T)
+    e = np.concatenate([embed_windows(model, wins[s : s + batch_size], coords, pooling, not keep_regions, dtype=dtype)
+                        for s in range(0, len(wins), batch_size)])
+    return e.mean(0)

@@ -1,6 +1,8 @@
 """One way in for every kind of model folder, and the data it is applied to.
 
-``load_model(path_or_id)`` accepts:
+``load_model(path_or_id)`` accepts the folders below and returns a model with the interface
+both model kinds share (``num_regions``, ``window_length``, ``num_tokens``, ``embed``,
+``reconstruct``, ``forecast``, ``cls_attention``), so nothing downstream asks which kind it has:
 
 - our checkpoint folders (``config.json`` with ``model_type: brainlm`` + ``model.safetensors``),
   including fine-tuned folders written by :func:`brainlm.downstream.save_finetuned` (the
@@ -34,12 +36,10 @@ from brainlm.errors import MissingInputError, UserError
 __all__ = [
     "load_model",
     "resolve_model_folder",
-    "model_num_regions",
-    "model_window",
     "check_regions",
-    "is_vitmae",
     "Recordings",
     "open_recordings",
+    "training_recordings",
 ]
 
 _STEP = re.compile(r"^step_(\d+)$")
@@ -50,11 +50,6 @@ def _as_tensor(a) -> torch.Tensor:
     if torch.is_tensor(a):
         return a.detach().float()
     return torch.from_numpy(np.array(a, dtype=np.float32))
-
-
-def is_vitmae(model: nn.Module) -> bool:
-    """Whether ``model`` is a released ViT-MAE model (``brainlm.vitmae.BrainLMViTMAE``)."""
-    return type(model).__name__ == "BrainLMViTMAE"
 
 
 def resolve_model_folder(path: str | os.PathLike) -> Path:
@@ -110,23 +105,9 @@ def load_model(path_or_id: str | os.PathLike, map_location: str | torch.device =
     return load_pretrained(folder, map_location=map_location)
 
 
-def model_num_regions(model: nn.Module) -> int:
-    """R the model was trained for: ``config.num_brain_voxels``, or 424 for ViT-MAE."""
-    if is_vitmae(model):
-        return int(model.num_regions)
-    return int(model.config.num_brain_voxels)
-
-
-def model_window(model: nn.Module) -> int:
-    """Timepoints per window the model was trained on (``num_timepoints_per_voxel``; 200 for ViT-MAE)."""
-    if is_vitmae(model):
-        return int(model.window_length)
-    return int(model.config.num_timepoints_per_voxel)
-
-
 def check_regions(model: nn.Module, num_regions: int, what: str = "the data") -> None:
     """Raise ``ValueError`` naming both counts when the model and the data disagree on R."""
-    expected = model_num_regions(model)
+    expected = int(model.num_regions)
     if expected != int(num_regions):
         raise UserError(
             f"region mismatch: the model was trained on {expected} regions but {what} has {num_regions}; "
@@ -202,17 +183,18 @@ def open_recordings(
     if not files:
         raise UserError("no recordings given")
     if coords is None:
-        raise UserError("time-series files need region coordinates (coords=... / --coords)")
+        raise UserError("time-series files need region coordinates: pass --coords")
     if isinstance(coords, (str, os.PathLike)):
         from brainlm.data import read_coordinates
 
-        xyz = read_coordinates(coords)
-        xyz = xyz[0] if isinstance(xyz, tuple) else xyz
+        xyz = read_coordinates(coords)[0]
     else:
         xyz = coords
     xyz = np.asarray(xyz, dtype=np.float32)
     if xyz.ndim != 2 or xyz.shape[1] != 3:
-        raise UserError(f"coords must be (R, 3), got shape {xyz.shape}")
+        raise UserError(f"--coords must give (R, 3) coordinates, got shape {xyz.shape}")
+    if not np.isfinite(xyz).all():
+        raise UserError(f"--coords: {int((~np.isfinite(xyz).all(1)).sum())} regions have non-finite coordinates")
     return _file_recordings(files, xyz)
 
 
@@ -231,3 +213,16 @@ def _file_recordings(files: Sequence, xyz: np.ndarray) -> Recordings:
         meta.append(m)
     paths = [Path(f) for f in files]
     return Recordings(xyz, meta, lambda i: read_timeseries(paths[i], num_regions=len(xyz)), f"{len(files)} files")
+
+
+def training_recordings(data) -> Recordings | None:
+    """The train split of ``data`` when it is a store (what baselines may be fitted on), else None."""
+    from brainlm.data import Store, open_store
+
+    if isinstance(data, Recordings):
+        return None
+    if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
+        data = open_store(data)
+    if isinstance(data, Store) and "train" in data.manifest["splits"] and len(data.split_index("train")):
+        return open_recordings(data, "train")
+    return None

@@ -5,9 +5,8 @@ one value per subject. Every row of a subject shares its target and its fold.
 
 Protocol (``run_probes``):
 
-- Outer cross-validation grouped by subject: ``GroupKFold`` (regression) or
-  ``StratifiedGroupKFold`` (classification), shuffled with ``seed``; no subject is in both
-  the training and the test part of a fold (checked).
+- Outer cross-validation grouped by subject (:func:`brainlm.evaluate.protocol.subject_folds`):
+  no subject is in both the training and the test part of a fold (checked).
 - Nested hyper-parameter choice: inside each outer training part, ``GridSearchCV`` with the
   same kind of subject-grouped folds (``inner_splits``, fewer when there are few subjects).
   Features are standardised inside the pipeline.
@@ -23,9 +22,11 @@ must agree) or a TSV/CSV keyed by subject (``subject_id`` or ``participant_id`` 
 reported**: listed in ``ProbeResult.missing_subjects`` and in a warning. ``task="auto"``
 chooses classification for text, boolean or two-valued targets, regression otherwise.
 
-Functional connectivity baseline (``fc_features``): the upper triangle (diagonal excluded) of
-the Pearson correlation matrix of the regions over a window, ``R (R - 1) / 2`` values; for
-per-recording rows the window matrices are averaged, exactly as the embeddings are.
+Connectivity baselines (``fc_features``, the ladder of :mod:`brainlm.evaluate.baselines`): the
+upper triangle (diagonal excluded) of the Pearson correlation (``fc``), partial correlation
+(``fc_partial``) or tangent-space (``fc_tangent``) connectivity of the regions over a window,
+``R (R - 1) / 2`` values; for per-recording rows the window vectors are averaged, exactly as
+the embeddings are. The same probes run on each, beside the embeddings.
 """
 
 from __future__ import annotations
@@ -37,18 +38,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from brainlm.errors import UserError
+from brainlm.evaluate.baselines import CONNECTIVITY_FEATURES, connectivity_features
 from brainlm.evaluate.protocol import SubjectBootstrap, infer_task, subject_folds
 from brainlm.io import Embeddings, normalize_subject_id, read_subject_table
+from brainlm.progress import progress as progress_bar
 
 from .embed import embed_recordings, window_starts
 from .loading import Recordings, load_model, open_recordings
 
 __all__ = [
     "PROBES",
-    "functional_connectivity",
     "fc_features",
     "load_targets",
     "align_targets",
@@ -60,46 +61,40 @@ __all__ = [
 PROBES = ("dummy", "ridge", "knn", "svm", "mlp")
 
 
-def functional_connectivity(timeseries: np.ndarray) -> np.ndarray:
-    """Upper triangle (k = 1) of the region correlation matrix: ``(T, R)`` -> ``(R (R - 1) / 2,)``.
-
-    A constant region has no correlation; its entries are 0.
-    """
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = np.corrcoef(np.asarray(timeseries, np.float64).T)  # (R, R)
-    iu = np.triu_indices(c.shape[0], k=1)
-    return np.nan_to_num(c[iu]).astype(np.float32)
-
-
 def fc_features(
     recordings: Recordings,
     *,
     window: int,
     windows: str = "average",
     stride: int | None = None,
+    kind: str = "correlation",
     progress: bool = False,
 ) -> Embeddings:
-    """Functional connectivity of the same windows ``embed_recordings`` would use.
+    """Connectivity (``kind``: correlation, partial correlation, tangent) of the same windows
+    ``embed_recordings`` would use; per-recording rows average the window vectors.
 
     Returns:
         ``Embeddings`` with ``X`` of shape ``(N, R (R - 1) / 2)`` and the same index.
     """
-    rows, feats = [], []
-    for meta, ts in tqdm(recordings, total=len(recordings), desc="fc", disable=not progress):
+    rows, series, owner = [], [], []
+    for meta, ts in progress_bar(recordings, enabled=progress, total=len(recordings), desc=f"{kind}", unit="rec"):
         starts = window_starts(len(ts), window, stride, windows)
         if len(starts) == 0:
             continue
-        f = np.stack([functional_connectivity(ts[t0 : t0 + window]) for t0 in starts])
+        series += [ts[t0 : t0 + window] for t0 in starts]
         if windows == "average":
-            feats.append(f.mean(0, keepdims=True))
+            owner += [len(rows)] * len(starts)
             rows.append({**meta, "window": -1, "window_start": -1})
         else:
-            feats.append(f)
+            owner += list(range(len(rows), len(rows) + len(starts)))
             rows += [{**meta, "window": w, "window_start": int(t0)} for w, t0 in enumerate(starts)]
     if not rows:
-        raise UserError(f"no recording of {recordings.source} holds a window of {window} timepoints")
+        raise UserError(f"no recording of {recordings.source} holds a window of {window} timepoints (--window)")
+    per_window = connectivity_features(series, kind)  # (windows, F)
+    owner = np.asarray(owner)
+    X = np.stack([per_window[owner == i].mean(0) for i in range(len(rows))])
     index = pd.DataFrame(rows)[["recording_id", "subject_id", "session_id", "run_id", "window", "window_start"]]
-    return Embeddings(np.concatenate(feats), index, pooling="fc")
+    return Embeddings(X.astype(np.float32), index, pooling=kind)
 
 
 def load_targets(source, column: str, subject_column: str | None = None) -> pd.Series:
@@ -388,11 +383,13 @@ def probe(
     window: int | None = None,
     stride: int | None = None,
     fc_baseline: bool = True,
+    connectivity: tuple[str, ...] = tuple(CONNECTIVITY_FEATURES),
     batch_size: int = 32,
     progress: bool = True,
+    precision: str = "fp32",
     **probe_kwargs,
 ) -> ProbeResult:
-    """Frozen-embedding probes and the same probes on functional connectivity, side by side.
+    """Frozen-embedding probes and the same probes on the connectivity ladder, side by side.
 
     Args:
         model_or_path: a model or anything ``load_model`` accepts.
@@ -404,28 +401,29 @@ def probe(
         coords: coordinates for time-series files.
         pooling, windows, window, stride, batch_size: as :func:`embed_recordings`
             (``region_time`` embeddings are averaged over regions).
-        fc_baseline: also probe the functional-connectivity baseline.
+        fc_baseline: also probe the connectivity baselines.
+        connectivity: which (``fc`` Pearson, ``fc_partial``, ``fc_tangent``; see
+            :func:`brainlm.evaluate.baselines.connectivity_features`; the tangent reference
+            is the mean over all windows and uses no targets).
         **probe_kwargs: passed to :func:`run_probes` (task, probes, n_splits, ...).
 
     Returns:
-        ``ProbeResult`` with ``features`` = ``"brainlm"`` and ``"fc"`` rows.
+        ``ProbeResult`` with ``features`` = ``"brainlm"``, ``"fc"``, ``"fc_partial"``, ``"fc_tangent"`` rows.
     """
-    from .loading import model_window
-
     model = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
     recs = open_recordings(data, split, coords)
     if targets_file is None:
         if isinstance(data, (list, tuple)):
-            raise UserError("time-series files carry no phenotypes: pass targets_file")
+            raise UserError("time-series files carry no phenotypes: pass --targets")
         targets = load_targets(data, target)
     else:
         targets = load_targets(targets_file, target, subject_column)
-    window = window or model_window(model)
+    window = window or model.window_length
     emb = embed_recordings(model.eval(), recs, pooling=pooling, average_regions=True, windows=windows,
-                           window=window, stride=stride, batch_size=batch_size, progress=progress)
+                           window=window, stride=stride, batch_size=batch_size, progress=progress, precision=precision)
     feats = {"brainlm": emb}
-    if fc_baseline:
-        feats["fc"] = fc_features(recs, window=window, windows=windows, stride=stride)
+    for kind in connectivity if fc_baseline else ():
+        feats[kind] = fc_features(recs, window=window, windows=windows, stride=stride, kind=kind)
     y, keep, missing = align_targets(emb.index, targets)
     if missing:
         warnings.warn(f"{len(missing)} subjects have no {target!r} target and are left out: {missing}", stacklevel=2)

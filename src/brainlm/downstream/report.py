@@ -2,16 +2,33 @@
 
 Every function claims its output first (:func:`brainlm.io.output_folder`: a lock against a
 second writer, and existing outputs kept unless ``overwrite=True``), before any computation,
-so a bad call leaves earlier results as they were. Files are written atomically.
+so a bad call leaves earlier results as they were. Files are written atomically. Under
+``torchrun`` the work is split across processes and rank 0 writes.
+
+Every number is printed next to the baseline ladder, fitted on the store's train split when
+the data are a store (the connectivity fill, AR and VAR need one).
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pandas as pd
 
+from brainlm.distributed import (
+    destroy_distributed,
+    init_distributed,
+    is_main_process,
+    resolve_device,
+    share_errors,
+)
+from brainlm.evaluate.baselines import (
+    BASELINE_LABELS,
+    ForecastBaselines,
+    ReconstructionBaselines,
+)
 from brainlm.io import (
     OutputLock,
     atomic_write_text,
@@ -24,7 +41,7 @@ from brainlm.io import (
 from .embed import embed
 from .finetune import FinetuneConfig, finetune
 from .fingerprint import fingerprint
-from .loading import load_model, open_recordings
+from .loading import load_model, open_recordings, training_recordings
 from .plots import plot_fingerprint, plot_forecast, plot_reconstruction
 from .probe import probe
 from .reconstruct import forecast_recordings, reconstruct_recordings
@@ -32,55 +49,114 @@ from .reconstruct import forecast_recordings, reconstruct_recordings
 __all__ = ["run_embed", "run_reconstruct", "run_forecast", "run_probe", "run_finetune", "run_fingerprint"]
 
 
-def run_embed(checkpoint, data, out, *, overwrite: bool = False, split=None, coords=None, **kwargs) -> Path:
-    """Embed and write ``out`` (``.parquet``, ``.csv``/``.tsv``, or ``.npy`` + ``.index.tsv``); returns ``out``."""
+@contextmanager
+def _claim(path, outputs=(), *, overwrite: bool, file: bool = False):
+    """Claim an output (lock, overwrite policy) on rank 0; its refusal is raised on every rank."""
+    with ExitStack() as stack:
+        def claim():
+            if not is_main_process():
+                return
+            if file:
+                stack.enter_context(OutputLock(path, what="output file"))
+                check_overwrite([path], overwrite)
+            else:
+                stack.enter_context(output_folder(path, outputs, overwrite=overwrite))
+
+        share_errors(claim)
+        yield Path(path)
+
+
+def _load(checkpoint, device: str):
+    """The model on this process's device (its own GPU under torchrun)."""
+    return load_model(checkpoint, map_location=resolve_device(device, init_distributed().local_rank))
+
+
+def run_embed(checkpoint, data, out, *, overwrite: bool = False, split=None, coords=None, device: str = "cpu",
+              **kwargs) -> Path:
+    """Embed and write ``out`` (``.parquet``, ``.csv``/``.tsv``, or ``.npy`` + ``.index.tsv``); returns ``out``.
+
+    Under ``torchrun`` every process embeds its share of the recordings and rank 0 writes
+    one table, identical to a single process's.
+    """
     out = Path(out)
-    with OutputLock(out, what="embedding table"):
-        check_overwrite([out], overwrite)
-        emb = embed(checkpoint, data, split=split, coords=coords, **kwargs)
-        write_embeddings(emb, out, overwrite=overwrite)
-    for rid in emb.skipped:
-        print(f"skipped (shorter than one window): {rid}")
+    init_distributed()
+    try:
+        with _claim(out, overwrite=overwrite, file=True):
+            emb = embed(_load(checkpoint, device), data, split=split, coords=coords, **kwargs)
+            if emb is not None:
+                write_embeddings(emb, out, overwrite=overwrite)
+                for rid in emb.skipped:
+                    print(f"skipped (shorter than one window): {rid}")
+    finally:
+        destroy_distributed()
     return out
 
 
 def run_reconstruct(checkpoint, data, out_dir, *, split=None, coords=None, overwrite=False, plot_recordings: int = 1,
-                    **kwargs) -> pd.DataFrame:
-    """Reconstruct every recording; write ``r2_per_region.csv``, ``summary.csv`` and plots.
-
-    Returns:
-        summary: one row per recording with the median and mean R^2 over regions.
-    """
-    with output_folder(out_dir, ["r2_per_region.csv", "summary.csv"], overwrite=overwrite) as out:
-        model = load_model(checkpoint)
-        recs = open_recordings(data, split, coords)
-        table, results = reconstruct_recordings(model, recs, **kwargs)
-        summary = table.groupby("recording_id", sort=False)["r2"].agg(["median", "mean"]).reset_index()
-        summary.columns = ["recording_id", "r2_median", "r2_mean"]
-        write_csv(table, out / "r2_per_region.csv")
-        write_csv(summary, out / "summary.csv")
-        names = getattr(recs, "region_names", None)
-        for rid in list(results)[:plot_recordings]:
-            plot_reconstruction(results[rid], out / f"reconstruction_{rid}.png", region_names=names,
-                                title=f"{rid}: mask ratio {kwargs.get('mask_ratio', 0.5)}")
+                    device: str = "cpu", precision: str = "fp32", **kwargs) -> pd.DataFrame | None:
+    """Reconstruct every recording; write ``r2_per_region.csv``, ``summary.csv`` (the model and the
+    baselines per recording) and plots. Returns the summary (None on ranks other than 0)."""
+    init_distributed()
+    try:
+        with _claim(out_dir, ["r2_per_region.csv", "summary.csv"], overwrite=overwrite) as out:
+            recs = open_recordings(data, split, coords)
+            train = training_recordings(data)
+            baselines = ReconstructionBaselines().fit(x for _, x in train) if train is not None else ReconstructionBaselines()
+            result = reconstruct_recordings(_load(checkpoint, device), recs, baselines=baselines, precision=precision,
+                                            keep=plot_recordings, **kwargs)
+            if result is None:
+                return None
+            table, results = result
+            summary = table.groupby("recording_id", sort=False)["r2"].agg(["median", "mean"]).reset_index()
+            summary.columns = ["recording_id", "r2_median", "r2_mean"]
+            scores = pd.DataFrame.from_dict(table.attrs["scores"], orient="index").add_suffix("_r2_masked")
+            summary = summary.join(scores, on="recording_id")
+            write_csv(table, out / "r2_per_region.csv")
+            write_csv(summary, out / "summary.csv")
+            for rid, rec in results.items():
+                plot_reconstruction(rec, out / f"reconstruction_{rid}.png", region_names=recs.region_names,
+                                    title=f"{rid}: mask ratio {kwargs.get('mask_ratio', 0.5)}")
+    finally:
+        destroy_distributed()
+    _print_scores(summary, baselines)
     return summary
 
 
-def run_forecast(checkpoint, data, out_dir, k: int, *, split=None, coords=None, overwrite=False, **kwargs) -> pd.DataFrame:
+def _print_scores(summary: pd.DataFrame, baselines: ReconstructionBaselines) -> None:
+    pooled = {name: summary[f"{name}_r2_masked"].mean() for name in ("model", *baselines.names)}
+    best = max((n for n in pooled if n != "model"), key=pooled.get)
+    print(summary.to_string(index=False))
+    print("mean masked R^2 over recordings: " + ", ".join(
+        f"{'BrainLM' if n == 'model' else BASELINE_LABELS[n]} {v:.3f}" for n, v in pooled.items()))
+    verdict = "beats" if pooled["model"] > pooled[best] else "does NOT beat"
+    print(f"BrainLM {verdict} the strongest baseline ({BASELINE_LABELS[best]})"
+          + ("" if "conn" in pooled else "; pass a store for the connectivity fill (fitted on its train split)"))
+
+
+def run_forecast(checkpoint, data, out_dir, k: int, *, split=None, coords=None, overwrite=False, ar_order: int = 3,
+                 device: str = "cpu", **kwargs) -> pd.DataFrame:
     """Forecast the last k timepoints of each window; write ``forecast_metrics.csv`` and a plot."""
     with output_folder(out_dir, ["forecast_metrics.csv", "forecast.png"], overwrite=overwrite) as out:
-        result = forecast_recordings(load_model(checkpoint), open_recordings(data, split, coords), k, **kwargs)
+        train = training_recordings(data)
+        baselines = ForecastBaselines(order=ar_order)
+        if train is not None:
+            baselines.fit(x for _, x in train)
+        result = forecast_recordings(_load(checkpoint, device), open_recordings(data, split, coords), k,
+                                     baselines=baselines, **kwargs)
         write_csv(result.metrics, out / "forecast_metrics.csv")
         plot_forecast(result, out / "forecast.png", title=f"last {k} timepoints of {result.index['recording_id'].iloc[0]}")
+    print(result.metrics.to_string(index=False))
+    if train is None:
+        print("AR and VAR baselines need a store's train split to be fitted on: pass a store")
     return result.metrics
 
 
-def run_probe(checkpoint, data, target, out_dir, *, overwrite=False, **kwargs) -> pd.DataFrame:
-    """Probes on embeddings and on FC; write ``probe_metrics.csv``, ``probe_predictions.csv``,
-    ``probe_folds.json`` (subjects per fold) and ``missing_subjects.txt``. Returns the metrics."""
+def run_probe(checkpoint, data, target, out_dir, *, overwrite=False, device: str = "cpu", **kwargs) -> pd.DataFrame:
+    """Probes on embeddings and on the connectivity ladder; write ``probe_metrics.csv``,
+    ``probe_predictions.csv``, ``probe_folds.json`` (subjects per fold) and ``missing_subjects.txt``."""
     names = ["probe_metrics.csv", "probe_predictions.csv", "probe_folds.json", "missing_subjects.txt"]
     with output_folder(out_dir, names, overwrite=overwrite) as out:
-        result = probe(checkpoint, data, target, **kwargs)
+        result = probe(_load(checkpoint, device), data, target, **kwargs)
         write_csv(result.metrics, out / "probe_metrics.csv")
         write_csv(result.predictions, out / "probe_predictions.csv")
         atomic_write_text(out / "probe_folds.json", json.dumps(result.folds, indent=1) + "\n")
@@ -103,13 +179,13 @@ def run_finetune(checkpoint, store, target, out_dir, *, overwrite=False, targets
     return result.history
 
 
-def run_fingerprint(checkpoint, data, out_dir, *, overwrite=False, **kwargs) -> pd.DataFrame:
+def run_fingerprint(checkpoint, data, out_dir, *, overwrite=False, device: str = "cpu", **kwargs) -> pd.DataFrame:
     """Subject identification; write ``fingerprint.csv``, ``fingerprint_matches.csv``, ``fingerprint.png``."""
     names = ["fingerprint.csv", "fingerprint_matches.csv", "fingerprint.png"]
     with output_folder(out_dir, names, overwrite=overwrite) as out:
-        summary, matches = fingerprint(checkpoint, data, **kwargs)
+        summary, matches = fingerprint(_load(checkpoint, device), data, **kwargs)
         write_csv(summary, out / "fingerprint.csv")
         write_csv(matches, out / "fingerprint_matches.csv")
         plot_fingerprint(summary, out / "fingerprint.png")
-    print(summary.to_string(index=False))
+    print(summary[["label", "accuracy", "chance", "num_subjects"]].to_string(index=False))
     return summary

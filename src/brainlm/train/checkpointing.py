@@ -43,7 +43,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from brainlm.checkpoint import load_state_dict_file
+from brainlm.checkpoint import load_state_dict_file, save_config
 from brainlm.errors import UserError
 
 __all__ = [
@@ -187,7 +187,7 @@ def save_checkpoint(
     Returns:
         The checkpoint folder.
     """
-    from brainlm.train.distributed import unwrap_model
+    from brainlm.distributed import unwrap_model
 
     model = unwrap_model(model)
     model_sd, optim_sd = _full_state(model, optimizer)
@@ -208,7 +208,7 @@ def save_checkpoint(
         config = unwrap_model(model).config
         save_file({k: v.detach().contiguous().cpu() for k, v in model_sd.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt", "brainlm": "1"})
-        config.to_json(tmp / "config.json")
+        save_config(config, tmp / "config.json")
         _pause_if_asked(step)
         torch.save(optim_sd, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -233,7 +233,7 @@ def save_checkpoint(
 
 def save_best(run_dir: str | Path, model: nn.Module, metrics: dict[str, Any]) -> Path:
     """Replace ``RUN/best/`` with the current model and its validation metrics (collective)."""
-    from brainlm.train.distributed import unwrap_model
+    from brainlm.distributed import unwrap_model
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=_is_dist())
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -249,7 +249,7 @@ def save_best(run_dir: str | Path, model: nn.Module, metrics: dict[str, Any]) ->
         tmp.mkdir(parents=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in model_sd.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt", "brainlm": "1"})
-        unwrap_model(model).config.to_json(tmp / "config.json")
+        save_config(unwrap_model(model).config, tmp / "config.json")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         _write_manifest(tmp)
         trash = run_dir / f".trash-best-{os.getpid()}"

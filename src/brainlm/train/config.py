@@ -59,13 +59,14 @@ class TrainConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     # hardware
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    precision: str = "auto"  # "auto" (bf16 where the hardware has it, else fp32), "bf16", "fp32"
+    precision: str = "auto"  # "auto" (bf16 where the hardware has it, else fp32), "bf16", "fp16" (GPU), "fp32"
     fsdp: bool = False  # shard the model with FSDP2 (fully_shard per block) under torchrun
     compile: bool = False  # torch.compile the model
     gradient_checkpointing: bool = False  # recompute activations in the backward pass
     num_threads: int = 0  # torch CPU threads (0 = leave torch's default)
     # evaluation, checkpoints, logging
     eval_every: int = 100  # steps between validation runs (0 = only at the end)
+    eval_mask_ratio: float | None = None  # masked fraction when evaluating (None: the model's mask_ratio)
     eval_max_batches: int = 0  # cap on validation batches per evaluation (0 = all)
     save_every: int = 100  # steps between checkpoints (0 = only at the end)
     keep_last: int = 3  # checkpoints kept besides the best
@@ -79,7 +80,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
             if not ok:
-                raise UserError(f"TrainConfig: {msg}")
+                raise UserError(f"--{msg}")
 
         need(self.model in MODEL_PRESETS, f"model must be one of {sorted(MODEL_PRESETS)}, got {self.model!r}")
         for name in ("window", "max_steps", "batch_size", "grad_accum_steps", "keep_last"):
@@ -89,11 +90,13 @@ class TrainConfig:
             need(getattr(self, name) >= 0, f"{name} must be >= 0")
         need(self.train_mode in ("random", "sliding"), f"train_mode must be 'random' or 'sliding', got {self.train_mode!r}")
         need(self.eval_mode in ("fixed", "sliding"), f"eval_mode must be 'fixed' or 'sliding', got {self.eval_mode!r}")
-        need(self.precision in ("auto", "bf16", "fp32"), f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
-        need(self.base_lr > 0 and (self.lr is None or self.lr > 0), "learning rates must be positive")
+        need(self.precision in ("auto", "bf16", "fp16", "fp32"),
+             f"precision must be 'auto', 'bf16', 'fp16' or 'fp32', got {self.precision!r}")
+        need(self.eval_mask_ratio is None or 0.0 < self.eval_mask_ratio < 1.0, "eval_mask_ratio must be in (0, 1)")
+        need(self.base_lr > 0 and (self.lr is None or self.lr > 0), "base_lr and --lr must be positive")
         need(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)")
         need(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]")
-        need(self.weight_decay >= 0 and self.max_grad_norm >= 0, "weight_decay and max_grad_norm must be >= 0")
+        need(self.weight_decay >= 0 and self.max_grad_norm >= 0, "weight_decay and --max_grad_norm must be >= 0")
         self.model_config()  # model overrides are checked by BrainLMConfig itself
 
     def model_config(self, num_regions: int | None = None) -> BrainLMConfig:
@@ -288,12 +291,16 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
     *,
     resume: str | Path | None = None,
+    out: str | Path | None = None,
 ) -> TrainConfig:
     """The settings of a run: a preset (or, when resuming, the run's saved settings) plus overrides.
 
     Raises:
         ValueError / FileNotFoundError: unknown preset or key, or ``resume`` is not a run folder.
     """
+    if resume is not None and out is not None and Path(out).resolve() != Path(resume).resolve():
+        raise UserError(f"--resume {resume} continues the run in its own folder; --out {out} names another one "
+                        "(leave --out out, or start a new run without --resume)")
     if resume is not None and preset is None:
         path = Path(resume) / "train_config.json"
         if not path.is_file():
@@ -304,4 +311,6 @@ def resolve_config(
     config = apply_overrides(config, overrides or {})
     if resume is not None:
         config = config.replace(out_dir=str(resume))
+    elif out is not None:
+        config = config.replace(out_dir=str(out))
     return config

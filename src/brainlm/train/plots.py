@@ -8,11 +8,10 @@ from typing import Any
 import torch
 
 from brainlm.figures import pyplot, save_figure
-from brainlm.train.metrics import BASELINES, baseline_predictions
 
 __all__ = ["plot_curves", "plot_reconstructions"]
 
-_COLORS = {"model": "C0", "zero": "0.6", "mean": "C2", "interp": "C3"}
+_COLORS = {"model": "C0", "zero": "0.6", "mean": "C2", "interp": "C3", "conn": "C1"}
 
 
 def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
@@ -32,7 +31,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
     ax.legend()
     for ax, metric, title in ((axes[1], "mse", "validation MSE (masked patches)"),
                               (axes[2], "r2", "validation R$^2$ (masked patches)")):
-        for name in ("model", *BASELINES):
+        for name in _COLORS:
             key = f"{name}_{metric}"
             pts = [(r["step"], r[key]) for r in val if key in r]
             if pts:
@@ -43,38 +42,31 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
     return save_figure(fig, path, dpi=100)
 
 
-def plot_reconstructions(examples: list[dict], patch_size: int, path: str | Path, num_regions: int = 4) -> Path:
-    """True vs reconstructed time courses of a few regions of a few windows; masked spans shaded.
+def plot_reconstructions(examples: list[dict], path: str | Path, num_regions: int = 4) -> Path:
+    """True vs reconstructed time courses of a few regions of a few windows; hidden spans shaded.
 
-    Each example holds ``signal (R, T)``, ``pred (R, P, W)``, ``mask (R, P)`` (1 = masked).
+    Each example holds ``signal``, ``pred``, ``fill`` (the strongest baseline's) and ``mask``
+    (True = hidden), each (R, T), as :func:`brainlm.evaluate.evaluate_reconstruction` returns them.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = max(1, len(examples))
     plt = pyplot()
+    rows = max(1, len(examples))
     fig, axes = plt.subplots(rows, num_regions, figsize=(4 * num_regions, 2.4 * rows), squeeze=False)
     for i, ex in enumerate(examples):
-        signal, pred, mask = ex["signal"], ex["pred"], ex["mask"]
+        signal, mask = ex["signal"], ex["mask"].bool()
         R, T = signal.shape
-        P = T // patch_size
-        target = signal.view(1, R, P, patch_size)
-        interp = baseline_predictions(target, mask[None])["interp"][0].reshape(R, T)
         regions = torch.linspace(0, R - 1, num_regions).round().long().tolist()
         for j, r in enumerate(regions):
             ax = axes[i, j]
-            for p in range(P):
-                if mask[r, p] > 0:
-                    ax.axvspan(p * patch_size - 0.5, (p + 1) * patch_size - 0.5, color="0.9", lw=0)
+            for t in torch.nonzero(mask[r]).flatten().tolist():
+                ax.axvspan(t - 0.5, t + 0.5, color="0.9", lw=0)
             ax.plot(signal[r].numpy(), color="k", lw=1, label="true")
-            recon = pred[r].reshape(T).clone()
-            recon[~(mask[r] > 0).repeat_interleave(patch_size)] = float("nan")
-            ax.plot(recon.numpy(), color="C0", lw=1.2, label="model")
-            shown = interp[r].clone()
-            shown[~(mask[r] > 0).repeat_interleave(patch_size)] = float("nan")
-            ax.plot(shown.numpy(), color="C3", lw=0.8, ls="--", label="interp")
+            for key, color, style, label in (("pred", "C0", "-", "model"), ("fill", "C3", "--", ex.get("fill_name", "baseline"))):
+                shown = ex[key][r].clone().float()
+                shown[~mask[r]] = float("nan")
+                ax.plot(shown.numpy(), color=color, lw=1.1, ls=style, label=label)
             ax.set_title(f"window {ex.get('index', i)}, region {r}", fontsize=8)
             ax.tick_params(labelsize=7)
             if i == 0 and j == 0:
                 ax.legend(fontsize=7)
-    fig.suptitle("validation windows: masked spans shaded")
+    fig.suptitle("validation windows: hidden spans shaded")
     return save_figure(fig, path, dpi=90)

@@ -1,4 +1,4 @@
-"""Everything about processes, devices and precision, in one place.
+"""Everything about processes, devices and precision, in one place (training and inference).
 
 The same training loop runs on one process or under ``torchrun``: ``init_distributed()``
 reads the torchrun environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and joins the
@@ -23,8 +23,9 @@ from brainlm.errors import UserError
 
 __all__ = [
     "DistInfo", "init_distributed", "destroy_distributed", "wrap_model", "unwrap_model", "no_sync",
-    "resolve_device", "resolve_precision", "autocast_context", "cpu_supports_bf16",
-    "all_reduce_sum", "barrier", "broadcast_object",
+    "resolve_device", "resolve_precision", "autocast_context", "cpu_supports_bf16", "PRECISIONS",
+    "all_reduce_sum", "barrier", "broadcast_object", "rank_share", "gather_in_order", "is_main_process",
+    "available_memory", "check_memory", "share_errors",
 ]
 
 
@@ -92,14 +93,24 @@ def cpu_supports_bf16() -> bool:
     return "AMX" in str(capability).upper()
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``"auto"`` -> bf16 where the hardware computes in it natively, else fp32."""
+    """The compute dtype of a run: ``"auto"`` -> bf16 where the hardware computes in it natively
+    (GPUs that support it; CPUs with AVX512-BF16 or AMX), fp32 elsewhere.
+
+    ``"fp16"`` is for GPUs only (CPUs have no fast fp16 arithmetic).
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32":
         return torch.float32
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    else:
-        supported = cpu_supports_bf16()
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise UserError("--precision fp16 needs a GPU; on a CPU use bf16 or fp32")
+        return torch.float16
+    supported = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_supports_bf16()
     if precision == "bf16":
         if not supported and device.type == "cuda":
             raise UserError("--precision bf16: this GPU does not support bf16")
@@ -115,7 +126,9 @@ def autocast_context(device: torch.device, dtype: torch.dtype):
 
 
 def _transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    return [m for name, m in model.named_modules() if type(m).__name__ == "Block"]
+    from brainlm.model import Block
+
+    return [m for m in model.modules() if isinstance(m, Block)]
 
 
 def wrap_model(model: nn.Module, mode: str, device: torch.device | None = None) -> nn.Module:
@@ -190,3 +203,79 @@ def broadcast_object(obj, src: int = 0):
         dist.broadcast_object_list(box, src=src)
         return box[0]
     return obj
+
+
+def rank_share(n: int) -> list[int]:
+    """This process's share of ``n`` items (every world-size-th, from its rank); all of them alone."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return list(range(dist.get_rank(), n, dist.get_world_size()))
+    return list(range(n))
+
+
+def gather_in_order(local: list[tuple[int, object]]) -> list | None:
+    """Every process's ``(index, value)`` pairs as one list of values in index order, on rank 0.
+
+    Other ranks get None. On a single process: the values of ``local`` sorted by index.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, local)
+        if dist.get_rank() != 0:
+            return None
+        local = [pair for part in parts for pair in part]
+    return [value for _, value in sorted(local, key=lambda pair: pair[0])]
+
+
+def is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new allocation on ``device`` (None when unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(needed: int, device: torch.device, what: str, hint: str) -> None:
+    """Refuse up front (``UserError``) when ``needed`` bytes cannot fit on ``device``."""
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise UserError(f"{what} needs about {needed / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are free on "
+                        f"{device}; {hint}")
+
+
+def share_errors(fn):
+    """Run ``fn`` on every process; if it raises ``UserError`` on any, raise it on all.
+
+    So that a refusal on rank 0 (an existing output, a lock) does not leave the other ranks
+    waiting in a collective operation.
+    """
+    import torch.distributed as dist
+
+    error, result = None, None
+    try:
+        result = fn()
+    except UserError as err:
+        error = err
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        messages: list = [None] * dist.get_world_size()
+        dist.all_gather_object(messages, None if error is None else error.one_line())
+        first = next((m for m in messages if m), None)
+        if error is None and first is not None:
+            error = UserError(first)
+    if error is not None:
+        raise error
+    return result

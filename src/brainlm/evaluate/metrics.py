@@ -1,0 +1,112 @@
+"""Metrics of reconstructions and forecasts, one formula everywhere.
+
+Every number is computed on exactly the values that were hidden (``mask: (B, R, P)``, 1 =
+masked, for reconstruction; the last k timepoints for forecasting), pooled over all hidden
+values of all windows and regions:
+
+- MSE and MAE;
+- **R^2 = 1 - SSE / sum(y^2)**: the fraction of the hidden signal's energy that the
+  prediction explains. Data are normalised per region, so predicting 0 scores exactly 0 and
+  any useful method scores above it; a negative R^2 is reported as is;
+- Pearson r between the pooled predictions and targets.
+
+:class:`MaskedMetrics` keeps float64 running sums, so results do not depend on batching and
+can be all-reduced across processes; per-window sums let :mod:`brainlm.evaluate.benchmark`
+bootstrap over subjects.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["MaskedMetrics", "masked_metrics", "r2_per_region", "metrics_from_sums", "SUMS"]
+
+SUMS = ("n", "sy", "syy", "sp", "spp", "syp", "sse", "sae")
+
+
+def metrics_from_sums(sums) -> dict[str, float]:
+    """mse, mae, r2, pearson (and n) from the sums named in :data:`SUMS`."""
+    n, sy, syy, sp, spp, syp, sse, sae = (float(v) for v in sums)
+    if n == 0:
+        return {"mse": math.nan, "mae": math.nan, "r2": math.nan, "pearson": math.nan, "n": 0}
+    sst_c = syy - sy * sy / n
+    spp_c = spp - sp * sp / n
+    cov = syp - sy * sp / n
+    r2 = 1.0 - sse / syy if syy > 0 else math.nan
+    pearson = cov / math.sqrt(sst_c * spp_c) if sst_c > 0 and spp_c > 0 else math.nan
+    return {"mse": sse / n, "mae": sae / n, "r2": r2, "pearson": pearson, "n": int(n)}
+
+
+class MaskedMetrics:
+    """Running sums over masked values; ``compute()`` gives mse, mae, r2 and pearson."""
+
+    def __init__(self):
+        self.sums = torch.zeros(len(SUMS), dtype=torch.float64)
+
+    @staticmethod
+    def window_sums(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """Per-window sums ``(B, 8)`` (order of :data:`SUMS`) over the masked values.
+
+        Args:
+            pred, target: (B, R, T), or (B, R, P, W) patches.
+            mask: same shape as ``pred`` (or (B, R, P) for patches), 1 = masked.
+        """
+        m = mask.to(torch.float64)
+        if m.shape != pred.shape:
+            m = m.unsqueeze(-1).expand(pred.shape)  # a patch mask over (B, R, P, W)
+        y, p = target.to(torch.float64), pred.to(torch.float64)
+        err = p - y
+        dims = tuple(range(1, pred.dim()))
+        return torch.stack([m.sum(dims), (m * y).sum(dims), (m * y * y).sum(dims), (m * p).sum(dims),
+                            (m * p * p).sum(dims), (m * y * p).sum(dims), (m * err * err).sum(dims),
+                            (m * err.abs()).sum(dims)], dim=1).cpu()  # (B, 8)
+
+    def update(self, pred: Tensor, target: Tensor, mask: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Add one batch; returns its per-window sums ``(B, 8)``.
+
+        Args:
+            pred, target, mask: as :meth:`window_sums`.
+            weight: (B,) 0/1 per window (0 drops padding windows).
+        """
+        per_window = self.window_sums(pred, target, mask)
+        if weight is not None:
+            per_window = per_window * weight.to(torch.float64).view(-1, 1).cpu()
+        self.sums += per_window.sum(0)
+        return per_window
+
+    def merge(self, sums: Tensor) -> None:
+        self.sums += sums.to(torch.float64).cpu()
+
+    def compute(self) -> dict[str, float]:
+        return metrics_from_sums(self.sums.tolist())
+
+
+def masked_metrics(pred: Tensor, target: Tensor, mask: Tensor) -> dict[str, float]:
+    """mse, mae, r2, pearson of one prediction on the masked patches (module docstring)."""
+    acc = MaskedMetrics()
+    acc.update(pred, target, mask)
+    return acc.compute()
+
+
+def r2_per_region(true: np.ndarray, pred: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """R^2 = 1 - SSE / sum(y^2) per region, over the timepoints where ``mask`` is True.
+
+    Args:
+        true, pred: ``(T, R)``.
+        mask: ``(T, R)`` bool, or None for all timepoints.
+
+    Returns:
+        ``(R,)``; NaN for a region with no evaluated timepoint or an all-zero truth.
+    """
+    true, pred = np.asarray(true, np.float64), np.asarray(pred, np.float64)
+    m = np.ones_like(true, bool) if mask is None else np.asarray(mask, bool)
+    ss_res = np.where(m, (true - pred) ** 2, 0).sum(0)
+    ss_tot = np.where(m, true ** 2, 0).sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = 1 - ss_res / ss_tot
+    r2[(m.sum(0) == 0) | (ss_tot == 0)] = np.nan
+    return r2
