@@ -454,7 +454,47 @@ def _add_fingerprint(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-_COMMANDS = [_add_demo, _add_prepare, _add_verify, _add_pretrain, _add_integrate, _add_embed_dna, _add_embed, _add_reconstruct,
+def _add_benchmark(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "benchmark", help="reconstruction, forecasting, fingerprinting and probes against the baseline ladder",
+        description="Score a model on a store next to the strongest simple baselines (connectivity fill, AR/VAR, "
+        "Pearson/partial/tangent FC), with subject-bootstrap CIs; writes report.md, results.json and figures.")
+    p.add_argument("checkpoint", help="model folder (ours, original BrainLM, ViT-MAE, a training run)")
+    p.add_argument("store", help="store folder (baselines are fitted on its train split)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
+    p.add_argument("--split", default="test", help="split scored for reconstruction and forecasting")
+    p.add_argument("--tasks", default="reconstruction,forecasting,fingerprinting,probes", help="comma separated")
+    p.add_argument("--mask-ratio", type=float, default=0.5)
+    p.add_argument("--forecast-k", type=int, help="timepoints to forecast (default: one patch)")
+    p.add_argument("--ar-order", type=int, default=3)
+    p.add_argument("--target", help="phenotype column for the probes (of the store, or of --targets)")
+    p.add_argument("--targets", help="table of targets keyed by subject (CSV/TSV/Parquet)")
+    p.add_argument("--probes", default="dummy,ridge", help="comma separated: dummy, ridge, knn, svm, mlp")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--brainmarks", action="store_true", help="also Brainmarks' convention: 3 quantile bins, accuracy, macro-F1")
+    p.add_argument("--bootstrap", type=int, default=1000, help="subject resamples for the CIs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+
+    def run(args: argparse.Namespace) -> int:
+        from brainlm.evaluate.benchmark import BenchmarkConfig, run_benchmark
+
+        cfg = BenchmarkConfig(
+            split=args.split, mask_ratio=args.mask_ratio, forecast_k=args.forecast_k, ar_order=args.ar_order,
+            target=args.target, targets=args.targets, probes=tuple(p for p in args.probes.split(",") if p),
+            folds=args.folds, brainmarks=args.brainmarks, bootstrap=args.bootstrap,
+            tasks=tuple(t for t in args.tasks.split(",") if t), seed=args.seed, batch_size=args.batch_size,
+            precision=args.precision, device=args.device)
+        run_benchmark(args.checkpoint, args.store, args.out, cfg, overwrite=args.overwrite)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+_COMMANDS = [_add_demo, _add_prepare, _add_verify, _add_benchmark, _add_pretrain, _add_integrate, _add_embed_dna, _add_embed, _add_reconstruct,
              _add_forecast, _add_probe, _add_finetune, _add_fingerprint]
 
 

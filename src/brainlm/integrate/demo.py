@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brainlm.evaluate.report import markdown_table
 from brainlm.integrate.cca import CCAAnalysis
 from brainlm.integrate.contrastive import ContrastiveAnalysis
 from brainlm.integrate.fusion import FusionAnalysis
@@ -39,7 +40,6 @@ from brainlm.integrate.io import (
     read_embedding_table,
 )
 from brainlm.integrate.report import (
-    markdown_table,
     write_cca_report,
     write_contrastive_report,
     write_fusion_report,

@@ -10,28 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from brainlm.evaluate.report import markdown_table
 from brainlm.figures import pyplot, save_figure
 from brainlm.io import atomic_write_text
 
 
 def _plt():
     return pyplot()
-
-
-def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
-    """A GitHub-flavoured Markdown table; floats rounded to ``digits``."""
-
-    def cell(v) -> str:
-        if isinstance(v, (float, np.floating)):
-            return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
-        return str(v)
-
-    head = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *body])
 
 
 def _write(out_dir: Path, title: str, notes, blocks: list[str]) -> Path:

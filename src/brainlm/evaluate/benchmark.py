@@ -1,0 +1,337 @@
+"""``brainlm benchmark MODEL STORE --out DIR``: every task of the model against the baseline ladder.
+
+Tasks, each scored on the same data for the model and every baseline, the baselines fitted on
+the store's train split only:
+
+- **reconstruction**: the test split's non-overlapping windows, a seeded random mask per window
+  (``--mask-ratio`` of the model's tokens), R^2 = 1 - SSE / sum(y^2) over the hidden values;
+  ladder: zero, region mean, interpolation, connectivity-conditional fill.
+- **forecasting**: the last ``k`` timepoints of every region of the same windows; ladder:
+  persistence, context mean, per-region AR(p), ridge VAR(p).
+- **fingerprinting**: subject identification from the first half of a recording to the
+  second, over all subjects of the store; BrainLM embeddings (CLS and mean pooling) beside
+  Pearson, partial-correlation and tangent-space FC.
+- **probes** (with ``--target``): the probes of :mod:`brainlm.downstream.probe` on the
+  embeddings and on the connectivity ladder, subject-grouped cross-validation; with
+  ``--brainmarks``, continuous targets are also put into 3 quantile bins (edges from all
+  subjects, as Brainmarks does) and scored by accuracy and macro-F1.
+
+Every number carries a 95% subject-bootstrap interval, and each task ends with a paired
+comparison of the model against its strongest baseline on the same resamples (the interval
+of the difference and ``p_boot``, the fraction of resamples in which the model is not
+better). Outputs: ``report.md`` (a table per task, the winner of each), ``results.json`` and
+one figure per task (bars with intervals).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from brainlm.errors import UserError
+from brainlm.figures import pyplot, save_figure
+from brainlm.io import atomic_write_json, atomic_write_text, output_folder
+
+from .baselines import (
+    BASELINE_LABELS,
+    CONNECTIVITY_FEATURES,
+    ForecastBaselines,
+    ReconstructionBaselines,
+)
+from .protocol import SubjectBootstrap
+from .report import markdown_table
+
+__all__ = ["BenchmarkConfig", "TaskResult", "run_benchmark", "benchmark"]
+
+
+@dataclass(kw_only=True)
+class BenchmarkConfig:
+    """Options of ``brainlm benchmark`` (the flags map one to one)."""
+
+    split: str = "test"  # --split: the windows scored for reconstruction and forecasting
+    mask_ratio: float = 0.5  # --mask-ratio: fraction of tokens hidden per window
+    forecast_k: int | None = None  # --forecast-k: timepoints to forecast (default: one patch, or 20)
+    ar_order: int = 3  # --ar-order: p of AR(p) and VAR(p)
+    target: str | None = None  # --target: a phenotype column (store or --targets) for the probes
+    targets: str | None = None  # --targets: a table of targets keyed by subject
+    probes: tuple[str, ...] = ("dummy", "ridge")  # --probes
+    folds: int = 5  # --folds
+    brainmarks: bool = False  # --brainmarks: also Brainmarks' binned accuracy and macro-F1
+    bootstrap: int = 1000  # --bootstrap: subject resamples
+    tasks: tuple[str, ...] = ("reconstruction", "forecasting", "fingerprinting", "probes")  # --tasks
+    seed: int = 0  # --seed
+    batch_size: int = 16  # --batch-size
+    precision: str = "auto"  # --precision
+    device: str = "auto"  # --device
+
+    def __post_init__(self) -> None:
+        unknown = set(self.tasks) - {"reconstruction", "forecasting", "fingerprinting", "probes"}
+        if unknown:
+            raise UserError(f"--tasks: unknown tasks {sorted(unknown)}")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise UserError(f"--mask-ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.bootstrap < 0:
+            raise UserError("--bootstrap must be >= 0")
+
+
+@dataclass
+class TaskResult:
+    """One task: a row per method (``method``, ``label``, ``value``, ``ci_low``, ``ci_high``),
+    the metric's name, and the paired comparison of the model with its strongest baseline."""
+
+    task: str
+    metric: str
+    table: pd.DataFrame
+    comparison: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "metric": self.metric, "table": self.table.to_dict("records"),
+                "comparison": self.comparison, "notes": self.notes}
+
+
+def _ladder_table(task: str, metric: str, stats: dict[str, Callable[[np.ndarray], float]], boot: SubjectBootstrap,
+                  n: int, labels: dict[str, str], model_keys: tuple[str, ...], notes: list[str]) -> TaskResult:
+    """Values with intervals for every method, and the best model against the best baseline."""
+    everything = np.arange(n)
+    rows = []
+    for key, stat in stats.items():
+        lo, hi = boot.ci(stat)
+        rows.append({"method": key, "label": labels[key], "value": stat(everything), "ci_low": lo, "ci_high": hi})
+    table = pd.DataFrame(rows)
+    values = table.set_index("method")["value"]
+    model = max(model_keys, key=lambda k: values[k])
+    base = max((k for k in stats if k not in model_keys), key=lambda k: values[k])
+    cmp = boot.compare(stats[model], stats[base])
+    comparison = {"model": model, "baseline": base, "model_value": float(values[model]),
+                  "baseline_value": float(values[base]), "difference": float(values[model] - values[base]),
+                  "diff_ci_low": cmp.diff_lo, "diff_ci_high": cmp.diff_hi, "p_boot": cmp.p_boot,
+                  "winner": model if values[model] > values[base] else base}
+    return TaskResult(task, metric, table, comparison, notes)
+
+
+def _r2_from_sums(frame: pd.DataFrame, method: str) -> Callable[[np.ndarray], float]:
+    sse, syy = frame[f"{method}_sse"].to_numpy(), frame[f"{method}_syy"].to_numpy()
+    return lambda idx: 1.0 - sse[idx].sum() / syy[idx].sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# The tasks
+# ---------------------------------------------------------------------------------------------
+
+
+def _reconstruction(model, store, cfg: BenchmarkConfig, baselines: ReconstructionBaselines, device, dtype) -> TaskResult:
+    from brainlm.data import WindowDataset
+
+    from .reconstruction import evaluate_reconstruction
+
+    ds = WindowDataset(store, cfg.split, window=model.window_length, mode="sliding")
+    ev = evaluate_reconstruction(model, ds, baselines=baselines, batch_size=cfg.batch_size, seed=cfg.seed,
+                                 device=device, dtype=dtype, mask_ratio=cfg.mask_ratio, per_window=True)
+    frame = ev.windows
+    boot = SubjectBootstrap(frame["subject_id"].to_numpy(), cfg.bootstrap, cfg.seed)
+    stats = {m: _r2_from_sums(frame, m) for m in ev.methods}
+    labels = {"model": "BrainLM", **{m: BASELINE_LABELS[m] for m in ev.methods if m != "model"}}
+    notes = [f"{len(frame)} windows of {model.window_length} timepoints of the {cfg.split} split "
+             f"({boot.num_subjects} subjects), {cfg.mask_ratio:.0%} of the model's tokens hidden at random per window"]
+    return _ladder_table("reconstruction", "R^2", stats, boot, len(frame), labels, ("model",), notes)
+
+
+def _forecasting(model, store, cfg: BenchmarkConfig, device, dtype) -> TaskResult:
+    from brainlm.downstream import open_recordings
+    from brainlm.downstream.reconstruct import forecast_recordings
+
+    k = cfg.forecast_k or getattr(getattr(model, "config", None), "timepoint_patching_size", 20)
+    train = open_recordings(store, "train")
+    baselines = ForecastBaselines(order=cfg.ar_order).fit(x for _, x in train)
+    recs = open_recordings(store, cfg.split)
+    res = forecast_recordings(model, recs, k, baselines=baselines, batch_size=cfg.batch_size,
+                              precision=cfg.precision, progress=True)
+    true = np.asarray(res.true, np.float64)
+    syy = (true ** 2).sum((1, 2))  # per window
+    boot = SubjectBootstrap(res.index["subject_id"].to_numpy(), cfg.bootstrap, cfg.seed)
+    stats = {}
+    for m, pred in res.preds.items():
+        sse = ((true - pred) ** 2).sum((1, 2))
+        stats["model" if m == "brainlm" else m] = (lambda sse: lambda idx: 1.0 - sse[idx].sum() / syy[idx].sum())(sse)
+    labels = {"model": "BrainLM", **{m: BASELINE_LABELS[m] for m in stats if m != "model"}}
+    notes = [f"the last {k} timepoints of {len(true)} windows of the {cfg.split} split; AR({cfg.ar_order}) and "
+             f"VAR({cfg.ar_order}) fitted on the train split"]
+    return _ladder_table("forecasting", "R^2", stats, boot, len(true), labels, ("model",), notes)
+
+
+def _fingerprinting(model, store, cfg: BenchmarkConfig, dtype_name: str) -> TaskResult:
+    from brainlm.downstream.fingerprint import fingerprint
+
+    per_subject, labels = {}, {}
+    for pooling in ("cls", "mean"):
+        summary, matches = fingerprint(model, store, pooling=pooling, precision=dtype_name,
+                                       connectivity=() if pooling == "mean" else tuple(CONNECTIVITY_FEATURES))
+        for kind, grp in matches.groupby("features", sort=False):
+            key = f"brainlm_{pooling}" if kind == "brainlm" else kind
+            per_subject[key] = (grp["subject_id"] == grp["identified_as"]).to_numpy(float)
+            labels[key] = f"BrainLM ({pooling})" if kind == "brainlm" else BASELINE_LABELS[kind]
+    n = len(next(iter(per_subject.values())))
+    boot = SubjectBootstrap(np.arange(n), cfg.bootstrap, cfg.seed)
+    stats = {k: (lambda v: lambda idx: float(v[idx].mean()))(v) for k, v in per_subject.items()}
+    notes = [f"first half -> second half of each subject's first recording, {n} subjects (chance {1 / n:.3f}); "
+             "all subjects of the store, so the model saw the train subjects' recordings in pretraining"]
+    return _ladder_table("fingerprinting", "accuracy", stats, boot, n, labels, ("brainlm_cls", "brainlm_mean"), notes)
+
+
+def _probes(model, store, cfg: BenchmarkConfig) -> list[TaskResult]:
+    from brainlm.downstream.probe import load_targets, probe
+
+    if cfg.target is None:
+        return []
+    targets_file = cfg.targets
+    kwargs = dict(targets_file=targets_file, probes=cfg.probes, n_splits=cfg.folds, n_boot=0, seed=cfg.seed,
+                  progress=False, precision=cfg.precision)
+    results = [_probe_task("probes", probe(model, store, cfg.target, **kwargs), cfg)]
+    if cfg.brainmarks:
+        from brainlm.data.brainmarks import quantile_bins
+        from brainlm.evaluate.protocol import infer_task
+
+        y = load_targets(targets_file if targets_file else store, cfg.target).dropna()
+        if infer_task(y.to_numpy()) == "regression":
+            binned = pd.Series(quantile_bins(y.to_numpy(float), y.to_numpy(float), 3), index=y.index).map(lambda c: f"q{c}")
+            path = Path(os.environ.get("TMPDIR", "/tmp")) / f"brainlm-bins-{os.getpid()}.csv"
+            binned.rename("bin").rename_axis("subject_id").reset_index().to_csv(path, index=False)
+            try:
+                res = probe(model, store, "bin", **{**kwargs, "targets_file": str(path), "task": "classification"})
+            finally:
+                path.unlink(missing_ok=True)
+            results.append(_probe_task("probes (Brainmarks: 3 quantile bins)", res, cfg, brainmarks=True))
+    return results
+
+
+def _probe_task(name: str, res, cfg: BenchmarkConfig, brainmarks: bool = False) -> TaskResult:
+    from brainlm.downstream.probe import _metric
+
+    preds = res.predictions
+    main = "macro_f1" if brainmarks else ("r2" if res.task == "regression" else "balanced_accuracy")
+    classes = np.unique(preds["y_true"].astype(str)) if res.task == "classification" else None
+
+    def metric_fn(p: pd.DataFrame):
+        yt, yp = p["y_true"].to_numpy(), p["y_pred"].to_numpy()
+        if brainmarks:
+            from brainlm.data.brainmarks import brainmarks_classification_metrics
+
+            return lambda idx: brainmarks_classification_metrics(yt[idx].astype(str), yp[idx].astype(str))["macro_f1"]
+        return lambda idx: _metric(res.task, main, yt[idx], yp[idx], None, classes)
+
+    # The best probe of each feature set, on the same rows (every feature set predicts every row).
+    stats, labels = {}, {}
+    for features, grp in preds.groupby("features", sort=False):
+        by_probe = {p: g.sort_values("row") for p, g in grp.groupby("probe", sort=False)}
+        best = max(by_probe, key=lambda p: metric_fn(by_probe[p])(np.arange(len(by_probe[p]))))
+        stats[features] = metric_fn(by_probe[best])
+        labels[features] = ("BrainLM" if features == "brainlm" else BASELINE_LABELS.get(features, features)) + f" ({best})"
+    rows = next(iter(by_probe.values()))
+    boot = SubjectBootstrap(rows["subject_id"].to_numpy(), cfg.bootstrap, cfg.seed,
+                            valid=(lambda idx: len(np.unique(rows["y_true"].to_numpy()[idx].astype(str))) > 1)
+                            if res.task == "classification" else None)
+    notes = [f"target {cfg.target!r}, task {res.task}, {cfg.folds}-fold subject-grouped CV; the best probe of "
+             f"each feature set ({', '.join(cfg.probes)}) by out-of-fold {main}"]
+    if brainmarks:
+        notes.append("Brainmarks convention: 3 quantile bins (edges from all subjects), accuracy and macro-F1")
+    if res.missing_subjects:
+        notes.append(f"{len(res.missing_subjects)} subjects without a target left out")
+    return _ladder_table(name, main, stats, boot, len(rows), labels, ("brainlm",), notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running and reporting
+# ---------------------------------------------------------------------------------------------
+
+
+def benchmark(model, store, cfg: BenchmarkConfig | None = None) -> list[TaskResult]:
+    """Every task of ``cfg.tasks`` for a loaded model on a store (see the module docstring)."""
+    from brainlm.distributed import resolve_precision
+    from brainlm.downstream.loading import check_regions
+
+    cfg = cfg or BenchmarkConfig()
+    check_regions(model, store.num_regions, str(store.path))
+    if cfg.split not in store.manifest["splits"] or not len(store.split_index(cfg.split)):
+        raise UserError(f"{store.path}: the {cfg.split} split (--split) has no recordings")
+    if not len(store.split_index("train")):
+        raise UserError(f"{store.path}: the baselines are fitted on the train split, which has no recordings")
+    device = next(model.parameters()).device
+    dtype = resolve_precision(cfg.precision, device)
+    results = []
+    if "reconstruction" in cfg.tasks:
+        train = ReconstructionBaselines().fit(x for _, x in store.iter_recordings("train"))
+        results.append(_reconstruction(model, store, cfg, train, device, dtype))
+    if "forecasting" in cfg.tasks:
+        results.append(_forecasting(model, store, cfg, device, dtype))
+    if "fingerprinting" in cfg.tasks:
+        results.append(_fingerprinting(model, store, cfg, cfg.precision))
+    if "probes" in cfg.tasks:
+        results += _probes(model, store, cfg)
+    return results
+
+
+def _figure(result: TaskResult, path: Path) -> Path:
+    plt = pyplot()
+    t = result.table
+    fig, ax = plt.subplots(figsize=(1.1 * len(t) + 2.5, 3.4))
+    colors = ["tab:red" if m.startswith(("model", "brainlm")) else
+              ("tab:blue" if m == result.comparison.get("baseline") else "0.6") for m in t["method"]]
+    err = np.vstack([t["value"] - t["ci_low"], t["ci_high"] - t["value"]]).clip(min=0)
+    ax.bar(range(len(t)), t["value"], yerr=np.nan_to_num(err), color=colors, capsize=3)
+    ax.set_xticks(range(len(t)), [label.replace(" (", "\n(") for label in t["label"]], fontsize=7, rotation=20)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_ylabel(result.metric)
+    ax.set_title(f"{result.task}: BrainLM (red) vs the strongest baseline (blue), 95% subject-bootstrap CIs", fontsize=8)
+    return save_figure(fig, path, dpi=110)
+
+
+def _verdict(r: TaskResult) -> str:
+    c = r.comparison
+    label = dict(zip(r.table["method"], r.table["label"]))
+    won = c["winner"] == c["model"]
+    return (f"**{'BrainLM wins' if won else 'the baseline wins'}**: {label[c['model']]} {c['model_value']:.3f} vs "
+            f"{label[c['baseline']]} {c['baseline_value']:.3f}; difference {c['difference']:+.3f} "
+            f"[{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}], p_boot {c['p_boot']:.3f}")
+
+
+def write_report(results: list[TaskResult], out: Path, header: list[str]) -> Path:
+    lines = ["# Benchmark: BrainLM against the strongest simple baselines", "", *header, ""]
+    for r in results:
+        slug = r.task.split(" ")[0] + ("_brainmarks" if "Brainmarks" in r.task else "")
+        fig = _figure(r, out / f"{slug}.png")
+        table = r.table.assign(**{"95% CI": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(r.table.ci_low, r.table.ci_high)]})
+        lines += [f"## {r.task}", "", *[f"{n}." for n in r.notes], "",
+                  markdown_table(table[["label", "value", "95% CI"]].rename(columns={"label": "method", "value": r.metric})),
+                  "", _verdict(r), "", f"![{r.task}]({fig.name})", ""]
+    return atomic_write_text(out / "report.md", "\n".join(lines).rstrip() + "\n")
+
+
+def run_benchmark(checkpoint, store_path, out_dir, cfg: BenchmarkConfig | None = None, *,
+                  overwrite: bool = False) -> list[TaskResult]:
+    """``brainlm benchmark``: load, run every task, write ``report.md``, ``results.json`` and the figures."""
+    from brainlm.data import open_store
+    from brainlm.distributed import resolve_device
+    from brainlm.downstream.loading import load_model
+
+    cfg = cfg or BenchmarkConfig()
+    with output_folder(out_dir, ["report.md", "results.json"], overwrite=overwrite) as out:
+        store = open_store(store_path)
+        model = load_model(checkpoint, map_location=resolve_device(cfg.device))
+        results = benchmark(model, store, cfg)
+        header = [f"Model `{checkpoint}` on store `{store_path}` ({store.num_regions} regions; subjects "
+                  + ", ".join(f"{k} {len(v)}" for k, v in store.splits.items()) + "). Every method is scored on the "
+                  "same data with the same formula; the baselines are fitted on the train split only."]
+        write_report(results, out, header)
+        atomic_write_json(out / "results.json", {"checkpoint": str(checkpoint), "store": str(store_path),
+                                                 "config": cfg.__dict__, "tasks": [r.to_dict() for r in results]})
+    for r in results:
+        print(f"{r.task}: {_verdict(r).replace('**', '')}")
+    print(f"report: {Path(out_dir) / 'report.md'}")
+    return results
+

@@ -1,0 +1,57 @@
+"""``brainlm benchmark``: every task against the ladder, with intervals, a report and figures."""
+
+import json
+
+import pytest
+from downstream_synth import synthetic_store, tiny_model
+
+from brainlm import save_pretrained
+from brainlm.cli import main
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    store = synthetic_store(root / "store", n_subjects=12, split=(8, 2, 2), T=160)
+    save_pretrained(tiny_model(), root / "model")
+    return root, store
+
+
+def test_benchmark_report_results_and_figures(setup, capsys):
+    root, store = setup
+    out = root / "out"
+    args = ["benchmark", str(root / "model"), str(store.path), "--out", str(out), "--target", "score", "--folds", "3",
+            "--bootstrap", "50", "--brainmarks", "--device", "cpu"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "reconstruction:" in printed and "fingerprinting:" in printed
+    report = (out / "report.md").read_text()
+    for task in ("## reconstruction", "## forecasting", "## fingerprinting", "## probes",
+                 "## probes (Brainmarks: 3 quantile bins)"):
+        assert task in report
+    assert "connectivity-conditional fill" in report and "ridge VAR across regions" in report
+    assert "tangent-space FC" in report and report.count("95% CI") >= 5
+    results = json.loads((out / "results.json").read_text())
+    tasks = {t["task"]: t for t in results["tasks"]}
+    rec = tasks["reconstruction"]
+    methods = {row["method"] for row in rec["table"]}
+    assert methods == {"model", "zero", "mean", "interp", "conn"}
+    for row in rec["table"]:
+        assert row["ci_low"] <= row["value"] <= row["ci_high"] or row["method"] == "zero"
+    cmp = rec["comparison"]
+    assert cmp["baseline"] == "conn" and cmp["winner"] in ("model", "conn") and 0 <= cmp["p_boot"] <= 1
+    assert tasks["probes (Brainmarks: 3 quantile bins)"]["metric"] == "macro_f1"
+    assert {p.name for p in out.glob("*.png")} >= {"reconstruction.png", "forecasting.png", "fingerprinting.png",
+                                                   "probes.png", "probes_brainmarks.png"}
+    assert main(args) == 2  # outputs exist: refused without --overwrite
+    assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_benchmark_bad_inputs_are_one_line(setup, tmp_path, capsys):
+    root, store = setup
+    assert main(["benchmark", str(root / "model"), str(tmp_path / "nostore"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a brainlm store" in capsys.readouterr().err
+    assert main(["benchmark", str(root / "model"), str(store.path), "--out", str(tmp_path / "o"),
+                 "--tasks", "reconstruction,dreaming"]) == 2
+    assert "--tasks: unknown tasks ['dreaming']" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
