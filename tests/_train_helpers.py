@@ -64,3 +64,14 @@ def dist_worker(rank: int, world: int, port: int, config_kwargs: dict, resume: b
         pretrain(tiny_config(**config_kwargs), resume=resume, train_dataset=ToyWindows(), val_dataset=ToyWindows(8, seed=1))
     finally:
         destroy_distributed()
+
+
+def cli_worker(rank: int, world: int, port: int, argv: list[str]) -> None:
+    """One process of a gloo group running a ``brainlm`` command, as torchrun would start it."""
+    import os
+
+    from brainlm.cli import main
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    assert main(argv) == 0
