@@ -162,3 +162,41 @@ def test_wrong_shapes_for_config(golden_dir, tmp_path):
 def test_bin_loader_accepts_plain_tensor_pickles(tmp_path):
     torch.save({"a": torch.ones(2)}, tmp_path / "w.bin")
     assert torch.equal(load_state_dict_file(tmp_path / "w.bin")["a"], torch.ones(2))
+
+
+def test_malicious_pickle_on_the_vitmae_and_resume_paths(tmp_path, capsys):
+    """A pickle that would run code is refused with one line, on every path that reads pickles."""
+    import json
+
+    from _train_helpers import ToyWindows, tiny_config
+    from test_vitmae import tiny_model as tiny_vitmae
+
+    from brainlm.cli import main
+    from brainlm.io import sha256_file
+    from brainlm.train import latest_checkpoint, pretrain
+
+    marker = tmp_path / "pwned"
+    vit = tmp_path / "vit"
+    tiny_vitmae().mae.save_pretrained(vit)
+    for f in vit.glob("model.safetensors*"):
+        f.unlink()
+    with open(vit / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"x": _Evil(marker)}, f)
+    assert main(["embed", str(vit), str(tmp_path / "nostore"), "--coords", str(tmp_path / "c.csv"),
+                 "--out", str(tmp_path / "e.parquet"), "--device", "cpu"]) == 2
+    assert "a .bin that is not a plain tensor pickle is refused" in capsys.readouterr().err
+    assert not marker.exists()
+    # A run whose optimiser state was replaced (and its manifest entry with it)
+    run = tmp_path / "run"
+    pretrain(tiny_config(run, max_steps=2, eval_every=2, save_every=2), train_dataset=ToyWindows(),
+             val_dataset=ToyWindows(8, seed=1))
+    ckpt = latest_checkpoint(run)
+    with open(ckpt / "optimizer.pt", "wb") as f:
+        pickle.dump({"x": _Evil(marker)}, f)
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    manifest["optimizer.pt"] = {"bytes": (ckpt / "optimizer.pt").stat().st_size, "sha256": sha256_file(ckpt / "optimizer.pt")}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="optimizer.pt: refusing to load"):
+        pretrain(tiny_config(run, max_steps=4), resume=True, train_dataset=ToyWindows(), val_dataset=ToyWindows(8, seed=1))
+    assert not marker.exists()

@@ -22,6 +22,7 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import ViTMAEForPreTraining  # noqa: E402
 
+from brainlm.errors import UserError
 from brainlm.vitmae import (  # noqa: E402
     A424_SCALE,
     BrainLMViTMAE,
@@ -691,7 +692,7 @@ def test_hub_id_offline_is_a_clear_error(no_network, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(RuntimeError, match=r"'vandijklab/brainlm/vitmae_111M'.*local path"):
+    with pytest.raises(UserError, match=r"'vandijklab/brainlm/vitmae_111M'.*local path"):
         load_vitmae("vandijklab/brainlm/vitmae_111M")
 
 
@@ -702,7 +703,7 @@ def test_hub_id_without_network_is_a_clear_error(no_network, monkeypatch):
         raise ConnectionError("Failed to resolve 'huggingface.co'")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
-    with pytest.raises(RuntimeError, match=r"could not fetch 'vandijklab/brainlm'"):
+    with pytest.raises(UserError, match=r"could not fetch 'vandijklab/brainlm'"):
         load_vitmae("vandijklab/brainlm")
 
 

@@ -128,6 +128,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -138,7 +139,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainlm.errors import UserError
+from brainlm.errors import CorruptFileError, MissingInputError, UserError
 from brainlm.model import EmbeddingOutput, ReconstructionOutput
 
 __all__ = [
@@ -236,7 +237,7 @@ def vitmae_650m_config(**overrides):
 def _pair(value) -> tuple[int, int]:
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
-            raise ValueError(f"expected an int or a pair, got {value!r}")
+            raise UserError(f"expected an int or a pair, got {value!r}")
         return int(value[0]), int(value[1])
     return int(value), int(value)
 
@@ -261,7 +262,7 @@ def read_region_order(coords_path: str | os.PathLike | None = None) -> torch.Ten
     else:
         path = Path(coords_path)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"A424 coordinate file not found: {path} (needed to order the regions by Y; "
                 "pass coords_path=None to use the copy bundled with brainlm)"
             )
@@ -271,12 +272,12 @@ def read_region_order(coords_path: str | os.PathLike | None = None) -> torch.Ten
     try:
         table = np.array(rows, dtype=np.float64)  # (R, 4) label X Y Z
     except ValueError as err:
-        raise ValueError(f"{source}: expected numeric rows 'label X Y Z' ({err})") from None
+        raise UserError(f"{source}: expected numeric rows 'label X Y Z' ({err})") from None
     if table.ndim != 2 or table.shape[1] != 4:
-        raise ValueError(f"{source}: expected 4 columns 'label X Y Z' per row")
+        raise UserError(f"{source}: expected 4 columns 'label X Y Z' per row")
     labels = table[:, 0]
     if sorted(labels.tolist()) != list(range(1, NUM_REGIONS + 1)):
-        raise ValueError(
+        raise UserError(
             f"{source}: expected the {NUM_REGIONS} A424 labels 1..{NUM_REGIONS}, "
             f"got {len(labels)} rows"
         )
@@ -348,7 +349,7 @@ class BrainLMViTMAE(nn.Module):
             region_order = read_region_order()
         region_order = torch.as_tensor(region_order, dtype=torch.long)
         if sorted(region_order.tolist()) != list(range(len(region_order))):
-            raise ValueError("region_order must be a permutation of 0..R-1")
+            raise UserError("region_order must be a permutation of 0..R-1")
         self.register_buffer("region_order", region_order, persistent=False)
         self.register_buffer("region_restore", torch.argsort(region_order), persistent=False)
         self.scale = float(scale)
@@ -357,11 +358,11 @@ class BrainLMViTMAE(nn.Module):
         H, W = self.image_size
         ph, pw = _pair(self.config.patch_size)
         if H % ph or W % pw:
-            raise ValueError(
+            raise UserError(
                 f"image size {H} x {W} is not a whole number of {ph} x {pw} patches"
             )
         if H < self.num_regions or W < self.window_length:
-            raise ValueError(
+            raise UserError(
                 f"config image size {H} x {W} cannot hold a {self.num_regions} x "
                 f"{self.window_length} window (regions x timepoints)"
             )
@@ -414,17 +415,17 @@ class BrainLMViTMAE(nn.Module):
 
     def _check_window(self, signal_vectors: torch.Tensor) -> None:
         if signal_vectors.ndim != 3:
-            raise ValueError(
+            raise UserError(
                 f"signal_vectors must be (B, R, T), got shape {tuple(signal_vectors.shape)}"
             )
         _, R, T = signal_vectors.shape
         if R != self.num_regions:
-            raise ValueError(
+            raise UserError(
                 f"the released ViT-MAE BrainLM models only know the A424 parcellation: "
                 f"expected {self.num_regions} regions, got {R}"
             )
         if T != self.window_length:
-            raise ValueError(f"expected windows of {self.window_length} timepoints, got {T}")
+            raise UserError(f"expected windows of {self.window_length} timepoints, got {T}")
 
     def to_image(self, signal_vectors: torch.Tensor) -> torch.Tensor:
         """Window -> padded image: reorder by Y, scale, 3 channels, pad with -1.
@@ -491,15 +492,15 @@ class BrainLMViTMAE(nn.Module):
         """
         B, N, D = x.shape
         if (mask_ratio is None) == (num_keep is None):
-            raise ValueError("pass exactly one of mask_ratio and num_keep")
+            raise UserError("pass exactly one of mask_ratio and num_keep")
         if num_keep is None:
             num_keep = int(N * (1 - mask_ratio))
         if not 0 <= num_keep <= N:
-            raise ValueError(f"num_keep must be between 0 and N = {N}, got {num_keep}")
+            raise UserError(f"num_keep must be between 0 and N = {N}, got {num_keep}")
         if noise is None:
             noise = torch.rand(B, N, device=x.device)
         if noise.shape != (B, N):
-            raise ValueError(f"noise must be (B, N) = ({B}, {N}), got {tuple(noise.shape)}")
+            raise UserError(f"noise must be (B, N) = ({B}, {N}), got {tuple(noise.shape)}")
         ids_shuffle = torch.argsort(noise.to(x.device), dim=1, stable=True)  # (B, N) keep first
         ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, N)
         ids_keep = ids_shuffle[:, :num_keep]  # (B, kept)
@@ -580,7 +581,7 @@ class BrainLMViTMAE(nn.Module):
         if isinstance(k, bool) or not isinstance(k, numbers.Integral):
             raise TypeError(f"k must be an int number of timepoints, got {k!r}")
         if not 1 <= k < T:
-            raise ValueError(
+            raise UserError(
                 f"k must be between 1 and {T - 1} (the window has {T} timepoints), got {k}"
             )
         return int(k)
@@ -591,13 +592,13 @@ class BrainLMViTMAE(nn.Module):
         if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
             raise TypeError(f"the fraction of timepoints must be a float, got {fraction!r}")
         if not 0.0 < fraction < 1.0:
-            raise ValueError(
+            raise UserError(
                 f"the fraction of timepoints to predict must be in (0, 1), got {fraction} "
                 "(pass an int for a number of timepoints)"
             )
         k = int(float(fraction) * T)
         if k < 1:
-            raise ValueError(f"fraction {fraction} of {T} timepoints rounds down to none")
+            raise UserError(f"fraction {fraction} of {T} timepoints rounds down to none")
         return k
 
     def last_masking(self, num_last: int, train_mode: str = "predict_last") -> LastMasking:
@@ -617,7 +618,7 @@ class BrainLMViTMAE(nn.Module):
                 window, or ``predict_last_pixel`` without a whole column to mask.
         """
         if train_mode not in FORECAST_MODES:
-            raise ValueError(f"train_mode must be one of {FORECAST_MODES}, got {train_mode!r}")
+            raise UserError(f"train_mode must be one of {FORECAST_MODES}, got {train_mode!r}")
         k = self._num_last(num_last)
         T, left = self.window_length, self._pad[2]
         pw = _pair(self.config.patch_size)[1]
@@ -629,7 +630,7 @@ class BrainLMViTMAE(nn.Module):
             col0 = start * pw - left  # window timepoint where the masked columns begin
             if col0 < 1:
                 inside = -(-(left + 1) // pw) * pw - left  # first column start inside the window
-                raise ValueError(
+                raise UserError(
                     f"predict_last with k={k} would hide the whole window: timepoint {T - k} lies "
                     f"in a patch column that starts at window timepoint {col0}; k must be at "
                     f"most {T - inside}"
@@ -639,7 +640,7 @@ class BrainLMViTMAE(nn.Module):
             start = -(-first // pw)  # the first column starting at or after T - k
             if start >= end:
                 last_width = left + T - (end - 1) * pw  # window timepoints in the last column
-                raise ValueError(
+                raise UserError(
                     f"predict_last_pixel with k={k} masks no patch: it masks only patch columns "
                     f"wholly inside the last k timepoints, and the last column holds "
                     f"{last_width}; k must be at least {last_width} (or use predict_last)"
@@ -713,22 +714,22 @@ class BrainLMViTMAE(nn.Module):
                 "signal units (embed() still works)"
             )
         if train_mode not in TRAIN_MODES:
-            raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}")
+            raise UserError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}")
         image = self.to_image(signal_vectors)  # (B, C, H, W)
         B, N = image.shape[0], self.num_patches
 
         # Masking: random patches, or the columns (and pixels) of the last k timepoints.
         if train_mode == "auto_encode":
             if num_last is not None:
-                raise ValueError("num_last is for the forecasting modes, not auto_encode")
+                raise UserError("num_last is for the forecasting modes, not auto_encode")
             ratio = self.config.mask_ratio if mask_ratio is None else float(mask_ratio)
             num_keep = int(N * (1 - ratio))
             zeroed = range(0)
         else:
             if noise is not None:
-                raise ValueError(f"{train_mode} masks deterministically: noise must be None")
+                raise UserError(f"{train_mode} masks deterministically: noise must be None")
             if num_last is not None and mask_ratio is not None:
-                raise ValueError("pass mask_ratio or num_last, not both")
+                raise UserError("pass mask_ratio or num_last, not both")
             if num_last is None:
                 ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
                 num_last = self._num_last_of_fraction(ratio)
@@ -792,7 +793,7 @@ class BrainLMViTMAE(nn.Module):
                 ``last_masking``); an unknown ``train_mode``.
         """
         if train_mode not in FORECAST_MODES:
-            raise ValueError(f"train_mode must be one of {FORECAST_MODES}, got {train_mode!r}")
+            raise UserError(f"train_mode must be one of {FORECAST_MODES}, got {train_mode!r}")
         if isinstance(k_or_fraction, numbers.Integral) and not isinstance(k_or_fraction, bool):
             k = self._num_last(k_or_fraction)
         else:
@@ -877,7 +878,7 @@ def _download(hub_id: str, revision: str | None) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise RuntimeError(
+        raise UserError(
             f"'{hub_id}' is not a local folder, and downloading it needs huggingface_hub "
             "(pip install 'brainlm[hf]'); or pass a local checkpoint folder"
         ) from None
@@ -887,7 +888,7 @@ def _download(hub_id: str, revision: str | None) -> Path:
     try:
         root = snapshot_download(f"{owner}/{name}", revision=revision, allow_patterns=patterns)
     except Exception as err:  # no network, offline mode, unknown repo, ...
-        raise RuntimeError(
+        raise UserError(
             f"could not fetch '{hub_id}' from the Hugging Face Hub ({type(err).__name__}); "
             "download the checkpoint folder where there is a network and pass its local path"
         ) from None
@@ -902,7 +903,7 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike, *, revision: str | Non
 
     Raises:
         FileNotFoundError: a local-looking path that does not exist.
-        RuntimeError: a hub id that cannot be fetched (no network, offline mode, unknown id).
+        UserError: a hub id that cannot be fetched (no network, offline mode, unknown id).
     """
     source = str(path_or_hub_id)
     folder = Path(source).expanduser()
@@ -910,7 +911,7 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike, *, revision: str | Non
         return folder
     looks_local = source.startswith(("/", ".", "~")) or "\\" in source
     if looks_local or not _HUB_ID.match(source):
-        raise FileNotFoundError(f"no checkpoint folder at {source}")
+        raise MissingInputError(f"no checkpoint folder at {source}")
     return _download(source, revision)
 
 
@@ -944,27 +945,33 @@ def load_vitmae(
     if not is_vitmae_checkpoint(folder):
         config = _read_config_json(folder) if folder.is_dir() else None
         if config is None:
-            raise ValueError(f"{source}: not a checkpoint folder (no readable {_CONFIG_FILE})")
+            raise UserError(f"{source}: not a checkpoint folder (no readable {_CONFIG_FILE})")
         if config.get("model_type") != "vit_mae":
-            raise ValueError(
+            raise UserError(
                 f"{source}: config model_type is {config.get('model_type')!r}, not 'vit_mae'"
             )
-        raise ValueError(f"{source}: no weights ({' or '.join(_WEIGHT_FILES[::2])})")
+        raise UserError(f"{source}: no weights ({' or '.join(_WEIGHT_FILES[::2])})")
     region_order = read_region_order(coords_path)
 
     # transformers reads .bin weights with torch.load(weights_only=True) and renames the
     # keys of older releases (vit.encoder.layer.*.attention.attention.query, ...).
-    mae, info = ViTMAEForPreTraining.from_pretrained(
-        folder,
-        attn_implementation="sdpa",
-        local_files_only=True,
-        weights_only=True,
-        output_loading_info=True,
-    )
+    try:
+        mae, info = ViTMAEForPreTraining.from_pretrained(
+            folder,
+            attn_implementation="sdpa",
+            local_files_only=True,
+            weights_only=True,
+            output_loading_info=True,
+        )
+    except (OSError, RuntimeError, pickle.UnpicklingError) as err:
+        # A pickle that would run code is refused by weights_only=True before anything runs.
+        raise CorruptFileError(f"{source}: cannot load the weights ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0] if str(err) else ''}); a .bin that is not a plain tensor "
+                               "pickle is refused: convert it to safetensors in a trusted environment") from err
     missing = list(info.get("missing_keys", []))
     mismatched = list(info.get("mismatched_keys", []))
     if missing or mismatched:
-        raise ValueError(
+        raise UserError(
             f"{source}: weights do not fit the config (missing {missing[:5]}, "
             f"mismatched {mismatched[:5]})"
         )

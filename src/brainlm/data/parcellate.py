@@ -38,8 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
+from brainlm.errors import InputError, MissingInputError, UserError
+
 from .atlas import Atlas, load_atlas
-from .readers import InputError, bold_sidecar, confounds_file
+from .readers import bold_sidecar, confounds_file
 
 __all__ = ["Parcellator", "bold_tr"]
 
@@ -160,7 +162,7 @@ def _opened(img, source: str):
     try:
         image = nib.load(img, keep_file_open=True)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{source}: file not found") from None
+        raise MissingInputError(f"{source}: file not found") from None
     except Exception as err:
         raise InputError(f"{source}: unreadable or truncated image ({type(err).__name__}: {err})") from err
     try:
@@ -215,7 +217,7 @@ class Parcellator:
 
         self.atlas_ = load_atlas(self.atlas)
         if self.atlas_.labels_img is None:
-            raise ValueError(f"atlas {self.atlas_.name!r} has no label image to parcellate with")
+            raise UserError(f"atlas {self.atlas_.name!r} has no label image to parcellate with (--atlas)")
         self._atlas_img = nib.load(self.atlas_.labels_img)
         self._atlas_data = np.asanyarray(self._atlas_img.dataobj)
         ijk = np.argwhere(self._atlas_data != 0)

@@ -22,9 +22,9 @@ N processes (DDP or FSDP) resumes on M.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -44,7 +44,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from brainlm.checkpoint import load_state_dict_file, save_config
-from brainlm.errors import UserError
+from brainlm.errors import CorruptFileError
+from brainlm.io import sha256_file
 
 __all__ = [
     "save_checkpoint", "load_checkpoint", "restore_checkpoint", "find_checkpoints", "latest_checkpoint",
@@ -55,14 +56,6 @@ _STEP_DIR = re.compile(r"^step_(\d{8})$")
 # Testing hook: "STEP" or "STEP:SECONDS". The writer of that step's checkpoint sleeps halfway
 # through (after the weights, before the optimiser state), so a kill can land mid-write.
 _PAUSE_ENV = "BRAINLM_CHECKPOINT_PAUSE"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -133,7 +126,7 @@ def clean_partial(run_dir: str | Path) -> None:
 
 def _write_manifest(folder: Path) -> None:
     files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "manifest.json")
-    manifest = {name: {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)} for name in files}
+    manifest = {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)} for name in files}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     for name in [*files, "manifest.json"]:
         _fsync(folder / name)
@@ -148,20 +141,20 @@ def verify_checkpoint(folder: str | Path) -> None:
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
-        raise UserError(f"checkpoint {folder} is incomplete: no manifest.json")
+        raise CorruptFileError(f"checkpoint {folder} is incomplete: no manifest.json")
     try:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as err:
-        raise UserError(f"checkpoint {folder} is corrupt: manifest.json is not valid JSON ({err})") from err
+        raise CorruptFileError(f"checkpoint {folder} is corrupt: manifest.json is not valid JSON ({err})") from err
     for name, meta in manifest.items():
         path = folder / name
         if not path.is_file():
-            raise UserError(f"checkpoint {folder} is corrupt: {name} is missing")
+            raise CorruptFileError(f"checkpoint {folder} is corrupt: {name} is missing")
         size = path.stat().st_size
         if size != meta["bytes"]:
-            raise UserError(f"checkpoint {folder} is corrupt: {name} has {size} bytes, expected {meta['bytes']} (truncated?)")
-        if _sha256(path) != meta["sha256"]:
-            raise UserError(f"checkpoint {folder} is corrupt: {name} does not match its SHA-256 in manifest.json")
+            raise CorruptFileError(f"checkpoint {folder} is corrupt: {name} has {size} bytes, expected {meta['bytes']} (truncated?)")
+        if sha256_file(path) != meta["sha256"]:
+            raise CorruptFileError(f"checkpoint {folder} is corrupt: {name} does not match its SHA-256 in manifest.json")
 
 
 def _pause_if_asked(step: int) -> None:
@@ -273,14 +266,23 @@ def load_checkpoint(folder: str | Path) -> dict[str, Any]:
     verify_checkpoint(folder)
     return {
         "model": load_state_dict_file(folder / "model.safetensors"),
-        "optimizer": torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True),
-        "scheduler": torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=True),
-        "rng": torch.load(folder / "rng.pt", map_location="cpu", weights_only=True),
+        "optimizer": _load_state(folder / "optimizer.pt"),
+        "scheduler": _load_state(folder / "scheduler.pt"),
+        "rng": _load_state(folder / "rng.pt"),
         "trainer_state": json.loads((folder / "trainer_state.json").read_text()),
         "train_config": json.loads((folder / "train_config.json").read_text()),
         "model_config": json.loads((folder / "config.json").read_text()),
         "path": folder,
     }
+
+
+def _load_state(path: Path):
+    """A pickled training state, read with ``weights_only=True``: a pickle that would run code is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise CorruptFileError(f"{path}: refusing to load ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                               "only plain tensors and containers are read from checkpoints") from err
 
 
 def restore_checkpoint(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
