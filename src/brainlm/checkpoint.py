@@ -15,7 +15,6 @@ would run code is refused before anything in it runs.
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 import warnings
@@ -26,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from brainlm.errors import MissingInputError, UserError
-from brainlm.io import atomic_write, atomic_write_text
+from brainlm.io import atomic_write, atomic_write_text, read_json
 from brainlm.model import BrainLMConfig, BrainLMForPretraining
 
 __all__ = ["load_pretrained", "save_pretrained", "save_weights", "save_config", "load_state_dict_file",
@@ -143,6 +142,15 @@ def original_config_to_ours(raw: dict[str, Any]) -> BrainLMConfig:
     return BrainLMConfig(**known, extra=unknown)
 
 
+def _layer_key(key: str, prefixes: dict[str, str]) -> tuple[str, str] | None:
+    """``(layer prefix in the other naming, rest of the key)`` for a per-layer key, else None."""
+    for prefix, other in prefixes.items():
+        if key.startswith(prefix):
+            index, rest = key[len(prefix):].split(".", 1)
+            return f"{other}{index}.", rest
+    return None
+
+
 def convert_original_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename an original BrainLM state dict to ours; fuse q/k/v. Unknown keys are kept as is."""
     out: dict[str, torch.Tensor] = {}
@@ -150,21 +158,14 @@ def convert_original_state_dict(state: dict[str, torch.Tensor]) -> dict[str, tor
     for key, value in state.items():
         if _ORIGINAL_DROPPED.search(key):
             continue
+        split = _layer_key(key, _LAYER_PREFIXES)
+        m = re.fullmatch(r"attention\.self\.(query|key|value)\.(weight|bias)", split[1]) if split else None
         if key in _TOP_RENAMES:
             out[_TOP_RENAMES[key]] = value
-            continue
-        for old_prefix, new_prefix in _LAYER_PREFIXES.items():
-            if key.startswith(old_prefix):
-                index, rest = key[len(old_prefix):].split(".", 1)
-                layer = f"{new_prefix}{index}."
-                m = re.fullmatch(r"attention\.self\.(query|key|value)\.(weight|bias)", rest)
-                if m:
-                    qkv.setdefault(f"{layer}attn.qkv.{m.group(2)}", {})[m.group(1)] = value
-                elif rest in _LAYER_RENAMES:
-                    out[layer + _LAYER_RENAMES[rest]] = value
-                else:
-                    out[key] = value
-                break
+        elif m:
+            qkv.setdefault(f"{split[0]}attn.qkv.{m.group(2)}", {})[m.group(1)] = value
+        elif split and split[1] in _LAYER_RENAMES:
+            out[split[0] + _LAYER_RENAMES[split[1]]] = value
         else:
             out[key] = value
     for name, parts in qkv.items():
@@ -199,13 +200,9 @@ def _load_strict(model: BrainLMForPretraining, state: dict[str, torch.Tensor], s
 def read_config(folder: str | Path) -> tuple[dict[str, Any], str]:
     """The raw config dict of a checkpoint folder and its ``model_type``."""
     folder = Path(folder)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
+    if not (folder / "config.json").is_file():
         raise MissingInputError(f"{folder} is not a checkpoint folder: no config.json")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{cfg_path} is not valid JSON: {err}") from err
+    raw = read_json(folder / "config.json")
     return raw, str(raw.get("model_type", "brainlm"))
 
 
@@ -261,22 +258,18 @@ def to_original_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     """
     top = {v: k for k, v in _TOP_RENAMES.items()}
     layer_names = {v: k for k, v in _LAYER_RENAMES.items()}
+    ours = {v: k for k, v in _LAYER_PREFIXES.items()}
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
+        split = _layer_key(key, ours)
         if key in top:
             out[top[key]] = value
-            continue
-        for old_prefix, new_prefix in _LAYER_PREFIXES.items():
-            if key.startswith(new_prefix):
-                index, rest = key[len(new_prefix):].split(".", 1)
-                layer = f"{old_prefix}{index}."
-                if rest.startswith("attn.qkv."):
-                    kind = rest.rsplit(".", 1)[1]
-                    for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
-                        out[f"{layer}attention.self.{name}.{kind}"] = part
-                else:
-                    out[layer + layer_names[rest]] = value
-                break
-        else:
+        elif split is None:
             raise KeyError(f"no original name for {key}")
+        elif split[1].startswith("attn.qkv."):
+            kind = split[1].rsplit(".", 1)[1]
+            for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0)):
+                out[f"{split[0]}attention.self.{name}.{kind}"] = part
+        else:
+            out[split[0] + layer_names[split[1]]] = value
     return out

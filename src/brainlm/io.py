@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from brainlm.errors import (
+    CorruptFileError,
     InputError,
     MissingInputError,
     OutputExistsError,
@@ -47,6 +48,8 @@ __all__ = [
     "atomic_write",
     "atomic_write_text",
     "atomic_write_json",
+    "read_json",
+    "fsync_file",
     "write_csv",
     "json_safe",
     "json_line",
@@ -79,7 +82,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -104,7 +108,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *, fsync
     try:
         write(tmp)
         if fsync:
-            _fsync(tmp)
+            fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -139,6 +143,17 @@ def json_safe(obj: Any) -> Any:
 def json_line(record: dict) -> str:
     """One strict-JSON line (NaN -> null), for ``.jsonl`` logs."""
     return json.dumps(json_safe(record), allow_nan=False)
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """JSON from a file; one clear error naming it when it is missing or not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MissingInputError(f"{path}: {what} not found") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"{path}: not valid JSON ({err})") from err
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2, sort_keys: bool = False,

@@ -225,45 +225,42 @@ class BrainLMConfig:
         return dataclasses.replace(self, **changes)
 
 
+def _sizes(width: int, layers: int, heads: int, dec_width: int, dec_layers: int, dec_heads: int) -> dict[str, int]:
+    """Encoder and decoder sizes, MLPs 4x wide (BERT / ViT convention)."""
+    return dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * width,
+                decoder_hidden_size=dec_width, decoder_num_hidden_layers=dec_layers,
+                decoder_num_attention_heads=dec_heads, decoder_intermediate_size=4 * dec_width)
+
+
+# Named sizes: name -> config fields (a declarative table; each has a function below).
+_PRESET_FIELDS: dict[str, dict[str, Any]] = {
+    "tiny": {**_sizes(32, 2, 2, 32, 1, 2), "intermediate_size": 64, "decoder_intermediate_size": 64,
+             "conv_kernel_size": 9},
+    "13m": {**_sizes(256, 4, 4, 256, 2, 4), "num_brain_voxels": 424, "num_timepoints_per_voxel": 200,
+            "timepoint_patching_size": 20, "mask_ratio": 0.2},
+    "111m": {**_sizes(768, 12, 12, 512, 8, 16), "mask_ratio": 0.75},
+    "650m": {**_sizes(1280, 32, 16, 512, 8, 16), "mask_ratio": 0.75},
+}
+
+
 def brainlm_tiny(**overrides: Any) -> BrainLMConfig:
     """A few-thousand-parameter model for tests and smoke runs."""
-    base = dict(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
-        decoder_intermediate_size=64, conv_kernel_size=9,
-    )
-    return BrainLMConfig(**{**base, **overrides})
+    return BrainLMConfig(**{**_PRESET_FIELDS["tiny"], **overrides})
 
 
 def brainlm_13m(**overrides: Any) -> BrainLMConfig:
     """The original released ``old_13M`` configuration (A424, 200 timepoints, patches of 20)."""
-    base = dict(
-        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
-        decoder_hidden_size=256, decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
-        decoder_intermediate_size=1024, num_brain_voxels=424, num_timepoints_per_voxel=200,
-        timepoint_patching_size=20, mask_ratio=0.2,
-    )
-    return BrainLMConfig(**{**base, **overrides})
+    return BrainLMConfig(**{**_PRESET_FIELDS["13m"], **overrides})
 
 
 def brainlm_111m(**overrides: Any) -> BrainLMConfig:
     """A ViT-Base-sized encoder (768 wide, 12 layers) with a 512-wide, 8-layer decoder."""
-    base = dict(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16,
-        decoder_intermediate_size=2048, mask_ratio=0.75,
-    )
-    return BrainLMConfig(**{**base, **overrides})
+    return BrainLMConfig(**{**_PRESET_FIELDS["111m"], **overrides})
 
 
 def brainlm_650m(**overrides: Any) -> BrainLMConfig:
     """A ViT-Huge-sized encoder (1280 wide, 32 layers) with a 512-wide, 8-layer decoder."""
-    base = dict(
-        hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, intermediate_size=5120,
-        decoder_hidden_size=512, decoder_num_hidden_layers=8, decoder_num_attention_heads=16,
-        decoder_intermediate_size=2048, mask_ratio=0.75,
-    )
-    return BrainLMConfig(**{**base, **overrides})
+    return BrainLMConfig(**{**_PRESET_FIELDS["650m"], **overrides})
 
 
 PRESETS = {"tiny": brainlm_tiny, "13m": brainlm_13m, "111m": brainlm_111m, "650m": brainlm_650m}

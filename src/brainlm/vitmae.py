@@ -186,28 +186,19 @@ def _vitmae_config(**kwargs):
     return config
 
 
+# The transformers ViT-MAE decoder defaults, and the two released image geometries.
+_VITMAE_COMMON = dict(num_channels=3, decoder_hidden_size=512, decoder_num_hidden_layers=8,
+                      decoder_num_attention_heads=16, decoder_intermediate_size=2048, mask_ratio=0.75,
+                      norm_pix_loss=False)
+
+
 def vitmae_111m_config(**overrides):
     """ViT-MAE base encoder on a 432 x 432 image with 16 x 16 patches (27 x 27 = 729 patches).
 
     Decoder: ``transformers`` defaults (512 wide, 8 layers, 16 heads), see the module docstring.
     """
-    kwargs = dict(
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        image_size=432,
-        patch_size=16,
-        num_channels=3,
-        decoder_hidden_size=512,
-        decoder_num_hidden_layers=8,
-        decoder_num_attention_heads=16,
-        decoder_intermediate_size=2048,
-        mask_ratio=0.75,
-        norm_pix_loss=False,
-    )
-    kwargs.update(overrides)
-    return _vitmae_config(**kwargs)
+    return _vitmae_config(**{**_VITMAE_COMMON, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                             "intermediate_size": 3072, "image_size": 432, "patch_size": 16, **overrides})
 
 
 def vitmae_650m_config(**overrides):
@@ -215,23 +206,8 @@ def vitmae_650m_config(**overrides):
 
     Decoder: ``transformers`` defaults (512 wide, 8 layers, 16 heads), see the module docstring.
     """
-    kwargs = dict(
-        hidden_size=1280,
-        num_hidden_layers=32,
-        num_attention_heads=16,
-        intermediate_size=5120,
-        image_size=434,
-        patch_size=14,
-        num_channels=3,
-        decoder_hidden_size=512,
-        decoder_num_hidden_layers=8,
-        decoder_num_attention_heads=16,
-        decoder_intermediate_size=2048,
-        mask_ratio=0.75,
-        norm_pix_loss=False,
-    )
-    kwargs.update(overrides)
-    return _vitmae_config(**kwargs)
+    return _vitmae_config(**{**_VITMAE_COMMON, "hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16,
+                             "intermediate_size": 5120, "image_size": 434, "patch_size": 14, **overrides})
 
 
 def _pair(value) -> tuple[int, int]:

@@ -483,15 +483,12 @@ def brainmarks_classification_metrics(y_true, y_pred) -> dict[str, float]:
         ``balanced_accuracy_score`` (Brainmarks' logistic probe reports it too and selects its
         regularisation with it).
     """
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+    from brainlm.evaluate.metrics import prediction_metric
 
     y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true has {y_true.size} labels, y_pred {y_pred.size}")
     if y_true.size == 0:
         raise ValueError("no labels to score")
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-    }
+    return {name: prediction_metric("classification", name, y_true, y_pred)
+            for name in ("accuracy", "macro_f1", "balanced_accuracy")}

@@ -44,6 +44,7 @@ from brainlm.io import (
     atomic_write_json,
     check_writable,
     normalize_subject_id,
+    read_json,
     sha256_file,
 )
 from brainlm.progress import progress
@@ -330,7 +331,7 @@ def _read_parts(folders: list[Path]) -> _Parts:
         path = folder / "part.json"
         if not path.is_file():
             raise UserError(f"{folder}: not a finished prepare part (no part.json); rerun its --part job")
-        info = json.loads(path.read_text())
+        info = read_json(path)
         if info.get("format") != PART_FORMAT:
             raise UserError(f"{folder}: unknown part format {info.get('format')!r}")
         infos.append(info)

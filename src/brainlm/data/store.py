@@ -34,7 +34,13 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from brainlm.errors import CorruptFileError, MissingInputError, UserError
-from brainlm.io import atomic_write, atomic_write_json, sha256_file, temporary_path
+from brainlm.io import (
+    atomic_write,
+    atomic_write_json,
+    read_json,
+    sha256_file,
+    temporary_path,
+)
 
 __all__ = ["Store", "open_store", "STORE_FORMAT", "META_COLUMNS", "TABLE_COLUMNS", "ShardWriter", "shard_schema"]
 
@@ -254,10 +260,7 @@ class Store:
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
             raise MissingInputError(f"{self.path}: not a brainlm store (no manifest.json); build one with brainlm prepare")
-        try:
-            self.manifest = json.loads(manifest_path.read_text())
-        except ValueError as err:
-            raise CorruptFileError(f"{manifest_path}: not valid JSON ({err})") from err
+        self.manifest = read_json(manifest_path)
         if self.manifest.get("format") != STORE_FORMAT:
             raise UserError(f"{self.path}: unknown store format {self.manifest.get('format')!r}")
         regions = self._table("regions")

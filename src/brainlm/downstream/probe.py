@@ -41,6 +41,7 @@ import pandas as pd
 
 from brainlm.errors import UserError
 from brainlm.evaluate.baselines import CONNECTIVITY_FEATURES, connectivity_features
+from brainlm.evaluate.metrics import PREDICTION_METRICS, prediction_metric
 from brainlm.evaluate.protocol import SubjectBootstrap, infer_task, subject_folds
 from brainlm.io import Embeddings, normalize_subject_id, read_subject_table
 from brainlm.progress import progress as progress_bar
@@ -216,42 +217,6 @@ def _scores(est, X: np.ndarray, n_classes: int) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def _metric(task: str, name: str, y, pred, score, classes) -> float:
-    from sklearn.metrics import (
-        accuracy_score,
-        balanced_accuracy_score,
-        mean_absolute_error,
-        r2_score,
-        roc_auc_score,
-    )
-
-    if task == "regression":
-        if name == "r2":
-            return float(r2_score(y, pred)) if len(y) > 1 else np.nan
-        if name == "mae":
-            return float(mean_absolute_error(y, pred))
-        if np.std(pred) == 0 or np.std(y) == 0:
-            return np.nan
-        return float(np.corrcoef(y, pred)[0, 1])
-    if name == "accuracy":
-        return float(accuracy_score(y, pred))
-    if name == "balanced_accuracy":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return float(balanced_accuracy_score(y, pred))
-    present = np.unique(y)
-    if len(present) < 2:
-        return np.nan
-    if len(classes) == 2:
-        return float(roc_auc_score(y == classes[1], score))
-    if len(present) < len(classes):
-        return np.nan
-    return float(roc_auc_score(y, score, multi_class="ovr", labels=classes))
-
-
-_METRICS = {"regression": ("r2", "mae", "pearson_r"), "classification": ("accuracy", "balanced_accuracy", "auroc")}
-
-
 def run_probes(
     X: np.ndarray,
     y,
@@ -359,9 +324,9 @@ def _probe_metrics(preds: pd.DataFrame, task: str, classes, n_boot: int, seed: i
         yt, yp = p["y_true"].to_numpy(), p["y_pred"].to_numpy()
         sc = np.asarray(p["score"].tolist()) if "score" in p else None
         boot = SubjectBootstrap(p["subject_id"].to_numpy(), n_boot, seed)
-        for m in _METRICS[task]:
+        for m in PREDICTION_METRICS[task]:
             def stat(idx, m=m):
-                return _metric(task, m, yt[idx], yp[idx], None if sc is None else sc[idx], classes)
+                return prediction_metric(task, m, yt[idx], yp[idx], None if sc is None else sc[idx], classes)
 
             lo, hi = boot.ci(stat)
             out.append({"features": features, "probe": name, "metric": m, "value": stat(np.arange(len(p))),

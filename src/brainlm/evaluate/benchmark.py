@@ -43,6 +43,7 @@ from .baselines import (
     ForecastBaselines,
     ReconstructionBaselines,
 )
+from .metrics import prediction_metric
 from .protocol import SubjectBootstrap
 from .report import markdown_table
 
@@ -211,7 +212,6 @@ def _probes(model, store, cfg: BenchmarkConfig) -> list[TaskResult]:
 
 
 def _probe_task(name: str, res, cfg: BenchmarkConfig, brainmarks: bool = False) -> TaskResult:
-    from brainlm.downstream.probe import _metric
 
     preds = res.predictions
     main = "macro_f1" if brainmarks else ("r2" if res.task == "regression" else "balanced_accuracy")
@@ -219,11 +219,7 @@ def _probe_task(name: str, res, cfg: BenchmarkConfig, brainmarks: bool = False) 
 
     def metric_fn(p: pd.DataFrame):
         yt, yp = p["y_true"].to_numpy(), p["y_pred"].to_numpy()
-        if brainmarks:
-            from brainlm.data.brainmarks import brainmarks_classification_metrics
-
-            return lambda idx: brainmarks_classification_metrics(yt[idx].astype(str), yp[idx].astype(str))["macro_f1"]
-        return lambda idx: _metric(res.task, main, yt[idx], yp[idx], None, classes)
+        return lambda idx: prediction_metric(res.task, main, yt[idx], yp[idx], None, classes)
 
     # The best probe of each feature set, on the same rows (every feature set predicts every row).
     stats, labels = {}, {}

@@ -18,12 +18,14 @@ bootstrap over subjects.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MaskedMetrics", "masked_metrics", "r2_per_region", "metrics_from_sums", "SUMS"]
+__all__ = ["MaskedMetrics", "masked_metrics", "r2_per_region", "metrics_from_sums", "SUMS", "prediction_metric",
+           "PREDICTION_METRICS"]
 
 SUMS = ("n", "sy", "syy", "sp", "spp", "syp", "sse", "sae")
 
@@ -110,3 +112,50 @@ def r2_per_region(true: np.ndarray, pred: np.ndarray, mask: np.ndarray | None = 
         r2 = 1 - ss_res / ss_tot
     r2[(m.sum(0) == 0) | (ss_tot == 0)] = np.nan
     return r2
+
+
+def prediction_metric(task: str, name: str, y, pred, score=None, classes=None) -> float:
+    """One metric of target predictions (probes, fine-tuning): see :data:`PREDICTION_METRICS`.
+
+    Regression: ``r2`` (the usual centred R^2 of targets such as age), ``mae``, ``pearson_r``.
+    Classification: ``accuracy``, ``balanced_accuracy``, ``macro_f1``, ``auroc`` (needs class
+    ``score``; one-vs-rest macro for more than two ``classes``). NaN where undefined.
+    """
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        mean_absolute_error,
+        r2_score,
+        roc_auc_score,
+    )
+
+    if task == "regression":
+        if name == "r2":
+            return float(r2_score(y, pred)) if len(y) > 1 else np.nan
+        if name == "mae":
+            return float(mean_absolute_error(y, pred))
+        if np.std(pred) == 0 or np.std(y) == 0:
+            return np.nan
+        return float(np.corrcoef(y, pred)[0, 1])
+    if name == "accuracy":
+        return float(accuracy_score(y, pred))
+    if name == "macro_f1":
+        from sklearn.metrics import f1_score
+
+        return float(f1_score(y, pred, average="macro", zero_division=0))
+    if name == "balanced_accuracy":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(balanced_accuracy_score(y, pred))
+    present = np.unique(y)
+    if len(present) < 2:
+        return np.nan
+    if len(classes) == 2:
+        return float(roc_auc_score(y == classes[1], score))
+    if len(present) < len(classes):
+        return np.nan
+    return float(roc_auc_score(y, score, multi_class="ovr", labels=classes))
+
+
+PREDICTION_METRICS = {"regression": ("r2", "mae", "pearson_r"),
+                      "classification": ("accuracy", "balanced_accuracy", "macro_f1", "auroc")}

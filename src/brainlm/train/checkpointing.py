@@ -45,7 +45,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from brainlm.checkpoint import load_state_dict_file, save_config
 from brainlm.errors import CorruptFileError
-from brainlm.io import sha256_file
+from brainlm.io import fsync_file, read_json, sha256_file
 
 __all__ = [
     "save_checkpoint", "load_checkpoint", "restore_checkpoint", "find_checkpoints", "latest_checkpoint",
@@ -56,14 +56,6 @@ _STEP_DIR = re.compile(r"^step_(\d{8})$")
 # Testing hook: "STEP" or "STEP:SECONDS". The writer of that step's checkpoint sleeps halfway
 # through (after the weights, before the optimiser state), so a kill can land mid-write.
 _PAUSE_ENV = "BRAINLM_CHECKPOINT_PAUSE"
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_dist() -> bool:
@@ -129,7 +121,7 @@ def _write_manifest(folder: Path) -> None:
     manifest = {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)} for name in files}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     for name in [*files, "manifest.json"]:
-        _fsync(folder / name)
+        fsync_file(folder / name)
 
 
 def verify_checkpoint(folder: str | Path) -> None:
@@ -139,13 +131,9 @@ def verify_checkpoint(folder: str | Path) -> None:
         ValueError: a file is missing, truncated or altered, or the manifest is missing.
     """
     folder = Path(folder)
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
+    if not (folder / "manifest.json").is_file():
         raise CorruptFileError(f"checkpoint {folder} is incomplete: no manifest.json")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CorruptFileError(f"checkpoint {folder} is corrupt: manifest.json is not valid JSON ({err})") from err
+    manifest = read_json(folder / "manifest.json")
     for name, meta in manifest.items():
         path = folder / name
         if not path.is_file():
@@ -214,7 +202,7 @@ def save_checkpoint(
             final.rename(trash)
             shutil.rmtree(trash)
         os.replace(tmp, final)
-        _fsync(root)
+        fsync_file(root)
         for old in find_checkpoints(run_dir)[:-keep_last]:
             trash = root / f".trash-{old.name}-{os.getpid()}"
             old.rename(trash)  # a half-deleted folder never looks like a checkpoint
