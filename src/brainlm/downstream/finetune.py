@@ -249,7 +249,20 @@ def finetune(
         if len(y) == 0:
             raise UserError(f"no labelled window of {window} timepoints in split {name!r}")
     task = infer_task(np.concatenate([ytr, yva]), config.task)
-    info: dict = {"task": task, "target": target, "window": window}
+    yt, yv, info = _encode_targets(task, ytr, yva)
+    model, opt = _build(backbone, config, {"task": task, "target": target, "window": window, **info})
+    xyz = torch.from_numpy(store.coords.astype(np.float32))[None]  # (1, R, 3)
+    data = (torch.from_numpy(xtr.astype(np.float32)), yt, torch.from_numpy(xva.astype(np.float32)), yv, xyz)
+    history, stop = _train(model, opt, data, task, config, progress)
+    model.load_state_dict(stop.best_state)
+    model.info.update(best_epoch=stop.best_epoch, best_val_loss=stop.best, config=asdict(config))
+    model.eval()
+    saved = save_finetuned(model, out_dir, overwrite=overwrite) if out_dir is not None else None
+    return FinetuneResult(model, pd.DataFrame(history), stop.best_epoch, saved, missing)
+
+
+def _encode_targets(task: str, ytr: np.ndarray, yva: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Class indices, or standardised values (statistics of the training windows), and how to undo it."""
     if task == "classification":
         classes = sorted(set(map(str, ytr)))
         if len(classes) < 2:
@@ -258,21 +271,19 @@ def finetune(
         if unseen:
             raise UserError(f"validation classes {sorted(unseen)} do not occur in training")
         lut = {c: i for i, c in enumerate(classes)}
-        yt = torch.tensor([lut[str(v)] for v in ytr])
-        yv = torch.tensor([lut[str(v)] for v in yva])
-        info.update(classes=classes)
-        num_outputs = len(classes)
-    else:
-        ytr_f, yva_f = ytr.astype(np.float64), yva.astype(np.float64)
-        mean, std = float(ytr_f.mean()), float(ytr_f.std() or 1.0)
-        yt = torch.tensor((ytr_f - mean) / std, dtype=torch.float32)
-        yv = torch.tensor((yva_f - mean) / std, dtype=torch.float32)
-        info.update(y_mean=mean, y_std=std)
-        num_outputs = 1
+        return (torch.tensor([lut[str(v)] for v in ytr]), torch.tensor([lut[str(v)] for v in yva]),
+                {"classes": classes, "num_outputs": len(classes)})
+    ytr_f, yva_f = ytr.astype(np.float64), yva.astype(np.float64)
+    mean, std = float(ytr_f.mean()), float(ytr_f.std() or 1.0)
+    return (torch.tensor((ytr_f - mean) / std, dtype=torch.float32), torch.tensor((yva_f - mean) / std, dtype=torch.float32),
+            {"y_mean": mean, "y_std": std, "num_outputs": 1})
 
+
+def _build(backbone: BrainLMForPretraining, config: FinetuneConfig, info: dict):
+    """The fine-tuner (a copy of the backbone, decoder frozen) and its optimiser."""
     torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
-    model = BrainLMFinetuner(copy.deepcopy(backbone), num_outputs, config.head_hidden, config.dropout, config.pooling)
+    model = BrainLMFinetuner(copy.deepcopy(backbone), info.pop("num_outputs"), config.head_hidden, config.dropout,
+                             config.pooling)
     model.info.update(info)
     model.backbone.eval()  # no dropout in the encoder, frozen or not
     for p in model.backbone.decoder.parameters():
@@ -282,32 +293,28 @@ def finetune(
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     else:
-        groups.append({"params": [p for p in model.backbone.encoder.parameters()], "lr": config.encoder_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    xtr_t, xva_t = torch.from_numpy(xtr.astype(np.float32)), torch.from_numpy(xva.astype(np.float32))
-    xyz = torch.from_numpy(store.coords.astype(np.float32))[None]  # (1, R, 3)
+        groups.append({"params": list(model.backbone.encoder.parameters()), "lr": config.encoder_lr})
+    return model, torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
-    model.fit_scaler(xtr_t, xyz)
-    val_loss, val_metric = _run_epoch(model, xva_t, yv, xyz, task, config.batch_size)
+
+def _train(model, opt, data, task: str, config: FinetuneConfig, progress: bool) -> tuple[list[dict], EarlyStopping]:
+    """Epochs until the validation loss stops improving; the history and the stopper (best state)."""
+    xtr, yt, xva, yv, xyz = data
+    gen = torch.Generator().manual_seed(config.seed)
+    model.fit_scaler(xtr, xyz)
+    val_loss, val_metric = _run_epoch(model, xva, yv, xyz, task, config.batch_size)
     history = [{"epoch": 0, "train_loss": math.nan, "val_loss": val_loss, "val_metric": val_metric}]
     stop = EarlyStopping(config.patience)
     stop.update(val_loss, 0, model.state_dict())
     bar = progress_bar(range(1, config.epochs + 1), enabled=progress, desc="finetune", unit="epoch")
     for epoch in bar:
-        train_loss, _ = _run_epoch(model, xtr_t, yt, xyz, task, config.batch_size, opt, gen)
-        val_loss, val_metric = _run_epoch(model, xva_t, yv, xyz, task, config.batch_size)
+        train_loss, _ = _run_epoch(model, xtr, yt, xyz, task, config.batch_size, opt, gen)
+        val_loss, val_metric = _run_epoch(model, xva, yv, xyz, task, config.batch_size)
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_metric": val_metric})
         bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
         if stop.update(val_loss, epoch, model.state_dict()):
             break
-    best, best_epoch = stop.best, stop.best_epoch
-    model.load_state_dict(stop.best_state)
-    model.info.update(best_epoch=best_epoch, best_val_loss=best, config=asdict(config))
-    model.eval()
-    saved = None
-    if out_dir is not None:
-        saved = save_finetuned(model, out_dir, overwrite=overwrite)
-    return FinetuneResult(model, pd.DataFrame(history), best_epoch, saved, missing)
+    return history, stop
 
 
 def save_finetuned(model: BrainLMFinetuner, folder: str | os.PathLike, overwrite: bool = False) -> Path:
