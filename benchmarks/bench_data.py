@@ -1,11 +1,11 @@
-"""Data pipeline throughput: store writing, window reading, parcellation. Prints figures.
+"""Data pipeline throughput: store writing and window reading. Prints figures.
 
     python benchmarks/bench_data.py [--recordings 256] [--timepoints 490] [--workers 0 2]
 
 1. writes a synthetic A424 store (R = 424 regions, float16) with ``write_store``;
 2. reads random 424 x 200 windows from the warm store through ``WindowDataset`` +
    ``collate_windows`` in one process (one core), then through DataLoader workers;
-3. parcellates synthetic 4D images on a 3 mm MNI grid with the bundled A424 atlas.
+(parcellation: ``benchmarks/bench_parcellate.py``; cohort scale: ``benchmarks/bench_cohort.py``).
 
 Training consumes one batch per optimiser step; the loader's windows/s should be many times
 the training rate (target: >= 1,000 windows/s on one core).
@@ -56,32 +56,12 @@ def _bench_windows(store, batch_size: int, workers: int, epochs: int = 3) -> flo
     return n / (time.perf_counter() - t)
 
 
-def _bench_parcellation(images: int, timepoints: int) -> tuple[float, float]:
-    import nibabel as nib
-
-    from brainlm.data import Parcellator
-
-    affine = np.diag([-3.0, 3.0, 3.0, 1.0])
-    affine[:3, 3] = [90.4, -125.6, -71.6]
-    rng = np.random.default_rng(0)
-    imgs = [nib.Nifti1Image(rng.normal(size=(61, 73, 61, timepoints)).astype(np.float32), affine) for _ in range(images)]
-    parcellator = Parcellator().fit()
-    parcellator.transform(imgs[0])  # warm (atlas load, imports)
-    t = time.perf_counter()
-    for img in imgs:
-        parcellator.transform(img)
-    dt = time.perf_counter() - t
-    return images / dt, images * timepoints / dt
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recordings", type=int, default=256)
     parser.add_argument("--timepoints", type=int, default=490)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 2])
-    parser.add_argument("--images", type=int, default=3)
-    parser.add_argument("--image-timepoints", type=int, default=100)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
@@ -94,9 +74,6 @@ def main(argv=None) -> int:
             rate = _bench_windows(store, args.batch_size, workers)
             label = "1 process (one core)" if workers == 0 else f"{workers} DataLoader workers"
             print(f"windows     : {rate:,.0f} windows/s of 424 x 200, batch {args.batch_size}, {label}")
-    per_img, per_tp = _bench_parcellation(args.images, args.image_timepoints)
-    print(f"parcellation: A424 on 61 x 73 x 61 x {args.image_timepoints} images (3 mm MNI): "
-          f"{per_img:.2f} images/s = {per_tp:,.0f} timepoints/s")
     return 0
 
 

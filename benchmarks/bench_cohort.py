@@ -1,0 +1,190 @@
+"""Cohort-scale figures, side by side in one run: prepare on 1 process vs 2 parts merged,
+parcellation vs reading the image, embeddings in fp32 vs bf16, and the bf16 training step,
+each FLOP rate against the same run's GEMM rate in the same precision.
+
+    python benchmarks/bench_cohort.py [--recordings 24] [--embed-recordings 8] [--steps 2]
+
+Prints the machine (CPU model and the flags that decide bf16 speed), then Markdown tables.
+Nothing is asserted: these are measurements (BENCHMARKS.md records them with this command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_model import encoder_flops, forward_flops  # noqa: E402
+from bench_parcellate import cpu_model  # noqa: E402
+
+
+def cpu_flags() -> str:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
+    return ", ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
+
+
+def gemm_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Sustained matrix-multiply rate in FLOP/s for ``dtype`` (best of ``repeats``)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. prepare: one process vs two parts (two processes at once) merged
+# ---------------------------------------------------------------------------------------------
+
+_PART = """
+import sys
+from brainlm.data import InputOptions, StoreOptions, open_source, prepare_part
+src = open_source([sys.argv[1]], InputOptions(coords=sys.argv[2]))
+prepare_part(src, sys.argv[3], StoreOptions(window=200, progress=False), (int(sys.argv[4]), 2))
+"""
+
+
+def bench_prepare(root: Path, recordings: int, timepoints: int) -> list[str]:
+    from brainlm.data import InputOptions, StoreOptions, merge_parts, prepare
+
+    rng = np.random.default_rng(0)
+    inputs = root / "inputs"
+    inputs.mkdir()
+    for i in range(recordings):
+        np.save(inputs / f"sub-{i:04d}_task-rest.npy", rng.normal(size=(timepoints, 424)).astype(np.float32))
+    coords = root / "coords.csv"
+    np.savetxt(coords, rng.normal(size=(424, 3)) * 40, delimiter=",", header="x,y,z", comments="")
+    t = time.perf_counter()
+    whole = prepare([inputs], root / "whole", InputOptions(coords=str(coords)), StoreOptions(window=200, progress=False))
+    t_whole = time.perf_counter() - t
+    t = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-c", _PART, str(inputs), str(coords), str(root / f"part{i}"), str(i)])
+             for i in range(2)]
+    for p in procs:
+        if p.wait() != 0:
+            raise SystemExit("a part failed")
+    t_parts = time.perf_counter() - t
+    t = time.perf_counter()
+    merged = merge_parts([root / "part0", root / "part1"], root / "merged", progress_bars=False)
+    t_merge = time.perf_counter() - t
+    same = json.dumps(whole.manifest, sort_keys=True) == json.dumps(merged.manifest, sort_keys=True)
+    return [
+        f"| prepare, 1 process | {t_whole:.1f} s | {recordings / t_whole:.1f} recordings/s | |",
+        f"| prepare, 2 parts at once + merge | {t_parts:.1f} s + {t_merge:.1f} s = {t_parts + t_merge:.1f} s | "
+        f"{recordings / (t_parts + t_merge):.1f} recordings/s | merged store equals the 1-process store: {same} |",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3 and 4. embeddings and the training step
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_embed(recordings: int, gemm: dict[torch.dtype, float]) -> list[str]:
+    from brainlm.downstream import Recordings, embed_recordings
+    from brainlm.model import BrainLMForPretraining, brainlm_13m
+
+    cfg = brainlm_13m()
+    torch.manual_seed(0)
+    model = BrainLMForPretraining(cfg).eval()
+    rng = np.random.default_rng(1)
+    series = [rng.normal(size=(200, 424)).astype(np.float32) for _ in range(recordings)]
+    recs = Recordings(rng.normal(size=(424, 3)).astype(np.float32) * 40,
+                      [{"recording_id": f"r{i}", "subject_id": f"s{i}", "session_id": "", "run_id": ""}
+                       for i in range(recordings)], lambda i: series[i], "synthetic")
+    rows, results = [], {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        embed_recordings(model, recs, windows="first", batch_size=8, precision=name, progress=False)  # warm
+        t = time.perf_counter()
+        emb = embed_recordings(model, recs, windows="first", batch_size=8, precision=name, progress=False)
+        dt = time.perf_counter() - t
+        results[name] = emb.X
+        rate = recordings * encoder_flops(cfg, 1, 424, 200, 0.0) / dt
+        rows.append(f"| embed 13M, {name} | {dt / recordings * 1000:.0f} ms/recording | {recordings / dt:.2f} recordings/s "
+                    f"| {rate / 1e9:.1f} GFLOP/s = {100 * rate / gemm[dtype]:.0f}% of the {name} GEMM |")
+    a, b = results["fp32"].astype(np.float64), results["bf16"].astype(np.float64)
+    cos = ((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min()
+    rows.append(f"| embed 13M, bf16 vs fp32 | | | smallest cosine similarity {cos:.5f} |")
+    return rows
+
+
+def bench_train(steps: int, gemm: dict[torch.dtype, float]) -> list[str]:
+    from brainlm.distributed import autocast_context
+    from brainlm.model import BrainLMForPretraining, brainlm_13m
+
+    cfg = brainlm_13m()
+    rows = []
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        torch.manual_seed(0)
+        model = BrainLMForPretraining(cfg).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x, xyz = torch.randn(2, 424, 200), torch.randn(2, 424, 3) * 40
+
+        def step():
+            with autocast_context(torch.device("cpu"), dtype):
+                loss = model(x, xyz, decode_visible=False).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        step()  # warm
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        dt = (time.perf_counter() - t) / steps
+        rate = 3 * forward_flops(cfg, 2, 424, 200, cfg.mask_ratio, decode_visible=False) / dt
+        rows.append(f"| train step 13M, mask 0.2, batch 2, {name} | {dt:.2f} s/step | {2 / dt:.2f} windows/s "
+                    f"| {rate / 1e9:.1f} GFLOP/s = {100 * rate / gemm[dtype]:.0f}% of the {name} GEMM |")
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recordings", type=int, default=24, help="recordings of 490 x 424 to prepare")
+    parser.add_argument("--embed-recordings", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-parcellation", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from brainlm.distributed import cpu_supports_bf16
+
+    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
+    print(f"machine: {cpu_model()}; flags: {cpu_flags()}; native bf16: {cpu_supports_bf16()}; "
+          f"torch {torch.__version__}, {args.threads} threads")
+    gemm = {dt: gemm_rate(dt) for dt in (torch.float32, torch.bfloat16)}
+    print(f"GEMM 2048^3 in this run: fp32 {gemm[torch.float32] / 1e9:.1f} GFLOP/s, "
+          f"bf16 {gemm[torch.bfloat16] / 1e9:.1f} GFLOP/s\n")
+    print("| case | time | throughput | notes |\n| --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in bench_prepare(Path(tmp), args.recordings, 490):
+            print(row, flush=True)
+    for row in bench_embed(args.embed_recordings, gemm) + bench_train(args.steps, gemm):
+        print(row, flush=True)
+    if not args.skip_parcellation:
+        print("\nparcellation vs reading (benchmarks/bench_parcellate.py, same run):", flush=True)
+        from bench_parcellate import main as parcellate
+
+        parcellate(["--repeats", "3"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
