@@ -270,3 +270,44 @@ def test_decoding_masked_patches_only_gives_same_loss_and_gradients(ckpt, layers
     assert torch.equal(masked.logits[~m], torch.zeros_like(masked.logits[~m]))
     for n in g_full:
         assert torch.allclose(g_full[n], g_masked[n], atol=1e-5), n
+
+
+# -- the learned region embedding (off by default) ----------------------------------------------
+
+
+def _centred_rank(emb: torch.Tensor) -> int:
+    """Rank of (R, D) region vectors after removing their mean: the dimension of their affine span."""
+    return int(torch.linalg.matrix_rank((emb - emb.mean(0)).double(), rtol=1e-4))
+
+
+def test_region_identity_default_is_the_original():
+    from brainlm.model import _region_identity
+
+    model = BrainLMForPretraining(brainlm_tiny())
+    assert not any("region_embedding" in k for k in model.state_dict())
+    _, xyz = make_batch(1, 12, 20)
+    assert _centred_rank(_region_identity(model.encoder, xyz)[0]) == 3  # a 3-dimensional affine subspace
+
+
+def test_learned_region_embedding_spans_more_dims_learns_and_round_trips(tmp_path):
+    from brainlm import load_pretrained, save_pretrained
+    from brainlm.model import _region_identity
+
+    torch.manual_seed(0)
+    R, T = 12, 40
+    cfg = brainlm_tiny(num_brain_voxels=R, num_timepoints_per_voxel=T, timepoint_patching_size=10,
+                       learned_region_embedding=True)
+    model = BrainLMForPretraining(cfg)
+    assert cfg.num_parameters() == model.num_parameters()
+    x, xyz = make_batch(2, R, T)
+    out = model(x, xyz, mask_ratio=0.5)
+    for part in (model.encoder, model.decoder):
+        assert _centred_rank(_region_identity(part, xyz)[0]) > 3
+    out.loss.backward()
+    assert model.encoder.region_embedding.grad.abs().sum() > 0 and model.decoder.region_embedding.grad.abs().sum() > 0
+    save_pretrained(model, tmp_path / "m")
+    noise = torch.rand(2, R * 4)
+    again = load_pretrained(tmp_path / "m")
+    assert torch.equal(model.eval()(x, xyz, noise=noise).logits, again(x, xyz, noise=noise).logits)
+    with pytest.raises(ValueError, match="learned_region_embedding needs the 12 regions"):
+        model(*make_batch(1, 8, 40))

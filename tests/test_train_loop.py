@@ -11,6 +11,7 @@ from _train_helpers import ToyWindows, tiny_config
 from safetensors.torch import load_file
 
 from brainlm.checkpoint import load_pretrained
+from brainlm.model import BrainLMForPretraining
 from brainlm.train import NonFiniteLossError, latest_checkpoint, pretrain, read_metrics
 
 
@@ -146,3 +147,64 @@ def test_nan_loss_stops_with_step_and_batch_ids(tmp_path):
         _run(run, resume=True, max_steps=12, save_every=4, train=ToyWindows(nan_at=bad))
     assert "step_00000004" in str(err.value)  # names the last good checkpoint
     assert _snapshot(run / "checkpoints") == before  # no checkpoint of the bad state
+
+
+# -- masking schemes, the evaluation mask ratio, the connectivity start -----------------------------
+
+
+def _mask_of(noise, ratio=0.5):
+    B, L = noise.shape
+    mask = torch.ones(B, L)
+    mask.scatter_(1, noise.argsort(1)[:, : int(L * (1 - ratio))], 0.0)
+    return mask
+
+
+def test_structured_noise_masks_whole_regions_or_whole_time_spans():
+    from brainlm.train import structured_noise
+
+    R, P = 10, 4
+    noise = torch.rand(3, R * P, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(structured_noise(noise, R, "patch"), noise)
+    region = _mask_of(structured_noise(noise, R, "region")).view(3, R, P)
+    assert ((region.sum(-1) == 0) | (region.sum(-1) == P)).all()  # whole regions
+    time = _mask_of(structured_noise(noise, R, "time")).view(3, R, P)
+    assert ((time.sum(1) == 0) | (time.sum(1) == R)).all()  # whole patch columns across regions
+    mixed = structured_noise(noise, R, "mixed", torch.tensor([0, 1, 2]))
+    assert torch.equal(mixed[0], noise[0]) and torch.equal(mixed[1], structured_noise(noise, R, "region")[1])
+    with pytest.raises(ValueError):
+        structured_noise(noise, R, "mixed")
+
+
+def test_eval_mask_ratio_masking_schemes_and_connectivity_start(tmp_path):
+    from brainlm.evaluate.reconstruction import evaluate_reconstruction
+    from brainlm.train import fit_baselines
+
+    overrides = dict(timepoint_patching_size=10, mask_ratio=0.75, time_encoding_dropout=0.0, learned_region_embedding=True)
+    result = _run(tmp_path / "run", max_steps=4, eval_every=4, save_every=4, train_mask_scheme="mixed",
+                  eval_mask_ratio=0.5, model_overrides=overrides, region_embedding_init="connectivity")
+    model = load_pretrained(result.checkpoint)
+    val, base = ToyWindows(8, seed=1), fit_baselines(ToyWindows())
+    half = evaluate_reconstruction(model, val, baselines=base, batch_size=4, seed=3, mask_ratio=0.5).metrics
+    own = evaluate_reconstruction(model, val, baselines=base, batch_size=4, seed=3).metrics
+    assert result.metrics["model_mse"] == pytest.approx(half["model_mse"], rel=1e-5)  # validated at 50%, not 75%
+    assert own["model_mse"] != pytest.approx(half["model_mse"], rel=1e-5)
+    assert result.metrics["conn_r2"] == pytest.approx(half["conn_r2"], rel=1e-6)
+    with pytest.raises(ValueError, match="learned_region_embedding=true"):
+        tiny_config(None, region_embedding_init="connectivity")
+
+
+def test_connectivity_embedding_reproduces_the_region_covariance():
+    from brainlm.train import connectivity_embedding, init_region_embedding
+
+    rng = np.random.default_rng(0)
+    cov = np.cov(rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6)), rowvar=False)
+    table = connectivity_embedding(cov, dim=8)
+    assert table.shape == (6, 8) and torch.allclose(table[:, 6:], torch.zeros(6, 2))
+    gram = (table @ table.T).double()
+    assert torch.allclose(gram / gram.trace(), torch.as_tensor(cov) / np.trace(cov), atol=1e-5)
+    cfg = tiny_config(None, model_overrides=dict(timepoint_patching_size=10, learned_region_embedding=True),
+                      region_embedding_init="connectivity")
+    model = BrainLMForPretraining(cfg.model_config(num_regions=6))
+    init_region_embedding(model, cov)
+    assert torch.equal(model.encoder.region_embedding, connectivity_embedding(cov, 32))
+    assert model.decoder.xyz_proj.weight.abs().sum() == 0

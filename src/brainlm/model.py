@@ -35,6 +35,11 @@ Where this implementation departs from the original BrainLM code, on purpose:
   (region 0 patches 0..P-1, region 1, ...), so embeddings are deterministic.
 - The sinusoidal time-encoding table is computed, not stored in checkpoints.
 - With nothing masked (``mask_ratio=0``) the loss is ``None`` rather than 0/0.
+- Optional, off by default (new; not in the original): ``learned_region_embedding`` adds a
+  learned vector per region to the projection of its (x, y, z). The original knows a region
+  only through a linear map of 3 coordinates, so all region embeddings lie in a 3-dimensional
+  affine subspace; the learned table lets the model tell every region apart (it ties the model
+  to ``num_brain_voxels`` regions in a fixed order). The ``demo`` training preset uses it.
 """
 
 from __future__ import annotations
@@ -111,6 +116,7 @@ class BrainLMConfig:
     use_tanh_decoder: bool = False  # squash predictions with tanh
     time_encoding_dropout: float = 0.1  # the original's hard-coded dropout after the time encoding
     max_time_patches: int = 5000  # rows of the sinusoidal time-encoding table (P must not exceed it)
+    learned_region_embedding: bool = False  # add a learned (num_brain_voxels, D) table to the xyz projection
     # attention
     conv_kernel_size: int | None = 65  # depthwise conv of values along tokens; None or 0 disables
     attention_type: str = "exact"  # "exact" (SDPA) or "nystrom" (approximation for long contexts)
@@ -174,9 +180,10 @@ class BrainLMConfig:
             return qkv + conv + (d * d + d) + 2 * d + (d * inner + inner + inner * d + d) + 2 * d
 
         D, Dd, W = self.hidden_size, self.decoder_hidden_size, self.timepoint_patching_size
-        encoder = (W * D + D) + (3 * D + D) + D + 2 * D
+        regions = self.num_brain_voxels if self.learned_region_embedding else 0
+        encoder = (W * D + D) + (3 * D + D) + D + 2 * D + regions * D
         encoder += self.num_hidden_layers * block(D, self.num_attention_heads, self.intermediate_size)
-        decoder = (D * Dd + Dd) + Dd + (3 * Dd + Dd) + 2 * Dd + (Dd * (Dd // 2) + Dd // 2) + ((Dd // 2) * W + W)
+        decoder = (D * Dd + Dd) + Dd + (3 * Dd + Dd) + regions * Dd + 2 * Dd + (Dd * (Dd // 2) + Dd // 2) + ((Dd // 2) * W + W)
         decoder += self.decoder_num_hidden_layers * block(Dd, self.decoder_num_attention_heads,
                                                            self.decoder_intermediate_size)
         return encoder + decoder
@@ -279,6 +286,19 @@ def sinusoidal_table(num_positions: int, dim: int) -> Tensor:
     table[:, 0::2] = torch.sin(position * div_term)
     table[:, 1::2] = torch.cos(position * div_term[: dim // 2])
     return table
+
+
+def _region_table(config: BrainLMConfig, dim: int) -> nn.Parameter | None:
+    """The learned per-region table of ``learned_region_embedding``, (R, dim), or None."""
+    return nn.Parameter(torch.zeros(config.num_brain_voxels, dim)) if config.learned_region_embedding else None
+
+
+def _region_identity(module: nn.Module, xyz: Tensor) -> Tensor:
+    """(B, R, 3) coordinates -> (B, R, dim): the xyz projection, plus the learned table if any."""
+    out = module.xyz_proj(xyz)  # (B, R, dim)
+    if module.region_embedding is not None:
+        out = out + module.region_embedding.to(out.dtype)  # (R, dim) broadcast over B
+    return out
 
 
 def _segment_means(x: Tensor, num_segments: int) -> Tensor:
@@ -450,6 +470,7 @@ class BrainLMEncoder(nn.Module):
         self.patch_size = config.timepoint_patching_size
         self.signal_proj = nn.Linear(config.timepoint_patching_size, D)
         self.xyz_proj = nn.Linear(3, D)
+        self.region_embedding = _region_table(config, D)
         self.register_buffer("time_encoding", sinusoidal_table(config.max_time_patches, D), persistent=False)
         self.time_drop = nn.Dropout(config.time_encoding_dropout)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
@@ -463,7 +484,7 @@ class BrainLMEncoder(nn.Module):
         B, R, T = signal_vectors.shape
         P = T // self.patch_size
         patches = signal_vectors.view(B, R, P, self.patch_size)  # (B, R, P, W)
-        x = self.signal_proj(patches) + self.xyz_proj(xyz_vectors)[:, :, None, :]  # (B, R, P, D)
+        x = self.signal_proj(patches) + _region_identity(self, xyz_vectors)[:, :, None, :]  # (B, R, P, D)
         x = x + self.time_encoding[:P].to(x.dtype)  # broadcast over B, R
         x = self.time_drop(x)
         return x.flatten(1, 2)  # (B, L, D)
@@ -486,6 +507,7 @@ class BrainLMDecoder(nn.Module):
         self.embed = nn.Linear(config.hidden_size, Dd)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, Dd))
         self.xyz_proj = nn.Linear(3, Dd)
+        self.region_embedding = _region_table(config, Dd)
         self.register_buffer("time_encoding", sinusoidal_table(config.max_time_patches, Dd), persistent=False)
         self.time_drop = nn.Dropout(config.time_encoding_dropout)
         self.blocks = _Stack(
@@ -514,7 +536,7 @@ class BrainLMDecoder(nn.Module):
         # Put each kept token back at its place; every other place holds the mask token.
         full = self.mask_token.to(x.dtype).expand(B, R * P, Dd)
         full = full.scatter(1, ids_keep[..., None].expand(-1, -1, Dd), x[:, 1:])  # (B, L, Dd)
-        full = full.view(B, R, P, Dd) + self.xyz_proj(xyz_vectors)[:, :, None, :]  # (B, R, P, Dd)
+        full = full.view(B, R, P, Dd) + _region_identity(self, xyz_vectors)[:, :, None, :]  # (B, R, P, Dd)
         full = self.time_drop(full + self.time_encoding[:P].to(full.dtype))
         x = torch.cat([x[:, :1], full.flatten(1, 2)], dim=1)  # (B, 1 + L, Dd), CLS then region-major
         if ids_masked is not None and len(self.blocks.layers) > 0:
@@ -668,6 +690,9 @@ class BrainLMForPretraining(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.encoder.cls_token, std=std)
         nn.init.normal_(self.decoder.mask_token, std=std)
+        for part in (self.encoder, self.decoder):
+            if part.region_embedding is not None:
+                nn.init.normal_(part.region_embedding, std=std)
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute each transformer layer in the backward pass instead of storing activations."""
@@ -697,6 +722,9 @@ class BrainLMForPretraining(nn.Module):
                 f"signal_vectors has {R} regions (batch {B}) but xyz_vectors has shape {tuple(xyz_vectors.shape)}; "
                 "every region needs one (x, y, z) coordinate"
             )
+        if self.config.learned_region_embedding and R != self.config.num_brain_voxels:
+            raise UserError(f"learned_region_embedding needs the {self.config.num_brain_voxels} regions the model was "
+                            f"built for, got {R}")
         if T % W != 0 or T == 0:
             raise UserError(f"T = {T} timepoints is not a positive multiple of timepoint_patching_size W = {W}")
         if T // W > self.config.max_time_patches:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["TRAIN_MASK", "DROPOUT", "EVAL_MASK", "seed_of", "window_noise"]
+__all__ = ["TRAIN_MASK", "DROPOUT", "EVAL_MASK", "MASK_SCHEME", "seed_of", "window_noise"]
 
 # Tags that keep the seeded streams apart.
-TRAIN_MASK, DROPOUT, EVAL_MASK = 0, 1, 2
+TRAIN_MASK, DROPOUT, EVAL_MASK, MASK_SCHEME = 0, 1, 2, 3
 
 
 def seed_of(*parts: int) -> int:

@@ -31,14 +31,17 @@ from brainlm.train.trainer import (
     RunResult,
     Trainer,
     build_datasets,
+    connectivity_embedding,
     fit_baselines,
+    init_region_embedding,
     pretrain,
     read_metrics,
+    structured_noise,
 )
 
 __all__ = [
     "TrainConfig", "TRAIN_PRESETS", "train_preset", "apply_overrides", "parse_overrides", "resolve_config",
     "pretrain", "run_pretrain", "Trainer", "RunResult", "NonFiniteLossError", "build_datasets", "fit_baselines",
-    "read_metrics", "param_groups", "build_optimizer", "lr_at", "scaled_lr",
+    "read_metrics", "structured_noise", "connectivity_embedding", "init_region_embedding", "param_groups", "build_optimizer", "lr_at", "scaled_lr",
     "latest_checkpoint", "load_checkpoint", "verify_checkpoint",
 ]

@@ -19,7 +19,9 @@ from brainlm.errors import MissingInputError, UserError
 from brainlm.model import PRESETS as MODEL_PRESETS
 from brainlm.model import BrainLMConfig
 
-__all__ = ["TrainConfig", "TRAIN_PRESETS", "train_preset", "apply_overrides", "parse_overrides", "resolve_config"]
+MASK_SCHEMES = ("patch", "region", "time", "mixed")
+
+__all__ = ["MASK_SCHEMES", "TrainConfig", "TRAIN_PRESETS", "train_preset", "apply_overrides", "parse_overrides", "resolve_config"]
 
 
 @dataclass(kw_only=True)
@@ -30,6 +32,9 @@ class TrainConfig:
     model: str = "13m"  # a preset of brainlm.model.PRESETS
     model_overrides: dict[str, Any] = field(default_factory=dict)  # BrainLMConfig fields to change
     init_from: str | None = None  # start from the weights of this model folder instead of random init
+    # with --model.learned_region_embedding: "normal" (the model's init) or "connectivity" (the
+    # principal axes of the train split's region covariance, coordinate projections at 0)
+    region_embedding_init: str = "normal"
     # data
     data: str | None = None  # store folder (brainlm.data.open_store)
     window: int = 200  # timepoints per window, T; the model's num_timepoints_per_voxel
@@ -67,6 +72,9 @@ class TrainConfig:
     # evaluation, checkpoints, logging
     eval_every: int = 100  # steps between validation runs (0 = only at the end)
     eval_mask_ratio: float | None = None  # masked fraction when evaluating (None: the model's mask_ratio)
+    # training masks: "patch" (random tokens, the original), "region" (whole regions), "time"
+    # (whole patch columns across regions), "mixed" (each window one of the three at random)
+    train_mask_scheme: str = "patch"
     eval_max_batches: int = 0  # cap on validation batches per evaluation (0 = all)
     save_every: int = 100  # steps between checkpoints (0 = only at the end)
     keep_last: int = 3  # checkpoints kept besides the best
@@ -89,6 +97,13 @@ class TrainConfig:
                      "train_stride", "eval_stride", "num_workers", "num_threads", "stop_at_step"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0")
         need(self.train_mode in ("random", "sliding"), f"train_mode must be 'random' or 'sliding', got {self.train_mode!r}")
+        need(self.region_embedding_init in ("normal", "connectivity"),
+             f"region_embedding_init must be 'normal' or 'connectivity', got {self.region_embedding_init!r}")
+        if self.region_embedding_init == "connectivity":
+            need(self.model_config().learned_region_embedding,
+                 "region_embedding_init=connectivity needs --model.learned_region_embedding=true")
+        need(self.train_mask_scheme in MASK_SCHEMES,
+             f"train_mask_scheme must be one of {MASK_SCHEMES}, got {self.train_mask_scheme!r}")
         need(self.eval_mode in ("fixed", "sliding"), f"eval_mode must be 'fixed' or 'sliding', got {self.eval_mode!r}")
         need(self.precision in ("auto", "bf16", "fp16", "fp32"),
              f"precision must be 'auto', 'bf16', 'fp16' or 'fp32', got {self.precision!r}")
@@ -135,15 +150,22 @@ class TrainConfig:
 
 
 def demo() -> TrainConfig:
-    """A few minutes on 2 CPU cores: the demo store (94 AAL2 regions), a 0.1M-parameter model.
+    """About 8 minutes on 2 CPU cores: the demo store (94 AAL2 regions), a 0.1M-parameter model.
 
     Windows of 40 timepoints in patches of 10 (4 patches per region), half of the patches
     masked, sliding train windows (stride 5) so each step sees new positions. In these
-    recordings neighbouring timepoints are only weakly correlated, so the signal to learn is
-    across regions at the same time; the model needs a few hundred steps to find it.
+    recordings neighbouring timepoints are only weakly correlated, so what can be predicted
+    comes from other regions at the same time: what the connectivity-conditional fill uses.
+
+    What makes the model learn that in minutes (the search is in docs/training.md): a learned
+    embedding per region, started at the principal axes of the train split's region covariance
+    (the covariance the connectivity baseline uses; nothing from the validation or test
+    subjects), with the projections of raw millimetre coordinates started at 0 (they otherwise
+    swamp every other input of the decoder); batch 16 at learning rate 3e-3 for 3000 steps.
+    Evaluation masks 50% of the patches at random.
 
     One thread in fp32: for a model this small, a second thread mostly waits on the first
-    (and stalls badly on a shared machine), and bf16 casts cost more than they save.
+    (and stalls badly on a shared machine), and bf16 is slower on CPUs without native bf16.
     """
     return TrainConfig(
         model="tiny",
@@ -151,11 +173,12 @@ def demo() -> TrainConfig:
             hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
             decoder_hidden_size=64, decoder_num_hidden_layers=1, decoder_num_attention_heads=4,
             decoder_intermediate_size=128, conv_kernel_size=9, timepoint_patching_size=10, mask_ratio=0.5,
-            time_encoding_dropout=0.0,
+            time_encoding_dropout=0.0, learned_region_embedding=True,
         ),
-        window=40, train_mode="sliding", train_stride=5, eval_mode="sliding", eval_stride=40,
-        out_dir="runs/demo", seed=0, max_steps=1500, batch_size=32, base_lr=0.024, warmup_ratio=0.05,
-        min_lr_ratio=0.05, eval_every=250, save_every=250, keep_last=2, log_every=10, num_threads=1,
+        region_embedding_init="connectivity",
+        window=40, train_mode="sliding", train_stride=5, eval_mode="sliding", eval_stride=40, eval_mask_ratio=0.5,
+        out_dir="runs/demo", seed=0, max_steps=3000, batch_size=16, lr=3e-3, warmup_ratio=0.05,
+        min_lr_ratio=0.05, eval_every=500, save_every=500, keep_last=2, log_every=10, num_threads=1,
         precision="fp32",
     )
 

@@ -56,12 +56,13 @@ from brainlm.evaluate.reconstruction import evaluate_reconstruction
 from brainlm.io import OutputLock, atomic_write_text, json_line, write_csv
 from brainlm.model import BrainLMForPretraining
 from brainlm.progress import progress
-from brainlm.seeding import DROPOUT, TRAIN_MASK, seed_of, window_noise
+from brainlm.seeding import DROPOUT, MASK_SCHEME, TRAIN_MASK, seed_of, window_noise
 from brainlm.train import checkpointing as ckpt
 from brainlm.train.config import TrainConfig
 from brainlm.train.optim import build_optimizer, build_scheduler, scaled_lr
 
-__all__ = ["Trainer", "pretrain", "RunResult", "NonFiniteLossError", "build_datasets", "fit_baselines", "read_metrics"]
+__all__ = ["Trainer", "pretrain", "RunResult", "NonFiniteLossError", "build_datasets", "fit_baselines", "read_metrics",
+           "structured_noise", "connectivity_embedding", "init_region_embedding"]
 
 _ID_KEYS = ("subject_id", "recording_id", "session_id", "run_id", "window_start")
 
@@ -140,6 +141,64 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of ``RUN/metrics.jsonl``."""
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def structured_noise(noise: torch.Tensor, num_regions: int, scheme: str, choice: torch.Tensor | None = None) -> torch.Tensor:
+    """Turn (B, R * P) token noise into noise whose argsort masks whole groups of tokens.
+
+    ``"patch"``: unchanged (every token on its own, the original). ``"region"``: all patches of
+    a region get the rank of their region, so whole regions are kept or masked (the cut splits
+    at most one region). ``"time"``: all regions of a patch index get the rank of that index,
+    so whole patch columns are kept or masked across regions. ``"mixed"``: window b uses scheme
+    ``choice[b]`` (0 patch, 1 region, 2 time). Within a group, token order stays random.
+    """
+    B, L = noise.shape
+    x = noise.view(B, num_regions, L // num_regions)  # (B, R, P), values in [0, 1)
+
+    def rank(v: torch.Tensor) -> torch.Tensor:
+        return v.argsort(-1).argsort(-1).to(noise.dtype)
+
+    if scheme == "patch":
+        return noise
+    region = (rank(x[:, :, 0])[:, :, None] + x).flatten(1)  # (B, L): integer part = region rank
+    time = (rank(x[:, 0, :])[:, None, :] + x).flatten(1)  # (B, L): integer part = patch-index rank
+    if scheme == "region":
+        return region
+    if scheme == "time":
+        return time
+    if scheme == "mixed":
+        if choice is None or choice.shape != (B,):
+            raise ValueError("scheme 'mixed' needs choice (B,) with values 0, 1, 2")
+        return torch.where((choice == 2)[:, None], time, torch.where((choice == 1)[:, None], region, noise))
+    raise ValueError(f"unknown mask scheme {scheme!r}")
+
+
+def connectivity_embedding(covariance, dim: int) -> torch.Tensor:
+    """(R, dim) region vectors whose inner products reproduce a region covariance (up to one factor).
+
+    Rows are the regions' coordinates on the leading principal axes, scaled by the square root
+    of their variance (``e_i . e_j = cov_ij`` exactly when dim >= R); the table is scaled to an
+    RMS of 1, and columns beyond R are 0.
+    """
+    cov = torch.as_tensor(covariance, dtype=torch.float64)
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    evals, evecs = evals.flip(0).clamp(min=0), evecs.flip(1)
+    k = min(dim, cov.shape[0])
+    table = torch.zeros(cov.shape[0], dim, dtype=torch.float64)
+    table[:, :k] = evecs[:, :k] * evals[:k].sqrt()
+    return (table / table.pow(2).mean().sqrt().clamp(min=1e-12)).float()
+
+
+@torch.no_grad()
+def init_region_embedding(model: BrainLMForPretraining, covariance) -> None:
+    """``region_embedding_init="connectivity"``: the learned region tables of the encoder and the
+    decoder start at :func:`connectivity_embedding` of the train split's covariance, and both
+    coordinate projections at 0, so at first region identity is the covariance structure alone
+    (everything still learns)."""
+    for part in (model.encoder, model.decoder):
+        part.region_embedding.copy_(connectivity_embedding(covariance, part.region_embedding.shape[1]))
+        part.xyz_proj.weight.zero_()
+        part.xyz_proj.bias.zero_()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,10 +311,13 @@ class Trainer:
         self._check_init_from()
         self._take_lock()
         self.state = self._check_run_dir()
+        self.baselines = fit_baselines(self.train_dataset)
         torch.manual_seed(c.seed)  # identical initial weights on every rank
         model = BrainLMForPretraining(self.model_config)
         if c.init_from and self.state is None:
             self._load_init(model)
+        elif c.region_embedding_init == "connectivity" and self.state is None:
+            init_region_embedding(model, self.baselines.covariance_)
         if c.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         mode = "fsdp" if c.fsdp and self.info.is_distributed else ("ddp" if self.info.is_distributed else "none")
@@ -269,7 +331,6 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, c.max_steps, warmup, c.min_lr_ratio)
         if c.compile:
             self.model = torch.compile(self.model)
-        self.baselines = fit_baselines(self.train_dataset)
 
     def _build_data(self) -> None:
         c = self.config
@@ -402,8 +463,12 @@ class Trainer:
         return {"loss": float(loss_sum) / c.grad_accum_steps, "lr": lr, "grad_norm": grad_norm}
 
     def _training_noise(self, keys: list[tuple[int, ...]], num_regions: int, num_patches: int) -> torch.Tensor:
-        """(B, L) masking noise of the training windows (uniform: random patch masking)."""
-        return window_noise(keys, num_regions * num_patches)
+        """(B, L) masking noise of the training windows, shaped by ``train_mask_scheme``."""
+        noise = window_noise(keys, num_regions * num_patches)
+        if self.config.train_mask_scheme == "patch":
+            return noise
+        choice = (window_noise([(*k, MASK_SCHEME) for k in keys], 1)[:, 0] * 3).long().clamp(max=2)
+        return structured_noise(noise, num_regions, self.config.train_mask_scheme, choice)
 
     def _check_finite(self, loss: torch.Tensor, micro: int, batch: dict) -> None:
         bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=self.device)
