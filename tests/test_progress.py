@@ -19,3 +19,17 @@ def test_disabled_prints_nothing():
     log = io.StringIO()
     assert list(progress(range(3), stream=log, enabled=False)) == [0, 1, 2]
     assert log.getvalue() == ""
+
+
+def test_training_bar_in_a_log_prints_a_few_lines(tmp_path, capsys, monkeypatch):
+    """A 12-step run logging every step writes a start and an end line, not one per log record."""
+    from _train_helpers import ToyWindows, tiny_config
+
+    from brainlm.train import pretrain
+
+    monkeypatch.setenv("BRAINLM_LOG_INTERVAL", "30")
+    pretrain(tiny_config(tmp_path / "run", progress=True, log_every=1), train_dataset=ToyWindows(),
+             val_dataset=ToyWindows(8, seed=1))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("pretrain")]
+    assert "\r" not in err and 1 <= len(lines) <= 3, lines

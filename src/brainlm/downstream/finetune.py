@@ -311,7 +311,7 @@ def _train(model, opt, data, task: str, config: FinetuneConfig, progress: bool) 
         train_loss, _ = _run_epoch(model, xtr, yt, xyz, task, config.batch_size, opt, gen)
         val_loss, val_metric = _run_epoch(model, xva, yv, xyz, task, config.batch_size)
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_metric": val_metric})
-        bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+        bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}", refresh=False)
         if stop.update(val_loss, epoch, model.state_dict()):
             break
     return history, stop

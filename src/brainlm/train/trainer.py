@@ -549,7 +549,7 @@ class Trainer:
                     record = self._log_train(record, windows / max(time.perf_counter() - t_last, 1e-9))
                     losses.append((self.step, record["loss"]))
                     t_last, windows = time.perf_counter(), 0
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", win_s=f"{record['windows_per_s']:.0f}")
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", win_s=f"{record['windows_per_s']:.0f}", refresh=False)
                 bar.update(1)
                 if self.step == stop or (c.eval_every and self.step % c.eval_every == 0):
                     self.evaluate()
