@@ -24,7 +24,8 @@ def _save(fig, plt, path) -> Path:
 
 def plot_reconstruction(rec, path: str | os.PathLike, regions=None, region_names=None, tr: float | None = None,
                         title: str = "") -> Path:
-    """True vs reconstructed time courses of a few regions (``rec``: a ``Reconstruction``).
+    """True vs reconstructed time courses of a few regions (``rec``: a ``Reconstruction``), with
+    the connectivity-conditional fill of the same hidden values when it was computed.
 
     Default regions: the best, median and worst R^2.
     """
@@ -35,7 +36,9 @@ def plot_reconstruction(rec, path: str | os.PathLike, regions=None, region_names
     t = np.arange(len(rec.true)) * (tr or 1.0)
     for ax, r in zip(axes[:, 0], regions):
         ax.plot(t, rec.true[:, r], color="0.3", lw=0.9, label="true")
-        ax.plot(t, rec.pred[:, r], color="tab:red", lw=0.9, label="reconstructed (hidden)")
+        ax.plot(t, rec.pred[:, r], color="tab:red", lw=0.9, label="BrainLM (hidden)")
+        if "conn" in rec.baselines:
+            ax.plot(t, rec.baselines["conn"][:, r], color="tab:blue", lw=0.8, ls="--", label="connectivity fill")
         name = region_names[r] if region_names else f"region {r}"
         ax.set_title(f"{name}: R$^2$ = {rec.r2[r]:.2f}", fontsize=9, loc="left")
     axes[0, 0].legend(fontsize=8, loc="upper right")

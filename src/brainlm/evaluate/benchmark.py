@@ -112,7 +112,7 @@ def _ladder_table(task: str, metric: str, stats: dict[str, Callable[[np.ndarray]
     comparison = {"model": model, "baseline": base, "model_value": float(values[model]),
                   "baseline_value": float(values[base]), "difference": float(values[model] - values[base]),
                   "diff_ci_low": cmp.diff_lo, "diff_ci_high": cmp.diff_hi, "p_boot": cmp.p_boot,
-                  "winner": model if values[model] > values[base] else base}
+                  "winner": model if values[model] > values[base] else (base if values[model] < values[base] else "tie")}
     return TaskResult(task, metric, table, comparison, notes)
 
 
@@ -290,8 +290,8 @@ def _figure(result: TaskResult, path: Path) -> Path:
 def _verdict(r: TaskResult) -> str:
     c = r.comparison
     label = dict(zip(r.table["method"], r.table["label"]))
-    won = c["winner"] == c["model"]
-    return (f"**{'BrainLM wins' if won else 'the baseline wins'}**: {label[c['model']]} {c['model_value']:.3f} vs "
+    verdict = {c["model"]: "BrainLM wins", c["baseline"]: "the baseline wins"}.get(c["winner"], "a tie")
+    return (f"**{verdict}**: {label[c['model']]} {c['model_value']:.3f} vs "
             f"{label[c['baseline']]} {c['baseline_value']:.3f}; difference {c['difference']:+.3f} "
             f"[{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}], p_boot {c['p_boot']:.3f}")
 
