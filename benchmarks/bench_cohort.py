@@ -2,7 +2,7 @@
 parcellation vs reading the image, embeddings in fp32 vs bf16, and the bf16 training step,
 each FLOP rate against the same run's GEMM rate in the same precision.
 
-    python benchmarks/bench_cohort.py [--recordings 24] [--embed-recordings 8] [--steps 2]
+    python benchmarks/bench_cohort.py [--recordings 12] [--embed-recordings 8] [--steps 2]
 
 Prints the machine (CPU model and the flags that decide bf16 speed), then Markdown tables.
 Nothing is asserted: these are measurements (BENCHMARKS.md records them with this command).
@@ -64,27 +64,26 @@ def gemm_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
 
 _PART = """
 import sys
-from brainlm.data import InputOptions, StoreOptions, open_source, prepare_part
-src = open_source([sys.argv[1]], InputOptions(coords=sys.argv[2]))
-prepare_part(src, sys.argv[3], StoreOptions(window=200, progress=False), (int(sys.argv[4]), 2))
+from brainlm.data import StoreOptions, open_source, prepare_part
+prepare_part(open_source([sys.argv[1]]), sys.argv[2], StoreOptions(window=50, progress=False), (int(sys.argv[3]), 2))
 """
 
 
 def bench_prepare(root: Path, recordings: int, timepoints: int) -> list[str]:
-    from brainlm.data import InputOptions, StoreOptions, merge_parts, prepare
+    """BOLD images (3 mm MNI, A424 parcellation): one process, then two parts at once and a merge."""
+    from bench_parcellate import make_image
 
-    rng = np.random.default_rng(0)
+    from brainlm.data import StoreOptions, merge_parts, prepare
+
     inputs = root / "inputs"
     inputs.mkdir()
     for i in range(recordings):
-        np.save(inputs / f"sub-{i:04d}_task-rest.npy", rng.normal(size=(timepoints, 424)).astype(np.float32))
-    coords = root / "coords.csv"
-    np.savetxt(coords, rng.normal(size=(424, 3)) * 40, delimiter=",", header="x,y,z", comments="")
+        make_image(inputs / f"sub-{i:04d}_task-rest_bold.nii.gz", timepoints, seed=i)
     t = time.perf_counter()
-    whole = prepare([inputs], root / "whole", InputOptions(coords=str(coords)), StoreOptions(window=200, progress=False))
+    whole = prepare([inputs], root / "whole", None, StoreOptions(window=50, progress=False))
     t_whole = time.perf_counter() - t
     t = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-c", _PART, str(inputs), str(coords), str(root / f"part{i}"), str(i)])
+    procs = [subprocess.Popen([sys.executable, "-c", _PART, str(inputs), str(root / f"part{i}"), str(i)])
              for i in range(2)]
     for p in procs:
         if p.wait() != 0:
@@ -95,9 +94,11 @@ def bench_prepare(root: Path, recordings: int, timepoints: int) -> list[str]:
     t_merge = time.perf_counter() - t
     same = json.dumps(whole.manifest, sort_keys=True) == json.dumps(merged.manifest, sort_keys=True)
     return [
-        f"| prepare, 1 process | {t_whole:.1f} s | {recordings / t_whole:.1f} recordings/s | |",
+        f"| prepare {recordings} BOLD images of 61 x 73 x 61 x {timepoints}, 1 process | {t_whole:.1f} s | "
+        f"{recordings / t_whole:.2f} images/s | |",
         f"| prepare, 2 parts at once + merge | {t_parts:.1f} s + {t_merge:.1f} s = {t_parts + t_merge:.1f} s | "
-        f"{recordings / (t_parts + t_merge):.1f} recordings/s | merged store equals the 1-process store: {same} |",
+        f"{recordings / (t_parts + t_merge):.2f} images/s | merged store equals the 1-process store: {same}; each "
+        "part pays its own start-up (imports, atlas resampling) |",
     ]
 
 
@@ -166,11 +167,11 @@ def bench_train(steps: int, gemm: dict[torch.dtype, float]) -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recordings", type=int, default=24, help="recordings of 490 x 424 to prepare")
+    parser.add_argument("--recordings", type=int, default=12, help="BOLD images (100 volumes) to prepare")
     parser.add_argument("--embed-recordings", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip-parcellation", action="store_true")
+    parser.add_argument("--cases", default="prepare,embed,train,parcellation", help="comma separated")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from brainlm.distributed import cpu_supports_bf16
@@ -181,13 +182,17 @@ def main(argv=None) -> int:
     gemm = {dt: gemm_rate(dt) for dt in (torch.float32, torch.bfloat16)}
     print(f"GEMM 2048^3 in this run: fp32 {gemm[torch.float32] / 1e9:.1f} GFLOP/s, "
           f"bf16 {gemm[torch.bfloat16] / 1e9:.1f} GFLOP/s\n")
+    cases = set(args.cases.split(","))
     print("| case | time | throughput | notes |\n| --- | --- | --- | --- |")
-    with tempfile.TemporaryDirectory() as tmp:
-        for row in bench_prepare(Path(tmp), args.recordings, 490):
-            print(row, flush=True)
-    for row in bench_embed(args.embed_recordings, gemm) + bench_train(args.steps, gemm):
+    if "prepare" in cases:
+        with tempfile.TemporaryDirectory() as tmp:
+            for row in bench_prepare(Path(tmp), args.recordings, 100):
+                print(row, flush=True)
+    rows = (bench_embed(args.embed_recordings, gemm) if "embed" in cases else []) + (
+        bench_train(args.steps, gemm) if "train" in cases else [])
+    for row in rows:
         print(row, flush=True)
-    if not args.skip_parcellation:
+    if "parcellation" in cases:
         print("\nparcellation vs reading (benchmarks/bench_parcellate.py, same run):", flush=True)
         from bench_parcellate import main as parcellate
 

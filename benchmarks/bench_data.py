@@ -56,6 +56,26 @@ def _bench_windows(store, batch_size: int, workers: int, epochs: int = 3) -> flo
     return n / (time.perf_counter() - t)
 
 
+def _bench_verification(store) -> str:
+    """The cost of the integrity check of every shard: first open (SHA-256) and a later one (cache)."""
+    import brainlm.data.store as store_module
+    from brainlm.data import open_store
+
+    times = []
+    for cached in (False, True):
+        store_module._VERIFIED.clear()
+        if not cached:
+            store_module._cache_file().unlink(missing_ok=True)
+        s = open_store(store.path)
+        t = time.perf_counter()
+        for shard in dict.fromkeys(s.recordings["shard"]):
+            s._reader(shard)
+        times.append(time.perf_counter() - t)
+    gb = sum(x["bytes"] for x in store.manifest["shards"]) / 1e9
+    return (f"verify      : every shard ({gb:.2f} GB) checked on first open in {times[0]:.2f} s "
+            f"({gb / max(times[0], 1e-9):.1f} GB/s); opened again (cached by size, mtime, inode): {times[1] * 1000:.1f} ms")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recordings", type=int, default=256)
@@ -70,6 +90,7 @@ def main(argv=None) -> int:
         gb = sum(s["bytes"] for s in store.manifest["shards"]) / 1e9
         print(f"store write : {args.recordings} recordings x {args.timepoints} x 424 float16 ({gb:.2f} GB) "
               f"in {dt:.1f} s = {args.recordings / dt:.0f} recordings/s")
+        print(_bench_verification(store), flush=True)
         for workers in args.workers:
             rate = _bench_windows(store, args.batch_size, workers)
             label = "1 process (one core)" if workers == 0 else f"{workers} DataLoader workers"
