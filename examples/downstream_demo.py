@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from brainlm.checkpoint import save_pretrained
 from brainlm.data import WindowDataset, build_demo_store, collate_windows
 from brainlm.downstream import (
     fingerprint,
@@ -40,7 +41,6 @@ from brainlm.downstream import (
     reconstruct_recordings,
 )
 from brainlm.model import BrainLMForPretraining, brainlm_tiny
-from brainlm.checkpoint import save_pretrained
 
 
 def pretrain_small(store, out: Path, *, window: int = 40, steps: int = 600, batch_size: int = 32, seed: int = 0) -> Path:
