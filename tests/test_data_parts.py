@@ -133,3 +133,19 @@ def test_folder_kinds_are_recognised(tmp_path):
     assert detect_kind(tmp_path / "bold" / "sub-01_bold.nii.gz") == "bold"
     with pytest.raises(UserError, match="cannot tell what this folder holds.*pass --kind"):
         detect_kind(tmp_path / "empty")
+
+
+def test_flags_are_never_abbreviated(inputs, capsys):
+    """``--partic`` must not silently mean ``--participants`` (nor ``--part``)."""
+    argv = ["prepare", str(inputs / "in"), "--coords", str(inputs / "coords.csv"), "--out", str(inputs / "s"),
+            "--partic", str(inputs / "participants.tsv")]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and "unrecognized arguments: --partic" in capsys.readouterr().err
+    assert not (inputs / "s").exists()
+
+
+def test_out_pointing_at_a_file_is_one_line(inputs, capsys):
+    (inputs / "afile").write_text("x")
+    assert main(["prepare", str(inputs / "in"), "--coords", str(inputs / "coords.csv"), "--out", str(inputs / "afile")]) == 2
+    assert "--out" in capsys.readouterr().err and (inputs / "afile").read_text() == "x"
