@@ -71,7 +71,7 @@ def run_demo(out_dir: str = "runs/demo", overrides: dict[str, Any] | None = None
     ev = evaluate_reconstruction(model.to(device), test_ds, baselines=fit_baselines(train_ds),
                                  batch_size=config.eval_batch_size or config.batch_size, seed=config.seed,
                                  device=device, dtype=resolve_precision(config.precision, device),
-                                 mask_ratio=config.eval_mask_ratio)
+                                 mask_ratio=config.eval_mask_ratio, per_window=True)
     metrics = ev.metrics
     atomic_write_json(run_dir / "test_metrics.json", {"model": str(chosen), **metrics})
     mc = model.config
@@ -83,29 +83,38 @@ def run_demo(out_dir: str = "runs/demo", overrides: dict[str, Any] | None = None
     print(format_ladder(metrics, ev.methods, model_label=f"BrainLM ({model.num_parameters() / 1e6:.2f}M)"))
     print("(* the strongest baseline; the connectivity fill uses the train subjects' region covariance)")
     print()
-    print(f"trained {result.step} steps; total time {t_train / 60:.1f} min")
+    print(f"trained {result.step} steps; this invocation took {t_train / 60:.1f} min")
     print(f"checkpoint: {result.checkpoint}\nbest model: {chosen}")
     print(f"metrics:    {result.metrics_file} (and metrics.csv); test metrics: {run_dir / 'test_metrics.json'}")
     for p in result.plots:
         print(f"plot:       {p}")
     if smoke:
         return 0
-    return _verdict(metrics, ev.methods)
+    return _verdict(ev, seed=config.seed)
 
 
-def _verdict(metrics: dict, methods) -> int:
-    """The last lines: the model against the strongest baseline, plainly; status 1 if training failed."""
+def _verdict(ev, seed: int = 0, n_boot: int = 1000) -> int:
+    """The last lines: the model against the strongest baseline, plainly, with the paired
+    subject-bootstrap interval of the difference; status 1 if training failed."""
     from brainlm.evaluate.baselines import BASELINE_LABELS
-    from brainlm.evaluate.reconstruction import best_baseline
+    from brainlm.evaluate.protocol import SubjectBootstrap
+    from brainlm.evaluate.reconstruction import best_baseline, r2_statistic
 
+    metrics, methods = ev.metrics, ev.methods
     best = best_baseline(metrics, methods)
     model, base = metrics["model_r2"], metrics[f"{best}_r2"]
     name = BASELINE_LABELS[best]
+    boot = SubjectBootstrap(ev.windows["subject_id"].to_numpy(), n_boot, seed)
+    cmp = boot.compare(r2_statistic(ev.windows, "model"), r2_statistic(ev.windows, best))
+    noise = "within noise" if cmp.diff_lo <= 0 <= cmp.diff_hi else "outside noise"
+    spread = (f"difference {model - base:+.3f}, subject-bootstrap 95% interval [{cmp.diff_lo:+.3f}, "
+              f"{cmp.diff_hi:+.3f}] over {boot.num_subjects} test subjects: {noise}")
     if model > base:
-        print(f"BrainLM beats the strongest baseline ({name}) on the held-out subjects: R^2 {model:.3f} vs {base:.3f}")
+        print(f"BrainLM beats the strongest baseline ({name}) on the held-out subjects: R^2 {model:.3f} vs {base:.3f} "
+              f"({spread})")
     else:
         print(f"BrainLM does NOT beat the strongest baseline ({name}) on the held-out subjects: R^2 {model:.3f} vs "
-              f"{base:.3f} (gap {base - model:.3f})")
+              f"{base:.3f} ({spread})")
     trivial = max(metrics[f"{m}_r2"] for m in ("zero", "mean", "interp"))
     if not model > trivial:
         print("training failed: the model does not even beat the trivial baselines (zero, region mean, interpolation)")

@@ -116,11 +116,6 @@ def _ladder_table(task: str, metric: str, stats: dict[str, Callable[[np.ndarray]
     return TaskResult(task, metric, table, comparison, notes)
 
 
-def _r2_from_sums(frame: pd.DataFrame, method: str) -> Callable[[np.ndarray], float]:
-    sse, syy = frame[f"{method}_sse"].to_numpy(), frame[f"{method}_syy"].to_numpy()
-    return lambda idx: 1.0 - sse[idx].sum() / syy[idx].sum()
-
-
 # ---------------------------------------------------------------------------------------------
 # The tasks
 # ---------------------------------------------------------------------------------------------
@@ -129,14 +124,14 @@ def _r2_from_sums(frame: pd.DataFrame, method: str) -> Callable[[np.ndarray], fl
 def _reconstruction(model, store, cfg: BenchmarkConfig, baselines: ReconstructionBaselines, device, dtype) -> TaskResult:
     from brainlm.data import WindowDataset
 
-    from .reconstruction import evaluate_reconstruction
+    from .reconstruction import evaluate_reconstruction, r2_statistic
 
     ds = WindowDataset(store, cfg.split, window=model.window_length, mode="sliding")
     ev = evaluate_reconstruction(model, ds, baselines=baselines, batch_size=cfg.batch_size, seed=cfg.seed,
                                  device=device, dtype=dtype, mask_ratio=cfg.mask_ratio, per_window=True)
     frame = ev.windows
     boot = SubjectBootstrap(frame["subject_id"].to_numpy(), cfg.bootstrap, cfg.seed)
-    stats = {m: _r2_from_sums(frame, m) for m in ev.methods}
+    stats = {m: r2_statistic(frame, m) for m in ev.methods}
     labels = {"model": "BrainLM", **{m: BASELINE_LABELS[m] for m in ev.methods if m != "model"}}
     notes = [f"{len(frame)} windows of {model.window_length} timepoints of the {cfg.split} split "
              f"({boot.num_subjects} subjects), {cfg.mask_ratio:.0%} of the model's tokens hidden at random per window"]

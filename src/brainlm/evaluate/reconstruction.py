@@ -24,7 +24,7 @@ from brainlm.seeding import EVAL_MASK, window_noise
 from .baselines import BASELINE_LABELS, ReconstructionBaselines
 from .metrics import SUMS, MaskedMetrics, metrics_from_sums
 
-__all__ = ["ReconstructionEval", "evaluate_reconstruction", "best_baseline", "format_ladder"]
+__all__ = ["ReconstructionEval", "evaluate_reconstruction", "best_baseline", "r2_statistic", "format_ladder"]
 
 
 @dataclass
@@ -48,6 +48,13 @@ class ReconstructionEval:
 def best_baseline(metrics: dict[str, float], methods) -> str:
     """The baseline with the highest R^2 in ``metrics``."""
     return max((m for m in methods if m != "model"), key=lambda m: metrics.get(f"{m}_r2", float("-inf")))
+
+
+def r2_statistic(windows: pd.DataFrame, method: str):
+    """``statistic(rows) -> R^2`` of ``method`` pooled over the given rows of ``ReconstructionEval.windows``
+    (for ``SubjectBootstrap``)."""
+    sse, syy = windows[f"{method}_sse"].to_numpy(), windows[f"{method}_syy"].to_numpy()
+    return lambda idx: 1.0 - sse[idx].sum() / syy[idx].sum()
 
 
 @torch.no_grad()

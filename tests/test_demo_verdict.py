@@ -1,0 +1,47 @@
+"""The demo's last lines: the model against the strongest baseline, with the paired subject interval."""
+
+import numpy as np
+import pandas as pd
+
+from brainlm.demo import _verdict
+from brainlm.evaluate.reconstruction import ReconstructionEval
+
+METHODS = ("model", "zero", "mean", "interp", "conn")
+
+
+def _eval(model_sse, conn_sse, subjects=("a", "b", "c", "d")):
+    """Four windows per subject; every method has sum(y^2) = 1 per window."""
+    rows = []
+    for i, s in enumerate(np.repeat(subjects, 4)):
+        row = {"index": i, "subject_id": s}
+        sse = {"model": model_sse[s], "zero": 1.0, "mean": 1.2, "interp": 1.5, "conn": conn_sse[s]}
+        for m in METHODS:
+            row[f"{m}_sse"], row[f"{m}_syy"] = sse[m], 1.0
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    metrics = {f"{m}_r2": 1 - frame[f"{m}_sse"].sum() / frame[f"{m}_syy"].sum() for m in METHODS}
+    return ReconstructionEval(metrics=metrics, windows=frame, methods=METHODS)
+
+
+def test_consistent_win_is_outside_noise(capsys):
+    ev = _eval({"a": 0.5, "b": 0.55, "c": 0.5, "d": 0.52}, {"a": 0.6, "b": 0.62, "c": 0.6, "d": 0.61})
+    assert _verdict(ev) == 0
+    out = capsys.readouterr().out
+    assert "BrainLM beats the strongest baseline (connectivity-conditional fill)" in out
+    assert "over 4 test subjects: outside noise" in out
+
+
+def test_mixed_win_is_within_noise(capsys):
+    ev = _eval({"a": 0.4, "b": 0.8, "c": 0.4, "d": 0.8}, {"a": 0.6, "b": 0.61, "c": 0.6, "d": 0.61})
+    assert _verdict(ev) == 0
+    out = capsys.readouterr().out
+    assert "beats" in out and "within noise" in out
+
+
+def test_loss_to_the_baseline_is_said_and_worse_than_trivial_fails(capsys):
+    ev = _eval({"a": 0.7, "b": 0.7, "c": 0.7, "d": 0.7}, {"a": 0.6, "b": 0.6, "c": 0.6, "d": 0.6})
+    assert _verdict(ev) == 0
+    assert "does NOT beat the strongest baseline" in capsys.readouterr().out
+    ev = _eval({"a": 1.1, "b": 1.1, "c": 1.1, "d": 1.1}, {"a": 0.6, "b": 0.6, "c": 0.6, "d": 0.6})
+    assert _verdict(ev) == 1
+    assert "training failed" in capsys.readouterr().out
