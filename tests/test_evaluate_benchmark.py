@@ -55,3 +55,27 @@ def test_benchmark_bad_inputs_are_one_line(setup, tmp_path, capsys):
                  "--tasks", "reconstruction,dreaming"]) == 2
     assert "--tasks: unknown tasks ['dreaming']" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_benchmark_probes_read_targets_like_probe(setup, tmp_path, capsys):
+    """--targets/--subject-column/--task mean what they mean for ``brainlm probe``: a table keyed by
+    another column, ``sub-`` prefixes and all, and a numeric target forced to classification."""
+    import pandas as pd
+
+    root, store = setup
+    ids = sorted(store.recordings["subject_id"].unique())
+    table = tmp_path / "targets.tsv"
+    pd.DataFrame({"participant": [f"sub-{s}" for s in ids],
+                  "dx": [int(s[1:]) % 2 for s in ids]}).to_csv(table, sep="\t", index=False)
+    out = tmp_path / "out"
+    args = ["benchmark", str(root / "model"), str(store.path), "--out", str(out), "--tasks", "probes",
+            "--targets", str(table), "--target", "dx", "--subject-column", "participant", "--task", "classification",
+            "--folds", "3", "--bootstrap", "20", "--device", "cpu"]
+    assert main(args) == 0
+    probes = {t["task"]: t for t in json.loads((out / "results.json").read_text())["tasks"]}["probes"]
+    assert probes["metric"] == "balanced_accuracy"
+    bad = [a if a != "participant" else "subject" for a in args] + ["--overwrite"]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'subject'" in err and "targets.tsv" in err
+    assert probes == {t["task"]: t for t in json.loads((out / "results.json").read_text())["tasks"]}["probes"]

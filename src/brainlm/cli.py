@@ -138,6 +138,10 @@ def _data_args(p: argparse.ArgumentParser, split: bool = True) -> None:
         p.add_argument("--split", help="store split: train, validation or test (default: all)")
     p.add_argument("--window", type=int, help="timepoints per window (default: the model's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _device_args(p)
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (this process's GPU if any), cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: bf16 on GPUs and CPUs that compute in it natively, fp32 elsewhere")
@@ -145,6 +149,23 @@ def _data_args(p: argparse.ArgumentParser, split: bool = True) -> None:
 
 def _data(args: argparse.Namespace):
     return args.data[0] if len(args.data) == 1 and not args.coords else args.data
+
+
+def _target_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """The target of a probe or fine-tune: the same four flags for every command that predicts one."""
+    p.add_argument("--target", required=required, help="phenotype column (of the store, or of --targets)")
+    p.add_argument("--targets", help="table of targets keyed by subject (CSV/TSV/Parquet)")
+    p.add_argument("--subject-column", help="subject column of --targets (default: subject_id, else participant_id)")
+    p.add_argument("--task", default="auto", choices=["auto", "regression", "classification"],
+                   help="auto: classification for text, boolean or two-valued targets, else regression")
+
+
+def _evaluation_args(p: argparse.ArgumentParser, folds: bool = True) -> None:
+    """Subject-grouped cross-validation and subject-bootstrap settings, shared by every evaluation."""
+    if folds:
+        p.add_argument("--folds", type=int, default=5, help="cross-validation folds (grouped by subject)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="subject resamples for the 95%% intervals")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def _add_embed(sub: argparse._SubParsersAction) -> None:
@@ -372,20 +393,15 @@ def _add_forecast(sub: argparse._SubParsersAction) -> None:
 def _add_probe(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("probe", help="probes on frozen embeddings and on functional connectivity, grouped CV by subject")
     _data_args(p)
-    p.add_argument("--target", required=True, help="phenotype column (store) or column of --targets")
-    p.add_argument("--targets", help="TSV/CSV of targets keyed by subject_id or participant_id")
-    p.add_argument("--subject-column")
+    _target_args(p)
+    _evaluation_args(p)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--task", default="auto", choices=["auto", "regression", "classification"])
     p.add_argument("--probes", default="dummy,ridge,knn,svm,mlp", help="comma separated")
-    p.add_argument("--folds", type=int, default=5)
     p.add_argument("--inner-folds", type=int, default=3)
-    p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--pooling", default="cls", choices=["cls", "mean", "region_time"])
     p.add_argument("--windows", default="average", choices=["first", "sliding", "average"])
     p.add_argument("--stride", type=int)
     p.add_argument("--no-fc", action="store_true", help="skip the connectivity baselines (Pearson, partial, tangent FC)")
-    p.add_argument("--seed", type=int, default=0)
 
     def run(args: argparse.Namespace) -> int:
         from brainlm.downstream import run_probe
@@ -405,12 +421,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="train a CLS -> MLP head (encoder frozen or not) with early stopping")
     p.add_argument("checkpoint", help="model folder or training run")
     p.add_argument("store", help="store folder with train and validation splits")
-    p.add_argument("--target", required=True)
-    p.add_argument("--targets", help="TSV/CSV of targets keyed by subject")
-    p.add_argument("--subject-column")
+    _target_args(p)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--task", default="auto", choices=["auto", "regression", "classification"])
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--full", action="store_true", help="fine-tune the encoder too (default: frozen)")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--patience", type=int, default=5)
@@ -468,23 +481,19 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask-ratio", type=float, default=0.5)
     p.add_argument("--forecast-k", type=int, help="timepoints to forecast (default: one patch)")
     p.add_argument("--ar-order", type=int, default=3)
-    p.add_argument("--target", help="phenotype column for the probes (of the store, or of --targets)")
-    p.add_argument("--targets", help="table of targets keyed by subject (CSV/TSV/Parquet)")
+    _target_args(p, required=False)
+    _evaluation_args(p)
     p.add_argument("--probes", default="dummy,ridge", help="comma separated: dummy, ridge, knn, svm, mlp")
-    p.add_argument("--folds", type=int, default=5)
     p.add_argument("--brainmarks", action="store_true", help="also Brainmarks' convention: 3 quantile bins, accuracy, macro-F1")
-    p.add_argument("--bootstrap", type=int, default=1000, help="subject resamples for the CIs")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    _device_args(p)
 
     def run(args: argparse.Namespace) -> int:
         from brainlm.evaluate.benchmark import BenchmarkConfig, run_benchmark
 
         cfg = BenchmarkConfig(
             split=args.split, mask_ratio=args.mask_ratio, forecast_k=args.forecast_k, ar_order=args.ar_order,
-            target=args.target, targets=args.targets, probes=tuple(p for p in args.probes.split(",") if p),
+            target=args.target, targets=args.targets, subject_column=args.subject_column, task=args.task, probes=tuple(p for p in args.probes.split(",") if p),
             folds=args.folds, brainmarks=args.brainmarks, bootstrap=args.bootstrap,
             tasks=tuple(t for t in args.tasks.split(",") if t), seed=args.seed, batch_size=args.batch_size,
             precision=args.precision, device=args.device)

@@ -60,6 +60,8 @@ class BenchmarkConfig:
     ar_order: int = 3  # --ar-order: p of AR(p) and VAR(p)
     target: str | None = None  # --target: a phenotype column (store or --targets) for the probes
     targets: str | None = None  # --targets: a table of targets keyed by subject
+    subject_column: str | None = None  # --subject-column: the subject column of --targets
+    task: str = "auto"  # --task: auto, regression or classification (the probes')
     probes: tuple[str, ...] = ("dummy", "ridge")  # --probes
     folds: int = 5  # --folds
     brainmarks: bool = False  # --brainmarks: also Brainmarks' binned accuracy and macro-F1
@@ -186,20 +188,21 @@ def _probes(model, store, cfg: BenchmarkConfig) -> list[TaskResult]:
     if cfg.target is None:
         return []
     targets_file = cfg.targets
-    kwargs = dict(targets_file=targets_file, probes=cfg.probes, n_splits=cfg.folds, n_boot=0, seed=cfg.seed,
-                  progress=False, precision=cfg.precision)
+    kwargs = dict(targets_file=targets_file, subject_column=cfg.subject_column, task=cfg.task, probes=cfg.probes,
+                  n_splits=cfg.folds, n_boot=0, seed=cfg.seed, progress=False, precision=cfg.precision)
     results = [_probe_task("probes", probe(model, store, cfg.target, **kwargs), cfg)]
     if cfg.brainmarks:
         from brainlm.data.brainmarks import quantile_bins
         from brainlm.evaluate.protocol import infer_task
 
-        y = load_targets(targets_file if targets_file else store, cfg.target).dropna()
-        if infer_task(y.to_numpy()) == "regression":
+        y = load_targets(targets_file if targets_file else store, cfg.target, cfg.subject_column).dropna()
+        if infer_task(y.to_numpy(), cfg.task) == "regression":
             binned = pd.Series(quantile_bins(y.to_numpy(float), y.to_numpy(float), 3), index=y.index).map(lambda c: f"q{c}")
             path = Path(os.environ.get("TMPDIR", "/tmp")) / f"brainlm-bins-{os.getpid()}.csv"
             binned.rename("bin").rename_axis("subject_id").reset_index().to_csv(path, index=False)
             try:
-                res = probe(model, store, "bin", **{**kwargs, "targets_file": str(path), "task": "classification"})
+                res = probe(model, store, "bin", **{**kwargs, "targets_file": str(path), "subject_column": None,
+                                                    "task": "classification"})
             finally:
                 path.unlink(missing_ok=True)
             results.append(_probe_task("probes (Brainmarks: 3 quantile bins)", res, cfg, brainmarks=True))
