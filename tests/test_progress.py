@@ -33,3 +33,17 @@ def test_training_bar_in_a_log_prints_a_few_lines(tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("pretrain")]
     assert "\r" not in err and 1 <= len(lines) <= 3, lines
+
+
+def test_log_bar_gives_tqdm_monitor_no_reason_to_redraw():
+    """tqdm's monitor thread redraws a bar whose ``miniters`` grew above 1 and then went quiet,
+    without resetting its clock, so the next update printed the same line twice in a log. A log
+    bar checks the clock on every update instead, so ``miniters`` stays 1 however fast it runs."""
+    log = io.StringIO()
+    bar = progress(total=100_000, stream=log, log_interval=0.05, desc="fast")
+    for _ in range(100_000):
+        bar.update()
+    assert bar.miniters == 1 and not bar.dynamic_miniters
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == len(set(lines)), lines

@@ -58,5 +58,8 @@ def progress(iterable: Iterable | None = None, *, enabled: bool = True, stream: 
     if is_terminal(stream):
         return tqdm(iterable, file=stream, dynamic_ncols=True, **kwargs)
     interval = log_interval if log_interval is not None else float(os.environ.get("BRAINLM_LOG_INTERVAL", 30))
+    # miniters=1: every update checks the clock, so tqdm never grows ``miniters`` and its monitor
+    # thread never forces a redraw (which it does without resetting the clock, so the next update
+    # printed the same line again).
     return tqdm(iterable, file=_Lines(stream), mininterval=interval, maxinterval=max(interval, 1.0),
-                ncols=100, ascii=True, **kwargs)
+                miniters=1, ncols=100, ascii=True, **kwargs)
