@@ -150,12 +150,15 @@ class TrainConfig:
 
 
 def demo() -> TrainConfig:
-    """About 8 minutes on 2 CPU cores: the demo store (94 AAL2 regions), a 0.1M-parameter model.
+    """About 7-9 minutes on 2 CPU cores: the demo store (94 AAL2 regions), a 0.1M-parameter model.
 
-    Windows of 40 timepoints in patches of 10 (4 patches per region), half of the patches
+    Windows of 20 timepoints in patches of 5 (4 patches per region), half of the patches
     masked, sliding train windows (stride 5) so each step sees new positions. In these
-    recordings neighbouring timepoints are only weakly correlated, so what can be predicted
-    comes from other regions at the same time: what the connectivity-conditional fill uses.
+    recordings neighbouring timepoints are only weakly correlated, so most of what can be
+    predicted comes from other regions at the same time: what the connectivity-conditional fill
+    uses. Short patches leave visible neighbours close in time, which the model combines with
+    the other regions and the fill cannot (a window of 40 in patches of 10 costs the same and
+    only draws level with the fill).
 
     What makes the model learn that in minutes (the search is in docs/training.md): a learned
     embedding per region, started at the principal axes of the train split's region covariance
@@ -165,18 +168,19 @@ def demo() -> TrainConfig:
     Evaluation masks 50% of the patches at random.
 
     One thread in fp32: for a model this small, a second thread mostly waits on the first
-    (and stalls badly on a shared machine), and bf16 is slower on CPUs without native bf16.
+    (and stalls badly on a shared machine), and bf16 is slower than fp32 at 64 wide, even on
+    CPUs with native bf16 (BENCHMARKS.md).
     """
     return TrainConfig(
         model="tiny",
         model_overrides=dict(
             hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
             decoder_hidden_size=64, decoder_num_hidden_layers=1, decoder_num_attention_heads=4,
-            decoder_intermediate_size=128, conv_kernel_size=9, timepoint_patching_size=10, mask_ratio=0.5,
+            decoder_intermediate_size=128, conv_kernel_size=9, timepoint_patching_size=5, mask_ratio=0.5,
             time_encoding_dropout=0.0, learned_region_embedding=True,
         ),
         region_embedding_init="connectivity",
-        window=40, train_mode="sliding", train_stride=5, eval_mode="sliding", eval_stride=40, eval_mask_ratio=0.5,
+        window=20, train_mode="sliding", train_stride=5, eval_mode="sliding", eval_stride=20, eval_mask_ratio=0.5,
         out_dir="runs/demo", seed=0, max_steps=3000, batch_size=16, lr=3e-3, warmup_ratio=0.05,
         min_lr_ratio=0.05, eval_every=500, save_every=500, keep_last=2, log_every=10, num_threads=1,
         precision="fp32",
