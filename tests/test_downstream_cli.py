@@ -44,7 +44,7 @@ def test_probe_and_finetune(setup, capsys):
         assert main(args) == 0
     assert (root / "p" / "missing_subjects.txt").read_text().split() == ["s00", "s01"]
     metrics = pd.read_csv(root / "p" / "probe_metrics.csv")
-    assert set(metrics["features"]) == {"brainlm", "fc", "fc_partial", "fc_tangent"}
+    assert set(metrics["features"]) == {"brainlm", "fc", "fc_partial", "fc_tangent", "autocorr"}
     assert main(["probe", ckpt, data, "--target", "constant", "--out", str(root / "p2"), "--folds", "3"]) == 2
     assert "single-class target" in capsys.readouterr().err
     assert main(["probe", ckpt, data, "--target", "group", "--out", str(root / "p3"), "--folds", "20"]) == 2

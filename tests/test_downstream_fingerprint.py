@@ -23,8 +23,8 @@ def test_fingerprint_on_synthetic_subjects(tmp_path):
     assert 0.0 <= s.loc["brainlm", "accuracy"] <= 1.0
     rt, _ = fingerprint(tiny_model(), store, pooling="region_time", keep_regions=True)
     assert rt.loc[0, "pooling"] == "region_time_regions"
-    assert set(s.index) == {"brainlm", "fc", "fc_partial", "fc_tangent"}  # the connectivity ladder beside BrainLM
-    assert len(matches) == 8 * 4 and set(matches["subject_id"]) == set(store.recordings["subject_id"])
+    assert set(s.index) == {"brainlm", "fc", "fc_partial", "fc_tangent", "autocorr"}  # the feature ladder beside BrainLM
+    assert len(matches) == 8 * 5 and set(matches["subject_id"]) == set(store.recordings["subject_id"])
     with pytest.raises(ValueError, match="half of its 160 timepoints is shorter than a window of 100"):
         fingerprint(tiny_model(window=100), store)
     with pytest.raises(ValueError, match="at least two subjects"):

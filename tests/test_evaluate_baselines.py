@@ -136,3 +136,33 @@ def test_connectivity_features_identify_subjects_with_specific_fc():
         feats = connectivity_features(sessions[0] + sessions[1], kind)
         acc = (identify(feats[:10], feats[10:]) == np.arange(10)).mean()
         assert feats.shape == (20, 66) and acc >= 0.9, (kind, acc)
+
+
+def test_autocorrelation_sees_the_temporal_structure_that_fc_discards():
+    """Two groups with the same region covariance (independent unit-variance regions) but AR(1)
+    coefficients 0.1 and 0.7: the lag-1 autocorrelation recovers each coefficient and a probe on
+    it separates the groups, while a probe on Pearson FC stays near chance."""
+    from brainlm.downstream import run_probes
+
+    rng = np.random.default_rng(5)
+    series, label = [], []
+    for i in range(24):
+        phi = 0.7 if i % 2 else 0.1
+        e = rng.normal(size=(400, 10)) * np.sqrt(1 - phi**2)
+        x = np.zeros_like(e)
+        for t in range(1, 400):
+            x[t] = phi * x[t - 1] + e[t]
+        series.append(x)
+        label.append(i % 2)
+    ac = connectivity_features(series, "autocorr")
+    assert ac.shape == (24, 10)
+    np.testing.assert_allclose(ac[1::2].mean(), 0.7, atol=0.03)
+    np.testing.assert_allclose(ac[0::2].mean(), 0.1, atol=0.03)
+    groups = np.array([f"s{i}" for i in range(24)])
+    scores = {}
+    for kind in ("autocorr", "fc"):
+        m = run_probes(connectivity_features(series, kind), np.array(label), groups, probes=("ridge",), n_splits=4,
+                       n_boot=0).metrics.set_index("metric")["value"]
+        scores[kind] = m["balanced_accuracy"]
+    assert scores["autocorr"] >= 0.95 and scores["fc"] <= 0.75, scores
+    assert connectivity_features([np.ones((20, 3))], "autocorr").tolist() == [[0.0, 0.0, 0.0]]  # constant regions

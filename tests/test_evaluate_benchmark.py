@@ -79,3 +79,19 @@ def test_benchmark_probes_read_targets_like_probe(setup, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'subject'" in err and "targets.tsv" in err
     assert probes == {t["task"]: t for t in json.loads((out / "results.json").read_text())["tasks"]}["probes"]
+
+
+@pytest.mark.parametrize("lo, hi, expected", [(-0.02, 0.04, "BrainLM wins, within noise"), (0.01, 0.04, "BrainLM wins**"),
+                                              (-0.30, -0.20, "the baseline wins**")])
+def test_verdict_says_within_noise_when_the_paired_interval_spans_zero(lo, hi, expected):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from brainlm.evaluate.benchmark import _verdict
+
+    table = pd.DataFrame({"method": ["model", "conn"], "label": ["BrainLM", "connectivity-conditional fill"]})
+    winner = "model" if hi > 0 else "conn"
+    comparison = {"model": "model", "baseline": "conn", "winner": winner, "model_value": 0.43, "baseline_value": 0.40,
+                  "difference": (lo + hi) / 2, "diff_ci_low": lo, "diff_ci_high": hi, "p_boot": 0.2}
+    assert _verdict(SimpleNamespace(table=table, comparison=comparison)).startswith(f"**{expected}")

@@ -401,7 +401,7 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pooling", default="cls", choices=["cls", "mean", "region_time"])
     p.add_argument("--windows", default="average", choices=["first", "sliding", "average"])
     p.add_argument("--stride", type=int)
-    p.add_argument("--no-fc", action="store_true", help="skip the connectivity baselines (Pearson, partial, tangent FC)")
+    p.add_argument("--no-fc", action="store_true", help="skip the feature baselines (Pearson, partial, tangent FC; lag-1 autocorrelation)")
 
     def run(args: argparse.Namespace) -> int:
         from brainlm.downstream import run_probe

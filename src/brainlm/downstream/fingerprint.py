@@ -4,7 +4,8 @@ For each subject (its first recording), the timepoints are split into a first an
 half. Features of each half: the mean BrainLM embedding of the sliding windows inside it, and
 the connectivity ladder of :mod:`brainlm.evaluate.baselines` computed on the same half:
 Pearson FC, partial-correlation FC and tangent-space FC (nilearn's ``ConnectivityMeasure``;
-the tangent reference is the mean over all halves and uses no identities). Each
+the tangent reference is the mean over all halves and uses no identities), and each region's
+lag-1 autocorrelation. Each
 second-half vector is assigned the subject of the most correlated (Pearson) first-half
 vector; accuracy is the fraction assigned correctly, chance is 1 / S.
 """
@@ -90,7 +91,7 @@ def fingerprint(
             instead of their average over regions.
         window: timepoints per window (default: the model's); each half must hold one.
         stride: step of the sliding windows inside each half (default ``window // 2``).
-        connectivity: connectivity features to compare with (``fc``, ``fc_partial``, ``fc_tangent``).
+        connectivity: feature baselines to compare with (``fc``, ``fc_partial``, ``fc_tangent``, ``autocorr``).
         precision: compute precision of the embeddings (``auto``, ``fp32``, ``bf16``, ``fp16``).
 
     Returns:

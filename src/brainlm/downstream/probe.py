@@ -24,9 +24,12 @@ chooses classification for text, boolean or two-valued targets, regression other
 
 Connectivity baselines (``fc_features``, the ladder of :mod:`brainlm.evaluate.baselines`): the
 upper triangle (diagonal excluded) of the Pearson correlation (``fc``), partial correlation
-(``fc_partial``) or tangent-space (``fc_tangent``) connectivity of the regions over a window,
-``R (R - 1) / 2`` values; for per-recording rows the window vectors are averaged, exactly as
-the embeddings are. The same probes run on each, beside the embeddings.
+(``fc_partial``) or tangent-space (``fc_tangent``) connectivity of the regions, ``R (R - 1) / 2``
+values, over the same timepoints as the embeddings: a window for per-window rows, the whole span
+of the recording's windows for per-recording rows (estimated once, not averaged over windows,
+so the baseline is not held back by the model's window length); and each region's lag-1
+autocorrelation over the same timepoints (``autocorr``), the temporal structure FC leaves out.
+The same probes run on each, beside the embeddings.
 """
 
 from __future__ import annotations
@@ -71,29 +74,33 @@ def fc_features(
     kind: str = "correlation",
     progress: bool = False,
 ) -> Embeddings:
-    """Connectivity (``kind``: correlation, partial correlation, tangent) of the same windows
-    ``embed_recordings`` would use; per-recording rows average the window vectors.
+    """Connectivity (``kind``: correlation, partial correlation, tangent) of the timepoints that
+    ``embed_recordings`` would embed.
+
+    A per-window row (``windows="first"`` or ``"sliding"``) is the connectivity of that window.
+    A per-recording row (``windows="average"``, where the model's vectors are averaged over its
+    windows) is the connectivity of the whole span those windows cover, estimated once: the
+    strongest use of the same timepoints. Averaging per-window matrices instead would handicap
+    the baseline with the model's window length (20 timepoints give a poor 94-region
+    correlation matrix; a whole recording a good one).
 
     Returns:
         ``Embeddings`` with ``X`` of shape ``(N, R (R - 1) / 2)`` and the same index.
     """
-    rows, series, owner = [], [], []
+    rows, series = [], []
     for meta, ts in progress_bar(recordings, enabled=progress, total=len(recordings), desc=f"{kind}", unit="rec"):
         starts = window_starts(len(ts), window, stride, windows)
         if len(starts) == 0:
             continue
-        series += [ts[t0 : t0 + window] for t0 in starts]
         if windows == "average":
-            owner += [len(rows)] * len(starts)
+            series.append(ts[int(starts[0]) : int(starts[-1]) + window])
             rows.append({**meta, "window": -1, "window_start": -1})
         else:
-            owner += list(range(len(rows), len(rows) + len(starts)))
+            series += [ts[t0 : t0 + window] for t0 in starts]
             rows += [{**meta, "window": w, "window_start": int(t0)} for w, t0 in enumerate(starts)]
     if not rows:
         raise UserError(f"no recording of {recordings.source} holds a window of {window} timepoints (--window)")
-    per_window = connectivity_features(series, kind)  # (windows, F)
-    owner = np.asarray(owner)
-    X = np.stack([per_window[owner == i].mean(0) for i in range(len(rows))])
+    X = connectivity_features(series, kind)  # (rows, F)
     index = pd.DataFrame(rows)[["recording_id", "subject_id", "session_id", "run_id", "window", "window_start"]]
     return Embeddings(X.astype(np.float32), index, pooling=kind)
 
@@ -367,13 +374,13 @@ def probe(
         pooling, windows, window, stride, batch_size: as :func:`embed_recordings`
             (``region_time`` embeddings are averaged over regions).
         fc_baseline: also probe the connectivity baselines.
-        connectivity: which (``fc`` Pearson, ``fc_partial``, ``fc_tangent``; see
+        connectivity: which (``fc`` Pearson, ``fc_partial``, ``fc_tangent``, ``autocorr``; see
             :func:`brainlm.evaluate.baselines.connectivity_features`; the tangent reference
             is the mean over all windows and uses no targets).
         **probe_kwargs: passed to :func:`run_probes` (task, probes, n_splits, ...).
 
     Returns:
-        ``ProbeResult`` with ``features`` = ``"brainlm"``, ``"fc"``, ``"fc_partial"``, ``"fc_tangent"`` rows.
+        ``ProbeResult`` with ``features`` = ``"brainlm"``, ``"fc"``, ``"fc_partial"``, ``"fc_tangent"``, ``"autocorr"`` rows.
     """
     model = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
     recs = open_recordings(data, split, coords)

@@ -29,7 +29,8 @@ Forecasting the last k timepoints of a window (:class:`ForecastBaselines`; conte
 
 Fingerprinting and probes use connectivity features (:func:`connectivity_features`): Pearson
 correlation, partial correlation and tangent-space connectivity (nilearn's
-``ConnectivityMeasure``).
+``ConnectivityMeasure``), and beside them each region's lag-1 autocorrelation, the temporal
+structure connectivity leaves out.
 """
 
 from __future__ import annotations
@@ -55,14 +56,15 @@ __all__ = [
 
 RECONSTRUCTION_BASELINES = ("zero", "mean", "interp", "conn")
 FORECAST_BASELINES = ("persistence", "mean", "ar", "var")
-CONNECTIVITY_KINDS = ("correlation", "partial correlation", "tangent")
-# Feature names in reports -> nilearn's kind.
-CONNECTIVITY_FEATURES = {"fc": "correlation", "fc_partial": "partial correlation", "fc_tangent": "tangent"}
+CONNECTIVITY_KINDS = ("correlation", "partial correlation", "tangent", "autocorrelation")
+# Feature names in reports -> nilearn's kind (autocorrelation: ours, per region).
+CONNECTIVITY_FEATURES = {"fc": "correlation", "fc_partial": "partial correlation", "fc_tangent": "tangent",
+                         "autocorr": "autocorrelation"}
 BASELINE_LABELS = {
     "zero": "zero", "mean": "region mean", "interp": "linear interpolation",
     "conn": "connectivity-conditional fill", "persistence": "persistence", "ar": "AR(p) per region",
     "var": "ridge VAR across regions", "fc": "Pearson FC", "fc_partial": "partial-correlation FC",
-    "fc_tangent": "tangent-space FC",
+    "fc_tangent": "tangent-space FC", "autocorr": "lag-1 autocorrelation per region",
 }
 
 
@@ -287,22 +289,28 @@ class ForecastBaselines:
 
 
 def connectivity_features(timeseries: list[np.ndarray], kind: str = "correlation") -> np.ndarray:
-    """Connectivity of each ``(T, R)`` series as a vector (upper triangle, diagonal left out).
+    """The feature ladder of probes and fingerprinting: each ``(T, R)`` series as one vector.
 
     ``kind``: ``"correlation"`` / ``"fc"`` (Pearson), ``"partial correlation"`` / ``"fc_partial"``
     or ``"tangent"`` / ``"fc_tangent"`` (tangent
-    space around the group mean of the given series; it uses no targets). Pearson FC is the plain
+    space around the group mean of the given series; it uses no targets): the upper triangle of
+    the connectivity matrix, diagonal left out, ``(N, R (R - 1) / 2)``. Pearson FC is the plain
     sample correlation; partial correlation and the tangent space use Ledoit-Wolf shrinkage
-    (nilearn's default).
+    (nilearn's default). ``"autocorrelation"`` / ``"autocorr"``: each region's lag-1
+    autocorrelation, ``(N, R)``, the temporal structure that connectivity discards (it tells
+    apart recordings of different repetition times or filtering, which a model that sees time
+    courses can pick up and connectivity cannot).
 
     Returns:
-        ``(N, R (R - 1) / 2)`` float32.
+        ``(N, F)`` float32.
     """
     from nilearn.connectome import ConnectivityMeasure
 
     kind = CONNECTIVITY_FEATURES.get(kind, kind)
     if kind not in CONNECTIVITY_KINDS:
         raise ValueError(f"connectivity kind must be one of {CONNECTIVITY_KINDS}, got {kind!r}")
+    if kind == "autocorrelation":
+        return np.stack([_lag1_autocorrelation(np.asarray(t, np.float64)) for t in timeseries]).astype(np.float32)
     from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
     # Pearson FC is the plain sample correlation; the inverse (partial) and the tangent space
@@ -314,3 +322,10 @@ def connectivity_features(timeseries: list[np.ndarray], kind: str = "correlation
         # the features are still well defined.
         warnings.filterwarnings("ignore", message="Maximum number of iterations")
         return np.asarray(measure.fit_transform([np.asarray(t, np.float64) for t in timeseries]), np.float32)
+
+
+def _lag1_autocorrelation(ts: np.ndarray) -> np.ndarray:
+    """(T, R) -> (R,) lag-1 autocorrelation of each region (0 for a constant region)."""
+    x = ts - ts.mean(0)
+    var = (x**2).sum(0)
+    return np.divide((x[1:] * x[:-1]).sum(0), var, out=np.zeros(x.shape[1]), where=var > 0)

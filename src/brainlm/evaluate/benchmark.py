@@ -289,6 +289,8 @@ def _verdict(r: TaskResult) -> str:
     c = r.comparison
     label = dict(zip(r.table["method"], r.table["label"]))
     verdict = {c["model"]: "BrainLM wins", c["baseline"]: "the baseline wins"}.get(c["winner"], "a tie")
+    if c["winner"] != "tie" and c["diff_ci_low"] <= 0 <= c["diff_ci_high"]:
+        verdict += ", within noise"  # the paired interval of the difference spans 0
     return (f"**{verdict}**: {label[c['model']]} {c['model_value']:.3f} vs "
             f"{label[c['baseline']]} {c['baseline_value']:.3f}; difference {c['difference']:+.3f} "
             f"[{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}], p_boot {c['p_boot']:.3f}")
