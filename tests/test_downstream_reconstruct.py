@@ -111,3 +111,20 @@ def test_vitmae_goes_through_the_same_code():
     assert 0.2 < one.masked.mean() < 0.8
     pred = forecast_windows(vit, ts.T[None], np.zeros((424, 3)), 20)
     assert pred.shape == (1, 424, 20)
+
+
+def test_printed_verdict_counts_the_recordings_where_the_model_is_ahead(capsys):
+    """The mean can favour the model while it trails on some recordings: the line says on how many it leads."""
+    import pandas as pd
+
+    from types import SimpleNamespace
+
+    from brainlm.downstream.report import _print_scores
+
+    summary = pd.DataFrame({"recording_id": ["a", "b"], "r2_median": [0.4, 0.5], "r2_mean": [0.4, 0.5],
+                            "model_r2_masked": [0.415, 0.437], "zero_r2_masked": [0.0, 0.0],
+                            "mean_r2_masked": [-0.2, -0.1], "interp_r2_masked": [-0.4, -0.3],
+                            "conn_r2_masked": [0.438, 0.400]})
+    _print_scores(summary, SimpleNamespace(names=("zero", "mean", "interp", "conn")))
+    out = capsys.readouterr().out
+    assert "BrainLM beats the strongest baseline (connectivity-conditional fill): 0.426 vs 0.419, ahead on 1 of 2" in out

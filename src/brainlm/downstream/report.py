@@ -129,7 +129,9 @@ def _print_scores(summary: pd.DataFrame, baselines: ReconstructionBaselines) -> 
     print("mean masked R^2 over recordings: " + ", ".join(
         f"{'BrainLM' if n == 'model' else BASELINE_LABELS[n]} {v:.3f}" for n, v in pooled.items()))
     verdict = "beats" if pooled["model"] > pooled[best] else "does NOT beat"
-    print(f"BrainLM {verdict} the strongest baseline ({BASELINE_LABELS[best]})"
+    ahead = int((summary["model_r2_masked"] > summary[f"{best}_r2_masked"]).sum())
+    print(f"BrainLM {verdict} the strongest baseline ({BASELINE_LABELS[best]}): {pooled['model']:.3f} vs "
+          f"{pooled[best]:.3f}, ahead on {ahead} of {len(summary)} recordings"
           + ("" if "conn" in pooled else "; pass a store for the connectivity fill (fitted on its train split)"))
 
 
