@@ -28,6 +28,9 @@ from bench_model import encoder_flops, forward_flops  # noqa: E402
 from bench_parcellate import cpu_model  # noqa: E402
 
 
+CASES = ("prepare", "embed", "train", "demo-train", "gemm-sizes", "parcellation")
+
+
 def cpu_flags() -> str:
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
@@ -135,17 +138,27 @@ def bench_embed(recordings: int, gemm: dict[torch.dtype, float]) -> list[str]:
     return rows
 
 
-def bench_train(steps: int, gemm: dict[torch.dtype, float]) -> list[str]:
-    from brainlm.distributed import autocast_context
-    from brainlm.model import BrainLMForPretraining, brainlm_13m
+def bench_train(steps: int, gemm: dict[torch.dtype, float], preset: str = "13m") -> list[str]:
+    """Training steps of one preset's model in fp32 and in bf16 (random data of its shape).
 
-    cfg = brainlm_13m()
+    ``"13m"``: the original 13M model, 424 regions x 200 timepoints, batch 2, mask 0.2.
+    ``"demo"``: the demo preset's 0.12M model, 94 regions x 40 timepoints, batch 16, mask 0.5.
+    """
+    from brainlm.distributed import autocast_context
+    from brainlm.model import BrainLMForPretraining
+    from brainlm.train import train_preset
+
+    tc = train_preset(preset)
+    regions = 94 if preset == "demo" else 424
+    cfg = tc.model_config(regions)
+    batch, T = tc.batch_size if preset == "demo" else 2, tc.window
+    label = f"{'demo 0.12M' if preset == 'demo' else '13M'}, {regions} x {T}, mask {cfg.mask_ratio:g}, batch {batch}"
     rows = []
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         torch.manual_seed(0)
         model = BrainLMForPretraining(cfg).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        x, xyz = torch.randn(2, 424, 200), torch.randn(2, 424, 3) * 40
+        x, xyz = torch.randn(batch, regions, T), torch.randn(batch, regions, 3) * 40
 
         def step():
             with autocast_context(torch.device("cpu"), dtype):
@@ -159,9 +172,20 @@ def bench_train(steps: int, gemm: dict[torch.dtype, float]) -> list[str]:
         for _ in range(steps):
             step()
         dt = (time.perf_counter() - t) / steps
-        rate = 3 * forward_flops(cfg, 2, 424, 200, cfg.mask_ratio, decode_visible=False) / dt
-        rows.append(f"| train step 13M, mask 0.2, batch 2, {name} | {dt:.2f} s/step | {2 / dt:.2f} windows/s "
+        rate = 3 * forward_flops(cfg, batch, regions, T, cfg.mask_ratio, decode_visible=False) / dt
+        rows.append(f"| train step {label}, {name} | {dt * 1000:.0f} ms/step | {batch / dt:.2f} windows/s "
                     f"| {rate / 1e9:.1f} GFLOP/s = {100 * rate / gemm[dtype]:.0f}% of the {name} GEMM |")
+    return rows
+
+
+def bench_gemm_sizes() -> list[str]:
+    """GEMM rate by matrix size in fp32 and bf16: where native bf16 starts to pay."""
+    rows = []
+    for n in (64, 256, 1024, 2048):
+        rates = {name: gemm_rate(dt, n, repeats=max(5, int(2e9 / (2 * n**3))))
+                 for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+        rows.append(f"| GEMM {n}^3 | | fp32 {rates['fp32'] / 1e9:.1f}, bf16 {rates['bf16'] / 1e9:.1f} GFLOP/s "
+                    f"| bf16 / fp32 = {rates['bf16'] / rates['fp32']:.2f} |")
     return rows
 
 
@@ -171,8 +195,11 @@ def main(argv=None) -> int:
     parser.add_argument("--embed-recordings", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cases", default="prepare,embed,train,parcellation", help="comma separated")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma separated: " + ", ".join(CASES))
     args = parser.parse_args(argv)
+    cases = set(args.cases.split(","))
+    if cases - set(CASES):
+        parser.error(f"--cases: unknown {sorted(cases - set(CASES))}; known: {', '.join(CASES)}")
     torch.set_num_threads(args.threads)
     from brainlm.distributed import cpu_supports_bf16
 
@@ -182,14 +209,15 @@ def main(argv=None) -> int:
     gemm = {dt: gemm_rate(dt) for dt in (torch.float32, torch.bfloat16)}
     print(f"GEMM 2048^3 in this run: fp32 {gemm[torch.float32] / 1e9:.1f} GFLOP/s, "
           f"bf16 {gemm[torch.bfloat16] / 1e9:.1f} GFLOP/s\n")
-    cases = set(args.cases.split(","))
     print("| case | time | throughput | notes |\n| --- | --- | --- | --- |")
     if "prepare" in cases:
         with tempfile.TemporaryDirectory() as tmp:
             for row in bench_prepare(Path(tmp), args.recordings, 100):
                 print(row, flush=True)
-    rows = (bench_embed(args.embed_recordings, gemm) if "embed" in cases else []) + (
-        bench_train(args.steps, gemm) if "train" in cases else [])
+    rows = ((bench_embed(args.embed_recordings, gemm) if "embed" in cases else [])
+            + (bench_train(args.steps, gemm) if "train" in cases else [])
+            + (bench_train(max(args.steps, 20), gemm, "demo") if "demo-train" in cases else [])
+            + (bench_gemm_sizes() if "gemm-sizes" in cases else []))
     for row in rows:
         print(row, flush=True)
     if "parcellation" in cases:
