@@ -115,9 +115,9 @@ def test_vitmae_goes_through_the_same_code():
 
 def test_printed_verdict_counts_the_recordings_where_the_model_is_ahead(capsys):
     """The mean can favour the model while it trails on some recordings: the line says on how many it leads."""
-    import pandas as pd
-
     from types import SimpleNamespace
+
+    import pandas as pd
 
     from brainlm.downstream.report import _print_scores
 

@@ -62,9 +62,9 @@ def test_subject_bootstrap_resamples_whole_subjects_and_compares_paired():
     lo, hi = boot.ci(mse(good))
     assert lo < mse(good)(np.arange(80)) < hi
     cmp = boot.compare(mse(good), mse(bad), higher_is_better=False)
-    assert cmp.diff_lo > 0 and cmp.p_boot == 0.0
+    assert cmp.diff_lo > 0 and cmp.p_boot == 0.0 and not cmp.within_noise
     same = boot.compare(mse(good), mse(good), higher_is_better=False)
-    assert same.p_boot == 1.0  # never better than itself
+    assert same.p_boot == 1.0 and same.within_noise  # never better than itself
     skewed = SubjectBootstrap(groups, n_boot=50, seed=0, valid=lambda idx: groups[idx].min() == 0)
     assert all(groups[idx].min() == 0 for idx in skewed.resamples)
 

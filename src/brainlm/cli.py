@@ -160,10 +160,9 @@ def _target_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="auto: classification for text, boolean or two-valued targets, else regression")
 
 
-def _evaluation_args(p: argparse.ArgumentParser, folds: bool = True) -> None:
+def _evaluation_args(p: argparse.ArgumentParser) -> None:
     """Subject-grouped cross-validation and subject-bootstrap settings, shared by every evaluation."""
-    if folds:
-        p.add_argument("--folds", type=int, default=5, help="cross-validation folds (grouped by subject)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (grouped by subject)")
     p.add_argument("--bootstrap", type=int, default=1000, help="subject resamples for the 95%% intervals")
     p.add_argument("--seed", type=int, default=0)
 
@@ -493,7 +492,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
 
         cfg = BenchmarkConfig(
             split=args.split, mask_ratio=args.mask_ratio, forecast_k=args.forecast_k, ar_order=args.ar_order,
-            target=args.target, targets=args.targets, subject_column=args.subject_column, task=args.task, probes=tuple(p for p in args.probes.split(",") if p),
+            target=args.target, targets=args.targets, subject_column=args.subject_column, task=args.task,
+            probes=tuple(p for p in args.probes.split(",") if p),
             folds=args.folds, brainmarks=args.brainmarks, bootstrap=args.bootstrap,
             tasks=tuple(t for t in args.tasks.split(",") if t), seed=args.seed, batch_size=args.batch_size,
             precision=args.precision, device=args.device)

@@ -106,7 +106,7 @@ def _verdict(ev, seed: int = 0, n_boot: int = 1000) -> int:
     name = BASELINE_LABELS[best]
     boot = SubjectBootstrap(ev.windows["subject_id"].to_numpy(), n_boot, seed)
     cmp = boot.compare(r2_statistic(ev.windows, "model"), r2_statistic(ev.windows, best))
-    noise = "within noise" if cmp.diff_lo <= 0 <= cmp.diff_hi else "outside noise"
+    noise = "within noise" if cmp.within_noise else "outside noise"
     spread = (f"difference {model - base:+.3f}, subject-bootstrap 95% interval [{cmp.diff_lo:+.3f}, "
               f"{cmp.diff_hi:+.3f}] over {boot.num_subjects} test subjects: {noise}")
     if model > base:

@@ -44,7 +44,7 @@ from .baselines import (
     ReconstructionBaselines,
 )
 from .metrics import prediction_metric
-from .protocol import SubjectBootstrap
+from .protocol import Comparison, SubjectBootstrap
 from .report import markdown_table
 
 __all__ = ["BenchmarkConfig", "TaskResult", "run_benchmark", "benchmark"]
@@ -289,8 +289,8 @@ def _verdict(r: TaskResult) -> str:
     c = r.comparison
     label = dict(zip(r.table["method"], r.table["label"]))
     verdict = {c["model"]: "BrainLM wins", c["baseline"]: "the baseline wins"}.get(c["winner"], "a tie")
-    if c["winner"] != "tie" and c["diff_ci_low"] <= 0 <= c["diff_ci_high"]:
-        verdict += ", within noise"  # the paired interval of the difference spans 0
+    if c["winner"] != "tie" and Comparison(c["diff_ci_low"], c["diff_ci_high"], c["p_boot"]).within_noise:
+        verdict += ", within noise"
     return (f"**{verdict}**: {label[c['model']]} {c['model_value']:.3f} vs "
             f"{label[c['baseline']]} {c['baseline_value']:.3f}; difference {c['difference']:+.3f} "
             f"[{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}], p_boot {c['p_boot']:.3f}")

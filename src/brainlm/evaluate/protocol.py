@@ -156,6 +156,11 @@ class Comparison:
     diff_hi: float
     p_boot: float
 
+    @property
+    def within_noise(self) -> bool:
+        """True when the interval of the difference spans 0: neither side is shown better."""
+        return self.diff_lo <= 0 <= self.diff_hi
+
 
 class EarlyStopping:
     """Stop when a validation loss has not improved for ``patience`` checks; keep the best state.
