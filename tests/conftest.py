@@ -1,6 +1,7 @@
 """Shared test settings and fixtures."""
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,32 @@ DATA = Path(__file__).parent / "data"
 @pytest.fixture
 def golden_dir() -> Path:
     return DATA / "brainlm_original_tiny"
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails, as on a machine without network."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture
+def empty_hub_cache(monkeypatch, tmp_path):
+    """Offline mode and an empty Hugging Face cache under ``tmp_path/hf`` (``HF_HOME``).
+
+    huggingface_hub reads its settings once, at import: the module constants are set too.
+    """
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    return tmp_path / "hf" / "hub"
 
 
 def make_batch(B: int, R: int, T: int, seed: int = 0):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -656,6 +655,17 @@ def test_resolve_checkpoint_keeps_local_folders(saved):
     assert resolve_checkpoint(str(saved)) == saved
 
 
+def test_save_pretrained_round_trip_with_a_model_card(model, windows, tmp_path):
+    folder = model.save_pretrained(tmp_path / "saved")
+    assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors", "README.md"}
+    assert is_vitmae_checkpoint(folder)
+    card = (folder / "README.md").read_text()
+    assert "BrainLMViTMAE.from_pretrained" in card and '| `patch_size` | `48` |' in card
+    loaded = BrainLMViTMAE.from_pretrained(folder)
+    assert not loaded.training
+    torch.testing.assert_close(loaded.embed(windows).embeddings, model.embed(windows).embeddings, rtol=0, atol=0)
+
+
 def test_weights_that_do_not_fit_the_config(saved, tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
@@ -677,21 +687,7 @@ def test_image_size_too_small_in_a_checkpoint(tmp_path):
 # --------------------------------------------------------------------------- hub ids
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access in a test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
-def test_hub_id_offline_is_a_clear_error(no_network, monkeypatch, tmp_path):
-    import huggingface_hub.constants as hf_constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+def test_hub_id_offline_is_a_clear_error(no_network, empty_hub_cache):
     with pytest.raises(UserError, match=r"'vandijklab/brainlm/vitmae_111M'.*local path"):
         load_vitmae("vandijklab/brainlm/vitmae_111M")
 

@@ -1,6 +1,7 @@
 """BrainLM: a masked-autoencoder foundation model for fMRI parcel time series."""
 
 from brainlm.checkpoint import load_pretrained, save_pretrained
+from brainlm.hub import resolve_checkpoint
 from brainlm.model import (
     PRESETS,
     BrainLMConfig,
@@ -26,6 +27,7 @@ _LAZY = {
 __all__ = [
     "load_pretrained",
     "save_pretrained",
+    "resolve_checkpoint",
     "BrainLMConfig",
     "BrainLMForPretraining",
     "BrainLMOutput",

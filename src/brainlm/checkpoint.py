@@ -28,7 +28,7 @@ from brainlm.errors import MissingInputError, UserError
 from brainlm.io import atomic_write, atomic_write_text, read_json
 from brainlm.model import BrainLMConfig, BrainLMForPretraining
 
-__all__ = ["load_pretrained", "save_pretrained", "save_weights", "save_config", "load_state_dict_file",
+__all__ = ["load_pretrained", "load_folder", "save_pretrained", "save_weights", "save_config", "load_state_dict_file",
            "convert_original_state_dict"]
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -206,8 +206,18 @@ def read_config(folder: str | Path) -> tuple[dict[str, Any], str]:
     return raw, str(raw.get("model_type", "brainlm"))
 
 
-def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> BrainLMForPretraining:
-    """Load a BrainLM checkpoint folder (ours or the original's) into a model in eval mode."""
+def load_pretrained(path_or_hub_id: str | Path, map_location: str | torch.device = "cpu", *,
+                    revision: str | None = None) -> BrainLMForPretraining:
+    """``BrainLMForPretraining.from_pretrained``: a checkpoint folder (ours or the original's) or hub id.
+
+    Returns:
+        The model in eval mode on ``map_location``.
+    """
+    return BrainLMForPretraining.from_pretrained(path_or_hub_id, revision=revision, map_location=map_location)
+
+
+def load_folder(path: str | Path, map_location: str | torch.device = "cpu") -> BrainLMForPretraining:
+    """Load a local BrainLM checkpoint folder (ours or the original's) into a model in eval mode."""
     folder = Path(path)
     raw, model_type = read_config(folder)
     weights = _find_weights(folder)

@@ -18,6 +18,7 @@ __all__ = [
     "OutputExistsError",
     "OutputLockedError",
     "CorruptFileError",
+    "HubUnavailableError",
 ]
 
 
@@ -47,3 +48,7 @@ class OutputLockedError(UserError):
 
 class CorruptFileError(UserError):
     """A stored file does not match its manifest (size or SHA-256), or cannot be parsed."""
+
+
+class HubUnavailableError(MissingInputError):
+    """A Hugging Face Hub id that is not a local folder, not in the local hub cache, and cannot be fetched."""

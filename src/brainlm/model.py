@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from brainlm.errors import UserError
+from brainlm.hub import HubMixin
 
 __all__ = [
     "BrainLMConfig",
@@ -651,13 +652,15 @@ def masking_noise(masked: Tensor) -> tuple[Tensor, float]:
     return noise, ratio
 
 
-class BrainLMForPretraining(nn.Module):
+class BrainLMForPretraining(nn.Module, HubMixin):
     """BrainLM masked autoencoder: ``model(signal_vectors, xyz_vectors, noise=None)``.
 
     Besides the training forward pass it implements the interface that downstream code uses
     for both model kinds (this one and :class:`brainlm.vitmae.BrainLMViTMAE`):
     ``num_regions``, ``window_length``, ``num_tokens(T)``, ``embed``, ``reconstruct``,
-    ``forecast`` and ``cls_attention``.
+    ``forecast`` and ``cls_attention``; and, from :class:`brainlm.hub.HubMixin`,
+    ``from_pretrained(path_or_hub_id, map_location=...)``, ``save_pretrained(folder)`` and
+    ``push_to_hub(repo_id)``.
     """
 
     def __init__(self, config: BrainLMConfig):
@@ -705,6 +708,23 @@ class BrainLMForPretraining(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    # -- checkpoint folders, for HubMixin ---------------------------------------------------------
+    # The formats live in brainlm.checkpoint, which imports this module: hence the late imports.
+
+    @classmethod
+    def _load_folder(cls, folder, map_location: str | torch.device = "cpu") -> "BrainLMForPretraining":
+        from brainlm.checkpoint import load_folder
+
+        return load_folder(folder, map_location)
+
+    def _save_folder(self, folder) -> None:
+        from brainlm.checkpoint import save_pretrained
+
+        save_pretrained(self, folder)
+
+    def _card_config(self) -> dict[str, Any]:
+        return self.config.to_dict()
 
     # -- the named steps -------------------------------------------------------------------------
 

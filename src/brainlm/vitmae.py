@@ -129,7 +129,6 @@ import json
 import numbers
 import os
 import pickle
-import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -140,6 +139,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainlm.errors import CorruptFileError, MissingInputError, UserError
+from brainlm.hub import HubMixin, resolve_checkpoint
 from brainlm.model import EmbeddingOutput, ReconstructionOutput
 
 __all__ = [
@@ -301,8 +301,14 @@ class LastMasking:
     hidden_from: int
 
 
-class BrainLMViTMAE(nn.Module):
+class BrainLMViTMAE(nn.Module, HubMixin):
     """A ``transformers`` ``ViTMAEForPreTraining`` that reads and writes ``(B, R, T)`` windows.
+
+    ``from_pretrained(path_or_hub_id, device=..., dtype=..., coords_path=...)`` loads a released
+    checkpoint (as :func:`load_vitmae`); ``save_pretrained(folder)`` writes the same format
+    (``transformers``' ``config.json`` + ``model.safetensors``) with a model card, and
+    ``push_to_hub(repo_id)`` uploads it (:class:`brainlm.hub.HubMixin`). The region order is
+    not saved: loading reads it from the A424 coordinate file again.
 
     Args:
         mae: the ``transformers`` model (its ``config.image_size`` must hold the window).
@@ -824,6 +830,18 @@ class BrainLMViTMAE(nn.Module):
     def cls_attention(self, signal_vectors: torch.Tensor, xyz_vectors: torch.Tensor | None = None, layer: int = -1):
         raise UserError("CLS attention maps per region are only available for BrainLM models, not ViT-MAE")
 
+    # ----- checkpoint folders, for HubMixin
+
+    @classmethod
+    def _load_folder(cls, folder: Path, **kwargs) -> "BrainLMViTMAE":
+        return _load_folder(folder, **kwargs)
+
+    def _save_folder(self, folder: Path) -> None:
+        self.mae.save_pretrained(folder, safe_serialization=True)
+
+    def _card_config(self) -> dict:
+        return self.config.to_dict()
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -846,51 +864,6 @@ def is_vitmae_checkpoint(path: str | os.PathLike) -> bool:
     return any((folder / name).is_file() for name in _WEIGHT_FILES)
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+)?$")
-
-
-def _download(hub_id: str, revision: str | None) -> Path:
-    """Fetch ``owner/name[/subfolder]`` with ``huggingface_hub``; return the local folder."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise UserError(
-            f"'{hub_id}' is not a local folder, and downloading it needs huggingface_hub "
-            "(pip install 'brainlm[hf]'); or pass a local checkpoint folder"
-        ) from None
-    owner, name, *sub = hub_id.split("/")
-    subfolder = "/".join(sub)
-    patterns = [f"{subfolder}/*"] if subfolder else None
-    try:
-        root = snapshot_download(f"{owner}/{name}", revision=revision, allow_patterns=patterns)
-    except Exception as err:  # no network, offline mode, unknown repo, ...
-        raise UserError(
-            f"could not fetch '{hub_id}' from the Hugging Face Hub ({type(err).__name__}); "
-            "download the checkpoint folder where there is a network and pass its local path"
-        ) from None
-    return Path(root) / subfolder
-
-
-def resolve_checkpoint(path_or_hub_id: str | os.PathLike, *, revision: str | None = None) -> Path:
-    """A local checkpoint folder for a local path or a hub id (``owner/name[/subfolder]``).
-
-    An existing local path is returned as is; anything else that looks like a hub id is
-    fetched with ``huggingface_hub.snapshot_download`` (only the subfolder's files).
-
-    Raises:
-        FileNotFoundError: a local-looking path that does not exist.
-        UserError: a hub id that cannot be fetched (no network, offline mode, unknown id).
-    """
-    source = str(path_or_hub_id)
-    folder = Path(source).expanduser()
-    if folder.exists():
-        return folder
-    looks_local = source.startswith(("/", ".", "~")) or "\\" in source
-    if looks_local or not _HUB_ID.match(source):
-        raise MissingInputError(f"no checkpoint folder at {source}")
-    return _download(source, revision)
-
-
 def load_vitmae(
     path_or_hub_id: str | os.PathLike,
     *,
@@ -899,7 +872,7 @@ def load_vitmae(
     coords_path: str | os.PathLike | None = None,
     revision: str | None = None,
 ) -> BrainLMViTMAE:
-    """Load a released BrainLM ViT-MAE checkpoint.
+    """Load a released BrainLM ViT-MAE checkpoint: ``BrainLMViTMAE.from_pretrained``.
 
     Args:
         path_or_hub_id: a local folder (``config.json`` with ``model_type: vit_mae`` and
@@ -914,10 +887,21 @@ def load_vitmae(
     Returns:
         ``BrainLMViTMAE`` in eval mode.
     """
+    return BrainLMViTMAE.from_pretrained(path_or_hub_id, revision=revision, dtype=dtype, device=device,
+                                         coords_path=coords_path)
+
+
+def _load_folder(
+    folder: Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    coords_path: str | os.PathLike | None = None,
+) -> BrainLMViTMAE:
+    """A local ViT-MAE checkpoint folder (see :func:`load_vitmae`) as a model in eval mode."""
     from transformers import ViTMAEForPreTraining
 
-    source = str(path_or_hub_id)
-    folder = resolve_checkpoint(source, revision=revision)
+    source = str(folder)
     if not is_vitmae_checkpoint(folder):
         config = _read_config_json(folder) if folder.is_dir() else None
         if config is None:

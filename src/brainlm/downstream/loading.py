@@ -8,8 +8,9 @@ both model kinds share (``num_regions``, ``window_length``, ``num_tokens``, ``em
   including fine-tuned folders written by :func:`brainlm.downstream.save_finetuned` (the
   encoder is loaded; the head is read by :func:`brainlm.downstream.load_finetuned`);
 - original BrainLM checkpoint folders (``model_type: brainlm_mae``);
-- released ViT-MAE folders (``model_type: vit_mae``) or Hugging Face hub ids such as
-  ``vandijklab/brainlm/vitmae_111M`` (these need the network or the local hub cache);
+- released ViT-MAE folders (``model_type: vit_mae``);
+- Hugging Face hub ids of any of these, such as ``vandijklab/brainlm/vitmae_111M`` (they need
+  the network or the local hub cache; :func:`brainlm.hub.resolve_checkpoint`);
 - training run folders: ``RUN/best/`` when present, else the newest ``RUN/checkpoints/step_*``.
 
 ``open_recordings(data, ...)`` accepts a store (path or ``Store``) or a list of parcellated
@@ -32,6 +33,7 @@ from torch import nn
 
 from brainlm.checkpoint import load_pretrained, read_config
 from brainlm.errors import MissingInputError, UserError
+from brainlm.hub import resolve_checkpoint
 
 __all__ = [
     "load_model",
@@ -83,18 +85,11 @@ def load_model(path_or_id: str | os.PathLike, map_location: str | torch.device =
         ``BrainLMViTMAE`` (released ViT-MAE).
 
     Raises:
-        FileNotFoundError: a local path that does not exist or holds no checkpoint.
+        FileNotFoundError: a local path that does not exist or holds no checkpoint, or a hub id
+            that is neither in the local hub cache nor reachable (``HubUnavailableError``).
         ValueError: a folder whose config is not a known model type.
-        RuntimeError: a hub id that cannot be fetched.
     """
-    source = str(path_or_id)
-    local = Path(source).expanduser()
-    if not local.exists():
-        from brainlm.vitmae import load_vitmae, resolve_checkpoint
-
-        folder = resolve_checkpoint(source)  # FileNotFoundError for local-looking paths
-        return load_vitmae(folder, device=map_location)
-    folder = resolve_model_folder(local)
+    folder = resolve_model_folder(resolve_checkpoint(path_or_id))
     raw, model_type = read_config(folder)
     if model_type == "vit_mae":
         from brainlm.vitmae import load_vitmae

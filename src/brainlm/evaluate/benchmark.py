@@ -285,13 +285,18 @@ def _figure(result: TaskResult, path: Path) -> Path:
     return save_figure(fig, path, dpi=110)
 
 
-def _verdict(r: TaskResult) -> str:
-    c = r.comparison
-    label = dict(zip(r.table["method"], r.table["label"]))
+def _outcome(c: dict[str, Any]) -> str:
+    """Who wins a task's comparison (``TaskResult.comparison``), and whether only within noise."""
     verdict = {c["model"]: "BrainLM wins", c["baseline"]: "the baseline wins"}.get(c["winner"], "a tie")
     if c["winner"] != "tie" and Comparison(c["diff_ci_low"], c["diff_ci_high"], c["p_boot"]).within_noise:
         verdict += ", within noise"
-    return (f"**{verdict}**: {label[c['model']]} {c['model_value']:.3f} vs "
+    return verdict
+
+
+def _verdict(r: TaskResult) -> str:
+    c = r.comparison
+    label = dict(zip(r.table["method"], r.table["label"]))
+    return (f"**{_outcome(c)}**: {label[c['model']]} {c['model_value']:.3f} vs "
             f"{label[c['baseline']]} {c['baseline_value']:.3f}; difference {c['difference']:+.3f} "
             f"[{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}], p_boot {c['p_boot']:.3f}")
 

@@ -1,0 +1,244 @@
+"""The Hugging Face Hub conventions for both model kinds: ``from_pretrained``, ``save_pretrained``, ``push_to_hub``.
+
+:class:`HubMixin` gives :class:`~brainlm.model.BrainLMForPretraining` and
+:class:`~brainlm.vitmae.BrainLMViTMAE` the three methods of ``huggingface_hub``'s
+``ModelHubMixin``, with the same names and meaning. Each model kind supplies two hooks,
+``_load_folder`` (read a local checkpoint folder) and ``_save_folder`` (write one), which call
+its adapter (``brainlm.checkpoint`` for ours and the original BrainLM format,
+``brainlm.vitmae`` for the released ViT-MAE models). Written folders are the formats those
+adapters read: ``config.json`` + ``model.safetensors``, plus a ``README.md`` model card.
+
+Why not derive from ``huggingface_hub.PyTorchModelHubMixin``: its loader and writer assume one
+state dict under the class's own constructor arguments, while both kinds read outside formats
+through an adapter, so everything but ``push_to_hub`` would be overridden; its ``__new__``
+would run on every model construction; and ``huggingface_hub`` would become a dependency of
+the model file. Here it stays optional (the ``hf`` extra) and is imported only to fetch a hub
+id or to push; local folders need nothing beyond the core install.
+
+Hub ids (``owner/name`` or ``owner/name/subfolder``) go through :func:`resolve_checkpoint`,
+the package's one resolver: an existing local path always wins; anything else that looks
+like a hub id is fetched with ``huggingface_hub.snapshot_download`` (only the subfolder's
+files), which answers from the local hub cache when offline (``HF_HUB_OFFLINE=1``) or when
+the Hub cannot be reached. A hub id that is neither cached nor reachable raises
+:class:`~brainlm.errors.HubUnavailableError`, one line that says to pass a local folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from brainlm.errors import HubUnavailableError, MissingInputError, UserError
+
+# brainlm.io (pandas) and huggingface_hub are imported where they are used: the model file
+# imports this module, and a model needs neither.
+
+__all__ = ["HubMixin", "model_card", "resolve_checkpoint"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+)?$")
+_PASS_LOCAL = "pass a local checkpoint folder instead (download it where there is a network and pass its local path)"
+
+
+def _why_not_fetched(err: Exception) -> str:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        return "offline mode is on (HF_HUB_OFFLINE) and it is not in the local hub cache"
+    if isinstance(err, (RepositoryNotFoundError, RevisionNotFoundError)):
+        return "no such repository or revision (or it is private or gated)"
+    return f"the Hub could not be reached and it is not in the local hub cache ({type(err).__name__})"
+
+
+def _download(hub_id: str, revision: str | None) -> Path:
+    """Fetch ``owner/name[/subfolder]`` with ``huggingface_hub`` (or take it from its cache)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise HubUnavailableError(f"'{hub_id}' is not a local folder, and fetching it from the Hugging Face Hub "
+                                  f"needs huggingface_hub (pip install 'brainlm[hf]'); or {_PASS_LOCAL}") from None
+    owner, name, *sub = hub_id.split("/")
+    subfolder = "/".join(sub)
+    patterns = [f"{subfolder}/*"] if subfolder else None
+    try:
+        root = snapshot_download(f"{owner}/{name}", revision=revision, allow_patterns=patterns)
+    except Exception as err:  # no network, offline mode, unknown repo, ...: all mean "not available here"
+        raise HubUnavailableError(f"could not fetch '{hub_id}' from the Hugging Face Hub: "
+                                  f"{_why_not_fetched(err)}; {_PASS_LOCAL}") from None
+    folder = Path(root) / subfolder
+    if not folder.is_dir():
+        raise HubUnavailableError(f"'{hub_id}': the repository {owner}/{name} has no folder '{subfolder}'")
+    return folder
+
+
+def resolve_checkpoint(path_or_hub_id: str | os.PathLike, *, revision: str | None = None) -> Path:
+    """A local checkpoint folder for a local path or a hub id (``owner/name[/subfolder]``).
+
+    An existing local path is returned as is; anything else that looks like a hub id is
+    fetched with ``huggingface_hub.snapshot_download`` (only the subfolder's files), or taken
+    from the local hub cache.
+
+    Raises:
+        MissingInputError: a local-looking path that does not exist.
+        HubUnavailableError: a hub id that is not cached and cannot be fetched (no network,
+            offline mode, unknown id); a ``MissingInputError`` too.
+    """
+    source = str(path_or_hub_id)
+    folder = Path(source).expanduser()
+    if folder.exists():
+        return folder
+    looks_local = source.startswith(("/", ".", "~")) or "\\" in source
+    if looks_local or not _HUB_ID.match(source):
+        raise MissingInputError(f"no checkpoint folder at {source}")
+    return _download(source, revision)
+
+
+# --------------------------------------------------------------------------- the model card
+
+
+def _read_benchmark(benchmark: dict | str | os.PathLike | None) -> dict | None:
+    from brainlm.io import read_json
+
+    if benchmark is None or isinstance(benchmark, dict):
+        return benchmark
+    path = Path(benchmark)
+    results = read_json(path / "results.json" if path.is_dir() else path, "benchmark results (results.json)")
+    if not isinstance(results, dict) or not isinstance(results.get("tasks"), list):
+        raise UserError(f"{path}: not the results.json of brainlm benchmark (no 'tasks' list)")
+    return results
+
+
+def _benchmark_section(results: dict) -> list[str]:
+    import pandas as pd
+
+    from brainlm.evaluate.benchmark import _outcome
+    from brainlm.evaluate.report import markdown_table
+
+    def value(row: dict) -> str:
+        return f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+
+    rows = []
+    for task in results["tasks"]:
+        c = task["comparison"]
+        by_method = {row["method"]: row for row in task["table"]}
+        model, base = by_method[c["model"]], by_method[c["baseline"]]
+        rows.append({"task": task["task"], "metric": task["metric"], "BrainLM [95% CI]": value(model),
+                     "strongest baseline [95% CI]": f"{base['label']} {value(base)}",
+                     "difference [95% CI]": f"{c['difference']:+.3f} [{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}]",
+                     "verdict": _outcome(c)})
+    source = f" of `{results['checkpoint']}` on the store `{results['store']}`" if "store" in results else ""
+    return ["## Benchmark", "",
+            f"From `brainlm benchmark`{source}: per task, the model against the strongest simple baseline, "
+            "both scored on the same data with the same formula (baselines fitted on the train split only), "
+            "with 95% subject-bootstrap intervals. 'Within noise': the paired interval of the difference "
+            "spans zero. Higher is better for every metric.", "",
+            markdown_table(pd.DataFrame(rows)), ""]
+
+
+def model_card(model_class: str, config: dict[str, Any], *, benchmark: dict | str | os.PathLike | None = None,
+               hub_id: str | None = None) -> str:
+    """The ``README.md`` of a saved model: Hub metadata, how to load it, its config, its benchmark.
+
+    Args:
+        model_class: the class that loads it (``BrainLMForPretraining`` or ``BrainLMViTMAE``).
+        config: the config as saved in ``config.json``.
+        benchmark: the ``results.json`` of ``brainlm benchmark`` (a dict, the file, or its
+            folder); without it the card says that no benchmark was given.
+        hub_id: the id or folder to name in the loading example.
+
+    Returns:
+        The card as Markdown text.
+    """
+    results = _read_benchmark(benchmark)
+    config_rows = [f"| `{key}` | `{json.dumps(config[key])}` |" for key in sorted(config) if not key.startswith("_")]
+    lines = ["---", "library_name: brainlm", "tags:", "- brainlm", "- fmri", "- masked-autoencoder", "---", "",
+             f"# {hub_id or 'BrainLM model'}", "",
+             f"A BrainLM masked autoencoder over parcellated fMRI (`{config.get('model_type')}`), saved by the "
+             "`brainlm` package. Load it with:", "",
+             "```python", f"from brainlm import {model_class}", "",
+             f'model = {model_class}.from_pretrained("{hub_id or "path/or/hub-id"}")', "```", "",
+             "## Config", "", "| field | value |", "|---|---|", *config_rows, ""]
+    if results is None:
+        lines += ["## Benchmark", "", "No benchmark results were given when this card was written (run "
+                  "`brainlm benchmark` and pass its `results.json` as `save_pretrained(..., benchmark=...)`).", ""]
+    else:
+        lines += _benchmark_section(results)
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the mixin
+
+
+class HubMixin:
+    """``from_pretrained``, ``save_pretrained`` and ``push_to_hub`` for a model kind.
+
+    A subclass implements ``_load_folder(folder, **kwargs)`` (classmethod, returns a model in
+    eval mode), ``_save_folder(folder)`` and ``_card_config()`` (the config dict for the card).
+    """
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, *, revision: str | None = None, **kwargs):
+        """Load a local checkpoint folder or a hub id (``owner/name[/subfolder]``), in eval mode.
+
+        Args:
+            path_or_hub_id: an existing local path always wins; a hub id is taken from the local
+                hub cache or fetched (see the module docstring).
+            revision: hub revision (ignored for local folders).
+            **kwargs: passed to the kind's folder loader (``map_location`` for BrainLM;
+                ``device``, ``dtype``, ``coords_path`` for ViT-MAE).
+
+        Raises:
+            HubUnavailableError: a hub id that is neither cached nor reachable.
+        """
+        return cls._load_folder(resolve_checkpoint(path_or_hub_id, revision=revision), **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, benchmark: dict | str | os.PathLike | None = None,
+                        hub_id: str | None = None) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card into a folder.
+
+        Args:
+            save_directory: the folder (created if needed); existing files of these names are replaced.
+            benchmark: ``brainlm benchmark``'s ``results.json`` (dict, file or folder) for the card.
+            hub_id: the name the card's loading example uses.
+
+        Returns:
+            The folder.
+        """
+        from brainlm.io import atomic_write_text
+
+        folder = Path(save_directory)
+        card = model_card(type(self).__name__, self._card_config(), benchmark=benchmark, hub_id=hub_id)
+        self._save_folder(folder)
+        atomic_write_text(folder / "README.md", card)
+        return folder
+
+    def push_to_hub(self, repo_id: str, *, benchmark: dict | str | os.PathLike | None = None,
+                    commit_message: str = "Upload BrainLM model", private: bool | None = None,
+                    token: str | None = None, branch: str | None = None, create_pr: bool | None = None) -> str:
+        """Save into a temporary folder and upload it to the model repository ``repo_id`` in one commit.
+
+        Creates the repository if it does not exist. Needs ``huggingface_hub`` and a token with
+        write access (``hf auth login``).
+
+        Returns:
+            The URL of the commit.
+        """
+        try:
+            from huggingface_hub import HfApi
+        except ImportError:
+            raise UserError("push_to_hub needs huggingface_hub (pip install 'brainlm[hf]')") from None
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory(prefix="brainlm-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / "model", benchmark=benchmark, hub_id=repo_id)
+            try:
+                repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
+                return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=folder,
+                                         commit_message=commit_message, revision=branch, create_pr=create_pr)
+            except Exception as err:  # HTTP errors, no network, no or bad token, bad repo id
+                line = str(err).splitlines()[0] if str(err) else ""
+                raise UserError(f"could not push to '{repo_id}' on the Hugging Face Hub "
+                                f"({type(err).__name__}: {line})") from err
