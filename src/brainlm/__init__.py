@@ -15,8 +15,9 @@ from brainlm.model import (
 
 __version__ = "0.1.0"
 
-# Loaded on first use: these pull in transformers, which is slow to import.
+# Loaded on first use: these pull in transformers or scikit-learn, which are slow to import.
 _LAZY = {
+    "BrainLMEmbedder": "brainlm.sklearn",
     "BrainLMViTMAE": "brainlm.vitmae",
     "is_vitmae_checkpoint": "brainlm.vitmae",
     "load_vitmae": "brainlm.vitmae",

@@ -39,6 +39,7 @@ from .finetune import (
 from .fingerprint import fingerprint, identify
 from .loading import (
     Recordings,
+    check_layout,
     check_regions,
     load_model,
     open_recordings,
@@ -76,7 +77,7 @@ __all__ = [
     "read_embeddings", "window_starts", "write_embeddings",
     "BrainLMFinetuner", "FinetuneConfig", "FinetuneResult", "finetune", "load_finetuned", "save_finetuned",
     "fingerprint", "identify",
-    "Recordings", "check_regions", "load_model", "open_recordings", "resolve_model_folder",
+    "Recordings", "check_layout", "check_regions", "load_model", "open_recordings", "resolve_model_folder",
     "plot_fingerprint", "plot_forecast", "plot_reconstruction",
     "run_embed", "run_reconstruct", "run_forecast", "run_probe", "run_finetune", "run_fingerprint",
     "PROBES", "ProbeResult", "align_targets", "fc_features", "load_targets", "probe",

@@ -13,9 +13,10 @@ both model kinds share (``num_regions``, ``window_length``, ``num_tokens``, ``em
   the network or the local hub cache; :func:`brainlm.hub.resolve_checkpoint`);
 - training run folders: ``RUN/best/`` when present, else the newest ``RUN/checkpoints/step_*``.
 
-``open_recordings(data, ...)`` accepts a store (path or ``Store``) or a list of parcellated
-time-series files (those ``prepare`` reads, with a coordinate file). Files are used as
-given: they must already be normalised the way the model's training data was (run
+``open_recordings(data, ...)`` accepts a store (path or ``Store``), a list of parcellated
+time-series files (those ``prepare`` reads, with a coordinate file), or arrays in memory
+(``(N, T, R)``, or a list of ``(T, R)`` of any lengths, with coordinates). Files and arrays are
+used as given: they must already be normalised the way the model's training data was (run
 ``brainlm prepare`` to get the same normalisation as a store).
 """
 
@@ -39,6 +40,7 @@ __all__ = [
     "load_model",
     "resolve_model_folder",
     "check_regions",
+    "check_layout",
     "Recordings",
     "open_recordings",
     "training_recordings",
@@ -153,10 +155,11 @@ def open_recordings(
     """Recordings of a store (optionally one split) or of parcellated time-series files.
 
     Args:
-        data: a ``Recordings`` (returned as is), a ``Store``, a store folder, or a list of files (``.npy``/``.csv``/``.tsv``/``.mat``/
-            ``.parquet``, timepoints x regions or regions x timepoints).
+        data: a ``Recordings`` (returned as is), a ``Store``, a store folder, a list of files (``.npy``/``.csv``/``.tsv``/``.mat``/
+            ``.parquet``, timepoints x regions or regions x timepoints), or arrays: ``(N, T, R)``
+            or a list of ``(T, R)`` (recording ``i`` gets the id ``str(i)``).
         split: store split (``train``/``validation``/``test``); None for all. Not used for files.
-        coords: for files: a coordinate file (as ``prepare --coords``) or an ``(R, 3)`` array.
+        coords: for files and arrays: a coordinate file (as ``prepare --coords``) or an ``(R, 3)`` array.
 
     Returns:
         ``Recordings``.
@@ -174,6 +177,8 @@ def open_recordings(
         meta = [{c: str(v) for c, v in row.items()} for row in store.recordings.iloc[idx][cols].to_dict("records")]
         return Recordings(store.coords.astype(np.float32), meta, lambda i: store.get(int(idx[i])), str(store.path),
                           list(store.region_names))
+    arrays = isinstance(data, np.ndarray) or (isinstance(data, (list, tuple)) and len(data) > 0
+                                              and all(isinstance(a, np.ndarray) for a in data))
     files = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     if not files:
         raise UserError("no recordings given")
@@ -190,7 +195,22 @@ def open_recordings(
         raise UserError(f"--coords must give (R, 3) coordinates, got shape {xyz.shape}")
     if not np.isfinite(xyz).all():
         raise UserError(f"--coords: {int((~np.isfinite(xyz).all(1)).sum())} regions have non-finite coordinates")
-    return _file_recordings(files, xyz)
+    return _array_recordings(files, xyz) if arrays else _file_recordings(files, xyz)
+
+
+def check_layout(arrays: Sequence[np.ndarray], num_regions: int, what: str = "the coordinates") -> None:
+    """Raise ``UserError`` unless every array is ``(T, num_regions)``; say so when one looks transposed."""
+    for i, a in enumerate(arrays):
+        if a.ndim != 2 or a.shape[1] != num_regions:
+            hint = "; it looks like (R, T): transpose it to (T, R)" if a.ndim == 2 and a.shape[0] == num_regions else ""
+            raise UserError(f"recording {i} has shape {a.shape}, but {what} expect (T, {num_regions}) "
+                            f"(timepoints x regions){hint}")
+
+
+def _array_recordings(arrays: list[np.ndarray], xyz: np.ndarray) -> Recordings:
+    check_layout(arrays, len(xyz))
+    meta = [{"recording_id": str(i), "subject_id": str(i), "session_id": "", "run_id": ""} for i in range(len(arrays))]
+    return Recordings(xyz, meta, lambda i: np.asarray(arrays[i], dtype=np.float32), f"{len(arrays)} arrays")
 
 
 def _file_recordings(files: Sequence, xyz: np.ndarray) -> Recordings:
