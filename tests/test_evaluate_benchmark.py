@@ -88,10 +88,10 @@ def test_verdict_says_within_noise_when_the_paired_interval_spans_zero(lo, hi, e
 
     import pandas as pd
 
-    from brainlm.evaluate.benchmark import _verdict
+    from brainlm.evaluate.benchmark import task_verdict
 
     table = pd.DataFrame({"method": ["model", "conn"], "label": ["BrainLM", "connectivity-conditional fill"]})
     winner = "model" if hi > 0 else "conn"
     comparison = {"model": "model", "baseline": "conn", "winner": winner, "model_value": 0.43, "baseline_value": 0.40,
                   "difference": (lo + hi) / 2, "diff_ci_low": lo, "diff_ci_high": hi, "p_boot": 0.2}
-    assert _verdict(SimpleNamespace(table=table, comparison=comparison)).startswith(f"**{expected}")
+    assert task_verdict(SimpleNamespace(table=table, comparison=comparison)).startswith(f"**{expected}")

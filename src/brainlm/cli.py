@@ -451,7 +451,7 @@ def _add_fingerprint(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fingerprint", help="identify subjects from the first half of a recording to the second")
     _data_args(p)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--pooling", default="cls", choices=["cls", "mean", "region_time"])
+    p.add_argument("--pooling", default="cls", choices=["cls", "mean", "region_time", "connectivity"])
     p.add_argument("--keep-regions", action="store_true", help="region_time: compare the (R, D) region embeddings")
     p.add_argument("--stride", type=int, help="step of the windows inside each half (default: half a window)")
 
@@ -470,8 +470,11 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "benchmark", help="reconstruction, forecasting, fingerprinting and probes against the baseline ladder",
         description="Score a model on a store next to the strongest simple baselines (connectivity fill, AR/VAR, "
-        "Pearson/partial/tangent FC), with subject-bootstrap CIs; writes report.md, results.json and figures.")
-    p.add_argument("checkpoint", help="model folder (ours, original BrainLM, ViT-MAE, a training run)")
+        "Pearson/partial/tangent FC), with subject-bootstrap CIs; writes report.md, results.json and figures. "
+        "With --cv K, CHECKPOINT is a training preset (e.g. demo): a model is pretrained per subject fold and every "
+        "subject is scored once while held out (training settings as --key=value, e.g. --max_steps=500).")
+    p.add_argument("checkpoint", help="model folder (ours, original BrainLM, ViT-MAE, a training run); "
+                   "with --cv, a training preset")
     p.add_argument("store", help="store folder (baselines are fitted on its train split)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
@@ -485,10 +488,18 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probes", default="dummy,ridge", help="comma separated: dummy, ridge, knn, svm, mlp")
     p.add_argument("--brainmarks", action="store_true", help="also Brainmarks' convention: 3 quantile bins, accuracy, macro-F1")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--cv", type=int, default=None, metavar="K",
+                   help="K-fold subject cross-validation: pretrain CHECKPOINT (a preset) per fold; rerun to continue")
     _device_args(p)
 
     def run(args: argparse.Namespace) -> int:
         from brainlm.evaluate.benchmark import BenchmarkConfig, run_benchmark
+        from brainlm.train import parse_overrides
+
+        if args.cv is None and args.overrides:
+            raise UserError(f"unrecognised arguments: {' '.join(args.overrides)} (training settings need --cv)")
+        if args.cv is not None and args.tasks == "reconstruction,forecasting,fingerprinting,probes":
+            args.tasks = "reconstruction,forecasting"
 
         cfg = BenchmarkConfig(
             split=args.split, mask_ratio=args.mask_ratio, forecast_k=args.forecast_k, ar_order=args.ar_order,
@@ -497,10 +508,16 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
             folds=args.folds, brainmarks=args.brainmarks, bootstrap=args.bootstrap,
             tasks=tuple(t for t in args.tasks.split(",") if t), seed=args.seed, batch_size=args.batch_size,
             precision=args.precision, device=args.device)
-        run_benchmark(args.checkpoint, args.store, args.out, cfg, overwrite=args.overwrite)
+        if args.cv is not None:
+            from brainlm.evaluate.crossval import run_crossval
+
+            run_crossval(args.checkpoint, args.store, args.out, args.cv, cfg, overrides=parse_overrides(args.overrides),
+                         overwrite=args.overwrite)
+        else:
+            run_benchmark(args.checkpoint, args.store, args.out, cfg, overwrite=args.overwrite)
         return 0
 
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, accepts_overrides=True)
 
 
 _COMMANDS = [_add_demo, _add_prepare, _add_verify, _add_benchmark, _add_pretrain, _add_integrate, _add_embed_dna, _add_embed, _add_reconstruct,

@@ -115,7 +115,7 @@ def _read_benchmark(benchmark: dict | str | os.PathLike | None) -> dict | None:
 def _benchmark_section(results: dict) -> list[str]:
     import pandas as pd
 
-    from brainlm.evaluate.benchmark import _outcome
+    from brainlm.evaluate.benchmark import outcome
     from brainlm.evaluate.report import markdown_table
 
     def value(row: dict) -> str:
@@ -129,7 +129,7 @@ def _benchmark_section(results: dict) -> list[str]:
         rows.append({"task": task["task"], "metric": task["metric"], "BrainLM [95% CI]": value(model),
                      "strongest baseline [95% CI]": f"{base['label']} {value(base)}",
                      "difference [95% CI]": f"{c['difference']:+.3f} [{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}]",
-                     "verdict": _outcome(c)})
+                     "verdict": outcome(c)})
     source = f" of `{results['checkpoint']}` on the store `{results['store']}`" if "store" in results else ""
     return ["## Benchmark", "",
             f"From `brainlm benchmark`{source}: per task, the model against the strongest simple baseline, "

@@ -24,6 +24,8 @@ The columns of the store are spelled once, in :data:`META_COLUMNS` and :data:`TA
 
 from __future__ import annotations
 
+import copy
+
 import json
 import os
 from pathlib import Path
@@ -309,6 +311,22 @@ class Store:
         if split not in self.manifest["splits"]:
             raise UserError(f"{self.path}: no split {split!r} (--split); has {list(self.manifest['splits'])}")
         return np.flatnonzero(self.recordings["split"].to_numpy() == split)
+
+    def resplit(self, assignment: dict[str, str]) -> "Store":
+        """The same recordings with subjects reassigned to splits (``subject_id -> split``), in
+        memory only (cross-validation folds); every subject of the store must be assigned."""
+        subjects = self.recordings["subject_id"].astype(str)
+        missing = sorted(set(subjects) - set(assignment))
+        if missing:
+            raise UserError(f"{self.path}: no split given for subjects {missing[:5]}")
+        view = copy.copy(self)
+        view.recordings = self.recordings.assign(split=subjects.map(assignment).to_numpy())
+        names = sorted(set(assignment.values()) | {"train", "validation", "test"})
+        view.manifest = {**self.manifest, "splits": {
+            name: {"subjects": sorted({s for s in subjects if assignment[s] == name}),
+                   "num_recordings": int((view.recordings["split"] == name).sum())} for name in names}}
+        view._readers = {}
+        return view
 
     def _reader(self, shard: str) -> _ShardReader:
         if os.getpid() != self._pid:  # a forked DataLoader worker maps the files anew

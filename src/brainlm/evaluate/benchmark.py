@@ -47,7 +47,8 @@ from .metrics import prediction_metric
 from .protocol import Comparison, SubjectBootstrap
 from .report import markdown_table
 
-__all__ = ["BenchmarkConfig", "TaskResult", "run_benchmark", "benchmark"]
+__all__ = ["BenchmarkConfig", "TaskResult", "run_benchmark", "benchmark", "reconstruction_windows", "forecasting_windows",
+           "ladder_from_windows", "outcome", "task_verdict"]
 
 
 @dataclass(kw_only=True)
@@ -123,63 +124,89 @@ def _ladder_table(task: str, metric: str, stats: dict[str, Callable[[np.ndarray]
 # ---------------------------------------------------------------------------------------------
 
 
-def _reconstruction(model, store, cfg: BenchmarkConfig, baselines: ReconstructionBaselines, device, dtype) -> TaskResult:
+def reconstruction_windows(model, store, cfg: BenchmarkConfig, device, dtype) -> pd.DataFrame:
+    """Per window of ``cfg.split``: ``subject_id`` and ``<method>_sse`` / ``<method>_syy`` over
+    the hidden values, for the model and the reconstruction ladder fitted on the train split."""
     from brainlm.data import WindowDataset
 
-    from .reconstruction import evaluate_reconstruction, r2_statistic
+    from .reconstruction import evaluate_reconstruction
 
+    baselines = ReconstructionBaselines().fit(x for _, x in store.iter_recordings("train"))
     ds = WindowDataset(store, cfg.split, window=model.window_length, mode="sliding")
     ev = evaluate_reconstruction(model, ds, baselines=baselines, batch_size=cfg.batch_size, seed=cfg.seed,
                                  device=device, dtype=dtype, mask_ratio=cfg.mask_ratio, per_window=True)
-    frame = ev.windows
-    boot = SubjectBootstrap(frame["subject_id"].to_numpy(), cfg.bootstrap, cfg.seed)
-    stats = {m: r2_statistic(frame, m) for m in ev.methods}
-    labels = {"model": "BrainLM", **{m: BASELINE_LABELS[m] for m in ev.methods if m != "model"}}
-    notes = [f"{len(frame)} windows of {model.window_length} timepoints of the {cfg.split} split "
-             f"({boot.num_subjects} subjects), {cfg.mask_ratio:.0%} of the model's tokens hidden at random per window"]
-    return _ladder_table("reconstruction", "R^2", stats, boot, len(frame), labels, ("model",), notes)
+    return ev.windows[["subject_id"] + [f"{m}_{part}" for m in ev.methods for part in ("sse", "syy")]]
 
 
-def _forecasting(model, store, cfg: BenchmarkConfig, device, dtype) -> TaskResult:
+def forecast_horizon(model, cfg: BenchmarkConfig) -> int:
+    return cfg.forecast_k or getattr(getattr(model, "config", None), "timepoint_patching_size", 20)
+
+
+def forecasting_windows(model, store, cfg: BenchmarkConfig) -> pd.DataFrame:
+    """Per window of ``cfg.split``: the same columns as :func:`reconstruction_windows` for the
+    last ``k`` timepoints, the model beside the forecast ladder fitted on the train split."""
     from brainlm.downstream import open_recordings
     from brainlm.downstream.reconstruct import forecast_recordings
 
-    k = cfg.forecast_k or getattr(getattr(model, "config", None), "timepoint_patching_size", 20)
-    train = open_recordings(store, "train")
-    baselines = ForecastBaselines(order=cfg.ar_order).fit(x for _, x in train)
-    recs = open_recordings(store, cfg.split)
-    res = forecast_recordings(model, recs, k, baselines=baselines, batch_size=cfg.batch_size,
-                              precision=cfg.precision, progress=True)
+    baselines = ForecastBaselines(order=cfg.ar_order).fit(x for _, x in open_recordings(store, "train"))
+    res = forecast_recordings(model, open_recordings(store, cfg.split), forecast_horizon(model, cfg), baselines=baselines,
+                              batch_size=cfg.batch_size, precision=cfg.precision, progress=True)
     true = np.asarray(res.true, np.float64)
-    syy = (true ** 2).sum((1, 2))  # per window
-    boot = SubjectBootstrap(res.index["subject_id"].to_numpy(), cfg.bootstrap, cfg.seed)
-    stats = {}
+    frame = {"subject_id": res.index["subject_id"].to_numpy()}
     for m, pred in res.preds.items():
-        sse = ((true - pred) ** 2).sum((1, 2))
-        stats["model" if m == "brainlm" else m] = (lambda sse: lambda idx: 1.0 - sse[idx].sum() / syy[idx].sum())(sse)
-    labels = {"model": "BrainLM", **{m: BASELINE_LABELS[m] for m in stats if m != "model"}}
-    notes = [f"the last {k} timepoints of {len(true)} windows of the {cfg.split} split; AR({cfg.ar_order}) and "
-             f"VAR({cfg.ar_order}) fitted on the train split"]
-    return _ladder_table("forecasting", "R^2", stats, boot, len(true), labels, ("model",), notes)
+        key = "model" if m == "brainlm" else m
+        frame[f"{key}_sse"], frame[f"{key}_syy"] = ((true - pred) ** 2).sum((1, 2)), (true ** 2).sum((1, 2))
+    return pd.DataFrame(frame)
+
+
+def ladder_from_windows(task: str, windows: pd.DataFrame, cfg: BenchmarkConfig, notes: list[str]) -> TaskResult:
+    """R^2 pooled over windows for every method of a ``*_windows`` frame, 95% intervals from
+    resampling its subjects, and the model against the strongest baseline."""
+    from .reconstruction import r2_statistic
+
+    methods = [c[: -len("_sse")] for c in windows.columns if c.endswith("_sse")]
+    boot = SubjectBootstrap(windows["subject_id"].to_numpy(), cfg.bootstrap, cfg.seed)
+    stats = {m: r2_statistic(windows, m) for m in methods}
+    labels = {m: "BrainLM" if m == "model" else BASELINE_LABELS[m] for m in methods}
+    return _ladder_table(task, "R^2", stats, boot, len(windows), labels, ("model",), notes)
+
+
+def _reconstruction(model, store, cfg: BenchmarkConfig, device, dtype) -> TaskResult:
+    frame = reconstruction_windows(model, store, cfg, device, dtype)
+    notes = [f"{len(frame)} windows of {model.window_length} timepoints of the {cfg.split} split "
+             f"({frame['subject_id'].nunique()} subjects), {cfg.mask_ratio:.0%} of the model's tokens hidden at "
+             "random per window"]
+    return ladder_from_windows("reconstruction", frame, cfg, notes)
+
+
+def _forecasting(model, store, cfg: BenchmarkConfig) -> TaskResult:
+    frame = forecasting_windows(model, store, cfg)
+    notes = [f"the last {forecast_horizon(model, cfg)} timepoints of {len(frame)} windows of the {cfg.split} split; "
+             f"AR({cfg.ar_order}) and VAR({cfg.ar_order}) fitted on the train split"]
+    return ladder_from_windows("forecasting", frame, cfg, notes)
 
 
 def _fingerprinting(model, store, cfg: BenchmarkConfig, dtype_name: str) -> TaskResult:
     from brainlm.downstream.fingerprint import fingerprint
 
     per_subject, labels = {}, {}
-    for pooling in ("cls", "mean"):
+    model_labels = {"cls": "BrainLM (cls)", "mean": "BrainLM (mean)",
+                    "connectivity": "BrainLM connectivity (region-embedding correlation)"}
+    for pooling in model_labels:
         summary, matches = fingerprint(model, store, pooling=pooling, precision=dtype_name,
-                                       connectivity=() if pooling == "mean" else tuple(CONNECTIVITY_FEATURES))
+                                       connectivity=tuple(CONNECTIVITY_FEATURES) if pooling == "cls" else ())
         for kind, grp in matches.groupby("features", sort=False):
             key = f"brainlm_{pooling}" if kind == "brainlm" else kind
             per_subject[key] = (grp["subject_id"] == grp["identified_as"]).to_numpy(float)
-            labels[key] = f"BrainLM ({pooling})" if kind == "brainlm" else BASELINE_LABELS[kind]
+            labels[key] = model_labels[pooling] if kind == "brainlm" else BASELINE_LABELS[kind]
     n = len(next(iter(per_subject.values())))
     boot = SubjectBootstrap(np.arange(n), cfg.bootstrap, cfg.seed)
     stats = {k: (lambda v: lambda idx: float(v[idx].mean()))(v) for k, v in per_subject.items()}
     notes = [f"first half -> second half of each subject's first recording, {n} subjects (chance {1 / n:.3f}); "
-             "all subjects of the store, so the model saw the train subjects' recordings in pretraining"]
-    return _ladder_table("fingerprinting", "accuracy", stats, boot, n, labels, ("brainlm_cls", "brainlm_mean"), notes)
+             "all subjects of the store, so the model saw the train subjects' recordings in pretraining",
+             "every feature from the same span: the model's over all sliding windows of a half, FC over the whole half"]
+    return _ladder_table("fingerprinting", "accuracy", stats, boot, n, labels,
+                         tuple(f"brainlm_{p}" for p in model_labels), notes)
 
 
 def _probes(model, store, cfg: BenchmarkConfig) -> list[TaskResult]:
@@ -259,10 +286,9 @@ def benchmark(model, store, cfg: BenchmarkConfig | None = None) -> list[TaskResu
     dtype = resolve_precision(cfg.precision, device)
     results = []
     if "reconstruction" in cfg.tasks:
-        train = ReconstructionBaselines().fit(x for _, x in store.iter_recordings("train"))
-        results.append(_reconstruction(model, store, cfg, train, device, dtype))
+        results.append(_reconstruction(model, store, cfg, device, dtype))
     if "forecasting" in cfg.tasks:
-        results.append(_forecasting(model, store, cfg, device, dtype))
+        results.append(_forecasting(model, store, cfg))
     if "fingerprinting" in cfg.tasks:
         results.append(_fingerprinting(model, store, cfg, cfg.precision))
     if "probes" in cfg.tasks:
@@ -285,7 +311,7 @@ def _figure(result: TaskResult, path: Path) -> Path:
     return save_figure(fig, path, dpi=110)
 
 
-def _outcome(c: dict[str, Any]) -> str:
+def outcome(c: dict[str, Any]) -> str:
     """Who wins a task's comparison (``TaskResult.comparison``), and whether only within noise."""
     verdict = {c["model"]: "BrainLM wins", c["baseline"]: "the baseline wins"}.get(c["winner"], "a tie")
     if c["winner"] != "tie" and Comparison(c["diff_ci_low"], c["diff_ci_high"], c["p_boot"]).within_noise:
@@ -293,10 +319,10 @@ def _outcome(c: dict[str, Any]) -> str:
     return verdict
 
 
-def _verdict(r: TaskResult) -> str:
+def task_verdict(r: TaskResult) -> str:
     c = r.comparison
     label = dict(zip(r.table["method"], r.table["label"]))
-    return (f"**{_outcome(c)}**: {label[c['model']]} {c['model_value']:.3f} vs "
+    return (f"**{outcome(c)}**: {label[c['model']]} {c['model_value']:.3f} vs "
             f"{label[c['baseline']]} {c['baseline_value']:.3f}; difference {c['difference']:+.3f} "
             f"[{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}], p_boot {c['p_boot']:.3f}")
 
@@ -309,7 +335,7 @@ def write_report(results: list[TaskResult], out: Path, header: list[str]) -> Pat
         table = r.table.assign(**{"95% CI": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(r.table.ci_low, r.table.ci_high)]})
         lines += [f"## {r.task}", "", *[f"{n}." for n in r.notes], "",
                   markdown_table(table[["label", "value", "95% CI"]].rename(columns={"label": "method", "value": r.metric})),
-                  "", _verdict(r), "", f"![{r.task}]({fig.name})", ""]
+                  "", task_verdict(r), "", f"![{r.task}]({fig.name})", ""]
     return atomic_write_text(out / "report.md", "\n".join(lines).rstrip() + "\n")
 
 
@@ -332,7 +358,7 @@ def run_benchmark(checkpoint, store_path, out_dir, cfg: BenchmarkConfig | None =
         atomic_write_json(out / "results.json", {"checkpoint": str(checkpoint), "store": str(store_path),
                                                  "config": cfg.__dict__, "tasks": [r.to_dict() for r in results]})
     for r in results:
-        print(f"{r.task}: {_verdict(r).replace('**', '')}")
+        print(f"{r.task}: {task_verdict(r).replace('**', '')}")
     print(f"report: {Path(out_dir) / 'report.md'}")
     return results
 

@@ -54,7 +54,7 @@ from brainlm.errors import InputError, MissingInputError, OutputLockedError, Use
 from brainlm.evaluate.baselines import ReconstructionBaselines
 from brainlm.evaluate.reconstruction import evaluate_reconstruction
 from brainlm.io import OutputLock, atomic_write_text, json_line, write_csv
-from brainlm.model import BrainLMForPretraining
+from brainlm.model import BrainLMForPretraining, masking_noise
 from brainlm.progress import progress
 from brainlm.seeding import DROPOUT, MASK_SCHEME, TRAIN_MASK, seed_of, window_noise
 from brainlm.train import checkpointing as ckpt
@@ -90,17 +90,19 @@ class RunResult:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_datasets(config: TrainConfig, splits: tuple[str, ...] = ("train", "validation")) -> list[Dataset]:
-    """Window datasets of ``config.data`` (a ``brainlm.data`` store) for the given splits.
+def build_datasets(config: TrainConfig, splits: tuple[str, ...] = ("train", "validation"), store=None) -> list[Dataset]:
+    """Window datasets of ``config.data`` (a ``brainlm.data`` store), or of an opened ``store``
+    (a cross-validation fold's ``Store.resplit``), for the given splits.
 
     Training windows follow ``train_mode``; validation and test windows are fixed or sliding,
     never random. Which windows a process sees is the sampler's job.
     """
-    if config.data is None:
-        raise UserError("no data: pass a store folder (--data STORE)")
     from brainlm.data import WindowDataset, open_store
 
-    store = open_store(config.data)
+    if store is None:
+        if config.data is None:
+            raise UserError("no data: pass a store folder (--data STORE)")
+        store = open_store(config.data)
     out = []
     for split in splits:
         mode = config.train_mode if split == "train" else config.eval_mode
@@ -442,12 +444,13 @@ class Trainer:
             xyz = batch["xyz_vectors"].to(self.device, non_blocking=True)  # (B, R, 3)
             B, R, T = x.shape
             keys = [(c.seed, TRAIN_MASK, g, self.info.rank * c.batch_size + j) for j in range(B)]
-            noise = self._training_noise(keys, R, T // W).to(self.device)
+            noise, ratio = self._training_noise(keys, R, T // W)
+            noise = noise.to(self.device)
             torch.manual_seed(seed_of(c.seed, DROPOUT, g, self.info.rank))
             with no_sync(self.model, skip=micro < c.grad_accum_steps - 1):
                 with autocast_context(self.device, self.dtype):
                     # Only masked patches enter the loss: the decoder skips visible queries.
-                    out = self.model(x, xyz, noise=noise, decode_visible=False)
+                    out = self.model(x, xyz, noise=noise, mask_ratio=ratio, decode_visible=False)
                 self._check_finite(out.loss, micro, batch)
                 (out.loss / c.grad_accum_steps).backward()
             loss_sum += out.loss.detach().double().cpu()
@@ -462,13 +465,25 @@ class Trainer:
         self.step += 1
         return {"loss": float(loss_sum) / c.grad_accum_steps, "lr": lr, "grad_norm": grad_norm}
 
-    def _training_noise(self, keys: list[tuple[int, ...]], num_regions: int, num_patches: int) -> torch.Tensor:
-        """(B, L) masking noise of the training windows, shaped by ``train_mask_scheme``."""
+    def _training_noise(self, keys: list[tuple[int, ...]], num_regions: int,
+                        num_patches: int) -> tuple[torch.Tensor, float | None]:
+        """(B, L) masking noise of the training windows, shaped by ``train_mask_scheme``, and the
+        mask ratio to use with it (None: the model's).
+
+        ``"forecast"`` hides the last patch of every region with the visible tokens in
+        region-major order, exactly what ``model.forecast`` does at test time (fine-tuning for
+        forecasting, as the original paper does).
+        """
+        scheme = self.config.train_mask_scheme
+        if scheme == "forecast":
+            masked = torch.zeros(len(keys), num_regions, num_patches, dtype=torch.bool)
+            masked[:, :, -1] = True
+            return masking_noise(masked.flatten(1))
         noise = window_noise(keys, num_regions * num_patches)
-        if self.config.train_mask_scheme == "patch":
-            return noise
+        if scheme == "patch":
+            return noise, None
         choice = (window_noise([(*k, MASK_SCHEME) for k in keys], 1)[:, 0] * 3).long().clamp(max=2)
-        return structured_noise(noise, num_regions, self.config.train_mask_scheme, choice)
+        return structured_noise(noise, num_regions, scheme, choice), None
 
     def _check_finite(self, loss: torch.Tensor, micro: int, batch: dict) -> None:
         bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=self.device)
