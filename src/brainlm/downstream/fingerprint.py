@@ -5,7 +5,10 @@ half. Features of each half: the mean BrainLM embedding of the sliding windows i
 the connectivity ladder of :mod:`brainlm.evaluate.baselines` computed on the same half:
 Pearson FC, partial-correlation FC and tangent-space FC (nilearn's ``ConnectivityMeasure``;
 the tangent reference is the mean over all halves and uses no identities), and each region's
-lag-1 autocorrelation. Each
+lag-1 autocorrelation. Model-derived connectivity on the same terms as FC
+(``pooling="connectivity"``): the Pearson correlation between regions of their region-time
+embeddings over every sliding window of the half and every embedding dimension, an ``R x R``
+matrix per half like FC's (its upper triangle is the feature vector). Each
 second-half vector is assigned the subject of the most correlated (Pearson) first-half
 vector; accuracy is the fraction assigned correctly, chance is 1 / S.
 """
@@ -86,7 +89,8 @@ def fingerprint(
         model_or_path: a model or anything ``load_model`` accepts.
         data: a store or time-series files; one recording per subject is used (the first).
         split: store split (None: all).
-        pooling: embedding pooling.
+        pooling: embedding pooling (``cls``, ``mean``, ``region_time``), or ``connectivity``
+            for the correlation between regions of their region-time embeddings.
         keep_regions: with ``region_time``, compare the flattened ``(R, D)`` region embeddings
             instead of their average over regions.
         window: timepoints per window (default: the model's); each half must hold one.
@@ -106,6 +110,8 @@ def fingerprint(
     stride = stride or max(1, window // 2)
     subjects, first, second = _halves(recs, window)
     dtype = resolve_precision(precision, next(model.parameters()).device)
+    if pooling not in ("cls", "mean", "region_time", "connectivity"):
+        raise UserError(f"--pooling must be cls, mean, region_time or connectivity, got {pooling!r}")
     name = pooling + ("_regions" if keep_regions and pooling == "region_time" else "")
     feats = {"brainlm": tuple(np.stack([_embed_half(model, part, recs.coords, pooling, keep_regions, window, stride,
                                                     batch_size, dtype) for part in parts]) for parts in (first, second))}
@@ -125,6 +131,13 @@ def fingerprint(
 
 def _embed_half(model, part: np.ndarray, coords, pooling, keep_regions, window, stride, batch_size, dtype) -> np.ndarray:
     wins = np.stack([part[t0 : t0 + window].T for t0 in window_starts(len(part), window, stride)])  # (n, R, T)
+    connectivity = pooling == "connectivity"
+    if connectivity:
+        pooling, keep_regions = "region_time", True
     e = np.concatenate([embed_windows(model, wins[s : s + batch_size], coords, pooling, not keep_regions, dtype=dtype)
                         for s in range(0, len(wins), batch_size)])
-    return e.mean(0)
+    if not connectivity:
+        return e.mean(0)
+    regions = e.transpose(1, 0, 2).reshape(e.shape[1], -1)  # (R, windows * D)
+    corr = np.corrcoef(regions)
+    return corr[np.triu_indices(len(corr), 1)]
