@@ -208,3 +208,21 @@ def test_connectivity_embedding_reproduces_the_region_covariance():
     init_region_embedding(model, cov)
     assert torch.equal(model.encoder.region_embedding, connectivity_embedding(cov, 32))
     assert model.decoder.xyz_proj.weight.abs().sum() == 0
+
+
+def test_forecast_scheme_trains_on_exactly_what_model_forecast_predicts(tmp_path):
+    from brainlm.train.trainer import Trainer
+
+    trainer = Trainer(tiny_config(tmp_path / "run", train_mask_scheme="forecast"))
+    R, P, W = 6, 4, 10
+    noise, ratio = trainer._training_noise([(0, j) for j in range(3)], R, P)
+    model = load_pretrained(_run(tmp_path / "base", max_steps=2, eval_every=2, save_every=2).checkpoint)
+    x = torch.randn(3, R, P * W, generator=torch.Generator().manual_seed(0))
+    xyz = torch.randn(3, R, 3, generator=torch.Generator().manual_seed(1)) * 40
+    with torch.no_grad():
+        out = model(x, xyz, noise=noise, mask_ratio=ratio)
+        forecast = model.forecast(x, xyz, k=W)
+    assert (out.mask.view(3, R, P)[:, :, -1] == 1).all() and (out.mask.view(3, R, P)[:, :, :-1] == 0).all()
+    torch.testing.assert_close(out.logits.view(3, R, P, W)[:, :, -1], forecast)
+    result = _run(tmp_path / "ft", max_steps=3, eval_every=3, save_every=3, train_mask_scheme="forecast")
+    assert result.step == 3 and np.isfinite(result.train_losses[-1][1])

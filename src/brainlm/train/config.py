@@ -19,7 +19,7 @@ from brainlm.errors import MissingInputError, UserError
 from brainlm.model import PRESETS as MODEL_PRESETS
 from brainlm.model import BrainLMConfig
 
-MASK_SCHEMES = ("patch", "region", "time", "mixed")
+MASK_SCHEMES = ("patch", "region", "time", "mixed", "forecast")
 
 __all__ = ["MASK_SCHEMES", "TrainConfig", "TRAIN_PRESETS", "train_preset", "apply_overrides", "parse_overrides", "resolve_config"]
 
@@ -167,9 +167,10 @@ def demo() -> TrainConfig:
     swamp every other input of the decoder); batch 16 at learning rate 3e-3 for 3000 steps.
     Evaluation masks 50% of the patches at random.
 
-    One thread in fp32: for a model this small, a second thread mostly waits on the first
-    (and stalls badly on a shared machine), and bf16 is slower than fp32 at 64 wide, even on
-    CPUs with native bf16 (BENCHMARKS.md).
+    Two threads in fp32: a second thread takes a training step from 134 to 87 ms on 2 cores
+    (attention dominates and splits over batch and heads), while torch.compile and a fused
+    AdamW gain nothing, and bf16 is slower than fp32 at 64 wide, even on CPUs with native bf16
+    (``benchmarks/bench_demo_steps.py``, BENCHMARKS.md).
     """
     return TrainConfig(
         model="tiny",
@@ -182,7 +183,7 @@ def demo() -> TrainConfig:
         region_embedding_init="connectivity",
         window=20, train_mode="sliding", train_stride=5, eval_mode="sliding", eval_stride=20, eval_mask_ratio=0.5,
         out_dir="runs/demo", seed=0, max_steps=3000, batch_size=16, lr=3e-3, warmup_ratio=0.05,
-        min_lr_ratio=0.05, eval_every=500, save_every=500, keep_last=2, log_every=10, num_threads=1,
+        min_lr_ratio=0.05, eval_every=500, save_every=500, keep_last=2, log_every=10, num_threads=2,
         precision="fp32",
     )
 
