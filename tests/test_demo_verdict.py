@@ -45,3 +45,21 @@ def test_loss_to_the_baseline_is_said_and_worse_than_trivial_fails(capsys):
     ev = _eval({"a": 1.1, "b": 1.1, "c": 1.1, "d": 1.1}, {"a": 0.6, "b": 0.6, "c": 0.6, "d": 0.6})
     assert _verdict(ev) == 1
     assert "training failed" in capsys.readouterr().out
+
+
+def test_demo_forecast_table_sets_the_model_beside_ar_and_var(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from downstream_synth import synthetic_store, tiny_model
+
+    from brainlm.demo import _forecast_table
+
+    store = synthetic_store(tmp_path / "store", n_subjects=6, split=(4, 1, 1), T=60)
+    _forecast_table(tiny_model(), store, SimpleNamespace(seed=0, precision="fp32"))
+    out = capsys.readouterr().out
+    assert "Forecasting the last 5 timepoints of every 20-timepoint window from the 15 before" in out
+    for label in ("BrainLM", "persistence", "AR(p) per region", "ridge VAR across regions"):
+        assert label in out
+    verdict = next(line for line in out.splitlines() if line.startswith("forecasting: "))
+    assert any(w in verdict for w in ("BrainLM wins", "the baseline wins", "a tie")) and "[" in verdict
+    assert out.count(" *") == 1  # the strongest baseline marked

@@ -83,6 +83,8 @@ def run_demo(out_dir: str = "runs/demo", overrides: dict[str, Any] | None = None
     print(format_ladder(metrics, ev.methods, model_label=f"BrainLM ({model.num_parameters() / 1e6:.2f}M)"))
     print("(* the strongest baseline; the connectivity fill uses the train subjects' region covariance)")
     print()
+    if not smoke:
+        _forecast_table(model, store, config)
     print(f"trained {result.step} steps; this invocation took {t_train / 60:.1f} min")
     print(f"checkpoint: {result.checkpoint}\nbest model: {chosen}")
     print(f"metrics:    {result.metrics_file} (and metrics.csv); test metrics: {run_dir / 'test_metrics.json'}")
@@ -91,6 +93,24 @@ def run_demo(out_dir: str = "runs/demo", overrides: dict[str, Any] | None = None
     if smoke:
         return 0
     return _verdict(ev, seed=config.seed)
+
+
+def _forecast_table(model, store, config) -> None:
+    """Forecasting on the same held-out subjects: the last patch of every window from the rest,
+    the model beside persistence, AR(p) and ridge VAR fitted on the train subjects."""
+    from brainlm.evaluate.benchmark import BenchmarkConfig, outcome, forecasting_windows, ladder_from_windows
+
+    cfg = BenchmarkConfig(seed=config.seed, precision=config.precision, bootstrap=1000)
+    result = ladder_from_windows("forecasting", forecasting_windows(model, store, cfg), cfg, [])
+    k, window = model.config.timepoint_patching_size, model.window_length
+    print(f"Forecasting the last {k} timepoints of every {window}-timepoint window from the {window - k} before "
+          "(same held-out subjects; R^2 over the forecast values):")
+    c = result.comparison
+    for row in result.table.itertuples():
+        print(f"{row.label + (' *' if row.method == c['baseline'] else ''):<34}{row.value:>8.3f}")
+    print(f"forecasting: {outcome(c)} (BrainLM {c['model_value']:.3f} vs {c['baseline_value']:.3f}, difference "
+          f"{c['difference']:+.3f} [{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}])")
+    print()
 
 
 def _verdict(ev, seed: int = 0, n_boot: int = 1000) -> int:
