@@ -85,7 +85,7 @@ def test_cv_trains_and_fits_ladders_on_training_subjects_only(store, tmp_path, m
     sums = _fingerprints(store)
     plan = json.loads((out / "cv.json").read_text())
     assert len(seen["pretrain"]) == 3
-    for (splits, train), test in zip(seen["pretrain"], plan["folds"]):
+    for (splits, train), test in zip(seen["pretrain"], plan["pretraining"]["folds"]):
         assert splits["test"] == test and not train & set(test) and not train & set(splits["validation"])
     # three ladders per fold (the trainer's, for validation and the region-embedding start; then
     # reconstruction and forecasting), each on exactly that fold's training subjects
@@ -154,3 +154,24 @@ def test_cv_refuses_bad_flags_in_one_line(store, tmp_path, capsys):
     assert main(cv_args(store, tmp_path / "q", "--no_such_setting=1")) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists() and not (tmp_path / "q").exists()
+
+
+def test_cv_forecast_finetune_is_a_per_fold_stage_rescored_without_repeating_pretraining(store, tmp_path, capsys):
+    out = tmp_path / "cv"
+    assert main(cv_args(store, out)) == 0
+    runs = {p: p.stat().st_mtime_ns for p in out.glob("folds/fold_*/run/train_config.json")}
+    plain = json.loads((out / "results.json").read_text())["tasks"]
+    assert main(cv_args(store, out, "--forecast-finetune", "2")) == 2  # other scoring: refused
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main(cv_args(store, out, "--forecast-finetune", "2", "--overwrite")) == 0
+    assert {p: p.stat().st_mtime_ns for p in runs} == runs  # the pretraining runs were kept, not redone
+    for fold in out.glob("folds/fold_*"):
+        assert json.loads((fold / "forecast_run" / "train_config.json").read_text())["train_mask_scheme"] == "forecast"
+        assert set(json.loads((fold / "timing.json").read_text())) >= {"pretrain_s", "forecast_finetune_s", "score_s"}
+    tuned = json.loads((out / "results.json").read_text())["tasks"]
+    assert tuned[0]["table"] == plain[0]["table"]  # reconstruction: the same pretrained models
+    assert tuned[1]["comparison"]["model_value"] != plain[1]["comparison"]["model_value"]
+    assert "fine-tuned per fold for 2 steps" in (out / "report.md").read_text()
+    assert main(cv_args(store, tmp_path / "x", "--forecast-finetune", "-1")) == 2
+    assert main(["benchmark", "demo", str(store.path), "--out", str(tmp_path / "y"), "--forecast-finetune", "5"]) == 2
+    assert "--forecast-finetune needs --cv" in capsys.readouterr().err

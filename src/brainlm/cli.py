@@ -490,6 +490,9 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--cv", type=int, default=None, metavar="K",
                    help="K-fold subject cross-validation: pretrain CHECKPOINT (a preset) per fold; rerun to continue")
+    p.add_argument("--forecast-finetune", type=int, default=0, metavar="STEPS",
+                   help="with --cv: fine-tune each fold's model this many steps to predict the last patch (forecasting)")
+    p.add_argument("--forecast-lr", type=float, default=1e-3, help="learning rate of --forecast-finetune")
     _device_args(p)
 
     def run(args: argparse.Namespace) -> int:
@@ -498,6 +501,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
 
         if args.cv is None and args.overrides:
             raise UserError(f"unrecognised arguments: {' '.join(args.overrides)} (training settings need --cv)")
+        if args.cv is None and args.forecast_finetune:
+            raise UserError("--forecast-finetune needs --cv")
         if args.cv is not None and args.tasks == "reconstruction,forecasting,fingerprinting,probes":
             args.tasks = "reconstruction,forecasting"
 
@@ -512,7 +517,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
             from brainlm.evaluate.crossval import run_crossval
 
             run_crossval(args.checkpoint, args.store, args.out, args.cv, cfg, overrides=parse_overrides(args.overrides),
-                         overwrite=args.overwrite)
+                         forecast_finetune=args.forecast_finetune, forecast_lr=args.forecast_lr, overwrite=args.overwrite)
         else:
             run_benchmark(args.checkpoint, args.store, args.out, cfg, overwrite=args.overwrite)
         return 0

@@ -12,11 +12,21 @@ Layout of ``DIR``::
 
     cv.json                  the folds and every setting (a rerun must match it)
     folds/fold_<k>/run/      the fold's pretraining run (resumed where it stopped)
+    folds/fold_<k>/forecast_run/    with --forecast-finetune: the fold's forecasting fine-tune
     folds/fold_<k>/<task>.parquet   per-window errors, written once the fold is scored
+    folds/fold_<k>/timing.json      minutes spent per stage
     report.md, results.json, <task>.png, per_subject.png
 
 Rerunning the same command continues: scored folds are read back, a fold whose training was
 interrupted resumes from its last checkpoint. A crash loses at most the fold in progress.
+Changed scoring settings (``--forecast-finetune``, ``--mask-ratio``, ...) with ``--overwrite``
+rescore every fold with its pretraining run kept.
+
+With ``--forecast-finetune N`` each fold's pretrained model is fine-tuned for ``N`` steps on
+the same training subjects to predict the last patch of every region from the rest
+(``train_mask_scheme="forecast"``, what ``model.forecast`` sees), as the paper fine-tunes
+for forecasting; forecasting is then scored with the fine-tuned model, reconstruction with the
+pretrained one.
 
 The store's normaliser was fitted once, on the store's own train split; with a cohort-level
 normalisation (``robust``) its per-region median and IQR therefore saw some subjects that a
@@ -73,31 +83,52 @@ def _write_parquet(path: Path, frame: pd.DataFrame) -> Path:
     return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
-def _fold(k: int, store, split: dict[str, str], train_config, cfg: BenchmarkConfig, folder: Path) -> dict[str, pd.DataFrame]:
+def _train(config, datasets, what: str, timing: dict) -> Path:
+    """Run (or continue, or find finished) one training run of a fold; its chosen checkpoint."""
+    from brainlm.train import pretrain
+
+    run_dir = Path(config.out_dir)
+    t = time.perf_counter()
+    result = pretrain(config, resume=(run_dir / "train_config.json").exists(), train_dataset=datasets[0],
+                      val_dataset=datasets[1])
+    timing[f"{what}_s"] = timing.get(f"{what}_s", 0.0) + time.perf_counter() - t
+    # forecasting fine-tunes are judged by their last step: validation scores reconstruction
+    return result.checkpoint if what == "forecast_finetune" else (result.best or result.checkpoint)
+
+
+def _fold(k: int, store, split: dict[str, str], train_config, cfg: BenchmarkConfig, folder: Path,
+          forecast_finetune: int, forecast_lr: float) -> dict[str, pd.DataFrame]:
     """Pretrain and score one fold (or read it back when it was scored before)."""
     from brainlm.checkpoint import load_pretrained
     from brainlm.distributed import resolve_device, resolve_precision
-    from brainlm.train import build_datasets, pretrain
+    from brainlm.train import build_datasets
 
     done = {t: folder / f"{t}.parquet" for t in cfg.tasks}
     if all(p.exists() for p in done.values()):
         return {t: pd.read_parquet(p) for t, p in done.items()}
+    timing_path = folder / "timing.json"
+    timing = read_json(timing_path, "fold timing") if timing_path.exists() else {}
     view = store.resplit(split)
-    run_dir = folder / "run"
-    config = train_config.replace(out_dir=str(run_dir), data=str(store.path), plots=False)
-    train_ds, val_ds = build_datasets(config, ("train", "validation"), store=view)
-    resume = (run_dir / "train_config.json").exists()
+    config = train_config.replace(out_dir=str(folder / "run"), data=str(store.path), plots=False)
+    datasets = build_datasets(config, ("train", "validation"), store=view)
     print(f"fold {k + 1}: test subjects {', '.join(view.splits['test'])}; pretraining on {len(view.splits['train'])} "
-          f"subjects{' (continuing)' if resume else ''}", flush=True)
-    result = pretrain(config, resume=resume, train_dataset=train_ds, val_dataset=val_ds)
+          "subjects", flush=True)
+    best = _train(config, datasets, "pretrain", timing)
     device = resolve_device(cfg.device)
-    model = load_pretrained(result.best or result.checkpoint).to(device).eval()
     dtype = resolve_precision(cfg.precision, device)
-    out = {}
+    model = load_pretrained(best).to(device).eval()
+    t, out = time.perf_counter(), {}
     if "reconstruction" in cfg.tasks:
         out["reconstruction"] = reconstruction_windows(model, view, cfg, device, dtype)
     if "forecasting" in cfg.tasks:
+        if forecast_finetune:
+            ft = config.replace(out_dir=str(folder / "forecast_run"), init_from=str(best), train_mask_scheme="forecast",
+                                region_embedding_init="normal", max_steps=forecast_finetune, lr=forecast_lr,
+                                eval_every=forecast_finetune, save_every=min(500, forecast_finetune))
+            model = load_pretrained(_train(ft, datasets, "forecast_finetune", timing)).to(device).eval()
         out["forecasting"] = forecasting_windows(model, view, cfg)
+    timing["score_s"] = timing.get("score_s", 0.0) + time.perf_counter() - t
+    atomic_write_json(timing_path, timing)
     for task, frame in out.items():  # each file whole or absent; a fold counts as scored once all exist
         _write_parquet(done[task], frame.assign(fold=k))
     return out
@@ -124,7 +155,8 @@ def _per_subject_figure(frames: dict[str, pd.DataFrame], results: list[TaskResul
 
 
 def run_crossval(preset: str, store_path, out_dir, k: int, cfg: BenchmarkConfig | None = None, *,
-                 overrides: dict[str, Any] | None = None, overwrite: bool = False) -> list[TaskResult]:
+                 overrides: dict[str, Any] | None = None, forecast_finetune: int = 0, forecast_lr: float = 1e-3,
+                 overwrite: bool = False) -> list[TaskResult]:
     """``brainlm benchmark PRESET STORE --cv K``: see the module docstring."""
     from brainlm.data import open_store
     from brainlm.progress import progress
@@ -139,50 +171,78 @@ def run_crossval(preset: str, store_path, out_dir, k: int, cfg: BenchmarkConfig 
     train_config = apply_overrides(train_preset(preset), {"data": str(store_path), **(overrides or {})})
     store = open_store(store_path)
     folds = fold_assignments(store.recordings["subject_id"], k, cfg.seed)
-    plan = {"preset": preset, "overrides": {key: str(v) for key, v in (overrides or {}).items()}, "store": str(store_path),
-            "benchmark": {key: v for key, v in dataclasses.asdict(cfg).items() if key not in ("device", "batch_size")},
-            "folds": [sorted(s for s, v in f.items() if v == "test") for f in folds]}
+    if forecast_finetune < 0 or forecast_lr <= 0:
+        raise UserError("--forecast-finetune must be >= 0 steps and --forecast-lr positive")
+    plan = {"pretraining": {"preset": preset, "overrides": {key: str(v) for key, v in (overrides or {}).items()},
+                            "store": str(store_path), "folds": [sorted(s for s, v in f.items() if v == "test")
+                                                                for f in folds]},
+            "scoring": {"benchmark": {key: v for key, v in dataclasses.asdict(cfg).items()
+                                      if key not in ("device", "batch_size")},
+                        "forecast_finetune": forecast_finetune, "forecast_lr": forecast_lr}}
     t0 = time.perf_counter()
     with output_folder(out_dir, ["report.md", "results.json"], overwrite=overwrite) as out:
-        plan_path = out / "cv.json"
-        if plan_path.exists():
-            if read_json(plan_path, "cross-validation plan") != read_json_like(plan):
-                if not overwrite:
-                    raise UserError(f"{plan_path}: {out} holds a cross-validation with other settings; pass "
-                                    "--overwrite to start over or choose another --out")
-                shutil.rmtree(out / "folds", ignore_errors=True)
-        atomic_write_json(plan_path, plan)
+        _check_plan(out, read_json_like(plan), overwrite)
         frames: dict[str, list[pd.DataFrame]] = {t: [] for t in cfg.tasks}
         for i in progress(range(k), desc="cross-validation", unit="fold"):
             folder = out / "folds" / f"fold_{i}"
             folder.mkdir(parents=True, exist_ok=True)
-            for task, frame in _fold(i, store, folds[i], train_config, cfg, folder).items():
+            for task, frame in _fold(i, store, folds[i], train_config, cfg, folder, forecast_finetune,
+                                     forecast_lr).items():
                 frames[task].append(frame)
         pooled = {t: pd.concat(f, ignore_index=True) for t, f in frames.items()}
         subjects = sorted(set(store.recordings["subject_id"].astype(str)))
         results = []
         for task in cfg.tasks:
             w = pooled[task]
-            what = ("a seeded random mask per window hiding " f"{cfg.mask_ratio:.0%} of the model's tokens"
+            what = (f"a seeded random mask per window hiding {cfg.mask_ratio:.0%} of the model's tokens"
                     if task == "reconstruction" else f"the last {_horizon(train_config, cfg)} timepoints of every window, "
-                    f"AR({cfg.ar_order}) and VAR({cfg.ar_order})")
+                    f"AR({cfg.ar_order}) and VAR({cfg.ar_order})" + (
+                        f"; the model fine-tuned per fold for {forecast_finetune} steps (lr {forecast_lr:g}) to predict "
+                        "them from the rest, on the same training subjects" if forecast_finetune else
+                        "; the pretrained model, not fine-tuned for forecasting"))
             notes = [f"{k}-fold subject cross-validation: {w['subject_id'].nunique()} of {len(subjects)} subjects each "
                      f"scored once while held out, {len(w)} windows; per fold a `{preset}` model pretrained from scratch "
                      "and the baselines fitted on that fold's training subjects only", what]
             results.append(ladder_from_windows(task, w, cfg, notes))
         minutes = (time.perf_counter() - t0) / 60
-        header = [f"`brainlm benchmark {preset} {store_path} --cv {k}`: store {store.num_regions} regions, "
-                  f"{len(subjects)} subjects; this invocation took {minutes:.1f} min. Every method is scored on the "
-                  "same windows with the same formula; intervals resample subjects."]
+        timings = [read_json(p, "fold timing") for p in sorted(out.glob("folds/fold_*/timing.json"))]
+        stages = {key: sum(t.get(key, 0.0) for t in timings) / 60 for key in ("pretrain_s", "forecast_finetune_s", "score_s")}
+        command = f"brainlm benchmark {preset} {store_path} --cv {k}" + (
+            f" --forecast-finetune {forecast_finetune}" if forecast_finetune else "")
+        header = [f"`{command}`: store {store.num_regions} regions, {len(subjects)} subjects. Every method is scored "
+                  "on the same windows with the same formula; intervals resample subjects.",
+                  f"Time: this invocation {minutes:.1f} min; over all folds as recorded, pretraining "
+                  f"{stages['pretrain_s']:.1f} min, forecasting fine-tunes {stages['forecast_finetune_s']:.1f} min, "
+                  f"scoring {stages['score_s']:.1f} min."]
         write_report(results, out, header)
         _per_subject_figure(pooled, results, out / "per_subject.png")
-        atomic_write_json(out / "results.json", {"preset": preset, "store": str(store_path), "cv": k,
-                                                 "folds": plan["folds"], "config": dataclasses.asdict(cfg),
-                                                 "minutes": minutes, "tasks": [r.to_dict() for r in results]})
+        atomic_write_json(out / "results.json", {"command": command, **plan, "minutes": minutes,
+                                                 "stage_minutes": stages, "tasks": [r.to_dict() for r in results]})
     for r in results:
         print(f"{r.task} ({k}-fold CV): {task_verdict(r).replace('**', '')}")
     print(f"report: {Path(out_dir) / 'report.md'}")
     return results
+
+
+def _check_plan(out: Path, plan: dict, overwrite: bool) -> None:
+    """Continue only what matches ``cv.json``: other pretraining settings need ``--overwrite``
+    and start the folds over; other scoring settings need ``--overwrite`` and keep the folds'
+    pretraining runs (rescored, fine-tunes redone)."""
+    path = out / "cv.json"
+    if path.exists():
+        saved = read_json(path, "cross-validation plan")
+        for part, what in (("pretraining", "pretraining"), ("scoring", "scoring")):
+            if saved.get(part) == plan[part]:
+                continue
+            if not overwrite:
+                raise UserError(f"{path}: {out} holds a cross-validation with other {what} settings; pass "
+                                "--overwrite to redo it or choose another --out")
+            if part == "pretraining":
+                shutil.rmtree(out / "folds", ignore_errors=True)
+                break
+            for stale in [*out.glob("folds/fold_*/*.parquet"), *out.glob("folds/fold_*/forecast_run")]:
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    atomic_write_json(path, plan)
 
 
 def _horizon(train_config, cfg: BenchmarkConfig) -> int:
