@@ -55,10 +55,11 @@ def test_demo_forecast_table_sets_the_model_beside_ar_and_var(tmp_path, capsys):
     from brainlm.demo import _forecast_table
 
     store = synthetic_store(tmp_path / "store", n_subjects=6, split=(4, 1, 1), T=60)
-    _forecast_table(tiny_model(), store, SimpleNamespace(seed=0, precision="fp32"))
+    _forecast_table(tiny_model(), store, SimpleNamespace(seed=0, precision="fp32"), pretrained=tiny_model(seed=1))
     out = capsys.readouterr().out
+    assert "BrainLM, fine-tuned to forecast" in out and "BrainLM, pretrained only" in out
     assert "Forecasting the last 5 timepoints of every 20-timepoint window from the 15 before" in out
-    for label in ("BrainLM", "persistence", "AR(p) per region", "ridge VAR across regions"):
+    for label in ("persistence", "AR(p) per region", "ridge VAR across regions"):
         assert label in out
     verdict = next(line for line in out.splitlines() if line.startswith("forecasting: "))
     assert any(w in verdict for w in ("BrainLM wins", "the baseline wins", "a tie")) and "[" in verdict

@@ -20,6 +20,7 @@ from brainlm.train.config import (
     TRAIN_PRESETS,
     TrainConfig,
     apply_overrides,
+    forecast_finetune,
     parse_overrides,
     resolve_config,
     train_preset,
@@ -40,7 +41,7 @@ from brainlm.train.trainer import (
 )
 
 __all__ = [
-    "TrainConfig", "TRAIN_PRESETS", "train_preset", "apply_overrides", "parse_overrides", "resolve_config",
+    "TrainConfig", "TRAIN_PRESETS", "train_preset", "forecast_finetune", "apply_overrides", "parse_overrides", "resolve_config",
     "pretrain", "run_pretrain", "Trainer", "RunResult", "NonFiniteLossError", "build_datasets", "fit_baselines",
     "read_metrics", "structured_noise", "connectivity_embedding", "init_region_embedding", "param_groups", "build_optimizer", "lr_at", "scaled_lr",
     "latest_checkpoint", "load_checkpoint", "verify_checkpoint",
