@@ -71,6 +71,27 @@ def test_fixed_and_sliding(store):
         WindowDataset(store, "train", window=1000)
 
 
+def test_recording_balance_gives_every_recording_as_many_windows_as_the_longest(store):
+    plain = WindowDataset(store, "train", window=W, mode="sliding", stride=4)
+    balanced = WindowDataset(store, "train", window=W, mode="sliding", stride=4, balance="recording")
+
+    def windows(ds):
+        out = {}
+        for i in range(len(ds)):
+            item = ds[i]
+            out.setdefault(item["recording_id"], []).append(item["window_start"])
+        return out
+
+    a, b = windows(plain), windows(balanced)
+    longest = max(len(s) for s in a.values())
+    assert min(len(s) for s in a.values()) < longest  # the recordings differ in length
+    assert {len(s) for s in b.values()} == {longest}
+    for rec, starts in a.items():  # each recording's own windows, in order, cycled
+        assert b[rec] == [starts[i % len(starts)] for i in range(longest)]
+    with pytest.raises(ValueError, match="balance must be 'window' or 'recording'"):
+        WindowDataset(store, "train", window=W, mode="sliding", balance="subject")
+
+
 def test_sampler_evaluation_order_is_disjoint_and_even():
     from brainlm.data import WindowSampler
 
@@ -135,3 +156,17 @@ def test_torch_distributed_ranks_see_different_data(store):
     (r0, ids0), (r1, ids1) = gathered
     assert (r0, r1) == (0, 1) and len(ids0) == len(ids1) == 3 and not set(ids0) & set(ids1)
     assert set(ids0) | set(ids1) == set(store.recordings.query("split == 'train'")["recording_id"])
+
+
+def test_training_settings_balance_the_train_split_only(store):
+    from brainlm.train import TrainConfig, build_datasets
+
+    config = TrainConfig(model="tiny", window=W, model_overrides={"timepoint_patching_size": 4}, data=str(store.path),
+                         train_mode="sliding", train_stride=4, eval_stride=4, train_balance="recording")
+    train, val = build_datasets(config, ("train", "validation"))
+    assert train.mode == "sliding" and len(train) == len(WindowDataset(store, "train", window=W, mode="sliding",
+                                                                       stride=4, balance="recording"))
+    assert len(val) == len(WindowDataset(store, "validation", window=W, mode="sliding", stride=4))
+    assert len(train) > len(build_datasets(config.replace(train_balance="window"), ("train",))[0])
+    with pytest.raises(ValueError, match="--train_balance must be 'window' or 'recording'"):
+        config.replace(train_balance="subject")

@@ -9,6 +9,12 @@ Modes:
     ``fixed``   one item per recording, the window at ``start`` (default 0).
     ``sliding`` every window ``start, start + stride, ...`` that fits in each recording.
 
+Balance (sliding mode): ``"window"`` keeps every window once, so a recording counts in
+proportion to its length; ``"recording"`` repeats the windows of shorter recordings (in order,
+cyclically) until every recording has as many as the longest, so each recording weighs the
+same in an epoch. Cohorts scanned with different lengths (1200 against 355 timepoints in the
+demo) otherwise train a model mostly on the longer one.
+
 Which items each process sees, in which order, is the job of
 :class:`~brainlm.data.sampler.WindowSampler` (rank-aware and resumable), used by training,
 evaluation and inference alike. DataLoader workers share nothing: each maps the shards itself.
@@ -38,6 +44,7 @@ class WindowDataset(torch.utils.data.Dataset):
         start: first timepoint of fixed / sliding windows.
         seed: seed of the random window starts.
         label_columns: phenotype columns returned with each item (default: all).
+        balance: ``"window"`` or ``"recording"`` (sliding mode; see the module docstring).
 
     An item is a dict: ``signal_vectors (R, W)`` and ``xyz_vectors (R, 3)`` float32 tensors,
     ``recording_id``, ``subject_id``, ``session_id``, ``run_id`` (str), ``window_start`` (int),
@@ -55,9 +62,12 @@ class WindowDataset(torch.utils.data.Dataset):
         start: int = 0,
         seed: int = 0,
         label_columns: list[str] | None = None,
+        balance: str = "window",
     ):
         if mode not in {"random", "fixed", "sliding"}:
             raise UserError(f"mode must be 'random', 'fixed' or 'sliding', not {mode!r}")
+        if balance not in {"window", "recording"}:
+            raise UserError(f"balance must be 'window' or 'recording', not {balance!r}")
         self.store = open_store(store) if not isinstance(store, Store) else store
         self.split, self.window, self.mode = split, window, mode
         self.stride, self.start, self.seed = stride or window, start, seed
@@ -72,8 +82,11 @@ class WindowDataset(torch.utils.data.Dataset):
             raise UserError(f"{self.store.path}: recording {short!r} has {lengths.min()} timepoints, fewer than start + window = {start + window}")
         if mode == "sliding":
             counts = (lengths - start - window) // self.stride + 1
-            rec = np.repeat(recs, counts)
-            offs = np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0, np.int64)
+            repeats = np.full(len(counts), counts.max()) if balance == "recording" and len(counts) else counts
+            rec = np.repeat(recs, repeats)
+            # the windows of each recording in order, cycled up to its number of repeats
+            offs = (np.concatenate([np.arange(n) % c for n, c in zip(repeats, counts)]) if len(counts)
+                    else np.zeros(0, np.int64))
             starts = start + offs * self.stride
         else:
             rec, starts = recs, np.full(len(recs), start)

@@ -40,6 +40,9 @@ class TrainConfig:
     window: int = 200  # timepoints per window, T; the model's num_timepoints_per_voxel
     train_mode: str = "random"  # window choice on the train split: "random" or "sliding"
     train_stride: int = 0  # stride of sliding train windows (0 = window)
+    # sliding train windows: "window" (each once; long recordings weigh more) or "recording"
+    # (shorter recordings' windows repeated so that every recording weighs the same)
+    train_balance: str = "window"
     eval_mode: str = "sliding"  # windows of validation / test: "fixed" or "sliding" (never random)
     eval_stride: int = 0  # stride of sliding evaluation windows (0 = window)
     num_workers: int = 0  # DataLoader worker processes
@@ -97,6 +100,8 @@ class TrainConfig:
                      "train_stride", "eval_stride", "num_workers", "num_threads", "stop_at_step"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0")
         need(self.train_mode in ("random", "sliding"), f"train_mode must be 'random' or 'sliding', got {self.train_mode!r}")
+        need(self.train_balance in ("window", "recording"),
+             f"train_balance must be 'window' or 'recording', got {self.train_balance!r}")
         need(self.region_embedding_init in ("normal", "connectivity"),
              f"region_embedding_init must be 'normal' or 'connectivity', got {self.region_embedding_init!r}")
         if self.region_embedding_init == "connectivity":

@@ -107,7 +107,9 @@ def build_datasets(config: TrainConfig, splits: tuple[str, ...] = ("train", "val
     for split in splits:
         mode = config.train_mode if split == "train" else config.eval_mode
         stride = (config.train_stride if split == "train" else config.eval_stride) or None
-        out.append(WindowDataset(store, split, window=config.window, mode=mode, stride=stride, seed=config.seed))
+        balance = config.train_balance if split == "train" else "window"
+        out.append(WindowDataset(store, split, window=config.window, mode=mode, stride=stride, seed=config.seed,
+                                 balance=balance))
     return out
 
 
