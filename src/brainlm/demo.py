@@ -89,7 +89,8 @@ def run_demo(out_dir: str = "runs/demo", overrides: dict[str, Any] | None = None
         ft_config = forecast_finetune(config, chosen, out / "forecast_run")
         tuned = pretrain(ft_config, resume=(Path(ft_config.out_dir) / "train_config.json").exists())
         _forecast_table(load_pretrained(tuned.checkpoint).to(device), store, config, pretrained=model)
-    print(f"trained {result.step} steps; this invocation took {t_train / 60:.1f} min")
+    print(f"trained {result.step} steps ({t_train / 60:.1f} min); this invocation took "
+          f"{(time.perf_counter() - t0) / 60:.1f} min in all")
     print(f"checkpoint: {result.checkpoint}\nbest model: {chosen}")
     print(f"metrics:    {result.metrics_file} (and metrics.csv); test metrics: {run_dir / 'test_metrics.json'}")
     for p in result.plots:

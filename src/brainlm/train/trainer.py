@@ -555,7 +555,7 @@ class Trainer:
             atomic_write_text(self.run_dir / "train_config.json", self.config_json)
         barrier()
         self.loggers = _Loggers(self.run_dir, c, self.info.is_main, keep_until=self.step if self.resume else None)
-        bar = progress(total=c.max_steps, initial=self.step, desc="pretrain", unit="step",
+        bar = progress(total=c.max_steps, initial=self.step, desc="fine-tune" if c.init_from else "pretrain", unit="step",
                        enabled=self.info.is_main and c.progress)
         losses, batches, t_last, windows = [], self.batches(), time.perf_counter(), 0
         try:
