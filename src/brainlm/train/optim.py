@@ -39,10 +39,14 @@ def scaled_lr(base_lr: float, global_batch: int) -> float:
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`; the fused kernel (one call per step instead of a dozen
+    per parameter, which is most of the optimiser's time for a small model on a CPU) unless
+    the parameters are FSDP shards, which take the default implementation."""
     groups = param_groups(model, weight_decay)
     for g in groups:
         g.pop("names")
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    plain = all(type(p) is nn.Parameter for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=plain or None)
 
 
 def lr_at(step: int, max_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
