@@ -158,8 +158,13 @@ class Comparison:
 
     @property
     def within_noise(self) -> bool:
-        """True when the interval of the difference spans 0: neither side is shown better."""
-        return self.diff_lo <= 0 <= self.diff_hi
+        """True when 0 lies inside the interval of the difference: neither side is shown better.
+
+        An end exactly at 0 (ties in the resamples, e.g. accuracies of 0.75 against 1.0 where
+        some resamples hold only subjects both identify) means that one side is better in no
+        resample, so the other wins outright; identical results (both ends 0) are within noise.
+        """
+        return self.diff_lo < 0 < self.diff_hi or self.diff_lo == 0 == self.diff_hi
 
 
 class EarlyStopping:
