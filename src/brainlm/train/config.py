@@ -155,15 +155,16 @@ class TrainConfig:
 
 
 def demo() -> TrainConfig:
-    """About 7-9 minutes on 2 CPU cores: the demo store (94 AAL2 regions), a 0.1M-parameter model.
+    """About 3-4 minutes on 2 CPU cores: the demo store (94 AAL2 regions), a 0.12M-parameter model.
 
     Windows of 20 timepoints in patches of 5 (4 patches per region), half of the patches
-    masked, sliding train windows (stride 5) so each step sees new positions. In these
-    recordings neighbouring timepoints are only weakly correlated, so most of what can be
-    predicted comes from other regions at the same time: what the connectivity-conditional fill
-    uses. Short patches leave visible neighbours close in time, which the model combines with
-    the other regions and the fill cannot (a window of 40 in patches of 10 costs the same and
-    only draws level with the fill).
+    masked, sliding train windows (stride 5) so each step sees new positions, and every
+    recording weighted the same (``train_balance="recording"``: the 355-timepoint gw recordings
+    otherwise give only a fifth of the windows). In these recordings neighbouring timepoints
+    are only weakly correlated, so most of what can be predicted comes from other regions at
+    the same time: what the connectivity-conditional fill uses. Short patches leave visible
+    neighbours close in time, which the model combines with the other regions and the fill
+    cannot (a window of 40 in patches of 10 costs the same and only draws level with the fill).
 
     What makes the model learn that in minutes (the search is in docs/training.md): a learned
     embedding per region, started at the principal axes of the train split's region covariance
@@ -172,10 +173,10 @@ def demo() -> TrainConfig:
     swamp every other input of the decoder); batch 16 at learning rate 3e-3 for 3000 steps.
     Evaluation masks 50% of the patches at random.
 
-    Two threads in fp32: a second thread takes a training step from 134 to 87 ms on 2 cores
-    (attention dominates and splits over batch and heads), while torch.compile and a fused
-    AdamW gain nothing, and bf16 is slower than fp32 at 64 wide, even on CPUs with native bf16
-    (``benchmarks/bench_demo_steps.py``, BENCHMARKS.md).
+    Two threads in fp32 with the fused AdamW: 1.6-1.8x the steps/s of one thread with the
+    per-parameter AdamW, the same numbers; torch.compile and bf16 (even with AMX) are slower
+    at 64 wide, and one head without the value convolution is faster but reconstructs worse in
+    cross-validation (``benchmarks/bench_demo_steps.py``, BENCHMARKS.md).
     """
     return TrainConfig(
         model="tiny",
@@ -198,8 +199,9 @@ def forecast_finetune(config: TrainConfig, init_from: str | Path, out_dir: str |
                       lr: float = 1e-3) -> TrainConfig:
     """``config`` turned into a fine-tune of the model in ``init_from`` for forecasting: every
     window hides the last patch of every region (``train_mask_scheme="forecast"``, what
-    ``model.forecast`` sees), ``steps`` steps at ``lr``, on the same data. 600 steps at 1e-3
-    took the demo model from behind ridge VAR to ahead of it (docs/training.md)."""
+    ``model.forecast`` sees), ``steps`` steps at ``lr``, on the same data. With 600 steps at 1e-3
+    the demo model forecasts better than AR(p) and ridge VAR over all 12 demo subjects held out
+    in turn, where the pretrained model alone is far behind (docs/training.md)."""
     return config.replace(out_dir=str(out_dir), init_from=str(init_from), train_mask_scheme="forecast",
                           region_embedding_init="normal", max_steps=steps, lr=lr, eval_every=steps,
                           save_every=min(500, steps), stop_at_step=0)
