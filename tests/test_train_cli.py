@@ -103,3 +103,29 @@ def test_a_damaged_store_stops_pretrain_and_embed(store, tmp_path, capsys):
     out = tmp_path / "emb.parquet"
     assert main(["embed", str(tmp_path / "model"), str(damaged), "--out", str(out), "--device", "cpu"]) == 2
     assert "SHA-256" in capsys.readouterr().err and not out.exists()
+
+
+def test_resume_on_other_data_is_refused_in_one_line(store, tmp_path, capsys):
+    import shutil
+
+    from brainlm.data.demo import demo_source
+    from brainlm.data.prepare import StoreOptions, write_store
+
+    data = tmp_path / "store"
+    shutil.copytree(store.path, data)
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(data), "--out", str(run), *TINY, "--stop_at_step=1"]) == 0
+    record = json.loads((run / "data.json").read_text())
+    assert record["fingerprint"] == store.manifest["fingerprint"] and len(record["train_subjects"]) == 8
+    # the same folder rebuilt with another normalisation: other data under the same path
+    write_store(demo_source(), data, StoreOptions(split=(8, 2, 2), normalization="robust", progress=False))
+    before = sorted(p.name for p in run.rglob("*"))
+    assert main(["pretrain", "--resume", str(run), "--stop_at_step=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "data.json" in err and "other data" in err and "another --out" in err
+    assert sorted(p.name for p in run.rglob("*")) == before  # nothing written
+    # a run of an earlier version (no record) continues with a warning, and is recorded from then on
+    (run / "data.json").unlink()
+    with pytest.warns(UserWarning, match="does not record the data"):
+        assert main(["pretrain", "--resume", str(run), "--stop_at_step=0"]) == 0
+    assert json.loads((run / "data.json").read_text())["fingerprint"] != record["fingerprint"]

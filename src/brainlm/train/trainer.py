@@ -53,7 +53,7 @@ from brainlm.distributed import (
 from brainlm.errors import InputError, MissingInputError, OutputLockedError, UserError
 from brainlm.evaluate.baselines import ReconstructionBaselines
 from brainlm.evaluate.reconstruction import evaluate_reconstruction
-from brainlm.io import OutputLock, atomic_write_text, json_line, write_csv
+from brainlm.io import OutputLock, atomic_write_json, atomic_write_text, json_line, read_json, write_csv
 from brainlm.model import BrainLMForPretraining, masking_noise
 from brainlm.progress import progress
 from brainlm.seeding import DROPOUT, MASK_SCHEME, TRAIN_MASK, seed_of, window_noise
@@ -121,6 +121,17 @@ def fit_baselines(train_dataset: Dataset, max_windows: int = 4096) -> Reconstruc
         return ReconstructionBaselines().fit(x for _, x in store.iter_recordings(split))
     n = min(len(train_dataset), max_windows)
     return ReconstructionBaselines().fit(train_dataset[i]["signal_vectors"].numpy().T for i in range(n))
+
+
+def data_identity(dataset: Dataset) -> dict | None:
+    """What a run trains on, to recognise other data on resume: the store folder, its
+    fingerprint (which changes with its inputs and options, normalisation included) and the
+    train subjects (a cross-validation fold's); None for datasets that are not a store's."""
+    store = getattr(dataset, "store", None)
+    fingerprint = getattr(store, "manifest", {}).get("fingerprint") if store is not None else None
+    if fingerprint is None:
+        return None
+    return {"store": str(store.path), "fingerprint": fingerprint, "train_subjects": sorted(map(str, store.splits["train"]))}
 
 
 def _check_dataset(dataset: Dataset | None, split: str, window: int) -> int:
@@ -390,7 +401,24 @@ class Trainer:
         differences = _diff(saved, new)
         if differences:
             raise UserError(f"{self.run_dir} was trained with an incompatible model config:\n  " + "\n  ".join(differences))
+        self._check_same_data()
         return ckpt.load_checkpoint(latest) if latest is not None else None
+
+    def _check_same_data(self) -> None:
+        """On resume: the data must be those the run started on (``data.json``)."""
+        path, now = self.run_dir / "data.json", data_identity(self.train_dataset)
+        if now is None:
+            return
+        if not path.exists():
+            warnings.warn(f"{self.run_dir} does not record the data it was trained on (a run of an earlier version); "
+                          f"continuing on {now['store']} without being able to check that they are the same")
+            return
+        saved = read_json(path, "the run's data record")
+        if saved.get("fingerprint") != now["fingerprint"] or saved.get("train_subjects") != now["train_subjects"]:
+            what = ("other train subjects" if saved.get("fingerprint") == now["fingerprint"] else
+                    f"other data (store fingerprint {now['fingerprint']}, the run's {saved.get('fingerprint')})")
+            raise UserError(f"{path}: {self.run_dir} was trained on {saved.get('store')}, but {now['store']} now holds "
+                            f"{what}; start a new run with another --out (or delete {self.run_dir})")
 
     def _load_init(self, model: BrainLMForPretraining) -> None:
         try:
@@ -553,6 +581,9 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.clean_partial(self.run_dir)
             atomic_write_text(self.run_dir / "train_config.json", self.config_json)
+            identity = data_identity(self.train_dataset)
+            if identity is not None:
+                atomic_write_json(self.run_dir / "data.json", identity)
         barrier()
         self.loggers = _Loggers(self.run_dir, c, self.info.is_main, keep_until=self.step if self.resume else None)
         bar = progress(total=c.max_steps, initial=self.step, desc="fine-tune" if c.init_from else "pretrain", unit="step",
