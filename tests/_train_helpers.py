@@ -12,13 +12,16 @@ class ToyWindows(Dataset):
     """Windows of shared slow sources mixed into R regions, plus noise: learnable structure."""
 
     def __init__(self, n: int = 32, regions: int = 6, timepoints: int = 40, seed: int = 0, nan_at: int | None = None):
+        # float64 arithmetic rounded once to float32: the same values in every process, whatever
+        # float32 kernel (vectorised or scalar, 1 or 2 threads) the machine would pick for sin and @
         g = torch.Generator().manual_seed(seed)
-        t = torch.arange(timepoints, dtype=torch.float32)
-        freq = torch.rand(n, 2, 1, generator=g) * 0.3 + 0.05
-        phase = torch.rand(n, 2, 1, generator=g) * 6.28
+        t = torch.arange(timepoints, dtype=torch.float64)
+        freq = torch.rand(n, 2, 1, generator=g).double() * 0.3 + 0.05
+        phase = torch.rand(n, 2, 1, generator=g).double() * 6.28
         sources = torch.sin(freq * t + phase)  # (n, 2, T)
-        mixing = torch.randn(regions, 2, generator=g)
-        self.signal = mixing @ sources + 0.1 * torch.randn(n, regions, timepoints, generator=g)  # (n, R, T)
+        mixing = torch.randn(regions, 2, generator=g).double()
+        noise = torch.randn(n, regions, timepoints, generator=g).double()
+        self.signal = (mixing @ sources + 0.1 * noise).float()  # (n, R, T)
         if nan_at is not None:
             self.signal[nan_at, 0, 0] = float("nan")
         self.xyz = torch.randn(regions, 3, generator=g) * 40

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import ToyWindows, tiny_config
 from safetensors.torch import load_file
 
-from brainlm.train import pretrain, read_metrics
+from brainlm.train import read_metrics
 from brainlm.train.checkpointing import find_checkpoints, verify_checkpoint
 
 TESTS = Path(__file__).parent
@@ -21,15 +20,32 @@ SRC = TESTS.parent / "src"
 SETTINGS = dict(max_steps=60, save_every=5, keep_last=3, eval_every=0, log_every=1)
 
 
-def _start(out: Path, env_extra: dict | None = None) -> subprocess.Popen:
+def _start(out: Path, env_extra: dict | None = None, resume: bool = False) -> subprocess.Popen:
+    """Training in a fresh process, as a user would run and rerun it.
+
+    The reference, the killed run and its resume all run this way, on one thread from the start:
+    torch's CPU kernels are bitwise reproducible between processes that never change their thread
+    count (this suite's process has changed it, and ``num_threads=1`` would change it again).
+    """
     code = (
         f"import sys; sys.path.insert(0, {str(TESTS)!r})\n"
         "from _train_helpers import ToyWindows, tiny_config\n"
         "from brainlm.train import pretrain\n"
-        f"pretrain(tiny_config({str(out)!r}, **{SETTINGS!r}), train_dataset=ToyWindows(), val_dataset=ToyWindows(8, seed=1))\n"
+        f"pretrain(tiny_config({str(out)!r}, **{SETTINGS!r}), resume={resume!r}, train_dataset=ToyWindows(), "
+        "val_dataset=ToyWindows(8, seed=1))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(SRC), **(env_extra or {})}
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _run(out: Path, resume: bool = False) -> Path:
+    """Train (or resume) to the end in a fresh process; the last checkpoint."""
+    proc = _start(out, resume=resume)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    last = find_checkpoints(out)[-1]
+    assert last.name == f"step_{SETTINGS['max_steps']:08d}"
+    return last
 
 
 def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -43,15 +59,9 @@ def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0) -> None
         time.sleep(0.02)
 
 
-def _resume(out: Path):
-    return pretrain(tiny_config(out, **SETTINGS), resume=True, train_dataset=ToyWindows(), val_dataset=ToyWindows(8, seed=1))
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    run = pretrain(tiny_config(tmp_path_factory.mktemp("ref") / "run", **SETTINGS), train_dataset=ToyWindows(),
-                   val_dataset=ToyWindows(8, seed=1))
-    return load_file(run.checkpoint / "model.safetensors")
+    return load_file(_run(tmp_path_factory.mktemp("ref") / "run") / "model.safetensors")
 
 
 def _assert_same(weights: dict, checkpoint: Path) -> None:
@@ -73,9 +83,7 @@ def test_sigkill_at_random_moment_then_resume(reference, tmp_path):
     logged = max([r["step"] for r in read_metrics(out)], default=0)
     saved = int(find_checkpoints(out)[-1].name.split("_")[1]) if find_checkpoints(out) else 0
     assert logged - saved <= SETTINGS["save_every"]  # lost work: at most one checkpoint interval
-    result = _resume(out)
-    assert result.step == SETTINGS["max_steps"]
-    _assert_same(reference, result.checkpoint)
+    _assert_same(reference, _run(out, resume=True))
     steps = [r["step"] for r in read_metrics(out) if r["split"] == "train"]
     assert steps == list(range(1, SETTINGS["max_steps"] + 1))  # the log has each step once
 
@@ -89,6 +97,6 @@ def test_sigkill_during_checkpoint_write(reference, tmp_path):
     proc.wait()
     assert [p.name for p in find_checkpoints(out)] == ["step_00000005"]  # the half-written one is not picked up
     assert list(ckpts.glob(".tmp-step_00000010-*"))
-    result = _resume(out)
+    last = _run(out, resume=True)
     assert not list(ckpts.glob(".tmp-*"))  # cleaned up on resume
-    _assert_same(reference, result.checkpoint)
+    _assert_same(reference, last)
