@@ -108,6 +108,7 @@ def test_a_damaged_store_stops_pretrain_and_embed(store, tmp_path, capsys):
 def test_resume_on_other_data_is_refused_in_one_line(store, tmp_path, capsys):
     import shutil
 
+    from brainlm.data import open_store
     from brainlm.data.demo import demo_source
     from brainlm.data.prepare import StoreOptions, write_store
 
@@ -117,6 +118,16 @@ def test_resume_on_other_data_is_refused_in_one_line(store, tmp_path, capsys):
     assert main(["pretrain", "--data", str(data), "--out", str(run), *TINY, "--stop_at_step=1"]) == 0
     record = json.loads((run / "data.json").read_text())
     assert record["fingerprint"] == store.manifest["fingerprint"] and len(record["train_subjects"]) == 8
+    # the same store with subjects moved between splits (another cross-validation fold)
+    from brainlm.errors import UserError
+    from brainlm.train import TrainConfig, build_datasets, pretrain
+
+    config = TrainConfig.load(run / "train_config.json")
+    splits = open_store(data).splits
+    moved = {**{s: n for n, subs in splits.items() for s in subs}, splits["train"][0]: "test", splits["test"][0]: "train"}
+    fold = build_datasets(config, ("train", "validation"), store=open_store(data).resplit(moved))
+    with pytest.raises(UserError, match="data.json: .* now holds other train subjects"):
+        pretrain(config, resume=True, train_dataset=fold[0], val_dataset=fold[1])
     # the same folder rebuilt with another normalisation: other data under the same path
     write_store(demo_source(), data, StoreOptions(split=(8, 2, 2), normalization="robust", progress=False))
     before = sorted(p.name for p in run.rglob("*"))
