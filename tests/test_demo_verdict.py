@@ -27,21 +27,21 @@ def test_consistent_win_is_outside_noise(capsys):
     ev = _eval({"a": 0.5, "b": 0.55, "c": 0.5, "d": 0.52}, {"a": 0.6, "b": 0.62, "c": 0.6, "d": 0.61})
     assert _verdict(ev) == 0
     out = capsys.readouterr().out
-    assert "BrainLM beats the strongest baseline (connectivity-conditional fill)" in out
-    assert "over 4 test subjects: outside noise" in out
+    assert "BrainLM vs the strongest baseline (connectivity-conditional fill) on the held-out test subjects: wins;" in out
+    assert "over 4 subjects" in out
 
 
 def test_mixed_win_is_within_noise(capsys):
     ev = _eval({"a": 0.4, "b": 0.8, "c": 0.4, "d": 0.8}, {"a": 0.6, "b": 0.61, "c": 0.6, "d": 0.61})
     assert _verdict(ev) == 0
     out = capsys.readouterr().out
-    assert "beats" in out and "within noise" in out
+    assert ": level (within noise);" in out and "wins" not in out
 
 
 def test_loss_to_the_baseline_is_said_and_worse_than_trivial_fails(capsys):
     ev = _eval({"a": 0.7, "b": 0.7, "c": 0.7, "d": 0.7}, {"a": 0.6, "b": 0.6, "c": 0.6, "d": 0.6})
     assert _verdict(ev) == 0
-    assert "does NOT beat the strongest baseline" in capsys.readouterr().out
+    assert "(connectivity-conditional fill) on the held-out test subjects: loses;" in capsys.readouterr().out
     ev = _eval({"a": 1.1, "b": 1.1, "c": 1.1, "d": 1.1}, {"a": 0.6, "b": 0.6, "c": 0.6, "d": 0.6})
     assert _verdict(ev) == 1
     assert "training failed" in capsys.readouterr().out
@@ -62,5 +62,5 @@ def test_demo_forecast_table_sets_the_model_beside_ar_and_var(tmp_path, capsys):
     for label in ("persistence", "AR(p) per region", "ridge VAR across regions"):
         assert label in out
     verdict = next(line for line in out.splitlines() if line.startswith("forecasting: "))
-    assert any(w in verdict for w in ("BrainLM wins", "the baseline wins", "a tie")) and "[" in verdict
+    assert any(f": {w};" in verdict for w in ("wins", "loses", "level (within noise)")) and "[95% CI" in verdict
     assert out.count(" *") == 1  # the strongest baseline marked

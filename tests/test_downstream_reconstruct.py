@@ -125,6 +125,8 @@ def test_printed_verdict_counts_the_recordings_where_the_model_is_ahead(capsys):
                             "model_r2_masked": [0.415, 0.437], "zero_r2_masked": [0.0, 0.0],
                             "mean_r2_masked": [-0.2, -0.1], "interp_r2_masked": [-0.4, -0.3],
                             "conn_r2_masked": [0.438, 0.400]})
-    _print_scores(summary, SimpleNamespace(names=("zero", "mean", "interp", "conn")))
+    _print_scores(summary, SimpleNamespace(names=("zero", "mean", "interp", "conn")), ["s1", "s2"])
     out = capsys.readouterr().out
-    assert "BrainLM beats the strongest baseline (connectivity-conditional fill): 0.426 vs 0.419, ahead on 1 of 2" in out
+    assert ("BrainLM vs the strongest baseline (connectivity-conditional fill): level (within noise); "
+            "mean masked R^2 0.426 vs 0.419") in out
+    assert "over 2 subjects; ahead on 1 of 2 recordings" in out

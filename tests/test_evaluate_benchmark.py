@@ -81,9 +81,9 @@ def test_benchmark_probes_read_targets_like_probe(setup, tmp_path, capsys):
     assert probes == {t["task"]: t for t in json.loads((out / "results.json").read_text())["tasks"]}["probes"]
 
 
-@pytest.mark.parametrize("lo, hi, expected", [(-0.02, 0.04, "BrainLM wins, within noise"), (0.01, 0.04, "BrainLM wins**"),
-                                              (-0.30, -0.20, "the baseline wins**"),
-                                              (-0.50, 0.0, "the baseline wins**")])  # the model better in no resample
+@pytest.mark.parametrize("lo, hi, expected", [(-0.02, 0.04, "level (within noise)"), (0.01, 0.04, "wins"),
+                                              (-0.30, -0.20, "loses"),
+                                              (-0.50, 0.0, "loses")])  # the model better in no resample
 def test_verdict_says_within_noise_when_the_paired_interval_spans_zero(lo, hi, expected):
     from types import SimpleNamespace
 
@@ -95,4 +95,6 @@ def test_verdict_says_within_noise_when_the_paired_interval_spans_zero(lo, hi, e
     winner = "model" if hi > 0 else "conn"
     comparison = {"model": "model", "baseline": "conn", "winner": winner, "model_value": 0.43, "baseline_value": 0.40,
                   "difference": (lo + hi) / 2, "diff_ci_low": lo, "diff_ci_high": hi, "p_boot": 0.2}
-    assert task_verdict(SimpleNamespace(table=table, comparison=comparison)).startswith(f"**{expected}")
+    line = task_verdict(SimpleNamespace(table=table, comparison=comparison, metric="R^2"))
+    assert line.startswith(f"BrainLM vs the strongest baseline (connectivity-conditional fill): **{expected}**; R^2 0.430 vs 0.400")
+    assert f"[95% CI {lo:+.3f}, {hi:+.3f}]" in line

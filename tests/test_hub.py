@@ -43,7 +43,8 @@ def _benchmark_results():
              {"method": "conn", "label": "connectivity-conditional fill", "value": 0.41, "ci_low": 0.38,
               "ci_high": 0.44}]
     comparison = {"model": "model", "baseline": "conn", "model_value": 0.43, "baseline_value": 0.41,
-                  "difference": 0.02, "diff_ci_low": -0.01, "diff_ci_high": 0.05, "p_boot": 0.2, "winner": "model"}
+                  "difference": 0.02, "diff_ci_low": -0.01, "diff_ci_high": 0.05, "p_boot": 0.2, "winner": "model",
+                  "outcome": "level (within noise)"}
     return {"checkpoint": "runs/tiny/best", "store": "stores/demo", "config": {},
             "tasks": [{"task": "reconstruction", "metric": "r2", "table": table, "comparison": comparison, "notes": []}]}
 
@@ -82,7 +83,7 @@ def test_model_card_lists_the_config_and_the_benchmark(model, tmp_path):
         assert "| `hidden_size` | `32` |" in card and '| `model_type` | `"brainlm"` |' in card
         row = next(line for line in card.splitlines() if line.startswith("| reconstruction |"))
         assert "0.430 [0.400, 0.460]" in row and "connectivity-conditional fill 0.410" in row
-        assert "+0.020 [-0.010, +0.050]" in row and "BrainLM wins, within noise" in row
+        assert "+0.020 [-0.010, +0.050]" in row and "level (within noise)" in row
         assert "region mean" not in card  # only the strongest baseline
     plain = model_card("BrainLMForPretraining", model.config.to_dict())
     assert "No benchmark results were given" in plain and '.from_pretrained("path/or/hub-id")' in plain

@@ -22,7 +22,9 @@ def test_pretrain_on_store_and_resume(store, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["pretrain", "--data", str(store.path), "--out", str(run), *TINY]) == 0
     out = capsys.readouterr().out
-    assert "validation masked-value R^2 model" in out and "strongest baseline (conn)" in out
+    assert "masked-value R^2 on the validation subjects: model" in out
+    assert "BrainLM vs the strongest baseline (connectivity-conditional fill) on the validation subjects: " in out
+    assert "[95% CI" in out
     saved = json.loads((run / "train_config.json").read_text())
     assert saved["data"] == str(store.path) and saved["max_steps"] == 2
     assert json.loads((run / "checkpoints" / "step_00000002" / "config.json").read_text())["num_brain_voxels"] == 94

@@ -106,7 +106,7 @@ def _forecast_table(model, store, config, pretrained=None) -> None:
     """Forecasting on the same held-out subjects: the last patch of every window from the rest,
     the model (fine-tuned to forecast) beside persistence, AR(p) and ridge VAR fitted on the
     train subjects, and the pretrained model it started from."""
-    from brainlm.evaluate.benchmark import BenchmarkConfig, forecasting_windows, ladder_from_windows, outcome
+    from brainlm.evaluate.benchmark import BenchmarkConfig, forecasting_windows, ladder_from_windows, verdict_of
 
     cfg = BenchmarkConfig(seed=config.seed, precision=config.precision, bootstrap=1000)
     result = ladder_from_windows("forecasting", forecasting_windows(model, store, cfg), cfg, [])
@@ -120,35 +120,19 @@ def _forecast_table(model, store, config, pretrained=None) -> None:
     if pretrained is not None:
         w = forecasting_windows(pretrained, store, cfg)
         print(f"{'BrainLM, pretrained only':<34}{1 - w['model_sse'].sum() / w['model_syy'].sum():>8.3f}")
-    print(f"forecasting: {outcome(c)} (BrainLM {c['model_value']:.3f} vs {c['baseline_value']:.3f}, difference "
-          f"{c['difference']:+.3f} [{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}])")
+    print(f"forecasting: {verdict_of(result).line('on the held-out subjects')}")
     print()
 
 
 def _verdict(ev, seed: int = 0, n_boot: int = 1000) -> int:
     """The last lines: the model against the strongest baseline, plainly, with the paired
     subject-bootstrap interval of the difference; status 1 if training failed."""
-    from brainlm.evaluate.baselines import BASELINE_LABELS
-    from brainlm.evaluate.protocol import SubjectBootstrap
-    from brainlm.evaluate.reconstruction import best_baseline, r2_statistic
+    from brainlm.evaluate.reconstruction import ladder_verdict
 
-    metrics, methods = ev.metrics, ev.methods
-    best = best_baseline(metrics, methods)
-    model, base = metrics["model_r2"], metrics[f"{best}_r2"]
-    name = BASELINE_LABELS[best]
-    boot = SubjectBootstrap(ev.windows["subject_id"].to_numpy(), n_boot, seed)
-    cmp = boot.compare(r2_statistic(ev.windows, "model"), r2_statistic(ev.windows, best))
-    noise = "within noise" if cmp.within_noise else "outside noise"
-    spread = (f"difference {model - base:+.3f}, subject-bootstrap 95% interval [{cmp.diff_lo:+.3f}, "
-              f"{cmp.diff_hi:+.3f}] over {boot.num_subjects} test subjects: {noise}")
-    if model > base:
-        print(f"BrainLM beats the strongest baseline ({name}) on the held-out subjects: R^2 {model:.3f} vs {base:.3f} "
-              f"({spread})")
-    else:
-        print(f"BrainLM does NOT beat the strongest baseline ({name}) on the held-out subjects: R^2 {model:.3f} vs "
-              f"{base:.3f} ({spread})")
+    metrics = ev.metrics
+    print(ladder_verdict(metrics, ev.methods, ev.windows, n_boot=n_boot, seed=seed).line("on the held-out test subjects"))
     trivial = max(metrics[f"{m}_r2"] for m in ("zero", "mean", "interp"))
-    if not model > trivial:
+    if not metrics["model_r2"] > trivial:
         print("training failed: the model does not even beat the trivial baselines (zero, region mean, interpolation)")
         return 1
     return 0

@@ -29,6 +29,8 @@ from brainlm.evaluate.baselines import (
     ForecastBaselines,
     ReconstructionBaselines,
 )
+from brainlm.evaluate.protocol import SubjectBootstrap
+from brainlm.evaluate.verdict import compare
 from brainlm.io import (
     OutputLock,
     atomic_write_text,
@@ -118,20 +120,22 @@ def run_reconstruct(checkpoint, data, out_dir, *, split=None, coords=None, overw
                                     title=f"{rid}: mask ratio {kwargs.get('mask_ratio', 0.5)}")
     finally:
         destroy_distributed()
-    _print_scores(summary, baselines)
+    subjects = {m["recording_id"]: m["subject_id"] for m in recs.meta}
+    _print_scores(summary, baselines, summary["recording_id"].map(subjects).to_numpy())
     return summary
 
 
-def _print_scores(summary: pd.DataFrame, baselines: ReconstructionBaselines) -> None:
+def _print_scores(summary: pd.DataFrame, baselines: ReconstructionBaselines, subjects) -> None:
+    """The table, the mean over recordings of each method, and the verdict (intervals resample subjects)."""
     pooled = {name: summary[f"{name}_r2_masked"].mean() for name in ("model", *baselines.names)}
     best = max((n for n in pooled if n != "model"), key=pooled.get)
     print(summary.to_string(index=False))
     print("mean masked R^2 over recordings: " + ", ".join(
         f"{'BrainLM' if n == 'model' else BASELINE_LABELS[n]} {v:.3f}" for n, v in pooled.items()))
-    verdict = "beats" if pooled["model"] > pooled[best] else "does NOT beat"
-    ahead = int((summary["model_r2_masked"] > summary[f"{best}_r2_masked"]).sum())
-    print(f"BrainLM {verdict} the strongest baseline ({BASELINE_LABELS[best]}): {pooled['model']:.3f} vs "
-          f"{pooled[best]:.3f}, ahead on {ahead} of {len(summary)} recordings"
+    model, base = summary["model_r2_masked"].to_numpy(), summary[f"{best}_r2_masked"].to_numpy()
+    verdict = compare("BrainLM", BASELINE_LABELS[best], lambda idx: model[idx].mean(), lambda idx: base[idx].mean(),
+                      SubjectBootstrap(subjects, 1000, 0), len(summary), metric="mean masked R^2")
+    print(f"{verdict.line()}; ahead on {int((model > base).sum())} of {len(summary)} recordings"
           + ("" if "conn" in pooled else "; pass a store for the connectivity fill (fitted on its train split)"))
 
 

@@ -45,10 +45,11 @@ from .baselines import (
 )
 from .metrics import prediction_metric
 from .protocol import Comparison, SubjectBootstrap
-from .report import markdown_table
+from brainlm.markdown import markdown_table
+from .verdict import Verdict
 
 __all__ = ["BenchmarkConfig", "TaskResult", "run_benchmark", "benchmark", "reconstruction_windows", "forecasting_windows",
-           "ladder_from_windows", "outcome", "task_verdict"]
+           "ladder_from_windows", "verdict_of", "task_verdict"]
 
 
 @dataclass(kw_only=True)
@@ -115,8 +116,11 @@ def _ladder_table(task: str, metric: str, stats: dict[str, Callable[[np.ndarray]
     comparison = {"model": model, "baseline": base, "model_value": float(values[model]),
                   "baseline_value": float(values[base]), "difference": float(values[model] - values[base]),
                   "diff_ci_low": cmp.diff_lo, "diff_ci_high": cmp.diff_hi, "p_boot": cmp.p_boot,
+                  "num_subjects": boot.num_subjects,
                   "winner": model if values[model] > values[base] else (base if values[model] < values[base] else "tie")}
-    return TaskResult(task, metric, table, comparison, notes)
+    result = TaskResult(task, metric, table, comparison, notes)
+    comparison["outcome"] = verdict_of(result).outcome  # the card and readers of results.json word it the same way
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,20 +315,18 @@ def _figure(result: TaskResult, path: Path) -> Path:
     return save_figure(fig, path, dpi=110)
 
 
-def outcome(c: dict[str, Any]) -> str:
-    """Who wins a task's comparison (``TaskResult.comparison``), and whether only within noise."""
-    verdict = {c["model"]: "BrainLM wins", c["baseline"]: "the baseline wins"}.get(c["winner"], "a tie")
-    if c["winner"] != "tie" and Comparison(c["diff_ci_low"], c["diff_ci_high"], c["p_boot"]).within_noise:
-        verdict += ", within noise"
-    return verdict
+def verdict_of(r: TaskResult) -> Verdict:
+    """The task's model-vs-strongest-baseline :class:`Verdict` (from ``r.comparison``)."""
+    c = r.comparison
+    label = dict(zip(r.table["method"], r.table["label"]))
+    return Verdict(label[c["model"]], c["model_value"], label[c["baseline"]], c["baseline_value"], r.metric,
+                   Comparison(c["diff_ci_low"], c["diff_ci_high"], c["p_boot"]), c.get("num_subjects"))
 
 
 def task_verdict(r: TaskResult) -> str:
-    c = r.comparison
-    label = dict(zip(r.table["method"], r.table["label"]))
-    return (f"**{outcome(c)}**: {label[c['model']]} {c['model_value']:.3f} vs "
-            f"{label[c['baseline']]} {c['baseline_value']:.3f}; difference {c['difference']:+.3f} "
-            f"[{c['diff_ci_low']:+.3f}, {c['diff_ci_high']:+.3f}], p_boot {c['p_boot']:.3f}")
+    """The verdict line of a task, its outcome in bold (Markdown)."""
+    v = verdict_of(r)
+    return v.line().replace(f": {v.outcome};", f": **{v.outcome}**;", 1)
 
 
 def write_report(results: list[TaskResult], out: Path, header: list[str]) -> Path:

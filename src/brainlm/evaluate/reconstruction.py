@@ -23,8 +23,11 @@ from brainlm.seeding import EVAL_MASK, window_noise
 
 from .baselines import BASELINE_LABELS, ReconstructionBaselines
 from .metrics import SUMS, MaskedMetrics, metrics_from_sums
+from .protocol import SubjectBootstrap
+from .verdict import Verdict, compare
 
-__all__ = ["ReconstructionEval", "evaluate_reconstruction", "best_baseline", "r2_statistic", "format_ladder"]
+__all__ = ["ReconstructionEval", "evaluate_reconstruction", "best_baseline", "r2_statistic", "format_ladder",
+           "ladder_verdict"]
 
 
 @dataclass
@@ -55,6 +58,18 @@ def r2_statistic(windows: pd.DataFrame, method: str):
     (for ``SubjectBootstrap``)."""
     sse, syy = windows[f"{method}_sse"].to_numpy(), windows[f"{method}_syy"].to_numpy()
     return lambda idx: 1.0 - sse[idx].sum() / syy[idx].sum()
+
+
+def ladder_verdict(metrics: dict[str, float], methods, windows: pd.DataFrame | None = None, *,
+                   model_label: str = "BrainLM", n_boot: int = 1000, seed: int = 0) -> Verdict:
+    """The model against the strongest baseline of a reconstruction ladder, with the paired
+    subject-bootstrap interval when the per-window sums (``ReconstructionEval.windows``) are given."""
+    best = best_baseline(metrics, methods)
+    label = BASELINE_LABELS.get(best, best)
+    if windows is None or not len(windows):
+        return Verdict(model_label, metrics["model_r2"], label, metrics[f"{best}_r2"])
+    boot = SubjectBootstrap(windows["subject_id"].to_numpy(), n_boot, seed)
+    return compare(model_label, label, r2_statistic(windows, "model"), r2_statistic(windows, best), boot, len(windows))
 
 
 @torch.no_grad()

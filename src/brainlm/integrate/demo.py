@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainlm.evaluate.report import markdown_table
+from brainlm.markdown import markdown_table
 from brainlm.integrate.cca import CCAAnalysis
 from brainlm.integrate.contrastive import ContrastiveAnalysis
 from brainlm.integrate.fusion import FusionAnalysis

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainlm.evaluate.report import markdown_table
+from brainlm.markdown import markdown_table
 from brainlm.figures import pyplot, save_figure
 from brainlm.io import atomic_write_text
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from brainlm.distributed import destroy_distributed, init_distributed
-from brainlm.evaluate.reconstruction import best_baseline
+from brainlm.evaluate.reconstruction import ladder_verdict
 from brainlm.train.config import resolve_config
 from brainlm.train.trainer import RunResult, pretrain
 
@@ -40,12 +40,11 @@ def run_pretrain(
 def _report(result: RunResult) -> None:
     m = result.metrics
     if m:
-        methods = [k[:-3] for k in m if k.endswith("_r2") and k != "model_r2"]
-        best = best_baseline(m, methods)
-        verdict = "beats" if m["model_r2"] > m[f"{best}_r2"] else "does NOT beat"
-        print(f"step {result.step}: validation masked-value R^2 model {m['model_r2']:.3f}; strongest baseline "
-              f"({best}) {m[f'{best}_r2']:.3f}: the model {verdict} it; "
-              + ", ".join(f"{k} {m[f'{k}_r2']:.3f}" for k in methods if k != best))
+        methods = ["model", *(k[:-3] for k in m if k.endswith("_r2") and k != "model_r2")]
+        verdict = ladder_verdict(m, methods, result.validation_windows, n_boot=1000, seed=0)
+        print(f"step {result.step}, masked-value R^2 on the validation subjects: "
+              + ", ".join(f"{k} {m[f'{k}_r2']:.3f}" for k in methods))
+        print(verdict.line("on the validation subjects"))
     print(f"checkpoint: {result.checkpoint}\nbest: {result.best}\nmetrics: {result.metrics_file}")
     for p in result.plots:
         print(f"plot: {p}")

@@ -83,6 +83,8 @@ class RunResult:
     metrics_file: Path
     plots: list[Path] = field(default_factory=list)
     train_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) logged by this call
+    # per-window sums of the last validation by this call (single process), for the verdict's interval
+    validation_windows: Any = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,6 +307,7 @@ class Trainer:
         self.examples: list[dict] = []
         self.last_ckpt: Path | None = None
         self.lock: OutputLock | None = None
+        self.val_windows = None
 
     # -- build -----------------------------------------------------------------------------------
 
@@ -541,8 +544,8 @@ class Trainer:
         result = evaluate_reconstruction(
             self.model, self.val_dataset, baselines=self.baselines, batch_size=c.eval_batch_size or c.batch_size,
             seed=c.seed, device=self.device, dtype=self.dtype, mask_ratio=c.eval_mask_ratio,
-            max_batches=c.eval_max_batches, num_examples=4)
-        self.metrics, self.examples = result.metrics, result.examples
+            max_batches=c.eval_max_batches, num_examples=4, per_window=self.info.world_size == 1)
+        self.metrics, self.examples, self.val_windows = result.metrics, result.examples, result.windows
         self.loggers.log({"step": self.step, "split": "validation", **self.metrics})
         if self.metrics["loss"] < self.best_loss:
             self.best_loss, self.best_step = self.metrics["loss"], self.step
@@ -629,7 +632,8 @@ class Trainer:
         best = self.run_dir / "best"
         return RunResult(run_dir=self.run_dir, step=self.step, checkpoint=self.last_ckpt or
                          ckpt.latest_checkpoint(self.run_dir), best=best if best.exists() else None, metrics=metrics,
-                         metrics_file=self.run_dir / "metrics.jsonl", plots=paths, train_losses=losses)
+                         metrics_file=self.run_dir / "metrics.jsonl", plots=paths, train_losses=losses,
+                         validation_windows=self.val_windows)
 
 
 def pretrain(config: TrainConfig, *, resume: bool = False, train_dataset: Dataset | None = None,

@@ -1,4 +1,4 @@
-"""Markdown tables for the reports (benchmark, brain-genetics integration)."""
+"""Markdown tables for the reports (benchmark, analyses, brain-genetics integration, model cards)."""
 
 from __future__ import annotations
 
