@@ -7,9 +7,43 @@ Each sub-command is registered by a small ``_add_<name>(subparsers)`` function t
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from dataclasses import dataclass
 
 from brainlm.errors import UserError
+
+
+@dataclass(frozen=True)
+class Command:
+    """One sub-command: its options dataclass and the library function that runs it, both as
+    ``"module:name"`` so that only the command being run is imported."""
+
+    name: str
+    help: str
+    options: str
+    run: str
+
+    def load(self, what: str):
+        module, name = getattr(self, what).split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def add(self, sub: argparse._SubParsersAction, build: bool) -> None:
+        """Register the sub-command; its arguments only when ``build`` (the command being run)."""
+        if not build:
+            sub.add_parser(self.name, help=self.help)
+            return
+        cls = self.load("options")
+        p = sub.add_parser(self.name, help=self.help, description=(cls.__doc__ or self.help).strip().splitlines()[0])
+        cls.add_to(p)
+        run = self.load("run")
+        p.set_defaults(func=lambda args: run(cls.from_args(args)))
+
+
+COMMANDS = [
+    Command("embed", "embeddings of recording windows (masking off), as Parquet or .npy",
+            "brainlm.downstream.report:EmbedOptions", "brainlm.downstream.report:run_embed"),
+]
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -165,33 +199,6 @@ def _evaluation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (grouped by subject)")
     p.add_argument("--bootstrap", type=int, default=1000, help="subject resamples for the 95%% intervals")
     p.add_argument("--seed", type=int, default=0)
-
-
-def _add_embed(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("embed", help="embeddings of recording windows (masking off), as Parquet or .npy")
-    _data_args(p)
-    p.add_argument("--out", required=True, help="output .parquet, or .npy (with .index.tsv beside it)")
-    p.add_argument("--pooling", default="cls", choices=["cls", "mean", "region_time"])
-    p.add_argument("--keep-regions", action="store_true", help="region_time: keep one vector per region (R, D)")
-    p.add_argument("--windows", default="average", choices=["first", "sliding", "average"])
-    p.add_argument("--stride", type=int, help="step of sliding windows (default: the window)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--attention", action="store_true", help="also store CLS attention per region")
-
-    def run(args: argparse.Namespace) -> int:
-        from brainlm.downstream import run_embed
-
-        run_embed(args.checkpoint, _data(args), args.out, overwrite=args.overwrite, split=args.split,
-                  coords=args.coords, pooling=args.pooling, average_regions=not args.keep_regions,
-                  windows=args.windows, window=args.window, stride=args.stride, batch_size=args.batch_size,
-                  attention=args.attention, device=args.device, precision=args.precision)
-        from brainlm.distributed import is_main_process
-
-        if is_main_process():
-            print(f"wrote {args.out}")
-        return 0
-
-    p.set_defaults(func=run)
 
 
 def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
@@ -525,8 +532,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, accepts_overrides=True)
 
 
-_COMMANDS = [_add_demo, _add_prepare, _add_verify, _add_benchmark, _add_pretrain, _add_integrate, _add_embed_dna, _add_embed, _add_reconstruct,
-             _add_forecast, _add_probe, _add_finetune, _add_fingerprint]
+_COMMANDS = [_add_demo, _add_prepare, _add_verify, _add_benchmark, _add_pretrain, _add_integrate, _add_embed_dna,
+             _add_reconstruct, _add_forecast, _add_probe, _add_finetune, _add_fingerprint]
 
 
 def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
@@ -538,9 +545,17 @@ def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
                 _no_abbreviations(child)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_named(argv: list[str]) -> str | None:
+    """The sub-command in ``argv`` (its first word that is not a flag), to build only its parser."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the arguments of ``command`` only (every command's when None)."""
     parser = argparse.ArgumentParser(prog="brainlm", description=__doc__.splitlines()[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
+    for c in COMMANDS:
+        c.add(sub, build=command is None or command == c.name)
     for add in _COMMANDS:
         add(sub)
     _no_abbreviations(parser)
@@ -548,13 +563,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_named(argv) or "")
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
     try:
-        return int(args.func(args) or 0)
+        result = args.func(args)
+        # Library functions return their results; only a command that decides an exit status (demo) returns an int.
+        return result if isinstance(result, int) and not isinstance(result, bool) else 0
     except UserError as err:
         # Bad input is one clear line; anything else is a bug and keeps its traceback.
         print(f"brainlm {args.command}: error: {err.one_line()}", file=sys.stderr)

@@ -20,12 +20,13 @@ import torch.distributed as dist
 from torch import nn
 
 from brainlm.errors import UserError
+from brainlm.options import Options, option
 
 __all__ = [
     "DistInfo", "init_distributed", "destroy_distributed", "wrap_model", "unwrap_model", "no_sync",
     "resolve_device", "resolve_precision", "autocast_context", "cpu_supports_bf16", "PRECISIONS",
     "all_reduce_sum", "barrier", "broadcast_object", "rank_share", "gather_in_order", "is_main_process",
-    "available_memory", "check_memory", "share_errors",
+    "available_memory", "check_memory", "share_errors", "DeviceOptions",
 ]
 
 
@@ -94,6 +95,15 @@ def cpu_supports_bf16() -> bool:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(kw_only=True)
+class DeviceOptions(Options):
+    """Where a model runs and in which precision (every command that runs one)."""
+
+    device: str = option("auto", "auto (this process's GPU if any), cpu, cuda, cuda:1 ...", group="hardware")
+    precision: str = option("auto", "auto: bf16 on GPUs and CPUs that compute in it natively, fp32 elsewhere",
+                            choices=PRECISIONS, group="hardware")
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from brainlm.distributed import (
+    DeviceOptions,
     destroy_distributed,
     init_distributed,
     is_main_process,
@@ -31,6 +33,7 @@ from brainlm.evaluate.baselines import (
 )
 from brainlm.evaluate.protocol import SubjectBootstrap
 from brainlm.evaluate.verdict import compare
+from brainlm.options import at_least, option, positive
 from brainlm.io import (
     OutputLock,
     atomic_write_text,
@@ -40,7 +43,7 @@ from brainlm.io import (
     write_embeddings,
 )
 
-from .embed import embed
+from .embed import POOLINGS, WINDOW_MODES, embed
 from .finetune import FinetuneConfig, finetune
 from .fingerprint import fingerprint
 from .loading import load_model, open_recordings, training_recordings
@@ -48,7 +51,41 @@ from .plots import plot_fingerprint, plot_forecast, plot_reconstruction
 from .probe import probe
 from .reconstruct import forecast_recordings, reconstruct_recordings
 
-__all__ = ["run_embed", "run_reconstruct", "run_forecast", "run_probe", "run_finetune", "run_fingerprint"]
+__all__ = ["RecordingsOptions", "EmbedOptions", "run_embed", "run_reconstruct", "run_forecast", "run_probe",
+           "run_finetune", "run_fingerprint"]
+
+
+@dataclass(kw_only=True)
+class RecordingsOptions(DeviceOptions):
+    """A model and the recordings it runs on: what every command applying a model takes."""
+
+    checkpoint: str = option(help="model folder (ours, original BrainLM, ViT-MAE, a training run) or hub id",
+                             positional=True)
+    data: list[str] = option(help="a store folder, or parcellated time-series files (with --coords)", positional=True,
+                             nargs="+")
+    coords: str | None = option(None, "coordinate file for time-series files")
+    split: str | None = option(None, "store split: train, validation or test (default: all)")
+    window: int | None = option(None, "timepoints per window (default: the model's)", check=at_least(1, optional=True))
+    overwrite: bool = option(False, "replace existing outputs")
+
+    @property
+    def source(self):
+        """What :func:`open_recordings` takes: the store folder, or the list of files."""
+        return self.data[0] if len(self.data) == 1 and not self.coords else list(self.data)
+
+
+@dataclass(kw_only=True)
+class EmbedOptions(RecordingsOptions):
+    """``brainlm embed``: embeddings of recording windows (masking off), as Parquet, CSV/TSV or .npy."""
+
+    out: str = option(help="output .parquet, or .npy (with .index.tsv beside it)")
+    pooling: str = option("cls", "what a window becomes", choices=POOLINGS)
+    keep_regions: bool = option(False, "region_time: keep one vector per region (R, D)")
+    windows: str = option("average", "which windows of a recording, and whether to average them",
+                          choices=WINDOW_MODES)
+    stride: int | None = option(None, "step of sliding windows (default: the window)", check=at_least(1, optional=True))
+    batch_size: int = option(32, "windows per forward pass", check=positive)
+    attention: bool = option(False, "also store CLS attention per region")
 
 
 @contextmanager
@@ -73,22 +110,25 @@ def _load(checkpoint, device: str):
     return load_model(checkpoint, map_location=resolve_device(device, init_distributed().local_rank))
 
 
-def run_embed(checkpoint, data, out, *, overwrite: bool = False, split=None, coords=None, device: str = "cpu",
-              **kwargs) -> Path:
-    """Embed and write ``out`` (``.parquet``, ``.csv``/``.tsv``, or ``.npy`` + ``.index.tsv``); returns ``out``.
+def run_embed(options: EmbedOptions) -> Path:
+    """Embed and write ``options.out`` (``.parquet``, ``.csv``/``.tsv``, or ``.npy`` + ``.index.tsv``); returns it.
 
     Under ``torchrun`` every process embeds its share of the recordings and rank 0 writes
     one table, identical to a single process's.
     """
-    out = Path(out)
+    o = options
+    out = Path(o.out)
     init_distributed()
     try:
-        with _claim(out, overwrite=overwrite, file=True):
-            emb = embed(_load(checkpoint, device), data, split=split, coords=coords, **kwargs)
+        with _claim(out, overwrite=o.overwrite, file=True):
+            emb = embed(_load(o.checkpoint, o.device), o.source, split=o.split, coords=o.coords, pooling=o.pooling,
+                        average_regions=not o.keep_regions, windows=o.windows, window=o.window, stride=o.stride,
+                        batch_size=o.batch_size, attention=o.attention, precision=o.precision)
             if emb is not None:
-                write_embeddings(emb, out, overwrite=overwrite)
+                write_embeddings(emb, out, overwrite=o.overwrite)
                 for rid in emb.skipped:
                     print(f"skipped (shorter than one window): {rid}")
+                print(f"wrote {out}")
     finally:
         destroy_distributed()
     return out

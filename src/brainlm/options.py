@@ -1,0 +1,286 @@
+"""Command-line options declared once, as dataclass fields.
+
+Every command's settings are one keyword-only dataclass deriving from :class:`Options`, each
+field declared with :func:`option`, which holds its default, its flag and its help text:
+
+    @dataclass(kw_only=True)
+    class EmbedOptions(Options):
+        pooling: str = option("cls", "what one window becomes", choices=POOLINGS)
+        batch_size: int = option(32, "windows per forward pass")
+
+        def __post_init__(self):
+            if self.batch_size < 1:
+                raise UserError(f"{self.flag('batch_size')} must be >= 1, got {self.batch_size}")
+
+The parser is built from the fields (:meth:`Options.add_to`), the dataclass from the parsed
+arguments (:meth:`Options.from_args`), and the library function takes the dataclass, so a
+Python caller and the command line reach the same code with the same defaults. Checks live in
+``__post_init__`` and name the flag the user typed (:meth:`Options.flag`).
+
+Flags are ``--`` plus the field name with ``_`` as ``-`` unless ``flag`` says otherwise. Types
+come from the annotations: ``bool`` is a switch (``--no-x`` for a field that defaults to True),
+``int`` / ``float`` / ``str`` (optionally ``| None``) take one value, ``tuple[str, ...]`` a
+comma-separated list, ``tuple[float, float, float]`` three values, ``list[str]`` one or more.
+A flag the user did not give is absent from the parsed namespace, so the dataclass default
+applies and :meth:`Options.given` tells the explicitly given fields apart (for settings that
+only change what was asked for, such as training overrides on a preset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, Callable
+
+from brainlm.errors import UserError
+
+__all__ = ["option", "Options", "add_dataclass_arguments", "positive", "at_least", "finite", "between", "one_of", "need"]
+
+_META = "brainlm_option"
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
+           aliases: tuple[str, ...] = (), choices: typing.Sequence | None = None, metavar: str | None = None,
+           positional: bool = False, nargs: str | int | None = None, parse: Callable[[str], Any] | None = None,
+           default_factory: Any = dataclasses.MISSING, group: str | None = None, cli: bool = True,
+           check: Callable[[Any], str | None] | None = None):
+    """A dataclass field that is also a command-line option.
+
+    Args:
+        default, default_factory: the default (as for ``dataclasses.field``); none makes it required.
+        help: the help text (the default is appended).
+        flag: the flag (default ``--field-name``); aliases: other spellings it accepts.
+        choices, metavar, nargs: as for ``argparse``.
+        positional: a positional argument instead of a flag.
+        parse: turns the text of one value into the field's value (default: from the annotation).
+        group: the heading it is listed under in ``--help``.
+        cli: False keeps the field out of the parser (Python API only).
+        check: ``check(value) -> None`` or what is wrong with it (``"must be >= 1"``); run by
+            :meth:`Options.__post_init__` for Python callers and the command line alike, and
+            reported with the flag (:func:`positive`, :func:`at_least`, :func:`finite`, ...).
+    """
+    meta = {_META: dict(help=help, flag=flag, aliases=tuple(aliases), choices=choices, metavar=metavar,
+                        positional=positional, nargs=nargs, parse=parse, group=group, cli=cli, check=check)}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(the type without ``None``, whether ``None`` is allowed)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else annotation), True
+    return annotation, False
+
+
+def _comma_list(item: Callable[[str], Any]) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        return tuple(item(part) for part in text.split(",") if part.strip())
+
+    parse.__name__ = "comma-separated list"
+    return parse
+
+
+def _argument(f: dataclasses.Field, annotation: Any, prefix: str = "", underscore: bool = False,
+              suppress: bool = True) -> tuple[list[str], dict[str, Any]]:
+    """The ``add_argument`` names and keywords of one field."""
+    meta = f.metadata.get(_META, {})
+    kind, optional = _base_type(annotation)
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    kw: dict[str, Any] = {"help": meta.get("help", "")}
+    has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+    if meta.get("positional"):
+        names = [f.name]
+        kw["metavar"] = meta.get("metavar") or f.name.upper()
+        if has_default:
+            kw["default"] = default
+            kw.setdefault("nargs", "?")
+    else:
+        name = f.name if underscore else f.name.replace("_", "-")
+        names = [meta.get("flag") or f"--{prefix}{name}", *meta.get("aliases", ())]
+        if underscore and "_" in f.name:
+            names.append(f"--{prefix}{f.name.replace('_', '-')}")
+        kw["dest"] = f"{prefix}{f.name}"
+        kw["default"] = argparse.SUPPRESS if suppress else default
+        if not has_default:
+            kw["required"] = True
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
+    if kind is bool:
+        if meta.get("positional"):
+            raise TypeError(f"{f.name}: a bool cannot be positional")
+        kw["action"] = "store_false" if names[0].startswith(f"--{prefix}no-") or names[0].startswith("--no-") else "store_true"
+        if not names[0].startswith("--no-") and default is True:
+            kw["action"] = argparse.BooleanOptionalAction
+        return names, kw
+    parse = meta.get("parse")
+    if origin in (tuple, list) and args:
+        item = args[0]
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[str, ...]: a comma list
+            kw["type"] = parse or _comma_list(item)
+            if has_default and default is not None and not meta.get("positional"):
+                kw["help"] += f" (default: {','.join(map(str, default)) or 'none'})"
+            return names, kw
+        kw["nargs"] = meta.get("nargs") or (len(args) if origin is tuple else "+")
+        kw["type"] = parse or item
+    else:
+        kw["type"] = parse or (kind if kind in (int, float, str) else str)
+        if meta.get("nargs"):
+            kw["nargs"] = meta["nargs"]
+    if meta.get("choices"):
+        kw["choices"] = list(meta["choices"])
+    if has_default and default is not None and not meta.get("positional") and default != "":
+        kw["help"] += f" (default: {' '.join(map(str, default)) if isinstance(default, (tuple, list)) else default})"
+    return names, kw
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, prefix: str = "", underscore: bool = False,
+                            suppress: bool = True, title: str | None = None, exclude: typing.Iterable[str] = ()) -> None:
+    """Add one argument per field of the dataclass ``cls`` (see :func:`option`).
+
+    Args:
+        prefix: put before every flag and destination (``"model."`` gives ``--model.hidden_size``).
+        underscore: keep ``_`` in flags (``--max_steps``; the ``--max-steps`` spelling is accepted too).
+        suppress: leave flags that were not given out of the namespace (their default applies later).
+        title: add them under this heading in ``--help``.
+        exclude: fields to leave out.
+    """
+    hints = typing.get_type_hints(cls)
+    groups: dict[str | None, Any] = {None: parser.add_argument_group(title) if title else parser}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata.get(_META, {})
+        if f.name in exclude or not f.init or not meta.get("cli", True):
+            continue
+        group = meta.get("group")
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        names, kw = _argument(f, hints[f.name], prefix, underscore, suppress)
+        groups[group].add_argument(*names, **kw)
+
+
+# ------------------------------------------------------------------------------------------- checks
+
+
+def at_least(low: float, *, optional: bool = False) -> Callable[[Any], str | None]:
+    """A check: the value (each value of a list) is a number >= ``low``; None passes with ``optional``."""
+
+    def check(value: Any) -> str | None:
+        values = value if isinstance(value, (tuple, list)) else [value]
+        if value is None and optional:
+            return None
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and v >= low for v in values):
+            return f"must be {'a number' if isinstance(low, float) else 'an integer'} >= {low:g}, got {value!r}"
+        return None
+
+    return check
+
+
+def positive(value: Any) -> str | None:
+    """A check: a count of at least 1 (batch sizes, folds, permutations, ...)."""
+    return at_least(1)(value)
+
+
+def finite(value: Any) -> str | None:
+    """A check: a finite number (each of a list)."""
+    import math
+
+    values = value if isinstance(value, (tuple, list)) else [value]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        return f"must be finite numbers, got {value!r}" if isinstance(value, (tuple, list)) else \
+            f"must be a finite number, got {value!r}"
+    return None
+
+
+def between(low: float, high: float, *, closed: tuple[bool, bool] = (True, True),
+            optional: bool = False) -> Callable[[Any], str | None]:
+    """A check: ``low <= value <= high`` (open ends with ``closed``); None passes with ``optional``."""
+
+    def check(value: Any) -> str | None:
+        if value is None and optional:
+            return None
+        ok = isinstance(value, (int, float)) and value == value and \
+            (value >= low if closed[0] else value > low) and (value <= high if closed[1] else value < high)
+        if not ok:
+            return f"must be in {'[' if closed[0] else '('}{low:g}, {high:g}{']' if closed[1] else ')'}, got {value!r}"
+        return None
+
+    return check
+
+
+def one_of(*allowed: Any) -> Callable[[Any], str | None]:
+    """A check for the Python API of a field whose command line has ``choices``."""
+
+    def check(value: Any) -> str | None:
+        values = value if isinstance(value, (tuple, list)) else [value]
+        bad = [v for v in values if v not in allowed]
+        return f"must be one of {', '.join(map(str, allowed))}, got {', '.join(map(str, bad))}" if bad else None
+
+    return check
+
+
+class Options:
+    """Base of the option dataclasses (see the module docstring)."""
+
+    def __post_init__(self) -> None:
+        """Run every field's ``check``; the first failure is a :class:`UserError` naming its flag."""
+        for f in dataclasses.fields(self):
+            meta = f.metadata.get(_META, {})
+            value, check = getattr(self, f.name), meta.get("check")
+            problem = check(value) if check is not None else None
+            if problem is None and meta.get("choices") and value is not None:
+                problem = one_of(*meta["choices"])(value)
+            if problem:
+                raise UserError(f"{self.flag(f.name)} {problem}")
+
+    @classmethod
+    def add_to(cls, parser: argparse.ArgumentParser, **kwargs) -> argparse.ArgumentParser:
+        """Add this dataclass's options to ``parser`` (keywords as :func:`add_dataclass_arguments`)."""
+        add_dataclass_arguments(parser, cls, **kwargs)
+        return parser
+
+    @classmethod
+    def given(cls, args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
+        """The fields given on the command line, ``{name: value}``."""
+        present, hints = vars(args), typing.get_type_hints(cls)
+        out = {}
+        for f in dataclasses.fields(cls):
+            if f.init and f"{prefix}{f.name}" in present:
+                value = present[f"{prefix}{f.name}"]
+                is_tuple = typing.get_origin(_base_type(hints[f.name])[0]) is tuple
+                out[f.name] = tuple(value) if is_tuple and isinstance(value, list) else value
+        return out
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **extra: Any):
+        """The dataclass from parsed arguments; flags that were not given keep their defaults.
+
+        Args:
+            extra: values for fields that do not come from the command line.
+        """
+        return cls(**{**cls.given(args), **extra})
+
+    @classmethod
+    def flag(cls, name: str) -> str:
+        """The flag the user types for the field ``name`` (for messages)."""
+        f = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+        meta = f.metadata.get(_META, {}) if f is not None else {}
+        if meta.get("positional"):
+            return f.name.upper()
+        return meta.get("flag") or f"--{name.replace('_', '-')}"
+
+    def replace(self, **changes: Any):
+        """A copy with some fields changed (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def need(ok: bool, message: str) -> None:
+    """Raise :class:`UserError` with ``message`` unless ``ok`` (for ``__post_init__`` checks)."""
+    if not ok:
+        raise UserError(message)
