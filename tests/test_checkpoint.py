@@ -173,7 +173,8 @@ def test_malicious_pickle_on_the_vitmae_and_resume_paths(tmp_path, capsys):
 
     from brainlm.cli import main
     from brainlm.io import sha256_file
-    from brainlm.train import latest_checkpoint, pretrain
+    from brainlm.hub import newest_checkpoint
+    from brainlm.train import pretrain
 
     marker = tmp_path / "pwned"
     vit = tmp_path / "vit"
@@ -190,7 +191,7 @@ def test_malicious_pickle_on_the_vitmae_and_resume_paths(tmp_path, capsys):
     run = tmp_path / "run"
     pretrain(tiny_config(run, max_steps=2, eval_every=2, save_every=2), train_dataset=ToyWindows(),
              val_dataset=ToyWindows(8, seed=1))
-    ckpt = latest_checkpoint(run)
+    ckpt = newest_checkpoint(run)
     with open(ckpt / "optimizer.pt", "wb") as f:
         pickle.dump({"x": _Evil(marker)}, f)
     manifest = json.loads((ckpt / "manifest.json").read_text())

@@ -25,13 +25,11 @@ from brainlm.data import (
 )
 from brainlm.data.brainmarks import (
     BRAINMARKS_SPLIT,
-    brainmarks_classification_metrics,
     brainmarks_recordings,
     brainmarks_splits,
-    quantile_bins,
-    quantile_edges,
     read_target_maps,
 )
+from brainlm.evaluate.brainmarks import brainmarks_classification_metrics, quantile_bins, quantile_edges
 
 hfds = pytest.importorskip("datasets")
 hfds.disable_progress_bars()

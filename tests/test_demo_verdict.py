@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from brainlm.demo import _verdict
+from brainlm.pipelines.demo import _verdict
 from brainlm.evaluate.reconstruction import ReconstructionEval
 
 METHODS = ("model", "zero", "mean", "interp", "conn")
@@ -52,7 +52,7 @@ def test_demo_forecast_table_sets_the_model_beside_ar_and_var(tmp_path, capsys):
 
     from downstream_synth import synthetic_store, tiny_model
 
-    from brainlm.demo import _forecast_table
+    from brainlm.pipelines.demo import _forecast_table
 
     store = synthetic_store(tmp_path / "store", n_subjects=6, split=(4, 1, 1), T=60)
     _forecast_table(tiny_model(), store, SimpleNamespace(seed=0, precision="fp32"), pretrained=tiny_model(seed=1))

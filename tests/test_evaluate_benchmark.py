@@ -89,7 +89,7 @@ def test_verdict_says_within_noise_when_the_paired_interval_spans_zero(lo, hi, e
 
     import pandas as pd
 
-    from brainlm.evaluate.benchmark import task_verdict
+    from brainlm.pipelines.benchmark import task_verdict
 
     table = pd.DataFrame({"method": ["model", "conn"], "label": ["BrainLM", "connectivity-conditional fill"]})
     winner = "model" if hi > 0 else "conn"

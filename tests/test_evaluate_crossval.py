@@ -11,7 +11,7 @@ import brainlm.train
 from brainlm.cli import main
 from brainlm.errors import UserError
 from brainlm.evaluate import baselines as baseline_module
-from brainlm.evaluate.crossval import fold_assignments
+from brainlm.pipelines.crossval import fold_assignments
 
 SUBJECTS = [f"s{i:02d}" for i in range(9)]
 TRAIN = ["--max_steps=3", "--eval_every=3", "--save_every=1", "--log_every=1", "--batch_size=4", "--window=20",

@@ -9,7 +9,6 @@ from conftest import make_batch
 from safetensors.torch import load_file
 
 from brainlm import BrainLMForPretraining, brainlm_tiny, load_pretrained
-from brainlm.checkpoint import load_folder
 from brainlm.downstream import load_model
 from brainlm.errors import HubUnavailableError, MissingInputError, UserError
 from brainlm.hub import model_card, resolve_checkpoint
@@ -58,7 +57,7 @@ def test_round_trip_gives_identical_outputs_in_our_format(model, tmp_path):
     assert not loaded.training and loaded.config == model.config
     _assert_same(loaded, model)
     # The older names read the same folder: the alias, the folder reader, the downstream loader.
-    for other in (load_pretrained(folder), load_pretrained(str(folder), "cpu"), load_folder(folder), load_model(folder)):
+    for other in (load_pretrained(folder), load_pretrained(str(folder), "cpu"), model.from_pretrained(folder), load_model(folder)):
         _assert_same(other, model)
 
 

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from brainlm.train import read_metrics
-from brainlm.train.checkpointing import find_checkpoints, verify_checkpoint
+from brainlm.hub import find_checkpoints
+from brainlm.io import verify_manifest
 
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
@@ -79,7 +80,7 @@ def test_sigkill_at_random_moment_then_resume(reference, tmp_path):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL  # killed, not finished
     for folder in find_checkpoints(out):  # every checkpoint that looks complete is complete
-        verify_checkpoint(folder)
+        verify_manifest(folder)
     logged = max([r["step"] for r in read_metrics(out)], default=0)
     saved = int(find_checkpoints(out)[-1].name.split("_")[1]) if find_checkpoints(out) else 0
     assert logged - saved <= SETTINGS["save_every"]  # lost work: at most one checkpoint interval

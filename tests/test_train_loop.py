@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from brainlm.checkpoint import load_pretrained
 from brainlm.model import BrainLMForPretraining
-from brainlm.train import NonFiniteLossError, latest_checkpoint, pretrain, read_metrics
+from brainlm.hub import newest_checkpoint
+from brainlm.train import NonFiniteLossError, pretrain, read_metrics
 
 
 def _run(out, resume=False, train=None, val=None, **changes):
@@ -39,7 +40,7 @@ def reference(tmp_path_factory):
 def test_run_folder_contents(reference):
     run = reference.run_dir
     assert reference.step == 12
-    assert [p.name for p in (run / "checkpoints").iterdir()] and latest_checkpoint(run).name == "step_00000012"
+    assert [p.name for p in (run / "checkpoints").iterdir()] and newest_checkpoint(run).name == "step_00000012"
     assert len(list((run / "checkpoints").iterdir())) == 2  # keep_last
     assert (run / "best" / "model.safetensors").is_file() and (run / "metrics.csv").is_file()
     assert {p.name for p in reference.plots} == {"curves.png", "reconstructions.png"}
@@ -91,7 +92,7 @@ def test_wrong_region_count_for_checkpoint(short_run):
     with pytest.raises(ValueError, match="data have 8 regions but the checkpoint .* trained on 6"):
         _run(short_run, resume=True, max_steps=8, train=ToyWindows(regions=8), val=ToyWindows(8, regions=8, seed=1))
     with pytest.raises(ValueError, match="data have 8 regions but the checkpoint .* trained on 6"):
-        _run(short_run.parent / "other", init_from=str(latest_checkpoint(short_run)), train=ToyWindows(regions=8),
+        _run(short_run.parent / "other", init_from=str(newest_checkpoint(short_run)), train=ToyWindows(regions=8),
              val=ToyWindows(8, regions=8, seed=1))
     assert _snapshot(short_run) == before
     assert not (short_run.parent / "other").exists()
@@ -110,7 +111,7 @@ def test_incompatible_or_existing_run_folder(short_run):
 
 
 def test_init_from_checkpoint(short_run, tmp_path):
-    source = latest_checkpoint(short_run)
+    source = newest_checkpoint(short_run)
     result = _run(tmp_path / "warm", init_from=str(source), max_steps=1, eval_every=0, save_every=0)
     assert result.step == 1
     with pytest.raises(ValueError, match="do not fit the configured model"):
@@ -119,7 +120,7 @@ def test_init_from_checkpoint(short_run, tmp_path):
 
 
 def test_corrupt_checkpoint(short_run):
-    weights = latest_checkpoint(short_run) / "model.safetensors"
+    weights = newest_checkpoint(short_run) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])  # truncated
     before = _snapshot(short_run)
     with pytest.raises(ValueError, match=r"corrupt: model.safetensors has \d+ bytes, expected \d+ \(truncated"):

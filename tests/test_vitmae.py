@@ -22,13 +22,13 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import ViTMAEForPreTraining  # noqa: E402
 
 from brainlm.errors import UserError
+from brainlm.hub import resolve_checkpoint
 from brainlm.vitmae import (  # noqa: E402
     A424_SCALE,
     BrainLMViTMAE,
     is_vitmae_checkpoint,
     load_vitmae,
     read_region_order,
-    resolve_checkpoint,
     vitmae_111m_config,
     vitmae_650m_config,
 )

@@ -1,7 +1,7 @@
 """BrainLM: a masked-autoencoder foundation model for fMRI parcel time series."""
 
 from brainlm.checkpoint import load_pretrained, save_pretrained
-from brainlm.hub import resolve_checkpoint
+from brainlm.hub import open_model, resolve_checkpoint
 from brainlm.model import (
     PRESETS,
     BrainLMConfig,
@@ -13,19 +13,21 @@ from brainlm.model import (
     brainlm_tiny,
 )
 
+from brainlm.vitmae import (  # transformers itself is imported only when a ViT-MAE is built or loaded
+    BrainLMViTMAE,
+    is_vitmae_checkpoint,
+    load_vitmae,
+    vitmae_111m_config,
+    vitmae_650m_config,
+)
+
 __version__ = "0.1.0"
 
-# Loaded on first use: these pull in transformers or scikit-learn, which are slow to import.
-_LAZY = {
-    "BrainLMEmbedder": "brainlm.sklearn",
-    "BrainLMViTMAE": "brainlm.vitmae",
-    "is_vitmae_checkpoint": "brainlm.vitmae",
-    "load_vitmae": "brainlm.vitmae",
-    "vitmae_111m_config": "brainlm.vitmae",
-    "vitmae_650m_config": "brainlm.vitmae",
-}
+# Loaded on first use: scikit-learn is slow to import.
+_LAZY = {"BrainLMEmbedder": "brainlm.sklearn"}
 
 __all__ = [
+    "open_model",
     "load_pretrained",
     "save_pretrained",
     "resolve_checkpoint",
@@ -37,6 +39,11 @@ __all__ = [
     "brainlm_111m",
     "brainlm_650m",
     "brainlm_tiny",
+    "BrainLMViTMAE",
+    "is_vitmae_checkpoint",
+    "load_vitmae",
+    "vitmae_111m_config",
+    "vitmae_650m_config",
     *_LAZY,
 ]
 

@@ -1,7 +1,12 @@
-"""Reading and writing model checkpoints.
+"""The BrainLM checkpoint formats, in and out: ours and the original code's.
 
 Our format is a folder with ``config.json`` (``model_type: brainlm``) and ``model.safetensors``
 holding :class:`~brainlm.model.BrainLMForPretraining`'s state dict.
+
+Both formats are registered with :func:`brainlm.hub.register_format`, so that
+:func:`brainlm.hub.open_model` (and ``from_pretrained``) read them; the loaders are generic over
+the model class they are handed (its ``config_class`` builds the config), so this module never
+imports a model, as timm's ``build_model_with_cfg``.
 
 The original BrainLM format (``model_type: brainlm_mae``, a ``transformers`` checkpoint of
 its ``BrainLMForPretraining``) comes in through one adapter here: its config keys map one to
@@ -25,11 +30,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from brainlm.errors import MissingInputError, UserError
-from brainlm.io import atomic_write, atomic_write_text, read_json
-from brainlm.model import BrainLMConfig, BrainLMForPretraining
+from brainlm.hub import open_model, register_format
+from brainlm.io import atomic_write, atomic_write_text
+from brainlm.memory import check_memory
 
-__all__ = ["load_pretrained", "load_folder", "save_pretrained", "save_weights", "save_config", "load_state_dict_file",
-           "convert_original_state_dict"]
+__all__ = ["BRAINLM_TYPES", "load_pretrained", "save_pretrained", "save_weights", "save_config",
+           "load_state_dict_file", "convert_original_state_dict", "original_config_to_ours", "to_original_state_dict"]
+
+# The model types of BrainLM checkpoints: ours, and the original code's (brainlm_mae).
+BRAINLM_TYPES = ("brainlm", "brainlm_mae")
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -114,14 +123,14 @@ def _find_weights(folder: Path) -> Path:
     raise MissingInputError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)}")
 
 
-def original_config_to_ours(raw: dict[str, Any]) -> BrainLMConfig:
-    """Map an original ``brainlm_mae`` config dict to :class:`BrainLMConfig`.
+def original_config_to_ours(raw: dict[str, Any], config_class) -> Any:
+    """Map an original ``brainlm_mae`` config dict to ``config_class`` (:class:`~brainlm.model.BrainLMConfig`).
 
     The original's layers take their exact attention branch when ``num_landmarks ==
     segment_means_seq_len``; any other pair would select its Nystrom branch, which we map to
     ``attention_type="nystrom"`` with a warning (its landmark reshape differs from ours).
     """
-    names = set(BrainLMConfig.__dataclass_fields__) - {"extra"}
+    names = set(config_class.__dataclass_fields__) - {"extra"}
     known = {k: v for k, v in raw.items() if k in names}
     unknown = {k: v for k, v in raw.items() if k not in names and k not in _ORIGINAL_IGNORED_KEYS}
     if unknown:
@@ -139,7 +148,7 @@ def original_config_to_ours(raw: dict[str, Any]) -> BrainLMConfig:
     known["qkv_bias"] = True
     known.setdefault("num_timepoints_per_voxel", 490)  # the original config class defaults
     known.setdefault("timepoint_patching_size", 49)
-    return BrainLMConfig(**known, extra=unknown)
+    return config_class(**known, extra=unknown)
 
 
 def _layer_key(key: str, prefixes: dict[str, str]) -> tuple[str, str] | None:
@@ -176,7 +185,7 @@ def convert_original_state_dict(state: dict[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
-def _load_strict(model: BrainLMForPretraining, state: dict[str, torch.Tensor], source: Path) -> None:
+def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -197,47 +206,34 @@ def _load_strict(model: BrainLMForPretraining, state: dict[str, torch.Tensor], s
     model.load_state_dict(state, strict=True)
 
 
-def read_config(folder: str | Path) -> tuple[dict[str, Any], str]:
-    """The raw config dict of a checkpoint folder and its ``model_type``."""
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise MissingInputError(f"{folder} is not a checkpoint folder: no config.json")
-    raw = read_json(folder / "config.json")
-    return raw, str(raw.get("model_type", "brainlm"))
-
-
 def load_pretrained(path_or_hub_id: str | Path, map_location: str | torch.device = "cpu", *,
-                    revision: str | None = None) -> BrainLMForPretraining:
-    """``BrainLMForPretraining.from_pretrained``: a checkpoint folder (ours or the original's) or hub id.
+                    revision: str | None = None):
+    """A BrainLM model (our format or the original's) from a folder, a training run or a hub id.
+
+    :func:`brainlm.hub.open_model` restricted to BrainLM checkpoints
+    (``BrainLMForPretraining.from_pretrained`` does the same).
 
     Returns:
         The model in eval mode on ``map_location``.
     """
-    return BrainLMForPretraining.from_pretrained(path_or_hub_id, revision=revision, map_location=map_location)
+    return open_model(path_or_hub_id, map_location=map_location, revision=revision, model_types=BRAINLM_TYPES)
 
 
-def load_folder(path: str | Path, map_location: str | torch.device = "cpu") -> BrainLMForPretraining:
-    """Load a local BrainLM checkpoint folder (ours or the original's) into a model in eval mode."""
-    folder = Path(path)
-    raw, model_type = read_config(folder)
+def _load_brainlm(cls, folder: Path, raw: dict[str, Any], *, map_location: str | torch.device = "cpu"):
+    """A BrainLM checkpoint folder (ours or the original's) as ``cls``, in eval mode (registered loader)."""
     weights = _find_weights(folder)
-    state = load_state_dict_file(weights)
-    if model_type == "brainlm_mae":
-        config = original_config_to_ours(raw)
-        state = convert_original_state_dict(state)
-    elif model_type == "brainlm":
-        config = BrainLMConfig.from_dict(raw)
-        if config.extra:
-            warnings.warn(f"{folder / 'config.json'}: keeping unknown config keys {sorted(config.extra)}", stacklevel=2)
+    if raw.get("model_type") == "brainlm_mae":
+        config = original_config_to_ours(raw, cls.config_class)
+        convert = convert_original_state_dict
     else:
-        raise UserError(
-            f"{folder}: model_type {model_type!r} is not a BrainLM checkpoint (expected 'brainlm' or 'brainlm_mae')"
-        )
-    from brainlm.distributed import check_memory
-
+        config = cls.config_class.from_dict(raw)
+        if config.extra:
+            warnings.warn(f"{folder / 'config.json'}: keeping unknown config keys {sorted(config.extra)}", stacklevel=3)
+        convert = dict
     check_memory(8 * config.num_parameters(), torch.device(map_location), f"{folder}: this model "
                  f"({config.num_parameters() / 1e6:.0f}M parameters)", "is config.json right?")
-    model = BrainLMForPretraining(config)
+    state = convert(load_state_dict_file(weights))
+    model = cls(config)
     _load_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, weights)
     return model.to(map_location).eval()
 
@@ -248,12 +244,14 @@ def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt", "brainlm": "1"}))
 
 
-def save_config(config: BrainLMConfig, path: str | Path) -> None:
+def save_config(config, path: str | Path) -> None:
+    """A model config as ``config.json``, written atomically."""
     atomic_write_text(path, config.to_json() + "\n")
 
 
-def save_pretrained(model: BrainLMForPretraining, path: str | Path) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into the folder ``path``, each atomically."""
+def save_pretrained(model: torch.nn.Module, path: str | Path) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into the folder ``path``, each atomically
+    (no model card: ``model.save_pretrained`` adds one)."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(model.state_dict(), folder / "model.safetensors")
@@ -283,3 +281,7 @@ def to_original_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
         else:
             out[split[0] + layer_names[split[1]]] = value
     return out
+
+
+register_format("brainlm", _load_brainlm, save=save_pretrained)
+register_format("brainlm_mae", _load_brainlm)

@@ -52,7 +52,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smoke", action="store_true", help="a few training steps only, to check the pipeline")
 
     def run(args: argparse.Namespace) -> int:
-        from brainlm.demo import run_demo
+        from brainlm.pipelines.demo import run_demo
         from brainlm.train import parse_overrides
 
         return run_demo(out_dir=args.out, overrides=parse_overrides(args.overrides), smoke=args.smoke)
@@ -156,7 +156,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="store folder, training run, or checkpoint folder")
 
     def run(args: argparse.Namespace) -> int:
-        from brainlm.data.verify import verify_path
+        from brainlm.pipelines.verify import verify_path
 
         print(verify_path(args.path))
         return 0
@@ -503,7 +503,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     _device_args(p)
 
     def run(args: argparse.Namespace) -> int:
-        from brainlm.evaluate.benchmark import BenchmarkConfig, run_benchmark
+        from brainlm.pipelines.benchmark import BenchmarkConfig, run_benchmark
         from brainlm.train import parse_overrides
 
         if args.cv is None and args.overrides:
@@ -521,7 +521,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
             tasks=tuple(t for t in args.tasks.split(",") if t), seed=args.seed, batch_size=args.batch_size,
             precision=args.precision, device=args.device)
         if args.cv is not None:
-            from brainlm.evaluate.crossval import run_crossval
+            from brainlm.pipelines.crossval import run_crossval
 
             run_crossval(args.checkpoint, args.store, args.out, args.cv, cfg, overrides=parse_overrides(args.overrides),
                          forecast_finetune=args.forecast_finetune, forecast_lr=args.forecast_lr, overwrite=args.overwrite)

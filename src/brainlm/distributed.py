@@ -26,7 +26,7 @@ __all__ = [
     "DistInfo", "init_distributed", "destroy_distributed", "wrap_model", "unwrap_model", "no_sync",
     "resolve_device", "resolve_precision", "autocast_context", "cpu_supports_bf16", "PRECISIONS",
     "all_reduce_sum", "barrier", "broadcast_object", "rank_share", "gather_in_order", "is_main_process",
-    "available_memory", "check_memory", "share_errors", "DeviceOptions",
+    "share_errors", "DeviceOptions",
 ]
 
 
@@ -135,12 +135,6 @@ def autocast_context(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    from brainlm.model import Block
-
-    return [m for m in model.modules() if isinstance(m, Block)]
-
-
 def wrap_model(model: nn.Module, mode: str, device: torch.device | None = None) -> nn.Module:
     """Prepare ``model`` for ``mode``: ``"none"``, ``"ddp"`` or ``"fsdp"``.
 
@@ -157,7 +151,8 @@ def wrap_model(model: nn.Module, mode: str, device: torch.device | None = None) 
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for block in _transformer_blocks(model):
+        # The model names its own units (``fsdp_units()``: its transformer blocks); none means one unit.
+        for block in (model.fsdp_units() if hasattr(model, "fsdp_units") else []):
             fully_shard(block)
         fully_shard(model)
         return model
@@ -244,27 +239,6 @@ def is_main_process() -> bool:
     import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for a new allocation on ``device`` (None when unknown)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_memory(needed: int, device: torch.device, what: str, hint: str) -> None:
-    """Refuse up front (``UserError``) when ``needed`` bytes cannot fit on ``device``."""
-    free = available_memory(device)
-    if free is not None and needed > free:
-        raise UserError(f"{what} needs about {needed / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are free on "
-                        f"{device}; {hint}")
 
 
 def share_errors(fn):

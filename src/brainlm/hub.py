@@ -1,12 +1,24 @@
-"""The Hugging Face Hub conventions for both model kinds: ``from_pretrained``, ``save_pretrained``, ``push_to_hub``.
+"""Model folders, one way in: where a model lives, how it is opened, and the Hub conventions.
 
-:class:`HubMixin` gives :class:`~brainlm.model.BrainLMForPretraining` and
-:class:`~brainlm.vitmae.BrainLMViTMAE` the three methods of ``huggingface_hub``'s
-``ModelHubMixin``, with the same names and meaning. Each model kind supplies two hooks,
-``_load_folder`` (read a local checkpoint folder) and ``_save_folder`` (write one), which call
-its adapter (``brainlm.checkpoint`` for ours and the original BrainLM format,
-``brainlm.vitmae`` for the released ViT-MAE models). Written folders are the formats those
-adapters read: ``config.json`` + ``model.safetensors``, plus a ``README.md`` model card.
+- **Where**: :func:`resolve_checkpoint` turns a local path or a Hugging Face Hub id
+  (``owner/name[/subfolder]``) into a local folder, and :func:`resolve_model_folder` finds the
+  checkpoint inside a training run (``RUN/best/`` when present, else the newest
+  ``RUN/checkpoints/step_NNNNNNNN/``: :func:`find_checkpoints` is the one rule for that).
+- **How**: :func:`open_model` is the one function that opens any model folder. It reads
+  ``config.json`` once and dispatches on its ``model_type`` to the loader the format's adapter
+  registered (:func:`register_format`): ``brainlm`` and ``brainlm_mae`` by
+  :mod:`brainlm.checkpoint`, ``vit_mae`` by :mod:`brainlm.vitmae`. A folder with a
+  ``manifest.json`` (training checkpoints) is verified against it first, so a flipped byte is
+  refused before any weight is used. Every other entry point calls it:
+  ``Model.from_pretrained``, :func:`brainlm.checkpoint.load_pretrained`,
+  :func:`brainlm.vitmae.load_vitmae` and :func:`brainlm.downstream.load_model`.
+- **Hub conventions**: :class:`HubMixin` gives both model kinds ``from_pretrained``,
+  ``save_pretrained`` and ``push_to_hub``, with the meaning of ``huggingface_hub``'s
+  ``ModelHubMixin``; a model class names the ``model_type`` values it reads (``model_types``).
+
+This module sits just above :mod:`brainlm.io`, below the model files that derive from the
+mixin; it imports nothing above them. The formats are handed down to it: each adapter calls
+:func:`register_format` when it is imported (the ``brainlm`` package imports them all).
 
 Why not derive from ``huggingface_hub.PyTorchModelHubMixin``: its loader and writer assume one
 state dict under the class's own constructor arguments, while both kinds read outside formats
@@ -15,12 +27,11 @@ would run on every model construction; and ``huggingface_hub`` would become a de
 the model file. Here it stays optional (the ``hf`` extra) and is imported only to fetch a hub
 id or to push; local folders need nothing beyond the core install.
 
-Hub ids (``owner/name`` or ``owner/name/subfolder``) go through :func:`resolve_checkpoint`,
-the package's one resolver: an existing local path always wins; anything else that looks
-like a hub id is fetched with ``huggingface_hub.snapshot_download`` (only the subfolder's
-files), which answers from the local hub cache when offline (``HF_HUB_OFFLINE=1``) or when
-the Hub cannot be reached. A hub id that is neither cached nor reachable raises
-:class:`~brainlm.errors.HubUnavailableError`, one line that says to pass a local folder.
+A hub id is fetched with ``huggingface_hub.snapshot_download`` (only the subfolder's files),
+which answers from the local hub cache when offline (``HF_HUB_OFFLINE=1``) or when the Hub
+cannot be reached; an existing local path always wins. A hub id that is neither cached nor
+reachable raises :class:`~brainlm.errors.HubUnavailableError`, one line that says to pass a
+local folder.
 """
 
 from __future__ import annotations
@@ -32,12 +43,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
 from brainlm.errors import HubUnavailableError, MissingInputError, UserError
+from brainlm.io import atomic_write_text, read_json, verify_manifest
 
-# brainlm.io (pandas) and huggingface_hub are imported where they are used: the model file
-# imports this module, and a model needs neither.
+# huggingface_hub is imported where it is used: a model needs it only to fetch a hub id or to push.
 
-__all__ = ["HubMixin", "model_card", "resolve_checkpoint"]
+__all__ = ["HubMixin", "model_card", "resolve_checkpoint", "register_format", "open_model", "read_model_config",
+           "resolve_model_folder", "find_checkpoints", "newest_checkpoint", "model_types"]
+
+# Training checkpoints are RUN/checkpoints/step_<8 digits>; temporary folders (.tmp-*) never match.
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+)?$")
 _PASS_LOCAL = "pass a local checkpoint folder instead (download it where there is a network and pass its local path)"
@@ -97,12 +116,119 @@ def resolve_checkpoint(path_or_hub_id: str | os.PathLike, *, revision: str | Non
     return _download(source, revision)
 
 
+# --------------------------------------------------------------------------- runs and formats
+
+
+def find_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoint folders of a training run, oldest first (temporary folders are not listed)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def newest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint folder of a training run, or None."""
+    found = find_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def resolve_model_folder(path: str | os.PathLike) -> Path:
+    """The checkpoint folder inside ``path``: itself, ``RUN/best`` or the newest ``RUN/checkpoints/step_*``.
+
+    Raises:
+        MissingInputError: nothing loadable in ``path``.
+    """
+    folder = Path(path).expanduser()
+    if (folder / "config.json").is_file():
+        return folder
+    if (folder / "best" / "config.json").is_file():
+        return folder / "best"
+    newest = newest_checkpoint(folder)
+    if newest is not None:
+        return newest
+    raise MissingInputError(
+        f"{folder}: not a checkpoint folder (no config.json) nor a training run (no best/ or checkpoints/step_*)"
+    )
+
+
+def read_model_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a model folder, as a dict (``model_type`` defaults to ``brainlm``)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise MissingInputError(f"{folder} is not a checkpoint folder: no config.json")
+    raw = read_json(folder / "config.json", "model config")
+    if not isinstance(raw, dict):
+        raise UserError(f"{folder / 'config.json'}: not a model config (a JSON object)")
+    return raw
+
+
+@dataclass(frozen=True)
+class _Format:
+    load: Callable[..., Any]  # load(cls, folder, raw_config, **kwargs) -> model in eval mode
+    save: Callable[[Any, Path], None] | None  # save(model, folder): write the format's files
+
+
+_FORMATS: dict[str, _Format] = {}
+_CLASSES: dict[str, type] = {}
+
+
+def register_format(model_type: str, load: Callable[..., Any], save: Callable[[Any, Path], None] | None = None) -> None:
+    """Called by a format's adapter: how folders of ``model_type`` are read (and written).
+
+    Args:
+        load: ``load(cls, folder, raw_config, **kwargs)``; ``cls`` is the model class that
+            names ``model_type`` (so the adapter never imports a model), ``raw_config`` the
+            folder's ``config.json``; returns the model in eval mode.
+        save: ``save(model, folder)`` writes ``config.json`` and the weights (formats that are
+            only read have none).
+    """
+    _FORMATS[model_type] = _Format(load, save)
+
+
+def model_types() -> list[str]:
+    """The ``model_type`` values that :func:`open_model` reads."""
+    return sorted(t for t in _FORMATS if t in _CLASSES)
+
+
+def open_model(path_or_hub_id: str | os.PathLike, *, map_location: Any = "cpu", revision: str | None = None,
+               model_types: tuple[str, ...] | None = None, **kwargs):
+    """Open any model folder: the one way in (see the module docstring).
+
+    Args:
+        path_or_hub_id: a checkpoint folder (ours, original BrainLM, released ViT-MAE, a
+            fine-tuned encoder), a training run, or a hub id (``owner/name[/subfolder]``).
+        map_location: the device the model is put on.
+        revision: hub revision (ignored for local folders).
+        model_types: only these ``model_type`` values are accepted (a model class's own).
+        **kwargs: passed to the format's loader (``dtype``, ``coords_path`` for ViT-MAE).
+
+    Returns:
+        The model in eval mode: ``BrainLMForPretraining`` or ``BrainLMViTMAE``.
+
+    Raises:
+        MissingInputError: nothing loadable at the path (``HubUnavailableError`` for a hub id
+            neither cached nor reachable).
+        CorruptFileError: a file that does not match the folder's ``manifest.json``.
+        UserError: an unknown ``model_type``, or one other than ``model_types``.
+    """
+    folder = resolve_model_folder(resolve_checkpoint(path_or_hub_id, revision=revision))
+    if (folder / "manifest.json").is_file():
+        verify_manifest(folder, "checkpoint")
+    raw = read_model_config(folder)
+    model_type = str(raw.get("model_type", "brainlm"))
+    known = model_types or tuple(sorted(t for t in _FORMATS if t in _CLASSES))
+    if model_type not in known or model_type not in _FORMATS or model_type not in _CLASSES:
+        wanted = " or ".join(repr(t) for t in known)
+        raise UserError(f"{folder}: model_type {model_type!r} is not {wanted}")
+    return _FORMATS[model_type].load(_CLASSES[model_type], folder, raw, map_location=map_location, **kwargs)
+
+
 # --------------------------------------------------------------------------- the model card
 
 
 def _read_benchmark(benchmark: dict | str | os.PathLike | None) -> dict | None:
-    from brainlm.io import read_json
-
     if benchmark is None or isinstance(benchmark, dict):
         return benchmark
     path = Path(benchmark)
@@ -176,25 +302,34 @@ def model_card(model_class: str, config: dict[str, Any], *, benchmark: dict | st
 class HubMixin:
     """``from_pretrained``, ``save_pretrained`` and ``push_to_hub`` for a model kind.
 
-    A subclass implements ``_load_folder(folder, **kwargs)`` (classmethod, returns a model in
-    eval mode), ``_save_folder(folder)`` and ``_card_config()`` (the config dict for the card).
+    A subclass names the ``model_type`` values it reads in ``model_types`` (the first is the
+    one it writes) and implements ``_card_config()`` (the config dict for the card).
     """
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for model_type in cls.__dict__.get("model_types", ()):
+            _CLASSES[model_type] = cls
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, *, revision: str | None = None, **kwargs):
-        """Load a local checkpoint folder or a hub id (``owner/name[/subfolder]``), in eval mode.
+        """Load a checkpoint folder, a training run or a hub id (``owner/name[/subfolder]``), in eval mode.
+
+        :func:`open_model`, restricted to this class's ``model_types``.
 
         Args:
             path_or_hub_id: an existing local path always wins; a hub id is taken from the local
                 hub cache or fetched (see the module docstring).
             revision: hub revision (ignored for local folders).
-            **kwargs: passed to the kind's folder loader (``map_location`` for BrainLM;
-                ``device``, ``dtype``, ``coords_path`` for ViT-MAE).
+            **kwargs: passed to the format's loader (``map_location``; ``dtype``, ``coords_path``
+                for ViT-MAE).
 
         Raises:
             HubUnavailableError: a hub id that is neither cached nor reachable.
         """
-        return cls._load_folder(resolve_checkpoint(path_or_hub_id, revision=revision), **kwargs)
+        return open_model(path_or_hub_id, revision=revision, model_types=cls.model_types, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, benchmark: dict | str | os.PathLike | None = None,
                         hub_id: str | None = None) -> Path:
@@ -208,11 +343,10 @@ class HubMixin:
         Returns:
             The folder.
         """
-        from brainlm.io import atomic_write_text
-
         folder = Path(save_directory)
         card = model_card(type(self).__name__, self._card_config(), benchmark=benchmark, hub_id=hub_id)
-        self._save_folder(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        _FORMATS[self.model_types[0]].save(self, folder)
         atomic_write_text(folder / "README.md", card)
         return folder
 

@@ -45,6 +45,8 @@ from brainlm.errors import (
 
 __all__ = [
     "sha256_file",
+    "write_manifest",
+    "verify_manifest",
     "atomic_write",
     "atomic_write_text",
     "atomic_write_json",
@@ -89,6 +91,42 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_manifest(folder: str | os.PathLike) -> Path:
+    """``manifest.json``: the size and SHA-256 of every other file of ``folder``; written last, all fsynced."""
+    folder = Path(folder)
+    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "manifest.json")
+    manifest = {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)} for name in files}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    for name in [*files, "manifest.json"]:
+        fsync_file(folder / name)
+    return folder / "manifest.json"
+
+
+def verify_manifest(folder: str | os.PathLike, what: str = "checkpoint") -> None:
+    """Check every file listed in ``folder/manifest.json`` (size and SHA-256).
+
+    Raises:
+        CorruptFileError: the manifest is missing or unreadable, or a file is missing,
+            truncated or altered (the message names it).
+    """
+    folder = Path(folder)
+    if not (folder / "manifest.json").is_file():
+        raise CorruptFileError(f"{what} {folder} is incomplete: no manifest.json")
+    manifest = read_json(folder / "manifest.json", f"the {what}'s manifest")
+    if not isinstance(manifest, dict):
+        raise CorruptFileError(f"{folder / 'manifest.json'}: not a manifest (a JSON object)")
+    for name, meta in manifest.items():
+        path = folder / name
+        if Path(name).name != name or not path.is_file():
+            raise CorruptFileError(f"{what} {folder} is corrupt: {name} is missing")
+        size = path.stat().st_size
+        if not isinstance(meta, dict) or size != meta.get("bytes"):
+            raise CorruptFileError(f"{what} {folder} is corrupt: {name} has {size} bytes, expected "
+                                   f"{meta.get('bytes') if isinstance(meta, dict) else '?'} (truncated?)")
+        if sha256_file(path) != meta.get("sha256"):
+            raise CorruptFileError(f"{what} {folder} is corrupt: {name} does not match its SHA-256 in manifest.json")
 
 
 def temporary_path(path: str | os.PathLike) -> Path:

@@ -660,8 +660,11 @@ class BrainLMForPretraining(nn.Module, HubMixin):
     ``num_regions``, ``window_length``, ``num_tokens(T)``, ``embed``, ``reconstruct``,
     ``forecast`` and ``cls_attention``; and, from :class:`brainlm.hub.HubMixin`,
     ``from_pretrained(path_or_hub_id, map_location=...)``, ``save_pretrained(folder)`` and
-    ``push_to_hub(repo_id)``.
+    ``push_to_hub(repo_id)`` (the checkpoint formats are :mod:`brainlm.checkpoint`'s).
     """
+
+    config_class = BrainLMConfig
+    model_types = ("brainlm", "brainlm_mae")  # ours (written), the original code's (read)
 
     def __init__(self, config: BrainLMConfig):
         super().__init__()
@@ -709,19 +712,11 @@ class BrainLMForPretraining(nn.Module, HubMixin):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    # -- checkpoint folders, for HubMixin ---------------------------------------------------------
-    # The formats live in brainlm.checkpoint, which imports this module: hence the late imports.
+    def fsdp_units(self) -> list[nn.Module]:
+        """The modules sharded one by one under FSDP (the transformer blocks), for ``wrap_model``."""
+        return [*self.encoder.blocks.layers, *self.decoder.blocks.layers]
 
-    @classmethod
-    def _load_folder(cls, folder, map_location: str | torch.device = "cpu") -> "BrainLMForPretraining":
-        from brainlm.checkpoint import load_folder
-
-        return load_folder(folder, map_location)
-
-    def _save_folder(self, folder) -> None:
-        from brainlm.checkpoint import save_pretrained
-
-        save_pretrained(self, folder)
+    # -- the model card, for HubMixin (the formats live in brainlm.checkpoint) ----------------
 
     def _card_config(self) -> dict[str, Any]:
         return self.config.to_dict()

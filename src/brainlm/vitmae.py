@@ -139,7 +139,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainlm.errors import CorruptFileError, MissingInputError, UserError
-from brainlm.hub import HubMixin, resolve_checkpoint
+from brainlm.hub import HubMixin, open_model, register_format
 from brainlm.model import EmbeddingOutput, ReconstructionOutput
 
 __all__ = [
@@ -151,7 +151,6 @@ __all__ = [
     "is_vitmae_checkpoint",
     "load_vitmae",
     "read_region_order",
-    "resolve_checkpoint",
     "vitmae_111m_config",
     "vitmae_650m_config",
 ]
@@ -316,6 +315,8 @@ class BrainLMViTMAE(nn.Module, HubMixin):
         scale: windows are divided by this before they become an image.
         window_length: timepoints ``T`` per window.
     """
+
+    model_types = ("vit_mae",)
 
     def __init__(
         self,
@@ -830,14 +831,11 @@ class BrainLMViTMAE(nn.Module, HubMixin):
     def cls_attention(self, signal_vectors: torch.Tensor, xyz_vectors: torch.Tensor | None = None, layer: int = -1):
         raise UserError("CLS attention maps per region are only available for BrainLM models, not ViT-MAE")
 
-    # ----- checkpoint folders, for HubMixin
+    def fsdp_units(self) -> list[nn.Module]:
+        """The modules sharded one by one under FSDP (the encoder and decoder layers)."""
+        return [*self.mae.vit.encoder.layer, *self.mae.decoder.decoder_layers]
 
-    @classmethod
-    def _load_folder(cls, folder: Path, **kwargs) -> "BrainLMViTMAE":
-        return _load_folder(folder, **kwargs)
-
-    def _save_folder(self, folder: Path) -> None:
-        self.mae.save_pretrained(folder, safe_serialization=True)
+    # ----- the model card, for HubMixin
 
     def _card_config(self) -> dict:
         return self.config.to_dict()
@@ -872,7 +870,7 @@ def load_vitmae(
     coords_path: str | os.PathLike | None = None,
     revision: str | None = None,
 ) -> BrainLMViTMAE:
-    """Load a released BrainLM ViT-MAE checkpoint: ``BrainLMViTMAE.from_pretrained``.
+    """Load a released BrainLM ViT-MAE checkpoint: :func:`brainlm.hub.open_model` for ``vit_mae`` folders.
 
     Args:
         path_or_hub_id: a local folder (``config.json`` with ``model_type: vit_mae`` and
@@ -887,29 +885,17 @@ def load_vitmae(
     Returns:
         ``BrainLMViTMAE`` in eval mode.
     """
-    return BrainLMViTMAE.from_pretrained(path_or_hub_id, revision=revision, dtype=dtype, device=device,
-                                         coords_path=coords_path)
+    return open_model(path_or_hub_id, map_location=device, dtype=dtype, coords_path=coords_path, revision=revision,
+                      model_types=BrainLMViTMAE.model_types)
 
 
-def _load_folder(
-    folder: Path,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
-    coords_path: str | os.PathLike | None = None,
-) -> BrainLMViTMAE:
-    """A local ViT-MAE checkpoint folder (see :func:`load_vitmae`) as a model in eval mode."""
+def _load_folder(cls, folder: Path, raw: dict, *, map_location: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, coords_path: str | os.PathLike | None = None) -> BrainLMViTMAE:
+    """A local ViT-MAE checkpoint folder as ``cls``, in eval mode (the loader registered for ``vit_mae``)."""
     from transformers import ViTMAEForPreTraining
 
     source = str(folder)
-    if not is_vitmae_checkpoint(folder):
-        config = _read_config_json(folder) if folder.is_dir() else None
-        if config is None:
-            raise UserError(f"{source}: not a checkpoint folder (no readable {_CONFIG_FILE})")
-        if config.get("model_type") != "vit_mae":
-            raise UserError(
-                f"{source}: config model_type is {config.get('model_type')!r}, not 'vit_mae'"
-            )
+    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
         raise UserError(f"{source}: no weights ({' or '.join(_WEIGHT_FILES[::2])})")
     region_order = read_region_order(coords_path)
 
@@ -935,5 +921,12 @@ def _load_folder(
             f"{source}: weights do not fit the config (missing {missing[:5]}, "
             f"mismatched {mismatched[:5]})"
         )
-    model = BrainLMViTMAE(mae, region_order)
-    return model.to(device=device, dtype=dtype).eval()
+    model = cls(mae, region_order)
+    return model.to(device=map_location, dtype=dtype).eval()
+
+
+def _save_folder(model: BrainLMViTMAE, folder: Path) -> None:
+    model.mae.save_pretrained(folder, safe_serialization=True)
+
+
+register_format("vit_mae", _load_folder, save=_save_folder)

@@ -23,7 +23,6 @@ used as given: they must already be normalised the way the model's training data
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainlm.checkpoint import load_pretrained, read_config
 from brainlm.errors import MissingInputError, UserError
-from brainlm.hub import resolve_checkpoint
+from brainlm.hub import open_model, resolve_model_folder
 
 __all__ = [
     "load_model",
@@ -46,9 +44,6 @@ __all__ = [
     "training_recordings",
 ]
 
-_STEP = re.compile(r"^step_(\d+)$")
-
-
 def _as_tensor(a) -> torch.Tensor:
     """A float32 tensor from a tensor or array; arrays are copied (store views are read-only)."""
     if torch.is_tensor(a):
@@ -56,50 +51,14 @@ def _as_tensor(a) -> torch.Tensor:
     return torch.from_numpy(np.array(a, dtype=np.float32))
 
 
-def resolve_model_folder(path: str | os.PathLike) -> Path:
-    """The checkpoint folder inside ``path``: itself, ``RUN/best`` or the newest ``RUN/checkpoints/step_*``.
-
-    Raises:
-        FileNotFoundError: nothing loadable in ``path``.
-    """
-    folder = Path(path).expanduser()
-    if (folder / "config.json").is_file():
-        return folder
-    if (folder / "best" / "config.json").is_file():
-        return folder / "best"
-    steps = folder / "checkpoints"
-    if steps.is_dir():
-        found = sorted(
-            (int(m.group(1)), p) for p in steps.iterdir() if p.is_dir() and (m := _STEP.match(p.name))
-        )
-        if found:
-            return found[-1][1]
-    raise MissingInputError(
-        f"{folder}: not a checkpoint folder (no config.json) nor a training run (no best/ or checkpoints/step_*)"
-    )
-
-
 def load_model(path_or_id: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load any supported model folder or hub id, in eval mode (see the module docstring).
+    """Load any supported model folder, run or hub id, in eval mode: :func:`brainlm.hub.open_model`.
 
     Returns:
         ``BrainLMForPretraining`` (ours, original, fine-tuned encoder, run folder) or
         ``BrainLMViTMAE`` (released ViT-MAE).
-
-    Raises:
-        FileNotFoundError: a local path that does not exist or holds no checkpoint, or a hub id
-            that is neither in the local hub cache nor reachable (``HubUnavailableError``).
-        ValueError: a folder whose config is not a known model type.
     """
-    folder = resolve_model_folder(resolve_checkpoint(path_or_id))
-    raw, model_type = read_config(folder)
-    if model_type == "vit_mae":
-        from brainlm.vitmae import load_vitmae
-
-        return load_vitmae(folder, device=map_location)
-    if model_type not in ("brainlm", "brainlm_mae"):
-        raise UserError(f"{folder}: model_type {model_type!r} is not a BrainLM or ViT-MAE checkpoint")
-    return load_pretrained(folder, map_location=map_location)
+    return open_model(path_or_id, map_location=map_location)
 
 
 def check_regions(model: nn.Module, num_regions: int, what: str = "the data") -> None:

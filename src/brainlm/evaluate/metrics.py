@@ -11,7 +11,7 @@ values of all windows and regions:
 - Pearson r between the pooled predictions and targets.
 
 :class:`MaskedMetrics` keeps float64 running sums, so results do not depend on batching and
-can be all-reduced across processes; per-window sums let :mod:`brainlm.evaluate.benchmark`
+can be all-reduced across processes; per-window sums let :mod:`brainlm.pipelines.benchmark`
 bootstrap over subjects.
 """
 

@@ -11,11 +11,7 @@ Evaluation against the baselines lives in :mod:`brainlm.evaluate`; devices, prec
 process groups in :mod:`brainlm.distributed`.
 """
 
-from brainlm.train.checkpointing import (
-    latest_checkpoint,
-    load_checkpoint,
-    verify_checkpoint,
-)
+from brainlm.train.checkpointing import load_checkpoint
 from brainlm.train.config import (
     TRAIN_PRESETS,
     TrainConfig,
@@ -44,5 +40,5 @@ __all__ = [
     "TrainConfig", "TRAIN_PRESETS", "train_preset", "forecast_finetune", "apply_overrides", "parse_overrides", "resolve_config",
     "pretrain", "run_pretrain", "Trainer", "RunResult", "NonFiniteLossError", "build_datasets", "fit_baselines",
     "read_metrics", "structured_noise", "connectivity_embedding", "init_region_embedding", "param_groups", "build_optimizer", "lr_at", "scaled_lr",
-    "latest_checkpoint", "load_checkpoint", "verify_checkpoint",
+    "load_checkpoint",
 ]

@@ -26,7 +26,6 @@ import json
 import os
 import pickle
 import random
-import re
 import shutil
 import time
 from pathlib import Path
@@ -44,15 +43,14 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from brainlm.checkpoint import load_state_dict_file, save_config
+from brainlm.distributed import unwrap_model
 from brainlm.errors import CorruptFileError
-from brainlm.io import fsync_file, read_json, sha256_file
+from brainlm.hub import find_checkpoints
+from brainlm.io import fsync_file, verify_manifest, write_manifest
 
-__all__ = [
-    "save_checkpoint", "load_checkpoint", "restore_checkpoint", "find_checkpoints", "latest_checkpoint",
-    "verify_checkpoint", "save_best", "capture_rng", "restore_rng", "clean_partial",
-]
+__all__ = ["save_checkpoint", "load_checkpoint", "restore_checkpoint", "save_best", "capture_rng", "restore_rng",
+           "clean_partial"]
 
-_STEP_DIR = re.compile(r"^step_(\d{8})$")
 # Testing hook: "STEP" or "STEP:SECONDS". The writer of that step's checkpoint sleeps halfway
 # through (after the weights, before the optimiser state), so a kill can land mid-write.
 _PAUSE_ENV = "BRAINLM_CHECKPOINT_PAUSE"
@@ -90,20 +88,6 @@ def _full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dic
     return get_state_dict(model, optimizer, options=options)
 
 
-def find_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoint folders of a run, oldest first (temporary folders are not listed)."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    found = find_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
 def clean_partial(run_dir: str | Path) -> None:
     """Remove folders left by writes or deletions that were killed halfway (rank 0 only)."""
     for root in (Path(run_dir) / "checkpoints", Path(run_dir)):
@@ -114,35 +98,6 @@ def clean_partial(run_dir: str | Path) -> None:
                         p.rename(Path(run_dir) / "best")  # killed between the two renames of save_best
                     else:
                         shutil.rmtree(p, ignore_errors=True)
-
-
-def _write_manifest(folder: Path) -> None:
-    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "manifest.json")
-    manifest = {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)} for name in files}
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    for name in [*files, "manifest.json"]:
-        fsync_file(folder / name)
-
-
-def verify_checkpoint(folder: str | Path) -> None:
-    """Check every file against the manifest.
-
-    Raises:
-        ValueError: a file is missing, truncated or altered, or the manifest is missing.
-    """
-    folder = Path(folder)
-    if not (folder / "manifest.json").is_file():
-        raise CorruptFileError(f"checkpoint {folder} is incomplete: no manifest.json")
-    manifest = read_json(folder / "manifest.json")
-    for name, meta in manifest.items():
-        path = folder / name
-        if not path.is_file():
-            raise CorruptFileError(f"checkpoint {folder} is corrupt: {name} is missing")
-        size = path.stat().st_size
-        if size != meta["bytes"]:
-            raise CorruptFileError(f"checkpoint {folder} is corrupt: {name} has {size} bytes, expected {meta['bytes']} (truncated?)")
-        if sha256_file(path) != meta["sha256"]:
-            raise CorruptFileError(f"checkpoint {folder} is corrupt: {name} does not match its SHA-256 in manifest.json")
 
 
 def _pause_if_asked(step: int) -> None:
@@ -168,8 +123,6 @@ def save_checkpoint(
     Returns:
         The checkpoint folder.
     """
-    from brainlm.distributed import unwrap_model
-
     model = unwrap_model(model)
     model_sd, optim_sd = _full_state(model, optimizer)
     rng = capture_rng()
@@ -196,7 +149,7 @@ def save_checkpoint(
         torch.save(all_rng, tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True) + "\n")
         (tmp / "train_config.json").write_text(train_config_json)
-        _write_manifest(tmp)
+        write_manifest(tmp)
         if final.exists():  # re-saving the same step (e.g. the final save right after a periodic one)
             trash = root / f".trash-{final.name}-{os.getpid()}"
             final.rename(trash)
@@ -214,8 +167,6 @@ def save_checkpoint(
 
 def save_best(run_dir: str | Path, model: nn.Module, metrics: dict[str, Any]) -> Path:
     """Replace ``RUN/best/`` with the current model and its validation metrics (collective)."""
-    from brainlm.distributed import unwrap_model
-
     options = StateDictOptions(full_state_dict=True, cpu_offload=_is_dist())
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
@@ -232,7 +183,7 @@ def save_best(run_dir: str | Path, model: nn.Module, metrics: dict[str, Any]) ->
                   metadata={"format": "pt", "brainlm": "1"})
         save_config(unwrap_model(model).config, tmp / "config.json")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        _write_manifest(tmp)
+        write_manifest(tmp)
         trash = run_dir / f".trash-best-{os.getpid()}"
         if best.exists():
             best.rename(trash)
@@ -251,7 +202,7 @@ def load_checkpoint(folder: str | Path) -> dict[str, Any]:
         ``trainer_state``, ``train_config`` (dict), ``model_config`` (dict), ``path``.
     """
     folder = Path(folder)
-    verify_checkpoint(folder)
+    verify_manifest(folder, "checkpoint")
     return {
         "model": load_state_dict_file(folder / "model.safetensors"),
         "optimizer": _load_state(folder / "optimizer.pt"),

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from brainlm.checkpoint import load_pretrained, read_config
+from brainlm.hub import find_checkpoints, newest_checkpoint, read_model_config
 from brainlm.data.loader import collate_windows
 from brainlm.data.sampler import IndexedDataset, WindowSampler
 from brainlm.distributed import (
@@ -42,7 +42,6 @@ from brainlm.distributed import (
     autocast_context,
     barrier,
     broadcast_object,
-    check_memory,
     init_distributed,
     no_sync,
     resolve_device,
@@ -53,6 +52,7 @@ from brainlm.distributed import (
 from brainlm.errors import InputError, MissingInputError, OutputLockedError, UserError
 from brainlm.evaluate.baselines import ReconstructionBaselines
 from brainlm.evaluate.reconstruction import evaluate_reconstruction
+from brainlm.memory import check_memory
 from brainlm.io import OutputLock, atomic_write_json, atomic_write_text, json_line, read_json, write_csv
 from brainlm.model import BrainLMForPretraining, masking_noise
 from brainlm.progress import progress
@@ -366,7 +366,7 @@ class Trainer:
 
     def _check_init_from(self) -> None:
         if self.config.init_from:
-            raw, _ = read_config(self.config.init_from)
+            raw = read_model_config(self.config.init_from)
             if raw.get("num_brain_voxels") != self.num_regions:
                 raise UserError(f"the data have {self.num_regions} regions but the checkpoint {self.config.init_from} "
                                 f"was trained on {raw.get('num_brain_voxels')}; use a store of the same atlas")
@@ -388,13 +388,13 @@ class Trainer:
         """Refuse to overwrite a run; on resume, check compatibility and load the latest checkpoint."""
         saved_cfg_path = self.run_dir / "train_config.json"
         if not self.resume:
-            if saved_cfg_path.exists() or ckpt.find_checkpoints(self.run_dir):
+            if saved_cfg_path.exists() or find_checkpoints(self.run_dir):
                 raise UserError(f"{self.run_dir} already holds a run; continue it with --resume {self.run_dir} "
                                 "or choose another --out")
             return None
         if not saved_cfg_path.exists():
             raise MissingInputError(f"{self.run_dir} is not a run folder: no train_config.json")
-        latest = ckpt.latest_checkpoint(self.run_dir)
+        latest = newest_checkpoint(self.run_dir)
         new = self.model_config.to_dict()
         saved = (json.loads((latest / "config.json").read_text()) if latest is not None else
                  TrainConfig.load(saved_cfg_path).model_config(self.num_regions).to_dict())
@@ -425,7 +425,7 @@ class Trainer:
 
     def _load_init(self, model: BrainLMForPretraining) -> None:
         try:
-            model.load_state_dict(load_pretrained(self.config.init_from).state_dict())
+            model.load_state_dict(BrainLMForPretraining.from_pretrained(self.config.init_from).state_dict())
         except RuntimeError as err:
             raise UserError(f"the weights in {self.config.init_from} do not fit the configured model "
                             f"(set --model.* to the same size): {str(err).splitlines()[0]}") from err
@@ -631,7 +631,7 @@ class Trainer:
                                         if r.get("split") == "validation"), {})
         best = self.run_dir / "best"
         return RunResult(run_dir=self.run_dir, step=self.step, checkpoint=self.last_ckpt or
-                         ckpt.latest_checkpoint(self.run_dir), best=best if best.exists() else None, metrics=metrics,
+                         newest_checkpoint(self.run_dir), best=best if best.exists() else None, metrics=metrics,
                          metrics_file=self.run_dir / "metrics.jsonl", plots=paths, train_losses=losses,
                          validation_windows=self.val_windows)
 

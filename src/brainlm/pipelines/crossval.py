@@ -56,7 +56,7 @@ from .benchmark import (
     reconstruction_windows,
     write_report,
 )
-from .protocol import subject_folds
+from brainlm.evaluate.protocol import subject_folds
 
 __all__ = ["fold_assignments", "run_crossval", "CV_TASKS"]
 

@@ -37,16 +37,16 @@ from brainlm.errors import UserError
 from brainlm.figures import pyplot, save_figure
 from brainlm.io import atomic_write_json, atomic_write_text, output_folder
 
-from .baselines import (
+from brainlm.evaluate.baselines import (
     BASELINE_LABELS,
     CONNECTIVITY_FEATURES,
     ForecastBaselines,
     ReconstructionBaselines,
 )
-from .metrics import prediction_metric
-from .protocol import Comparison, SubjectBootstrap
+from brainlm.evaluate.metrics import prediction_metric
+from brainlm.evaluate.protocol import Comparison, SubjectBootstrap
 from brainlm.markdown import markdown_table
-from .verdict import Verdict
+from brainlm.evaluate.verdict import Verdict
 
 __all__ = ["BenchmarkConfig", "TaskResult", "run_benchmark", "benchmark", "reconstruction_windows", "forecasting_windows",
            "ladder_from_windows", "verdict_of", "task_verdict"]
@@ -133,7 +133,7 @@ def reconstruction_windows(model, store, cfg: BenchmarkConfig, device, dtype) ->
     the hidden values, for the model and the reconstruction ladder fitted on the train split."""
     from brainlm.data import WindowDataset
 
-    from .reconstruction import evaluate_reconstruction
+    from brainlm.evaluate.reconstruction import evaluate_reconstruction
 
     baselines = ReconstructionBaselines().fit(x for _, x in store.iter_recordings("train"))
     ds = WindowDataset(store, cfg.split, window=model.window_length, mode="sliding")
@@ -166,7 +166,7 @@ def forecasting_windows(model, store, cfg: BenchmarkConfig) -> pd.DataFrame:
 def ladder_from_windows(task: str, windows: pd.DataFrame, cfg: BenchmarkConfig, notes: list[str]) -> TaskResult:
     """R^2 pooled over windows for every method of a ``*_windows`` frame, 95% intervals from
     resampling its subjects, and the model against the strongest baseline."""
-    from .reconstruction import r2_statistic
+    from brainlm.evaluate.reconstruction import r2_statistic
 
     methods = [c[: -len("_sse")] for c in windows.columns if c.endswith("_sse")]
     boot = SubjectBootstrap(windows["subject_id"].to_numpy(), cfg.bootstrap, cfg.seed)
@@ -223,7 +223,7 @@ def _probes(model, store, cfg: BenchmarkConfig) -> list[TaskResult]:
                   n_splits=cfg.folds, n_boot=0, seed=cfg.seed, progress=False, precision=cfg.precision)
     results = [_probe_task("probes", probe(model, store, cfg.target, **kwargs), cfg)]
     if cfg.brainmarks:
-        from brainlm.data.brainmarks import quantile_bins
+        from brainlm.evaluate.brainmarks import quantile_bins
         from brainlm.evaluate.protocol import infer_task
 
         y = load_targets(targets_file if targets_file else store, cfg.target, cfg.subject_column).dropna()

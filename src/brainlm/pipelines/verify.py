@@ -16,9 +16,10 @@ def verify_path(path: str | Path) -> str:
         CorruptFileError: the first file that does not match (named in the message).
         MissingInputError: ``path`` is none of a store, a run folder or a checkpoint folder.
     """
-    from brainlm.train.checkpointing import find_checkpoints, verify_checkpoint
+    from brainlm.hub import find_checkpoints
+    from brainlm.io import verify_manifest
 
-    from .store import open_store
+    from brainlm.data import open_store
 
     path = Path(path)
     if (path / "manifest.json").is_file() and (path / "shards").is_dir():
@@ -30,5 +31,5 @@ def verify_path(path: str | Path) -> str:
     if not folders:
         raise MissingInputError(f"{path}: not a store, a training run or a checkpoint folder (no manifest.json)")
     for folder in folders:
-        verify_checkpoint(folder)
+        verify_manifest(folder, "checkpoint")
     return f"{path}: {len(folders)} checkpoint folder(s) OK"

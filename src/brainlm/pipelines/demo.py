@@ -46,7 +46,7 @@ def run_demo(out_dir: str = "runs/demo", overrides: dict[str, Any] | None = None
         pretrain,
         train_preset,
     )
-    from brainlm.train.checkpointing import find_checkpoints
+    from brainlm.hub import find_checkpoints
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -106,7 +106,7 @@ def _forecast_table(model, store, config, pretrained=None) -> None:
     """Forecasting on the same held-out subjects: the last patch of every window from the rest,
     the model (fine-tuned to forecast) beside persistence, AR(p) and ridge VAR fitted on the
     train subjects, and the pretrained model it started from."""
-    from brainlm.evaluate.benchmark import BenchmarkConfig, forecasting_windows, ladder_from_windows, verdict_of
+    from brainlm.pipelines.benchmark import BenchmarkConfig, forecasting_windows, ladder_from_windows, verdict_of
 
     cfg = BenchmarkConfig(seed=config.seed, precision=config.precision, bootstrap=1000)
     result = ladder_from_windows("forecasting", forecasting_windows(model, store, cfg), cfg, [])
