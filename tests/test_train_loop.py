@@ -212,11 +212,10 @@ def test_connectivity_embedding_reproduces_the_region_covariance():
 
 
 def test_forecast_scheme_trains_on_exactly_what_model_forecast_predicts(tmp_path):
-    from brainlm.train.trainer import Trainer
+    from brainlm.train.masking import training_noise
 
-    trainer = Trainer(tiny_config(tmp_path / "run", train_mask_scheme="forecast"))
     R, P, W = 6, 4, 10
-    noise, ratio = trainer._training_noise([(0, j) for j in range(3)], R, P)
+    noise, ratio = training_noise("forecast", [(0, j) for j in range(3)], R, P)
     model = load_pretrained(_run(tmp_path / "base", max_steps=2, eval_every=2, save_every=2).checkpoint)
     x = torch.randn(3, R, P * W, generator=torch.Generator().manual_seed(0))
     xyz = torch.randn(3, R, 3, generator=torch.Generator().manual_seed(1)) * 40

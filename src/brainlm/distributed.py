@@ -26,7 +26,7 @@ __all__ = [
     "DistInfo", "init_distributed", "destroy_distributed", "wrap_model", "unwrap_model", "no_sync",
     "resolve_device", "resolve_precision", "autocast_context", "cpu_supports_bf16", "PRECISIONS",
     "all_reduce_sum", "barrier", "broadcast_object", "rank_share", "gather_in_order", "is_main_process",
-    "share_errors", "DeviceOptions",
+    "share_errors", "DeviceOptions", "all_gather",
 ]
 
 
@@ -227,12 +227,20 @@ def gather_in_order(local: list[tuple[int, object]]) -> list | None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        parts: list = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, local)
+        parts = all_gather(local)
         if dist.get_rank() != 0:
             return None
         local = [pair for part in parts for pair in part]
     return [value for _, value in sorted(local, key=lambda pair: pair[0])]
+
+
+def all_gather(obj) -> list:
+    """``obj`` of every process, in rank order (``[obj]`` on a single process)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def is_main_process() -> bool:
@@ -255,9 +263,7 @@ def share_errors(fn):
     except UserError as err:
         error = err
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        messages: list = [None] * dist.get_world_size()
-        dist.all_gather_object(messages, None if error is None else error.one_line())
-        first = next((m for m in messages if m), None)
+        first = next((m for m in all_gather(None if error is None else error.one_line()) if m), None)
         if error is None and first is not None:
             error = UserError(first)
     if error is not None:

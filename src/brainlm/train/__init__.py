@@ -23,18 +23,11 @@ from brainlm.train.config import (
 )
 from brainlm.train.optim import build_optimizer, lr_at, param_groups, scaled_lr
 from brainlm.train.run import run_pretrain
-from brainlm.train.trainer import (
-    NonFiniteLossError,
-    RunResult,
-    Trainer,
-    build_datasets,
-    connectivity_embedding,
-    fit_baselines,
-    init_region_embedding,
-    pretrain,
-    read_metrics,
-    structured_noise,
-)
+from brainlm.train.data import build_datasets, fit_baselines
+from brainlm.train.loggers import read_metrics
+from brainlm.train.masking import structured_noise
+from brainlm.train.region_init import connectivity_embedding, init_region_embedding
+from brainlm.train.trainer import NonFiniteLossError, RunResult, Trainer, pretrain
 
 __all__ = [
     "TrainConfig", "TRAIN_PRESETS", "train_preset", "forecast_finetune", "apply_overrides", "parse_overrides", "resolve_config",

@@ -28,6 +28,7 @@ import pickle
 import random
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,15 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from brainlm.checkpoint import load_state_dict_file, save_config
-from brainlm.distributed import unwrap_model
-from brainlm.errors import CorruptFileError
-from brainlm.hub import find_checkpoints
-from brainlm.io import fsync_file, verify_manifest, write_manifest
+from brainlm.distributed import all_gather, unwrap_model
+from brainlm.errors import CorruptFileError, MissingInputError, UserError
+from brainlm.hub import find_checkpoints, newest_checkpoint, read_model_config
+from brainlm.io import fsync_file, read_json, verify_manifest, write_manifest
+
+from .config import TrainConfig
 
 __all__ = ["save_checkpoint", "load_checkpoint", "restore_checkpoint", "save_best", "capture_rng", "restore_rng",
-           "clean_partial"]
+           "clean_partial", "check_run_folder"]
 
 # Testing hook: "STEP" or "STEP:SECONDS". The writer of that step's checkpoint sleeps halfway
 # through (after the weights, before the optimiser state), so a kill can land mid-write.
@@ -125,12 +128,7 @@ def save_checkpoint(
     """
     model = unwrap_model(model)
     model_sd, optim_sd = _full_state(model, optimizer)
-    rng = capture_rng()
-    if _is_dist():
-        all_rng: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(all_rng, rng)
-    else:
-        all_rng = [rng]
+    all_rng = all_gather(capture_rng())
     root = Path(run_dir) / "checkpoints"
     final = root / f"step_{step:08d}"
     if not _is_dist() or dist.get_rank() == 0:
@@ -229,3 +227,54 @@ def restore_checkpoint(ckpt: dict[str, Any], model: nn.Module, optimizer: torch.
     options = StateDictOptions(full_state_dict=True)
     set_state_dict(model, optimizer, model_state_dict=ckpt["model"], optim_state_dict=ckpt["optimizer"], options=options)
     scheduler.load_state_dict(ckpt["scheduler"])
+
+
+def check_run_folder(run_dir: str | Path, resume: bool, model_config, data: dict | None) -> Path | None:
+    """A run folder fit for this run, checked before anything is written.
+
+    Without ``resume`` it must not hold a run. With it, it must hold one whose model config
+    (of its latest checkpoint, else of its ``train_config.json``) equals ``model_config`` and
+    that was trained on the same data (``data.json`` against ``data``, see
+    :func:`brainlm.train.data.data_identity`).
+
+    Returns:
+        The latest checkpoint to continue from, or None (a fresh run, or one with no checkpoint yet).
+    """
+    run_dir = Path(run_dir)
+    saved_cfg_path = run_dir / "train_config.json"
+    if not resume:
+        if saved_cfg_path.exists() or find_checkpoints(run_dir):
+            raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+        return None
+    if not saved_cfg_path.exists():
+        raise MissingInputError(f"{run_dir} is not a run folder: no train_config.json")
+    latest = newest_checkpoint(run_dir)
+    new = model_config.to_dict()
+    saved = (read_model_config(latest) if latest is not None else
+             TrainConfig.load(saved_cfg_path).model_config(model_config.num_brain_voxels).to_dict())
+    if saved.get("num_brain_voxels") != new["num_brain_voxels"]:
+        raise UserError(f"the data have {new['num_brain_voxels']} regions but the checkpoint in {run_dir} was "
+                        f"trained on {saved.get('num_brain_voxels')}; use a store of the same atlas")
+    differences = [f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(saved) | set(new))
+                   if saved.get(k) != new.get(k)]
+    if differences:
+        raise UserError(f"{run_dir} was trained with an incompatible model config:\n  " + "\n  ".join(differences))
+    _check_same_data(run_dir, data)
+    return latest
+
+
+def _check_same_data(run_dir: Path, now: dict | None) -> None:
+    """On resume: the data must be those the run started on (``data.json``)."""
+    path = run_dir / "data.json"
+    if now is None:
+        return
+    if not path.exists():
+        warnings.warn(f"{run_dir} does not record the data it was trained on (a run of an earlier version); "
+                      f"continuing on {now['store']} without being able to check that they are the same")
+        return
+    saved = read_json(path, "the run's data record")
+    if saved.get("fingerprint") != now["fingerprint"] or saved.get("train_subjects") != now["train_subjects"]:
+        what = ("other train subjects" if saved.get("fingerprint") == now["fingerprint"] else
+                f"other data (store fingerprint {now['fingerprint']}, the run's {saved.get('fingerprint')})")
+        raise UserError(f"{path}: {run_dir} was trained on {saved.get('store')}, but {now['store']} now holds "
+                        f"{what}; start a new run with another --out (or delete {run_dir})")
