@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from downstream_synth import synthetic_store
 
+import brainlm.pipelines.heldout
 import brainlm.train
 from brainlm.cli import main
 from brainlm.errors import UserError
@@ -75,7 +76,7 @@ def test_cv_trains_and_fits_ladders_on_training_subjects_only(store, tmp_path, m
             return real(self, arrays)
         return fit
 
-    monkeypatch.setattr(brainlm.train, "pretrain", spy_pretrain)
+    monkeypatch.setattr(brainlm.pipelines.heldout, "pretrain", spy_pretrain)
     for cls in (baseline_module.ReconstructionBaselines, baseline_module.ForecastBaselines):
         monkeypatch.setattr(cls, "fit", spy_fit(cls))
     out = tmp_path / "cv"
@@ -121,7 +122,7 @@ def test_cv_resumes_after_a_killed_fold_with_the_same_result(store, tmp_path, mo
             raise KeyboardInterrupt
         return real_pretrain(config, **kw)
 
-    monkeypatch.setattr(brainlm.train, "pretrain", killed_in_fold_2)
+    monkeypatch.setattr(brainlm.pipelines.heldout, "pretrain", killed_in_fold_2)
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         main(cv_args(store, out))
@@ -135,7 +136,7 @@ def test_cv_resumes_after_a_killed_fold_with_the_same_result(store, tmp_path, mo
     assert (out / "folds/fold_0/reconstruction.parquet").exists()
 
     calls.clear()
-    monkeypatch.setattr(brainlm.train, "pretrain", lambda config, **kw: calls.append(kw["resume"]) or
+    monkeypatch.setattr(brainlm.pipelines.heldout, "pretrain", lambda config, **kw: calls.append(kw["resume"]) or
                         real_pretrain(config, **kw))
     assert main(cv_args(store, out)) == 0
     assert calls == [True, False]  # fold 1 read back, fold 2 continued, fold 3 trained

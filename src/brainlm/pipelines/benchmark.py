@@ -33,7 +33,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from brainlm.data import WindowDataset
 from brainlm.errors import UserError
+from brainlm.evaluate.reconstruction import ReconstructionEval, evaluate_reconstruction, r2_statistic
 from brainlm.figures import pyplot, save_figure
 from brainlm.io import atomic_write_json, atomic_write_text, output_folder
 
@@ -48,8 +50,8 @@ from brainlm.evaluate.protocol import Comparison, SubjectBootstrap
 from brainlm.markdown import markdown_table
 from brainlm.evaluate.verdict import Verdict
 
-__all__ = ["BenchmarkConfig", "TaskResult", "run_benchmark", "benchmark", "reconstruction_windows", "forecasting_windows",
-           "ladder_from_windows", "verdict_of", "task_verdict"]
+__all__ = ["BenchmarkConfig", "TaskResult", "run_benchmark", "benchmark", "score_reconstruction", "reconstruction_windows",
+           "window_sums", "forecasting_windows", "ladder_from_windows", "verdict_of", "task_verdict"]
 
 
 @dataclass(kw_only=True)
@@ -128,17 +130,24 @@ def _ladder_table(task: str, metric: str, stats: dict[str, Callable[[np.ndarray]
 # ---------------------------------------------------------------------------------------------
 
 
-def reconstruction_windows(model, store, cfg: BenchmarkConfig, device, dtype) -> pd.DataFrame:
-    """Per window of ``cfg.split``: ``subject_id`` and ``<method>_sse`` / ``<method>_syy`` over
-    the hidden values, for the model and the reconstruction ladder fitted on the train split."""
-    from brainlm.data import WindowDataset
-
-    from brainlm.evaluate.reconstruction import evaluate_reconstruction
-
+def score_reconstruction(model, store, cfg: BenchmarkConfig, device, dtype) -> ReconstructionEval:
+    """The model's masked reconstruction of the ``cfg.split`` windows beside the reconstruction
+    ladder fitted on the train split: a seeded random mask per window (``cfg.mask_ratio`` of the
+    model's tokens), metrics and per-window sums."""
     baselines = ReconstructionBaselines().fit(x for _, x in store.iter_recordings("train"))
     ds = WindowDataset(store, cfg.split, window=model.window_length, mode="sliding")
-    ev = evaluate_reconstruction(model, ds, baselines=baselines, batch_size=cfg.batch_size, seed=cfg.seed,
-                                 device=device, dtype=dtype, mask_ratio=cfg.mask_ratio, per_window=True)
+    return evaluate_reconstruction(model, ds, baselines=baselines, batch_size=cfg.batch_size, seed=cfg.seed,
+                                   device=device, dtype=dtype, mask_ratio=cfg.mask_ratio, per_window=True)
+
+
+def reconstruction_windows(model, store, cfg: BenchmarkConfig, device, dtype) -> pd.DataFrame:
+    """Per window of ``cfg.split``: ``subject_id`` and ``<method>_sse`` / ``<method>_syy`` over
+    the hidden values, for the model and the reconstruction ladder (:func:`score_reconstruction`)."""
+    return window_sums(score_reconstruction(model, store, cfg, device, dtype))
+
+
+def window_sums(ev: ReconstructionEval) -> pd.DataFrame:
+    """The columns of a reconstruction's per-window frame that the R^2 ladder pools."""
     return ev.windows[["subject_id"] + [f"{m}_{part}" for m in ev.methods for part in ("sse", "syy")]]
 
 
@@ -166,8 +175,6 @@ def forecasting_windows(model, store, cfg: BenchmarkConfig) -> pd.DataFrame:
 def ladder_from_windows(task: str, windows: pd.DataFrame, cfg: BenchmarkConfig, notes: list[str]) -> TaskResult:
     """R^2 pooled over windows for every method of a ``*_windows`` frame, 95% intervals from
     resampling its subjects, and the model against the strongest baseline."""
-    from brainlm.evaluate.reconstruction import r2_statistic
-
     methods = [c[: -len("_sse")] for c in windows.columns if c.endswith("_sse")]
     boot = SubjectBootstrap(windows["subject_id"].to_numpy(), cfg.bootstrap, cfg.seed)
     stats = {m: r2_statistic(windows, m) for m in methods}

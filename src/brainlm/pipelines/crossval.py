@@ -45,18 +45,11 @@ import numpy as np
 import pandas as pd
 
 from brainlm.errors import UserError
+from brainlm.evaluate.protocol import subject_folds
 from brainlm.io import atomic_write, atomic_write_json, output_folder, read_json
 
-from .benchmark import (
-    BenchmarkConfig,
-    TaskResult,
-    task_verdict,
-    forecasting_windows,
-    ladder_from_windows,
-    reconstruction_windows,
-    write_report,
-)
-from brainlm.evaluate.protocol import subject_folds
+from .benchmark import BenchmarkConfig, TaskResult, ladder_from_windows, task_verdict, window_sums, write_report
+from .heldout import pretrain_and_score
 
 __all__ = ["fold_assignments", "run_crossval", "CV_TASKS"]
 
@@ -83,26 +76,10 @@ def _write_parquet(path: Path, frame: pd.DataFrame) -> Path:
     return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
-def _train(config, datasets, what: str, timing: dict) -> Path:
-    """Run (or continue, or find finished) one training run of a fold; its chosen checkpoint."""
-    from brainlm.train import pretrain
-
-    run_dir = Path(config.out_dir)
-    t = time.perf_counter()
-    result = pretrain(config, resume=(run_dir / "train_config.json").exists(), train_dataset=datasets[0],
-                      val_dataset=datasets[1])
-    timing[f"{what}_s"] = timing.get(f"{what}_s", 0.0) + time.perf_counter() - t
-    # forecasting fine-tunes are judged by their last step: validation scores reconstruction
-    return result.checkpoint if what == "forecast_finetune" else (result.best or result.checkpoint)
-
-
 def _fold(k: int, store, split: dict[str, str], train_config, cfg: BenchmarkConfig, folder: Path,
           forecast_finetune: int, forecast_lr: float) -> dict[str, pd.DataFrame]:
     """Pretrain and score one fold (or read it back when it was scored before)."""
-    from brainlm.checkpoint import load_pretrained
-    from brainlm.distributed import resolve_device, resolve_precision
     from brainlm.train import build_datasets
-    from brainlm.train import forecast_finetune as finetune_config
 
     done = {t: folder / f"{t}.parquet" for t in cfg.tasks}
     if all(p.exists() for p in done.values()):
@@ -110,25 +87,20 @@ def _fold(k: int, store, split: dict[str, str], train_config, cfg: BenchmarkConf
     timing_path = folder / "timing.json"
     timing = read_json(timing_path, "fold timing") if timing_path.exists() else {}
     view = store.resplit(split)
-    config = train_config.replace(out_dir=str(folder / "run"), data=str(store.path), plots=False)
+    config = train_config.replace(data=str(store.path), plots=False)
     datasets = build_datasets(config, ("train", "validation"), store=view)
     print(f"fold {k + 1}: test subjects {', '.join(view.splits['test'])}; pretraining on {len(view.splits['train'])} "
           "subjects", flush=True)
-    best = _train(config, datasets, "pretrain", timing)
-    device = resolve_device(cfg.device)
-    dtype = resolve_precision(cfg.precision, device)
-    model = load_pretrained(best).to(device).eval()
-    t, out, tuned_before = time.perf_counter(), {}, timing.get("forecast_finetune_s", 0.0)
-    if "reconstruction" in cfg.tasks:
-        out["reconstruction"] = reconstruction_windows(model, view, cfg, device, dtype)
-    if "forecasting" in cfg.tasks:
-        if forecast_finetune:
-            ft = finetune_config(config, best, folder / "forecast_run", forecast_finetune, forecast_lr)
-            model = load_pretrained(_train(ft, datasets, "forecast_finetune", timing)).to(device).eval()
-        out["forecasting"] = forecasting_windows(model, view, cfg)
-    tuning = timing.get("forecast_finetune_s", 0.0) - tuned_before
-    timing["score_s"] = timing.get("score_s", 0.0) + time.perf_counter() - t - tuning
+    held = pretrain_and_score(config, view, folder, cfg, forecast_steps=forecast_finetune, forecast_lr=forecast_lr,
+                              tasks=cfg.tasks, datasets=datasets)
+    for key, seconds in held.seconds.items():  # over every invocation that worked on the fold
+        timing[key] = timing.get(key, 0.0) + seconds
     atomic_write_json(timing_path, timing)
+    out = {}
+    if held.reconstruction is not None:
+        out["reconstruction"] = window_sums(held.reconstruction)
+    if held.forecasting is not None:
+        out["forecasting"] = held.forecasting
     for task, frame in out.items():  # each file whole or absent; a fold counts as scored once all exist
         _write_parquet(done[task], frame.assign(fold=k))
     return out

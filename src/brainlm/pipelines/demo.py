@@ -6,8 +6,14 @@
    (``OUT/run``; a killed demo resumes where it stopped).
 3. Score the model with the best validation loss on the held-out test subjects, on the same
    masked values as the whole baseline ladder (:mod:`brainlm.evaluate.baselines`), the
-   connectivity-conditional fill included, and say plainly whether the model beats the
-   strongest baseline.
+   connectivity-conditional fill included.
+4. Fine-tune it to forecast the last patch (``OUT/forecast_run``) and score its forecasts on
+   the same subjects beside persistence, AR(p) and ridge VAR.
+5. End with the verdict (:mod:`brainlm.evaluate.verdict`): the model wins, loses, or is level
+   with the strongest baseline within noise.
+
+Steps 2-4 are :func:`~brainlm.pipelines.heldout.pretrain_and_score`, the path every
+cross-validation fold takes too.
 
 Exit status 1 means training failed (the model does not even beat the trivial baselines:
 zero, region mean, interpolation); losing to the connectivity fill is reported, not hidden.
@@ -26,100 +32,79 @@ def run_demo(out_dir: str = "runs/demo", overrides: dict[str, Any] | None = None
     """Run the demo; returns 0 when the model beats the trivial baselines on held-out subjects.
 
     Args:
-        out_dir: folder for the store (``store/``) and the run (``run/``).
+        out_dir: folder for the store (``store/``) and the runs (``run/``, ``forecast_run/``).
         overrides: training settings changed from the ``demo`` preset (``--key=value``).
-        smoke: a few steps only, to check the pipeline (no verdict).
+        smoke: a few steps only, to check the pipeline (no forecasting, no verdict).
     """
-    from brainlm.checkpoint import load_pretrained
     from brainlm.data import build_demo_store
-    from brainlm.distributed import resolve_device, resolve_precision
-    from brainlm.evaluate.reconstruction import (
-        evaluate_reconstruction,
-        format_ladder,
-    )
-    from brainlm.io import atomic_write_json
-    from brainlm.train import (
-        apply_overrides,
-        build_datasets,
-        fit_baselines,
-        forecast_finetune,
-        pretrain,
-        train_preset,
-    )
+    from brainlm.evaluate.reconstruction import format_ladder
     from brainlm.hub import find_checkpoints
+    from brainlm.io import atomic_write_json
+    from brainlm.train import apply_overrides, train_preset
+
+    from .benchmark import BenchmarkConfig
+    from .heldout import pretrain_and_score
 
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    store = build_demo_store(out / "store", seed=0, progress=False)
-    changes: dict[str, Any] = {"data": str(out / "store"), "out_dir": str(out / ("smoke" if smoke else "run"))}
+    out = Path(out_dir) / ("smoke" if smoke else "")
+    store = build_demo_store(Path(out_dir) / "store", seed=0, progress=False)
+    changes: dict[str, Any] = {"data": str(store.path)}
     if smoke:
         changes.update(max_steps=4, eval_every=4, save_every=4, log_every=1, eval_max_batches=1, plots=False)
     config = apply_overrides(train_preset("demo"), {**changes, **(overrides or {})})
-    run_dir = Path(config.out_dir)
-    resume = (run_dir / "train_config.json").exists()
-    if resume and find_checkpoints(run_dir):
+    run_dir = out / "run"
+    if find_checkpoints(run_dir):
         print(f"continuing the demo run in {run_dir} (delete it to start over)")
     print(f"store: {store.path} ({store.num_regions} regions; subjects train {len(store.splits['train'])}, "
           f"validation {len(store.splits['validation'])}, test {len(store.splits['test'])})")
-    result = pretrain(config, resume=resume)
-    t_train = time.perf_counter() - t0
-
-    # The model selected on validation, scored on subjects it never saw, next to the ladder.
-    chosen = result.best or result.checkpoint
-    model = load_pretrained(chosen)
-    device = resolve_device(config.device)
-    train_ds, test_ds = build_datasets(config, splits=("train", "test"))
-    ev = evaluate_reconstruction(model.to(device), test_ds, baselines=fit_baselines(train_ds),
-                                 batch_size=config.eval_batch_size or config.batch_size, seed=config.seed,
-                                 device=device, dtype=resolve_precision(config.precision, device),
-                                 mask_ratio=config.eval_mask_ratio, per_window=True)
-    metrics = ev.metrics
-    atomic_write_json(run_dir / "test_metrics.json", {"model": str(chosen), **metrics})
-    mc = model.config
-    ratio = config.eval_mask_ratio or mc.mask_ratio
+    model_config = config.model_config()
+    score = BenchmarkConfig(seed=config.seed, mask_ratio=config.eval_mask_ratio or model_config.mask_ratio,
+                            precision=config.precision, device=config.device, bootstrap=1000,
+                            batch_size=config.eval_batch_size or config.batch_size)
+    held = pretrain_and_score(config, store, out, score, forecast_steps=0 if smoke else 600,
+                              tasks=("reconstruction",) if smoke else ("reconstruction", "forecasting"))
+    result, ev = held.pretraining, held.reconstruction
+    atomic_write_json(run_dir / "test_metrics.json", {"model": str(held.chosen), **ev.metrics})
     print()
-    print(f"Held-out test subjects {', '.join(store.splits['test'])}: {metrics['num_windows']} windows of "
-          f"{mc.num_timepoints_per_voxel} timepoints x {mc.num_brain_voxels} regions, {ratio:.0%} of "
-          f"{mc.timepoint_patching_size}-timepoint patches masked; R^2 = 1 - SSE / sum(y^2) over the masked values")
-    print(format_ladder(metrics, ev.methods, model_label=f"BrainLM ({model.num_parameters() / 1e6:.2f}M)"))
+    print(f"Held-out test subjects {', '.join(store.splits['test'])}: {ev.metrics['num_windows']} windows of "
+          f"{model_config.num_timepoints_per_voxel} timepoints x {store.num_regions} regions, {score.mask_ratio:.0%} of "
+          f"{model_config.timepoint_patching_size}-timepoint patches masked; R^2 = 1 - SSE / sum(y^2) over the "
+          "masked values")
+    print(format_ladder(ev.metrics, ev.methods, model_label=f"BrainLM ({held.model.num_parameters() / 1e6:.2f}M)"))
     print("(* the strongest baseline; the connectivity fill uses the train subjects' region covariance)")
     print()
     if not smoke:
-        # The paper's forecasting recipe: the chosen model fine-tuned to predict the last patch.
-        ft_config = forecast_finetune(config, chosen, out / "forecast_run")
-        tuned = pretrain(ft_config, resume=(Path(ft_config.out_dir) / "train_config.json").exists())
-        _forecast_table(load_pretrained(tuned.checkpoint).to(device), store, config, pretrained=model)
-    print(f"trained {result.step} steps ({t_train / 60:.1f} min); this invocation took "
+        _forecast_table(held, store, score)
+    print(f"trained {result.step} steps ({held.seconds['pretrain_s'] / 60:.1f} min); this invocation took "
           f"{(time.perf_counter() - t0) / 60:.1f} min in all")
-    print(f"checkpoint: {result.checkpoint}\nbest model: {chosen}")
+    print(f"checkpoint: {result.checkpoint}\nbest model: {held.chosen}")
     print(f"metrics:    {result.metrics_file} (and metrics.csv); test metrics: {run_dir / 'test_metrics.json'}")
     for p in result.plots:
         print(f"plot:       {p}")
     if smoke:
         return 0
     print(f"every subject held out once (6 folds, about 22 min on 2 cores): brainlm benchmark demo {store.path} --cv 6 "
-          f"--forecast-finetune 600 --out {out / 'cv'}")
+          f"--forecast-finetune 600 --out {Path(out_dir) / 'cv'}")
     return _verdict(ev, seed=config.seed)
 
 
-def _forecast_table(model, store, config, pretrained=None) -> None:
+def _forecast_table(held, store, score) -> None:
     """Forecasting on the same held-out subjects: the last patch of every window from the rest,
-    the model (fine-tuned to forecast) beside persistence, AR(p) and ridge VAR fitted on the
-    train subjects, and the pretrained model it started from."""
-    from brainlm.pipelines.benchmark import BenchmarkConfig, forecasting_windows, ladder_from_windows, verdict_of
+    the model fine-tuned to forecast beside persistence, AR(p) and ridge VAR fitted on the train
+    subjects, and the pretrained model it started from."""
+    from .benchmark import forecasting_windows, ladder_from_windows, verdict_of
 
-    cfg = BenchmarkConfig(seed=config.seed, precision=config.precision, bootstrap=1000)
-    result = ladder_from_windows("forecasting", forecasting_windows(model, store, cfg), cfg, [])
+    result = ladder_from_windows("forecasting", held.forecasting, score, [])
+    model = held.forecast_model
     k, window = model.config.timepoint_patching_size, model.window_length
     print(f"Forecasting the last {k} timepoints of every {window}-timepoint window from the {window - k} before "
           "(same held-out subjects; R^2 over the forecast values):")
-    c = result.comparison
+    baseline = result.comparison["baseline"]
     for row in result.table.itertuples():
-        label = "BrainLM, fine-tuned to forecast" if row.method == "model" and pretrained is not None else row.label
-        print(f"{label + (' *' if row.method == c['baseline'] else ''):<34}{row.value:>8.3f}")
-    if pretrained is not None:
-        w = forecasting_windows(pretrained, store, cfg)
-        print(f"{'BrainLM, pretrained only':<34}{1 - w['model_sse'].sum() / w['model_syy'].sum():>8.3f}")
+        label = "BrainLM, fine-tuned to forecast" if row.method == "model" else row.label
+        print(f"{label + (' *' if row.method == baseline else ''):<34}{row.value:>8.3f}")
+    w = forecasting_windows(held.model, store, score)
+    print(f"{'BrainLM, pretrained only':<34}{1 - w['model_sse'].sum() / w['model_syy'].sum():>8.3f}")
     print(f"forecasting: {verdict_of(result).line('on the held-out subjects')}")
     print()
 
