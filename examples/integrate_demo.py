@@ -11,14 +11,8 @@ connectivity. Same as ``brainlm integrate demo``; see docs/integrate.md.
 
 import argparse
 
-from brainlm.integrate.demo import run_real_demo
+from brainlm.integrate.demo import IntegrateDemoOptions, run_real_demo
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--brain", help="BrainLM embedding table of the demo subjects")
-    parser.add_argument("--out", default="runs/integrate_demo")
-    parser.add_argument("--permutations", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    for key, value in run_real_demo(args.brain, args.out, n_permutations=args.permutations, seed=args.seed).items():
-        print(f"{key}: {value}")
+    parser = IntegrateDemoOptions.add_to(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    run_real_demo(IntegrateDemoOptions.from_args(parser.parse_args()))

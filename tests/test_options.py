@@ -73,3 +73,27 @@ def test_python_callers_get_the_same_checks():
 def test_help_shows_the_defaults():
     text = _Opts.add_to(argparse.ArgumentParser()).format_help()
     assert "windows per pass (default: 32)" in text and "comma separated (default: dummy,ridge)" in text
+
+
+def _leaves(commands, prefix=()):
+    for c in commands:
+        if c.children:
+            yield from _leaves(c.children, (*prefix, c.name))
+        else:
+            yield (*prefix, c.name)
+
+
+def test_every_command_has_a_help_built_from_its_options(capsys):
+    """The parser of every command builds, and --help prints every flag with its default."""
+    from brainlm.cli import COMMANDS, main
+
+    for words in _leaves(COMMANDS):
+        with pytest.raises(SystemExit) as exit_:
+            main([*words, "--help"])
+        assert exit_.value.code == 0, words
+        text = capsys.readouterr().out
+        assert text.startswith(f"usage: brainlm {' '.join(words)}"), words
+    for words in (["embed", "m", "s", "--out", "x", "--batch-size", "0"], ["benchmark", "m", "s", "--out", "o", "--mask-ratio", "2"]):
+        assert main(words) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{words[words.index(words[-2])]} must be" in err

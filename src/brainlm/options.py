@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from brainlm.errors import UserError
 
-__all__ = ["option", "Options", "add_dataclass_arguments", "positive", "at_least", "finite", "between", "one_of", "need"]
+__all__ = ["option", "Options", "add_dataclass_arguments", "given_fields", "positive", "at_least", "finite", "between", "one_of", "need"]
 
 _META = "brainlm_option"
 
@@ -83,83 +83,109 @@ def _comma_list(item: Callable[[str], Any]) -> Callable[[str], tuple]:
     return parse
 
 
-def _argument(f: dataclasses.Field, annotation: Any, prefix: str = "", underscore: bool = False,
-              suppress: bool = True) -> tuple[list[str], dict[str, Any]]:
-    """The ``add_argument`` names and keywords of one field."""
-    meta = f.metadata.get(_META, {})
-    kind, optional = _base_type(annotation)
+def _raw_argument(f: dataclasses.Field, kind: Any, names: list[str], dest: str) -> dict[str, Any]:
+    """Keywords of a field kept as the text typed (parsed by the caller); a switch may be given alone."""
+    kw = {"dest": dest, "default": argparse.SUPPRESS, "metavar": "VALUE",
+          "help": f.metadata.get(_META, {}).get("help") or f"({getattr(kind, '__name__', kind)})"}
+    if kind is bool:
+        kw.update(nargs="?", const="true", metavar="true|false")
+    return kw
+
+
+def _default_of(f: dataclasses.Field) -> tuple[bool, Any]:
+    """(whether the field has a default, the default)."""
+    if f.default is not dataclasses.MISSING:
+        return True, f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return True, f.default_factory()
+    return False, None
+
+
+def _value_keywords(meta: dict, kind: Any, default: Any, has_default: bool) -> dict[str, Any]:
+    """``type``, ``nargs``, ``choices`` and the default in the help, from the field's type."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
+    parse, kw = meta.get("parse"), {}
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[str, ...]: a comma list
+        kw["type"] = parse or _comma_list(args[0])
+        shown = ",".join(map(str, default)) or "none" if default is not None else None
+    else:
+        if origin in (tuple, list) and args:
+            kw["nargs"], kw["type"] = meta.get("nargs") or (len(args) if origin is tuple else "+"), parse or args[0]
+        else:
+            kw["type"] = parse or (kind if kind in (int, float, str) else str)
+            if meta.get("nargs"):
+                kw["nargs"] = meta["nargs"]
+        if meta.get("choices"):
+            kw["choices"] = list(meta["choices"])
+        shown = " ".join(map(str, default)) if isinstance(default, (tuple, list)) else default
+    if has_default and shown not in (None, "") and not meta.get("positional"):
+        kw["help"] = f"{meta.get('help', '')} (default: {shown})"
+    return kw
+
+
+def _argument(f: dataclasses.Field, annotation: Any, prefix: str = "", underscore: bool = False,
+              suppress: bool = True, raw: bool = False, dest_prefix: str = "") -> tuple[list[str], dict[str, Any]]:
+    """The ``add_argument`` names and keywords of one field."""
+    meta, kind = f.metadata.get(_META, {}), _base_type(annotation)[0]
+    spelled = f.name if underscore else f.name.replace("_", "-")
+    names = [meta.get("flag") or f"--{prefix}{spelled}", *meta.get("aliases", ())]
+    if underscore and "_" in f.name:
+        names.append(f"--{prefix}{f.name.replace('_', '-')}")
+    if raw:
+        kw = _raw_argument(f, kind, names, f"{dest_prefix}{prefix}{f.name}")
+        return names, {**kw, "help": kw["help"].replace("%", "%%")}
+    has_default, default = _default_of(f)
     kw: dict[str, Any] = {"help": meta.get("help", "")}
-    has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-    default = f.default if f.default is not dataclasses.MISSING else (
-        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
     if meta.get("positional"):
+        if kind is bool:
+            raise TypeError(f"{f.name}: a bool cannot be positional")
         names = [f.name]
         kw["metavar"] = meta.get("metavar") or f.name.upper()
         if has_default:
-            kw["default"] = default
-            kw.setdefault("nargs", "?")
+            kw.update(default=default, nargs="?")
     else:
-        name = f.name if underscore else f.name.replace("_", "-")
-        names = [meta.get("flag") or f"--{prefix}{name}", *meta.get("aliases", ())]
-        if underscore and "_" in f.name:
-            names.append(f"--{prefix}{f.name.replace('_', '-')}")
-        kw["dest"] = f"{prefix}{f.name}"
-        kw["default"] = argparse.SUPPRESS if suppress else default
-        if not has_default:
-            kw["required"] = True
-        if meta.get("metavar"):
-            kw["metavar"] = meta["metavar"]
-    if kind is bool:
-        if meta.get("positional"):
-            raise TypeError(f"{f.name}: a bool cannot be positional")
-        kw["action"] = "store_false" if names[0].startswith(f"--{prefix}no-") or names[0].startswith("--no-") else "store_true"
-        if not names[0].startswith("--no-") and default is True:
-            kw["action"] = argparse.BooleanOptionalAction
-        return names, kw
-    parse = meta.get("parse")
-    if origin in (tuple, list) and args:
-        item = args[0]
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[str, ...]: a comma list
-            kw["type"] = parse or _comma_list(item)
-            if has_default and default is not None and not meta.get("positional"):
-                kw["help"] += f" (default: {','.join(map(str, default)) or 'none'})"
-            return names, kw
-        kw["nargs"] = meta.get("nargs") or (len(args) if origin is tuple else "+")
-        kw["type"] = parse or item
+        kw.update(dest=f"{prefix}{f.name}", default=argparse.SUPPRESS if suppress else default)
+        kw.update({"required": True} if not has_default else {})
+        kw.update({"metavar": meta["metavar"]} if meta.get("metavar") else {})
+    if kind is bool:  # a switch: --x sets True; --no-x (its flag) sets False; True by default: --x / --no-x
+        negative = names[0].startswith("--no-")
+        kw["action"] = "store_false" if negative else (argparse.BooleanOptionalAction if default is True else "store_true")
     else:
-        kw["type"] = parse or (kind if kind in (int, float, str) else str)
-        if meta.get("nargs"):
-            kw["nargs"] = meta["nargs"]
-    if meta.get("choices"):
-        kw["choices"] = list(meta["choices"])
-    if has_default and default is not None and not meta.get("positional") and default != "":
-        kw["help"] += f" (default: {' '.join(map(str, default)) if isinstance(default, (tuple, list)) else default})"
-    return names, kw
+        kw.update(_value_keywords(meta, kind, default, has_default))
+    return names, {**kw, "help": kw["help"].replace("%", "%%")}  # argparse formats help with %
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, prefix: str = "", underscore: bool = False,
-                            suppress: bool = True, title: str | None = None, exclude: typing.Iterable[str] = ()) -> None:
+                            suppress: bool = True, title: str | None = None, exclude: typing.Iterable[str] = (),
+                            raw: bool = False, description: str | None = None, dest_prefix: str = "") -> None:
     """Add one argument per field of the dataclass ``cls`` (see :func:`option`).
 
     Args:
         prefix: put before every flag and destination (``"model."`` gives ``--model.hidden_size``).
         underscore: keep ``_`` in flags (``--max_steps``; the ``--max-steps`` spelling is accepted too).
         suppress: leave flags that were not given out of the namespace (their default applies later).
-        title: add them under this heading in ``--help``.
+        title, description: add them under this heading in ``--help``.
         exclude: fields to leave out.
+        raw: keep every value as the text typed (for settings the caller parses itself, such as
+            training overrides); a ``bool`` may then be given alone or as ``--flag=false``. A
+            spelling that the parser already has is left to the flag that has it.
+        dest_prefix: put before every destination only (keeps the fields apart from the command's own).
     """
     hints = typing.get_type_hints(cls)
-    groups: dict[str | None, Any] = {None: parser.add_argument_group(title) if title else parser}
+    groups: dict[str | None, Any] = {None: parser.add_argument_group(title, description) if title else parser}
+    taken = set(parser._option_string_actions)
     for f in dataclasses.fields(cls):
         meta = f.metadata.get(_META, {})
         if f.name in exclude or not f.init or not meta.get("cli", True):
             continue
+
         group = meta.get("group")
         if group not in groups:
             groups[group] = parser.add_argument_group(group)
-        names, kw = _argument(f, hints[f.name], prefix, underscore, suppress)
-        groups[group].add_argument(*names, **kw)
+        names, kw = _argument(f, hints[f.name], prefix, underscore, suppress, raw, dest_prefix)
+        names = [n for n in names if n not in taken]  # the command's own flag of that spelling wins
+        if names:
+            groups[group].add_argument(*names, **kw)
 
 
 # ------------------------------------------------------------------------------------------- checks
@@ -222,6 +248,19 @@ def one_of(*allowed: Any) -> Callable[[Any], str | None]:
     return check
 
 
+def given_fields(cls: type, args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
+    """The fields of the dataclass ``cls`` given on the command line, ``{name: value}`` (tuples for
+    tuple fields)."""
+    present, hints = vars(args), typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.init and f"{prefix}{f.name}" in present:
+            value = present[f"{prefix}{f.name}"]
+            is_tuple = typing.get_origin(_base_type(hints[f.name])[0]) is tuple
+            out[f.name] = tuple(value) if is_tuple and isinstance(value, list) else value
+    return out
+
+
 class Options:
     """Base of the option dataclasses (see the module docstring)."""
 
@@ -245,14 +284,7 @@ class Options:
     @classmethod
     def given(cls, args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
         """The fields given on the command line, ``{name: value}``."""
-        present, hints = vars(args), typing.get_type_hints(cls)
-        out = {}
-        for f in dataclasses.fields(cls):
-            if f.init and f"{prefix}{f.name}" in present:
-                value = present[f"{prefix}{f.name}"]
-                is_tuple = typing.get_origin(_base_type(hints[f.name])[0]) is tuple
-                out[f.name] = tuple(value) if is_tuple and isinstance(value, list) else value
-        return out
+        return given_fields(cls, args, prefix)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **extra: Any):

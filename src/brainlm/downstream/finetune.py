@@ -22,7 +22,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,8 @@ from torch import nn
 
 from brainlm.checkpoint import save_pretrained
 from brainlm.errors import MissingInputError, OutputExistsError, UserError
-from brainlm.evaluate.protocol import EarlyStopping, infer_task
+from brainlm.evaluate.protocol import TASK_CHOICES, EarlyStopping, infer_task
+from brainlm.options import Options, at_least, between, option, positive
 from brainlm.io import atomic_write, atomic_write_json, normalize_subject_id
 from brainlm.model import BrainLMForPretraining
 from brainlm.progress import progress as progress_bar
@@ -45,33 +46,32 @@ __all__ = ["FinetuneConfig", "BrainLMFinetuner", "FinetuneResult", "finetune", "
 
 
 @dataclass(kw_only=True)
-class FinetuneConfig:
+class FinetuneConfig(Options):
     """Options of :func:`finetune`."""
 
-    task: str = "auto"  # "regression", "classification", or "auto" (see brainlm.downstream.probe)
-    freeze_encoder: bool = True  # train the head only
-    pooling: str = "cls"  # "cls" (the paper) or "mean" of the patch tokens, fed to the head
-    head_hidden: int = 128  # width of the head's hidden layer
-    dropout: float = 0.1  # dropout before the head's output layer
-    epochs: int = 50  # at most this many passes over the training windows
-    patience: int = 5  # stop after this many epochs without a better validation loss
-    lr: float = 1e-3  # head learning rate (AdamW)
-    encoder_lr: float = 1e-4  # encoder learning rate when not frozen
-    weight_decay: float = 0.01
-    batch_size: int = 16
-    window: int | None = None  # timepoints per window (default: the model's)
-    stride: int | None = None  # step of the sliding windows (default: window // 2)
-    train_split: str = "train"
-    val_split: str = "validation"
-    seed: int = 0
+    task: str = option("auto", "auto: classification for text, boolean or two-valued targets, else regression",
+                       choices=TASK_CHOICES)
+    freeze_encoder: bool = option(True, "train the head only", cli=False)
+    pooling: str = option("cls", "what the head is fed: the CLS token (the paper) or the mean of the patch tokens",
+                          choices=("cls", "mean"))
+    head_hidden: int = option(128, "width of the head's hidden layer", check=positive)
+    dropout: float = option(0.1, "dropout before the head's output layer", check=between(0, 1, closed=(True, False)))
+    epochs: int = option(50, "at most this many passes over the training windows", check=positive)
+    patience: int = option(5, "stop after this many epochs without a better validation loss", check=positive)
+    lr: float = option(1e-3, "head learning rate (AdamW)", check=at_least(0.0))
+    encoder_lr: float = option(1e-4, "encoder learning rate when not frozen (--full)", check=at_least(0.0))
+    weight_decay: float = option(0.01, "AdamW weight decay", check=at_least(0.0))
+    batch_size: int = option(16, "windows per step", check=positive)
+    window: int | None = option(None, "timepoints per window (default: the model's)", check=at_least(1, optional=True))
+    stride: int | None = option(None, "step of the sliding windows (default: window // 2)",
+                                check=at_least(1, optional=True))
+    train_split: str = option("train", "the split trained on", cli=False)
+    val_split: str = option("validation", "the split that chooses the epoch", cli=False)
+    seed: int = option(0, "seed of the head's initialisation and the batch order")
 
-    def __post_init__(self):
-        if self.task not in ("auto", "regression", "classification"):
-            raise UserError(f"task must be 'auto', 'regression' or 'classification', got {self.task!r}")
-        if self.pooling not in ("cls", "mean"):
-            raise UserError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
-        if self.epochs < 1 or self.patience < 1 or self.batch_size < 1 or self.head_hidden < 1:
-            raise UserError("epochs, patience, batch_size and head_hidden must be positive")
+    def config(self) -> "FinetuneConfig":
+        """The settings alone (also when a subclass adds the command's inputs)."""
+        return FinetuneConfig(**{f.name: getattr(self, f.name) for f in fields(FinetuneConfig)})
 
 
 class BrainLMFinetuner(nn.Module):
@@ -198,18 +198,9 @@ def _run_epoch(model, x, y, xyz, task, batch_size, opt=None, gen=None) -> tuple[
     return total / len(x), metric
 
 
-def finetune(
-    model_or_path,
-    store,
-    target: str,
-    config: FinetuneConfig | None = None,
-    *,
-    targets_file: str | os.PathLike | None = None,
-    subject_column: str | None = None,
-    out_dir: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> FinetuneResult:
+def finetune(model_or_path, store, target: str, config: FinetuneConfig | None = None, *,
+             targets_file: str | os.PathLike | None = None, subject_column: str | None = None,
+             out_dir: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True) -> FinetuneResult:
     """Fine-tune encoder + head on a store's phenotype (or a TSV keyed by subject).
 
     Args:
@@ -255,7 +246,7 @@ def finetune(
     data = (torch.from_numpy(xtr.astype(np.float32)), yt, torch.from_numpy(xva.astype(np.float32)), yv, xyz)
     history, stop = _train(model, opt, data, task, config, progress)
     model.load_state_dict(stop.best_state)
-    model.info.update(best_epoch=stop.best_epoch, best_val_loss=stop.best, config=asdict(config))
+    model.info.update(best_epoch=stop.best_epoch, best_val_loss=stop.best, config=asdict(config.config()))
     model.eval()
     saved = save_finetuned(model, out_dir, overwrite=overwrite) if out_dir is not None else None
     return FinetuneResult(model, pd.DataFrame(history), stop.best_epoch, saved, missing)

@@ -45,14 +45,16 @@ import pandas as pd
 from brainlm.errors import UserError
 from brainlm.evaluate.baselines import CONNECTIVITY_FEATURES, connectivity_features
 from brainlm.evaluate.metrics import PREDICTION_METRICS, prediction_metric
-from brainlm.evaluate.protocol import SubjectBootstrap, infer_task, subject_folds
+from brainlm.evaluate.protocol import TASK_CHOICES, SubjectBootstrap, infer_task, subject_folds
 from brainlm.io import Embeddings, normalize_subject_id, read_subject_table
+from brainlm.options import Options, option
 from brainlm.progress import progress as progress_bar
 
 from .embed import embed_recordings, window_starts
 from .loading import Recordings, load_model, open_recordings
 
 __all__ = [
+    "TargetOptions",
     "PROBES",
     "fc_features",
     "load_targets",
@@ -63,6 +65,17 @@ __all__ = [
 ]
 
 PROBES = ("dummy", "ridge", "knn", "svm", "mlp")
+
+
+@dataclass(kw_only=True)
+class TargetOptions(Options):
+    """The target of a probe or fine-tune: the same four flags for every command that predicts one."""
+
+    target: str | None = option(None, "phenotype column (of the store, or of --targets)")
+    targets: str | None = option(None, "table of targets keyed by subject (CSV/TSV/Parquet)")
+    subject_column: str | None = option(None, "subject column of --targets (default: subject_id, else participant_id)")
+    task: str = option("auto", "auto: classification for text, boolean or two-valued targets, else regression",
+                       choices=TASK_CHOICES)
 
 
 def fc_features(
@@ -341,32 +354,18 @@ def _probe_metrics(preds: pd.DataFrame, task: str, classes, n_boot: int, seed: i
     return pd.DataFrame(out)
 
 
-def probe(
-    model_or_path,
-    data,
-    target: str,
-    *,
-    targets_file: str | os.PathLike | None = None,
-    subject_column: str | None = None,
-    split: str | None = None,
-    coords=None,
-    pooling: str = "cls",
-    windows: str = "average",
-    window: int | None = None,
-    stride: int | None = None,
-    fc_baseline: bool = True,
-    connectivity: tuple[str, ...] = tuple(CONNECTIVITY_FEATURES),
-    batch_size: int = 32,
-    progress: bool = True,
-    precision: str = "fp32",
-    **probe_kwargs,
-) -> ProbeResult:
+def probe(model_or_path, data, target: str | pd.Series, *, targets_file: str | os.PathLike | None = None,
+          subject_column: str | None = None, split: str | None = None, coords=None, pooling: str = "cls",
+          windows: str = "average", window: int | None = None, stride: int | None = None, fc_baseline: bool = True,
+          connectivity: tuple[str, ...] = tuple(CONNECTIVITY_FEATURES), batch_size: int = 32, progress: bool = True,
+          precision: str = "fp32", **probe_kwargs) -> ProbeResult:
     """Frozen-embedding probes and the same probes on the connectivity ladder, side by side.
 
     Args:
         model_or_path: a model or anything ``load_model`` accepts.
         data: a store or time-series files.
-        target: the target column (store phenotype, or in ``targets_file``).
+        target: the target column (store phenotype, or in ``targets_file``), or the targets
+            themselves: a ``pd.Series`` indexed by subject ID, named after the target.
         targets_file: a TSV/CSV keyed by subject; default: the store's phenotypes.
         subject_column: the subject column of ``targets_file``.
         split: store split (None: all recordings; the probe's own CV splits by subject).
@@ -384,12 +383,7 @@ def probe(
     """
     model = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
     recs = open_recordings(data, split, coords)
-    if targets_file is None:
-        if isinstance(data, (list, tuple)):
-            raise UserError("time-series files carry no phenotypes: pass --targets")
-        targets = load_targets(data, target)
-    else:
-        targets = load_targets(targets_file, target, subject_column)
+    target, targets = _probe_targets(target, data, targets_file, subject_column)
     window = window or model.window_length
     emb = embed_recordings(model.eval(), recs, pooling=pooling, average_regions=True, windows=windows,
                            window=window, stride=stride, batch_size=batch_size, progress=progress, precision=precision)
@@ -401,15 +395,19 @@ def probe(
         warnings.warn(f"{len(missing)} subjects have no {target!r} target and are left out: {missing}", stacklevel=2)
     if not keep.any():
         raise UserError(f"no subject of {recs.source} has a {target!r} target")
-    results = []
-    for name, e in feats.items():
-        results.append(run_probes(e.X[keep], y[keep], e.index["subject_id"].to_numpy()[keep], features=name, **probe_kwargs))
-    out = ProbeResult(
-        pd.concat([r.metrics for r in results], ignore_index=True),
-        pd.concat([r.predictions for r in results], ignore_index=True),
-        sum((r.folds for r in results), []),
-        results[0].task,
-        missing,
-        results[0].chance,
-    )
-    return out
+    results = [run_probes(e.X[keep], y[keep], e.index["subject_id"].to_numpy()[keep], features=name, **probe_kwargs)
+               for name, e in feats.items()]
+    return ProbeResult(pd.concat([r.metrics for r in results], ignore_index=True),
+                       pd.concat([r.predictions for r in results], ignore_index=True),
+                       sum((r.folds for r in results), []), results[0].task, missing, results[0].chance)
+
+
+def _probe_targets(target: str | pd.Series, data, targets_file, subject_column) -> tuple[str, pd.Series]:
+    """The target's name and its values per subject: given in memory, or a column of the store or of ``targets_file``."""
+    if isinstance(target, pd.Series):
+        return str(target.name), target.set_axis(target.index.map(normalize_subject_id))
+    if targets_file is None:
+        if isinstance(data, (list, tuple)):
+            raise UserError("time-series files carry no phenotypes: pass --targets")
+        return target, load_targets(data, target)
+    return target, load_targets(targets_file, target, subject_column)

@@ -135,27 +135,32 @@ def reconstruct_recording(
     num_masked = L - int(L * (1 - mask_ratio))
     if num_masked == 0:
         raise UserError(f"--mask-ratio {mask_ratio} masks no token of {L}")
+    passes = _token_masks(n_win, L, num_masked, math.ceil(L / num_masked) if cover else 1, torch.Generator().manual_seed(seed))
+    pred, hidden, fills = _masked_passes(model, x, xyz, passes, batch_size, baselines, device, dtype)
+    to_tr = lambda a: a.permute(0, 2, 1).reshape(n_win * T, R).numpy()  # (n, R, T) -> (n T, R)
+    true, p, h = to_tr(x), to_tr(pred), to_tr(hidden)
+    return Reconstruction(true, p, h, r2_per_region(true, p, h), {k: to_tr(v) for k, v in fills.items()})
+
+
+def _masked_passes(model, x, xyz, passes, batch_size, baselines, device, dtype):
+    """Run every masking pass over the windows ``x`` (n, R, T): the model's prediction, which
+    values were hidden, and the baselines' fills, each value taken from the first pass that hid it."""
     names = baselines.names if baselines is not None else ()
-    pred = torch.zeros_like(x)
+    pred, hidden = torch.zeros_like(x), torch.zeros(x.shape, dtype=torch.bool)
     fills = {name: torch.zeros_like(x) for name in names}
-    hidden = torch.zeros(x.shape, dtype=torch.bool)
-    g = torch.Generator().manual_seed(seed)
-    for masked in _token_masks(n_win, L, num_masked, math.ceil(L / num_masked) if cover else 1, g):
+    for masked in passes:
         noise, ratio = masking_noise(masked)
-        for s in range(0, n_win, batch_size):
+        for s in range(0, len(x), batch_size):
             sl = slice(s, s + batch_size)
             with autocast_context(device, dtype):
                 out = model.reconstruct(x[sl].to(device), xyz[sl].to(device), noise=noise[sl].to(device), mask_ratio=ratio)
             m = out.mask.cpu()  # (b, R, T)
             new = m & ~hidden[sl]  # the first pass that hid a value wins
             pred[sl] = torch.where(new, out.pred.float().cpu(), pred[sl])
-            if names:
-                for name, fill in baselines.predict(x[sl], m).items():
-                    fills[name][sl] = torch.where(new, fill, fills[name][sl])
+            for name, fill in (baselines.predict(x[sl], m).items() if names else ()):
+                fills[name][sl] = torch.where(new, fill, fills[name][sl])
             hidden[sl] |= m
-    to_tr = lambda a: a.permute(0, 2, 1).reshape(n_win * T, R).numpy()  # (n, R, T) -> (n T, R)
-    true, p, h = to_tr(x), to_tr(pred), to_tr(hidden)
-    return Reconstruction(true, p, h, r2_per_region(true, p, h), {k: to_tr(v) for k, v in fills.items()})
+    return pred, hidden, fills
 
 
 def reconstruct_recordings(

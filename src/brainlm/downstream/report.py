@@ -31,9 +31,9 @@ from brainlm.evaluate.baselines import (
     ForecastBaselines,
     ReconstructionBaselines,
 )
-from brainlm.evaluate.protocol import SubjectBootstrap
+from brainlm.evaluate.protocol import EvaluationOptions, SubjectBootstrap
 from brainlm.evaluate.verdict import compare
-from brainlm.options import at_least, option, positive
+from brainlm.options import at_least, between, option, positive
 from brainlm.io import (
     OutputLock,
     atomic_write_text,
@@ -48,10 +48,11 @@ from .finetune import FinetuneConfig, finetune
 from .fingerprint import fingerprint
 from .loading import load_model, open_recordings, training_recordings
 from .plots import plot_fingerprint, plot_forecast, plot_reconstruction
-from .probe import probe
+from .probe import PROBES, TargetOptions, probe
 from .reconstruct import forecast_recordings, reconstruct_recordings
 
-__all__ = ["RecordingsOptions", "EmbedOptions", "run_embed", "run_reconstruct", "run_forecast", "run_probe",
+__all__ = ["RecordingsOptions", "EmbedOptions", "ReconstructOptions", "ForecastOptions", "ProbeOptions",
+           "FinetuneOptions", "FingerprintOptions", "run_embed", "run_reconstruct", "run_forecast", "run_probe",
            "run_finetune", "run_fingerprint"]
 
 
@@ -86,6 +87,67 @@ class EmbedOptions(RecordingsOptions):
     stride: int | None = option(None, "step of sliding windows (default: the window)", check=at_least(1, optional=True))
     batch_size: int = option(32, "windows per forward pass", check=positive)
     attention: bool = option(False, "also store CLS attention per region")
+
+
+@dataclass(kw_only=True)
+class ReconstructOptions(RecordingsOptions):
+    """``brainlm reconstruct``: reconstruct whole recordings window by window; R^2 per region and a plot."""
+
+    out: str = option(help="output folder")
+    mask_ratio: float = option(0.5, "fraction of tokens hidden per window", check=between(0, 1, closed=(False, False)))
+    single_pass: bool = option(False, "one random mask per window instead of covering every patch")
+    seed: int = option(0, "seed of the masks")
+    plot_recordings: int = option(1, "recordings to plot", cli=False)
+
+
+@dataclass(kw_only=True)
+class ForecastOptions(RecordingsOptions):
+    """``brainlm forecast``: predict the last k timepoints of each window; beside persistence, AR and VAR."""
+
+    out: str = option(help="output folder")
+    last: int = option(help="timepoints to forecast (BrainLM models: a multiple of the patch size)", flag="--last",
+                       aliases=("-k",), check=positive)
+    stride: int | None = option(None, "step of the windows (default: the window)", check=at_least(1, optional=True))
+    ar_order: int = option(3, "p of AR(p) and VAR(p)", check=positive)
+
+
+@dataclass(kw_only=True)
+class ProbeOptions(RecordingsOptions, TargetOptions, EvaluationOptions):
+    """``brainlm probe``: probes on frozen embeddings and on functional connectivity, grouped CV by subject."""
+
+    target: str = option(help="phenotype column (of the store, or of --targets)")
+    out: str = option(help="output folder")
+    probes: tuple[str, ...] = option(PROBES, "comma separated", choices=PROBES)
+    inner_folds: int = option(3, "inner folds choosing each probe's hyper-parameters", check=at_least(2))
+    pooling: str = option("cls", "what a window becomes", choices=POOLINGS)
+    windows: str = option("average", "which windows of a recording, and whether to average them", choices=WINDOW_MODES)
+    stride: int | None = option(None, "step of sliding windows (default: the window)", check=at_least(1, optional=True))
+    fc_baseline: bool = option(True, "skip the feature baselines (Pearson, partial, tangent FC; lag-1 autocorrelation)",
+                               flag="--no-fc")
+
+
+@dataclass(kw_only=True)
+class FinetuneOptions(FinetuneConfig, TargetOptions):
+    """``brainlm finetune``: train a CLS -> MLP head (encoder frozen or not) with early stopping."""
+
+    checkpoint: str = option(help="model folder or training run", positional=True)
+    store: str = option(help="store folder with train and validation splits", positional=True)
+    target: str = option(help="phenotype column (of the store, or of --targets)")
+    out: str = option(help="checkpoint folder to write")
+    overwrite: bool = option(False, "replace an existing --out")
+    full: bool = option(False, "fine-tune the encoder too (default: frozen)")
+
+
+@dataclass(kw_only=True)
+class FingerprintOptions(RecordingsOptions):
+    """``brainlm fingerprint``: identify subjects from the first half of a recording to the second."""
+
+    out: str = option(help="output folder")
+    pooling: str = option("cls", "what a window becomes, or the region correlation of region-time embeddings",
+                          choices=(*POOLINGS, "connectivity"))
+    keep_regions: bool = option(False, "region_time: compare the (R, D) region embeddings")
+    stride: int | None = option(None, "step of the windows inside each half (default: half a window)",
+                                check=at_least(1, optional=True))
 
 
 @contextmanager
@@ -134,18 +196,19 @@ def run_embed(options: EmbedOptions) -> Path:
     return out
 
 
-def run_reconstruct(checkpoint, data, out_dir, *, split=None, coords=None, overwrite=False, plot_recordings: int = 1,
-                    device: str = "cpu", precision: str = "fp32", **kwargs) -> pd.DataFrame | None:
+def run_reconstruct(options: ReconstructOptions) -> pd.DataFrame | None:
     """Reconstruct every recording; write ``r2_per_region.csv``, ``summary.csv`` (the model and the
     baselines per recording) and plots. Returns the summary (None on ranks other than 0)."""
+    o = options
     init_distributed()
     try:
-        with _claim(out_dir, ["r2_per_region.csv", "summary.csv"], overwrite=overwrite) as out:
-            recs = open_recordings(data, split, coords)
-            train = training_recordings(data)
+        with _claim(o.out, ["r2_per_region.csv", "summary.csv"], overwrite=o.overwrite) as out:
+            recs = open_recordings(o.source, o.split, o.coords)
+            train = training_recordings(o.source)
             baselines = ReconstructionBaselines().fit(x for _, x in train) if train is not None else ReconstructionBaselines()
-            result = reconstruct_recordings(_load(checkpoint, device), recs, baselines=baselines, precision=precision,
-                                            keep=plot_recordings, **kwargs)
+            result = reconstruct_recordings(_load(o.checkpoint, o.device), recs, baselines=baselines,
+                                            precision=o.precision, keep=o.plot_recordings, mask_ratio=o.mask_ratio,
+                                            window=o.window, cover=not o.single_pass, seed=o.seed)
             if result is None:
                 return None
             table, results = result
@@ -157,7 +220,7 @@ def run_reconstruct(checkpoint, data, out_dir, *, split=None, coords=None, overw
             write_csv(summary, out / "summary.csv")
             for rid, rec in results.items():
                 plot_reconstruction(rec, out / f"reconstruction_{rid}.png", region_names=recs.region_names,
-                                    title=f"{rid}: mask ratio {kwargs.get('mask_ratio', 0.5)}")
+                                    title=f"{rid}: mask ratio {o.mask_ratio}")
     finally:
         destroy_distributed()
     subjects = {m["recording_id"]: m["subject_id"] for m in recs.meta}
@@ -179,57 +242,67 @@ def _print_scores(summary: pd.DataFrame, baselines: ReconstructionBaselines, sub
           + ("" if "conn" in pooled else "; pass a store for the connectivity fill (fitted on its train split)"))
 
 
-def run_forecast(checkpoint, data, out_dir, k: int, *, split=None, coords=None, overwrite=False, ar_order: int = 3,
-                 device: str = "cpu", **kwargs) -> pd.DataFrame:
+def run_forecast(options: ForecastOptions) -> pd.DataFrame:
     """Forecast the last k timepoints of each window; write ``forecast_metrics.csv`` and a plot."""
-    with output_folder(out_dir, ["forecast_metrics.csv", "forecast.png"], overwrite=overwrite) as out:
-        train = training_recordings(data)
-        baselines = ForecastBaselines(order=ar_order)
+    o = options
+    with output_folder(o.out, ["forecast_metrics.csv", "forecast.png"], overwrite=o.overwrite) as out:
+        train = training_recordings(o.source)
+        baselines = ForecastBaselines(order=o.ar_order)
         if train is not None:
             baselines.fit(x for _, x in train)
-        result = forecast_recordings(_load(checkpoint, device), open_recordings(data, split, coords), k,
-                                     baselines=baselines, **kwargs)
+        result = forecast_recordings(_load(o.checkpoint, o.device), open_recordings(o.source, o.split, o.coords), o.last,
+                                     baselines=baselines, window=o.window, stride=o.stride, precision=o.precision)
         write_csv(result.metrics, out / "forecast_metrics.csv")
-        plot_forecast(result, out / "forecast.png", title=f"last {k} timepoints of {result.index['recording_id'].iloc[0]}")
+        plot_forecast(result, out / "forecast.png",
+                      title=f"last {o.last} timepoints of {result.index['recording_id'].iloc[0]}")
     print(result.metrics.to_string(index=False))
     if train is None:
         print("AR and VAR baselines need a store's train split to be fitted on: pass a store")
     return result.metrics
 
 
-def run_probe(checkpoint, data, target, out_dir, *, overwrite=False, device: str = "cpu", **kwargs) -> pd.DataFrame:
+def run_probe(options: ProbeOptions) -> pd.DataFrame:
     """Probes on embeddings and on the connectivity ladder; write ``probe_metrics.csv``,
     ``probe_predictions.csv``, ``probe_folds.json`` (subjects per fold) and ``missing_subjects.txt``."""
+    o = options
     names = ["probe_metrics.csv", "probe_predictions.csv", "probe_folds.json", "missing_subjects.txt"]
-    with output_folder(out_dir, names, overwrite=overwrite) as out:
-        result = probe(_load(checkpoint, device), data, target, **kwargs)
+    with output_folder(o.out, names, overwrite=o.overwrite) as out:
+        result = probe(_load(o.checkpoint, o.device), o.source, o.target, targets_file=o.targets,
+                       subject_column=o.subject_column, split=o.split, coords=o.coords, pooling=o.pooling,
+                       windows=o.windows, window=o.window, stride=o.stride, fc_baseline=o.fc_baseline, task=o.task,
+                       probes=o.probes, n_splits=o.folds, inner_splits=o.inner_folds, n_boot=o.bootstrap,
+                       seed=o.seed, precision=o.precision)
         write_csv(result.metrics, out / "probe_metrics.csv")
         write_csv(result.predictions, out / "probe_predictions.csv")
         atomic_write_text(out / "probe_folds.json", json.dumps(result.folds, indent=1) + "\n")
         atomic_write_text(out / "missing_subjects.txt", "".join(f"{s}\n" for s in result.missing_subjects))
     if result.missing_subjects:
-        print(f"left out (no {target!r} target): {', '.join(result.missing_subjects)}")
+        print(f"left out (no {o.target!r} target): {', '.join(result.missing_subjects)}")
     print(result.table().to_string())
     return result.metrics
 
 
-def run_finetune(checkpoint, store, target, out_dir, *, overwrite=False, targets_file=None, subject_column=None,
-                 **config) -> pd.DataFrame:
-    """Fine-tune and save the best model into ``out_dir`` (with ``history.csv``); returns the history."""
-    with output_folder(out_dir, ["config.json", "history.csv"], overwrite=overwrite, what="checkpoint folder") as out:
-        result = finetune(checkpoint, store, target, FinetuneConfig(**config), targets_file=targets_file,
-                          subject_column=subject_column, out_dir=out, overwrite=True)
+def run_finetune(options: FinetuneOptions) -> pd.DataFrame:
+    """Fine-tune and save the best model into ``options.out`` (with ``history.csv``); returns the history."""
+    o = options
+    config = o.config().replace(freeze_encoder=not o.full)
+    with output_folder(o.out, ["config.json", "history.csv"], overwrite=o.overwrite, what="checkpoint folder") as out:
+        result = finetune(o.checkpoint, o.store, o.target, config, targets_file=o.targets,
+                          subject_column=o.subject_column, out_dir=out, overwrite=True)
         write_csv(result.history, out / "history.csv")
     print(f"best epoch {result.best_epoch}: validation loss {result.history['val_loss'].iloc[result.best_epoch]:.4f} "
-          f"(before fine-tuning {result.history['val_loss'].iloc[0]:.4f}); saved {out_dir}")
+          f"(before fine-tuning {result.history['val_loss'].iloc[0]:.4f}); saved {o.out}")
     return result.history
 
 
-def run_fingerprint(checkpoint, data, out_dir, *, overwrite=False, device: str = "cpu", **kwargs) -> pd.DataFrame:
+def run_fingerprint(options: FingerprintOptions) -> pd.DataFrame:
     """Subject identification; write ``fingerprint.csv``, ``fingerprint_matches.csv``, ``fingerprint.png``."""
+    o = options
     names = ["fingerprint.csv", "fingerprint_matches.csv", "fingerprint.png"]
-    with output_folder(out_dir, names, overwrite=overwrite) as out:
-        summary, matches = fingerprint(_load(checkpoint, device), data, **kwargs)
+    with output_folder(o.out, names, overwrite=o.overwrite) as out:
+        summary, matches = fingerprint(_load(o.checkpoint, o.device), o.source, split=o.split, coords=o.coords,
+                                       pooling=o.pooling, keep_regions=o.keep_regions, window=o.window,
+                                       stride=o.stride, precision=o.precision)
         write_csv(summary, out / "fingerprint.csv")
         write_csv(matches, out / "fingerprint_matches.csv")
         plot_fingerprint(summary, out / "fingerprint.png")

@@ -28,10 +28,21 @@ import numpy as np
 import pandas as pd
 
 from brainlm.errors import UserError
+from brainlm.options import Options, at_least, option
 
-__all__ = ["TASKS", "infer_task", "subject_folds", "SubjectBootstrap", "Comparison", "EarlyStopping"]
+__all__ = ["EvaluationOptions", "TASKS", "TASK_CHOICES", "infer_task", "subject_folds", "SubjectBootstrap", "Comparison", "EarlyStopping"]
 
 TASKS = ("regression", "classification")
+TASK_CHOICES = ("auto", *TASKS)  # --task: auto infers it from the target (infer_task)
+
+
+@dataclass(kw_only=True)
+class EvaluationOptions(Options):
+    """Subject-grouped cross-validation and subject-bootstrap settings, shared by every evaluation."""
+
+    folds: int = option(5, "cross-validation folds (grouped by subject)", check=at_least(2))
+    bootstrap: int = option(1000, "subject resamples for the 95% intervals", check=at_least(0))
+    seed: int = option(0, "seed of folds, resamples and probes")
 
 
 def infer_task(y, task: str = "auto") -> str:

@@ -25,6 +25,7 @@ the dataset itself as a sanity target.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,9 @@ from brainlm.integrate.report import (
     write_fusion_report,
 )
 from brainlm.io import atomic_write_text, output_folder
+from brainlm.options import Options, at_least, option, positive
+
+__all__ = ["IntegrateDemoOptions", "run_real_demo", "load_demo_subjects"]
 
 
 def _upper(M: np.ndarray) -> np.ndarray:
@@ -77,35 +81,34 @@ def load_demo_subjects() -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("subject_id")
 
 
-def run_real_demo(
-    brain_table=None,
-    out_dir="runs/integrate_demo",
-    n_permutations: int = 1000,
-    n_splits: int = 3,
-    pca_components: int = 3,
-    max_epochs: int = 200,
-    seed: int = 0,
-    overwrite: bool = False,
-) -> dict:
+@dataclass(kw_only=True)
+class IntegrateDemoOptions(Options):
+    """CCA, late fusion and contrastive alignment on the 12 real demo subjects (FC or BrainLM vs structural)."""
+
+    brain: str | None = option(None, "BrainLM embedding table of the demo subjects (default: FC features)")
+    out: str = option("runs/integrate_demo", "output folder: a report per analysis and a summary report.md")
+    permutations: int = option(1000, "permutations (CCA) and shuffled pairings (contrastive)", check=positive)
+    folds: int = option(3, "folds (each held-out fold needs >= 3 subjects for CCA)", check=at_least(2))
+    pca: int = option(3, "PCA dimensions per modality, fitted on training folds", check=positive)
+    epochs: int = option(200, "bound on contrastive training epochs", check=positive)
+    seed: int = option(0, "seed of folds, permutations and training")
+    overwrite: bool = option(False, "replace the reports of an earlier run in --out")
+
+
+def run_real_demo(options: IntegrateDemoOptions | None = None) -> dict:
     """Run CCA, late fusion and contrastive alignment on the 12 demo subjects.
 
-    Args:
-        brain_table: path to a BrainLM embedding table for these subjects, or None for
-            functional-connectivity features.
-        out_dir: reports go to ``<out_dir>/{cca,cca_no_covariate,fusion,contrastive}``,
-            a summary to ``<out_dir>/report.md``.
-        n_permutations: permutations (CCA) and shuffled pairings (contrastive).
-        n_splits: folds (each held-out fold needs >= 3 subjects for CCA).
-        pca_components: PCA dimensions per modality, fitted on training folds.
-        max_epochs: bound on contrastive training epochs.
-        seed: seed of folds, permutations and training.
-        overwrite: replace the reports of an earlier run in ``out_dir``.
+    Reports go to ``OUT/{cca,cca_no_covariate,fusion,contrastive}``, a summary to ``OUT/report.md``.
 
     Returns:
-        Dict of headline numbers (also written to the summary report).
+        Dict of headline numbers (also written to the summary report, and printed).
     """
-    with output_folder(out_dir, ["report.md"], overwrite=overwrite) as out:
-        return _real_demo(brain_table, out, n_permutations, n_splits, pca_components, max_epochs, seed)
+    o = options or IntegrateDemoOptions()
+    with output_folder(o.out, ["report.md"], overwrite=o.overwrite) as out:
+        headline = _real_demo(o.brain, out, o.permutations, o.folds, o.pca, o.epochs, o.seed)
+    for key, value in headline.items():
+        print(f"{key}: {value}")
+    return headline
 
 
 def _real_demo(brain_table, out_dir: Path, n_permutations, n_splits, pca_components, max_epochs, seed) -> dict:
@@ -152,12 +155,19 @@ def _real_demo(brain_table, out_dir: Path, n_permutations, n_splits, pca_compone
     con.fit(cohort.A, cohort.B, cohort.covariates)
     write_contrastive_report(con, out_dir / "contrastive", "Contrastive alignment: brain vs structural", notes)
 
+    headline = _headline(len(cohort.ids), cca, cca_raw, fusion, con)
+    _write_summary(out_dir, notes, headline)
+    return headline
+
+
+def _headline(num_subjects: int, cca, cca_raw, fusion, con) -> dict:
+    """The numbers of the summary report."""
     gains = fusion.gains_.iloc[0]
     res = fusion.results_.set_index("features")
     b2s = con.metrics_.set_index("direction").loc["brain->genetic"]
     s2b = con.metrics_.set_index("direction").loc["genetic->brain"]
-    headline = {
-        "n_subjects": int(len(cohort.ids)),
+    return {
+        "n_subjects": int(num_subjects),
         "cca_heldout_r": float(cca.test_corr_[0]),
         "cca_p": cca.p_value_,
         "cca_no_covariate_heldout_r": float(cca_raw.test_corr_[0]),
@@ -173,6 +183,9 @@ def _real_demo(brain_table, out_dir: Path, n_permutations, n_splits, pca_compone
         "contrastive_p_recall1": (float(b2s["p_recall@1"]), float(s2b["p_recall@1"])),
         "contrastive_mrr": (float(b2s["mrr"]), float(s2b["mrr"])),
     }
+
+
+def _write_summary(out_dir: Path, notes: list[str], headline: dict) -> None:
     table = pd.DataFrame({"quantity": list(headline), "value": [str(np.round(v, 3)) for v in headline.values()]})
     lines = [
         "# Integration demo: 12 real subjects",
@@ -186,4 +199,3 @@ def _real_demo(brain_table, out_dir: Path, n_permutations, n_splits, pca_compone
         "[fusion](fusion/report.md), [contrastive](contrastive/report.md).",
     ]
     atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
-    return headline

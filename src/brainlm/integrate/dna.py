@@ -15,12 +15,14 @@ subject are averaged by :func:`~brainlm.integrate.io.read_embedding_table`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from brainlm.errors import MissingInputError, UserError
 from brainlm.io import Embeddings, OutputLock, check_overwrite, write_embeddings
+from brainlm.options import Options, at_least, option, positive
 
 _COMPLEMENT = str.maketrans("ACGTUNacgtun", "TGCAANtgcaan")
 
@@ -160,8 +162,30 @@ def write_dna_table(path: str | Path, subject_ids, sequence_ids, X, id_col: str 
     return Path(path)
 
 
-def embed_dna_to_table(model_dir, fasta, out, overwrite: bool = False, **kwargs) -> Path:
+@dataclass(kw_only=True)
+class EmbedDNAOptions(Options):
+    """Embed FASTA sequences with a local Hugging Face DNA model folder, one row per record."""
+
+    model: str = option(help="local model folder (config, weights, tokenizer)")
+    fasta: str = option(help="FASTA file; record names are subject IDs")
+    out: str = option(help="output table (.parquet/.csv/.tsv/.npy)")
+    overwrite: bool = option(False, "replace an existing --out")
+    batch_size: int = option(8, "sequences per forward pass", check=positive)
+    max_length: int | None = option(None, "truncate to this many tokens", check=at_least(1, optional=True))
+    id_sep: str | None = option(None, "cut record names at this separator to get subject IDs")
+    reverse_complement_average: bool = option(True, "do not average with the reverse complement", flag="--no-rc")
+    device: str = option("cpu", "torch device")
+    trust_remote_code: bool = option(False, "allow the model folder's own code")
+
+
+def embed_dna_to_table(options: EmbedDNAOptions) -> Path:
     """:func:`embed_dna` followed by :func:`write_dna_table` (the ``brainlm embed-dna`` command)."""
-    with OutputLock(out, what="embedding table"):
-        check_overwrite([out], overwrite)
-        return write_dna_table(out, *embed_dna(model_dir, fasta, **kwargs), overwrite=overwrite)
+    o = options
+    with OutputLock(o.out, what="embedding table"):
+        check_overwrite([o.out], o.overwrite)
+        path = write_dna_table(o.out, *embed_dna(o.model, o.fasta, batch_size=o.batch_size, max_length=o.max_length,
+                                                 reverse_complement_average=o.reverse_complement_average,
+                                                 id_sep=o.id_sep, device=o.device,
+                                                 trust_remote_code=o.trust_remote_code), overwrite=o.overwrite)
+    print(f"wrote {path}")
+    return path

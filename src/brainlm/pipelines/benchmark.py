@@ -25,8 +25,7 @@ one figure per task (bars with intervals).
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,10 +33,14 @@ import numpy as np
 import pandas as pd
 
 from brainlm.data import WindowDataset
+from brainlm.distributed import DeviceOptions
+from brainlm.downstream.probe import PROBES, TargetOptions
 from brainlm.errors import UserError
 from brainlm.evaluate.reconstruction import ReconstructionEval, evaluate_reconstruction, r2_statistic
 from brainlm.figures import pyplot, save_figure
 from brainlm.io import atomic_write_json, atomic_write_text, output_folder
+from brainlm.options import at_least, between, option, positive
+from brainlm.train.config import TrainingOverrides
 
 from brainlm.evaluate.baselines import (
     BASELINE_LABELS,
@@ -46,44 +49,71 @@ from brainlm.evaluate.baselines import (
     ReconstructionBaselines,
 )
 from brainlm.evaluate.metrics import prediction_metric
-from brainlm.evaluate.protocol import Comparison, SubjectBootstrap
+from brainlm.evaluate.protocol import Comparison, EvaluationOptions, SubjectBootstrap
 from brainlm.markdown import markdown_table
 from brainlm.evaluate.verdict import Verdict
 
-__all__ = ["BenchmarkConfig", "TaskResult", "run_benchmark", "benchmark", "score_reconstruction", "reconstruction_windows",
+__all__ = ["BenchmarkConfig", "BenchmarkOptions", "CV_TASKS", "TaskResult", "run_benchmark", "benchmark", "score_reconstruction", "reconstruction_windows",
            "window_sums", "forecasting_windows", "ladder_from_windows", "verdict_of", "task_verdict"]
 
 
-@dataclass(kw_only=True)
-class BenchmarkConfig:
-    """Options of ``brainlm benchmark`` (the flags map one to one)."""
+TASKS = ("reconstruction", "forecasting", "fingerprinting", "probes")
+CV_TASKS = ("reconstruction", "forecasting")  # what cross-validation scores
 
-    split: str = "test"  # --split: the windows scored for reconstruction and forecasting
-    mask_ratio: float = 0.5  # --mask-ratio: fraction of tokens hidden per window
-    forecast_k: int | None = None  # --forecast-k: timepoints to forecast (default: one patch, or 20)
-    ar_order: int = 3  # --ar-order: p of AR(p) and VAR(p)
-    target: str | None = None  # --target: a phenotype column (store or --targets) for the probes
-    targets: str | None = None  # --targets: a table of targets keyed by subject
-    subject_column: str | None = None  # --subject-column: the subject column of --targets
-    task: str = "auto"  # --task: auto, regression or classification (the probes')
-    probes: tuple[str, ...] = ("dummy", "ridge")  # --probes
-    folds: int = 5  # --folds
-    brainmarks: bool = False  # --brainmarks: also Brainmarks' binned accuracy and macro-F1
-    bootstrap: int = 1000  # --bootstrap: subject resamples
-    tasks: tuple[str, ...] = ("reconstruction", "forecasting", "fingerprinting", "probes")  # --tasks
-    seed: int = 0  # --seed
-    batch_size: int = 16  # --batch-size
-    precision: str = "auto"  # --precision
-    device: str = "auto"  # --device
+
+@dataclass(kw_only=True)
+class BenchmarkConfig(DeviceOptions, TargetOptions, EvaluationOptions):
+    """What ``brainlm benchmark`` scores and how (the settings alone; :class:`BenchmarkOptions` adds
+    the model, the store and the output)."""
+
+    split: str = option("test", "split scored for reconstruction and forecasting")
+    tasks: tuple[str, ...] = option(TASKS, "comma separated (with --cv: reconstruction,forecasting)", choices=TASKS)
+    mask_ratio: float = option(0.5, "fraction of the model's tokens hidden per window",
+                               check=between(0, 1, closed=(False, False)))
+    forecast_k: int | None = option(None, "timepoints to forecast (default: one patch, or 20)",
+                                    check=at_least(1, optional=True))
+    ar_order: int = option(3, "p of AR(p) and VAR(p)", check=positive)
+    probes: tuple[str, ...] = option(("dummy", "ridge"), "comma separated", choices=PROBES)
+    brainmarks: bool = option(False, "also Brainmarks' convention: 3 quantile bins, accuracy, macro-F1")
+    batch_size: int = option(16, "windows per forward pass", check=positive)
+
+    def config(self) -> "BenchmarkConfig":
+        """The settings alone (also when a subclass adds the command's inputs)."""
+        return BenchmarkConfig(**{f.name: getattr(self, f.name) for f in fields(BenchmarkConfig)})
+
+
+@dataclass(kw_only=True)
+class BenchmarkOptions(BenchmarkConfig, TrainingOverrides):
+    """Score a model on a store next to the strongest simple baselines (connectivity fill, AR/VAR,
+    Pearson/partial/tangent FC), with subject-bootstrap CIs; writes report.md, results.json and figures.
+    With --cv K, CHECKPOINT is a training preset (e.g. demo): a model is pretrained per subject fold and every
+    subject is scored once while held out (training settings as --key=value, e.g. --max_steps=500)."""
+
+    checkpoint: str = option(help="model folder (ours, original BrainLM, ViT-MAE, a training run); with --cv, a "
+                             "training preset", positional=True)
+    store: str = option(help="store folder (baselines are fitted on its train split)", positional=True)
+    out: str = option(help="output folder")
+    overwrite: bool = option(False, "replace the outputs of an earlier run in --out")
+    cv: int | None = option(None, "K-fold subject cross-validation: pretrain CHECKPOINT (a preset) per fold; rerun "
+                            "to continue", metavar="K", check=at_least(3, optional=True))
+    forecast_finetune: int = option(0, "with --cv: fine-tune each fold's model this many steps to predict the last "
+                                    "patch (forecasting)", metavar="STEPS", check=at_least(0))
+    forecast_lr: float = option(1e-3, "learning rate of --forecast-finetune", check=between(0, 1, closed=(False, True)))
 
     def __post_init__(self) -> None:
-        unknown = set(self.tasks) - {"reconstruction", "forecasting", "fingerprinting", "probes"}
-        if unknown:
-            raise UserError(f"--tasks: unknown tasks {sorted(unknown)}")
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise UserError(f"--mask-ratio must be in (0, 1), got {self.mask_ratio}")
-        if self.bootstrap < 0:
-            raise UserError("--bootstrap must be >= 0")
+        super().__post_init__()
+        if self.cv is None and self.overrides:
+            raise UserError(f"unrecognised arguments: {' '.join(f'--{k}' for k in self.overrides)} (training settings "
+                            "need --cv)")
+        if self.cv is None and self.forecast_finetune:
+            raise UserError("--forecast-finetune needs --cv")
+
+    @classmethod
+    def from_args(cls, args, **extra):
+        options = super().from_args(args, **extra)
+        if options.cv is not None and "tasks" not in cls.given(args):  # cross-validation scores these two by default
+            options = options.replace(tasks=CV_TASKS)
+        return options
 
 
 @dataclass
@@ -235,14 +265,8 @@ def _probes(model, store, cfg: BenchmarkConfig) -> list[TaskResult]:
 
         y = load_targets(targets_file if targets_file else store, cfg.target, cfg.subject_column).dropna()
         if infer_task(y.to_numpy(), cfg.task) == "regression":
-            binned = pd.Series(quantile_bins(y.to_numpy(float), y.to_numpy(float), 3), index=y.index).map(lambda c: f"q{c}")
-            path = Path(os.environ.get("TMPDIR", "/tmp")) / f"brainlm-bins-{os.getpid()}.csv"
-            binned.rename("bin").rename_axis("subject_id").reset_index().to_csv(path, index=False)
-            try:
-                res = probe(model, store, "bin", **{**kwargs, "targets_file": str(path), "subject_column": None,
-                                                    "task": "classification"})
-            finally:
-                path.unlink(missing_ok=True)
+            binned = pd.Series(quantile_bins(y.to_numpy(float), y.to_numpy(float), 3), index=y.index, name="bin")
+            res = probe(model, store, binned.map(lambda c: f"q{c}"), **{**kwargs, "task": "classification"})
             results.append(_probe_task("probes (Brainmarks: 3 quantile bins)", res, cfg, brainmarks=True))
     return results
 
@@ -348,15 +372,21 @@ def write_report(results: list[TaskResult], out: Path, header: list[str]) -> Pat
     return atomic_write_text(out / "report.md", "\n".join(lines).rstrip() + "\n")
 
 
-def run_benchmark(checkpoint, store_path, out_dir, cfg: BenchmarkConfig | None = None, *,
-                  overwrite: bool = False) -> list[TaskResult]:
-    """``brainlm benchmark``: load, run every task, write ``report.md``, ``results.json`` and the figures."""
+def run_benchmark(options: BenchmarkOptions) -> list[TaskResult]:
+    """``brainlm benchmark``: the model's tasks (or, with ``--cv``, the cross-validation of a preset);
+    writes ``report.md``, ``results.json`` and the figures."""
+    o, cfg = options, options.config()
+    if o.cv is not None:
+        from .crossval import run_crossval
+
+        return run_crossval(o.checkpoint, o.store, o.out, o.cv, cfg, overrides=o.overrides,
+                            forecast_finetune=o.forecast_finetune, forecast_lr=o.forecast_lr, overwrite=o.overwrite)
     from brainlm.data import open_store
     from brainlm.distributed import resolve_device
     from brainlm.downstream.loading import load_model
 
-    cfg = cfg or BenchmarkConfig()
-    with output_folder(out_dir, ["report.md", "results.json"], overwrite=overwrite) as out:
+    checkpoint, store_path, out_dir = o.checkpoint, o.store, o.out
+    with output_folder(out_dir, ["report.md", "results.json"], overwrite=o.overwrite) as out:
         store = open_store(store_path)
         model = load_model(checkpoint, map_location=resolve_device(cfg.device))
         results = benchmark(model, store, cfg)
@@ -365,9 +395,8 @@ def run_benchmark(checkpoint, store_path, out_dir, cfg: BenchmarkConfig | None =
                   "same data with the same formula; the baselines are fitted on the train split only."]
         write_report(results, out, header)
         atomic_write_json(out / "results.json", {"checkpoint": str(checkpoint), "store": str(store_path),
-                                                 "config": cfg.__dict__, "tasks": [r.to_dict() for r in results]})
+                                                 "config": cfg.to_dict(), "tasks": [r.to_dict() for r in results]})
     for r in results:
         print(f"{r.task}: {task_verdict(r).replace('**', '')}")
     print(f"report: {Path(out_dir) / 'report.md'}")
     return results
-

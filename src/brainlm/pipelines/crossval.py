@@ -48,12 +48,10 @@ from brainlm.errors import UserError
 from brainlm.evaluate.protocol import subject_folds
 from brainlm.io import atomic_write, atomic_write_json, output_folder, read_json
 
-from .benchmark import BenchmarkConfig, TaskResult, ladder_from_windows, task_verdict, window_sums, write_report
+from .benchmark import CV_TASKS, BenchmarkConfig, TaskResult, ladder_from_windows, task_verdict, window_sums, write_report
 from .heldout import pretrain_and_score
 
-__all__ = ["fold_assignments", "run_crossval", "CV_TASKS"]
-
-CV_TASKS = ("reconstruction", "forecasting")
+__all__ = ["fold_assignments", "run_crossval"]
 
 
 def fold_assignments(subjects, k: int, seed: int = 0) -> list[dict[str, str]]:
@@ -163,19 +161,9 @@ def run_crossval(preset: str, store_path, out_dir, k: int, cfg: BenchmarkConfig 
                 frames[task].append(frame)
         pooled = {t: pd.concat(f, ignore_index=True) for t, f in frames.items()}
         subjects = sorted(set(store.recordings["subject_id"].astype(str)))
-        results = []
-        for task in cfg.tasks:
-            w = pooled[task]
-            what = (f"a seeded random mask per window hiding {cfg.mask_ratio:.0%} of the model's tokens"
-                    if task == "reconstruction" else f"the last {_horizon(train_config, cfg)} timepoints of every window, "
-                    f"AR({cfg.ar_order}) and VAR({cfg.ar_order})" + (
-                        f"; the model fine-tuned per fold for {forecast_finetune} steps (lr {forecast_lr:g}) to predict "
-                        "them from the rest, on the same training subjects" if forecast_finetune else
-                        "; the pretrained model, not fine-tuned for forecasting"))
-            notes = [f"{k}-fold subject cross-validation: {w['subject_id'].nunique()} of {len(subjects)} subjects each "
-                     f"scored once while held out, {len(w)} windows; per fold a `{preset}` model pretrained from scratch "
-                     "and the baselines fitted on that fold's training subjects only", what]
-            results.append(ladder_from_windows(task, w, cfg, notes))
+        results = [ladder_from_windows(task, pooled[task], cfg,
+                                       _notes(task, pooled[task], len(subjects), k, preset, train_config, cfg,
+                                              forecast_finetune, forecast_lr)) for task in cfg.tasks]
         minutes = (time.perf_counter() - t0) / 60
         timings = [read_json(p, "fold timing") for p in sorted(out.glob("folds/fold_*/timing.json"))]
         stages = {key: sum(t.get(key, 0.0) for t in timings) / 60 for key in ("pretrain_s", "forecast_finetune_s", "score_s")}
@@ -194,6 +182,22 @@ def run_crossval(preset: str, store_path, out_dir, k: int, cfg: BenchmarkConfig 
         print(f"{r.task} ({k}-fold CV): {task_verdict(r).replace('**', '')}")
     print(f"report: {Path(out_dir) / 'report.md'}")
     return results
+
+
+def _notes(task: str, windows: pd.DataFrame, num_subjects: int, k: int, preset: str, train_config,
+           cfg: BenchmarkConfig, forecast_finetune: int, forecast_lr: float) -> list[str]:
+    """What a task's pooled cross-validation numbers are (the report's notes)."""
+    if task == "reconstruction":
+        what = f"a seeded random mask per window hiding {cfg.mask_ratio:.0%} of the model's tokens"
+    else:
+        what = (f"the last {_horizon(train_config, cfg)} timepoints of every window, AR({cfg.ar_order}) and "
+                f"VAR({cfg.ar_order})" + (
+                    f"; the model fine-tuned per fold for {forecast_finetune} steps (lr {forecast_lr:g}) to predict "
+                    "them from the rest, on the same training subjects" if forecast_finetune else
+                    "; the pretrained model, not fine-tuned for forecasting"))
+    return [f"{k}-fold subject cross-validation: {windows['subject_id'].nunique()} of {num_subjects} subjects each "
+            f"scored once while held out, {len(windows)} windows; per fold a `{preset}` model pretrained from scratch "
+            "and the baselines fitted on that fold's training subjects only", what]
 
 
 def _check_plan(out: Path, plan: dict, overwrite: bool) -> None:

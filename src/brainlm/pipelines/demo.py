@@ -22,20 +22,33 @@ zero, region mean, interpolation); losing to the connectivity fill is reported, 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_demo"]
+from brainlm.options import option
+from brainlm.train.config import TrainingOverrides
+
+__all__ = ["DemoOptions", "run_demo"]
 
 
-def run_demo(out_dir: str = "runs/demo", overrides: dict[str, Any] | None = None, smoke: bool = False) -> int:
+@dataclass(kw_only=True)
+class DemoOptions(TrainingOverrides):
+    """Run the end-to-end demo on the bundled real recordings (training settings as --key=value)."""
+
+    out: str = option("runs/demo", "folder for the demo store and runs")
+    smoke: bool = option(False, "a few training steps only, to check the pipeline")
+
+
+def run_demo(options: DemoOptions | None = None) -> int:
     """Run the demo; returns 0 when the model beats the trivial baselines on held-out subjects.
 
-    Args:
-        out_dir: folder for the store (``store/``) and the runs (``run/``, ``forecast_run/``).
-        overrides: training settings changed from the ``demo`` preset (``--key=value``).
-        smoke: a few steps only, to check the pipeline (no forecasting, no verdict).
+    ``options.out`` holds the store (``store/``) and the runs (``run/``, ``forecast_run/``);
+    ``options.overrides`` changes training settings of the ``demo`` preset; ``options.smoke``
+    trains a few steps only, to check the pipeline (no forecasting, no verdict).
     """
+    options = options or DemoOptions()
+    out_dir, overrides, smoke = options.out, options.overrides, options.smoke
     from brainlm.data import build_demo_store
     from brainlm.evaluate.reconstruction import format_ladder
     from brainlm.hub import find_checkpoints

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from brainlm.errors import MissingInputError
+from brainlm.options import Options, option
 
-__all__ = ["verify_path"]
+__all__ = ["VerifyOptions", "run_verify", "verify_path"]
+
+
+@dataclass(kw_only=True)
+class VerifyOptions(Options):
+    """Check every file of a store, a training run or a checkpoint against its manifest."""
+
+    path: str = option(help="store folder, training run, or checkpoint folder", positional=True)
+
+
+def run_verify(options: VerifyOptions) -> str:
+    """``brainlm verify``: print what was checked (a corrupt file is a ``CorruptFileError``)."""
+    line = verify_path(options.path)
+    print(line)
+    return line
 
 
 def verify_path(path: str | Path) -> str:

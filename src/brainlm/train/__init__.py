@@ -2,7 +2,7 @@
 
 Public API::
 
-    TrainConfig, train_preset(name), TRAIN_PRESETS, apply_overrides, parse_overrides, resolve_config
+    TrainConfig, train_preset(name), TRAIN_PRESETS, apply_overrides, resolve_config
     pretrain(config, resume=False, train_dataset=None, val_dataset=None) -> RunResult
     Trainer(config, ...).fit();  build_datasets(config);  read_metrics(run_dir)
     run_pretrain(...)                       the ``brainlm pretrain`` command
@@ -17,7 +17,6 @@ from brainlm.train.config import (
     TrainConfig,
     apply_overrides,
     forecast_finetune,
-    parse_overrides,
     resolve_config,
     train_preset,
 )
@@ -30,7 +29,7 @@ from brainlm.train.region_init import connectivity_embedding, init_region_embedd
 from brainlm.train.trainer import NonFiniteLossError, RunResult, Trainer, pretrain
 
 __all__ = [
-    "TrainConfig", "TRAIN_PRESETS", "train_preset", "forecast_finetune", "apply_overrides", "parse_overrides", "resolve_config",
+    "TrainConfig", "TRAIN_PRESETS", "train_preset", "forecast_finetune", "apply_overrides", "resolve_config",
     "pretrain", "run_pretrain", "Trainer", "RunResult", "NonFiniteLossError", "build_datasets", "fit_baselines",
     "read_metrics", "structured_noise", "connectivity_embedding", "init_region_embedding", "param_groups", "build_optimizer", "lr_at", "scaled_lr",
     "load_checkpoint",

@@ -16,77 +16,76 @@ from pathlib import Path
 from typing import Any
 
 from brainlm.errors import MissingInputError, UserError
+from brainlm.options import Options, add_dataclass_arguments, given_fields, option
 from brainlm.model import PRESETS as MODEL_PRESETS
 from brainlm.model import BrainLMConfig
 
 MASK_SCHEMES = ("patch", "region", "time", "mixed", "forecast")
 
-__all__ = ["MASK_SCHEMES", "TrainConfig", "forecast_finetune", "TRAIN_PRESETS", "train_preset", "apply_overrides", "parse_overrides", "resolve_config"]
+__all__ = ["MASK_SCHEMES", "TrainConfig", "TrainingOverrides", "forecast_finetune", "TRAIN_PRESETS", "train_preset", "apply_overrides", "resolve_config"]
 
 
 @dataclass(kw_only=True)
-class TrainConfig:
-    """Everything a pretraining run needs besides the data itself."""
+class TrainConfig(Options):
+    """Everything a pretraining run needs besides the data itself.
+
+    On the command line every field is a ``--key=value`` setting changed from a preset
+    (:class:`TrainingOverrides`); model fields are ``--model.<field>=value``.
+    """
 
     # model
-    model: str = "13m"  # a preset of brainlm.model.PRESETS
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # BrainLMConfig fields to change
-    init_from: str | None = None  # start from the weights of this model folder instead of random init
-    # with --model.learned_region_embedding: "normal" (the model's init) or "connectivity" (the
-    # principal axes of the train split's region covariance, coordinate projections at 0)
-    region_embedding_init: str = "normal"
+    model: str = option("13m", "a preset of brainlm.model.PRESETS")
+    model_overrides: dict[str, Any] = option(default_factory=dict, help="BrainLMConfig fields to change")
+    init_from: str | None = option(None, "start from the weights of this model folder instead of random init")
+    region_embedding_init: str = option("normal", "with --model.learned_region_embedding: 'normal' (the model's init) or 'connectivity' (the principal axes of the train split's region covariance, coordinate projections at 0)")
     # data
-    data: str | None = None  # store folder (brainlm.data.open_store)
-    window: int = 200  # timepoints per window, T; the model's num_timepoints_per_voxel
-    train_mode: str = "random"  # window choice on the train split: "random" or "sliding"
-    train_stride: int = 0  # stride of sliding train windows (0 = window)
-    # sliding train windows: "window" (each once; long recordings weigh more) or "recording"
-    # (shorter recordings' windows repeated so that every recording weighs the same)
-    train_balance: str = "window"
-    eval_mode: str = "sliding"  # windows of validation / test: "fixed" or "sliding" (never random)
-    eval_stride: int = 0  # stride of sliding evaluation windows (0 = window)
-    num_workers: int = 0  # DataLoader worker processes
+    data: str | None = option(None, "store folder (brainlm.data.open_store)")
+    window: int = option(200, "timepoints per window, T; the model's num_timepoints_per_voxel")
+    train_mode: str = option("random", "window choice on the train split: 'random' or 'sliding'")
+    train_stride: int = option(0, "stride of sliding train windows (0 = window)")
+    train_balance: str = option("window", "sliding train windows: 'window' (each once; long recordings weigh more) or 'recording' (shorter recordings' windows repeated so that every recording weighs the same)")
+    eval_mode: str = option("sliding", "windows of validation / test: 'fixed' or 'sliding' (never random)")
+    eval_stride: int = option(0, "stride of sliding evaluation windows (0 = window)")
+    num_workers: int = option(0, "DataLoader worker processes")
     # run
-    out_dir: str = "runs/pretrain"  # run folder: config, checkpoints, metrics, plots
-    seed: int = 1234  # seeds init, window order, masks and dropout
-    max_steps: int = 1000  # optimiser steps (sets the learning-rate schedule)
-    stop_at_step: int = 0  # end this call early at this step, schedule unchanged (0 = max_steps); resume later
+    out_dir: str = option("runs/pretrain", "run folder: config, checkpoints, metrics, plots")
+    seed: int = option(1234, "seeds init, window order, masks and dropout")
+    max_steps: int = option(1000, "optimiser steps (sets the learning-rate schedule)")
+    stop_at_step: int = option(0, "end this call early at this step, schedule unchanged (0 = max_steps); resume later")
     # batch and optimisation (the original recipe: AdamW, base lr 1e-3 x global batch / 256,
     # weight decay 0.05, 5% warmup then cosine, gradient clipping at 1.0)
-    batch_size: int = 32  # windows per process per micro-batch
-    grad_accum_steps: int = 1  # micro-batches per optimiser step
-    eval_batch_size: int = 0  # windows per process per evaluation batch (0 = batch_size)
-    base_lr: float = 1e-3  # lr = base_lr x global batch / 256
-    lr: float | None = None  # absolute learning rate; overrides base_lr when set
-    min_lr_ratio: float = 0.0  # the cosine ends at lr x min_lr_ratio
-    warmup_ratio: float = 0.05  # fraction of max_steps with linear warmup
-    warmup_steps: int | None = None  # warmup length in steps; overrides warmup_ratio when set
-    weight_decay: float = 0.05  # not applied to norms, biases, CLS and mask tokens
-    beta1: float = 0.9
-    beta2: float = 0.999
-    max_grad_norm: float = 1.0  # gradient clipping (0 disables)
+    batch_size: int = option(32, "windows per process per micro-batch")
+    grad_accum_steps: int = option(1, "micro-batches per optimiser step")
+    eval_batch_size: int = option(0, "windows per process per evaluation batch (0 = batch_size)")
+    base_lr: float = option(1e-3, "lr = base_lr x global batch / 256")
+    lr: float | None = option(None, "absolute learning rate; overrides base_lr when set")
+    min_lr_ratio: float = option(0.0, "the cosine ends at lr x min_lr_ratio")
+    warmup_ratio: float = option(0.05, "fraction of max_steps with linear warmup")
+    warmup_steps: int | None = option(None, "warmup length in steps; overrides warmup_ratio when set")
+    weight_decay: float = option(0.05, "not applied to norms, biases, CLS and mask tokens")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.999, "AdamW beta2")
+    max_grad_norm: float = option(1.0, "gradient clipping (0 disables)")
     # hardware
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    precision: str = "auto"  # "auto" (bf16 where the hardware has it, else fp32), "bf16", "fp16" (GPU), "fp32"
-    fsdp: bool = False  # shard the model with FSDP2 (fully_shard per block) under torchrun
-    compile: bool = False  # torch.compile the model
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass
-    num_threads: int = 0  # torch CPU threads (0 = leave torch's default)
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, ...")
+    precision: str = option("auto", "'auto' (bf16 where the hardware has it, else fp32), 'bf16', 'fp16' (GPU), 'fp32'")
+    fsdp: bool = option(False, "shard the model with FSDP2 (fully_shard per block) under torchrun")
+    compile: bool = option(False, "torch.compile the model")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
+    num_threads: int = option(0, "torch CPU threads (0 = leave torch's default)")
     # evaluation, checkpoints, logging
-    eval_every: int = 100  # steps between validation runs (0 = only at the end)
-    eval_mask_ratio: float | None = None  # masked fraction when evaluating (None: the model's mask_ratio)
-    # training masks: "patch" (random tokens, the original), "region" (whole regions), "time"
-    # (whole patch columns across regions), "mixed" (each window one of the three at random)
-    train_mask_scheme: str = "patch"
-    eval_max_batches: int = 0  # cap on validation batches per evaluation (0 = all)
-    save_every: int = 100  # steps between checkpoints (0 = only at the end)
-    keep_last: int = 3  # checkpoints kept besides the best
-    log_every: int = 10  # steps between training-loss records
-    progress: bool = True  # progress bar on rank 0
-    plots: bool = True  # write loss / metric curves and reconstruction plots
-    tensorboard: bool = False  # log to TensorBoard when the package is installed
-    wandb: bool = False  # log to Weights & Biases when the package is installed
-    wandb_project: str = "brainlm"
+    eval_every: int = option(100, "steps between validation runs (0 = only at the end)")
+    eval_mask_ratio: float | None = option(None, "masked fraction when evaluating (None: the model's mask_ratio)")
+    train_mask_scheme: str = option("patch", "training masks: 'patch' (random tokens, the original), 'region' (whole regions), 'time' (whole patch columns across regions), 'mixed' (each window one of the three at random)")
+    eval_max_batches: int = option(0, "cap on validation batches per evaluation (0 = all)")
+    save_every: int = option(100, "steps between checkpoints (0 = only at the end)")
+    keep_last: int = option(3, "checkpoints kept besides the best")
+    log_every: int = option(10, "steps between training-loss records")
+    progress: bool = option(True, "progress bar on rank 0")
+    plots: bool = option(True, "write loss / metric curves and reconstruction plots")
+    tensorboard: bool = option(False, "log to TensorBoard when the package is installed")
+    wandb: bool = option(False, "log to Weights & Biases when the package is installed")
+    wandb_project: str = option("brainlm", "the Weights & Biases project")
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -242,7 +241,7 @@ def train_preset(name: str) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# --key=value overrides
+# --key=value overrides (TrainingOverrides keeps them as typed; apply_overrides parses them)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -270,40 +269,28 @@ def _coerce(text: str, annotation: Any, key: str) -> Any:
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise UserError(f"{key}: expected true/false, got {text!r}")
+        raise UserError(f"--{key}: expected true/false, got {text!r}")
     if annotation is int:
         try:
             return int(text)
         except ValueError:
-            raise UserError(f"{key}: expected an integer, got {text!r}") from None
+            raise UserError(f"--{key}: expected an integer, got {text!r}") from None
     if annotation is float:
         try:
             return float(text)
         except ValueError:
-            raise UserError(f"{key}: expected a number, got {text!r}") from None
+            raise UserError(f"--{key}: expected a number, got {text!r}") from None
     if annotation is str or annotation is Any:
         return text
     if origin is dict or annotation is dict:
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
-            raise UserError(f"{key}: expected a JSON object, got {text!r}") from None
+            raise UserError(f"--{key}: expected a JSON object, got {text!r}") from None
         if not isinstance(value, dict):
-            raise UserError(f"{key}: expected a JSON object, got {text!r}")
+            raise UserError(f"--{key}: expected a JSON object, got {text!r}")
         return value
-    raise UserError(f"{key}: cannot parse a value of type {annotation}")
-
-
-def parse_overrides(items: list[str]) -> dict[str, str]:
-    """``["--max_steps=10", "model.hidden_size=64"]`` -> ``{"max_steps": "10", "model.hidden_size": "64"}``."""
-    out = {}
-    for item in items:
-        body = item[2:] if item.startswith("--") else item
-        if "=" not in body:
-            raise UserError(f"override {item!r} is not of the form --key=value")
-        key, value = body.split("=", 1)
-        out[key.strip().replace("-", "_")] = value
-    return out
+    raise UserError(f"--{key}: cannot parse a value of type {annotation}")
 
 
 def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
@@ -331,6 +318,33 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConf
     if "model_overrides" in changes:
         model_changes = {**model_changes, **changes.pop("model_overrides")}
     return dataclasses.replace(config, **changes, model_overrides=model_changes)
+
+
+@dataclass(kw_only=True)
+class TrainingOverrides(Options):
+    """Base of the options of commands that train: every :class:`TrainConfig` field is a
+    ``--key=value`` flag (``--max_steps=500``) and every model field a ``--model.key=value`` flag
+    (``--model.hidden_size=64``), changed from the preset; the values given are kept as typed in
+    ``overrides`` and parsed by :func:`apply_overrides` against the field's type."""
+
+    overrides: dict[str, Any] = option(default_factory=dict, help="training settings changed from the preset",
+                                       cli=False)
+
+    @classmethod
+    def add_to(cls, parser, **kwargs):
+        super().add_to(parser, **kwargs)
+        add_dataclass_arguments(parser, TrainConfig, underscore=True, raw=True, exclude=("model_overrides",),
+                                dest_prefix="train.", title="training settings", description="--key=value, changed "
+                                "from the preset (docs/training.md); a flag of the command itself takes precedence")
+        add_dataclass_arguments(parser, BrainLMConfig, prefix="model.", underscore=True, raw=True, exclude=("extra",),
+                                title="model settings", description="--model.key=value, a field of BrainLMConfig")
+        return parser
+
+    @classmethod
+    def from_args(cls, args, **extra):
+        given = {**given_fields(TrainConfig, args, "train."),
+                 **{f"model.{k}": v for k, v in given_fields(BrainLMConfig, args, "model.").items()}}
+        return super().from_args(args, overrides=given, **extra)
 
 
 def resolve_config(

@@ -2,34 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from brainlm.distributed import destroy_distributed, init_distributed
 from brainlm.evaluate.reconstruction import ladder_verdict
-from brainlm.train.config import resolve_config
-from brainlm.train.trainer import RunResult, pretrain
+from brainlm.options import option
 
-__all__ = ["run_pretrain"]
+from .config import TrainingOverrides, resolve_config
+from .trainer import RunResult, pretrain
+
+__all__ = ["PretrainOptions", "run_pretrain"]
 
 
-def run_pretrain(
-    preset: str | None = None,
-    *,
-    data: str | None = None,
-    out: str | None = None,
-    resume: str | None = None,
-    fsdp: bool = False,
-    overrides: dict[str, Any] | None = None,
-) -> RunResult:
+@dataclass(kw_only=True)
+class PretrainOptions(TrainingOverrides):
+    """Pretrain BrainLM (also under torchrun for DDP / FSDP); any training setting as --key=value
+    (e.g. --max_steps=500, --model.hidden_size=128), see docs/training.md."""
+
+    preset: str | None = option(None, "training preset: demo, 13m, 111m, 650m (default 13m)")
+    data: str | None = option(None, "store folder (brainlm.data)")
+    out: str | None = option(None, "run folder")
+    resume: str | None = option(None, "continue the run in RUN_DIR", metavar="RUN_DIR")
+    fsdp: bool = option(False, "shard the model with FSDP2 (under torchrun)")
+
+
+def run_pretrain(options: PretrainOptions) -> RunResult:
     """Train (or continue) a run and print the validation numbers next to the strongest baseline."""
-    changes = dict(overrides or {})
-    if data is not None:
-        changes["data"] = data
-    if fsdp:
+    o = options
+    changes = dict(o.overrides)
+    if o.data is not None:
+        changes["data"] = o.data
+    if o.fsdp:
         changes["fsdp"] = True
-    config = resolve_config(preset, changes, resume=resume, out=out)
+    config = resolve_config(o.preset, changes, resume=o.resume, out=o.out)
     try:
-        result = pretrain(config, resume=resume is not None)
+        result = pretrain(config, resume=o.resume is not None)
         if init_distributed().is_main:
             _report(result)
     finally:
