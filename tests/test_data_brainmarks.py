@@ -24,6 +24,7 @@ from brainlm.data import (
     write_store,
 )
 from brainlm.data.brainmarks import (
+    BRAINMARKS_INDEX,
     BRAINMARKS_SPLIT,
     brainmarks_classification_metrics,
     brainmarks_recordings,
@@ -224,7 +225,7 @@ def test_plain_arrow_without_datasets_metadata(tmp_path):
         w.write_table(table)
     _, tasks, _ = brainmarks_recordings([folder.parent])
     rec = tasks[0][1]()
-    assert rec.subject_id == "0012" and rec.phenotypes == {BRAINMARKS_SPLIT: "train"}
+    assert rec.subject_id == "0012" and rec.phenotypes == {BRAINMARKS_SPLIT: "train", BRAINMARKS_INDEX: 0}
     np.testing.assert_allclose(rec.data, row["bold"].astype(np.float32) * row["std"] + row["mean"], atol=1e-3)
 
 

@@ -98,11 +98,14 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--participants", help="phenotype table (participants.tsv, .csv or .parquet)")
     g = p.add_argument_group("store (with --part: give the same store options to every part)")
     g.add_argument("--target-tr", type=float, help="resample every recording to this TR (s), e.g. 0.735")
-    g.add_argument("--normalization", help="default: robust (original datasets: none)")
+    g.add_argument("--normalization", help="default: robust (original datasets: none); brainmarks-brainlm: "
+                   "the input Brainmarks' BrainLM transform gives (docs/store.md)")
     g.add_argument("--dtype", choices=["float16", "float32"], help="default float16")
     g.add_argument("--split", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
                    help="subject fractions, or subject counts (default 0.8 0.1 0.1)")
     g.add_argument("--seed", type=int, help="default 0")
+    g.add_argument("--resplit", action="store_true", help="split subjects by --split and --seed even where the "
+                   "inputs define splits (Brainmarks datasets keep theirs by default)")
     g.add_argument("--window", type=int, help="recordings shorter than this are rejected (default 200)")
     g.add_argument("--on-error", default="skip", choices=["skip", "raise"], help="skip bad inputs (default) or stop")
     g.add_argument("--shard-mb", type=int, help="default 256")
@@ -121,7 +124,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
         given = {k: getattr(args, k) for k in ("target_tr", "normalization", "dtype", "split", "seed", "window",
                                                "shard_mb") if getattr(args, k) is not None}
-        options = StoreOptions(**given, on_error=args.on_error, jobs=args.jobs)
+        options = StoreOptions(**given, on_error=args.on_error, jobs=args.jobs, resplit=args.resplit)
         if sum(map(bool, (args.demo, args.merge, args.part))) > 1:
             raise UserError("--demo, --part and --merge are different jobs: give one of them")
         if args.merge:
