@@ -484,7 +484,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
         "With --cv K, CHECKPOINT is a training preset (e.g. demo): a model is pretrained per subject fold and every "
         "subject is scored once while held out (training settings as --key=value, e.g. --max_steps=500).")
     p.add_argument("checkpoint", help="model folder (ours, original BrainLM, ViT-MAE, a training run); "
-                   "with --cv, a training preset")
+                   "with --cv, a training preset; with --protocol brainmarks, '-' for none (baselines and --features)")
     p.add_argument("store", help="store folder (baselines are fitted on its train split)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --out")
@@ -496,7 +496,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     _target_args(p, required=False)
     _evaluation_args(p)
     p.add_argument("--probes", default="dummy,ridge", help="comma separated: dummy, ridge, knn, svm, mlp")
-    p.add_argument("--brainmarks", action="store_true", help="also Brainmarks' convention: 3 quantile bins, accuracy, macro-F1")
+    p.add_argument("--brainmarks", action="store_true", help="also 3 quantile bins scored by accuracy and macro-F1 "
+                   "(a rough convention; --protocol brainmarks runs Brainmarks' own protocol)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--cv", type=int, default=None, metavar="K",
                    help="K-fold subject cross-validation: pretrain CHECKPOINT (a preset) per fold; rerun to continue")
@@ -504,10 +505,24 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
                    help="with --cv: fine-tune each fold's model this many steps to predict the last patch (forecasting)")
     p.add_argument("--forecast-lr", type=float, default=1e-3, help="learning rate of --forecast-finetune")
     _device_args(p)
+    if _BUILDING in (None, "benchmark"):  # its options import the model stack; only when benchmark is run
+        from brainlm.downstream.brainmarks import BrainmarksOptions
+
+        BrainmarksOptions.add_to(p)
 
     def run(args: argparse.Namespace) -> int:
+        from brainlm.downstream.brainmarks import BrainmarksOptions, run_brainmarks_benchmark
         from brainlm.evaluate.benchmark import BenchmarkConfig, run_benchmark
         from brainlm.train import parse_overrides
+
+        brainmarks = BrainmarksOptions.from_args(args)
+        if brainmarks.protocol == "brainmarks":
+
+            run_brainmarks_benchmark(None if args.checkpoint == "-" else args.checkpoint, args.store, args.out,
+                                     target=args.target, options=brainmarks, targets_file=args.targets,
+                                     subject_column=args.subject_column, batch_size=args.batch_size,
+                                     precision=args.precision, device=args.device, overwrite=args.overwrite)
+            return 0
 
         if args.cv is None and args.overrides:
             raise UserError(f"unrecognised arguments: {' '.join(args.overrides)} (training settings need --cv)")
@@ -553,8 +568,13 @@ def _command_named(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+_BUILDING: str | None = None  # the command whose parser is being built (None: all)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; the arguments of ``command`` only (every command's when None)."""
+    global _BUILDING
+    _BUILDING = command
     parser = argparse.ArgumentParser(prog="brainlm", description=__doc__.splitlines()[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     for c in COMMANDS:

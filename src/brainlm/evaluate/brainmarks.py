@@ -60,6 +60,7 @@ __all__ = [
     "LogisticProtocol",
     "ProtocolResult",
     "brainmarks_bins",
+    "brainmarks_connectome",
     "classification_scores",
     "bootstrap_indices",
     "logistic_protocol",
@@ -185,6 +186,23 @@ def brainmarks_bins(values, rule: str) -> np.ndarray:
     return BINNINGS[name][1](values)
 
 
+def brainmarks_connectome(series) -> np.ndarray:
+    """Brainmarks' Pearson-FC baseline (its ``connectome`` model) of ``(T, R)`` recordings.
+
+    Each region centred and scaled to unit norm over time (a norm under 1e-6 counts as 1e-6, so
+    a flat region correlates 0 with every other), the ``R x R`` correlation, its upper triangle
+    above the diagonal in row-major order: ``(N, R (R - 1) / 2)`` float32.
+    """
+    out = []
+    for x in series:
+        x = np.asarray(x, np.float32)
+        x = x - x.mean(0, keepdims=True)
+        x = x / np.maximum(np.linalg.norm(x, axis=0, keepdims=True), 1e-6)
+        rows, cols = np.triu_indices(x.shape[1], k=1)
+        out.append((x.T @ x)[rows, cols])
+    return np.stack(out).astype(np.float32)
+
+
 # --------------------------------------------------------------------------- scores
 
 
@@ -307,6 +325,7 @@ def _fit(protocol: LogisticProtocol, X: np.ndarray, y: np.ndarray, validation_si
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.utils import check_random_state
+    from threadpoolctl import threadpool_limits
 
     rng = check_random_state(protocol.seed)
     cv = StratifiedShuffleSplit(n_splits=protocol.cv_folds, test_size=validation_size,
@@ -315,7 +334,9 @@ def _fit(protocol: LogisticProtocol, X: np.ndarray, y: np.ndarray, validation_si
     clf = Pipeline([("scaler", StandardScaler()), ("clf", LogisticRegressionCV(
         Cs=protocol.Cs, cv=cv, scoring=scoring, max_iter=protocol.max_iter,
         class_weight="balanced" if protocol.balanced else None, random_state=rng))])
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
+        # One BLAS thread: these are small problems, and threads only wait on each other (several
+        # times slower on a busy machine); the numbers are the same.
         warnings.simplefilter("ignore")  # convergence and deprecation chatter, as Brainmarks prints it
         return clf.fit(X, y)
 
@@ -346,7 +367,9 @@ def _brainmarks_evaluate(protocol: LogisticProtocol, X: dict, y: dict, validatio
     args = SimpleNamespace(seed=protocol.seed, cv_folds=protocol.cv_folds, cv_metric=protocol.cv_metric,
                            balanced_sampling=protocol.balanced, Cs=protocol.Cs, max_iter=protocol.max_iter,
                            num_workers=None, model="", representation="", dataset="", metrics=list(METRICS))
-    with warnings.catch_warnings():
+    from threadpoolctl import threadpool_limits
+
+    with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
         warnings.simplefilter("ignore")
         table = evaluate(args, X, y, validation_size=validation_size, trial_id=trial)
     return table[["trial", "C", "split", *[f"{m}{s}" for m in METRICS for s in ("", "_std")]]]
