@@ -434,6 +434,9 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--full", action="store_true", help="fine-tune the encoder too (default: frozen)")
+    p.add_argument("--lora", action="store_true", help="train LoRA adapters on the encoder's linear layers (needs peft: "
+                   "pip install 'brainlm[lora]'); saved in OUT/adapter")
+    p.add_argument("--lora-r", type=int, default=8, help="rank of the LoRA adapters")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -449,7 +452,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 
         run_finetune(args.checkpoint, args.store, args.target, args.out, overwrite=args.overwrite,
                      targets_file=args.targets, subject_column=args.subject_column, task=args.task,
-                     freeze_encoder=not args.full, epochs=args.epochs, patience=args.patience, lr=args.lr,
+                     freeze_encoder=not args.full, lora=args.lora, lora_r=args.lora_r, epochs=args.epochs, patience=args.patience, lr=args.lr,
                      encoder_lr=args.encoder_lr, batch_size=args.batch_size, head_hidden=args.head_hidden,
                      window=args.window, stride=args.stride, seed=args.seed)
         return 0

@@ -6,13 +6,17 @@ Dimension letters: B windows, R regions, T timepoints per window, D hidden size,
 ``finetune`` trains on sliding windows of a store's training split (every window of a
 subject carries the subject's target) and stops early on the validation split's loss
 (MSE of standardised targets, or cross-entropy). ``freeze_encoder=True`` trains the head
-only (encoder in eval mode, no gradients); otherwise encoder and head are trained together,
-the encoder with its own, smaller learning rate. The decoder is never used or changed.
+only (encoder in eval mode, no gradients); ``lora=True`` also trains low-rank adapters on the
+encoder's linear layers (:mod:`brainlm.downstream.lora`, through ``peft``), the encoder's own
+weights frozen; ``freeze_encoder=False`` trains encoder and head together. Encoder or adapters
+learn at their own, smaller learning rate. The decoder is never used or changed.
 
 The saved folder is an ordinary checkpoint of the whole masked autoencoder with the
 fine-tuned encoder (``config.json`` + ``model.safetensors``: ``load_model``, ``embed`` and
 ``probe`` accept it) plus ``head.safetensors`` and ``head.json`` (task, classes, target
-scaling, head sizes), read by ``load_finetuned``.
+scaling, head sizes), read by ``load_finetuned``. With LoRA, ``model.safetensors`` is the base
+model unchanged and the adapter is in ``adapter/`` (``peft``'s format): ``load_finetuned`` puts
+it back as it was trained, ``load_model`` folds it into the weights.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from brainlm.checkpoint import save_pretrained
+from brainlm.checkpoint import load_pretrained, save_pretrained
 from brainlm.errors import MissingInputError, OutputExistsError, UserError
 from brainlm.evaluate.protocol import EarlyStopping, infer_task
 from brainlm.io import atomic_write, atomic_write_json, normalize_subject_id
@@ -49,7 +53,11 @@ class FinetuneConfig:
     """Options of :func:`finetune`."""
 
     task: str = "auto"  # "regression", "classification", or "auto" (see brainlm.downstream.probe)
-    freeze_encoder: bool = True  # train the head only
+    freeze_encoder: bool = True  # train the head only (and the adapters, with lora)
+    lora: bool = False  # train LoRA adapters on the encoder's linear layers (needs peft)
+    lora_r: int = 8  # rank of the adapters
+    lora_alpha: int = 16  # their scale is lora_alpha / lora_r
+    lora_dropout: float = 0.05  # dropout on the adapters' input
     pooling: str = "cls"  # "cls" (the paper) or "mean" of the patch tokens, fed to the head
     head_hidden: int = 128  # width of the head's hidden layer
     dropout: float = 0.1  # dropout before the head's output layer
@@ -72,6 +80,10 @@ class FinetuneConfig:
             raise UserError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 1 or self.head_hidden < 1:
             raise UserError("epochs, patience, batch_size and head_hidden must be positive")
+        if self.lora and not self.freeze_encoder:
+            raise UserError("--lora and --full are different ways to fine-tune: give one of them")
+        if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise UserError("--lora-r must be >= 1, --lora-alpha positive and the LoRA dropout in [0, 1)")
 
 
 class BrainLMFinetuner(nn.Module):
@@ -289,7 +301,13 @@ def _build(backbone: BrainLMForPretraining, config: FinetuneConfig, info: dict):
     for p in model.backbone.decoder.parameters():
         p.requires_grad_(False)
     groups = [{"params": list(model.head.parameters()), "lr": config.lr}]
-    if config.freeze_encoder:
+    if config.lora:
+        from .lora import add_lora
+
+        add_lora(model.backbone, config.lora_r, config.lora_alpha, config.lora_dropout)
+        groups.append({"params": [p for n, p in model.backbone.named_parameters() if "lora_" in n],
+                       "lr": config.encoder_lr})
+    elif config.freeze_encoder:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     else:
@@ -322,7 +340,16 @@ def save_finetuned(model: BrainLMFinetuner, folder: str | os.PathLike, overwrite
     folder = Path(folder)
     if (folder / "config.json").exists() and not overwrite:
         raise OutputExistsError(f"{folder} already holds a checkpoint; pass overwrite=True")
-    save_pretrained(model.backbone, folder)
+    if hasattr(model.backbone, "lora_config"):
+        from .lora import ADAPTER_DIR, base_state_dict, save_adapter
+
+        base = BrainLMForPretraining(model.backbone.config)
+        base.load_state_dict(base_state_dict(model.backbone))
+        save_pretrained(base, folder)
+        save_adapter(model.backbone, folder / ADAPTER_DIR)
+        model.info["adapter"] = ADAPTER_DIR
+    else:
+        save_pretrained(model.backbone, folder)
     head = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
     atomic_write(folder / "head.safetensors", lambda tmp: save_file(head, str(tmp)))
     atomic_write_json(folder / "head.json", json.loads(json.dumps(model.info, default=str)), sort_keys=True)
@@ -330,12 +357,17 @@ def save_finetuned(model: BrainLMFinetuner, folder: str | os.PathLike, overwrite
 
 
 def load_finetuned(folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> BrainLMFinetuner:
-    """Load what :func:`save_finetuned` wrote (encoder + head), in eval mode."""
+    """Load what :func:`save_finetuned` wrote (encoder, adapter if any, head), in eval mode."""
     folder = Path(folder)
     if not (folder / "head.json").is_file():
         raise MissingInputError(f"{folder}: no head.json (not a fine-tuned checkpoint; load_model reads the encoder alone)")
     info = json.loads((folder / "head.json").read_text())
-    backbone = load_model(folder, map_location)
+    if info.get("adapter"):
+        from .lora import attach_adapter
+
+        backbone = attach_adapter(load_pretrained(folder, map_location=map_location), folder / info["adapter"])
+    else:
+        backbone = load_model(folder, map_location)
     model = BrainLMFinetuner(backbone, info["num_outputs"], info["hidden"], info["dropout"], info.get("pooling", "cls"))
     model.head.load_state_dict(load_file(str(folder / "head.safetensors")))
     model.info = info

@@ -6,7 +6,8 @@ both model kinds share (``num_regions``, ``window_length``, ``num_tokens``, ``em
 
 - our checkpoint folders (``config.json`` with ``model_type: brainlm`` + ``model.safetensors``),
   including fine-tuned folders written by :func:`brainlm.downstream.save_finetuned` (the
-  encoder is loaded; the head is read by :func:`brainlm.downstream.load_finetuned`);
+  encoder is loaded, with a LoRA ``adapter/`` folded into its weights; the head is read by
+  :func:`brainlm.downstream.load_finetuned`);
 - original BrainLM checkpoint folders (``model_type: brainlm_mae``);
 - released ViT-MAE folders (``model_type: vit_mae``);
 - Hugging Face hub ids of any of these, such as ``vandijklab/brainlm/vitmae_111M`` (they need
@@ -99,7 +100,12 @@ def load_model(path_or_id: str | os.PathLike, map_location: str | torch.device =
         return load_vitmae(folder, device=map_location)
     if model_type not in ("brainlm", "brainlm_mae"):
         raise UserError(f"{folder}: model_type {model_type!r} is not a BrainLM or ViT-MAE checkpoint")
-    return load_pretrained(folder, map_location=map_location)
+    model = load_pretrained(folder, map_location=map_location)
+    if (folder / "adapter").is_dir():  # a LoRA fine-tune: its adapter folded into the encoder
+        from .lora import merge_adapter
+
+        merge_adapter(model, folder / "adapter")
+    return model
 
 
 def check_regions(model: nn.Module, num_regions: int, what: str = "the data") -> None:
