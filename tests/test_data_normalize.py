@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn.preprocessing import RobustScaler
 
-from brainlm.data import NORMALIZATIONS, Normalizer, TemporalResampler, resample_tr
+from brainlm.data import NORMALIZATIONS, Normalizer, StoreOptions, TemporalResampler, resample_tr
+from brainlm.errors import UserError
 
 
 def _cohort(seed=0, n=5, R=4):
@@ -36,9 +37,9 @@ def test_every_method_shape_finite_and_state_round_trip(method):
     train = _cohort()
     norm = Normalizer(method).fit(train)
     x = _cohort(seed=2, n=1)[0]
-    y = norm.transform(x)
+    y = norm.transform(x, tr=0.72)
     assert y.shape == x.shape and y.dtype == np.float32 and np.isfinite(y).all()
-    np.testing.assert_array_equal(Normalizer.from_state(norm.state_dict()).transform(x), y)
+    np.testing.assert_array_equal(Normalizer.from_state(norm.state_dict()).transform(x, tr=0.72), y)
 
 
 def test_recording_level_schemes():
@@ -75,3 +76,31 @@ def test_resample_tr_length_and_signal():
     assert TemporalResampler(target).fit().transform(x, tr).shape == y.shape
     with pytest.raises(ValueError, match="known positive TR"):
         resample_tr(x, float("nan"), target)
+
+
+def test_brainmarks_brainlm_pools_every_timepoint_and_resamples_like_torch():
+    import torch
+    import torch.nn.functional as F
+
+    from brainlm.data.normalize import resample_linear
+
+    train = _cohort()
+    norm = Normalizer("brainmarks-brainlm", max_fit_rows=10).fit(train)  # no reservoir: every row counts
+    pooled = np.concatenate(train)
+    q25, q50, q75 = np.percentile(pooled, [25, 50, 75], axis=0)
+    np.testing.assert_allclose(norm.center_, q50, rtol=1e-6)
+    np.testing.assert_allclose(norm.scale_, q75 - q25 + 1e-6, rtol=1e-6)
+    x = train[0]
+    # 0.72 s is within 0.1 s of 0.735 s: values scaled, length kept, no per-recording mean removed
+    np.testing.assert_allclose(norm.transform(x, tr=0.72), (x - q50) / (q75 - q25 + 1e-6), rtol=1e-4, atol=1e-5)
+    assert norm.output_tr(0.72) == 0.72 and norm.output_tr(2.0) == 0.735
+    y = norm.transform(x, tr=2.0)
+    assert len(y) == round(2.0 * len(x) / 0.735)
+    for tr, target in ((2.0, 0.735), (0.5, 0.735), (3.0, 0.735)):
+        z = x.astype(np.float32)
+        expected = F.interpolate(torch.from_numpy(z).T[None], size=round(tr * len(z) / target), mode="linear")[0].T
+        np.testing.assert_allclose(resample_linear(z, tr, target), expected.numpy(), rtol=1e-6, atol=1e-5)
+    with pytest.raises(UserError, match="needs each recording's TR"):
+        norm.transform(x)
+    with pytest.raises(UserError, match="drop --target-tr"):
+        StoreOptions(normalization="brainmarks-brainlm", target_tr=0.735)

@@ -20,6 +20,7 @@ would run code is refused before anything in it runs.
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import warnings
@@ -34,11 +35,14 @@ from brainlm.hub import open_model, register_format
 from brainlm.io import atomic_write, atomic_write_text
 from brainlm.memory import check_memory
 
-__all__ = ["BRAINLM_TYPES", "load_pretrained", "save_pretrained", "save_weights", "save_config",
+__all__ = ["BRAINLM_TYPES", "ADAPTER_DIR", "read_adapter", "merge_adapter", "load_pretrained", "save_pretrained", "save_weights", "save_config",
            "load_state_dict_file", "convert_original_state_dict", "original_config_to_ours", "to_original_state_dict"]
 
 # The model types of BrainLM checkpoints: ours, and the original code's (brainlm_mae).
 BRAINLM_TYPES = ("brainlm", "brainlm_mae")
+# A LoRA fine-tune (brainlm finetune --lora) keeps the base weights and its adapter in peft's format beside them.
+ADAPTER_DIR = "adapter"
+_ADAPTER_CONFIG, _ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -207,19 +211,24 @@ def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
 
 
 def load_pretrained(path_or_hub_id: str | Path, map_location: str | torch.device = "cpu", *,
-                    revision: str | None = None):
+                    revision: str | None = None, adapter: bool = True):
     """A BrainLM model (our format or the original's) from a folder, a training run or a hub id.
 
     :func:`brainlm.hub.open_model` restricted to BrainLM checkpoints
     (``BrainLMForPretraining.from_pretrained`` does the same).
 
+    Args:
+        adapter: fold a LoRA fine-tune's ``adapter/`` into the weights (False: the base weights).
+
     Returns:
         The model in eval mode on ``map_location``.
     """
-    return open_model(path_or_hub_id, map_location=map_location, revision=revision, model_types=BRAINLM_TYPES)
+    return open_model(path_or_hub_id, map_location=map_location, revision=revision, model_types=BRAINLM_TYPES,
+                      adapter=adapter)
 
 
-def _load_brainlm(cls, folder: Path, raw: dict[str, Any], *, map_location: str | torch.device = "cpu"):
+def _load_brainlm(cls, folder: Path, raw: dict[str, Any], *, map_location: str | torch.device = "cpu",
+                  adapter: bool = True):
     """A BrainLM checkpoint folder (ours or the original's) as ``cls``, in eval mode (registered loader)."""
     weights = _find_weights(folder)
     if raw.get("model_type") == "brainlm_mae":
@@ -235,7 +244,35 @@ def _load_brainlm(cls, folder: Path, raw: dict[str, Any], *, map_location: str |
     state = convert(load_state_dict_file(weights))
     model = cls(config)
     _load_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, weights)
+    if adapter and (folder / ADAPTER_DIR).is_dir():  # a LoRA fine-tune: its adapter folded into the weights
+        merge_adapter(model, folder / ADAPTER_DIR)
     return model.to(map_location).eval()
+
+
+def read_adapter(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``adapter_config.json`` and the weights of a LoRA adapter folder (``peft``'s format)."""
+    if not (folder / _ADAPTER_CONFIG).is_file() or not (folder / _ADAPTER_WEIGHTS).is_file():
+        raise MissingInputError(f"{folder}: not a LoRA adapter (needs {_ADAPTER_CONFIG} and {_ADAPTER_WEIGHTS})")
+    return json.loads((folder / _ADAPTER_CONFIG).read_text()), load_file(str(folder / _ADAPTER_WEIGHTS))
+
+
+def merge_adapter(backbone: torch.nn.Module, folder: str | Path) -> torch.nn.Module:
+    """Fold a saved adapter into the weights (``W += (alpha / r) B A``), in place, without ``peft``."""
+    folder = Path(folder)
+    config, state = read_adapter(folder)
+    scale = config["lora_alpha"] / (config["r"] ** 0.5 if config.get("use_rslora") else config["r"])
+    modules = dict(backbone.named_modules())
+    with torch.no_grad():
+        for key, a in state.items():
+            if ".lora_A." not in key:
+                continue
+            name = key.split(".lora_A.")[0]
+            b = state[key.replace(".lora_A.", ".lora_B.")]
+            if name not in modules:
+                raise UserError(f"{folder}: the adapter targets {name!r}, which this model does not have")
+            weight = modules[name].weight
+            weight += (scale * (b.float() @ a.float())).to(weight.dtype)  # (out, in)
+    return backbone
 
 
 def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:

@@ -878,11 +878,12 @@ class BrainLMForPretraining(nn.Module, HubMixin):
             signal_vectors: (B, R, T). xyz_vectors: (B, R, 3).
             pooling: ``"cls"`` the CLS token; ``"mean"`` the mean of the L patch tokens;
                 ``"region_time"`` the tokens as (R, P, D) averaged over time, (B, R, D)
-                (over regions too with ``average_regions``: (B, D)).
+                (over regions too with ``average_regions``: (B, D)); ``"tokens"`` every
+                patch token, (B, L, D), region-major (what attentive probes read).
             output_attentions: also return the last layer's CLS attention per region, (B, R).
         """
-        if pooling not in ("cls", "mean", "region_time"):
-            raise UserError(f"--pooling must be cls, mean or region_time, got {pooling!r}")
+        if pooling not in ("cls", "mean", "region_time", "tokens"):
+            raise UserError(f"--pooling must be cls, mean, region_time or tokens, got {pooling!r}")
         enc = self.forward_encoder(signal_vectors, xyz_vectors, mask_ratio=0.0, output_cls_attentions=output_attentions)
         hidden = enc.latent  # (B, 1 + L, D)
         B, R, T = signal_vectors.shape
@@ -891,6 +892,8 @@ class BrainLMForPretraining(nn.Module, HubMixin):
             emb = hidden[:, 0]  # (B, D)
         elif pooling == "mean":
             emb = hidden[:, 1:].mean(1)  # (B, D)
+        elif pooling == "tokens":
+            emb = hidden[:, 1:]  # (B, L, D)
         else:
             emb = hidden[:, 1:].reshape(B, R, P, -1).mean(2)  # (B, R, D)
             if average_regions:

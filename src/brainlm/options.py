@@ -308,6 +308,11 @@ class Options:
         """A copy with some fields changed (checked again)."""
         return dataclasses.replace(self, **changes)
 
+    def as_base(self, cls: type):
+        """The options of ``cls``, one of this dataclass's bases, from this instance's values (e.g. the
+        library settings of a command whose options add its inputs and outputs)."""
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls) if f.init})
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -797,24 +797,26 @@ class BrainLMViTMAE(nn.Module, HubMixin):
         Args:
             signal_vectors: ``(B, R, T)``.
             xyz_vectors: ignored (see ``forward``).
-            pooling: ``"cls"`` the CLS token, ``"mean"`` the mean of the ``N`` patch tokens
-                (``"region_time"`` does not apply: the tokens are image patches).
+            pooling: ``"cls"`` the CLS token, ``"mean"`` the mean of the ``N`` patch tokens,
+                ``"tokens"`` every patch token, ``(B, N, D)`` (``"region_time"`` does not apply:
+                the tokens are image patches).
             average_regions, output_attentions: part of the shared interface; per-region
                 vectors and CLS attention per region exist for BrainLM models only.
 
         Returns:
-            ``EmbeddingOutput`` with ``embeddings`` ``(B, D)``.
+            ``EmbeddingOutput`` with ``embeddings`` ``(B, D)`` (``(B, N, D)`` for tokens).
         """
-        if pooling not in ("cls", "mean"):
+        if pooling not in ("cls", "mean", "tokens"):
             raise UserError(f"--pooling {pooling!r} does not apply to ViT-MAE models (their tokens are image "
-                            "patches); use cls or mean")
+                            "patches); use cls, mean or tokens")
         if output_attentions:
             raise UserError("CLS attention maps per region are only available for BrainLM models, not ViT-MAE")
         image = self.to_image(signal_vectors)
         B = image.shape[0]
         in_order = torch.arange(self.num_patches, device=image.device).expand(B, -1)  # (B, N)
         hidden, _, _ = self.forward_encoder(image, in_order, mask_ratio=0.0)  # (B, 1 + N, D)
-        return EmbeddingOutput(hidden[:, 0] if pooling == "cls" else hidden[:, 1:].mean(dim=1))
+        pooled = {"cls": lambda: hidden[:, 0], "mean": lambda: hidden[:, 1:].mean(dim=1), "tokens": lambda: hidden[:, 1:]}
+        return EmbeddingOutput(pooled[pooling]())  # (B, D), or (B, N, D) tokens
 
     # ----- the rest of the interface shared with BrainLMForPretraining
 

@@ -27,11 +27,17 @@ Contract (the same as ``original.original_recordings``): ``brainmarks_recordings
 A424 atlas, one ``(source, load)`` pair per sample, and the default normalisation; ``load()``
 returns a ``Recording`` with ``(T, 424)`` float32 data, text IDs (leading zeros kept), the TR,
 and ``phenotypes`` holding the dataset's targets plus ``brainmarks_split``, the split the
-sample belongs to in Brainmarks (``train``, ``validation``, ``test`` ...). Because the stored
-values are z-scored per sample, the loaders undo that by default (``bold * std + mean``, the
-same first step as Brainmarks' own BrainLM wrapper) and the default normalisation is
-``"robust"`` (cohort median / IQR per region fitted on the training split, as that wrapper
-also does); ``unscale=False`` keeps the stored z-scores and makes the default ``"none"``.
+sample belongs to in Brainmarks (``train``, ``validation``, ``test`` ...), and
+``brainmarks_index``, its position in that split (the order Brainmarks reads samples in, which
+its protocol's random splits depend on). The store keeps these splits (``Source.split_phenotype``)
+and keeps regions stored as zeros (``Source.keep_flat_regions``). Because the stored values are
+z-scored per sample, the loaders undo that by default (``bold * std + mean``, the same first
+step as Brainmarks' own BrainLM transform) and the default normalisation is ``"robust"``, the
+one our models are trained with. It is *not* Brainmarks' BrainLM transform (``robust`` also
+removes each recording's mean and fits on a sample of timepoints, and neither divides by 5.643
+nor resamples): ``--normalization brainmarks-brainlm`` is (see
+:mod:`brainlm.data.normalize`). ``unscale=False`` keeps the stored z-scores and makes the
+default ``"none"``.
 
 Brainmarks' evaluation conventions (target bins, scores) are :mod:`brainlm.evaluate.brainmarks`'s.
 
@@ -58,6 +64,7 @@ from .readers import Recording
 
 __all__ = [
     "BRAINMARKS_SPLIT",
+    "BRAINMARKS_INDEX",
     "brainmarks_splits",
     "read_brainmarks_split",
     "read_target_maps",
@@ -66,6 +73,7 @@ __all__ = [
 
 A424_REGIONS = 424
 BRAINMARKS_SPLIT = "brainmarks_split"  # phenotype holding the sample's Brainmarks split
+BRAINMARKS_INDEX = "brainmarks_index"  # phenotype holding the sample's position in its split
 _SPLIT_ORDER = ("train", "validation", "test")
 # Columns that become Recording fields (or are bookkeeping), not phenotypes.
 _NOT_PHENOTYPES = {"sub", "ses", "visit", "run", "task", "tr", "bold", "mean", "std", "path", "n_frames"}
@@ -317,7 +325,7 @@ def brainmarks_recordings(
         when several samples share subject, session, task and run (clip datasets), so
         recording IDs are unique; ``task`` = ``task``; ``tr`` = ``tr``; ``phenotypes`` = the
         other scalar columns except ``path`` and ``n_frames`` (``path`` is the sample's
-        source file in Brainmarks), the target maps, and ``brainmarks_split``.
+        source file in Brainmarks), the target maps, ``brainmarks_split`` and ``brainmarks_index``.
 
     Raises:
         InputError: a missing folder or data file, an unreadable file or target map, a
@@ -342,6 +350,7 @@ def brainmarks_recordings(
             items = [targets] if isinstance(targets, (str, Path)) else list(targets)
             maps = read_target_maps(items, prefix=_dataset_prefix(root))
         for split, folder in splits.items():
+            position = 0
             for file, table in read_brainmarks_split(folder):
                 if unscale:
                     for col in ("mean", "std"):
@@ -360,6 +369,8 @@ def brainmarks_recordings(
                     for name, mapping in maps.items():
                         pheno[f"{name}_map" if name in pheno else name] = _map_label(mapping, sub, session)
                     pheno[BRAINMARKS_SPLIT] = split
+                    pheno[BRAINMARKS_INDEX] = position
+                    position += 1
                     row_tr = values["tr"][i] if "tr" in values else None
                     rows.append({
                         "file": file, "table": table, "i": i, "split": split,

@@ -9,6 +9,15 @@ Departure from the original BrainLM code, on purpose: its "Voxelwise RobustScale
 reproduce the released datasets. The original divides by constants computed elsewhere
 (global std 41.44, 99th percentile 111.13); here those statistics are fitted on the training
 split.
+
+``"brainmarks-brainlm"`` gives exactly the input that Brainmarks' BrainLM transform
+(``brainmarks.models.brainlm.BrainLMTransform``, brainmarks 0.1.1) hands the released models,
+in our units: per-region ``(x - median) / (IQR + 1e-6)`` with the median and IQR of every
+training timepoint pooled (no reservoir sample, no per-recording mean removed), then, when the
+TR differs from 0.735 s by 0.1 s or more, linear interpolation to 0.735 s (``torch``'s
+``interpolate(mode="linear")``). Brainmarks then divides by 5.6430855 and reorders the regions
+by Y for the ViT-MAE models; :class:`brainlm.vitmae.BrainLMViTMAE` does both itself, so the
+stored values are what it must be handed.
 """
 
 from __future__ import annotations
@@ -20,7 +29,13 @@ import numpy as np
 
 from brainlm.errors import UserError
 
-__all__ = ["Normalizer", "TemporalResampler", "NORMALIZATIONS", "resample_tr"]
+__all__ = ["Normalizer", "TemporalResampler", "NORMALIZATIONS", "resample_tr", "resample_linear", "BRAINMARKS_TR"]
+
+# Brainmarks' BrainLM transform: the TR the released models expect, the TR difference below
+# which it leaves a recording as it is, and the epsilon added to the IQR.
+BRAINMARKS_TR = 0.735
+BRAINMARKS_TR_TOLERANCE = 0.1
+BRAINMARKS_IQR_EPS = 1e-6
 
 # method -> (needs cohort statistics, one-line description). The table in docs/store.md
 # mirrors this.
@@ -36,6 +51,8 @@ NORMALIZATIONS = {
     "per_patient_all_voxel": (False, "(x - min) / (max - min) over the whole recording (original Per_Patient_All_Voxel)"),
     "per_patient_per_voxel": (False, "(x - min) / (max - min) per region of the recording (original Per_Patient_Per_Voxel)"),
     "per_voxel_all_patient": (True, "(x - min) / (max - min) per region, cohort min and max (original Per_Voxel_All_Patient)"),
+    "brainmarks-brainlm": (True, "(x - median) / (IQR + 1e-6) per region over every training timepoint, then linear "
+                           "resampling to TR 0.735 s: Brainmarks' BrainLM transform before its division by 5.643"),
     "none": (False, "values stored as given"),
 }
 
@@ -126,6 +143,7 @@ class Normalizer:
         """
         rng = np.random.default_rng(self.seed)
         sample = _RowReservoir(self.max_fit_rows, rng)
+        every_row: list[np.ndarray] = []  # brainmarks-brainlm: Brainmarks pools every timepoint
         lo = hi = None
         count = 0
         for x in recordings:
@@ -133,14 +151,21 @@ class Normalizer:
             count += 1
             lo = x.min(0) if lo is None else np.minimum(lo, x.min(0))
             hi = x.max(0) if hi is None else np.maximum(hi, x.max(0))
-            if self.needs_fit:
+            if self.method == "brainmarks-brainlm":
+                every_row.append(x.astype(np.float32))
+            elif self.needs_fit:
                 sample.add(x - x.mean(0) if self.method in _CENTRED else x)
         if count == 0:
             raise UserError("cannot fit a normaliser on zero recordings")
         self.num_fit_recordings_ = count
         if not self.needs_fit:
             return self
-        m, rows = self.method, sample.rows().astype(np.float64)
+        m = self.method
+        if m == "brainmarks-brainlm":
+            q25, q50, q75 = np.percentile(np.concatenate(every_row), [25, 50, 75], axis=0)
+            self.center_, self.scale_ = q50, (q75 - q25) + BRAINMARKS_IQR_EPS
+            return self
+        rows = sample.rows().astype(np.float64)
         if m in {"robust", "original_robust"}:
             q25, q50, q75 = np.percentile(rows, [25, 50, 75], axis=0)
             self.center_, self.scale_ = q50, _safe(q75 - q25)
@@ -154,12 +179,29 @@ class Normalizer:
             self.center_, self.scale_ = lo, _safe(hi - lo)
         return self
 
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        """Normalise one recording: ``(T, R)`` -> ``(T, R)`` float32."""
+    def output_tr(self, tr: float) -> float:
+        """The TR of what :meth:`transform` returns for a recording at ``tr`` seconds."""
+        if self.method == "brainmarks-brainlm" and abs(tr - BRAINMARKS_TR) >= BRAINMARKS_TR_TOLERANCE:
+            return BRAINMARKS_TR
+        return tr
+
+    def transform(self, x: np.ndarray, tr: float | None = None) -> np.ndarray:
+        """Normalise one recording: ``(T, R)`` -> ``(T, R)`` float32.
+
+        Args:
+            tr: the recording's TR in seconds; ``brainmarks-brainlm`` needs it (it resamples to
+                0.735 s, which changes T, see :meth:`output_tr`), the other methods ignore it.
+        """
         m = self.method
         x = np.asarray(x, np.float64)
         if self.needs_fit and not hasattr(self, "scale_"):
             raise RuntimeError(f"normaliser {m!r} needs fitted cohort statistics: call fit() first")
+        if m == "brainmarks-brainlm":
+            if tr is None or not np.isfinite(tr):
+                raise UserError("the brainmarks-brainlm normalisation resamples to TR 0.735 s and needs each "
+                                "recording's TR (pass --tr for inputs that do not carry one)")
+            x = ((x - self.center_) / self.scale_).astype(np.float32)
+            return resample_linear(x, tr, BRAINMARKS_TR) if self.output_tr(tr) != tr else x
         if m in _CENTRED or m == "subtract_mean":
             x = x - x.mean(0)
         if m == "robust" or m in {"subtract_mean_global_std", "subtract_mean_global_99th"}:
@@ -226,6 +268,30 @@ def resample_tr(x: np.ndarray, tr: float, target_tr: float) -> np.ndarray:
     start = pad * ratio.numerator // ratio.denominator
     length = int(round(len(x) * ratio.numerator / ratio.denominator))
     return y[start:start + length].astype(np.float32)
+
+
+def resample_linear(x: np.ndarray, tr: float, target_tr: float) -> np.ndarray:
+    """Resample ``(T, R)`` to ``target_tr`` by linear interpolation, as ``torch``'s
+    ``interpolate(mode="linear", align_corners=False)`` to ``round(T * tr / target_tr)`` points.
+
+    Output point ``i`` reads the input at ``(i + 0.5) * T / T' - 0.5`` (clamped at 0) and
+    interpolates between its two neighbours; this is how Brainmarks' BrainLM transform
+    resamples. Computed in float32, as there.
+
+    Returns:
+        ``(T', R)`` float32.
+    """
+    x = np.asarray(x, np.float32)
+    T = len(x)
+    size = int(round(float(tr) * T / float(target_tr)))
+    if size < 1:
+        raise UserError(f"resampling {T} timepoints from TR {tr} to {target_tr} s leaves none")
+    scale = np.float32(T / size)
+    src = np.maximum((np.arange(size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
+    lo = np.minimum(src.astype(np.int64), T - 1)
+    hi = np.minimum(lo + 1, T - 1)
+    w = (src - lo).astype(np.float32)[:, None]  # (T', 1)
+    return ((1 - w) * x[lo] + w * x[hi]).astype(np.float32)
 
 
 class TemporalResampler:

@@ -9,9 +9,9 @@ The work is two streamed passes, so memory stays bounded at any cohort size:
    scheduler array can share the reading;
 2. **merge** (:func:`merge_parts`): check that the parts belong together (same inputs and
    options, each slice exactly once), put their recordings back in input order, find
-   duplicate IDs, split subjects into train / validation / test, fit the normaliser on the
-   training recordings, then normalise every recording and write the final shards, tables
-   and manifest.
+   duplicate IDs, split subjects into train / validation / test (or keep the splits the source
+   defines, as a Brainmarks dataset does), fit the normaliser on the training recordings, then
+   normalise every recording and write the final shards, tables and manifest.
 
 A one-machine ``prepare`` is the same two steps with one part, so a merged store equals the
 one-machine store of the same inputs and options, file for file.
@@ -85,12 +85,15 @@ class StoreOptions(Options):
     """How to build the store (the store flags of ``brainlm prepare``)."""
 
     target_tr: float | None = option(None, "resample every recording to this TR (s), e.g. 0.735", group=_STORE)
-    normalization: str | None = option(None, "default: robust (original datasets: none)", choices=NORMALIZATIONS,
-                                       group=_STORE)
+    normalization: str | None = option(None, "default: robust (original datasets: none); brainmarks-brainlm: the "
+                                       "input Brainmarks' BrainLM transform gives (docs/store.md)",
+                                       choices=NORMALIZATIONS, group=_STORE)
     dtype: str = option("float16", "values in the store", choices=("float16", "float32"), group=_STORE)
     split: tuple[float, float, float] = option((0.8, 0.1, 0.1), "subject fractions, or subject counts",
                                                metavar=("TRAIN", "VAL", "TEST"), check=finite, group=_STORE)
     seed: int = option(0, "subject split and normaliser sampling", group=_STORE)
+    resplit: bool = option(False, "split subjects by --split and --seed even where the inputs define splits "
+                           "(Brainmarks datasets keep theirs by default)", group=_STORE)
     window: int = option(200, "recordings shorter than this are rejected", check=positive, group=_STORE)
     on_error: str = option("skip", "skip bad inputs or stop", choices=("skip", "raise"), group=_STORE)
     shard_mb: int = option(256, "target shard size (MB)", check=at_least(0), group=_STORE)
@@ -104,14 +107,22 @@ class StoreOptions(Options):
             raise UserError(f"--split needs three non-negative numbers (train, validation, test), got {self.split}")
         if self.target_tr is not None and not self.target_tr > 0:
             raise UserError(f"--target-tr must be positive, got {self.target_tr}")
+        if self.target_tr is not None and self.normalization == "brainmarks-brainlm":
+            raise UserError("--normalization brainmarks-brainlm resamples to TR 0.735 s itself, as Brainmarks does; "
+                            "drop --target-tr")
 
     def identity(self) -> dict[str, Any]:
         """The options that change the store's contents (not how it is computed)."""
         return {f.name: getattr(self, f.name) for f in fields(StoreOptions) if f.name not in {"on_error", "jobs", "progress"}}
 
 
-def check_recording(x: np.ndarray, source: str, *, num_regions: int, window: int) -> None:
-    """Raise ``InputError`` naming ``source`` if a ``(T, R)`` recording cannot be used."""
+def check_recording(x: np.ndarray, source: str, *, num_regions: int, window: int, allow_flat: bool = False) -> None:
+    """Raise ``InputError`` naming ``source`` if a ``(T, R)`` recording cannot be used.
+
+    Args:
+        allow_flat: accept constant (zero-variance) regions, for sources that store regions
+            without signal as zeros on purpose (Brainmarks).
+    """
     if x.ndim != 2:
         raise InputError(f"{source}: expected timepoints x regions, got shape {x.shape}")
     if x.shape[1] != num_regions:
@@ -123,7 +134,7 @@ def check_recording(x: np.ndarray, source: str, *, num_regions: int, window: int
     if x.shape[0] < window:
         raise InputError(f"{source}: {x.shape[0]} timepoints, shorter than one window of {window} (--window)")
     flat = np.flatnonzero(x.std(0) == 0)
-    if len(flat):
+    if len(flat) and not allow_flat:
         raise InputError(f"{source}: {len(flat)} constant (zero-variance) regions, e.g. region index {flat[:5].tolist()}")
 
 
@@ -232,14 +243,14 @@ def _read_items(items, options: StoreOptions) -> Iterator[Recording | InputError
         _FORKED_TASKS.clear()
 
 
-def _staged(rec: Recording, options: StoreOptions, num_regions: int) -> np.ndarray:
+def _staged(rec: Recording, options: StoreOptions, num_regions: int, allow_flat: bool = False) -> np.ndarray:
     """The recording's data, resampled and checked; raises ``InputError``."""
     data = rec.data
     if options.target_tr:
         if not np.isfinite(rec.tr):
             raise InputError(f"{rec.source}: TR unknown, cannot resample to {options.target_tr} s (pass --tr)")
         data = resample_tr(data, rec.tr, options.target_tr)
-    check_recording(data, rec.source, num_regions=num_regions, window=options.window)
+    check_recording(data, rec.source, num_regions=num_regions, window=options.window, allow_flat=allow_flat)
     return data
 
 
@@ -281,12 +292,12 @@ def _stage(source: Source, out: Path, options: StoreOptions, i: int, n: int) -> 
     (out / "staged").mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out / "staged", "staged", shard_schema(R, "float32", meta=False),
                          max_bytes=options.shard_mb << 20)
-    records, skipped = [], []
+    records, skipped, flat = [], [], []
     for k, item in zip(indices, _read_items([source.items[j] for j in indices], options)):
         try:
             if isinstance(item, InputError):
                 raise item
-            data = _staged(item, options, R)
+            data = _staged(item, options, R, source.keep_flat_regions)
         except InputError as err:
             if options.on_error == "raise":
                 raise
@@ -295,13 +306,17 @@ def _stage(source: Source, out: Path, options: StoreOptions, i: int, n: int) -> 
             continue
         shard, row = writer.add({}, data)
         records.append(_record(item, k, len(data), options.target_tr or item.tr, f"staged/{shard}", row))
+        constant = np.flatnonzero(data.std(0) == 0)
+        if len(constant):
+            flat.append({"recording_id": item.recording_id, "regions": constant.tolist()})
     shards = writer.close()
     table = pd.DataFrame(records)
     write_parquet(out / "records.parquet", table if len(table) else pd.DataFrame({"input_index": []}))
     atomic_write_json(out / "part.json", {
         "format": PART_FORMAT, "fingerprint": _fingerprint(source, options), "part": i, "num_parts": n,
         "num_inputs": len(source.items), "kind": source.kind, "default_normalization": source.default_normalization,
-        "options": options.identity(), "source_options": source.options,
+        "options": options.identity(), "source_options": source.options, "split_phenotype": source.split_phenotype,
+        "flat_regions": flat,
         "atlas": {"name": source.atlas.name, "coords": np.asarray(source.atlas.coords).tolist(),
                   "region_names": list(source.atlas.region_names)},
         "records": len(records), "skipped": skipped, "shards": shards,
@@ -322,6 +337,7 @@ class _Parts:
     info: dict  # part.json of the first part (the shared fields)
     table: pd.DataFrame  # one row per staged recording, input order, with its part folder
     skipped: list[dict]
+    flat_regions: list[dict]  # recordings kept with constant regions (sources that store them on purpose)
 
 
 def _read_parts(folders: list[Path]) -> _Parts:
@@ -357,7 +373,7 @@ def _read_parts(folders: list[Path]) -> _Parts:
     if len(table):
         table = table.sort_values("input_index", kind="stable").reset_index(drop=True)
     skipped = sorted((s for info in infos for s in info["skipped"]), key=lambda s: s["input_index"])
-    return _Parts(folders, first, table, skipped)
+    return _Parts(folders, first, table, skipped, [f for info in infos for f in info.get("flat_regions", [])])
 
 
 def _drop_duplicates(parts: _Parts) -> None:
@@ -432,8 +448,7 @@ def _write_merged(parts: _Parts, out: Path, options: StoreOptions, extra_files: 
         raise UserError(f"no usable recordings among {info['num_inputs']} inputs; first problem: {first}")
     atlas = Atlas(name=info["atlas"]["name"], coords=np.asarray(info["atlas"]["coords"], np.float32),
                   region_names=info["atlas"]["region_names"])
-    splits = split_subjects(table["subject_id"], options.split, options.seed)
-    table["split"] = table["subject_id"].map({s: name for name, subs in splits.items() for s in subs})
+    splits = _assign_splits(table, info.get("split_phenotype"), options)
     staged = _StagedReader(table, atlas.num_regions)
     method = options.normalization or info["default_normalization"]
     train_rows = np.flatnonzero(table["split"].to_numpy() == "train")
@@ -448,6 +463,7 @@ def _write_merged(parts: _Parts, out: Path, options: StoreOptions, extra_files: 
         manifest["checksums"].update({rel: {"bytes": (out / rel).stat().st_size, "sha256": sha256_file(out / rel)}
                                       for rel in extra_files})
         manifest["skipped"] = [{"source": s["source"], "reason": s["reason"]} for s in parts.skipped]
+        manifest.update(_source_notes(parts, table, info.get("split_phenotype"), options))
         atomic_write_json(out / "manifest.json", manifest, indent=1, fsync=True)
     except BaseException:
         for w in writers:
@@ -457,6 +473,45 @@ def _write_merged(parts: _Parts, out: Path, options: StoreOptions, extra_files: 
         raise
     _remove_stale(out, manifest)
     return open_store(out)
+
+
+def _assign_splits(table: pd.DataFrame, split_phenotype: str | None, options: StoreOptions) -> dict[str, list[str]]:
+    """Set ``table["split"]``; returns split name -> sorted subject IDs.
+
+    A source that defines each recording's split (``split_phenotype``, e.g. Brainmarks'
+    ``brainmarks_split``) keeps it unless ``options.resplit``; a split name other than train,
+    validation or test (NSD's ``testid``) is stored in test, its name kept in the phenotype.
+    Otherwise subjects are split by ``options.split`` and ``options.seed``.
+    """
+    if split_phenotype and not options.resplit and split_phenotype in table.columns:
+        given = table[split_phenotype].astype(str)
+        table["split"] = given.where(given.isin(SPLITS), "test")
+        return {name: sorted(set(table.loc[table["split"] == name, "subject_id"])) for name in SPLITS}
+    splits = split_subjects(table["subject_id"], options.split, options.seed)
+    table["split"] = table["subject_id"].map({s: name for name, subs in splits.items() for s in subs})
+    return splits
+
+
+def _source_notes(parts: _Parts, table: pd.DataFrame, split_phenotype: str | None, options: StoreOptions) -> dict:
+    """Manifest entries that say where the splits came from and which recordings kept flat regions."""
+    notes: dict[str, Any] = {}
+    if split_phenotype and not options.resplit and split_phenotype in table.columns:
+        per_subject = table.groupby("subject_id")["split"].nunique()
+        notes["split_source"] = {
+            "phenotype": split_phenotype,
+            "note": f"each recording keeps the split its source gives it ({split_phenotype}); --split and --seed "
+                    "are not used (--resplit re-splits subjects)",
+            "subjects_in_several_splits": sorted(per_subject[per_subject > 1].index.tolist()),
+        }
+    kept = set(table["recording_id"])
+    flat = [f for f in parts.flat_regions if f["recording_id"] in kept]
+    if flat:
+        notes["flat_regions"] = {
+            "note": "constant regions kept as stored: the source writes regions without signal as zeros on purpose "
+                    "(Brainmarks); region indices per recording",
+            "recordings": flat,
+        }
+    return notes
 
 
 def _write_shards(table, staged, normalizer, atlas, out, options, fingerprint, writers) -> tuple[list[dict], pd.DataFrame]:
@@ -472,7 +527,13 @@ def _write_shards(table, staged, normalizer, atlas, out, options, fingerprint, w
         writer = ShardWriter(out / "shards", f"{name}-{fingerprint}", schema, max_bytes=options.shard_mb << 20)
         writers.append(writer)
         for i in progress(rows, enabled=options.progress, desc=f"writing {name}", unit="rec"):
-            x = normalizer.transform(staged(i))
+            tr = float(table["tr"].iloc[i])
+            x = normalizer.transform(staged(i), tr=tr)
+            if len(x) != table["num_timepoints"].iloc[i]:  # the normaliser resampled (brainmarks-brainlm)
+                if len(x) < options.window:
+                    raise UserError(f"{table['source'].iloc[i]}: {len(x)} timepoints after resampling to TR "
+                                    f"{normalizer.output_tr(tr)} s, shorter than one window of {options.window} (--window)")
+                table.loc[table.index[i], ["num_timepoints", "tr"]] = [len(x), normalizer.output_tr(tr)]
             if options.dtype == "float16" and np.abs(x).max() > np.finfo(np.float16).max:
                 raise UserError(f"{table['source'].iloc[i]}: normalised values exceed the float16 range; "
                                 "use --dtype float32")
@@ -598,12 +659,6 @@ class PrepareOptions(InputOptions, StoreOptions):
         contents = set(StoreOptions().identity())
         return super().from_args(args, store_options_given=tuple(k for k in cls.given(args) if k in contents), **extra)
 
-    def store_options(self) -> StoreOptions:
-        return StoreOptions(**{f.name: getattr(self, f.name) for f in fields(StoreOptions)})
-
-    def input_options(self) -> InputOptions:
-        return InputOptions(**{f.name: getattr(self, f.name) for f in fields(InputOptions)})
-
 
 def run_prepare(options: PrepareOptions) -> Store | Path:
     """``brainlm prepare``: the demo store, a staged part, a merge of parts, or a store of inputs.
@@ -613,13 +668,13 @@ def run_prepare(options: PrepareOptions) -> Store | Path:
     """
     from .demo import build_demo_store
 
-    o, store_options = options, options.store_options()
+    o, store_options = options, options.as_base(StoreOptions)
     if o.merge:
         store = merge_parts(o.merge, o.out, overwrite_options=store_options if o.store_options_given else None)
     elif o.demo:
         store = build_demo_store(o.out, seed=o.seed, dtype=o.dtype)
     else:
-        source = open_source(o.inputs, o.input_options())
+        source = open_source(o.inputs, o.as_base(InputOptions))
         if o.part:
             part = prepare_part(source, o.out, store_options, parse_part(o.part))
             print(f"staged part {o.part} in {part}; merge all parts with: brainlm prepare --merge PART_DIR... --out STORE")

@@ -107,6 +107,11 @@ class Source:
         default_normalization: used when the store options do not name one.
         options: what identifies the data besides the files (enters the store fingerprint).
         extra_files: file name in the store -> function writing it (atomically).
+        split_phenotype: a phenotype that holds each recording's split as the source defines
+            it (Brainmarks: ``brainmarks_split``); the store keeps those splits unless
+            ``--resplit``.
+        keep_flat_regions: the source stores regions without signal as constants on purpose
+            (Brainmarks writes zeros); they are kept instead of rejected, and listed in the manifest.
     """
 
     kind: str
@@ -115,6 +120,8 @@ class Source:
     default_normalization: str = "robust"
     options: dict[str, Any] = field(default_factory=dict)
     extra_files: dict[str, Callable[[Path], None]] = field(default_factory=dict)
+    split_phenotype: str | None = None
+    keep_flat_regions: bool = False
 
     def __len__(self) -> int:
         return len(self.items)
@@ -273,10 +280,11 @@ def _original_source(paths: list[Path], options: InputOptions, kind: str) -> Sou
 
 
 def _brainmarks_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
-    from .brainmarks import brainmarks_recordings
+    from .brainmarks import BRAINMARKS_SPLIT, brainmarks_recordings
 
     atlas, items, norm = brainmarks_recordings(paths, targets=options.targets, tr=options.tr)
-    return Source(kind, atlas, items, norm, {"targets": options.targets, "tr": options.tr})
+    return Source(kind, atlas, items, norm, {"targets": options.targets, "tr": options.tr},
+                  split_phenotype=BRAINMARKS_SPLIT, keep_flat_regions=True)
 
 
 def check_source(source: Source) -> None:

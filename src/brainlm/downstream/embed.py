@@ -11,6 +11,9 @@ Poolings (``pooling=``):
   masking off and no noise) and averaged over time, ``(N, R, D)``; with
   ``average_regions=True`` also over regions, ``(N, D)``. Not available for the released
   ViT-MAE models, whose tokens are image patches.
+- ``"tokens"``: every patch token, ``(N, L, D)`` (BrainLM: region-major; ViT-MAE: the image
+  patches in row-major order): the input of the attentive and MLP probe heads
+  (:mod:`brainlm.downstream.heads`).
 
 Windows of a recording (``windows=``): ``"first"`` the window at timepoint 0; ``"sliding"``
 every window at ``0, stride, 2 * stride, ...``; ``"average"`` the mean of the sliding windows'
@@ -46,7 +49,7 @@ from .loading import Recordings, _as_tensor, check_regions, load_model, open_rec
 
 __all__ = ["POOLINGS", "WINDOW_MODES", "embed_windows", "cls_attention", "window_starts", "embed_recordings", "embed"]
 
-POOLINGS = ("cls", "mean", "region_time")
+POOLINGS = ("cls", "mean", "region_time", "tokens")
 WINDOW_MODES = ("first", "sliding", "average")
 
 

@@ -6,13 +6,17 @@ Dimension letters: B windows, R regions, T timepoints per window, D hidden size,
 ``finetune`` trains on sliding windows of a store's training split (every window of a
 subject carries the subject's target) and stops early on the validation split's loss
 (MSE of standardised targets, or cross-entropy). ``freeze_encoder=True`` trains the head
-only (encoder in eval mode, no gradients); otherwise encoder and head are trained together,
-the encoder with its own, smaller learning rate. The decoder is never used or changed.
+only (encoder in eval mode, no gradients); ``lora=True`` also trains low-rank adapters on the
+encoder's linear layers (:mod:`brainlm.downstream.lora`, through ``peft``), the encoder's own
+weights frozen; ``freeze_encoder=False`` trains encoder and head together. Encoder or adapters
+learn at their own, smaller learning rate. The decoder is never used or changed.
 
 The saved folder is an ordinary checkpoint of the whole masked autoencoder with the
 fine-tuned encoder (``config.json`` + ``model.safetensors``: ``load_model``, ``embed`` and
 ``probe`` accept it) plus ``head.safetensors`` and ``head.json`` (task, classes, target
-scaling, head sizes), read by ``load_finetuned``.
+scaling, head sizes), read by ``load_finetuned``. With LoRA, ``model.safetensors`` is the base
+model unchanged and the adapter is in ``adapter/`` (``peft``'s format): ``load_finetuned`` puts
+it back as it was trained, ``load_model`` folds it into the weights.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from brainlm.checkpoint import save_pretrained
+from brainlm.checkpoint import load_pretrained, save_pretrained
 from brainlm.errors import MissingInputError, OutputExistsError, UserError
 from brainlm.evaluate.protocol import TASK_CHOICES, EarlyStopping, infer_task
 from brainlm.options import Options, at_least, between, option, positive
@@ -51,7 +55,12 @@ class FinetuneConfig(Options):
 
     task: str = option("auto", "auto: classification for text, boolean or two-valued targets, else regression",
                        choices=TASK_CHOICES)
-    freeze_encoder: bool = option(True, "train the head only", cli=False)
+    freeze_encoder: bool = option(True, "train the head only (and the adapters, with --lora)", cli=False)
+    lora: bool = option(False, "train LoRA adapters on the encoder's linear layers (needs peft: pip install "
+                        "'brainlm[lora]'); saved in OUT/adapter")
+    lora_r: int = option(8, "rank of the LoRA adapters", check=positive)
+    lora_alpha: int = option(16, "the adapters' scale is lora_alpha / lora_r", check=positive)
+    lora_dropout: float = option(0.05, "dropout on the adapters' input", check=between(0, 1, closed=(True, False)))
     pooling: str = option("cls", "what the head is fed: the CLS token (the paper) or the mean of the patch tokens",
                           choices=("cls", "mean"))
     head_hidden: int = option(128, "width of the head's hidden layer", check=positive)
@@ -69,9 +78,10 @@ class FinetuneConfig(Options):
     val_split: str = option("validation", "the split that chooses the epoch", cli=False)
     seed: int = option(0, "seed of the head's initialisation and the batch order")
 
-    def config(self) -> "FinetuneConfig":
-        """The settings alone (also when a subclass adds the command's inputs)."""
-        return FinetuneConfig(**{f.name: getattr(self, f.name) for f in fields(FinetuneConfig)})
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lora and not self.freeze_encoder:
+            raise UserError("--lora and --full are different ways to fine-tune: give one of them")
 
 
 class BrainLMFinetuner(nn.Module):
@@ -246,7 +256,7 @@ def finetune(model_or_path, store, target: str, config: FinetuneConfig | None = 
     data = (torch.from_numpy(xtr.astype(np.float32)), yt, torch.from_numpy(xva.astype(np.float32)), yv, xyz)
     history, stop = _train(model, opt, data, task, config, progress)
     model.load_state_dict(stop.best_state)
-    model.info.update(best_epoch=stop.best_epoch, best_val_loss=stop.best, config=asdict(config.config()))
+    model.info.update(best_epoch=stop.best_epoch, best_val_loss=stop.best, config=asdict(config.as_base(FinetuneConfig)))
     model.eval()
     saved = save_finetuned(model, out_dir, overwrite=overwrite) if out_dir is not None else None
     return FinetuneResult(model, pd.DataFrame(history), stop.best_epoch, saved, missing)
@@ -280,7 +290,13 @@ def _build(backbone: BrainLMForPretraining, config: FinetuneConfig, info: dict):
     for p in model.backbone.decoder.parameters():
         p.requires_grad_(False)
     groups = [{"params": list(model.head.parameters()), "lr": config.lr}]
-    if config.freeze_encoder:
+    if config.lora:
+        from .lora import add_lora
+
+        add_lora(model.backbone, config.lora_r, config.lora_alpha, config.lora_dropout)
+        groups.append({"params": [p for n, p in model.backbone.named_parameters() if "lora_" in n],
+                       "lr": config.encoder_lr})
+    elif config.freeze_encoder:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     else:
@@ -313,7 +329,16 @@ def save_finetuned(model: BrainLMFinetuner, folder: str | os.PathLike, overwrite
     folder = Path(folder)
     if (folder / "config.json").exists() and not overwrite:
         raise OutputExistsError(f"{folder} already holds a checkpoint; pass overwrite=True")
-    save_pretrained(model.backbone, folder)
+    if hasattr(model.backbone, "lora_config"):
+        from .lora import ADAPTER_DIR, base_state_dict, save_adapter
+
+        base = BrainLMForPretraining(model.backbone.config)
+        base.load_state_dict(base_state_dict(model.backbone))
+        save_pretrained(base, folder)
+        save_adapter(model.backbone, folder / ADAPTER_DIR)
+        model.info["adapter"] = ADAPTER_DIR
+    else:
+        save_pretrained(model.backbone, folder)
     head = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
     atomic_write(folder / "head.safetensors", lambda tmp: save_file(head, str(tmp)))
     atomic_write_json(folder / "head.json", json.loads(json.dumps(model.info, default=str)), sort_keys=True)
@@ -321,12 +346,17 @@ def save_finetuned(model: BrainLMFinetuner, folder: str | os.PathLike, overwrite
 
 
 def load_finetuned(folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> BrainLMFinetuner:
-    """Load what :func:`save_finetuned` wrote (encoder + head), in eval mode."""
+    """Load what :func:`save_finetuned` wrote (encoder, adapter if any, head), in eval mode."""
     folder = Path(folder)
     if not (folder / "head.json").is_file():
         raise MissingInputError(f"{folder}: no head.json (not a fine-tuned checkpoint; load_model reads the encoder alone)")
     info = json.loads((folder / "head.json").read_text())
-    backbone = load_model(folder, map_location)
+    if info.get("adapter"):
+        from .lora import attach_adapter
+
+        backbone = attach_adapter(load_pretrained(folder, map_location, adapter=False), folder / info["adapter"])
+    else:
+        backbone = load_model(folder, map_location)
     model = BrainLMFinetuner(backbone, info["num_outputs"], info["hidden"], info["dropout"], info.get("pooling", "cls"))
     model.head.load_state_dict(load_file(str(folder / "head.safetensors")))
     model.info = info

@@ -6,7 +6,8 @@ both model kinds share (``num_regions``, ``window_length``, ``num_tokens``, ``em
 
 - our checkpoint folders (``config.json`` with ``model_type: brainlm`` + ``model.safetensors``),
   including fine-tuned folders written by :func:`brainlm.downstream.save_finetuned` (the
-  encoder is loaded; the head is read by :func:`brainlm.downstream.load_finetuned`);
+  encoder is loaded, with a LoRA ``adapter/`` folded into its weights; the head is read by
+  :func:`brainlm.downstream.load_finetuned`);
 - original BrainLM checkpoint folders (``model_type: brainlm_mae``);
 - released ViT-MAE folders (``model_type: vit_mae``);
 - Hugging Face hub ids of any of these, such as ``vandijklab/brainlm/vitmae_111M`` (they need

@@ -285,7 +285,7 @@ def run_probe(options: ProbeOptions) -> pd.DataFrame:
 def run_finetune(options: FinetuneOptions) -> pd.DataFrame:
     """Fine-tune and save the best model into ``options.out`` (with ``history.csv``); returns the history."""
     o = options
-    config = o.config().replace(freeze_encoder=not o.full)
+    config = o.as_base(FinetuneConfig).replace(freeze_encoder=not o.full)
     with output_folder(o.out, ["config.json", "history.csv"], overwrite=o.overwrite, what="checkpoint folder") as out:
         result = finetune(o.checkpoint, o.store, o.target, config, targets_file=o.targets,
                           subject_column=o.subject_column, out_dir=out, overwrite=True)

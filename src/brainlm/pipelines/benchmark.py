@@ -25,7 +25,7 @@ one figure per task (bars with intervals).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +41,8 @@ from brainlm.figures import pyplot, save_figure
 from brainlm.io import atomic_write_json, atomic_write_text, output_folder
 from brainlm.options import at_least, between, option, positive
 from brainlm.train.config import TrainingOverrides
+
+from .brainmarks import BrainmarksOptions
 
 from brainlm.evaluate.baselines import (
     BASELINE_LABELS,
@@ -74,23 +76,21 @@ class BenchmarkConfig(DeviceOptions, TargetOptions, EvaluationOptions):
                                     check=at_least(1, optional=True))
     ar_order: int = option(3, "p of AR(p) and VAR(p)", check=positive)
     probes: tuple[str, ...] = option(("dummy", "ridge"), "comma separated", choices=PROBES)
-    brainmarks: bool = option(False, "also Brainmarks' convention: 3 quantile bins, accuracy, macro-F1")
+    brainmarks: bool = option(False, "also a rough Brainmarks convention: 3 quantile bins, accuracy, macro-F1 "
+                              "(--protocol brainmarks runs Brainmarks' own protocol)")
     batch_size: int = option(16, "windows per forward pass", check=positive)
-
-    def config(self) -> "BenchmarkConfig":
-        """The settings alone (also when a subclass adds the command's inputs)."""
-        return BenchmarkConfig(**{f.name: getattr(self, f.name) for f in fields(BenchmarkConfig)})
 
 
 @dataclass(kw_only=True)
-class BenchmarkOptions(BenchmarkConfig, TrainingOverrides):
+class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides):
     """Score a model on a store next to the strongest simple baselines (connectivity fill, AR/VAR,
     Pearson/partial/tangent FC), with subject-bootstrap CIs; writes report.md, results.json and figures.
     With --cv K, CHECKPOINT is a training preset (e.g. demo): a model is pretrained per subject fold and every
     subject is scored once while held out (training settings as --key=value, e.g. --max_steps=500)."""
 
     checkpoint: str = option(help="model folder (ours, original BrainLM, ViT-MAE, a training run); with --cv, a "
-                             "training preset", positional=True)
+                             "training preset; with --protocol brainmarks, '-' for none (baselines and --features)",
+                             positional=True)
     store: str = option(help="store folder (baselines are fitted on its train split)", positional=True)
     out: str = option(help="output folder")
     overwrite: bool = option(False, "replace the outputs of an earlier run in --out")
@@ -375,7 +375,14 @@ def write_report(results: list[TaskResult], out: Path, header: list[str]) -> Pat
 def run_benchmark(options: BenchmarkOptions) -> list[TaskResult]:
     """``brainlm benchmark``: the model's tasks (or, with ``--cv``, the cross-validation of a preset);
     writes ``report.md``, ``results.json`` and the figures."""
-    o, cfg = options, options.config()
+    o, cfg = options, options.as_base(BenchmarkConfig)
+    if o.protocol == "brainmarks":
+        from .brainmarks import run_brainmarks_benchmark
+
+        return run_brainmarks_benchmark(None if o.checkpoint == "-" else o.checkpoint, o.store, o.out, target=o.target,
+                                        options=o.as_base(BrainmarksOptions), targets_file=o.targets,
+                                        subject_column=o.subject_column, batch_size=o.batch_size,
+                                        precision=o.precision, device=o.device, overwrite=o.overwrite)
     if o.cv is not None:
         from .crossval import run_crossval
 

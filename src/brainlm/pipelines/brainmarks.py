@@ -1,0 +1,334 @@
+"""``brainlm benchmark MODEL STORE --protocol brainmarks``: Brainmarks' protocol beside the FC baseline.
+
+Every feature set is scored by Brainmarks' logistic protocol (:mod:`brainlm.evaluate.brainmarks`)
+on the same samples, splits and targets:
+
+- the model's representations, as Brainmarks' BrainLM wrapper makes them: ``cls``, the CLS
+  token averaged over the non-overlapping windows of a recording; ``patch``, every patch token
+  of every window averaged;
+- the connectivity ladder over each whole recording, first of all Pearson FC, computed as
+  Brainmarks' ``connectome`` model does (the upper triangle of the correlation matrix, row by
+  row, 0 for a flat region);
+- precomputed feature tables (``--features NAME=FILE``: ``brainlm embed`` output or any table
+  keyed by ``recording_id`` or ``subject_id``);
+- with ``--heads``, the trained probe heads of :mod:`brainlm.downstream.heads` on the model's
+  tokens (chosen on the validation split, scored on the test split).
+
+Samples are the store's recordings. A store prepared from a Brainmarks dataset keeps
+Brainmarks' splits and sample order (``brainmarks_split``, ``brainmarks_index``); any other
+store uses its own splits, rows ordered by recording ID, so the result never depends on the
+store's row order. Recordings shorter than the model's window are left out of every feature
+set (Brainmarks pads them with their mean instead).
+
+Outputs: ``report.md`` (Brainmarks' table form: fixed splits and the mean and standard
+deviation over the random re-splits; then the verdict of the best model feature set against
+the strongest baseline, on balanced accuracy, paired over Brainmarks' bootstrap of the test
+split), ``eval_table.csv`` (every row of every feature set, as ``main_logistic`` writes them) and
+``results.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from brainlm.errors import InputError, UserError
+from brainlm.evaluate.baselines import BASELINE_LABELS, CONNECTIVITY_FEATURES, connectivity_features
+from brainlm.evaluate.brainmarks import (
+    BINNINGS,
+    BRAINMARKS_SEED,
+    BRAINMARKS_TASKS,
+    METRICS,
+    LogisticProtocol,
+    ProtocolResult,
+    bootstrap_indices,
+    brainmarks_bins,
+    brainmarks_connectome,
+    classification_scores,
+    logistic_protocol,
+    paired_comparison,
+    summary_table,
+)
+from brainlm.evaluate.verdict import Verdict
+from brainlm.io import atomic_write_json, atomic_write_text, output_folder, read_embeddings, write_csv
+from brainlm.markdown import markdown_table
+from brainlm.options import Options, at_least, option
+
+from brainlm.downstream.heads import HEADS, HeadConfig, train_head
+
+__all__ = ["BrainmarksOptions", "brainmarks_samples", "brainmarks_benchmark", "run_brainmarks_benchmark"]
+
+_REPRESENTATIONS = {"cls": "cls", "patch": "mean"}  # Brainmarks' name -> our pooling
+
+
+@dataclass(kw_only=True)
+class BrainmarksOptions(Options):
+    """The settings of ``brainlm benchmark --protocol brainmarks`` (docs/brainmarks.md)."""
+
+    protocol: str = option("ladder", "ladder: our tasks against the baseline ladder; brainmarks: Brainmarks' "
+                           "logistic protocol on the model, the FC baseline and --features", choices=("ladder", "brainmarks"),
+                           group="Brainmarks protocol")
+    representations: tuple[str, ...] = option(("cls",), "model representations: cls (CLS averaged over windows), "
+                                              "patch (every patch token averaged)", choices=tuple(_REPRESENTATIONS),
+                                              group="Brainmarks protocol")
+    baselines: tuple[str, ...] = option(("fc",), "connectivity baselines: fc (Pearson, Brainmarks' connectome), "
+                                        "fc_partial, fc_tangent, autocorr", choices=tuple(CONNECTIVITY_FEATURES),
+                                        group="Brainmarks protocol")
+    features: tuple[str, ...] = option((), "precomputed feature tables NAME=FILE (brainlm embed output, or keyed "
+                                       "by recording_id / subject_id)", group="Brainmarks protocol")
+    bins: str | None = option(None, "bin a continuous --target by a Brainmarks rule (" + ", ".join(BINNINGS) +
+                              ") or a Brainmarks dataset's rule (e.g. aabc_age)", group="Brainmarks protocol")
+    heads: tuple[str, ...] = option((), "also train probe heads on the model's tokens: " + ", ".join(HEADS),
+                                    choices=HEADS, group="Brainmarks protocol")
+    trials: int = option(100, "random stratified re-splits after the fixed splits (seed + trial)", check=at_least(0),
+                         group="Brainmarks protocol")
+    protocol_seed: int = option(BRAINMARKS_SEED, "seed of the folds, bootstrap and re-splits", group="Brainmarks protocol")
+    engine: str = option("auto", "auto: brainmarks' own code for the tables when it is installed; brainlm: ours",
+                         choices=("auto", "brainlm", "brainmarks"), group="Brainmarks protocol")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.protocol == "ladder":
+            given = [f.name for f in dataclasses.fields(BrainmarksOptions)  # its own fields, also in a subclass
+                     if f.name != "protocol" and getattr(self, f.name) != f.default]
+            if given:
+                raise UserError(f"{', '.join(self.flag(n) for n in given)}: only with --protocol brainmarks")
+        if self.bins is not None and self.bins not in BINNINGS and self.bins not in BRAINMARKS_TASKS:
+            raise UserError(f"--bins {self.bins!r}: choose a rule ({', '.join(BINNINGS)}) or a Brainmarks dataset "
+                            f"({', '.join(BRAINMARKS_TASKS)})")
+        for item in self.features:
+            if "=" not in item or not item.split("=", 1)[0] or not item.split("=", 1)[1]:
+                raise UserError(f"--features takes NAME=FILE, got {item!r}")
+
+
+def brainmarks_samples(store, target: str, targets_file=None, subject_column=None, bins: str | None = None) -> pd.DataFrame:
+    """One row per recording: ``recording_id``, ``subject_id``, ``split``, ``order``, ``target``.
+
+    The split and order are Brainmarks' when the store kept them (``split_source`` in its
+    manifest), else the store's split and the recording ID's rank.
+    """
+    from brainlm.downstream.probe import load_targets
+
+    table = store.recordings
+    kept = "split_source" in store.manifest
+    split_col = store.manifest["split_source"]["phenotype"] if kept else "split"
+    out = pd.DataFrame({"recording_id": table["recording_id"].astype(str), "subject_id": table["subject_id"].astype(str),
+                        "split": table[split_col].astype(str)})
+    out["order"] = (table["brainmarks_index"].to_numpy(np.float64) if kept and "brainmarks_index" in table
+                    else out["recording_id"].rank(method="first").to_numpy())
+    if targets_file is None:
+        if target not in table.columns:
+            raise UserError(f"{store.path}: no phenotype column {target!r} (--target); has {store.phenotype_columns}")
+        y = table[target].to_numpy(dtype=object)
+    else:
+        y = out["subject_id"].map(load_targets(targets_file, target, subject_column)).to_numpy(dtype=object)
+    out["target"] = brainmarks_bins(y, bins) if bins else y
+    return out
+
+
+def _precomputed(name: str, path: str, samples: pd.DataFrame) -> np.ndarray:
+    emb = read_embeddings(path, flag="--features")
+    key = "recording_id" if "recording_id" in emb.index.columns else "subject_id"
+    ids = emb.index[key].astype(str).to_numpy()
+    if len(set(ids)) != len(ids):
+        raise InputError(f"--features {path}: several rows per {key} (embed with --windows average)")
+    where = pd.Series(np.arange(len(ids)), index=ids)
+    missing = sorted(set(samples[key]) - set(ids))
+    if missing:
+        raise InputError(f"--features {path}: no row for {len(missing)} recordings of the store, e.g. {missing[:3]}")
+    return emb.X[where[samples[key]].to_numpy()].reshape(len(samples), -1)
+
+
+def _model_features(model, store, rows: np.ndarray, options: BrainmarksOptions, batch_size: int, precision: str) -> dict:
+    """``brainlm:<repr>`` -> (N, D) and, with heads, ``tokens`` -> (N, L, D), for the store rows ``rows``."""
+    from brainlm.downstream.embed import embed_recordings
+    from brainlm.downstream.loading import open_recordings
+
+    recs = open_recordings(store)
+    recs = type(recs)(recs.coords, [recs.meta[i] for i in rows], lambda i, load=recs.load: load(int(rows[i])),
+                      recs.source, recs.region_names)
+    poolings = {f"brainlm:{r}": _REPRESENTATIONS[r] for r in options.representations}
+    if options.heads:
+        poolings["tokens"] = "tokens"
+    out = {}
+    for name, pooling in poolings.items():
+        emb = embed_recordings(model, recs, pooling=pooling, windows="average", batch_size=batch_size,
+                               precision=precision, progress=False)
+        out[name] = emb.X
+    return out
+
+
+def _head_result(kind: str, tokens: np.ndarray, samples: pd.DataFrame, labels: np.ndarray, seed: int) -> ProtocolResult:
+    """A head trained on the fixed splits, as a one-row Brainmarks table (test split, bootstrap std)."""
+    ids = np.searchsorted(labels, samples["code"].to_numpy())
+    parts = {s: (samples["split"] == s).to_numpy() for s in ("train", "validation", "test")}
+    res = train_head(kind, *[(tokens[parts[s]], ids[parts[s]]) for s in ("train", "validation", "test")],
+                     HeadConfig(seed=0))
+    boot = [classification_scores(res.test_targets[i], res.test_predictions[i])
+            for i in bootstrap_indices(res.test_targets, seed)]
+    row = {"trial": np.nan, "C": np.nan, "split": "test", "lr": res.lr, "epoch": res.epoch}
+    for m in METRICS:
+        row[m], row[f"{m}_std"] = res.test_scores[m], float(np.std([b[m] for b in boot]))
+    return ProtocolResult(pd.DataFrame([row]), res.test_targets, res.test_predictions, labels, "brainlm",
+                          {s: int(p.sum()) for s, p in parts.items()})
+
+
+def brainmarks_benchmark(model, store, target: str, options: BrainmarksOptions | None = None, *, targets_file=None,
+                         subject_column=None, batch_size: int = 16, precision: str = "auto",
+                         protocol: LogisticProtocol | None = None) -> dict:
+    """Every feature set through Brainmarks' protocol (module docstring).
+
+    Args:
+        model: a loaded model, or None to score only the baselines and ``options.features``.
+        store: an opened store.
+        protocol: other protocol settings than Brainmarks' (e.g. fewer solver iterations);
+            its seed, trials and engine are those of ``options``.
+
+    Returns:
+        ``{"results": name -> ProtocolResult, "samples": the rows scored, "verdict": Verdict | None,
+        "notes": [...]}``.
+    """
+    options = options or BrainmarksOptions(protocol="brainmarks")
+    samples = brainmarks_samples(store, target, targets_file, subject_column, options.bins)
+    notes = []
+    keep = ~pd.isna(samples["target"]) & samples["split"].isin(["train", "validation", "test"]).to_numpy()
+    if model is not None:
+        short = store.recordings["num_timepoints"].to_numpy() < model.window_length
+        if short.any():
+            notes.append(f"{int((short & keep).sum())} recordings shorter than the model's window of "
+                         f"{model.window_length} left out of every feature set")
+        keep &= ~short
+    if (~keep).sum() and "target" in samples:
+        notes.append(f"{int((~keep).sum())} of {len(samples)} recordings without a target or outside train, "
+                     "validation and test are left out")
+    rows = np.flatnonzero(keep)
+    samples = samples.iloc[rows].reset_index(drop=True)
+    # The protocol's row order; heads and tables use the same order.
+    order = np.lexsort((samples["order"].to_numpy(), samples["split"].map({"train": 0, "validation": 1, "test": 2})))
+    samples, rows = samples.iloc[order].reset_index(drop=True), rows[order]
+    numeric = pd.to_numeric(samples["target"], errors="coerce")
+    samples["code"] = numeric if not numeric.isna().any() else samples["target"].astype(str)
+    features: dict[str, np.ndarray] = {}
+    if model is not None:
+        features.update(_model_features(model, store, rows, options, batch_size, precision))
+    series = [store.get(int(i)) for i in rows] if options.baselines else []
+    for kind in options.baselines:
+        features[kind] = brainmarks_connectome(series) if kind == "fc" else connectivity_features(series, kind)
+    for item in options.features:
+        name, path = item.split("=", 1)
+        features[name] = _precomputed(name, path, samples)
+    tokens = features.pop("tokens", None)
+    protocol = dataclasses.replace(protocol or LogisticProtocol(), seed=options.protocol_seed, n_trials=options.trials,
+                                   engine=options.engine)
+    results: dict[str, ProtocolResult] = {}
+    for name, X in features.items():
+        results[name] = logistic_protocol(X, samples["target"].to_numpy(dtype=object), samples["split"].to_numpy(),
+                                          order=np.arange(len(samples)), protocol=protocol)
+    if tokens is not None:
+        labels = next(iter(results.values())).labels if results else np.unique(samples["code"])
+        for kind in options.heads:
+            results[f"brainlm:tokens/{kind}"] = _head_result(kind, tokens, samples, labels, options.protocol_seed)
+    return {"results": results, "samples": samples, "verdict": _verdict(results, options), "notes": notes}
+
+
+def _fixed_test(res: ProtocolResult, metric: str = "bacc") -> float:
+    t = res.table
+    return float(t[t["trial"].isna() & (t["split"] == "test")][metric].iloc[0])
+
+
+def _label(name: str) -> str:
+    if name.startswith("brainlm:"):
+        rep = name.split(":", 1)[1]
+        return f"BrainLM ({rep.replace('/', ' head: ')})" if "/" in rep else f"BrainLM ({rep}, logistic)"
+    return f"{BASELINE_LABELS.get(name, name)} (logistic)"
+
+
+def _verdict(results: dict[str, ProtocolResult], options: BrainmarksOptions) -> Verdict | None:
+    baselines = [n for n in results if n in options.baselines]
+    models = [n for n in results if n not in options.baselines]
+    if not baselines or not models:
+        return None
+    model = max(models, key=lambda n: _fixed_test(results[n]))
+    base = max(baselines, key=lambda n: _fixed_test(results[n]))
+    comparison = paired_comparison(results[model], results[base], "bacc", options.protocol_seed)
+    return Verdict(_label(model), _fixed_test(results[model]), _label(base), _fixed_test(results[base]),
+                   "balanced accuracy", comparison)
+
+
+def _report(out: dict, header: list[str], dataset: str) -> str:
+    results = out["results"]
+    logistic = {n: r for n, r in results.items() if "/" not in n}
+    lines = ["# Benchmark: Brainmarks' protocol, the model against the strongest simple baseline", "", *header, ""]
+    if logistic:
+        table = summary_table(logistic, dataset=dataset)
+        lines += ["## Logistic probe (Brainmarks' `main_logistic`)", "",
+                  "Fixed splits: the test split, ± the standard deviation over 500 stratified bootstrap resamples. "
+                  "Random: mean ± standard deviation over the re-splits.", "",
+                  markdown_table(_formatted(table)), ""]
+    heads = {n: r for n, r in results.items() if "/" in n}
+    if heads:
+        rows = [{"model": "brainlm", "repr": "tokens", "clf": n.split("/")[1], "dataset": dataset, "splits": "fixed",
+                 "lr": r.table["lr"].iloc[0], "epoch": int(r.table["epoch"].iloc[0]),
+                 **{k: r.table[k].iloc[0] for m in METRICS for k in (m, f"{m}_std")}} for n, r in heads.items()]
+        lines += ["## Trained probe heads (Brainmarks' `main_probe`: chosen on validation, scored on test)", "",
+                  markdown_table(_formatted(pd.DataFrame(rows))), ""]
+    if out["verdict"] is not None:
+        v = out["verdict"]
+        line = v.line("on the Brainmarks test split (paired over its 500 stratified bootstrap resamples)")
+        lines += ["## Verdict", "", line.replace(f": {v.outcome};", f": **{v.outcome}**;", 1), ""]
+    lines += [f"- {n}" for n in out["notes"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _formatted(table: pd.DataFrame) -> pd.DataFrame:
+    t = table.copy()
+    for m in METRICS:
+        t[m] = [f"{v:.3f} ± {s:.3f}" for v, s in zip(t[m], t[f"{m}_std"])]
+    return t.drop(columns=[f"{m}_std" for m in METRICS])
+
+
+def run_brainmarks_benchmark(checkpoint: str | None, store_path, out_dir, *, target: str, options: BrainmarksOptions,
+                             targets_file=None, subject_column=None, batch_size: int = 16, precision: str = "auto",
+                             device: str = "auto", overwrite: bool = False) -> dict:
+    """``brainlm benchmark MODEL STORE --protocol brainmarks``: score, write the report, print the verdict.
+
+    ``checkpoint`` ``None`` (``-`` on the command line) scores only the baselines and ``--features``.
+    """
+    from brainlm.data import open_store
+    from brainlm.distributed import resolve_device
+
+    from brainlm.downstream.loading import check_regions, load_model
+
+    if target is None:
+        raise UserError("--protocol brainmarks needs --target (a class or a binned column of the store)")
+    with output_folder(out_dir, ["report.md", "eval_table.csv", "results.json"], overwrite=overwrite) as folder:
+        store = open_store(store_path)
+        model = None
+        if checkpoint is not None:
+            model = load_model(checkpoint, map_location=resolve_device(device)).eval()
+            check_regions(model, store.num_regions, str(store.path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            out = brainmarks_benchmark(model, store, target, options, targets_file=targets_file,
+                                       subject_column=subject_column, batch_size=batch_size, precision=precision)
+        counts = next(iter(out["results"].values())).counts if out["results"] else {}
+        header = [f"Model `{checkpoint or 'none'}` on store `{store_path}`, target `{target}`"
+                  + (f" binned by `{options.bins}`" if options.bins else "") + "; samples "
+                  + ", ".join(f"{k} {v}" for k, v in counts.items()) + "; engine "
+                  + ", ".join(sorted({r.engine for r in out["results"].values()})) + "."]
+        atomic_write_text(folder / "report.md", _report(out, header, Path(str(store_path)).name))
+        tables = [r.table.assign(features=name) for name, r in out["results"].items()]
+        write_csv(pd.concat(tables, ignore_index=True), folder / "eval_table.csv")
+        atomic_write_json(folder / "results.json", {
+            "checkpoint": checkpoint, "store": str(store_path), "target": target, "options": options.to_dict(),
+            "summary": summary_table({n: r for n, r in out["results"].items() if "/" not in n}).to_dict("records"),
+            "verdict": out["verdict"].to_dict() if out["verdict"] else None, "notes": out["notes"]})
+    if out["verdict"] is not None:
+        print(out["verdict"].line("on the Brainmarks test split"))
+    print(f"report: {Path(out_dir) / 'report.md'}")
+    return out
