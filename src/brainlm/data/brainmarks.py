@@ -292,13 +292,9 @@ def _scalar_columns(schema: pa.Schema) -> list[str]:
             and not pa.types.is_struct(_storage_type(f.type))]
 
 
-def brainmarks_recordings(
-    inputs: Sequence[str | Path],
-    *,
-    targets: str | Path | Sequence[str | Path] | bool | None = None,
-    unscale: bool = True,
-    tr: float | None = None,
-) -> tuple[Atlas, list[tuple[str, Callable[[], Recording]]], str]:
+def brainmarks_recordings(inputs: Sequence[str | Path], *, targets: str | Path | Sequence[str | Path] | bool | None = None,
+                          unscale: bool = True, tr: float | None = None,
+                          ) -> tuple[Atlas, list[tuple[str, Callable[[], Recording]]], str]:
     """A424 atlas, one loader per Brainmarks sample, and the default normalisation.
 
     Args:
@@ -341,53 +337,61 @@ def brainmarks_recordings(
     for given in map(Path, inputs):
         splits = brainmarks_splits(given)
         root = given.parent if splits == {given.name: given} else given  # a single split folder was given
-        if targets is False:
-            maps = {}
-        elif targets is None or targets is True:
-            found = [d for d in (root.parent / "targets", root / "targets") if d.is_dir()]
-            maps = read_target_maps(found, prefix=_dataset_prefix(root))
-        else:
-            items = [targets] if isinstance(targets, (str, Path)) else list(targets)
-            maps = read_target_maps(items, prefix=_dataset_prefix(root))
+        maps = _target_maps(root, targets)
         for split, folder in splits.items():
             position = 0
             for file, table in read_brainmarks_split(folder):
-                if unscale:
-                    for col in ("mean", "std"):
-                        if col not in table.column_names:
-                            raise InputError(f"{file}: no column {col!r} to undo the z-scoring (has "
-                                             f"{table.column_names}); pass unscale=False to keep the stored values")
-                scalars = _scalar_columns(table.schema)
-                values = {c: _column_values(table, c) for c in scalars}
-                session_col = next((c for c in _SESSION_COLUMNS if c in values), None)
-                for i in range(table.num_rows):
-                    sub = _text(values["sub"][i])
-                    if not sub:
-                        raise InputError(f"{file}#{i}: empty subject ID ('sub')")
-                    session = _text(values[session_col][i]) if session_col else ""
-                    pheno = {c: values[c][i] for c in scalars if c not in _NOT_PHENOTYPES}
-                    for name, mapping in maps.items():
-                        pheno[f"{name}_map" if name in pheno else name] = _map_label(mapping, sub, session)
-                    pheno[BRAINMARKS_SPLIT] = split
-                    pheno[BRAINMARKS_INDEX] = position
-                    position += 1
-                    row_tr = values["tr"][i] if "tr" in values else None
-                    rows.append({
-                        "file": file, "table": table, "i": i, "split": split,
-                        "subject_id": sub, "session_id": session,
-                        "task": _text(values["task"][i]) if "task" in values else "",
-                        "run_id": _text(values["run"][i]) if "run" in values else "",
-                        "start": values["start"][i] if "start" in values else None,
-                        "tr": float(row_tr) if row_tr is not None else (float(tr) if tr else float("nan")),
-                        "phenotypes": pheno,
-                    })
+                new = _sample_rows(file, table, split, maps, unscale, tr, start=position)
+                position += len(new)
+                rows += new
     _make_unique(rows)
 
-    tasks = []
-    for r in rows:
-        source = f"{r['file']}#{r['i']}"
-        tasks.append((source, lambda r=r, source=source: _load(r, source, unscale)))
+    tasks = [(f"{r['file']}#{r['i']}", lambda r=r: _load(r, f"{r['file']}#{r['i']}", unscale)) for r in rows]
     return atlas, tasks, ("robust" if unscale else "none")
+
+
+def _target_maps(root: Path, targets) -> dict:
+    """The target maps of a dataset: ``targets`` as given, or the ``targets`` folders beside and inside it."""
+    if targets is False:
+        return {}
+    if targets is None or targets is True:
+        found = [d for d in (root.parent / "targets", root / "targets") if d.is_dir()]
+        return read_target_maps(found, prefix=_dataset_prefix(root))
+    items = [targets] if isinstance(targets, (str, Path)) else list(targets)
+    return read_target_maps(items, prefix=_dataset_prefix(root))
+
+
+def _sample_rows(file, table, split: str, maps: dict, unscale: bool, tr: float | None, start: int) -> list[dict]:
+    """One entry per sample of a split file: its IDs, TR and phenotypes (the target maps', its split and
+    its position in the split, counted from ``start``)."""
+    if unscale:
+        for col in ("mean", "std"):
+            if col not in table.column_names:
+                raise InputError(f"{file}: no column {col!r} to undo the z-scoring (has "
+                                 f"{table.column_names}); pass unscale=False to keep the stored values")
+    scalars = _scalar_columns(table.schema)
+    values = {c: _column_values(table, c) for c in scalars}
+    session_col = next((c for c in _SESSION_COLUMNS if c in values), None)
+    rows = []
+    for i in range(table.num_rows):
+        sub = _text(values["sub"][i])
+        if not sub:
+            raise InputError(f"{file}#{i}: empty subject ID ('sub')")
+        session = _text(values[session_col][i]) if session_col else ""
+        pheno = {c: values[c][i] for c in scalars if c not in _NOT_PHENOTYPES}
+        for name, mapping in maps.items():
+            pheno[f"{name}_map" if name in pheno else name] = _map_label(mapping, sub, session)
+        pheno[BRAINMARKS_SPLIT], pheno[BRAINMARKS_INDEX] = split, start + i
+        row_tr = values["tr"][i] if "tr" in values else None
+        rows.append({
+            "file": file, "table": table, "i": i, "split": split, "subject_id": sub, "session_id": session,
+            "task": _text(values["task"][i]) if "task" in values else "",
+            "run_id": _text(values["run"][i]) if "run" in values else "",
+            "start": values["start"][i] if "start" in values else None,
+            "tr": float(row_tr) if row_tr is not None else (float(tr) if tr else float("nan")),
+            "phenotypes": pheno,
+        })
+    return rows
 
 
 def _key(r: dict) -> tuple:
