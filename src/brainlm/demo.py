@@ -8,6 +8,8 @@
    masked values as the whole baseline ladder (:mod:`brainlm.evaluate.baselines`), the
    connectivity-conditional fill included, and say plainly whether the model beats the
    strongest baseline.
+4. Fine-tune it to forecast, score that beside AR and VAR, and run the quick analyses of
+   :mod:`brainlm.analysis` (``OUT/analysis``), each printed beside its rival.
 
 Exit status 1 means training failed (the model does not even beat the trivial baselines:
 zero, region mean, interpolation); losing to the connectivity fill is reported, not hidden.
@@ -89,6 +91,7 @@ def run_demo(out_dir: str = "runs/demo", overrides: dict[str, Any] | None = None
         ft_config = forecast_finetune(config, chosen, out / "forecast_run")
         tuned = pretrain(ft_config, resume=(Path(ft_config.out_dir) / "train_config.json").exists())
         _forecast_table(load_pretrained(tuned.checkpoint).to(device), store, config, pretrained=model)
+        _analyses(chosen, tuned.checkpoint, store.path, out / "analysis")
     print(f"trained {result.step} steps ({t_train / 60:.1f} min); this invocation took "
           f"{(time.perf_counter() - t0) / 60:.1f} min in all")
     print(f"checkpoint: {result.checkpoint}\nbest model: {chosen}")
@@ -121,6 +124,17 @@ def _forecast_table(model, store, config, pretrained=None) -> None:
         w = forecasting_windows(pretrained, store, cfg)
         print(f"{'BrainLM, pretrained only':<34}{1 - w['model_sse'].sum() / w['model_syy'].sum():>8.3f}")
     print(f"forecasting: {verdict_of(result).line('on the held-out subjects')}")
+    print()
+
+
+def _analyses(model, forecast_model, store, out) -> None:
+    """What the model has learned (brainlm.analysis): attention by network, network identification,
+    the latent space and a perturbation, each beside its rival."""
+    from brainlm.analysis import quick_analyses
+
+    print("What the model has learned, each beside its simplest rival:")
+    for line in quick_analyses(model, store, out, forecast_model=forecast_model):
+        print(line)
     print()
 
 
