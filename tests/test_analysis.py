@@ -176,7 +176,7 @@ def test_estimated_networks_are_the_planted_ones_and_marked_data_derived(planted
 def test_latent_scores_every_label_beside_fc(planted):
     res = run_latent(options(LatentOptions, planted, "latent", color=("group", "score"), umap=False))
     scores = pd.DataFrame(res["scores"])
-    assert set(scores["column"]) == {"group", "score"} and set(scores["space"]) == {"model", "FC"}
+    assert set(scores["column"]) == {"group", "score"} and set(scores["space"]) == {"model", "FC", "autocorrelation"}
     fc = scores[(scores["column"] == "group") & (scores["space"] == "FC")]
     assert (fc["purity"] > fc["chance"] + 0.15).all()  # FC separates the planted groups
     assert set(res["verdicts"]) == {"group", "score"}
@@ -279,9 +279,9 @@ def test_vitmae_runs_through_attention_networks_and_latent(a424):
     np.testing.assert_allclose(attention.iloc[:, 2:].sum(axis=1), 1.0, atol=1e-4)
     assert att["contrast"]["verdict"]["outcome"] in OUTCOMES
     net = run_networks(options(NetworksOptions, a424, "networks", permutations=3, **kw))
-    assert {r["features"] for r in net["scores"]} == {"model", "fc_profile", "signal"}
+    assert {r["features"] for r in net["scores"]} == {"model", "fc_profile", "signal", "coordinates"}
     lat = run_latent(options(LatentOptions, a424, "latent", color=("group",), umap=False, **kw))
-    assert {r["space"] for r in lat["scores"]} == {"model", "FC"} and "region_purity" in lat
+    assert {r["space"] for r in lat["scores"]} == {"model", "FC", "autocorrelation"} and "region_purity" in lat
 
 
 # --------------------------------------------------------------------------- the demo's call
@@ -293,7 +293,7 @@ def test_quick_analyses_print_each_beside_its_rival(tmp_path):
     lines = quick_analyses(tmp_path / "tiny", store.path, tmp_path / "quick", forecast_model=tmp_path / "tiny",
                            figures=False, permutations=5)
     text = "\n".join(lines)
-    for words in ("attention (encoder layer -1)", "attention contrast, group", "vs the strongest baseline (",
+    for words in ("attention (the last encoder layer)", "attention contrast, group", "vs the strongest baseline (",
                   "networks:", "latent, group", "perturb:", "reports:"):
         assert words in text, words
     assert (tmp_path / "quick" / "perturb" / "report.md").is_file()
@@ -371,6 +371,21 @@ def test_network_label_image_gives_each_parcel_its_majority_network(tmp_path):
         networks_from_image(tmp_path / "nets.nii.gz", tmp_path / "atlas.nii.gz", 5)
 
 
+def test_the_atlas_image_of_a_store(tmp_path):
+    from types import SimpleNamespace
+
+    from brainlm.analysis.networks import store_atlas_image
+
+    a424 = SimpleNamespace(path=tmp_path, atlas="A424", manifest={"options": {"atlas": "A424"}})
+    assert store_atlas_image(a424).name == "A424+2mm.nii.gz" and store_atlas_image(a424).is_file()
+    (tmp_path / "mine.nii.gz").write_bytes(b"")
+    custom = SimpleNamespace(path=tmp_path, atlas="mine", manifest={"options": {"atlas": str(tmp_path / "mine.nii.gz")}})
+    assert store_atlas_image(custom) == tmp_path / "mine.nii.gz"
+    assert store_atlas_image(a424, tmp_path / "mine.nii.gz") == tmp_path / "mine.nii.gz"
+    with pytest.raises(FileNotFoundError, match="--atlas-image .*nope.nii.gz: file not found"):
+        store_atlas_image(a424, tmp_path / "nope.nii.gz")
+
+
 def test_bundled_aal2_systems_cover_the_demo_regions():
     from brainlm.analysis import read_network_table
     from brainlm.data import aal2_94_regions
@@ -410,6 +425,9 @@ def run_cli(*args):
     ("perturb", [], r"give the regions to perturb: --regions .* or --network"),
     ("latent", ["--color", "constant"], r"--color 'constant' has fewer than two levels"),
     ("networks", ["--folds", "1"], r"--folds must be an integer >= 2"),
+    ("networks", ["--networks", "{single}"], r"--networks: networks b have one region"),
+    ("attention", ["--layer", "5"], r"--layer 5: the encoder has 2 layers"),
+    ("attention", ["--split", "holdout"], r"no split 'holdout' \(--split\)"),
 ])
 def test_bad_input_stops_with_one_line_and_writes_nothing(planted, tmp_path, capsys, command, extra, message):
     import nibabel as nib
@@ -418,11 +436,13 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(planted, tmp_path, cap
     pd.DataFrame({"region": names[:-1], "network": "a"}).to_csv(tmp_path / "missing.tsv", sep="\t", index=False)
     pd.DataFrame({"region": [*names, "nowhere"], "network": "a"}).to_csv(tmp_path / "unknown.tsv", sep="\t",
                                                                          index=False)
+    pd.DataFrame({"region": names, "network": ["b"] + ["a"] * (len(names) - 1)}).to_csv(tmp_path / "single.csv",
+                                                                                      index=False)
     grid = np.zeros((4, 4, 2), dtype=np.int16)
     grid[:2, :2], grid[2:, :2], grid[:2, 2:], grid[2:, 2:] = 1, 2, 3, 4
     nib.save(nib.Nifti1Image(grid, np.eye(4)), tmp_path / "atlas.nii.gz")
     nib.save(nib.Nifti1Image((grid > 2).astype(np.int16), np.eye(4)), tmp_path / "image.nii.gz")
-    paths = {"missing": tmp_path / "missing.tsv", "unknown": tmp_path / "unknown.tsv",
+    paths = {"missing": tmp_path / "missing.tsv", "unknown": tmp_path / "unknown.tsv", "single": tmp_path / "single.csv",
              "image": tmp_path / "image.nii.gz", "atlas": tmp_path / "atlas.nii.gz"}
     extra = [e.format(**paths) for e in extra]
     if "--networks" not in extra:

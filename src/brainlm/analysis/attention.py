@@ -124,6 +124,13 @@ def attention_maps(a: Analysis, layer: int | None = -1) -> AttentionMaps:
     return AttentionMaps(np.stack(attn), np.stack(stats), np.stack(conn), meta, count, skipped)
 
 
+def _check_layer(a: Analysis, layer: int | None) -> None:
+    """Refuse a layer the encoder does not have before any work: the model checks it on one blank window."""
+    from brainlm.downstream import cls_attention
+
+    cls_attention(a.model, np.zeros((1, a.store.num_regions, a.window), np.float32), a.recordings.coords, layer)
+
+
 def _per_network(values: np.ndarray, codes: np.ndarray, K: int, reduce: str) -> np.ndarray:
     """``(N, R)`` -> ``(N, K)``: the sum (attention mass) or mean over each network's regions."""
     out = np.stack([values[:, codes == k].sum(1) for k in range(K)], 1)
@@ -138,6 +145,12 @@ def _residual(y: np.ndarray, covariates: list[np.ndarray]) -> np.ndarray:
         X = np.column_stack([np.ones(len(y))] + [c[:, k] for c in covariates])
         out[:, k] = y[:, k] - X @ np.linalg.lstsq(X, y[:, k], rcond=None)[0] + y[:, k].mean()
     return out
+
+
+def _layer_name(layer: int | None) -> str:
+    if layer is None:
+        return "the mean over the encoder layers"
+    return {-1: "the last encoder layer", 0: "the first encoder layer"}.get(layer, f"encoder layer {layer}")
 
 
 def _amplitude_covariates(maps: AttentionMaps, codes: np.ndarray, K: int) -> list[np.ndarray]:
@@ -183,6 +196,7 @@ def run_attention(options: AttentionOptions) -> dict:
     if o.group:
         outputs += ["attention_contrasts.csv", "attention_contrast_map.png", "attention_contrast_networks.png"]
     with open_analysis(o, outputs, check=_check_inputs(o)) as a:
+        _check_layer(a, o.layer)
         maps = attention_maps(a, o.layer)
         report = a.report("CLS attention by region and network")
         _describe(a, maps, report, o)
@@ -195,7 +209,7 @@ def _describe(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions) -> 
     """The maps, per region and per network, and their correlation with the signal statistics."""
     nets, names = a.networks, a.store.region_names
     codes, K, R = nets.codes, nets.num_networks, len(names)
-    layer = "the mean over every encoder layer" if o.layer is None else f"encoder layer {o.layer}"
+    layer = _layer_name(o.layer)
     subjects, attention = subject_means(maps.attention, maps.subjects)  # (S,), (S, R)
     statistics = subject_means(maps.statistics, maps.subjects)[1]  # (S, 2, R)
     boot = SubjectBootstrap(subjects, o.bootstrap, o.seed)

@@ -9,7 +9,11 @@ Features of a region (one row per region, ``R`` rows):
   regions of one patch row share a vector (:mod:`brainlm.vitmae`);
 - **its FC profile**: its row of the group correlation matrix of the same recordings (Fisher z,
   itself left out);
-- **its signal statistics**: its mean variance and lag-1 autocorrelation.
+- **its signal statistics**: its mean variance and lag-1 autocorrelation;
+- **its coordinates**: the centre (x, y, z) the model is given with every token. Networks that
+  are spatially compact (anatomical systems above all) are largely told by where a region is,
+  and a BrainLM model sees where each region is, so a model that "identifies" them may only
+  pass its coordinates on.
 
 Each feature set is standardised (on the training regions of each fold) and classified by a kNN
 (scikit-learn's neighbour search, majority vote) and a multinomial logistic regression (C = 1),
@@ -45,7 +49,8 @@ __all__ = ["NetworksOptions", "region_features", "identify_networks", "run_netwo
 
 CLASSIFIERS = ("knn", "logistic")
 FEATURES = {"model": "the model's region embeddings", "fc_profile": "FC profile (row of group FC)",
-            "signal": "signal statistics (variance, lag-1 autocorrelation)"}
+            "signal": "signal statistics (variance, lag-1 autocorrelation)",
+            "coordinates": "coordinates (the region's x, y, z)"}
 
 
 @dataclass(kw_only=True)
@@ -58,7 +63,8 @@ class NetworksOptions(AnalysisOptions):
 
 
 def region_features(a: Analysis) -> dict[str, np.ndarray]:
-    """``{"model": (R, D), "fc_profile": (R, R), "signal": (R, 2)}`` from every recording analysed."""
+    """``{"model": (R, D), "fc_profile": (R, R), "signal": (R, 2), "coordinates": (R, 3)}`` from every
+    recording analysed."""
     from brainlm.downstream import embed_recordings
 
     emb = embed_recordings(a.model, a.recordings, pooling="region_time", average_regions=False, windows="average",
@@ -71,7 +77,8 @@ def region_features(a: Analysis) -> dict[str, np.ndarray]:
         if len(span):
             group.add(correlation_matrix(span))
             stats.append(region_statistics(span))
-    return {"model": emb.X.mean(0), "fc_profile": fc_profiles(group.matrix()), "signal": np.mean(stats, 0).T}
+    return {"model": emb.X.mean(0), "fc_profile": fc_profiles(group.matrix()), "signal": np.mean(stats, 0).T,
+            "coordinates": np.asarray(a.recordings.coords, np.float64)}
 
 
 @dataclass
@@ -244,7 +251,7 @@ def _write(a: Analysis, report, table: pd.DataFrame, predictions: dict, features
         markdown_table(shown),
         f"Verdict: {verdict.line('identifying networks of held-out regions')}.",
         f"Feature sizes: model {features['model'].shape[1]}, FC profile {features['fc_profile'].shape[1]}, "
-        f"signal statistics {features['signal'].shape[1]} ({', '.join(STATISTICS)}).")
+        f"signal statistics {features['signal'].shape[1]} ({', '.join(STATISTICS)}), coordinates 3.")
     frame = pd.DataFrame({"region_index": np.arange(len(codes)), "region": a.store.region_names,
                           "network": [names[c] for c in codes]})
     for key, pred in predictions.items():

@@ -2,9 +2,10 @@
 is clustered there, beside the same on functional connectivity.
 
 Each recording becomes one vector: the model's embedding (``--pooling cls`` or ``mean``)
-averaged over its windows, and, beside it, its FC features (the upper triangle of the Pearson
-correlation of the same timepoints, :func:`brainlm.downstream.fc_features`). Both are
-standardised; the maps are their first two principal components and, when ``umap-learn`` is
+averaged over its windows, and, beside it, the two rivals of the probes: its FC features (the
+Pearson correlation of the same timepoints, :func:`brainlm.downstream.fc_features`) and each
+region's lag-1 autocorrelation (the temporal structure FC leaves out, which tells recordings of
+different sampling rates apart). All are standardised; the maps are their first two principal components and, when ``umap-learn`` is
 installed (``pip install 'brainlm[analysis]'``), a 2-D UMAP. The maps are for looking; the
 scores are computed in the full standardised space:
 
@@ -16,7 +17,7 @@ scores are computed in the full standardised space:
 
 Numeric columns with more than two values are split at the subjects' median (as the group
 contrasts do). 95% intervals resample subjects; the verdict compares the model's overall kNN
-purity with FC's on the same subject resamples.
+purity with the stronger rival's, on the same subject resamples.
 
 With ``--regions`` (default on) the regions get a map too: each region's representation (its
 region-time embedding averaged over windows and recordings) coloured by its network, beside
@@ -43,6 +44,8 @@ from .plots import network_colors
 from .stats import as_label, median_split
 
 __all__ = ["LatentOptions", "knn_purity", "label_scores", "two_d_maps", "run_latent"]
+
+RIVALS = {"FC": "FC features", "autocorrelation": "lag-1 autocorrelation per region"}
 
 
 @dataclass(kw_only=True)
@@ -140,9 +143,10 @@ def run_latent(options: LatentOptions) -> dict:
 
         emb = embed_recordings(a.model, a.recordings, pooling=o.pooling, windows="average", window=a.window,
                                batch_size=o.batch_size, precision=o.precision, progress=o.progress)
-        fc = fc_features(a.recordings, window=a.window, windows="average", progress=o.progress)
+        rivals = {kind: fc_features(a.recordings, window=a.window, windows="average", kind=kind, progress=o.progress)
+                  for kind in ("correlation", "autocorrelation")}
         report = a.report("The latent space by phenotype")
-        _write(a, report, emb, fc, columns, o)
+        _write(a, report, emb, rivals, columns, o)
         if o.regions:
             _regions(a, report, o)
         return report.finish()
@@ -157,10 +161,11 @@ def _labels(rows: pd.DataFrame, column: str) -> np.ndarray:
     return rows[column].map(as_label).to_numpy()
 
 
-def _write(a: Analysis, report, emb, fc, columns: list[str], o: LatentOptions) -> None:
+def _write(a: Analysis, report, emb, rivals: dict, columns: list[str], o: LatentOptions) -> None:
     rows = a.store.recordings.set_index("recording_id").loc[emb.index["recording_id"]].reset_index()
     subjects = emb.index["subject_id"].astype(str).to_numpy()
-    spaces = {"model": _standard(emb.X), "FC": _standard(fc.X)}
+    spaces = {"model": _standard(emb.X), "FC": _standard(rivals["correlation"].X),
+              "autocorrelation": _standard(rivals["autocorrelation"].X)}
     model_label = f"the model ({o.pooling} embedding)"
     maps, notes = {}, []
     for name, X in spaces.items():
@@ -188,21 +193,24 @@ def _write(a: Analysis, report, emb, fc, columns: list[str], o: LatentOptions) -
                                 "purity": np.nanmean(purity[members]), "purity_ci_low": lo, "purity_ci_high": hi,
                                 "chance": np.nanmean(s["chance"].to_numpy()[members]),
                                 "silhouette": np.nanmean(s["silhouette"].to_numpy()[members])})
-        model_p, fc_p = per["model"]["purity"].to_numpy(), per["FC"]["purity"].to_numpy()
-        verdicts[column] = compare(model_label, "FC features", lambda idx: np.nanmean(model_p[idx]),
-                                   lambda idx: np.nanmean(fc_p[idx]), boot, int(keep.sum()),
+        rival = max(RIVALS, key=lambda n: np.nanmean(per[n]["purity"]))
+        model_p, rival_p = per["model"]["purity"].to_numpy(), per[rival]["purity"].to_numpy()
+        verdicts[column] = compare(model_label, RIVALS[rival], lambda idx: np.nanmean(model_p[idx]),
+                                   lambda idx: np.nanmean(rival_p[idx]), boot, int(keep.sum()),
                                    metric=f"kNN purity of {column} (k = {o.neighbours})")
         chance = np.nanmean(per["model"]["chance"])
-        report.say(f"latent, {column}: kNN purity {np.nanmean(model_p):.3f} (model) vs {np.nanmean(fc_p):.3f} (FC), "
-                   f"chance {chance:.3f}; silhouette {np.nanmean(per['model']['silhouette']):+.3f} vs "
-                   f"{np.nanmean(per['FC']['silhouette']):+.3f}")
+        report.say(f"latent, {column}: kNN purity {np.nanmean(model_p):.3f} (model) vs "
+                   + ", ".join(f"{np.nanmean(per[n]['purity']):.3f} ({n})" for n in RIVALS)
+                   + f", chance {chance:.3f}; silhouette {np.nanmean(per['model']['silhouette']):+.3f} vs "
+                   + ", ".join(f"{np.nanmean(per[n]['silhouette']):+.3f}" for n in RIVALS))
         report.say(verdicts[column].line(f"on {column}"))
     table = pd.DataFrame(summary)
     report.section(
         "Scores",
         f"{len(rows)} recordings of {len(set(subjects))} subjects; kNN purity with k = {o.neighbours} among other "
         "subjects' recordings, silhouette in the full standardised space (model: "
-        f"{emb.X.reshape(len(emb.X), -1).shape[1]} dimensions, FC: {fc.X.shape[1]}); 95% intervals from "
+        f"{emb.X.reshape(len(emb.X), -1).shape[1]} dimensions, FC: {spaces['FC'].shape[1]}, autocorrelation: "
+        f"{spaces['autocorrelation'].shape[1]}); 95% intervals from "
         f"{o.bootstrap} subject resamples.",
         markdown_table(table),
         *[f"Verdict ({c}): {v.line(f'on {c}')}." for c, v in verdicts.items()],
@@ -223,7 +231,7 @@ def _write(a: Analysis, report, emb, fc, columns: list[str], o: LatentOptions) -
 def _map_figure(maps: dict, rows: pd.DataFrame, columns: list[str]):
     panels = [(space, method) for space in maps for method in maps[space]]
     plt = pyplot()
-    fig, axes = plt.subplots(len(columns), len(panels), figsize=(2.6 * len(panels), 2.4 * len(columns)), squeeze=False)
+    fig, axes = plt.subplots(len(columns), len(panels), figsize=(2.2 * len(panels), 2.2 * len(columns)), squeeze=False)
     for row, column in enumerate(columns):
         labels = _labels(rows, column)
         levels = sorted(set(labels) - {""})

@@ -103,7 +103,7 @@ def interval_bars(ax, labels, series: dict[str, tuple[np.ndarray, np.ndarray, np
 def bar_figure(labels, series: dict, *, ylabel: str, title: str, reference: float | None = None,
                marks: dict[str, list[str]] | None = None):
     """One panel of :func:`interval_bars`, sized to the number of bars."""
-    fig, ax = pyplot().subplots(figsize=(max(4.0, 0.35 * len(labels) * max(len(series), 2) + 2), 3))
+    fig, ax = pyplot().subplots(figsize=(min(9.0, max(4.0, 0.3 * len(labels) * max(len(series), 2) + 2)), 3))
     interval_bars(ax, labels, series, ylabel=ylabel, reference=reference, marks=marks)
     ax.set_title(title, fontsize=9)
     return fig

@@ -15,7 +15,8 @@ A **grouping** (:func:`resolve_groups`) splits recordings into two levels of a p
 A **contrast** (:func:`group_contrast`) of per-recording values ``(N, F)`` gives, per feature,
 the mean of each level, the difference (second level minus first), its 95% interval from
 resampling subjects (:class:`brainlm.evaluate.protocol.SubjectBootstrap`), an effect size
-(Cohen's d on subject means; d_z for within-subject differences), the two-sided permutation
+(Cohen's d on subject means; d_z for within-subject differences; its interval is the
+difference's in units of the same SD), the two-sided permutation
 p-value ``(1 + #{|null| >= |observed|}) / (1 + permutations)``, and the Benjamini-Hochberg
 q-value over the features tested together (``scipy.stats.false_discovery_control``).
 """
@@ -185,17 +186,27 @@ class SubjectValues:
             return v.mean(0)
         return v[lab == 1].mean(0) - v[lab == 0].mean(0)
 
-    def effect_size(self, rows: np.ndarray | None = None) -> np.ndarray:
-        """``(F,)`` Cohen's d (pooled subject SD; within: d_z), NaN where the SD is 0."""
-        v, lab = (self.values, self.labels) if rows is None else (self.values[rows], self.labels[rows])
+    @property
+    def scale(self) -> np.ndarray:
+        """``(F,)`` the standard deviation effect sizes are in: the pooled SD of the subjects' values
+        (within: the SD of their differences), NaN where it is 0."""
+        v, lab = self.values, self.labels
         with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a resample with one subject in a level: NaN
+            warnings.simplefilter("ignore", RuntimeWarning)  # one subject in a level: NaN
             if self.design == "within":
-                return v.mean(0) / v.std(0, ddof=1)
-            a, b = v[lab == 0], v[lab == 1]
-            pooled = np.sqrt(((len(a) - 1) * a.var(0, ddof=1) + (len(b) - 1) * b.var(0, ddof=1))
+                sd = v.std(0, ddof=1)
+            else:
+                a, b = v[lab == 0], v[lab == 1]
+                sd = np.sqrt(((len(a) - 1) * a.var(0, ddof=1) + (len(b) - 1) * b.var(0, ddof=1))
                              / max(len(a) + len(b) - 2, 1))
-            return (b.mean(0) - a.mean(0)) / np.where(pooled > 0, pooled, np.nan)
+        return np.where(sd > 0, sd, np.nan)
+
+    def effect_size(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """``(F,)`` the difference on the subject rows ``rows`` in units of :attr:`scale`: Cohen's d
+        (within: d_z) on all rows; on a resample, its difference in the same units (a resample's
+        own SD, with few subjects per level, would make the interval explode)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.difference(rows) / self.scale
 
     def null(self, permutations: int, seed: int) -> np.ndarray:
         """``(n, F)`` differences under the null: subject labels permuted (between) or subjects'
