@@ -419,6 +419,7 @@ def run_cli(*args):
     ("attention", ["--group", "lonely"], r"--group 'lonely': level 'b' has 1 subject"),
     ("attention", ["--group", "site"], r"--group 'site' has 3 levels .* choose two with --levels"),
     ("attention", ["--group", "nothing"], r"--group 'nothing': .* has no such phenotype column"),
+    ("attention", ["--levels", "a,b"], r"--levels chooses two levels of --group: give --group too"),
     ("perturb", ["--regions", "99"], r"--regions 99: the store has no such region \(24 regions"),
     ("perturb", ["--regions", "r999"], r"--regions r999: the store has no such region"),
     ("perturb", ["--network", "net9"], r"--network 'net9' is not one of the networks"),

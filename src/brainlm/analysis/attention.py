@@ -181,6 +181,8 @@ def _groups(store, options: AttentionOptions, recording_ids: list[str] | None = 
 
 def _check_inputs(options: AttentionOptions):
     def check(store, networks) -> None:
+        if options.levels and options.group is None:
+            raise UserError("--levels chooses two levels of --group: give --group too")
         if options.group is not None:
             check_column(store, options.group, "--group")
             _groups(store, options)
