@@ -415,6 +415,8 @@ def run_cli(*args):
     ("networks", ["--networks", "{unknown}"], r"--networks .*unknown.tsv: 1 rows name regions the store does not have"),
     ("latent", ["--networks", "{image}"], r"does not say which atlas label image .* pass it with --atlas-image"),
     ("attention", ["--networks", "{image}", "--atlas-image", "{atlas}"], r"4 parcels, but the store has 24 regions"),
+    ("networks", ["--networks", "{elsewhere}", "--atlas-image", "{atlas24}"],
+     r"the label image is on another grid than the atlas .*atlas24.nii.gz"),
     ("attention", ["--group", "constant"], r"--group 'constant' has one level"),
     ("attention", ["--group", "lonely"], r"--group 'lonely': level 'b' has 1 subject"),
     ("attention", ["--group", "site"], r"--group 'site' has 3 levels .* choose two with --levels"),
@@ -443,8 +445,13 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(planted, tmp_path, cap
     grid[:2, :2], grid[2:, :2], grid[:2, 2:], grid[2:, 2:] = 1, 2, 3, 4
     nib.save(nib.Nifti1Image(grid, np.eye(4)), tmp_path / "atlas.nii.gz")
     nib.save(nib.Nifti1Image((grid > 2).astype(np.int16), np.eye(4)), tmp_path / "image.nii.gz")
+    parcels24 = np.arange(1, 25, dtype=np.int16).reshape(4, 6, 1)  # one voxel per region
+    nib.save(nib.Nifti1Image(parcels24, np.eye(4)), tmp_path / "atlas24.nii.gz")
+    nib.save(nib.Nifti1Image((parcels24 % 2 + 1).astype(np.int16), np.diag([2.0, 2.0, 2.0, 1.0])),
+             tmp_path / "elsewhere.nii.gz")
     paths = {"missing": tmp_path / "missing.tsv", "unknown": tmp_path / "unknown.tsv", "single": tmp_path / "single.csv",
-             "image": tmp_path / "image.nii.gz", "atlas": tmp_path / "atlas.nii.gz"}
+             "image": tmp_path / "image.nii.gz", "atlas": tmp_path / "atlas.nii.gz",
+             "atlas24": tmp_path / "atlas24.nii.gz", "elsewhere": tmp_path / "elsewhere.nii.gz"}
     extra = [e.format(**paths) for e in extra]
     if "--networks" not in extra:
         extra += ["--networks", planted["networks"]]
