@@ -64,6 +64,13 @@ def test_attention_maps_shape_and_sum(model):
     emb, per_region = embed_windows(model, x, xyz, "cls", attention=True)
     assert per_region.shape == (2, R)
     np.testing.assert_allclose(per_region, a.sum(-1), atol=1e-5)
+    # Every layer's map, and their mean (layer=None).
+    layers = [cls_attention(model, x, xyz, layer) for layer in range(model.config.num_hidden_layers)]
+    np.testing.assert_allclose(layers[-1], a, atol=1e-6)
+    assert not np.allclose(layers[0], layers[-1])
+    np.testing.assert_allclose(cls_attention(model, x, xyz, None), np.mean(layers, 0), atol=1e-6)
+    with pytest.raises(ValueError, match="--layer 2: the encoder has 2 layers"):
+        cls_attention(model, x, xyz, 2)
 
 
 def test_window_starts():
@@ -157,8 +164,8 @@ def test_vitmae_models(tmp_path):
     assert type(loaded).__name__ == "BrainLMViTMAE"
     x = torch.randn(2, 424, 200)
     assert embed_windows(loaded, x, torch.zeros(424, 3), "mean").shape == (2, 32)
-    with pytest.raises(ValueError, match="'region_time' does not apply to ViT-MAE"):
-        embed_windows(loaded, x, torch.zeros(424, 3), "region_time")
+    # Region vectors come from the image patches that hold each region (brainlm.vitmae).
+    assert embed_windows(loaded, x, torch.zeros(424, 3), "region_time").shape == (2, 424, 32)
     with pytest.raises(ValueError, match=r"trained on 424 regions but .* has 94"):
         check_regions(loaded, 94, "the store")
 

@@ -305,6 +305,97 @@ def test_embed_rejects_unknown_pooling(model, windows):
         model.embed(windows, pooling="max")
 
 
+# --------------------------------------------------------------------------- regions from patches
+
+
+def test_region_pixels_follow_the_reorder_and_the_padding(model):
+    counts = model.region_pixels()  # (R, N)
+    (H, W), p = model.image_size, 48
+    top, _, left, _ = model.padding
+    assert counts.shape == (424, model.num_patches)
+    torch.testing.assert_close(counts.sum(1), torch.full((424,), 200.0))  # every timepoint of every region once
+    # The region on image row j (the j-th by Y) lies in patch row (top + j) // p only.
+    order = model.region_order
+    for j in (0, 43, 423):
+        rows = counts[order[j]].view(H // p, W // p).sum(1).nonzero().flatten().tolist()
+        assert rows == [(top + j) // p]
+    # Its pixels fall in the window's patch columns, the first and last in part.
+    per_column = counts[order[0]].view(H // p, W // p).sum(0)
+    cols = model.window_columns
+    assert per_column.nonzero().flatten().tolist() == list(cols)
+    assert per_column[cols.start] == (cols.start + 1) * p - left
+    assert per_column[cols.stop - 1] == left + 200 - (cols.stop - 1) * p
+
+
+def test_cls_attention_is_transformers_attention_given_to_regions(model, windows):
+    image = model.to_image(windows)
+    in_order = torch.arange(model.num_patches).expand(2, -1)
+    *_, ours = model.forward_encoder(image, in_order, mask_ratio=0.0, output_cls_attentions=True)
+    # The reference: transformers' eager attention weights, masking off, patches in order.
+    ratio, impl = model.config.mask_ratio, model.config._attn_implementation
+    try:
+        model.config.mask_ratio, model.config._attn_implementation = 0.0, "eager"
+        with torch.no_grad():
+            ref = model.mae.vit(image, noise=in_order, output_attentions=True).attentions
+    finally:
+        model.config.mask_ratio, model.config._attn_implementation = ratio, impl
+    assert len(ours) == len(ref) == 2
+    for a, r in zip(ours, ref):
+        torch.testing.assert_close(a, r[:, :, 0], atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        maps = model.cls_attention(windows)  # (B, R, P)
+        every = model.cls_attention(windows, layer=None)
+        first = model.cls_attention(windows, layer=0)
+    assert maps.shape == (2, 424, len(model.window_columns))
+    torch.testing.assert_close(maps.sum((1, 2)), torch.ones(2))
+    torch.testing.assert_close(every, (first + maps) / 2)
+    # Each patch's attention is shared by its regions in proportion to their pixels: the
+    # regions of one patch row and column get equal parts, and padding gets nothing.
+    a = r[:, :, 0].mean(1)[:, 1:]  # (B, N) last layer, head mean
+    share = model.region_pixels() / model.region_pixels().sum(0).clamp(min=1)
+    expected = (a[:, None] * share).view(2, 424, 9, 9).sum(2)[..., 2:7]
+    torch.testing.assert_close(maps, expected / expected.sum((1, 2), keepdim=True), atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        out = model.embed(windows, output_attentions=True)
+    torch.testing.assert_close(out.cls_attention, maps.sum(-1))
+    with pytest.raises(UserError, match="--layer 2: the encoder has 2 layers"):
+        model.cls_attention(windows, layer=2)
+
+
+def test_region_time_is_the_pixel_weighted_mean_of_patch_tokens(model, windows):
+    with torch.no_grad():
+        regions = model.embed(windows, pooling="region_time").embeddings  # (B, R, D)
+        both = model.embed(windows, pooling="region_time", average_regions=True).embeddings
+        hidden, _, _ = model.forward_encoder(model.to_image(windows), torch.arange(model.num_patches).expand(2, -1),
+                                             mask_ratio=0.0)
+    assert regions.shape == (2, 424, 32)
+    torch.testing.assert_close(both, regions.mean(1))
+    counts = model.region_pixels()
+    r = int(model.region_order[100])
+    expected = (counts[r][:, None] * hidden[:, 1:]).sum(1) / 200
+    torch.testing.assert_close(regions[:, r], expected)
+    # Regions on the same patch row (48 image rows) share their tokens, so their vectors.
+    same_row = model.region_order[(torch.arange(424) + model.padding[0]) // 48 == 3]
+    assert len(same_row) == 48
+    torch.testing.assert_close(regions[:, same_row], regions[:, same_row[:1]].expand(-1, 48, -1))
+
+
+def test_any_region_count_with_a_custom_order():
+    from transformers import ViTMAEForPreTraining
+
+    torch.manual_seed(0)
+    order = torch.randperm(24)
+    vit = BrainLMViTMAE(ViTMAEForPreTraining(tiny_config(image_size=32, patch_size=8)), order,
+                        window_length=20).eval()
+    x = torch.randn(3, 24, 20)
+    with torch.no_grad():
+        maps = vit.cls_attention(x)
+        emb = vit.embed(x, pooling="region_time").embeddings
+    assert maps.shape == (3, 24, 4) and emb.shape == (3, 24, 32)  # window columns 6..25: patch columns 0..3
+    torch.testing.assert_close(maps.sum((1, 2)), torch.ones(3))
+    assert vit.forecast(x, None, 8).shape == (3, 24, 8)
+
+
 # --------------------------------------------------------------------------- forecasting
 
 

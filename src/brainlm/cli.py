@@ -99,6 +99,14 @@ COMMANDS = (
             "brainlm.downstream.report:FinetuneOptions", "brainlm.downstream.report:run_finetune"),
     Command("fingerprint", "identify subjects from the first half of a recording to the second",
             "brainlm.downstream.report:FingerprintOptions", "brainlm.downstream.report:run_fingerprint"),
+    Command("attention", "CLS attention per region and network, group contrasts beside signal statistics and FC",
+            "brainlm.analysis.attention:AttentionOptions", "brainlm.analysis.attention:run_attention"),
+    Command("networks", "zero-shot network identification from region embeddings, beside FC profiles",
+            "brainlm.analysis.identify:NetworksOptions", "brainlm.analysis.identify:run_networks"),
+    Command("latent", "PCA / UMAP maps of recording embeddings by phenotype, with kNN purity, beside FC",
+            "brainlm.analysis.latent:LatentOptions", "brainlm.analysis.latent:run_latent"),
+    Command("perturb", "in-silico perturbation with a forecasting model, beside the ridge VAR's response",
+            "brainlm.analysis.perturb:PerturbOptions", "brainlm.analysis.perturb:run_perturb"),
 )
 
 

@@ -901,11 +901,16 @@ class BrainLMForPretraining(nn.Module, HubMixin):
         attn = _token_attention(enc.cls_attentions[-1], R, P).sum(-1) if output_attentions else None  # (B, R)
         return EmbeddingOutput(emb, attn)
 
-    def cls_attention(self, signal_vectors: Tensor, xyz_vectors: Tensor, layer: int = -1) -> Tensor:
-        """CLS attention over patch tokens in one encoder layer, head mean: (B, R, P), each map sums to 1."""
+    def cls_attention(self, signal_vectors: Tensor, xyz_vectors: Tensor, layer: int | None = -1) -> Tensor:
+        """CLS attention over patch tokens in one encoder layer (None: the mean over layers), head
+        mean: (B, R, P), each map sums to 1."""
+        n = self.config.num_hidden_layers
+        if layer is not None and not -n <= layer < n:
+            raise UserError(f"--layer {layer}: the encoder has {n} layers (0..{n - 1}, -1 for the last)")
         enc = self.forward_encoder(signal_vectors, xyz_vectors, mask_ratio=0.0, output_cls_attentions=True)
         B, R, T = signal_vectors.shape
-        return _token_attention(enc.cls_attentions[layer], R, T // self.config.timepoint_patching_size)
+        maps = [_token_attention(a, R, T // self.config.timepoint_patching_size) for a in enc.cls_attentions]
+        return torch.stack(maps).mean(0) if layer is None else maps[layer]  # (B, R, P)
 
     def reconstruct(self, signal_vectors: Tensor, xyz_vectors: Tensor, noise: Tensor | None = None,
                     mask_ratio: float | None = None) -> ReconstructionOutput:

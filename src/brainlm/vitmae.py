@@ -33,6 +33,18 @@ back to one ``(B, R, T)`` window. The mask follows ``transformers``: per patch, 
 and masking draws from all ``N`` patches of the padded image, padding-only patches included
 (the original does the same).
 
+Regions from image patches (per-region vectors and CLS attention, the interface shared with
+BrainLM models, whose tokens are regions): region ``r`` is one image row, so it lies in one
+row of patches and spans the patch columns that hold the window's timepoints (13 of 27 for
+patch 16, the first and last only in part). ``region_pixels[r, n]`` counts the window pixels
+of region ``r`` in patch ``n`` (:meth:`BrainLMViTMAE.region_pixels`). A region's vector
+(``embed(pooling="region_time")``) is the mean of those patches' tokens weighted by that
+count, so the ``p`` regions of one patch row share one vector: the released models do not
+resolve single regions finer than a patch. A region's CLS attention is its share of each
+patch's attention (its pixels over the patch's window pixels), summed per patch column:
+``(B, R, P)`` with ``P`` the window's patch columns; padding-only patches hold no region, so
+their attention is dropped and the map renormalised to sum to 1, as BrainLM's maps are.
+
 Output units and shapes (``ViTMAEOutput``):
 
 - ``logits``: ``(B, R, T)``, the reconstruction in the caller's region order and units:
@@ -352,6 +364,7 @@ class BrainLMViTMAE(nn.Module, HubMixin):
         # Padding (top, bottom, left, right); an odd total puts the extra row/column last.
         top, left = (H - self.num_regions) // 2, (W - self.window_length) // 2
         self._pad = (top, H - self.num_regions - top, left, W - self.window_length - left)
+        self.register_buffer("_region_pixels", self._count_region_pixels(), persistent=False)
 
     @classmethod
     def from_config(cls, config, coords_path=None, **kwargs) -> "BrainLMViTMAE":
@@ -393,6 +406,28 @@ class BrainLMViTMAE(nn.Module, HubMixin):
     def padding(self) -> tuple[int, int, int, int]:
         """Rows and columns of -1 around the window: (top, bottom, left, right)."""
         return self._pad
+
+    @property
+    def window_columns(self) -> range:
+        """The patch columns that hold the window's timepoints (the ``P`` of ``cls_attention``)."""
+        pw = _pair(self.config.patch_size)[1]
+        left = self._pad[2]
+        return range(left // pw, (left + self.window_length - 1) // pw + 1)
+
+    def region_pixels(self) -> torch.Tensor:
+        """``(R, N)`` window pixels of each region (caller's order) in each image patch (row-major)."""
+        return self._region_pixels
+
+    def _count_region_pixels(self) -> torch.Tensor:
+        (H, W), (ph, pw) = self.image_size, _pair(self.config.patch_size)
+        top, _, left, _ = self._pad
+        columns = torch.arange(left, left + self.window_length) // pw  # (T,) patch column of each timepoint
+        per_column = torch.bincount(columns, minlength=W // pw).float()  # (w,)
+        counts = torch.zeros(self.num_regions, (H // ph) * (W // pw))  # (R, N)
+        for row, region in enumerate(self.region_order.tolist()):
+            first = (top + row) // ph * (W // pw)  # patch index of the region's patch row, column 0
+            counts[region, first : first + W // pw] = per_column
+        return counts
 
     # ----- window <-> image
 
@@ -500,15 +535,19 @@ class BrainLMViTMAE(nn.Module, HubMixin):
         mask_ratio: float | None = None,
         *,
         num_keep: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        output_cls_attentions: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """Patch-embed, add positions, mask, prepend CLS, run the encoder.
 
         Args:
             image: ``(B, C, H, W)``.
             noise, mask_ratio, num_keep: as ``random_masking``.
+            output_cls_attentions: also return, per encoder layer, the CLS token's attention
+                ``(B, heads, 1 + kept)`` (computed from the layer's input, as in its softmax).
 
         Returns:
-            hidden ``(B, 1 + kept, D)``, mask ``(B, N)``, ids_restore ``(B, N)``.
+            hidden ``(B, 1 + kept, D)``, mask ``(B, N)``, ids_restore ``(B, N)`` (and the
+            list of CLS attentions when asked).
         """
         vit = self.mae.vit
         emb = vit.embeddings
@@ -517,11 +556,15 @@ class BrainLMViTMAE(nn.Module, HubMixin):
         x, mask, ids_restore = self.random_masking(x, noise, mask_ratio, num_keep=num_keep)
         cls = (emb.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1)  # (B, 1 + kept, D)
-        if hasattr(vit, "layers"):
-            for layer in vit.layers:
-                x = layer(x)
-        else:  # transformers 4.x keeps the blocks in an encoder module
-            x = vit.encoder(x).last_hidden_state
+        cls_attentions = []
+        # transformers 5 keeps the blocks in vit.layers, 4.x in vit.encoder.layer (returning tuples).
+        for layer in vit.layers if hasattr(vit, "layers") else vit.encoder.layer:
+            if output_cls_attentions:
+                cls_attentions.append(_cls_attention(layer, x, self.config.num_attention_heads))
+            x = layer(x)
+            x = x[0] if isinstance(x, tuple) else x
+        if output_cls_attentions:
+            return vit.layernorm(x), mask, ids_restore, cls_attentions
         return vit.layernorm(x), mask, ids_restore
 
     def forward_decoder(self, hidden: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -792,31 +835,63 @@ class BrainLMViTMAE(nn.Module, HubMixin):
         average_regions: bool = False,
         output_attentions: bool = False,
     ) -> EmbeddingOutput:
-        """One vector per window, with masking off (every patch, in order).
+        """Embed windows with masking off (every patch, in order).
 
         Args:
             signal_vectors: ``(B, R, T)``.
             xyz_vectors: ignored (see ``forward``).
             pooling: ``"cls"`` the CLS token, ``"mean"`` the mean of the ``N`` patch tokens,
-                ``"tokens"`` every patch token, ``(B, N, D)`` (``"region_time"`` does not apply:
-                the tokens are image patches).
-            average_regions, output_attentions: part of the shared interface; per-region
-                vectors and CLS attention per region exist for BrainLM models only.
+                ``"tokens"`` every patch token, ``(B, N, D)``; ``"region_time"`` one vector per
+                region from the patches that hold it (module docstring, "Regions from image
+                patches"), ``(B, R, D)``; with ``average_regions`` their mean, ``(B, D)``.
+            output_attentions: also return the last layer's CLS attention per region, ``(B, R)``.
 
         Returns:
-            ``EmbeddingOutput`` with ``embeddings`` ``(B, D)`` (``(B, N, D)`` for tokens).
+            ``EmbeddingOutput``.
         """
-        if pooling not in ("cls", "mean", "tokens"):
-            raise UserError(f"--pooling {pooling!r} does not apply to ViT-MAE models (their tokens are image "
-                            "patches); use cls, mean or tokens")
-        if output_attentions:
-            raise UserError("CLS attention maps per region are only available for BrainLM models, not ViT-MAE")
+        if pooling not in ("cls", "mean", "tokens", "region_time"):
+            raise UserError(f"--pooling {pooling!r} does not apply to ViT-MAE models; use cls, mean, tokens or "
+                            "region_time")
         image = self.to_image(signal_vectors)
         B = image.shape[0]
         in_order = torch.arange(self.num_patches, device=image.device).expand(B, -1)  # (B, N)
-        hidden, _, _ = self.forward_encoder(image, in_order, mask_ratio=0.0)  # (B, 1 + N, D)
-        pooled = {"cls": lambda: hidden[:, 0], "mean": lambda: hidden[:, 1:].mean(dim=1), "tokens": lambda: hidden[:, 1:]}
-        return EmbeddingOutput(pooled[pooling]())  # (B, D), or (B, N, D) tokens
+        hidden, _, _, *attentions = self.forward_encoder(image, in_order, mask_ratio=0.0,
+                                                          output_cls_attentions=output_attentions)  # (B, 1 + N, D)
+        if pooling == "region_time":
+            weights = self._region_pixels / self._region_pixels.sum(1, keepdim=True)  # (R, N), rows sum to 1
+            emb = torch.einsum("rn,bnd->brd", weights.to(hidden.dtype), hidden[:, 1:])  # (B, R, D)
+            emb = emb.mean(1) if average_regions else emb
+        else:
+            emb = {"cls": hidden[:, 0], "mean": hidden[:, 1:].mean(dim=1), "tokens": hidden[:, 1:]}[pooling]
+        attn = self._region_attention(attentions[0][-1]).sum(-1) if output_attentions else None  # (B, R)
+        return EmbeddingOutput(emb, attn)
+
+    def cls_attention(self, signal_vectors: torch.Tensor, xyz_vectors: torch.Tensor | None = None,
+                      layer: int | None = -1) -> torch.Tensor:
+        """CLS attention per region in one encoder layer (``None``: the mean over layers), head mean.
+
+        Returns:
+            ``(B, R, P)`` over the window's patch columns (``window_columns``); each map sums to 1
+            (module docstring, "Regions from image patches").
+        """
+        _check_layer(layer, self.config.num_hidden_layers)
+        image = self.to_image(signal_vectors)
+        in_order = torch.arange(self.num_patches, device=image.device).expand(image.shape[0], -1)  # (B, N)
+        *_, attentions = self.forward_encoder(image, in_order, mask_ratio=0.0, output_cls_attentions=True)
+        if layer is None:
+            return torch.stack([self._region_attention(a) for a in attentions]).mean(0)
+        return self._region_attention(attentions[layer])
+
+    def _region_attention(self, cls_attn: torch.Tensor) -> torch.Tensor:
+        """``(B, heads, 1 + N)`` CLS attention of one layer -> ``(B, R, P)``: head mean, CLS's
+        attention to itself dropped, each patch's share given to its regions by pixel count."""
+        (H, W), (ph, pw) = self.image_size, _pair(self.config.patch_size)
+        a = cls_attn.float().mean(1)[:, 1:]  # (B, N)
+        share = self._region_pixels / self._region_pixels.sum(0).clamp(min=1)  # (R, N) each patch's split
+        per = a[:, None, :] * share  # (B, R, N)
+        per = per.view(len(a), self.num_regions, H // ph, W // pw).sum(2)  # (B, R, w): one patch row per region
+        per = per[..., self.window_columns.start : self.window_columns.stop]  # (B, R, P)
+        return per / per.sum((1, 2), keepdim=True)
 
     # ----- the rest of the interface shared with BrainLMForPretraining
 
@@ -830,9 +905,6 @@ class BrainLMViTMAE(nn.Module, HubMixin):
         out = self(signal_vectors, noise=noise, mask_ratio=mask_ratio)
         return ReconstructionOutput(out.logits, out.mask.bool())
 
-    def cls_attention(self, signal_vectors: torch.Tensor, xyz_vectors: torch.Tensor | None = None, layer: int = -1):
-        raise UserError("CLS attention maps per region are only available for BrainLM models, not ViT-MAE")
-
     def fsdp_units(self) -> list[nn.Module]:
         """The modules sharded one by one under FSDP (the encoder and decoder layers)."""
         return [*self.mae.vit.encoder.layer, *self.mae.decoder.decoder_layers]
@@ -841,6 +913,34 @@ class BrainLMViTMAE(nn.Module, HubMixin):
 
     def _card_config(self) -> dict:
         return self.config.to_dict()
+
+
+def _cls_attention(layer: nn.Module, x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """The CLS query's attention over all tokens in one ``transformers`` ViT-MAE layer.
+
+    Args:
+        layer: the layer (its pre-LayerNorm and query / key projections; transformers 5
+            names them ``attention.q_proj``, 4.x ``attention.attention.query``).
+        x: ``(B, N, D)`` the layer's input, CLS first.
+        num_heads: attention heads (``config.num_attention_heads``).
+
+    Returns:
+        ``(B, heads, N)``; no ``N x N`` matrix is formed.
+    """
+    h = layer.layernorm_before(x)  # (B, N, D)
+    attn = layer.attention
+    q_proj, k_proj = (attn.q_proj, attn.k_proj) if hasattr(attn, "q_proj") else (attn.attention.query,
+                                                                                    attn.attention.key)
+    B, N, _ = h.shape
+    q = q_proj(h[:, :1]).view(B, 1, num_heads, -1).transpose(1, 2)  # (B, heads, 1, d)
+    k = k_proj(h).view(B, N, num_heads, -1).transpose(1, 2)  # (B, heads, N, d)
+    return torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)[:, :, 0]  # (B, heads, N)
+
+
+def _check_layer(layer: int | None, num_layers: int) -> None:
+    """Refuse a layer index the encoder does not have (``None``: every layer)."""
+    if layer is not None and not -num_layers <= layer < num_layers:
+        raise UserError(f"--layer {layer}: the encoder has {num_layers} layers (0..{num_layers - 1}, -1 for the last)")
 
 
 # --------------------------------------------------------------------------- loading

@@ -9,8 +9,9 @@ Poolings (``pooling=``):
 - ``"mean"``: the mean of the L patch tokens (CLS excluded), ``(N, D)``.
 - ``"region_time"``: the tokens reshaped to ``(R, P, D)`` (region-major order, which holds with
   masking off and no noise) and averaged over time, ``(N, R, D)``; with
-  ``average_regions=True`` also over regions, ``(N, D)``. Not available for the released
-  ViT-MAE models, whose tokens are image patches.
+  ``average_regions=True`` also over regions, ``(N, D)``. For the released ViT-MAE models,
+  whose tokens are image patches, a region's vector is the mean of the tokens of the patches
+  that hold it, weighted by its pixels in each (:mod:`brainlm.vitmae`).
 - ``"tokens"``: every patch token, ``(N, L, D)`` (BrainLM: region-major; ViT-MAE: the image
   patches in row-major order): the input of the attentive and MLP probe heads
   (:mod:`brainlm.downstream.heads`).
@@ -22,6 +23,8 @@ embeddings, one row per recording (``window = -1``).
 CLS attention (``attention=True``): the last encoder layer's attention of the CLS query over
 the L patch tokens, averaged over heads and renormalised after dropping the CLS token's
 attention to itself, summed over each region's patches: ``(N, R)``, each row sums to 1.
+ViT-MAE models give each patch's attention to its regions in proportion to their pixels in it
+(:mod:`brainlm.vitmae`).
 """
 
 from __future__ import annotations
@@ -99,12 +102,12 @@ def embed_windows(
 
 
 @torch.no_grad()
-def cls_attention(model: nn.Module, signal_vectors, xyz_vectors, layer: int = -1) -> np.ndarray:
-    """CLS attention over patch tokens in one encoder layer, averaged over heads.
+def cls_attention(model: nn.Module, signal_vectors, xyz_vectors, layer: int | None = -1) -> np.ndarray:
+    """CLS attention per region and patch in one encoder layer (None: the mean over layers), averaged over heads.
 
     Returns:
-        ``(B, R, P)``; each window's map sums to 1 over its R * P tokens (the CLS token's
-        attention to itself is dropped and the rest renormalised).
+        ``(B, R, P)``; each window's map sums to 1 (the CLS token's attention to itself is
+        dropped and the rest renormalised; ViT-MAE: ``P`` are the window's patch columns).
     """
     x, xyz = _as_batch(signal_vectors, xyz_vectors)
     device = next(model.parameters()).device

@@ -37,7 +37,8 @@ class Verdict:
         model_value, baseline_value: the metric of each on the same data.
         metric: the metric's name (``"R^2"``).
         comparison: the paired bootstrap comparison of model minus baseline, or None.
-        num_subjects: how many subjects the interval resamples (named in the line).
+        num_subjects: how many units the interval resamples (named in the line).
+        unit: what the interval resamples (``"subjects"``; ``"regions"`` where a region is the unit).
     """
 
     model: str
@@ -47,6 +48,7 @@ class Verdict:
     metric: str = "R^2"
     comparison: Comparison | None = None
     num_subjects: int | None = None
+    unit: str = "subjects"
 
     @property
     def difference(self) -> float:
@@ -81,7 +83,7 @@ class Verdict:
             if c.p_boot == c.p_boot:
                 text += f", p_boot {c.p_boot:.3f}"
             if self.num_subjects:
-                text += f" over {self.num_subjects} subjects"
+                text += f" over {self.num_subjects} {self.unit}"
         return text
 
     def line(self, where: str = "") -> str:
@@ -101,11 +103,11 @@ class Verdict:
                 "model_value": float(self.model_value), "baseline_value": float(self.baseline_value),
                 "difference": self.difference, "outcome": self.outcome,
                 "diff_ci_low": c.diff_lo if c else None, "diff_ci_high": c.diff_hi if c else None,
-                "p_boot": c.p_boot if c else None, "num_subjects": self.num_subjects}
+                "p_boot": c.p_boot if c else None, "num_subjects": self.num_subjects, "unit": self.unit}
 
 
 def compare(model: str, baseline: str, model_stat, baseline_stat, boot: SubjectBootstrap, n: int, *,
-            metric: str = "R^2") -> Verdict:
+            metric: str = "R^2", unit: str = "subjects") -> Verdict:
     """The verdict of two statistics of the same rows: values on all ``n`` rows, the paired
     interval from ``boot``'s subject resamples.
 
@@ -113,10 +115,11 @@ def compare(model: str, baseline: str, model_stat, baseline_stat, boot: SubjectB
         model_stat, baseline_stat: ``stat(row_index) -> float``.
         boot: the resamples (its subjects are counted in the line).
         n: the number of rows.
+        unit: what ``boot`` resamples, as the line names it.
     """
     import numpy as np
 
     everything = np.arange(n)
     comparison = boot.compare(model_stat, baseline_stat) if len(boot) else None
     return Verdict(model, float(model_stat(everything)), baseline, float(baseline_stat(everything)), metric,
-                   comparison, boot.num_subjects)
+                   comparison, boot.num_subjects, unit)

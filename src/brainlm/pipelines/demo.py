@@ -9,7 +9,9 @@
    connectivity-conditional fill included.
 4. Fine-tune it to forecast the last patch (``OUT/forecast_run``) and score its forecasts on
    the same subjects beside persistence, AR(p) and ridge VAR.
-5. End with the verdict (:mod:`brainlm.evaluate.verdict`): the model wins, loses, or is level
+5. Run the quick analyses of :mod:`brainlm.analysis` (``OUT/analysis``): what the model has
+   learned, each printed beside its rival.
+6. End with the verdict (:mod:`brainlm.evaluate.verdict`): the model wins, loses, or is level
    with the strongest baseline within noise.
 
 Steps 2-4 are :func:`~brainlm.pipelines.heldout.pretrain_and_score`, the path every
@@ -88,6 +90,7 @@ def run_demo(options: DemoOptions | None = None) -> int:
     print()
     if not smoke:
         _forecast_table(held, store, score)
+        _analyses(held.chosen, held.forecaster, store.path, out / "analysis")
     print(f"trained {result.step} steps ({held.seconds['pretrain_s'] / 60:.1f} min); this invocation took "
           f"{(time.perf_counter() - t0) / 60:.1f} min in all")
     print(f"checkpoint: {result.checkpoint}\nbest model: {held.chosen}")
@@ -119,6 +122,17 @@ def _forecast_table(held, store, score) -> None:
     w = forecasting_windows(held.model, store, score)
     print(f"{'BrainLM, pretrained only':<34}{1 - w['model_sse'].sum() / w['model_syy'].sum():>8.3f}")
     print(f"forecasting: {verdict_of(result).line('on the held-out subjects')}")
+    print()
+
+
+def _analyses(model, forecast_model, store, out) -> None:
+    """What the model has learned (brainlm.analysis): attention by network, network identification,
+    the latent space and a perturbation, each beside its rival."""
+    from brainlm.analysis import quick_analyses
+
+    print("What the model has learned, each beside its simplest rival:")
+    for line in quick_analyses(model, store, out, forecast_model=forecast_model):
+        print(line)
     print()
 
 

@@ -1,0 +1,180 @@
+"""What the four analyses share: their options, opening the model, the store and the networks,
+the windows of a recording, and writing ``report.md``, ``results.json``, tables and figures.
+
+Every analysis claims ``--out`` first (a lock, and no earlier output replaced without
+``--overwrite``), checks its inputs (the networks, the grouping, the regions) before any heavy
+work, computes everything in memory, and only then writes, each file atomically and
+``report.md`` last; a refused or failed run leaves no new folder behind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from brainlm.distributed import DeviceOptions, resolve_device, resolve_precision
+from brainlm.errors import UserError
+from brainlm.io import atomic_write_json, atomic_write_text, output_folder, write_csv
+from brainlm.options import at_least, option, positive
+
+from .networks import BUNDLED_NETWORKS, Networks, resolve_networks
+
+__all__ = ["AnalysisOptions", "Analysis", "open_analysis", "Report", "recording_windows", "check_column"]
+
+
+@dataclass(kw_only=True)
+class AnalysisOptions(DeviceOptions):
+    """What every analysis takes: a model, a store, the networks of its regions, an output folder."""
+
+    checkpoint: str = option(help="model folder (ours, original BrainLM, ViT-MAE, a training run) or hub id",
+                             positional=True)
+    store: str = option(help="store folder (brainlm prepare)", positional=True)
+    out: str = option(help="output folder: report.md, results.json, tables and figures")
+    networks: str | None = option(
+        None, "networks of the regions: a table (region index or name -> network), a network label image "
+        f"(.nii/.nii.gz) on the store's atlas grid, or {', '.join(BUNDLED_NETWORKS)} (the 94 AAL2 demo regions in "
+        "anatomical systems); default: estimated from the training split's connectivity", group="networks")
+    network_names: tuple[str, ...] = option((), "names of a label image's networks, in label order", group="networks")
+    atlas_image: str | None = option(None, "label image of the store's atlas, for a --networks label image when "
+                                     "the store does not name one", group="networks")
+    num_networks: int = option(7, "networks to estimate without --networks", check=at_least(2), group="networks")
+    split: str | None = option(None, "store split to analyse: train, validation or test (default: every recording)")
+    batch_size: int = option(32, "windows per forward pass", check=positive)
+    bootstrap: int = option(1000, "resamples (of subjects, or of regions) for the 95% intervals", check=at_least(0))
+    seed: int = option(0, "seed of permutations, resamples, folds and clustering")
+    overwrite: bool = option(False, "replace the outputs of an earlier run in --out")
+    figures: bool = option(True, "draw the figures (--no-figures: the report and tables only)")
+    progress: bool = option(True, "progress bars", cli=False)
+    echo: bool = option(True, "print the headline lines at the end", cli=False)
+
+
+@dataclass
+class Analysis:
+    """An opened analysis: the model, the store, its recordings and networks, the output folder."""
+
+    options: AnalysisOptions
+    model: object
+    store: object
+    recordings: object
+    networks: Networks
+    out: Path
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def window(self) -> int:
+        return int(self.model.window_length)
+
+    @property
+    def dtype(self):
+        return resolve_precision(self.options.precision, next(self.model.parameters()).device)
+
+    def report(self, title: str) -> "Report":
+        o = self.options
+        header = [f"Model `{o.checkpoint}` on the store `{o.store}` "
+                  f"({'every recording' if o.split is None else f'the {o.split} split'}: {len(self.recordings)} "
+                  f"recordings of {len({m['subject_id'] for m in self.recordings.meta})} subjects, "
+                  f"{self.store.num_regions} regions), windows of {self.window} timepoints.",
+                  self.networks.note()]
+        return Report(title, header, self)
+
+
+@contextmanager
+def open_analysis(options: AnalysisOptions, outputs: list[str], *,
+                  check: Callable[[object, Networks], None] | None = None) -> Iterator[Analysis]:
+    """Claim ``--out``, resolve the networks, run ``check(store, networks)``, load the model.
+
+    Args:
+        outputs: the files the analysis writes (besides ``report.md``, ``results.json``, ``networks.tsv``).
+        check: the analysis's own input checks, run before the model is loaded.
+    """
+    from brainlm.data import open_store
+    from brainlm.downstream import check_regions, load_model, open_recordings
+
+    store = open_store(options.store)
+    recordings = open_recordings(store, options.split)
+    if not len(recordings):
+        raise UserError(f"{store.path}: no recordings in split {options.split!r} (--split)")
+    with output_folder(options.out, [*outputs, "report.md", "results.json", "networks.tsv"],
+                       overwrite=options.overwrite) as out:
+        networks = resolve_networks(options.networks, store, atlas_image=options.atlas_image,
+                                    network_names=options.network_names, num_networks=options.num_networks,
+                                    seed=options.seed, progress=options.progress)
+        if check is not None:
+            check(store, networks)
+        model = load_model(options.checkpoint, map_location=resolve_device(options.device)).eval()
+        check_regions(model, store.num_regions, str(store.path))
+        yield Analysis(options, model, store, recordings, networks, out)
+
+
+def check_column(store, column: str, flag: str) -> None:
+    """Refuse a phenotype column the store does not have."""
+    if column not in store.recordings.columns or column in ("split", "shard", "row"):
+        raise UserError(f"{flag} {column!r}: {store.path} has no such phenotype column "
+                        f"(it has {', '.join(store.phenotype_columns) or 'none'})")
+
+
+def recording_windows(timeseries: np.ndarray, window: int) -> np.ndarray:
+    """Every whole window of a ``(T, R)`` recording, back to back: ``(n, R, window)`` (n may be 0)."""
+    n = len(timeseries) // window
+    return np.ascontiguousarray(timeseries[: n * window].reshape(n, window, -1).transpose(0, 2, 1))  # (n, R, W)
+
+
+class Report:
+    """``report.md`` and ``results.json`` of one analysis, with its tables and figures, written last."""
+
+    def __init__(self, title: str, header: list[str], analysis: Analysis):
+        self.lines = [f"# {title}", "", *[f"{h}\n" for h in header]]
+        self.results: dict = {"analysis": title, "options": analysis.options.to_dict(),
+                              "networks": {"source": analysis.networks.source,
+                                           "data_derived": analysis.networks.data_derived,
+                                           "names": list(analysis.networks.names)}}
+        self.tables: dict[str, pd.DataFrame] = {"networks.tsv": analysis.networks.table(analysis.store.region_names)}
+        self.figures: dict[str, tuple] = {}
+        self.analysis = analysis
+        self.printed: list[str] = []
+
+    def section(self, heading: str, *paragraphs: str) -> None:
+        self.lines += [f"## {heading}", ""] + [f"{p}\n" for p in paragraphs]
+
+    def say(self, line: str) -> None:
+        """A headline: in the report and printed when the analysis ends."""
+        self.lines.append(f"{line}\n")
+        self.printed.append(line)
+
+    def figure(self, name: str, caption: str, draw: Callable[[], object], *, tight: bool = True) -> None:
+        """Add the figure ``draw()`` makes, unless figures are off (``tight=False`` for glass brains,
+        whose axes tight_layout cannot place)."""
+        if self.analysis.options.figures:
+            self.figures[name] = (draw(), tight)
+            self.lines += [f"![{caption}]({name})", ""]
+
+    def finish(self) -> dict:
+        """Write everything, print the headline lines (unless ``echo`` is off); returns ``results.json``'s content."""
+        self.write()
+        if self.analysis.options.echo:
+            for line in self.printed:
+                print(line)
+        return self.results
+
+    def write(self) -> Path:
+        """Tables, figures and ``results.json``, then ``report.md`` (each atomically)."""
+        from brainlm.figures import save_figure
+
+        out = self.analysis.out
+        seconds = time.perf_counter() - self.analysis.started
+        self.results["seconds"] = round(seconds, 1)
+        for name, table in self.tables.items():
+            write_csv(table, out / name, sep="\t" if name.endswith(".tsv") else ",")
+        for name, (fig, tight) in self.figures.items():
+            save_figure(fig, out / name, dpi=80, tight=tight)
+        self.results["headline"] = self.printed
+        atomic_write_json(out / "results.json", self.results)
+        self.lines.append(f"Wall time: {seconds:.1f} s.")
+        atomic_write_text(out / "report.md", "\n".join(self.lines).rstrip() + "\n")
+        return out / "report.md"

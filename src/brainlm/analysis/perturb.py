@@ -1,0 +1,309 @@
+"""``brainlm perturb``: in-silico perturbation. A model fine-tuned to forecast is used as a
+simulator: perturb the visible past of some regions, forecast, and map how every region's
+forecast changes; beside the ridge VAR, whose response to the same perturbation is its
+impulse (or step) response.
+
+For every held-out window (``--split``, default ``test``; at most ``--max-windows``, spread
+evenly over the recordings) the last ``k`` timepoints are hidden and forecast twice, from the
+window as it is and from the window with a perturbation added to the visible past of the
+chosen regions (``--regions`` by index or name, or every region of ``--network``):
+
+- ``impulse``: ``amplitude`` standard deviations at the last visible timepoint;
+- ``step``: ``amplitude`` standard deviations over the last ``--duration`` visible timepoints
+  (default ``k``);
+
+where a region's standard deviation is that of its own visible past in that window. The
+**response** is the perturbed forecast minus the unperturbed one, per region and forecast
+step, averaged over the windows (the store's units). The rival is the ridge VAR(p) of the
+baseline ladder (:class:`brainlm.evaluate.baselines.ForecastBaselines`), fitted on the train
+split and given the same windows and perturbations; being linear, its response is its impulse
+response. The two responses are compared by their correlation over regions and steps (all
+regions, and the unperturbed ones only: the spread), with 95% intervals from resampling
+subjects. A simulator is only as credible as its forecasts, so the verdict compares the two
+simulators' forecast R^2 on the unperturbed held-out windows.
+
+For the released ViT-MAE models, ``predict_last`` hides whole patch columns, up to a patch
+less one timepoint before ``T - k``; an impulse there is hidden from the encoder too, so use
+``--kind step`` with a ``--duration`` longer than a patch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from brainlm.errors import UserError
+from brainlm.evaluate.baselines import ForecastBaselines
+from brainlm.evaluate.protocol import SubjectBootstrap
+from brainlm.evaluate.verdict import compare
+from brainlm.figures import pyplot
+from brainlm.markdown import markdown_table
+from brainlm.options import at_least, finite, option, positive
+from brainlm.progress import progress as progress_bar
+
+from .common import Analysis, AnalysisOptions, open_analysis, recording_windows
+from .plots import glass_brains
+
+__all__ = ["PerturbOptions", "Perturbation", "PerturbationResult", "perturb_windows", "response_agreement",
+           "select_regions", "run_perturb"]
+
+KINDS = ("impulse", "step")
+
+
+@dataclass(kw_only=True)
+class PerturbOptions(AnalysisOptions):
+    """``brainlm perturb``: in-silico perturbation with a model fine-tuned to forecast, beside the ridge VAR's response."""
+
+    split: str | None = option("test", "held-out split whose windows are perturbed")
+    regions: tuple[str, ...] = option((), "regions to perturb: indices (0-based) or names", group="perturbation")
+    network: str | None = option(None, "or every region of this network (a name from --networks)", group="perturbation")
+    kind: str = option("impulse", "impulse (at the last visible timepoint) or step (over the last --duration visible "
+                       "timepoints)", choices=KINDS, group="perturbation")
+    amplitude: float = option(2.0, "size in standard deviations of each region's visible past", check=finite,
+                              group="perturbation")
+    duration: int | None = option(None, "timepoints a step lasts (default: the forecast horizon)",
+                                  check=at_least(1, optional=True), group="perturbation")
+    last: int | None = option(None, "timepoints to forecast (default: one patch of a BrainLM model, else 20)",
+                              aliases=("-k",), check=at_least(1, optional=True), group="perturbation")
+    ar_order: int = option(3, "p of the ridge VAR(p), fitted on the train split", check=positive)
+    max_windows: int = option(512, "held-out windows at most, spread evenly over the recordings", check=positive)
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """What is added to the visible past: ``amplitude`` SDs to ``regions``, for ``duration`` timepoints
+    ending at the last visible one (1 for an impulse)."""
+
+    regions: np.ndarray
+    amplitude: float
+    duration: int = 1
+
+    def apply(self, context: np.ndarray) -> np.ndarray:
+        """``(B, R, V)`` visible past -> the perturbed copy."""
+        if self.duration > context.shape[-1]:
+            raise UserError(f"--duration {self.duration} is longer than the {context.shape[-1]} visible timepoints")
+        sd = context[:, self.regions].std(-1, keepdims=True)  # (B, S, 1)
+        out = np.array(context, dtype=np.float32, copy=True)
+        out[:, self.regions, -self.duration:] += self.amplitude * sd
+        return out
+
+
+@dataclass
+class PerturbationResult:
+    """Forecasts of the held-out windows with and without the perturbation.
+
+    Attributes:
+        model_response, var_response: ``(N, R, k)`` perturbed minus unperturbed forecast.
+        model_forecast, var_forecast, true: ``(N, R, k)`` unperturbed forecasts and the truth.
+        subjects: ``(N,)`` subject of each window.
+    """
+
+    model_response: np.ndarray
+    var_response: np.ndarray
+    model_forecast: np.ndarray
+    var_forecast: np.ndarray
+    true: np.ndarray
+    subjects: np.ndarray
+
+    def r2(self, which: str):
+        """``r2(idx)``: pooled forecast R^2 (``1 - SSE / sum(y^2)``) of ``"model"`` or ``"var"`` on windows ``idx``."""
+        pred = self.model_forecast if which == "model" else self.var_forecast
+        sse = ((self.true - pred) ** 2).sum((1, 2))
+        syy = (self.true ** 2).sum((1, 2))
+        return lambda idx: float(1 - sse[idx].sum() / syy[idx].sum())
+
+
+def perturb_windows(model, baselines: ForecastBaselines, windows: np.ndarray, coords: np.ndarray, subjects,
+                    perturbation: Perturbation, k: int, *, batch_size: int = 32, dtype=None,
+                    progress: bool = False) -> PerturbationResult:
+    """Forecast ``(N, R, T)`` windows' last ``k`` timepoints with and without ``perturbation``, by the
+    model and by the fitted ridge VAR (module docstring)."""
+    import torch
+
+    from brainlm.downstream import forecast_windows
+
+    dtype = dtype or torch.float32
+    T = windows.shape[-1]
+    parts: dict[str, list] = {key: [] for key in ("m0", "m1", "v0", "v1")}
+    for start in progress_bar(range(0, len(windows), batch_size), enabled=progress, desc="perturb", unit="batch"):
+        x = np.asarray(windows[start : start + batch_size], np.float32)  # (B, R, T)
+        context = x[..., : T - k]
+        perturbed = np.concatenate([perturbation.apply(context), x[..., T - k :]], axis=-1)
+        parts["m0"].append(forecast_windows(model, x, coords, k, dtype))
+        parts["m1"].append(forecast_windows(model, perturbed, coords, k, dtype))
+        parts["v0"].append(baselines.predict(context, k)["var"])
+        parts["v1"].append(baselines.predict(perturbed[..., : T - k], k)["var"])
+    m0, m1, v0, v1 = (np.concatenate(parts[key]).astype(np.float64) for key in ("m0", "m1", "v0", "v1"))
+    return PerturbationResult(m1 - m0, v1 - v0, m0, v0, np.asarray(windows[..., T - k :], np.float64),
+                              np.asarray(subjects).astype(str))
+
+
+def response_agreement(result: PerturbationResult, regions: np.ndarray, bootstrap: int = 1000,
+                       seed: int = 0) -> pd.DataFrame:
+    """Correlation of the mean model and VAR responses over (region, step) cells: every region, and
+    the unperturbed regions only; 95% intervals from resampling subjects."""
+    others = np.setdiff1d(np.arange(result.model_response.shape[1]), regions)
+
+    def agreement(cells: np.ndarray):
+        def stat(idx):
+            m = result.model_response[idx][:, cells].mean(0).ravel()
+            v = result.var_response[idx][:, cells].mean(0).ravel()
+            return float(np.corrcoef(m, v)[0, 1]) if m.std() > 0 and v.std() > 0 else float("nan")
+
+        return stat
+
+    boot = SubjectBootstrap(result.subjects, bootstrap, seed)
+    everyone = np.arange(len(result.subjects))
+    rows = []
+    for label, cells in (("every region", np.arange(result.model_response.shape[1])), ("unperturbed regions", others)):
+        if not len(cells):
+            continue
+        stat = agreement(cells)
+        lo, hi = boot.ci(stat) if len(boot) else (np.nan, np.nan)
+        rows.append({"cells": label, "regions": len(cells), "correlation": stat(everyone), "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows)
+
+
+def select_regions(regions: tuple[str, ...], network: str | None, region_names, networks) -> np.ndarray:
+    """Region indices from ``--regions`` (indices or names) or ``--network``.
+
+    Raises:
+        UserError: neither or both given, or a region or network the store does not have.
+    """
+    if bool(regions) == bool(network):
+        raise UserError("give the regions to perturb: --regions (indices or names) or --network, one of the two")
+    names = [str(n) for n in region_names]
+    R = len(names)
+    if network is not None:
+        if network not in networks.names:
+            raise UserError(f"--network {network!r} is not one of the networks ({', '.join(networks.names)})")
+        return networks.members(network)
+    chosen = []
+    for r in regions:
+        if r in names:
+            chosen.append(names.index(r))
+        elif r.lstrip("-").isdigit() and 0 <= int(r) < R:
+            chosen.append(int(r))
+        else:
+            raise UserError(f"--regions {r}: the store has no such region ({R} regions: indices 0..{R - 1} or names "
+                            f"such as {', '.join(names[:3])})")
+    return np.unique(chosen)
+
+
+def _held_out_windows(a: Analysis, max_windows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every whole window of the analysed recordings, thinned evenly to ``max_windows``: ``(N, R, T)``, subjects."""
+    windows, subjects = [], []
+    for m, ts in a.recordings:
+        w = recording_windows(ts, a.window)
+        windows.append(w)
+        subjects += [m["subject_id"]] * len(w)
+    X = np.concatenate(windows) if windows else np.zeros((0, a.store.num_regions, a.window), np.float32)
+    if not len(X):
+        raise UserError(f"no recording of {a.store.path} ({a.options.split}) holds a window of {a.window} timepoints")
+    keep = np.unique(np.linspace(0, len(X) - 1, min(max_windows, len(X))).round().astype(int))
+    return X[keep], np.asarray(subjects)[keep]
+
+
+def run_perturb(options: PerturbOptions) -> dict:
+    """Run ``brainlm perturb`` and write its report into ``options.out``; returns ``results.json``'s content."""
+    o = options
+    outputs = ["perturb_response.csv", "perturb_agreement.csv", "perturb_map.png", "perturb_time.png"]
+    chosen: list[np.ndarray] = []
+
+    def check(store, networks) -> None:
+        chosen.append(select_regions(o.regions, o.network, store.region_names, networks))
+        if "train" not in store.manifest["splits"] or not len(store.split_index("train")):
+            raise UserError(f"{store.path}: no train split to fit the ridge VAR on")
+
+    with open_analysis(o, outputs, check=check) as a:
+        from brainlm.downstream import open_recordings
+
+        regions = chosen[0]
+        k = o.last or int(getattr(getattr(a.model, "config", None), "timepoint_patching_size", 20))
+        if not 0 < k < a.window:
+            raise UserError(f"--last {k} must be between 1 and the window {a.window} less one")
+        duration = 1 if o.kind == "impulse" else (o.duration or k)
+        perturbation = Perturbation(regions, o.amplitude, duration)
+        baselines = ForecastBaselines(order=o.ar_order).fit(ts for _, ts in open_recordings(a.store, "train"))
+        windows, subjects = _held_out_windows(a, o.max_windows)
+        result = perturb_windows(a.model, baselines, windows, a.recordings.coords, subjects, perturbation, k,
+                                 batch_size=o.batch_size, dtype=a.dtype, progress=o.progress)
+        report = a.report("In-silico perturbation")
+        _write(a, report, result, perturbation, k, o)
+        return report.finish()
+
+
+def _write(a: Analysis, report, result: PerturbationResult, perturbation: Perturbation, k: int,
+           o: PerturbOptions) -> None:
+    names = a.store.region_names
+    regions = perturbation.regions
+    agreement = response_agreement(result, regions, o.bootstrap, o.seed)
+    boot = SubjectBootstrap(result.subjects, o.bootstrap, o.seed)
+    verdict = compare("BrainLM forecasting", f"ridge VAR({o.ar_order})", result.r2("model"), result.r2("var"), boot,
+                      len(result.subjects), metric="forecast R^2 of the unperturbed held-out windows")
+    model_mean, var_mean = result.model_response.mean(0), result.var_response.mean(0)  # (R, k)
+    what = (f"{o.kind} of {o.amplitude:g} SD" + (f" over the last {perturbation.duration} visible timepoints"
+                                                 if o.kind == "step" else " at the last visible timepoint")
+            + f" in {', '.join(names[r] for r in regions[:6])}" + (f" and {len(regions) - 6} more" if len(regions) > 6
+                                                                   else "")
+            + (f" (network {o.network})" if o.network else ""))
+    everyone = agreement.set_index("cells")
+    line = ", ".join(f"{c}: r = {row.correlation:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
+                     for c, row in everyone.iterrows())
+    report.say(f"perturb: {what}; response agreement, model vs ridge VAR({o.ar_order}): {line}")
+    report.say(verdict.line(f"on {len(result.subjects)} held-out windows"))
+    per_network = pd.DataFrame({
+        "network": list(a.networks.names),
+        "model response (step 1)": [model_mean[a.networks.members(n), 0].mean() for n in a.networks.names],
+        "VAR response (step 1)": [var_mean[a.networks.members(n), 0].mean() for n in a.networks.names],
+        "model response (mean over steps)": [model_mean[a.networks.members(n)].mean() for n in a.networks.names],
+        "VAR response (mean over steps)": [var_mean[a.networks.members(n)].mean() for n in a.networks.names]})
+    report.section(
+        "Response",
+        f"{what}; the last {k} timepoints of {len(result.subjects)} windows of the {o.split or 'whole'} split "
+        f"({len(set(result.subjects))} subjects) forecast with and without it; the ridge VAR({o.ar_order}) fitted on "
+        "the train split. Response: perturbed minus unperturbed forecast, mean over windows, in the store's units.",
+        "Agreement of the two responses over (region, step) cells, 95% intervals from resampling subjects:",
+        markdown_table(agreement),
+        "Mean response per network:",
+        markdown_table(per_network),
+        f"Verdict (which simulator forecasts the unperturbed data better): {verdict.line('on the held-out windows')}.")
+    report.tables["perturb_response.csv"] = pd.DataFrame(
+        [{"region_index": r, "region": names[r], "network": a.networks.labels[r], "perturbed": r in set(regions),
+          "step": s + 1, "model": model_mean[r, s], "var": var_mean[r, s]}
+         for r in range(len(names)) for s in range(k)])
+    report.tables["perturb_agreement.csv"] = agreement
+    report.figure("perturb_map.png", "response of every region, model beside VAR",
+                  lambda: glass_brains([(model_mean.mean(1), "BrainLM response (mean over steps)"),
+                                        (var_mean.mean(1), f"ridge VAR({o.ar_order}) response")], a.recordings.coords,
+                                       diverging=True), tight=False)
+    report.figure("perturb_time.png", "response over the forecast steps",
+                  lambda: _time_figure(model_mean, var_mean, regions, names, o.ar_order))
+    report.results.update(perturbation={"regions": [names[r] for r in regions], "kind": o.kind,
+                                        "amplitude_sd": o.amplitude, "duration": perturbation.duration, "k": k},
+                          windows=len(result.subjects), agreement=agreement.to_dict("records"),
+                          verdict=verdict.to_dict(), per_network=per_network.to_dict("records"))
+
+
+def _time_figure(model_mean: np.ndarray, var_mean: np.ndarray, regions: np.ndarray, names, order: int):
+    steps = np.arange(1, model_mean.shape[1] + 1)
+    others = np.setdiff1d(np.arange(len(names)), regions)
+    top = others[np.argsort(-np.abs(var_mean[others]).sum(1))[:5]]
+    fig, axes = pyplot().subplots(1, 2, figsize=(8, 2.8))
+    axes[0].plot(steps, model_mean[regions].mean(0), "o-", color="tab:red", label="BrainLM")
+    axes[0].plot(steps, var_mean[regions].mean(0), "s--", color="tab:blue", label=f"ridge VAR({order})")
+    axes[0].set_title("perturbed regions (mean)", fontsize=9)
+    axes[0].legend(fontsize=7, frameon=False)
+    for i, r in enumerate(top):
+        color = f"C{i + 2}"
+        axes[1].plot(steps, model_mean[r], "o-", color=color, label=str(names[r]))
+        axes[1].plot(steps, var_mean[r], "s--", color=color)
+    axes[1].set_title("strongest VAR responses elsewhere (solid: BrainLM, dashed: VAR)", fontsize=8)
+    axes[1].legend(fontsize=6, frameon=False)
+    for ax in axes:
+        ax.axhline(0, color="0.6", lw=0.7)
+        ax.set_xlabel("forecast step")
+    axes[0].set_ylabel("response")
+    return fig
