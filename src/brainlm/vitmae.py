@@ -742,30 +742,7 @@ class BrainLMViTMAE(nn.Module, HubMixin):
         if train_mode not in TRAIN_MODES:
             raise UserError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}")
         image = self.to_image(signal_vectors)  # (B, C, H, W)
-        B, N = image.shape[0], self.num_patches
-
-        # Masking: random patches, or the columns (and pixels) of the last k timepoints.
-        if train_mode == "auto_encode":
-            if num_last is not None:
-                raise UserError("num_last is for the forecasting modes, not auto_encode")
-            ratio = self.config.mask_ratio if mask_ratio is None else float(mask_ratio)
-            num_keep = int(N * (1 - ratio))
-            zeroed = range(0)
-        else:
-            if noise is not None:
-                raise UserError(f"{train_mode} masks deterministically: noise must be None")
-            if num_last is not None and mask_ratio is not None:
-                raise UserError("pass mask_ratio or num_last, not both")
-            if num_last is None:
-                ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
-                num_last = self._num_last_of_fraction(ratio)
-            masking = self.last_masking(num_last, train_mode)
-            noise = self.last_patch_mask(masking, image.device).expand(B, -1)  # (B, N) 1 = mask
-            rows = self.image_size[0] // _pair(self.config.patch_size)[0]
-            num_keep = N - rows * len(masking.columns)
-            zeroed = masking.zeroed
-            image = self.zero_timepoints(image, zeroed)  # (B, C, H, W)
-
+        image, noise, num_keep, zeroed = self._masking(image, noise, mask_ratio, train_mode, num_last)
         hidden, patch_mask, ids_restore = self.forward_encoder(image, noise, num_keep=num_keep)
         patches = self.forward_decoder(hidden, ids_restore)  # (B, N, p*p*C)
         logits = self.from_image(self.unpatchify(patches))  # (B, R, T)
@@ -773,14 +750,29 @@ class BrainLMViTMAE(nn.Module, HubMixin):
         if len(zeroed):
             mask[..., zeroed.start : zeroed.stop] = 1  # zeroed pixels count as hidden
         loss = self.forward_loss(signal_vectors, logits, mask)
-        return ViTMAEOutput(
-            loss=loss,
-            logits=logits,
-            mask=mask,
-            encoder_last_hidden_state=hidden,
-            ids_restore=ids_restore,
-            patch_mask=patch_mask,
-        )
+        return ViTMAEOutput(loss=loss, logits=logits, mask=mask, encoder_last_hidden_state=hidden,
+                            ids_restore=ids_restore, patch_mask=patch_mask)
+
+    def _masking(self, image: torch.Tensor, noise, mask_ratio, train_mode: str, num_last):
+        """What ``forward`` masks: random patches (``auto_encode``), or the columns (and pixels)
+        of the last ``k`` timepoints. Returns the image (forecasting modes zero the pixels they
+        hide), the noise, how many patches are kept, and the zeroed timepoints."""
+        B, N = image.shape[0], self.num_patches
+        if train_mode == "auto_encode":
+            if num_last is not None:
+                raise UserError("num_last is for the forecasting modes, not auto_encode")
+            ratio = self.config.mask_ratio if mask_ratio is None else float(mask_ratio)
+            return image, noise, int(N * (1 - ratio)), range(0)
+        if noise is not None:
+            raise UserError(f"{train_mode} masks deterministically: noise must be None")
+        if num_last is not None and mask_ratio is not None:
+            raise UserError("pass mask_ratio or num_last, not both")
+        if num_last is None:
+            num_last = self._num_last_of_fraction(self.config.mask_ratio if mask_ratio is None else mask_ratio)
+        masking = self.last_masking(num_last, train_mode)
+        noise = self.last_patch_mask(masking, image.device).expand(B, -1)  # (B, N) 1 = mask
+        rows = self.image_size[0] // _pair(self.config.patch_size)[0]
+        return self.zero_timepoints(image, masking.zeroed), noise, N - rows * len(masking.columns), masking.zeroed
 
     def forecast(
         self,

@@ -210,8 +210,103 @@ def run_attention(options: AttentionOptions) -> dict:
 def _describe(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions) -> None:
     """The maps, per region and per network, and their correlation with the signal statistics."""
     nets, names = a.networks, a.store.region_names
-    codes, K, R = nets.codes, nets.num_networks, len(names)
     layer = _layer_name(o.layer)
+    regions, networks, correlations, num_resamples = _attention_tables(a, maps, o)
+    mean_map, variance_map = regions["attention"].to_numpy(), regions[STATISTICS[0]].to_numpy()
+    top = networks.sort_values("enrichment", ascending=False).iloc[0]
+    v, ac = correlations["variance"], correlations["autocorrelation"]
+    report.say(f"attention ({layer}): most enriched network {top.network} ({top.enrichment:.2f} times its share of "
+               f"regions [95% CI {top.enrichment_ci_low:.2f}, {top.enrichment_ci_high:.2f}]); the map vs signal "
+               f"variance across regions: Spearman {v['spearman']:+.2f} [{v['ci_low']:+.2f}, {v['ci_high']:+.2f}], vs "
+               f"lag-1 autocorrelation {ac['spearman']:+.2f} [{ac['ci_low']:+.2f}, {ac['ci_high']:+.2f}]")
+    explained = [s for s in STATISTICS if correlations[s]["ci_low"] > 0 or correlations[s]["ci_high"] < 0]
+    report.section(
+        "Attention by network",
+        f"CLS attention of {layer}, heads averaged, summed per region and averaged over {maps.num_windows} windows of "
+        f"{len(maps.meta)} recordings, then over each subject's recordings; 95% intervals from {num_resamples} subject "
+        "resamples. Enrichment: a network's attention over its share of the regions (1 = a uniform map).",
+        markdown_table(networks),
+        "Beside it, the rivals: is the map the signal's amplitude or slowness? The Spearman correlation, across "
+        "regions, of the attention map with each region's variance and lag-1 autocorrelation:",
+        markdown_table(pd.DataFrame(correlations).T.reset_index().rename(columns={"index": "statistic"})),
+        ("The map follows " + " and ".join(RIVALS[s] for s in explained) + " (the interval excludes 0): that part "
+         "of it, the signal statistics already show.") if explained else
+        "Neither correlation is distinguishable from 0: the map is not the signal's amplitude or slowness.")
+    if maps.skipped:
+        report.section("Skipped", f"{len(maps.skipped)} recordings shorter than one window: {', '.join(maps.skipped)}")
+    report.tables["attention_regions.csv"] = regions
+    report.tables["attention_networks.csv"] = networks
+    report.tables["attention_recordings.csv"] = pd.concat(
+        [pd.DataFrame(maps.meta)[["recording_id", "subject_id"]], pd.DataFrame(maps.attention, columns=names)], axis=1)
+    report.figure("attention_map.png", "CLS attention and signal variance per region",
+                  lambda: glass_brains([(mean_map, f"CLS attention ({layer})"),
+                                        (variance_map, "signal variance (the rival)")], a.recordings.coords),
+                  tight=False)
+    report.figure("attention_networks.png", "attention per network with 95% intervals",
+                  lambda: bar_figure(list(nets.names), {"enrichment": (networks["enrichment"],
+                                                                       networks["enrichment_ci_low"],
+                                                                       networks["enrichment_ci_high"])},
+                                     ylabel="attention / share of regions", reference=1.0,
+                                     title=f"CLS attention by network ({layer})"))
+    report.results.update(layer="all" if o.layer is None else o.layer, recordings=len(maps.meta),
+                          windows=maps.num_windows, skipped=maps.skipped, networks_attention=networks.to_dict("records"),
+                          map_correlations=correlations)
+
+
+def _readings(tables: dict) -> list[str]:
+    """Per network: no difference in attention, one beyond what amplitude explains, or one that amplitude explains."""
+    readings = []
+    for att, adj in zip(tables["attention"].itertuples(), tables["attention_adjusted"].itertuples()):
+        if not att.q < 0.05:
+            readings.append("no difference in attention")
+        elif adj.p < 0.05:
+            readings.append("attention differs beyond what variance and autocorrelation explain")
+        else:
+            readings.append("attention differs, but amplitude explains it: gone once variance and autocorrelation "
+                            "are removed")
+    return readings
+
+
+def _contrast_verdict(features: dict, groups, o: AttentionOptions):
+    """How strongly attention separates the groups (its largest |d| over networks) against the rival
+    that separates them most strongly, on the same subject resamples."""
+    values = {name: SubjectValues.of(features[name], groups) for name in ("attention", *RIVALS)}
+    boot = values["attention"].bootstrap(o.bootstrap, o.seed)
+
+    def strongest(name):
+        def stat(idx):
+            d = np.abs(values[name].effect_size(idx))
+            return float(np.nanmax(d)) if np.isfinite(d).any() else float("nan")
+
+        return stat
+
+    everyone = np.arange(len(values["attention"].subjects))
+    rival = max(RIVALS, key=lambda n: strongest(n)(everyone))
+    return compare("CLS attention", RIVALS[rival], strongest("attention"), strongest(rival), boot, len(everyone),
+                   metric="largest |effect size| over networks")
+
+
+def _contrast_figures(a: Analysis, report, o: AttentionOptions, tables: dict, regions: pd.DataFrame, groups) -> None:
+    first, second = groups.levels
+    report.figure("attention_contrast_map.png", f"difference in CLS attention per region, {second} minus {first}",
+                  lambda: glass_brains([(regions["difference"].to_numpy(), f"CLS attention: {second} minus {first}")],
+                                       a.recordings.coords, diverging=True), tight=False)
+    series, marks = {}, {}
+    for name, label in (("attention", "CLS attention"), *RIVALS.items()):
+        t = tables[name]
+        series[label] = (t["effect_size"], t["effect_ci_low"], t["effect_ci_high"])
+        marks[label] = ["*" if q < 0.05 else "" for q in t["q"]]
+    report.figure("attention_contrast_networks.png", "effect size per network: attention and its rivals",
+                  lambda: bar_figure(list(a.networks.names), series, ylabel=f"effect size d ({second} - {first})",
+                                     reference=0.0, marks=marks,
+                                     title=f"{o.group}: effect size per network, 95% subject intervals (* q < 0.05)"))
+
+
+def _attention_tables(a: Analysis, maps: AttentionMaps, o: AttentionOptions):
+    """Attention per region and per network with subject intervals, and the map's correlation with each
+    signal statistic; returns (regions, networks, correlations, number of resamples)."""
+    nets, names = a.networks, a.store.region_names
+    codes, K, R = nets.codes, nets.num_networks, len(names)
     subjects, attention = subject_means(maps.attention, maps.subjects)  # (S,), (S, R)
     statistics = subject_means(maps.statistics, maps.subjects)[1]  # (S, 2, R)
     boot = SubjectBootstrap(subjects, o.bootstrap, o.seed)
@@ -234,44 +329,7 @@ def _describe(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions) -> 
         lo, hi = boot.interval(rs) if len(boot) else (np.nan, np.nan)
         correlations[s] = {"spearman": _spearman(mean_map, stat_maps[i]), "ci_low": lo, "ci_high": hi}
 
-    top = networks.sort_values("enrichment", ascending=False).iloc[0]
-    v, ac = correlations["variance"], correlations["autocorrelation"]
-    report.say(f"attention ({layer}): most enriched network {top.network} ({top.enrichment:.2f} times its share of "
-               f"regions [95% CI {top.enrichment_ci_low:.2f}, {top.enrichment_ci_high:.2f}]); the map vs signal "
-               f"variance across regions: Spearman {v['spearman']:+.2f} [{v['ci_low']:+.2f}, {v['ci_high']:+.2f}], vs "
-               f"lag-1 autocorrelation {ac['spearman']:+.2f} [{ac['ci_low']:+.2f}, {ac['ci_high']:+.2f}]")
-    explained = [s for s in STATISTICS if correlations[s]["ci_low"] > 0 or correlations[s]["ci_high"] < 0]
-    report.section(
-        "Attention by network",
-        f"CLS attention of {layer}, heads averaged, summed per region and averaged over {maps.num_windows} windows of "
-        f"{len(maps.meta)} recordings, then over each subject's recordings; 95% intervals from {len(boot)} subject "
-        "resamples. Enrichment: a network's attention over its share of the regions (1 = a uniform map).",
-        markdown_table(networks),
-        "Beside it, the rivals: is the map the signal's amplitude or slowness? The Spearman correlation, across "
-        "regions, of the attention map with each region's variance and lag-1 autocorrelation:",
-        markdown_table(pd.DataFrame(correlations).T.reset_index().rename(columns={"index": "statistic"})),
-        ("The map follows " + " and ".join(RIVALS[s] for s in explained) + " (the interval excludes 0): that part "
-         "of it, the signal statistics already show.") if explained else
-        "Neither correlation is distinguishable from 0: the map is not the signal's amplitude or slowness.")
-    if maps.skipped:
-        report.section("Skipped", f"{len(maps.skipped)} recordings shorter than one window: {', '.join(maps.skipped)}")
-    report.tables["attention_regions.csv"] = regions
-    report.tables["attention_networks.csv"] = networks
-    report.tables["attention_recordings.csv"] = pd.concat(
-        [pd.DataFrame(maps.meta)[["recording_id", "subject_id"]], pd.DataFrame(maps.attention, columns=names)], axis=1)
-    report.figure("attention_map.png", "CLS attention and signal variance per region",
-                  lambda: glass_brains([(mean_map, f"CLS attention ({layer})"),
-                                        (stat_maps[0], "signal variance (the rival)")], a.recordings.coords),
-                  tight=False)
-    report.figure("attention_networks.png", "attention per network with 95% intervals",
-                  lambda: bar_figure(list(nets.names), {"enrichment": (networks["enrichment"],
-                                                                       networks["enrichment_ci_low"],
-                                                                       networks["enrichment_ci_high"])},
-                                     ylabel="attention / share of regions", reference=1.0,
-                                     title=f"CLS attention by network ({layer})"))
-    report.results.update(layer="all" if o.layer is None else o.layer, recordings=len(maps.meta),
-                          windows=maps.num_windows, skipped=maps.skipped, networks_attention=networks.to_dict("records"),
-                          map_correlations=correlations)
+    return regions, networks, correlations, len(boot)
 
 
 def _contrast(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions) -> None:
@@ -288,16 +346,7 @@ def _contrast(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions) -> 
     tables = {name: group_contrast(v, groups, nets.names, **kw) for name, v in features.items()}
     regions = group_contrast(maps.attention, groups, a.store.region_names, **kw)
     first, second = groups.levels
-
-    readings = []
-    for att, adj in zip(tables["attention"].itertuples(), tables["attention_adjusted"].itertuples()):
-        if not att.q < 0.05:
-            readings.append("no difference in attention")
-        elif adj.p < 0.05:
-            readings.append("attention differs beyond what variance and autocorrelation explain")
-        else:
-            readings.append("attention differs, but amplitude explains it: gone once variance and autocorrelation "
-                            "are removed")
+    readings = _readings(tables)
     summary = pd.DataFrame({"network": list(nets.names)})
     for name, t in tables.items():
         summary[f"{name} d"] = t["effect_size"].to_numpy()
@@ -307,22 +356,7 @@ def _contrast(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions) -> 
                      + [regions.assign(measure="attention per region")], ignore_index=True)
     report.tables["attention_contrasts.csv"] = long[["measure", *[c for c in long.columns if c != "measure"]]]
 
-    # The verdict: how strongly attention separates the groups (its largest |d| over networks)
-    # against the rival that separates them most strongly, on the same subject resamples.
-    values = {name: SubjectValues.of(features[name], groups) for name in ("attention", *RIVALS)}
-    boot = values["attention"].bootstrap(o.bootstrap, o.seed)
-
-    def strongest(name):
-        def stat(idx):
-            d = np.abs(values[name].effect_size(idx))
-            return float(np.nanmax(d)) if np.isfinite(d).any() else float("nan")
-
-        return stat
-
-    everyone = np.arange(len(values["attention"].subjects))
-    rival = max(RIVALS, key=lambda n: strongest(n)(everyone))
-    verdict = compare("CLS attention", RIVALS[rival], strongest("attention"), strongest(rival), boot, len(everyone),
-                      metric="largest |effect size| over networks")
+    verdict = _contrast_verdict(features, groups, o)
     found = [n for n, q in zip(nets.names, tables["attention"]["q"]) if q < 0.05]
     explained = [n for n, r in zip(nets.names, readings) if "amplitude explains" in r]
     report.say(f"attention contrast, {groups.describe()}: networks with q < 0.05: {', '.join(found) or 'none'}"
@@ -338,18 +372,7 @@ def _contrast(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions) -> 
         f"Every measure per network (the mean per level, {second} minus {first} with its 95% subject interval, p, q) "
         "and attention per region: `attention_contrasts.csv`.",
         f"Verdict: {verdict.line(f'on {o.group}')}.")
-    report.figure("attention_contrast_map.png", f"difference in CLS attention per region, {second} minus {first}",
-                  lambda: glass_brains([(regions["difference"].to_numpy(), f"CLS attention: {second} minus {first}")],
-                                       a.recordings.coords, diverging=True), tight=False)
-    series, marks = {}, {}
-    for name, label in (("attention", "CLS attention"), *RIVALS.items()):
-        t = tables[name]
-        series[label] = (t["effect_size"], t["effect_ci_low"], t["effect_ci_high"])
-        marks[label] = ["*" if q < 0.05 else "" for q in t["q"]]
-    report.figure("attention_contrast_networks.png", "effect size per network: attention and its rivals",
-                  lambda: bar_figure(list(nets.names), series, ylabel=f"effect size d ({second} - {first})",
-                                     reference=0.0, marks=marks,
-                                     title=f"{o.group}: effect size per network, 95% subject intervals (* q < 0.05)"))
+    _contrast_figures(a, report, o, tables, regions, groups)
     report.results["contrast"] = {"groups": groups.describe(), "design": groups.design, "levels": list(groups.levels),
                                   "networks_q05": found, "explained_by_amplitude": explained,
                                   "verdict": verdict.to_dict(), "per_network": summary.to_dict("records"),

@@ -161,6 +161,42 @@ def _labels(rows: pd.DataFrame, column: str) -> np.ndarray:
     return rows[column].map(as_label).to_numpy()
 
 
+def _score_column(report, column: str, labels: np.ndarray, spaces: dict, rows: pd.DataFrame, subjects: np.ndarray,
+                  model_label: str, o: LatentOptions):
+    """kNN purity and silhouette of one label column in every space, per level with subject intervals,
+    and the model's verdict against its strongest rival; returns (per-recording scores, summary rows, verdict)."""
+    keep = labels != ""
+    per, scores, summary = {}, [], []
+    for name, X in spaces.items():
+        s = label_scores(X[keep], labels[keep], subjects[keep], o.neighbours)
+        scores.append(s.assign(column=column, space=name, label=labels[keep],
+                               recording_id=rows["recording_id"].to_numpy()[keep], subject_id=subjects[keep]))
+        per[name] = s
+    boot = SubjectBootstrap(subjects[keep], o.bootstrap, o.seed)
+    for level in sorted(set(labels[keep])):
+        members = labels[keep] == level
+        for name, s in per.items():
+            purity = s["purity"].to_numpy()
+            lo, hi = boot.ci(lambda idx: np.nanmean(purity[idx][members[idx]]) if members[idx].any() else np.nan) \
+                if len(boot) else (np.nan, np.nan)
+            summary.append({"column": column, "level": level, "space": name, "recordings": int(members.sum()),
+                            "purity": np.nanmean(purity[members]), "purity_ci_low": lo, "purity_ci_high": hi,
+                            "chance": np.nanmean(s["chance"].to_numpy()[members]),
+                            "silhouette": np.nanmean(s["silhouette"].to_numpy()[members])})
+    rival = max(RIVALS, key=lambda n: np.nanmean(per[n]["purity"]))
+    model_p, rival_p = per["model"]["purity"].to_numpy(), per[rival]["purity"].to_numpy()
+    verdict = compare(model_label, RIVALS[rival], lambda idx: np.nanmean(model_p[idx]),
+                      lambda idx: np.nanmean(rival_p[idx]), boot, int(keep.sum()),
+                      metric=f"kNN purity of {column} (k = {o.neighbours})")
+    chance = np.nanmean(per["model"]["chance"])
+    report.say(f"latent, {column}: kNN purity {np.nanmean(model_p):.3f} (model) vs "
+               + ", ".join(f"{np.nanmean(per[n]['purity']):.3f} ({n})" for n in RIVALS)
+               + f", chance {chance:.3f}; silhouette {np.nanmean(per['model']['silhouette']):+.3f} vs "
+               + ", ".join(f"{np.nanmean(per[n]['silhouette']):+.3f}" for n in RIVALS))
+    report.say(verdict.line(f"on {column}"))
+    return scores, summary, verdict
+
+
 def _write(a: Analysis, report, emb, rivals: dict, columns: list[str], o: LatentOptions) -> None:
     rows = a.store.recordings.set_index("recording_id").loc[emb.index["recording_id"]].reset_index()
     subjects = emb.index["subject_id"].astype(str).to_numpy()
@@ -174,36 +210,10 @@ def _write(a: Analysis, report, emb, rivals: dict, columns: list[str], o: Latent
         notes.append(f"{name}: {note} ({time.perf_counter() - started:.1f} s)")
     scores, summary, verdicts = [], [], {}
     for column in columns:
-        labels = _labels(rows, column)
-        keep = labels != ""
-        per = {}
-        for name, X in spaces.items():
-            s = label_scores(X[keep], labels[keep], subjects[keep], o.neighbours)
-            scores.append(s.assign(column=column, space=name, label=labels[keep],
-                                   recording_id=rows["recording_id"].to_numpy()[keep], subject_id=subjects[keep]))
-            per[name] = s
-        boot = SubjectBootstrap(subjects[keep], o.bootstrap, o.seed)
-        for level in sorted(set(labels[keep])):
-            members = labels[keep] == level
-            for name, s in per.items():
-                purity = s["purity"].to_numpy()
-                lo, hi = boot.ci(lambda idx: np.nanmean(purity[idx][members[idx]]) if members[idx].any() else np.nan) \
-                    if len(boot) else (np.nan, np.nan)
-                summary.append({"column": column, "level": level, "space": name, "recordings": int(members.sum()),
-                                "purity": np.nanmean(purity[members]), "purity_ci_low": lo, "purity_ci_high": hi,
-                                "chance": np.nanmean(s["chance"].to_numpy()[members]),
-                                "silhouette": np.nanmean(s["silhouette"].to_numpy()[members])})
-        rival = max(RIVALS, key=lambda n: np.nanmean(per[n]["purity"]))
-        model_p, rival_p = per["model"]["purity"].to_numpy(), per[rival]["purity"].to_numpy()
-        verdicts[column] = compare(model_label, RIVALS[rival], lambda idx: np.nanmean(model_p[idx]),
-                                   lambda idx: np.nanmean(rival_p[idx]), boot, int(keep.sum()),
-                                   metric=f"kNN purity of {column} (k = {o.neighbours})")
-        chance = np.nanmean(per["model"]["chance"])
-        report.say(f"latent, {column}: kNN purity {np.nanmean(model_p):.3f} (model) vs "
-                   + ", ".join(f"{np.nanmean(per[n]['purity']):.3f} ({n})" for n in RIVALS)
-                   + f", chance {chance:.3f}; silhouette {np.nanmean(per['model']['silhouette']):+.3f} vs "
-                   + ", ".join(f"{np.nanmean(per[n]['silhouette']):+.3f}" for n in RIVALS))
-        report.say(verdicts[column].line(f"on {column}"))
+        column_scores, column_summary, verdicts[column] = _score_column(report, column, _labels(rows, column), spaces,
+                                                                        rows, subjects, model_label, o)
+        scores += column_scores
+        summary += column_summary
     table = pd.DataFrame(summary)
     report.section(
         "Scores",

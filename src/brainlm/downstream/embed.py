@@ -165,15 +165,29 @@ def embed_recordings(
         raise UserError(f"--windows must be one of {WINDOW_MODES}, got {windows!r}")
     dtype = resolve_precision(precision, next(model.parameters()).device)
     mine = rank_share(len(recordings))
+    embed_batch = lambda b: embed_windows(model, b, recordings.coords, pooling, average_regions, attention, dtype)
+    starts_of, done = _embed_in_batches(recordings, mine, embed_batch, window, stride, windows, batch_size, attention,
+                                        progress)
+    local = [(i, _recording_rows(recordings.meta[i], starts_of[i], done[i], windows)) for i in mine]
+    gathered = gather_in_order(local)
+    if gathered is None:
+        return None
+    return _assemble(gathered, recordings, window, pooling, attention)
+
+
+def _embed_in_batches(recordings: Recordings, mine: list[int], embed_batch, window: int, stride: int | None,
+                      windows: str, batch_size: int, attention: bool, progress: bool) -> tuple[dict, dict]:
+    """Every window of this process's recordings through ``embed_batch``, ``batch_size`` at a time
+    across recordings: the window starts of each recording and its outputs ``(embedding, attention)``."""
     batch: list[np.ndarray] = []
-    owners: list[tuple[int, int]] = []  # (recording index, window number) of each queued window
+    owners: list[int] = []  # the recording of each queued window
     done: dict[int, list] = {i: [] for i in mine}
 
     def flush() -> None:
         if batch:
-            res = embed_windows(model, np.stack(batch), recordings.coords, pooling, average_regions, attention, dtype)
+            res = embed_batch(np.stack(batch))
             e, a = res if attention else (res, None)
-            for j, (i, _) in enumerate(owners):
+            for j, i in enumerate(owners):
                 done[i].append((e[j], None if a is None else a[j]))
             batch.clear()
             owners.clear()
@@ -182,17 +196,13 @@ def embed_recordings(
     for i in progress_bar(mine, enabled=progress, desc="embed", unit="rec"):
         ts = recordings.load(i)
         starts_of[i] = window_starts(len(ts), window, stride, windows)
-        for w, t0 in enumerate(starts_of[i]):
+        for t0 in starts_of[i]:
             batch.append(ts[t0 : t0 + window].T)  # (R, T)
-            owners.append((i, w))
+            owners.append(i)
             if len(batch) >= batch_size:
                 flush()
     flush()
-    local = [(i, _recording_rows(recordings.meta[i], starts_of[i], done[i], windows)) for i in mine]
-    gathered = gather_in_order(local)
-    if gathered is None:
-        return None
-    return _assemble(gathered, recordings, window, pooling, attention)
+    return starts_of, done
 
 
 def _recording_rows(meta: dict, starts: np.ndarray, outputs: list, windows: str):
