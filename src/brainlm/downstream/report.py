@@ -286,7 +286,7 @@ def run_finetune(options: FinetuneOptions) -> pd.DataFrame:
     """Fine-tune and save the best model into ``options.out`` (with ``history.csv``); returns the history."""
     o = options
     config = o.as_base(FinetuneConfig).replace(freeze_encoder=not o.full)
-    with output_folder(o.out, ["config.json", "history.csv"], overwrite=o.overwrite, what="checkpoint folder") as out:
+    with output_folder(o.out, ["config.json", "history.csv"], kind="checkpoint", overwrite=o.overwrite) as out:
         result = finetune(o.checkpoint, o.store, o.target, config, targets_file=o.targets,
                           subject_column=o.subject_column, out_dir=out, overwrite=True)
         write_csv(result.history, out / "history.csv")

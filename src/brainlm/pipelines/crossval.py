@@ -150,7 +150,7 @@ def run_crossval(preset: str, store_path, out_dir, k: int, cfg: BenchmarkConfig 
                                       if key not in ("device", "batch_size")},
                         "forecast_finetune": forecast_finetune, "forecast_lr": forecast_lr}}
     t0 = time.perf_counter()
-    with output_folder(out_dir, ["report.md", "results.json"], overwrite=overwrite) as out:
+    with output_folder(out_dir, ["report.md", "results.json"], kind="cross-validation", overwrite=overwrite) as out:
         _check_plan(out, read_json_like(plan), overwrite)
         frames: dict[str, list[pd.DataFrame]] = {t: [] for t in cfg.tasks}
         for i in progress(range(k), desc="cross-validation", unit="fold"):
