@@ -108,6 +108,11 @@ class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides):
         if self.cv is None and self.forecast_finetune:
             raise UserError("--forecast-finetune needs --cv")
 
+    def resume_hint(self) -> str | None:
+        if self.cv is None:
+            return None
+        return "run the same command again to continue: folds already scored are kept, an interrupted one resumes"
+
     @classmethod
     def from_args(cls, args, **extra):
         options = super().from_args(args, **extra)

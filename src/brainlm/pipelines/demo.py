@@ -39,6 +39,9 @@ class DemoOptions(TrainingOverrides):
     out: str = option("runs/demo", "folder for the demo store and runs")
     smoke: bool = option(False, "a few training steps only, to check the pipeline")
 
+    def resume_hint(self) -> str | None:
+        return f"run brainlm demo --out {self.out} again to continue where it stopped"
+
 
 def run_demo(options: DemoOptions | None = None) -> int:
     """Run the demo; returns 0 when the model beats the trivial baselines on held-out subjects.
