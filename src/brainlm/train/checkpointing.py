@@ -47,7 +47,7 @@ from brainlm.checkpoint import load_state_dict_file, save_config
 from brainlm.distributed import all_gather, unwrap_model
 from brainlm.errors import CorruptFileError, MissingInputError, UserError
 from brainlm.hub import find_checkpoints, newest_checkpoint, read_model_config
-from brainlm.io import fsync_file, read_json, verify_manifest, write_manifest
+from brainlm.io import atomic_write_json, fsync_file, read_json, verify_manifest, write_manifest
 
 from .config import TrainConfig
 
@@ -145,7 +145,7 @@ def save_checkpoint(
         torch.save(optim_sd, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(all_rng, tmp / "rng.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True) + "\n")
+        atomic_write_json(tmp / "trainer_state.json", trainer_state, sort_keys=True)
         (tmp / "train_config.json").write_text(train_config_json)
         write_manifest(tmp)
         if final.exists():  # re-saving the same step (e.g. the final save right after a periodic one)
@@ -180,7 +180,7 @@ def save_best(run_dir: str | Path, model: nn.Module, metrics: dict[str, Any]) ->
         save_file({k: v.detach().contiguous().cpu() for k, v in model_sd.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt", "brainlm": "1"})
         save_config(unwrap_model(model).config, tmp / "config.json")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        atomic_write_json(tmp / "metrics.json", metrics, sort_keys=True)
         write_manifest(tmp)
         trash = run_dir / f".trash-best-{os.getpid()}"
         if best.exists():
