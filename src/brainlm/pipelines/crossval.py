@@ -60,7 +60,8 @@ def fold_assignments(subjects, k: int, seed: int = 0) -> list[dict[str, str]]:
     subjects = np.array(sorted(set(map(str, subjects))))
     if k < 3:
         raise UserError(f"--cv needs at least 3 folds (test, validation and train subjects), got {k}")
-    folds = [subjects[test] for _, test in subject_folds(np.zeros(len(subjects)), subjects, "regression", k, seed)]
+    folds = [subjects[test] for _, test in subject_folds(np.zeros(len(subjects)), subjects, "regression", k, seed,
+                                                         flag="--cv")]
     out = []
     for i in range(k):
         split = {s: "train" for s in subjects}
