@@ -678,8 +678,8 @@ def _npy_index(path: Path, id_col: str) -> pd.DataFrame:
     for idx in candidates:
         if idx.is_file():
             frame = read_table(idx, [id_col])
-            if id_col not in frame.columns:
-                frame = frame.rename(columns={frame.columns[0]: id_col})
+            if id_col not in frame.columns and not any(c in frame.columns for c in SUBJECT_COLUMNS):
+                frame = frame.rename(columns={frame.columns[0]: id_col})  # a bare list of IDs
             return frame
     txt, js = path.with_suffix(".txt"), path.with_suffix(".json")
     if txt.is_file():
