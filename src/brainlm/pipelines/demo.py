@@ -55,13 +55,14 @@ def run_demo(options: DemoOptions | None = None) -> int:
     from brainlm.data import build_demo_store
     from brainlm.evaluate.reconstruction import format_ladder
     from brainlm.hub import find_checkpoints
-    from brainlm.io import atomic_write_json
+    from brainlm.io import atomic_write_json, claim_folder
     from brainlm.train import apply_overrides, train_preset
 
     from .benchmark import BenchmarkConfig
     from .heldout import pretrain_and_score
 
     t0 = time.perf_counter()
+    claim_folder(out_dir, "demo")  # its store and runs are claimed again, each for what it is
     out = Path(out_dir) / ("smoke" if smoke else "")
     store = build_demo_store(Path(out_dir) / "store", seed=0, progress=False)
     changes: dict[str, Any] = {"data": str(store.path)}
