@@ -11,8 +11,12 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
+from downstream_synth import synthetic_store, tiny_model
 
+from brainlm.checkpoint import save_pretrained
 from brainlm.cli import main
+from brainlm.io import write_manifest
 
 R = 6
 # pretrain on the tiny synthetic store (6 regions, windows of 20): a few seconds per run
@@ -60,3 +64,21 @@ def write_inputs(folder: Path, n: int = 6, T: int = 60) -> list[Path]:
     coords = np.random.default_rng(0).normal(size=(R, 3)) * 40
     (folder.parent / "coords.csv").write_text("x,y,z\n" + "".join(f"{a},{b},{c}\n" for a, b, c in coords))
     return paths
+
+
+@pytest.fixture(autouse=True)
+def no_progress_bars(monkeypatch):
+    """Standard error then holds only what the command says (import it into a test module)."""
+    monkeypatch.setenv("BRAINLM_PROGRESS", "0")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Read-only material of a test module: six inputs and ``coords.csv``, a store, and a checkpoint
+    with a manifest (as training writes them)."""
+    root = tmp_path_factory.mktemp("hostile")
+    write_inputs(root / "inputs", n=6)
+    synthetic_store(root / "store")
+    save_pretrained(tiny_model(), root / "ckpt")
+    write_manifest(root / "ckpt")
+    return root

@@ -13,28 +13,10 @@ import os
 import shutil
 
 import pytest
-from downstream_synth import synthetic_store, tiny_model
-from hostile import PRETRAIN, refused, tree, write_inputs
+from hostile import PRETRAIN, no_progress_bars, refused, tree, world  # noqa: F401 (fixtures)
 
-from brainlm.checkpoint import save_pretrained
 from brainlm.cli import main
-from brainlm.io import MARKER, write_manifest
-
-
-@pytest.fixture(autouse=True)
-def _no_progress_bars(monkeypatch):
-    monkeypatch.setenv("BRAINLM_PROGRESS", "0")  # standard error then holds only what the command says
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """Inputs, a store and a checkpoint with a manifest (as training writes), shared read-only."""
-    root = tmp_path_factory.mktemp("hostile")
-    write_inputs(root / "inputs", n=5)
-    synthetic_store(root / "store")
-    save_pretrained(tiny_model(), root / "ckpt")
-    write_manifest(root / "ckpt")
-    return root
+from brainlm.io import MARKER
 
 
 def _args(world, *rest):

@@ -10,27 +10,12 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from downstream_synth import synthetic_store, tiny_model
-from hostile import R, refused, series, write_inputs
+from downstream_synth import tiny_model
+from hostile import R, no_progress_bars, refused, series, world  # noqa: F401 (fixtures)
 
-from brainlm.checkpoint import save_pretrained
 from brainlm.cli import main
 from brainlm.errors import InputError
 from brainlm.io import Embeddings, read_embeddings, write_embeddings
-
-
-@pytest.fixture(autouse=True)
-def _no_progress_bars(monkeypatch):
-    monkeypatch.setenv("BRAINLM_PROGRESS", "0")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile_inputs")
-    write_inputs(root / "inputs", n=6)
-    synthetic_store(root / "store")
-    save_pretrained(tiny_model(), root / "ckpt")
-    return root
 
 
 def _bad(folder, name, x):
