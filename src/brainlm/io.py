@@ -253,32 +253,34 @@ FOLDER_KINDS = {
     "store": "manifest.json of format brainlm-store/*",
     "part": "part.json (a staged part of brainlm prepare --part)",
     "run": "train_config.json, checkpoints/ or best/ (brainlm pretrain)",
-    "checkpoint": "config.json with model.safetensors or pytorch_model.bin",
+    "checkpoint": "config.json of model_type brainlm with model.safetensors",
     "cross-validation": "cv.json (brainlm benchmark --cv)",
     "demo": "store/manifest.json (brainlm demo)",
     "report": "the outputs of the command writing it (report.md, results.json, ...)",
 }
 
 
-def _json_format(path: Path) -> str:
+def _json_field(path: Path, key: str) -> str:
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return ""
-    return str(value.get("format", "")) if isinstance(value, dict) else ""
+    return str(value.get(key, "")) if isinstance(value, dict) else ""
 
 
 def _signature_kind(path: Path) -> str | None:
     """The kind of a folder written before markers existed, from its signature files (see FOLDER_KINDS)."""
-    if (path / "part.json").is_file() and _json_format(path / "part.json").startswith("brainlm-part/"):
+    if _json_field(path / "part.json", "format").startswith("brainlm-part/"):
         return "part"
-    if (path / "manifest.json").is_file() and _json_format(path / "manifest.json").startswith("brainlm-store/"):
+    if _json_field(path / "manifest.json", "format").startswith("brainlm-store/"):
         return "store"
     if (path / "cv.json").is_file():
         return "cross-validation"
-    if (path / "train_config.json").is_file() or (path / "checkpoints").is_dir() or (path / "best" / "config.json").is_file():
+    if (path / "train_config.json").is_file() or any(path.glob("checkpoints/step_*/config.json")) or \
+            (path / "best" / "config.json").is_file():
         return "run"
-    if (path / "config.json").is_file() and any((path / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")):
+    # only brainlm's own model type: a model folder of another library is not ours to replace
+    if _json_field(path / "config.json", "model_type") == "brainlm" and (path / "model.safetensors").is_file():
         return "checkpoint"
     if (path / "store" / "manifest.json").is_file():
         return "demo"
