@@ -207,3 +207,15 @@ def test_ctrl_c_names_the_resume_command_and_resume_finishes_the_run(world, tmp_
     assert metrics["zero_pearson"] is None
     json.loads((run / "checkpoints" / "step_00000004" / "trainer_state.json").read_text(), parse_constant=strict)
     assert json.loads((run / MARKER).read_text()) == {"kind": "run"}
+
+
+def test_ctrl_c_in_the_demo_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    import brainlm.data
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(brainlm.data, "build_demo_store", interrupted)
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"brainlm demo: interrupted; run brainlm demo --out {tmp_path / 'demo'} again to continue where it stopped"]

@@ -151,6 +151,8 @@ def test_participants_that_match_no_subject(world, tmp_path, capsys):
     (["benchmark", "tiny", "STORE", "--out", "OUT/b", "--cv", "20"], ["fewer --cv", "20 folds"]),
     (["integrate", "cca", "--brain", "b.npy", "--genetic", "g.csv", "--out", "OUT/i", "--permutations", "-1"],
      ["--permutations"]),
+    (["pretrain", "--preset", "tiny", "--data", "STORE", "--out", "OUT/run", "--max_grad_norm=inf"],
+     ["--max_grad_norm", "finite"]),  # train_config.json is strict JSON: no Infinity in it
 ])
 def test_messages_name_the_flag_the_user_typed(world, tmp_path, capsys, argv, names):
     where = {"CKPT": str(world / "ckpt"), "STORE": str(world / "store")}
