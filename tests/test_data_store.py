@@ -22,6 +22,8 @@ from brainlm.data import (
     read_timeseries,
     split_subjects,
 )
+from brainlm.errors import OutputExistsError
+from brainlm.io import MARKER
 
 R = 6
 
@@ -141,10 +143,15 @@ def test_rerun_is_idempotent_and_atomic(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in sorted((tmp_path / "store").rglob("*"))} == stamps
     assert again.manifest == store.manifest
     again.verify()
-    assert not [p for p in files if p.name.startswith(".")]  # no temporary or staging files left
-    # A changed input rebuilds, and the old shards disappear once the new manifest is in place.
+    # no temporary or staging files left; the one hidden file is brainlm's marker of the folder
+    assert [p.name for p in files if p.name.startswith(".")] == [MARKER]
+    # A changed input is another store: replaced only with overwrite, and then the old shards disappear once
+    # the new manifest is in place.
     np.save(inputs[0], _series(1, T=80, seed=9)[0])
-    rebuilt = _prepare(tmp_path, inputs)
+    with pytest.raises(OutputExistsError, match="holds a store built from other inputs or options.*--overwrite"):
+        _prepare(tmp_path, inputs)
+    assert open_store(tmp_path / "store").manifest == store.manifest
+    rebuilt = prepare(inputs, tmp_path / "store", *_options(tmp_path), overwrite=True)
     assert rebuilt.manifest["fingerprint"] != store.manifest["fingerprint"]
     assert sorted(p.name for p in (tmp_path / "store" / "shards").iterdir()) == sorted(
         s["file"].split("/")[1] for s in rebuilt.manifest["shards"])
@@ -245,11 +252,12 @@ def test_failed_rebuild_leaves_previous_store_intact(tmp_path):
     tasks = [(p, lambda p=p: Recording(np.load(p), subject_id=p[-20:-18], source=p)) for p in inputs] + [("x", crash)]
     atlas = Atlas(name="coords", coords=store.coords, region_names=store.region_names)
     with pytest.raises(MemoryError):
-        write_store(Source("timeseries", atlas, tasks), tmp_path / "store", _options(tmp_path, seed=1)[1])
+        write_store(Source("timeseries", atlas, tasks), tmp_path / "store", _options(tmp_path, seed=1)[1],
+                    overwrite=True)
     again = open_store(tmp_path / "store")
     assert again.manifest == store.manifest
     again.verify()
-    assert not list((tmp_path / "store").glob(".*"))  # staging removed
+    assert [p.name for p in (tmp_path / "store").glob(".*")] == [MARKER]  # staging removed
 
 
 def test_participant_ids_keep_leading_zeros(tmp_path):

@@ -10,12 +10,16 @@ import pandas as pd
 import pytest
 
 from brainlm.cli import main
-from brainlm.errors import OutputExistsError, OutputLockedError, UserError
+from brainlm.errors import CorruptFileError, OutputExistsError, OutputLockedError, UserError
 from brainlm.io import (
+    MARKER,
     Embeddings,
     OutputLock,
     atomic_write,
     atomic_write_json,
+    claim_file,
+    claim_folder,
+    folder_kind,
     json_line,
     output_folder,
     read_embeddings,
@@ -174,3 +178,43 @@ def test_output_folder_removes_a_new_empty_folder_on_failure(tmp_path):
         with output_folder(tmp_path / "new"):
             raise RuntimeError("boom")
     assert not (tmp_path / "new").exists() and not (tmp_path / ".new.lock").exists()
+
+
+def test_one_rule_decides_which_folders_a_command_may_write(tmp_path):
+    # a new or an empty folder is claimed, and marked with what it holds
+    assert claim_folder(tmp_path / "new", "run") == tmp_path / "new"
+    assert json.loads((tmp_path / "new" / MARKER).read_text()) == {"kind": "run"}
+    (tmp_path / "empty").mkdir()
+    assert folder_kind(claim_folder(tmp_path / "empty", "report")) == "report"
+    # the same kind again is the command's to continue or replace; another kind is refused
+    claim_folder(tmp_path / "new", "run")
+    with pytest.raises(OutputExistsError, match="--out .*new holds a brainlm run, not a store"):
+        claim_folder(tmp_path / "new", "store")
+    # a folder of an earlier version (no marker) is recognised by its signature files
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "manifest.json").write_text('{"format": "brainlm-store/1"}')
+    assert folder_kind(legacy) == "store" and claim_folder(legacy, "store") and (legacy / MARKER).is_file()
+    (tmp_path / "old_report").mkdir()
+    (tmp_path / "old_report" / "report.md").write_text("# old\n")
+    with pytest.raises(OutputExistsError, match="not overwriting .*report.md"):
+        claim_folder(tmp_path / "old_report", "report", outputs=["report.md"])
+    claim_folder(tmp_path / "old_report", "report", outputs=["report.md"], overwrite=True)
+    # someone else's files: refused with or without overwrite, and left alone
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError, match="--out .*mine is not empty and was not written by brainlm"):
+            claim_folder(mine, "report", outputs=["report.md"], overwrite=overwrite)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    # a file is not a folder, a folder not a file; a marker that is not one is named
+    with pytest.raises(UserError, match="--out .*notes.txt is a file, not a folder"):
+        claim_folder(mine / "notes.txt", "report")
+    with pytest.raises(UserError, match="--out .*mine is a folder, not a file"):
+        claim_file(mine)
+    with pytest.raises(OutputExistsError, match="not overwriting .*notes.txt"):
+        claim_file(mine / "notes.txt")
+    (tmp_path / "empty" / MARKER).write_text('{"kind": "spaceship"}')
+    with pytest.raises(CorruptFileError, match="not a brainlm folder marker"):
+        claim_folder(tmp_path / "empty", "report")

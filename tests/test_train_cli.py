@@ -131,7 +131,8 @@ def test_resume_on_other_data_is_refused_in_one_line(store, tmp_path, capsys):
     with pytest.raises(UserError, match="data.json: .* now holds other train subjects"):
         pretrain(config, resume=True, train_dataset=fold[0], val_dataset=fold[1])
     # the same folder rebuilt with another normalisation: other data under the same path
-    write_store(demo_source(), data, StoreOptions(split=(8, 2, 2), normalization="robust", progress=False))
+    write_store(demo_source(), data, StoreOptions(split=(8, 2, 2), normalization="robust", progress=False),
+                overwrite=True)
     before = sorted(p.name for p in run.rglob("*"))
     assert main(["pretrain", "--resume", str(run), "--stop_at_step=0"]) == 2
     err = capsys.readouterr().err.strip()

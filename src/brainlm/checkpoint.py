@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from brainlm.errors import MissingInputError, UserError
 from brainlm.hub import open_model, register_format
-from brainlm.io import atomic_write, atomic_write_text
+from brainlm.io import atomic_write, atomic_write_text, claim_folder
 from brainlm.memory import check_memory
 
 __all__ = ["BRAINLM_TYPES", "ADAPTER_DIR", "read_adapter", "merge_adapter", "load_pretrained", "save_pretrained", "save_weights", "save_config",
@@ -288,9 +288,9 @@ def save_config(config, path: str | Path) -> None:
 
 def save_pretrained(model: torch.nn.Module, path: str | Path) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into the folder ``path``, each atomically
-    (no model card: ``model.save_pretrained`` adds one)."""
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
+    (no model card: ``model.save_pretrained`` adds one). The folder is claimed for a checkpoint
+    first (:func:`brainlm.io.claim_folder`): new, empty, or a checkpoint folder."""
+    folder = claim_folder(path, "checkpoint", overwrite=True, flag="path")
     save_weights(model.state_dict(), folder / "model.safetensors")
     save_config(model.config, folder / "config.json")
     return folder

@@ -3,6 +3,11 @@
 Every command is one line of :data:`COMMANDS`: its options dataclass (:mod:`brainlm.options`:
 the fields own the flags, defaults, help and checks) and the library function that takes it.
 Only the command being run is imported, so ``brainlm --help`` stays fast.
+
+Exit status: 0 done; 2 bad input or an error of the machine (a full or read-only disk, no
+permission: :func:`brainlm.errors.environment_error`), one line on standard error; 130
+interrupted (Ctrl-C), one line that says how to continue when the command can
+(:meth:`brainlm.options.Options.resume_hint`). Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 
-from brainlm.errors import UserError
+from brainlm.errors import UserError, environment_error
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
@@ -54,8 +59,7 @@ class Command:
             p = sub.add_parser(self.name, help=self.help, description=(cls.__doc__ or self.help).strip(),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
             cls.add_to(p)
-            run = self._load("run")
-            p.set_defaults(func=lambda args: run(cls.from_args(args)))
+            p.set_defaults(options_class=cls, run=self._load("run"))
             return
         p = sub.add_parser(self.name, help=self.help, description=self.help)
         inner = p.add_subparsers(dest=f"{self.name}_command", required=True, metavar="{" + ",".join(
@@ -135,12 +139,25 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), "")
+    prefix = f"brainlm {command}:".replace("brainlm :", "brainlm:")
+    options = None
     try:
         args = build_parser(argv).parse_args(argv)
-        result = args.func(args)
+        options = args.options_class.from_args(args)
+        result = args.run(options)
     except UserError as err:
         # Bad input is one clear line; anything else is a bug and keeps its traceback.
-        print(f"brainlm {command}: error: {err.one_line()}".replace("brainlm : ", "brainlm: "), file=sys.stderr)
+        print(f"{prefix} error: {err.one_line()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = options.resume_hint() if options is not None else None
+        print(f"{prefix} interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return 130
+    except Exception as err:
+        line = environment_error(err)
+        if line is None:
+            raise
+        print(f"{prefix} error: {line}", file=sys.stderr)
         return 2
     # Library functions return their results; only a command that decides an exit status (demo) returns an int.
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -1,11 +1,11 @@
-"""Figures: one way to get a headless pyplot and to save a figure atomically."""
+"""Figures: one way to get a headless pyplot, to draw an interval, and to save a figure atomically."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["pyplot", "save_figure"]
+__all__ = ["pyplot", "save_figure", "interval_errors"]
 
 
 def pyplot():
@@ -16,6 +16,19 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def interval_errors(value, low, high):
+    """``yerr`` for bars with intervals: ``(2, N)`` distances below and above each value.
+
+    A percentile bootstrap interval need not contain its point estimate (skewed resamples, few
+    subjects) and may be NaN (no resamples): such a whisker is drawn with length 0 on that side
+    instead of making matplotlib refuse the figure.
+    """
+    import numpy as np
+
+    value, low, high = (np.asarray(v, dtype=float) for v in (value, low, high))
+    return np.nan_to_num(np.vstack([value - low, high - value]).clip(min=0))
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100, tight: bool = True) -> Path:

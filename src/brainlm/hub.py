@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from brainlm.errors import HubUnavailableError, MissingInputError, UserError
-from brainlm.io import atomic_write_text, read_json, verify_manifest
+from brainlm.io import MARKER, atomic_write_text, claim_folder, read_json, verify_manifest
 
 # huggingface_hub is imported where it is used: a model needs it only to fetch a hub id or to push.
 
@@ -73,6 +73,22 @@ def _why_not_fetched(err: Exception) -> str:
     return f"the Hub could not be reached and it is not in the local hub cache ({type(err).__name__})"
 
 
+def _check_hub_id(hub_id: str, owner: str, name: str, sub: list[str]) -> None:
+    """Refuse what is no Hub id before asking the Hub (it would answer "not reachable" for it)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    why = "a subfolder cannot be empty, '.' or '..'" if any(part in ("", ".", "..") for part in sub) else None
+    if why is None:
+        try:
+            validate_repo_id(f"{owner}/{name}")
+        except HFValidationError as err:
+            why = str(err).splitlines()[0]
+    if why:
+        raise MissingInputError(f"'{hub_id}' is not a local folder, and not a valid Hugging Face Hub id "
+                                f"(owner/name[/subfolder]): {why}")
+
+
 def _download(hub_id: str, revision: str | None) -> Path:
     """Fetch ``owner/name[/subfolder]`` with ``huggingface_hub`` (or take it from its cache)."""
     try:
@@ -82,6 +98,7 @@ def _download(hub_id: str, revision: str | None) -> Path:
                                   f"needs huggingface_hub (pip install 'brainlm[hf]'); or {_PASS_LOCAL}") from None
     owner, name, *sub = hub_id.split("/")
     subfolder = "/".join(sub)
+    _check_hub_id(hub_id, owner, name, sub)
     patterns = [f"{subfolder}/*"] if subfolder else None
     try:
         root = snapshot_download(f"{owner}/{name}", revision=revision, allow_patterns=patterns)
@@ -336,16 +353,20 @@ class HubMixin:
         """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card into a folder.
 
         Args:
-            save_directory: the folder (created if needed); existing files of these names are replaced.
+            save_directory: the folder (created if needed): new, empty or a checkpoint folder
+                (:func:`brainlm.io.claim_folder`), whose files of these names are replaced.
             benchmark: ``brainlm benchmark``'s ``results.json`` (dict, file or folder) for the card.
             hub_id: the name the card's loading example uses.
 
         Returns:
             The folder.
+
+        Raises:
+            OutputExistsError: the folder holds files brainlm did not write, or another artefact.
         """
         folder = Path(save_directory)
         card = model_card(type(self).__name__, self._card_config(), benchmark=benchmark, hub_id=hub_id)
-        folder.mkdir(parents=True, exist_ok=True)
+        claim_folder(folder, "checkpoint", overwrite=True, flag="save_directory")
         _FORMATS[self.model_types[0]].save(self, folder)
         atomic_write_text(folder / "README.md", card)
         return folder
@@ -371,7 +392,8 @@ class HubMixin:
             try:
                 repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
                 return api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=folder,
-                                         commit_message=commit_message, revision=branch, create_pr=create_pr)
+                                         commit_message=commit_message, revision=branch, create_pr=create_pr,
+                                         ignore_patterns=[MARKER])
             except Exception as err:  # HTTP errors, no network, no or bad token, bad repo id
                 line = str(err).splitlines()[0] if str(err) else ""
                 raise UserError(f"could not push to '{repo_id}' on the Hugging Face Hub "

@@ -11,8 +11,21 @@
 - **Writes** go to a temporary name in the same folder and are renamed into place
   (:func:`atomic_write`), so a reader never sees half a file; JSON is strict (NaN becomes
   ``null``).
-- **Outputs** that exist are replaced only with ``--overwrite`` (:func:`check_overwrite`), and
-  a folder being written holds a lock (:class:`OutputLock`): a second writer is refused.
+- **Folders we own** (:func:`claim_folder`, the one rule every command follows): a command
+  writes only into a folder that is new, empty, or holds the same kind of artefact written by
+  brainlm (a store, a prepare part, a training run, a checkpoint, a cross-validation, the demo,
+  a report). A folder that brainlm claims gets a marker file, ``.brainlm.json``
+  (``{"kind": ...}``), written before anything else, so a folder left half-written by a killed
+  command is still recognised as ours; folders written before the marker existed are recognised
+  by their signature files (a store's ``manifest.json`` format, a run's ``train_config.json``,
+  ...). A non-empty folder that is none of these, or another kind of artefact, is refused with
+  one line: nothing in it is replaced or deleted, with or without ``--overwrite``. A marker file
+  rather than a key in a manifest, because runs and reports have no manifest, a checkpoint's
+  manifest maps file names to checksums, and a manifest is written last while the marker must
+  be there from the first file on.
+- **Outputs** that exist are replaced only with ``--overwrite`` (:func:`check_overwrite`,
+  :func:`claim_file` for a single file), and a folder being written holds a lock
+  (:class:`OutputLock`): a second writer is refused.
 """
 
 from __future__ import annotations
@@ -57,6 +70,12 @@ __all__ = [
     "json_line",
     "check_overwrite",
     "check_writable",
+    "MARKER",
+    "FOLDER_KINDS",
+    "folder_kind",
+    "claim_folder",
+    "claim_file",
+    "remove_if_unused",
     "OutputLock",
     "output_folder",
     "normalize_subject_id",
@@ -96,7 +115,7 @@ def fsync_file(path: Path) -> None:
 def write_manifest(folder: str | os.PathLike) -> Path:
     """``manifest.json``: the size and SHA-256 of every other file of ``folder``; written last, all fsynced."""
     folder = Path(folder)
-    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "manifest.json")
+    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in ("manifest.json", MARKER))
     manifest = {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)} for name in files}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     for name in [*files, "manifest.json"]:
@@ -213,15 +232,133 @@ def check_overwrite(paths: Iterable[str | os.PathLike], overwrite: bool, flag: s
         raise OutputExistsError(f"not overwriting {', '.join(existing)} (pass {flag} to replace)")
 
 
-def check_writable(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """The folder ``path`` (created if missing) after checking it can be written; one clear error otherwise."""
+def check_writable(path: str | os.PathLike, flag: str = "--out", *, create: bool = True) -> Path:
+    """The folder ``path`` (created if missing, unless ``create=False``) after checking it can be
+    written; one clear error otherwise."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder")
     parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: {parent} is not writable")
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# The name of the marker brainlm leaves in every folder it claims (see the module docstring).
+MARKER = ".brainlm.json"
+# What a folder can hold, and how the folders of earlier versions (no marker) are recognised.
+FOLDER_KINDS = {
+    "store": "manifest.json of format brainlm-store/*",
+    "part": "part.json (a staged part of brainlm prepare --part)",
+    "run": "train_config.json, checkpoints/ or best/ (brainlm pretrain)",
+    "checkpoint": "config.json of model_type brainlm with model.safetensors",
+    "cross-validation": "cv.json (brainlm benchmark --cv)",
+    "demo": "store/manifest.json (brainlm demo)",
+    "report": "the outputs of the command writing it (report.md, results.json, ...)",
+}
+
+
+def _json_field(path: Path, key: str) -> str:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return ""
+    return str(value.get(key, "")) if isinstance(value, dict) else ""
+
+
+def _signature_kind(path: Path) -> str | None:
+    """The kind of a folder written before markers existed, from its signature files (see FOLDER_KINDS)."""
+    if _json_field(path / "part.json", "format").startswith("brainlm-part/"):
+        return "part"
+    if _json_field(path / "manifest.json", "format").startswith("brainlm-store/"):
+        return "store"
+    if (path / "cv.json").is_file():
+        return "cross-validation"
+    if (path / "train_config.json").is_file() or any(path.glob("checkpoints/step_*/config.json")) or \
+            (path / "best" / "config.json").is_file():
+        return "run"
+    # only brainlm's own model type: a model folder of another library is not ours to replace
+    if _json_field(path / "config.json", "model_type") == "brainlm" and (path / "model.safetensors").is_file():
+        return "checkpoint"
+    if (path / "store" / "manifest.json").is_file():
+        return "demo"
+    return None
+
+
+def folder_kind(path: str | os.PathLike) -> str | None:
+    """What brainlm wrote in the folder ``path``: the kind its marker names, else the kind its
+    signature files show (folders of earlier versions), else None (missing, empty, or not ours).
+
+    Raises:
+        CorruptFileError: a marker that cannot be read.
+    """
+    path = Path(path)
+    marker = path / MARKER
+    if marker.is_file():
+        value = read_json(marker, "brainlm folder marker")
+        if not isinstance(value, dict) or value.get("kind") not in FOLDER_KINDS:
+            raise CorruptFileError(f"{marker}: not a brainlm folder marker (expected {{\"kind\": one of "
+                                   f"{', '.join(FOLDER_KINDS)}}})")
+        return str(value["kind"])
+    return _signature_kind(path) if path.is_dir() else None
+
+
+def claim_folder(path: str | os.PathLike, kind: str, *, outputs: Iterable[str] = (), overwrite: bool = False,
+                 flag: str = "--out") -> Path:
+    """The one rule for writing a folder: may ``kind`` be written into ``path``? Checked before any work.
+
+    Allowed: a new folder, an empty one, or one that holds a ``kind`` written by brainlm (its
+    marker, or the signature files of an earlier version, or for a report one of ``outputs``).
+    The command's own rule decides what happens to what is there (continue, rebuild with
+    ``--overwrite``); ``outputs`` that exist are replaced only with ``overwrite``. On success
+    the folder exists and carries the marker.
+
+    Args:
+        kind: one of :data:`FOLDER_KINDS`.
+        outputs: file names the command writes (a report's), refused when present without ``overwrite``.
+        flag: the flag the folder came from, for messages.
+
+    Returns:
+        The folder.
+
+    Raises:
+        UserError: ``path`` is a file or not writable. OutputExistsError: the folder holds
+            files brainlm did not write, another kind of artefact, or (without ``overwrite``)
+            one of ``outputs``.
+    """
+    if kind not in FOLDER_KINDS:
+        raise ValueError(f"unknown folder kind {kind!r}; one of {', '.join(FOLDER_KINDS)}")
+    path = Path(path)
+    check_writable(path, flag, create=False)
+    outputs = list(outputs)
+    found = folder_kind(path)
+    if found is None and path.is_dir() and any(p.name != MARKER for p in path.iterdir()):
+        if kind == "report" and any((path / name).exists() for name in outputs):
+            found = "report"  # a report folder of an earlier version
+        else:
+            raise OutputExistsError(f"{flag} {path} is not empty and was not written by brainlm (no {MARKER}); "
+                                    f"nothing in it is replaced: choose a new or empty folder")
+    if found is not None and found != kind:
+        raise OutputExistsError(f"{flag} {path} holds a brainlm {found}, not a {kind}: a {kind} needs a folder of "
+                                "its own; choose another folder")
+    check_overwrite([path / name for name in outputs], overwrite)
     path.mkdir(parents=True, exist_ok=True)
+    if not (path / MARKER).is_file():
+        atomic_write_json(path / MARKER, {"kind": kind})
+    return path
+
+
+def claim_file(path: str | os.PathLike, *, overwrite: bool = False, flag: str = "--out",
+               companions: Iterable[str | os.PathLike] = ()) -> Path:
+    """The rule for a single output file (``embed --out x.parquet``): not a folder, in a writable
+    folder, and replaced (with its ``companions``, e.g. an ``.npy``'s index) only with ``overwrite``."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder, not a file")
+    check_writable(path.parent, flag, create=False)
+    check_overwrite([path, *companions], overwrite)
     return path
 
 
@@ -315,24 +452,34 @@ class OutputLock:
 
 
 @contextmanager
-def output_folder(path: str | os.PathLike, outputs: Iterable[str] = (), *, overwrite: bool = False,
-                  what: str = "output folder", flag: str = "--out"):
-    """Claim an output folder: writable, locked, and no listed output replaced without ``--overwrite``.
+def output_folder(path: str | os.PathLike, outputs: Iterable[str] = (), *, kind: str = "report",
+                  overwrite: bool = False, what: str | None = None, flag: str = "--out"):
+    """Claim an output folder (:func:`claim_folder`) and hold its lock while the body writes it.
 
-    Yields the folder (created if missing). If the folder did not exist and the body fails,
-    it is removed again, so a failed command leaves nothing behind.
+    Yields the folder. If it did not exist and the body fails, it is removed again, so a
+    failed command leaves nothing behind.
     """
     path = Path(path)
     existed = path.exists()
-    check_writable(path, flag)
-    with OutputLock(path, what=what):
-        check_overwrite([path / name for name in outputs], overwrite)
+    check_writable(path, flag, create=False)
+    with OutputLock(path, what=what or f"{kind} folder"):
         try:
-            yield path
+            yield claim_folder(path, kind, outputs=outputs, overwrite=overwrite, flag=flag)
         except BaseException:
-            if not existed and path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
+            if not existed:
+                remove_if_unused(path)
             raise
+
+
+def remove_if_unused(path: str | os.PathLike) -> None:
+    """Remove a folder that holds nothing but brainlm's marker (a claim whose command then failed)."""
+    path = Path(path)
+    try:
+        if path.is_dir() and all(p.name == MARKER for p in path.iterdir()):
+            (path / MARKER).unlink(missing_ok=True)
+            path.rmdir()
+    except OSError:
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,8 +680,8 @@ def _npy_index(path: Path, id_col: str) -> pd.DataFrame:
     for idx in candidates:
         if idx.is_file():
             frame = read_table(idx, [id_col])
-            if id_col not in frame.columns:
-                frame = frame.rename(columns={frame.columns[0]: id_col})
+            if id_col not in frame.columns and not any(c in frame.columns for c in SUBJECT_COLUMNS):
+                frame = frame.rename(columns={frame.columns[0]: id_col})  # a bare list of IDs
             return frame
     txt, js = path.with_suffix(".txt"), path.with_suffix(".json")
     if txt.is_file():

@@ -930,7 +930,7 @@ class BrainLMForPretraining(nn.Module, HubMixin):
         B, R, T = signal_vectors.shape
         W = self.config.timepoint_patching_size
         if k <= 0 or k % W or k >= T:
-            raise UserError(f"-k {k} must be a positive multiple of the patch size W = {W} and smaller than the window "
+            raise UserError(f"k = {k} must be a positive multiple of the patch size W = {W} and smaller than the window "
                             f"T = {T}")
         P = T // W
         masked = torch.zeros(B, R, P, dtype=torch.bool, device=signal_vectors.device)

@@ -304,6 +304,10 @@ class Options:
             return f.name.upper()
         return meta.get("flag") or f"--{name.replace('_', '-')}"
 
+    def resume_hint(self) -> str | None:
+        """What to run to continue after an interruption (Ctrl-C), for a command that can continue; else None."""
+        return None
+
     def replace(self, **changes: Any):
         """A copy with some fields changed (checked again)."""
         return dataclasses.replace(self, **changes)

@@ -4,7 +4,8 @@ On a terminal, :func:`progress` is an ordinary ``tqdm`` bar. When standard error
 terminal (a SLURM log, a file, a pipe), a bar redrawn with carriage returns would fill the
 log with one enormous line, so the bar instead prints a complete line about every
 ``log_interval`` seconds (30 by default, ``BRAINLM_LOG_INTERVAL`` to change), and a last
-line when it closes.
+line when it closes. ``BRAINLM_PROGRESS=0`` turns every bar off (scripts that read standard
+error, tests).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def progress(iterable: Iterable | None = None, *, enabled: bool = True, stream: 
     from tqdm.auto import tqdm
 
     stream = stream if stream is not None else sys.stderr
-    if not enabled:
+    if not enabled or os.environ.get("BRAINLM_PROGRESS", "1").strip() == "0":
         return tqdm(iterable, disable=True, **kwargs)
     if is_terminal(stream):
         return tqdm(iterable, file=stream, dynamic_ncols=True, **kwargs)

@@ -12,7 +12,9 @@ Input ``X`` follows the package's layout of a recording, ``(T, R)`` (timepoints 
 - a store folder (its recordings in store order, with the store's coordinates): handy for
   ``transform``; cross-validation needs arrays, which scikit-learn can index.
 
-Output: ``(N, D)`` float32. Recordings must be normalised as the model's training data was.
+Output: ``(N, D)`` float32. Recordings must be normalised as the model's training data was,
+and pass the checks ``prepare`` makes (real, finite, no constant region: see
+:mod:`brainlm.data.validate`); a bad recording raises ``InputError`` naming it.
 
 Region coordinates (BrainLM models read the ``(x, y, z)`` of every region): ``coords=`` (an
 ``(R, 3)`` array or a coordinate file, as ``prepare --coords``); for a 424-region model they
@@ -137,7 +139,7 @@ class BrainLMEmbedder(TransformerMixin, BaseEstimator):
         if isinstance(X, np.ndarray) and X.ndim != 3:
             raise UserError(f"X must be an (n_recordings, T, R) array, a list of (T, R) arrays or a store folder, "
                             f"got an array of shape {X.shape}")
-        arrays = [np.asarray(x, dtype=np.float32) for x in X]
+        arrays = [np.asarray(x) for x in X]  # not cast yet: open_recordings refuses complex, NaN, constant...
         check_layout(arrays, self.num_regions_, "the model's regions")
         return open_recordings(arrays, coords=self._coords())
 

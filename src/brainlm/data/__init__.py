@@ -29,7 +29,6 @@ from .original import read_original_coordinates, read_original_dataset
 from .parcellate import Parcellator
 from .prepare import (
     StoreOptions,
-    check_recording,
     merge_parts,
     parse_part,
     prepare,
@@ -41,6 +40,7 @@ from .readers import Recording, find_bids_bold, read_participants, read_timeseri
 from .sampler import WindowSampler
 from .sources import InputOptions, Source, open_source
 from .store import STORE_FORMAT, Store, open_store
+from .validate import check_recording, read_checked
 
 __all__ = [
     "Atlas", "load_atlas", "read_coordinates", "aal2_94_regions",
@@ -50,7 +50,7 @@ __all__ = [
     "read_original_dataset", "read_original_coordinates",
     "Parcellator",
     "InputOptions", "StoreOptions", "Source", "open_source",
-    "prepare", "write_store", "prepare_part", "merge_parts", "parse_part", "check_recording", "split_subjects",
+    "prepare", "write_store", "prepare_part", "merge_parts", "parse_part", "check_recording", "read_checked", "split_subjects",
     "InputError", "Recording", "find_bids_bold", "read_participants", "read_timeseries",
     "STORE_FORMAT", "Store", "open_store",
 ]

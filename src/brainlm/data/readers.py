@@ -87,10 +87,10 @@ def _load_array(path: Path, key: str | None) -> np.ndarray:
         arrays = {k: v for k, v in content.items() if isinstance(v, np.ndarray) and v.ndim == 2}
         if key is not None:
             if key not in arrays:
-                raise InputError(f"{path}: no 2D variable {key!r} (has {sorted(arrays)})")
+                raise InputError(f"{path}: no 2D variable {key!r} (--mat-key; has {sorted(arrays)})")
             return arrays[key]
         if len(arrays) != 1:
-            raise InputError(f"{path}: {len(arrays)} 2D variables {sorted(arrays)}; name one with key=")
+            raise InputError(f"{path}: {len(arrays)} 2D variables {sorted(arrays)}; name one with --mat-key")
         return next(iter(arrays.values()))
     raise InputError(f"{path}: unsupported time-series format {suffix!r} (use one of {', '.join(TIMESERIES_SUFFIXES)})")
 
@@ -126,6 +126,8 @@ def read_timeseries(
     except Exception as err:  # truncated / corrupt files raise many types
         raise InputError(f"{path}: unreadable or truncated file ({type(err).__name__}: {err})") from err
     x = np.asarray(x)
+    if np.iscomplexobj(x):  # casting to float32 would drop the imaginary part
+        raise InputError(f"{path}: complex values (dtype {x.dtype}); a recording must be real")
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise InputError(f"{path}: expected a 2D numeric array, got shape {x.shape} dtype {x.dtype}")
     if orientation not in {"auto", "TR", "RT"}:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from brainlm.errors import InputError, MissingInputError, UserError
+from brainlm.io import normalize_subject_id
 from brainlm.options import Options, at_least, option
 
 from .atlas import Atlas, load_atlas, read_coordinates
@@ -43,7 +44,7 @@ from .readers import (
     read_timeseries,
 )
 
-__all__ = ["KINDS", "InputOptions", "Source", "open_source", "detect_kind"]
+__all__ = ["KINDS", "ArrayOptions", "InputOptions", "Source", "open_source", "detect_kind", "timeseries_source"]
 
 KINDS = ("auto", "bold", "bids", "timeseries", "original", "brainmarks")
 _BOLD, _PARCELLATED, _DATASETS = ("parcellation (BOLD / BIDS inputs)", "parcellated inputs",
@@ -52,8 +53,17 @@ _NIFTI = (".nii", ".nii.gz")
 
 
 @dataclass(kw_only=True)
+class ArrayOptions(Options):
+    """How the array of a parcellated time-series file is read: the same for ``prepare`` and for every
+    command that applies a model to files."""
+
+    orientation: str = option("auto", "rows are timepoints (TR) or regions (RT)", choices=("auto", "TR", "RT"),
+                              group=_PARCELLATED)
+    mat_key: str | None = option(None, "variable name inside .mat files", group=_PARCELLATED)
+
+
 @dataclass(kw_only=True)
-class InputOptions(Options):
+class InputOptions(ArrayOptions):
     """How to read the inputs (the input flags of ``brainlm prepare``; store options are separate)."""
 
     kind: str = option("auto", "what the inputs are (auto: detected)", choices=KINDS)
@@ -71,9 +81,6 @@ class InputOptions(Options):
     coords: str | None = option(None, "coordinate file (.dat label X Y Z, or .csv/.tsv with x, y, z columns)",
                                 group=_PARCELLATED)
     atlas_name: str | None = option(None, "name stored with the data", group=_PARCELLATED)
-    orientation: str = option("auto", "rows are timepoints (TR) or regions (RT)", choices=("auto", "TR", "RT"),
-                              group=_PARCELLATED)
-    mat_key: str | None = option(None, "variable name inside .mat files", group=_PARCELLATED)
     tr: float | None = option(None, "repetition time (s) of inputs that do not carry one", group=_PARCELLATED)
     # original BrainLM / Brainmarks datasets
     recording_column: str = option("Voxelwise_RobustScaler_Normalized_Recording",
@@ -177,7 +184,7 @@ def open_source(inputs: list[str | Path], options: InputOptions | None = None) -
         raise UserError("no inputs given (pass files or folders, or --demo)")
     for p in paths:
         if not p.exists():
-            raise MissingInputError(f"{p}: input not found")
+            raise MissingInputError(f"{_shown(p)}: input not found")
     kind = detect_kind(paths[0]) if options.kind == "auto" else options.kind
     adapters = {"bold": _bold_source, "bids": _bold_source, "timeseries": _timeseries_source,
                 "original": _original_source, "brainmarks": _brainmarks_source}
@@ -211,15 +218,26 @@ def _ids_from_path(path: Path) -> dict:
             "task": ent.get("task", "")}
 
 
-def _phenotype_lookup(paths: list[Path], options: InputOptions, kind: str) -> Callable[[str], dict]:
-    """subject ID -> phenotype dict, from ``--participants`` or a BIDS ``participants.tsv``."""
+def _phenotype_lookup(paths: list[Path], options: InputOptions, kind: str, subjects: list[str]) -> Callable[[str], dict]:
+    """subject ID -> phenotype dict, from ``--participants`` or a BIDS ``participants.tsv``.
+
+    Raises:
+        InputError: the table has none of the inputs' ``subjects`` (every phenotype would be missing).
+    """
+    where = f"--participants {options.participants}"
     table = read_participants(options.participants) if options.participants else None
     if table is None and kind == "bids":
         found = [p / "participants.tsv" for p in paths if (p / "participants.tsv").is_file()]
         table = read_participants(found[0]) if found else None
+        where = str(found[0]) if found else where
     if table is None:
         return lambda subject: {}
-    return lambda subject: table.loc[subject].to_dict() if subject in table.index else {}
+    wanted = sorted({normalize_subject_id(s) for s in subjects})
+    if wanted and not set(wanted) & set(table.index):
+        raise InputError(f"{where}: none of its {len(table)} subject IDs (e.g. {', '.join(map(str, table.index[:3]))}) "
+                         f"is a subject of the inputs (e.g. {', '.join(wanted[:3])}); check the ID column")
+    return lambda subject: table.loc[normalize_subject_id(subject)].to_dict() \
+        if normalize_subject_id(subject) in table.index else {}
 
 
 def _bold_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
@@ -229,10 +247,10 @@ def _bold_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
     atlas = load_atlas(options.atlas, coords=options.atlas_coords, name=options.atlas_name)
     parcellator = Parcellator(atlas, detrend=options.detrend, high_pass=options.high_pass, low_pass=options.low_pass,
                               confound_strategy=options.confound_strategy).fit()
-    phenotypes = _phenotype_lookup(paths, options, kind)
     files = _expand(paths, kind)
     if not files:
-        raise UserError(f"no BOLD images found in {', '.join(map(str, paths))} (--kind {kind})")
+        raise UserError(f"no BOLD images found in {', '.join(map(_shown, paths))} (--kind {kind})")
+    phenotypes = _phenotype_lookup(paths, options, kind, [_ids_from_path(f)["subject_id"] for f in files])
 
     def load(path: Path) -> Recording:
         import nibabel as nib
@@ -244,7 +262,7 @@ def _bold_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
 
     keys = ("atlas", "atlas_coords", "detrend", "high_pass", "low_pass", "confound_strategy", "atlas_name", "tr",
             "participants")
-    return Source(kind, parcellator.atlas_, [(str(f), lambda f=f: load(f)) for f in files], "robust",
+    return Source(kind, parcellator.atlas_, [_item(f, load) for f in files], "robust",
                   {k: getattr(options, k) for k in keys})
 
 
@@ -254,20 +272,49 @@ def _timeseries_source(paths: list[Path], options: InputOptions, kind: str) -> S
     xyz, names = read_coordinates(options.coords)
     atlas = Atlas(name=options.atlas_name or Path(options.coords).name.split(".")[0], coords=xyz,
                   region_names=names or [str(i) for i in range(len(xyz))])
-    phenotypes = _phenotype_lookup(paths, options, kind)
-    files = _expand(paths, kind)
+    return timeseries_source(paths, atlas, options)
+
+
+def timeseries_source(paths: list[str | Path], atlas: Atlas, options: InputOptions | None = None) -> Source:
+    """Parcellated time-series files (and folders of them) read in the atlas's region order: the
+    ``timeseries`` adapter, for ``prepare`` and for every command that applies a model to files."""
+    options = options or InputOptions()
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        if not p.exists():
+            raise MissingInputError(f"{_shown(p)}: input not found")
+    files = _expand(paths, "timeseries")
     if not files:
-        raise UserError(f"no time-series files ({', '.join(TIMESERIES_SUFFIXES)}) in {', '.join(map(str, paths))}")
+        raise UserError(f"no time-series files ({', '.join(TIMESERIES_SUFFIXES)}) in {', '.join(map(_shown, paths))}")
+    phenotypes = _phenotype_lookup(paths, options, "timeseries", [_ids_from_path(f)["subject_id"] for f in files])
+    R = atlas.num_regions
 
     def load(path: Path) -> Recording:
-        data = read_timeseries(path, num_regions=len(xyz), orientation=options.orientation, key=options.mat_key)
+        data = read_timeseries(path, num_regions=R, orientation=options.orientation, key=options.mat_key)
         ids = _ids_from_path(path)
         return Recording(data, tr=options.tr or float("nan"), source=str(path),
                          phenotypes=phenotypes(ids["subject_id"]), **ids)
 
     keys = ("coords", "atlas_name", "orientation", "mat_key", "tr", "participants")
-    return Source(kind, atlas, [(str(f), lambda f=f: load(f)) for f in files], "robust",
+    return Source("timeseries", atlas, [_item(f, load) for f in files], "robust",
                   {k: getattr(options, k) for k in keys})
+
+
+def _shown(path: str | Path) -> str:
+    """A path as text that can be printed and stored (bytes that are not UTF-8 shown as escapes)."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _item(path: Path, load: Callable[[Path], Recording]) -> tuple[str, Callable[[], Recording]]:
+    """``(source name, load)`` of one input; a file name that is not UTF-8 cannot be stored in a
+    table or a manifest, so its file is a bad input (skipped, or the end of the run)."""
+    name = _shown(path)
+    if name != str(path):
+        def refuse() -> Recording:
+            raise InputError(f"{name}: the file name is not valid UTF-8; rename the file")
+
+        return name, refuse
+    return name, lambda: load(path)
 
 
 def _original_source(paths: list[Path], options: InputOptions, kind: str) -> Source:

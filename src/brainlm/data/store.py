@@ -12,7 +12,10 @@ Layout of a store folder (the full schema is in ``docs/store.md``)::
 Shards are uncompressed Arrow IPC files so they are memory-mapped: opening a store reads only
 the small tables, and a window read touches only its own bytes.
 
-**Integrity.** Every file the manifest lists carries its size and SHA-256. Each shard is
+**Integrity.** Every file the manifest lists carries its size and SHA-256, and only files it
+lists are read, by paths inside the store (:func:`store_file`, the one rule of the readers and
+of ``verify``): a shard the recordings table names but the manifest does not list, or a path
+that leads out of the store (``../x``, an absolute path), is refused as corrupt. Each shard is
 checked the first time a process opens it: its size always, and its SHA-256 unless this
 machine has already verified the same file (same path, size, modification time and inode; the
 cache is ``$BRAINLM_CACHE/verified.json``, default ``~/.cache/brainlm``). A damaged, truncated
@@ -44,7 +47,8 @@ from brainlm.io import (
     temporary_path,
 )
 
-__all__ = ["Store", "open_store", "STORE_FORMAT", "META_COLUMNS", "TABLE_COLUMNS", "ShardWriter", "shard_schema"]
+__all__ = ["Store", "open_store", "store_file", "listed_files", "STORE_FORMAT", "META_COLUMNS", "TABLE_COLUMNS",
+           "ShardWriter", "shard_schema"]
 
 STORE_FORMAT = "brainlm-store/1"
 ID_COLUMNS = ("recording_id", "subject_id", "session_id", "run_id", "task")
@@ -206,6 +210,32 @@ def verify_file(path: Path, expected: dict, *, use_cache: bool = True, what: str
     _remember(key)
 
 
+def store_file(root: Path, rel: str, entries: dict[str, dict], what: str = "file") -> tuple[Path, dict]:
+    """The path of a file of the store ``root`` and its manifest entry: the one rule for reading one.
+
+    A file is read only when the manifest lists it (``entries``: relative path -> ``bytes``,
+    ``sha256``) and its relative path stays inside the store.
+
+    Raises:
+        CorruptFileError: not listed, or a path that leads out of the store.
+    """
+    parts = Path(str(rel)).parts
+    if not parts or Path(str(rel)).is_absolute() or any(part in ("..", "") for part in parts):
+        raise CorruptFileError(f"{root}/manifest.json: the path {rel!r} of a {what} leads out of the store; "
+                               "the manifest is damaged or altered")
+    if rel not in entries:
+        raise CorruptFileError(f"{root / rel}: this {what} is not listed in {root}/manifest.json (damaged or "
+                               "altered manifest); rebuild the store with brainlm prepare")
+    return root / rel, entries[rel]
+
+
+def listed_files(manifest: dict) -> dict[str, dict]:
+    """Every file a store manifest lists (tables and shards): relative path -> ``bytes``, ``sha256``."""
+    entries = {rel: meta for rel, meta in (manifest.get("checksums") or {}).items()}
+    entries.update({s["file"]: s for s in manifest.get("shards") or [] if isinstance(s, dict) and "file" in s})
+    return entries
+
+
 class _ShardReader:
     """Memory-mapped view of one verified shard: ``(T, R)`` arrays without copying the file."""
 
@@ -263,8 +293,13 @@ class Store:
         if not manifest_path.is_file():
             raise MissingInputError(f"{self.path}: not a brainlm store (no manifest.json); build one with brainlm prepare")
         self.manifest = read_json(manifest_path)
-        if self.manifest.get("format") != STORE_FORMAT:
-            raise UserError(f"{self.path}: unknown store format {self.manifest.get('format')!r}")
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != STORE_FORMAT:
+            found = self.manifest.get("format") if isinstance(self.manifest, dict) else None
+            raise UserError(f"{self.path}: unknown store format {found!r}")
+        missing = [k for k in ("files", "shards", "splits", "normalization") if k not in self.manifest]
+        if missing or not all(k in (self.manifest["files"] or {}) for k in ("recordings", "regions")):
+            raise CorruptFileError(f"{manifest_path}: incomplete store manifest (no {(missing or ['files'])[0]!r}); "
+                                   "rebuild the store with brainlm prepare")
         regions = self._table("regions")
         self.coords = regions[["x", "y", "z"]].to_numpy(np.float32)
         self.region_names = regions["name"].astype(str).tolist()
@@ -274,13 +309,15 @@ class Store:
         self._shard_of = self.recordings["shard"].to_numpy()
         self._row_of = self.recordings["row"].to_numpy()
         self._entries = {s["file"]: s for s in self.manifest["shards"]}
+        for shard in sorted(set(map(str, self._shard_of))):
+            store_file(self.path, shard, self._entries, "shard")
         self._readers: dict[str, _ShardReader] = {}
         self._pid = os.getpid()
 
     def _table(self, name: str) -> pd.DataFrame:
         rel = self.manifest["files"][name]
-        path = self.path / rel
-        verify_file(path, self.manifest.get("checksums", {}).get(rel, {}), what=f"{name} table")
+        path, entry = store_file(self.path, rel, self.manifest.get("checksums", {}), f"{name} table")
+        verify_file(path, entry, what=f"{name} table")
         try:
             return pd.read_parquet(path)
         except Exception as err:  # pyarrow raises several types for damaged files
@@ -332,8 +369,8 @@ class Store:
         if os.getpid() != self._pid:  # a forked DataLoader worker maps the files anew
             self._readers, self._pid = {}, os.getpid()
         if shard not in self._readers:
-            path = self.path / shard
-            verify_file(path, self._entries.get(shard, {}), what="shard")
+            path, entry = store_file(self.path, shard, self._entries, "shard")
+            verify_file(path, entry, what="shard")
             self._readers[shard] = _ShardReader(path, self.num_regions)
         return self._readers[shard]
 
@@ -363,8 +400,9 @@ class Store:
         """
         from brainlm.progress import progress as progress_bar
 
-        entries = [(self.path / rel, meta, "table") for rel, meta in self.manifest.get("checksums", {}).items()]
-        entries += [(self.path / s["file"], s, "shard") for s in self.manifest["shards"]]
+        tables = self.manifest.get("checksums", {})
+        entries = [(*store_file(self.path, rel, tables, "table"), "table") for rel in tables]
+        entries += [(*store_file(self.path, rel, self._entries, "shard"), "shard") for rel in self._entries]
         for path, meta, what in progress_bar(entries, enabled=progress, desc="verify", unit="file"):
             verify_file(path, meta, use_cache=False, what=what)
             if what == "shard":

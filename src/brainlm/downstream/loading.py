@@ -18,14 +18,17 @@ both model kinds share (``num_regions``, ``window_length``, ``num_tokens``, ``em
 time-series files (those ``prepare`` reads, with a coordinate file), or arrays in memory
 (``(N, T, R)``, or a list of ``(T, R)`` of any lengths, with coordinates). Files and arrays are
 used as given: they must already be normalised the way the model's training data was (run
-``brainlm prepare`` to get the same normalisation as a store).
+``brainlm prepare`` to get the same normalisation as a store). They pass the checks ``prepare``
+makes (:mod:`brainlm.data.validate`: real, finite, no constant region, the coordinates' region
+count, unique recording IDs): a bad file is skipped with one line naming it, or stops the
+command with ``on_error="raise"``; a bad array always stops it.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +91,7 @@ class Recordings:
     load: Callable[[int], np.ndarray]
     source: str
     region_names: list[str] | None = None
+    skipped: list[dict] = field(default_factory=list)  # files not used: source and reason
 
     @property
     def num_regions(self) -> int:
@@ -110,7 +114,8 @@ class Recordings:
 
 
 def open_recordings(
-    data, split: str | None = None, coords: str | os.PathLike | np.ndarray | None = None
+    data, split: str | None = None, coords: str | os.PathLike | np.ndarray | None = None, *,
+    on_error: str = "skip", max_abs: float | None = None, orientation: str = "auto", mat_key: str | None = None,
 ) -> Recordings:
     """Recordings of a store (optionally one split) or of parcellated time-series files.
 
@@ -120,9 +125,17 @@ def open_recordings(
             or a list of ``(T, R)`` (recording ``i`` gets the id ``str(i)``).
         split: store split (``train``/``validation``/``test``); None for all. Not used for files.
         coords: for files and arrays: a coordinate file (as ``prepare --coords``) or an ``(R, 3)`` array.
+        on_error: a file that fails the checks of ``prepare`` is skipped (``"skip"``, listed in
+            ``Recordings.skipped``) or stops (``"raise"``); arrays always raise.
+        max_abs: the largest magnitude a value may have (float16 inference: 65504).
+        orientation, mat_key: how a file's array is read, as ``prepare``'s ``--orientation`` and ``--mat-key``.
 
     Returns:
         ``Recordings``.
+
+    Raises:
+        MissingInputError: a store folder or file that does not exist.
+        UserError / InputError: no coordinates for files or arrays, a bad array, no usable file.
     """
     from brainlm.data import Store, open_store
 
@@ -131,31 +144,46 @@ def open_recordings(
     if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
         data = open_store(data)
     if isinstance(data, Store):
-        store = data
-        idx = store.split_index(split)
-        cols = ["recording_id", "subject_id", "session_id", "run_id"]
-        meta = [{c: str(v) for c, v in row.items()} for row in store.recordings.iloc[idx][cols].to_dict("records")]
-        return Recordings(store.coords.astype(np.float32), meta, lambda i: store.get(int(idx[i])), str(store.path),
-                          list(store.region_names))
+        return _store_recordings(data, split)
     arrays = isinstance(data, np.ndarray) or (isinstance(data, (list, tuple)) and len(data) > 0
                                               and all(isinstance(a, np.ndarray) for a in data))
     files = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     if not files:
         raise UserError("no recordings given")
+    if not arrays:
+        for f in files:
+            if not Path(f).exists():
+                raise MissingInputError(f"{f}: no such store folder or time-series file")
+    xyz = _coordinates(coords)
+    if arrays:
+        return _array_recordings(list(data) if isinstance(data, np.ndarray) else data, xyz, max_abs)
+    from brainlm.data import InputOptions
+
+    return _file_recordings(files, xyz, on_error, max_abs, InputOptions(orientation=orientation, mat_key=mat_key))
+
+
+def _store_recordings(store, split: str | None) -> Recordings:
+    idx = store.split_index(split)
+    cols = ["recording_id", "subject_id", "session_id", "run_id"]
+    meta = [{c: str(v) for c, v in row.items()} for row in store.recordings.iloc[idx][cols].to_dict("records")]
+    return Recordings(store.coords.astype(np.float32), meta, lambda i: store.get(int(idx[i])), str(store.path),
+                      list(store.region_names))
+
+
+def _coordinates(coords) -> np.ndarray:
+    """``(R, 3)`` float32 region centres from ``--coords`` (a file) or an array; required for files and arrays."""
     if coords is None:
         raise UserError("time-series files need region coordinates: pass --coords")
     if isinstance(coords, (str, os.PathLike)):
         from brainlm.data import read_coordinates
 
-        xyz = read_coordinates(coords)[0]
-    else:
-        xyz = coords
-    xyz = np.asarray(xyz, dtype=np.float32)
+        coords = read_coordinates(coords)[0]
+    xyz = np.asarray(coords, dtype=np.float32)
     if xyz.ndim != 2 or xyz.shape[1] != 3:
         raise UserError(f"--coords must give (R, 3) coordinates, got shape {xyz.shape}")
     if not np.isfinite(xyz).all():
         raise UserError(f"--coords: {int((~np.isfinite(xyz).all(1)).sum())} regions have non-finite coordinates")
-    return _array_recordings(files, xyz) if arrays else _file_recordings(files, xyz)
+    return xyz
 
 
 def check_layout(arrays: Sequence[np.ndarray], num_regions: int, what: str = "the coordinates") -> None:
@@ -167,27 +195,33 @@ def check_layout(arrays: Sequence[np.ndarray], num_regions: int, what: str = "th
                             f"(timepoints x regions){hint}")
 
 
-def _array_recordings(arrays: list[np.ndarray], xyz: np.ndarray) -> Recordings:
+def _array_recordings(arrays: list[np.ndarray], xyz: np.ndarray, max_abs: float | None) -> Recordings:
+    from brainlm.data.validate import check_recording
+
     check_layout(arrays, len(xyz))
+    for i, a in enumerate(arrays):
+        check_recording(a, f"recording {i}", num_regions=len(xyz), max_abs=max_abs)
     meta = [{"recording_id": str(i), "subject_id": str(i), "session_id": "", "run_id": ""} for i in range(len(arrays))]
     return Recordings(xyz, meta, lambda i: np.asarray(arrays[i], dtype=np.float32), f"{len(arrays)} arrays")
 
 
-def _file_recordings(files: Sequence, xyz: np.ndarray) -> Recordings:
-    from brainlm.data.readers import parse_bids_entities, read_timeseries
+def _file_recordings(files: Sequence, xyz: np.ndarray, on_error: str, max_abs: float | None, options) -> Recordings:
+    """The files that pass the checks of ``prepare`` (one reading of each); they are read again when used."""
+    from brainlm.data import Atlas
+    from brainlm.data.sources import timeseries_source
+    from brainlm.data.validate import no_usable_recordings, read_checked
 
-    meta = []
-    for f in files:
-        path = Path(f)
-        if not path.is_file():
-            raise MissingInputError(f"{path}: file not found")
-        ent = parse_bids_entities(path)
-        sub = ent.get("sub", path.name.split(".")[0])
-        m = {"subject_id": sub, "session_id": ent.get("ses", ""), "run_id": ent.get("run", "")}
-        m["recording_id"] = "_".join([f"sub-{sub}"] + [f"{k}-{ent[k]}" for k in ("ses", "task", "run") if k in ent])
-        meta.append(m)
-    paths = [Path(f) for f in files]
-    return Recordings(xyz, meta, lambda i: read_timeseries(paths[i], num_regions=len(xyz)), f"{len(files)} files")
+    atlas = Atlas(name="coords", coords=xyz, region_names=[str(i) for i in range(len(xyz))])
+    source = timeseries_source(list(files), atlas, options)
+    skipped: list[dict] = []
+    kept = [(k, rec) for k, rec, _ in read_checked(source, skipped, on_error=on_error, max_abs=max_abs, unique=True)]
+    if not kept:
+        raise no_usable_recordings(len(source.items), skipped)
+    meta = [{"recording_id": rec.recording_id, "subject_id": rec.subject_id, "session_id": rec.session_id,
+             "run_id": rec.run_id} for _, rec in kept]
+    loads = [source.items[k][1] for k, _ in kept]
+    return Recordings(xyz, meta, lambda i: np.ascontiguousarray(loads[i]().data, dtype=np.float32),
+                      f"{len(kept)} files", skipped=skipped)
 
 
 def training_recordings(data) -> Recordings | None:

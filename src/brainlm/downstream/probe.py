@@ -407,7 +407,7 @@ def _probe_targets(target: str | pd.Series, data, targets_file, subject_column) 
     if isinstance(target, pd.Series):
         return str(target.name), target.set_axis(target.index.map(normalize_subject_id))
     if targets_file is None:
-        if isinstance(data, (list, tuple)):
+        if isinstance(data, (list, tuple, Recordings)):
             raise UserError("time-series files carry no phenotypes: pass --targets")
         return target, load_targets(data, target)
     return target, load_targets(targets_file, target, subject_column)

@@ -223,6 +223,20 @@ def forecast_windows(model: nn.Module, signal_vectors, xyz_vectors, k: int,
         return model.forecast(x.to(device), xyz.to(device), k).float().cpu().numpy()
 
 
+def check_horizon(model: nn.Module, k: int, window: int, num_regions: int, flag: str = "k") -> None:
+    """Refuse a forecast horizon the model cannot take, before any work, naming the flag it came from.
+
+    The model's own ``forecast`` decides (a BrainLM model needs a multiple of its patch size,
+    a ViT-MAE model its own range): one window of zeros is forecast and its refusal re-raised.
+    """
+    x = torch.zeros(1, num_regions, window)
+    try:
+        with torch.no_grad():
+            forecast_windows(model, x, torch.zeros(num_regions, 3), k)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"{flag} {k}: {err}") from None
+
+
 @dataclass
 class ForecastResult:
     """Forecast metrics and the arrays they came from.
@@ -258,12 +272,19 @@ def forecast_recordings(
     batch_size: int = 16,
     precision: str = "fp32",
     progress: bool = True,
+    flag: str = "k",
 ) -> ForecastResult:
-    """Forecast the last k timepoints of sliding windows of every recording, with the baselines."""
+    """Forecast the last k timepoints of sliding windows of every recording, with the baselines.
+
+    Args:
+        flag: the name ``k`` came under, for the message when the model cannot take it
+            (``--last`` of ``brainlm forecast``, ``--forecast-k`` of ``brainlm benchmark``).
+    """
     from .embed import window_starts
 
     check_regions(model, recordings.num_regions, recordings.source)
     T = window or model.window_length
+    check_horizon(model, k, T, recordings.num_regions, flag)
     dtype = resolve_precision(precision, next(model.parameters()).device)
     trues, preds, ctxs, rows = [], [], [], []
     for meta, ts in progress_bar(recordings, enabled=progress, total=len(recordings), desc="forecast", unit="rec"):

@@ -11,13 +11,14 @@ the data are a store (the connectivity fill, AR and VAR need one).
 
 from __future__ import annotations
 
-import json
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from brainlm.data.sources import ArrayOptions
+from brainlm.data.validate import FLOAT16_MAX, ON_ERROR
 from brainlm.distributed import (
     DeviceOptions,
     destroy_distributed,
@@ -36,8 +37,9 @@ from brainlm.evaluate.verdict import compare
 from brainlm.options import at_least, between, option, positive
 from brainlm.io import (
     OutputLock,
+    atomic_write_json,
     atomic_write_text,
-    check_overwrite,
+    claim_file,
     output_folder,
     write_csv,
     write_embeddings,
@@ -57,7 +59,7 @@ __all__ = ["RecordingsOptions", "EmbedOptions", "ReconstructOptions", "ForecastO
 
 
 @dataclass(kw_only=True)
-class RecordingsOptions(DeviceOptions):
+class RecordingsOptions(DeviceOptions, ArrayOptions):
     """A model and the recordings it runs on: what every command applying a model takes."""
 
     checkpoint: str = option(help="model folder (ours, original BrainLM, ViT-MAE, a training run) or hub id",
@@ -67,12 +69,24 @@ class RecordingsOptions(DeviceOptions):
     coords: str | None = option(None, "coordinate file for time-series files")
     split: str | None = option(None, "store split: train, validation or test (default: all)")
     window: int | None = option(None, "timepoints per window (default: the model's)", check=at_least(1, optional=True))
+    on_error: str = option("skip", "time-series files that fail prepare's checks (NaN, constant, complex, duplicate "
+                           "IDs, ...): skip them (each named on stderr) or stop", choices=ON_ERROR)
     overwrite: bool = option(False, "replace existing outputs")
 
     @property
     def source(self):
         """What :func:`open_recordings` takes: the store folder, or the list of files."""
         return self.data[0] if len(self.data) == 1 and not self.coords else list(self.data)
+
+    def recordings(self):
+        """The data to run on: a store as its folder (it was checked when it was prepared), or the
+        time-series files that pass ``prepare``'s checks (:func:`open_recordings`)."""
+        source = self.source
+        if isinstance(source, str) and Path(source).is_dir():
+            return source
+        return open_recordings(source, self.split, self.coords, on_error=self.on_error,
+                               max_abs=FLOAT16_MAX if self.precision == "fp16" else None,
+                               orientation=self.orientation, mat_key=self.mat_key)
 
 
 @dataclass(kw_only=True)
@@ -152,19 +166,25 @@ class FingerprintOptions(RecordingsOptions):
 
 @contextmanager
 def _claim(path, outputs=(), *, overwrite: bool, file: bool = False):
-    """Claim an output (lock, overwrite policy) on rank 0; its refusal is raised on every rank."""
+    """Claim an output (lock, :func:`brainlm.io.claim_file` or ``claim_folder``) on rank 0; its refusal
+    is raised on every rank."""
     with ExitStack() as stack:
         def claim():
             if not is_main_process():
                 return
             if file:
+                claim_file(path, overwrite=overwrite, companions=_companions(Path(path)))
                 stack.enter_context(OutputLock(path, what="output file"))
-                check_overwrite([path], overwrite)
             else:
                 stack.enter_context(output_folder(path, outputs, overwrite=overwrite))
 
         share_errors(claim)
         yield Path(path)
+
+
+def _companions(path: Path) -> list[Path]:
+    """The files written beside an embedding table (an ``.npy``'s index)."""
+    return [path.with_suffix(".index.tsv")] if path.suffix.lower() == ".npy" else []
 
 
 def _load(checkpoint, device: str):
@@ -183,7 +203,8 @@ def run_embed(options: EmbedOptions) -> Path:
     init_distributed()
     try:
         with _claim(out, overwrite=o.overwrite, file=True):
-            emb = embed(_load(o.checkpoint, o.device), o.source, split=o.split, coords=o.coords, pooling=o.pooling,
+            model = _load(o.checkpoint, o.device)
+            emb = embed(model, o.recordings(), split=o.split, coords=o.coords, pooling=o.pooling,
                         average_regions=not o.keep_regions, windows=o.windows, window=o.window, stride=o.stride,
                         batch_size=o.batch_size, attention=o.attention, precision=o.precision)
             if emb is not None:
@@ -203,7 +224,7 @@ def run_reconstruct(options: ReconstructOptions) -> pd.DataFrame | None:
     init_distributed()
     try:
         with _claim(o.out, ["r2_per_region.csv", "summary.csv"], overwrite=o.overwrite) as out:
-            recs = open_recordings(o.source, o.split, o.coords)
+            recs = open_recordings(o.recordings(), o.split, o.coords)
             train = training_recordings(o.source)
             baselines = ReconstructionBaselines().fit(x for _, x in train) if train is not None else ReconstructionBaselines()
             result = reconstruct_recordings(_load(o.checkpoint, o.device), recs, baselines=baselines,
@@ -246,12 +267,13 @@ def run_forecast(options: ForecastOptions) -> pd.DataFrame:
     """Forecast the last k timepoints of each window; write ``forecast_metrics.csv`` and a plot."""
     o = options
     with output_folder(o.out, ["forecast_metrics.csv", "forecast.png"], overwrite=o.overwrite) as out:
+        recs = open_recordings(o.recordings(), o.split, o.coords)
         train = training_recordings(o.source)
         baselines = ForecastBaselines(order=o.ar_order)
         if train is not None:
             baselines.fit(x for _, x in train)
-        result = forecast_recordings(_load(o.checkpoint, o.device), open_recordings(o.source, o.split, o.coords), o.last,
-                                     baselines=baselines, window=o.window, stride=o.stride, precision=o.precision)
+        result = forecast_recordings(_load(o.checkpoint, o.device), recs, o.last, baselines=baselines,
+                                     window=o.window, stride=o.stride, precision=o.precision, flag=o.flag("last"))
         write_csv(result.metrics, out / "forecast_metrics.csv")
         plot_forecast(result, out / "forecast.png",
                       title=f"last {o.last} timepoints of {result.index['recording_id'].iloc[0]}")
@@ -267,14 +289,14 @@ def run_probe(options: ProbeOptions) -> pd.DataFrame:
     o = options
     names = ["probe_metrics.csv", "probe_predictions.csv", "probe_folds.json", "missing_subjects.txt"]
     with output_folder(o.out, names, overwrite=o.overwrite) as out:
-        result = probe(_load(o.checkpoint, o.device), o.source, o.target, targets_file=o.targets,
+        result = probe(_load(o.checkpoint, o.device), o.recordings(), o.target, targets_file=o.targets,
                        subject_column=o.subject_column, split=o.split, coords=o.coords, pooling=o.pooling,
                        windows=o.windows, window=o.window, stride=o.stride, fc_baseline=o.fc_baseline, task=o.task,
                        probes=o.probes, n_splits=o.folds, inner_splits=o.inner_folds, n_boot=o.bootstrap,
                        seed=o.seed, precision=o.precision)
         write_csv(result.metrics, out / "probe_metrics.csv")
         write_csv(result.predictions, out / "probe_predictions.csv")
-        atomic_write_text(out / "probe_folds.json", json.dumps(result.folds, indent=1) + "\n")
+        atomic_write_json(out / "probe_folds.json", result.folds, indent=1)
         atomic_write_text(out / "missing_subjects.txt", "".join(f"{s}\n" for s in result.missing_subjects))
     if result.missing_subjects:
         print(f"left out (no {o.target!r} target): {', '.join(result.missing_subjects)}")
@@ -286,7 +308,7 @@ def run_finetune(options: FinetuneOptions) -> pd.DataFrame:
     """Fine-tune and save the best model into ``options.out`` (with ``history.csv``); returns the history."""
     o = options
     config = o.as_base(FinetuneConfig).replace(freeze_encoder=not o.full)
-    with output_folder(o.out, ["config.json", "history.csv"], overwrite=o.overwrite, what="checkpoint folder") as out:
+    with output_folder(o.out, ["config.json", "history.csv"], kind="checkpoint", overwrite=o.overwrite) as out:
         result = finetune(o.checkpoint, o.store, o.target, config, targets_file=o.targets,
                           subject_column=o.subject_column, out_dir=out, overwrite=True)
         write_csv(result.history, out / "history.csv")
@@ -300,7 +322,7 @@ def run_fingerprint(options: FingerprintOptions) -> pd.DataFrame:
     o = options
     names = ["fingerprint.csv", "fingerprint_matches.csv", "fingerprint.png"]
     with output_folder(o.out, names, overwrite=o.overwrite) as out:
-        summary, matches = fingerprint(_load(o.checkpoint, o.device), o.source, split=o.split, coords=o.coords,
+        summary, matches = fingerprint(_load(o.checkpoint, o.device), o.recordings(), split=o.split, coords=o.coords,
                                        pooling=o.pooling, keep_regions=o.keep_regions, window=o.window,
                                        stride=o.stride, precision=o.precision)
         write_csv(summary, out / "fingerprint.csv")

@@ -48,22 +48,33 @@ class EvaluationOptions(Options):
 def infer_task(y, task: str = "auto") -> str:
     """``"classification"`` for text, boolean or two-valued targets, else ``"regression"``.
 
-    A task other than ``"auto"`` is checked and returned as is.
+    A task other than ``"auto"`` is checked and returned as is. Numbers with a few text values
+    among them are refused (with ``"auto"`` and ``"regression"``): a typo in a numeric column
+    would otherwise make every distinct number a class.
     """
-    if task != "auto":
-        if task not in TASKS:
-            raise UserError(f"--task must be 'auto', 'regression' or 'classification', got {task!r}")
-        return task
+    if task not in TASK_CHOICES:
+        raise UserError(f"--task must be 'auto', 'regression' or 'classification', got {task!r}")
     s = pd.Series(np.asarray(y, dtype=object))
-    if s.map(lambda v: isinstance(v, (bool, np.bool_))).any():
+    if task == "classification":
+        return task
+    if s.map(lambda v: isinstance(v, (bool, np.bool_))).any() and task == "auto":
         return "classification"
     num = pd.to_numeric(s, errors="coerce")
-    if num.isna().any():
+    text = s[num.isna() & s.notna()]
+    if len(text) and (task == "regression" or len(text) < len(s)):
+        # numbers with a few words among them are a typo, not classes: "12, 15, n/a, 9" is not a 4-class target
+        values = ", ".join(repr(v) for v in pd.unique(text)[:3])
+        raise UserError(f"--target: {len(text)} of {len(s)} values are not numbers ({values}) while the others are; "
+                        "fix them (empty means missing) or pass --task classification to treat every value as a class")
+    if task == "regression":
+        return task
+    if len(text):
         return "classification"
     return "classification" if num.nunique() <= 2 else "regression"
 
 
-def subject_folds(y, groups, task: str, n_splits: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def subject_folds(y, groups, task: str, n_splits: int, seed: int = 0, *,
+                  flag: str = "--folds") -> list[tuple[np.ndarray, np.ndarray]]:
     """Shuffled folds that keep every row of a subject together (stratified for classification).
 
     Args:
@@ -71,6 +82,7 @@ def subject_folds(y, groups, task: str, n_splits: int, seed: int = 0) -> list[tu
         groups: ``(N,)`` subject of each row.
         task: ``"regression"`` or ``"classification"``.
         n_splits: folds; at least 2 and at most the number of subjects.
+        flag: the flag ``n_splits`` came from, for messages (``--cv`` for cross-validation).
 
     Returns:
         ``[(train_idx, test_idx), ...]``.
@@ -85,9 +97,9 @@ def subject_folds(y, groups, task: str, n_splits: int, seed: int = 0) -> list[tu
     groups = np.asarray(groups).astype(str)
     n_subjects = len(np.unique(groups))
     if n_splits < 2:
-        raise UserError(f"--folds must be at least 2, got {n_splits}")
+        raise UserError(f"{flag} must be at least 2, got {n_splits}")
     if n_subjects < n_splits:
-        raise UserError(f"{n_subjects} subjects are fewer than the {n_splits} folds; use fewer --folds")
+        raise UserError(f"{n_subjects} subjects are fewer than the {n_splits} folds; use fewer {flag}")
     if n_subjects == len(groups):  # one row per subject: grouped K-fold is plain K-fold
         splitter = (StratifiedKFold if task == "classification" else KFold)(n_splits, shuffle=True, random_state=seed)
     else:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from brainlm.errors import MissingInputError, UserError
-from brainlm.io import Embeddings, OutputLock, check_overwrite, write_embeddings
+from brainlm.io import Embeddings, OutputLock, claim_file, write_embeddings
 from brainlm.options import Options, at_least, option, positive
 
 _COMPLEMENT = str.maketrans("ACGTUNacgtun", "TGCAANtgcaan")
@@ -181,8 +181,8 @@ class EmbedDNAOptions(Options):
 def embed_dna_to_table(options: EmbedDNAOptions) -> Path:
     """:func:`embed_dna` followed by :func:`write_dna_table` (the ``brainlm embed-dna`` command)."""
     o = options
+    claim_file(o.out, overwrite=o.overwrite)
     with OutputLock(o.out, what="embedding table"):
-        check_overwrite([o.out], o.overwrite)
         path = write_dna_table(o.out, *embed_dna(o.model, o.fasta, batch_size=o.batch_size, max_length=o.max_length,
                                                  reverse_complement_average=o.reverse_complement_average,
                                                  id_sep=o.id_sep, device=o.device,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from brainlm.markdown import markdown_table
-from brainlm.figures import pyplot, save_figure
+from brainlm.figures import interval_errors, pyplot, save_figure
 from brainlm.io import atomic_write_text
 
 
@@ -70,7 +70,7 @@ def write_fusion_report(analysis, out_dir, title: str = "Late fusion: genetic vs
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     labels = [f"{r.features}\n{r.model}" for r in res.itertuples()]
     val = res[main].to_numpy()
-    err = np.vstack([val - res[f"{main}_lo"], res[f"{main}_hi"] - val])
+    err = interval_errors(val, res[f"{main}_lo"], res[f"{main}_hi"])
     colors = [{"genetic": "tab:green", "brain": "tab:blue", "fusion": "tab:purple"}[f] for f in res.features]
     ax.bar(range(len(res)), val, yerr=err, color=colors, capsize=3)
     ax.axhline(0.5 if main == "auroc" else 0.0, color="k", lw=0.8, ls="--")

@@ -37,7 +37,7 @@ from brainlm.distributed import DeviceOptions
 from brainlm.downstream.probe import PROBES, TargetOptions
 from brainlm.errors import UserError
 from brainlm.evaluate.reconstruction import ReconstructionEval, evaluate_reconstruction, r2_statistic
-from brainlm.figures import pyplot, save_figure
+from brainlm.figures import interval_errors, pyplot, save_figure
 from brainlm.io import atomic_write_json, atomic_write_text, output_folder
 from brainlm.options import at_least, between, option, positive
 from brainlm.train.config import TrainingOverrides
@@ -107,6 +107,11 @@ class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides):
                             "need --cv)")
         if self.cv is None and self.forecast_finetune:
             raise UserError("--forecast-finetune needs --cv")
+
+    def resume_hint(self) -> str | None:
+        if self.cv is None:
+            return None
+        return "run the same command again to continue: folds already scored are kept, an interrupted one resumes"
 
     @classmethod
     def from_args(cls, args, **extra):
@@ -193,7 +198,8 @@ def forecasting_windows(model, store, cfg: BenchmarkConfig) -> pd.DataFrame:
 
     baselines = ForecastBaselines(order=cfg.ar_order).fit(x for _, x in open_recordings(store, "train"))
     res = forecast_recordings(model, open_recordings(store, cfg.split), forecast_horizon(model, cfg), baselines=baselines,
-                              batch_size=cfg.batch_size, precision=cfg.precision, progress=True)
+                              batch_size=cfg.batch_size, precision=cfg.precision, progress=True,
+                              flag=BenchmarkConfig.flag("forecast_k"))
     true = np.asarray(res.true, np.float64)
     frame = {"subject_id": res.index["subject_id"].to_numpy()}
     for m, pred in res.preds.items():
@@ -317,6 +323,11 @@ def benchmark(model, store, cfg: BenchmarkConfig | None = None) -> list[TaskResu
         raise UserError(f"{store.path}: the {cfg.split} split (--split) has no recordings")
     if not len(store.split_index("train")):
         raise UserError(f"{store.path}: the baselines are fitted on the train split, which has no recordings")
+    if "forecasting" in cfg.tasks:  # before any task runs
+        from brainlm.downstream.reconstruct import check_horizon
+
+        check_horizon(model, forecast_horizon(model, cfg), model.window_length, store.num_regions,
+                      BenchmarkConfig.flag("forecast_k"))
     device = next(model.parameters()).device
     dtype = resolve_precision(cfg.precision, device)
     results = []
@@ -337,8 +348,8 @@ def _figure(result: TaskResult, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(1.1 * len(t) + 2.5, 3.4))
     colors = ["tab:red" if m.startswith(("model", "brainlm")) else
               ("tab:blue" if m == result.comparison.get("baseline") else "0.6") for m in t["method"]]
-    err = np.vstack([t["value"] - t["ci_low"], t["ci_high"] - t["value"]]).clip(min=0)
-    ax.bar(range(len(t)), t["value"], yerr=np.nan_to_num(err), color=colors, capsize=3)
+    ax.bar(range(len(t)), t["value"], yerr=interval_errors(t["value"], t["ci_low"], t["ci_high"]), color=colors,
+           capsize=3)
     ax.set_xticks(range(len(t)), [label.replace(" (", "\n(") for label in t["label"]], fontsize=7, rotation=20)
     ax.axhline(0, color="k", lw=0.6)
     ax.set_ylabel(result.metric)

@@ -60,7 +60,8 @@ def fold_assignments(subjects, k: int, seed: int = 0) -> list[dict[str, str]]:
     subjects = np.array(sorted(set(map(str, subjects))))
     if k < 3:
         raise UserError(f"--cv needs at least 3 folds (test, validation and train subjects), got {k}")
-    folds = [subjects[test] for _, test in subject_folds(np.zeros(len(subjects)), subjects, "regression", k, seed)]
+    folds = [subjects[test] for _, test in subject_folds(np.zeros(len(subjects)), subjects, "regression", k, seed,
+                                                         flag="--cv")]
     out = []
     for i in range(k):
         split = {s: "train" for s in subjects}
@@ -150,7 +151,7 @@ def run_crossval(preset: str, store_path, out_dir, k: int, cfg: BenchmarkConfig 
                                       if key not in ("device", "batch_size")},
                         "forecast_finetune": forecast_finetune, "forecast_lr": forecast_lr}}
     t0 = time.perf_counter()
-    with output_folder(out_dir, ["report.md", "results.json"], overwrite=overwrite) as out:
+    with output_folder(out_dir, ["report.md", "results.json"], kind="cross-validation", overwrite=overwrite) as out:
         _check_plan(out, read_json_like(plan), overwrite)
         frames: dict[str, list[pd.DataFrame]] = {t: [] for t in cfg.tasks}
         for i in progress(range(k), desc="cross-validation", unit="fold"):

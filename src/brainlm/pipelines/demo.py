@@ -41,6 +41,9 @@ class DemoOptions(TrainingOverrides):
     out: str = option("runs/demo", "folder for the demo store and runs")
     smoke: bool = option(False, "a few training steps only, to check the pipeline")
 
+    def resume_hint(self) -> str | None:
+        return f"run brainlm demo --out {self.out} again to continue where it stopped"
+
 
 def run_demo(options: DemoOptions | None = None) -> int:
     """Run the demo; returns 0 when the model beats the trivial baselines on held-out subjects.
@@ -52,15 +55,15 @@ def run_demo(options: DemoOptions | None = None) -> int:
     options = options or DemoOptions()
     out_dir, overrides, smoke = options.out, options.overrides, options.smoke
     from brainlm.data import build_demo_store
-    from brainlm.evaluate.reconstruction import format_ladder
     from brainlm.hub import find_checkpoints
-    from brainlm.io import atomic_write_json
+    from brainlm.io import atomic_write_json, claim_folder
     from brainlm.train import apply_overrides, train_preset
 
     from .benchmark import BenchmarkConfig
     from .heldout import pretrain_and_score
 
     t0 = time.perf_counter()
+    claim_folder(out_dir, "demo")  # its store and runs are claimed again, each for what it is
     out = Path(out_dir) / ("smoke" if smoke else "")
     store = build_demo_store(Path(out_dir) / "store", seed=0, progress=False)
     changes: dict[str, Any] = {"data": str(store.path)}
@@ -80,14 +83,7 @@ def run_demo(options: DemoOptions | None = None) -> int:
                               tasks=("reconstruction",) if smoke else ("reconstruction", "forecasting"))
     result, ev = held.pretraining, held.reconstruction
     atomic_write_json(run_dir / "test_metrics.json", {"model": str(held.chosen), **ev.metrics})
-    print()
-    print(f"Held-out test subjects {', '.join(store.splits['test'])}: {ev.metrics['num_windows']} windows of "
-          f"{model_config.num_timepoints_per_voxel} timepoints x {store.num_regions} regions, {score.mask_ratio:.0%} of "
-          f"{model_config.timepoint_patching_size}-timepoint patches masked; R^2 = 1 - SSE / sum(y^2) over the "
-          "masked values")
-    print(format_ladder(ev.metrics, ev.methods, model_label=f"BrainLM ({held.model.num_parameters() / 1e6:.2f}M)"))
-    print("(* the strongest baseline; the connectivity fill uses the train subjects' region covariance)")
-    print()
+    _reconstruction_table(held, store, model_config, score)
     if not smoke:
         _forecast_table(held, store, score)
         _analyses(held.chosen, held.forecaster, store.path, out / "analysis")
@@ -102,6 +98,21 @@ def run_demo(options: DemoOptions | None = None) -> int:
     print(f"every subject held out once (6 folds, about 22 min on 2 cores): brainlm benchmark demo {store.path} --cv 6 "
           f"--forecast-finetune 600 --out {Path(out_dir) / 'cv'}")
     return _verdict(ev, seed=config.seed)
+
+
+def _reconstruction_table(held, store, model_config, score) -> None:
+    """The held-out test subjects' masked values: the model beside every baseline of the ladder."""
+    from brainlm.evaluate.reconstruction import format_ladder
+
+    ev = held.reconstruction
+    print()
+    print(f"Held-out test subjects {', '.join(store.splits['test'])}: {ev.metrics['num_windows']} windows of "
+          f"{model_config.num_timepoints_per_voxel} timepoints x {store.num_regions} regions, {score.mask_ratio:.0%} of "
+          f"{model_config.timepoint_patching_size}-timepoint patches masked; R^2 = 1 - SSE / sum(y^2) over the "
+          "masked values")
+    print(format_ladder(ev.metrics, ev.methods, model_label=f"BrainLM ({held.model.num_parameters() / 1e6:.2f}M)"))
+    print("(* the strongest baseline; the connectivity fill uses the train subjects' region covariance)")
+    print()
 
 
 def _forecast_table(held, store, score) -> None:

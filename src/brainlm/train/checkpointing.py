@@ -47,7 +47,7 @@ from brainlm.checkpoint import load_state_dict_file, save_config
 from brainlm.distributed import all_gather, unwrap_model
 from brainlm.errors import CorruptFileError, MissingInputError, UserError
 from brainlm.hub import find_checkpoints, newest_checkpoint, read_model_config
-from brainlm.io import fsync_file, read_json, verify_manifest, write_manifest
+from brainlm.io import atomic_write_json, fsync_file, read_json, verify_manifest, write_manifest
 
 from .config import TrainConfig
 
@@ -137,17 +137,21 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        config = unwrap_model(model).config
-        save_file({k: v.detach().contiguous().cpu() for k, v in model_sd.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt", "brainlm": "1"})
-        save_config(config, tmp / "config.json")
-        _pause_if_asked(step)
-        torch.save(optim_sd, tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(all_rng, tmp / "rng.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True) + "\n")
-        (tmp / "train_config.json").write_text(train_config_json)
-        write_manifest(tmp)
+        try:  # a failed write (a full disk, Ctrl-C) leaves no temporary folder behind
+            config = unwrap_model(model).config
+            save_file({k: v.detach().contiguous().cpu() for k, v in model_sd.items()}, str(tmp / "model.safetensors"),
+                      metadata={"format": "pt", "brainlm": "1"})
+            save_config(config, tmp / "config.json")
+            _pause_if_asked(step)
+            torch.save(optim_sd, tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save(all_rng, tmp / "rng.pt")
+            atomic_write_json(tmp / "trainer_state.json", trainer_state, sort_keys=True)
+            (tmp / "train_config.json").write_text(train_config_json)
+            write_manifest(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if final.exists():  # re-saving the same step (e.g. the final save right after a periodic one)
             trash = root / f".trash-{final.name}-{os.getpid()}"
             final.rename(trash)
@@ -177,11 +181,15 @@ def save_best(run_dir: str | Path, model: nn.Module, metrics: dict[str, Any]) ->
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in model_sd.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt", "brainlm": "1"})
-        save_config(unwrap_model(model).config, tmp / "config.json")
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        write_manifest(tmp)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in model_sd.items()}, str(tmp / "model.safetensors"),
+                      metadata={"format": "pt", "brainlm": "1"})
+            save_config(unwrap_model(model).config, tmp / "config.json")
+            atomic_write_json(tmp / "metrics.json", metrics, sort_keys=True)
+            write_manifest(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         trash = run_dir / f".trash-best-{os.getpid()}"
         if best.exists():
             best.rename(trash)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -92,6 +93,9 @@ class TrainConfig(Options):
             if not ok:
                 raise UserError(f"--{msg}")
 
+        for f in dataclasses.fields(self):  # the run's settings are saved as strict JSON: no NaN or inf
+            value = getattr(self, f.name)
+            need(not isinstance(value, float) or math.isfinite(value), f"{f.name} must be a finite number, got {value}")
         need(self.model in MODEL_PRESETS, f"model must be one of {sorted(MODEL_PRESETS)}, got {self.model!r}")
         for name in ("window", "max_steps", "batch_size", "grad_accum_steps", "keep_last"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) > 0, f"{name} must be a positive integer")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from brainlm.distributed import destroy_distributed, init_distributed
 from brainlm.evaluate.reconstruction import ladder_verdict
 from brainlm.options import option
 
-from .config import TrainingOverrides, resolve_config
+from .config import TrainConfig, TrainingOverrides, resolve_config
 from .trainer import RunResult, pretrain
 
 __all__ = ["PretrainOptions", "run_pretrain"]
@@ -25,18 +26,27 @@ class PretrainOptions(TrainingOverrides):
     resume: str | None = option(None, "continue the run in RUN_DIR", metavar="RUN_DIR")
     fsdp: bool = option(False, "shard the model with FSDP2 (under torchrun)")
 
+    def config(self) -> TrainConfig:
+        """The run's settings: the preset (or the resumed run's) with the overrides."""
+        changes = dict(self.overrides)
+        if self.data is not None:
+            changes["data"] = self.data
+        if self.fsdp:
+            changes["fsdp"] = True
+        return resolve_config(self.preset, changes, resume=self.resume, out=self.out)
+
+    def resume_hint(self) -> str | None:
+        run = Path(self.config().out_dir)
+        if (run / "train_config.json").is_file():
+            return f"continue with: brainlm pretrain --resume {run}"
+        return "nothing was saved yet; run the same command again to start"
+
 
 def run_pretrain(options: PretrainOptions) -> RunResult:
     """Train (or continue) a run and print the validation numbers next to the strongest baseline."""
-    o = options
-    changes = dict(o.overrides)
-    if o.data is not None:
-        changes["data"] = o.data
-    if o.fsdp:
-        changes["fsdp"] = True
-    config = resolve_config(o.preset, changes, resume=o.resume, out=o.out)
+    config = options.config()
     try:
-        result = pretrain(config, resume=o.resume is not None)
+        result = pretrain(config, resume=options.resume is not None)
         if init_distributed().is_main:
             _report(result)
     finally:

@@ -14,8 +14,9 @@ micro-batch, rank). A run therefore resumes exactly from (epoch, batches consume
 epoch), and N processes with batch b see the same windows and masks as one process with
 batch N x b.
 
-The run folder is locked while a run writes it (:class:`brainlm.io.OutputLock`): a second
-``pretrain`` into the same ``--out`` is refused. Validation scores the model next to the
+The run folder is claimed for a run (:func:`brainlm.io.claim_folder`: a new or empty folder,
+or a run; never a folder with files brainlm did not write) and locked while a run writes it
+(:class:`brainlm.io.OutputLock`): a second ``pretrain`` into the same ``--out`` is refused. Validation scores the model next to the
 baseline ladder (:mod:`brainlm.evaluate`), whose connectivity fill is fitted on the train split.
 """
 
@@ -41,7 +42,7 @@ from brainlm.errors import OutputLockedError, UserError
 from brainlm.evaluate.baselines import ReconstructionBaselines
 from brainlm.evaluate.reconstruction import evaluate_reconstruction
 from brainlm.hub import newest_checkpoint, read_model_config, resolve_model_folder
-from brainlm.io import OutputLock, atomic_write_json, atomic_write_text
+from brainlm.io import OutputLock, atomic_write_json, atomic_write_text, check_writable, claim_folder, remove_if_unused
 from brainlm.memory import check_memory
 from brainlm.model import BrainLMConfig, BrainLMForPretraining
 from brainlm.progress import progress
@@ -119,6 +120,8 @@ class Trainer:
         self.val_windows = None  # per-window sums of the last validation, for the verdict's interval
         self.last_ckpt: Path | None = None
         self.lock: OutputLock | None = None
+        self._created = False  # the run folder was made by this run (removed again if nothing was written)
+        self._flag = "--resume" if resume else "--out"
 
     # -- build -----------------------------------------------------------------------------------
 
@@ -176,17 +179,21 @@ class Trainer:
                             f"larger than the train split ({len(self.train_dataset)} windows); lower --batch_size")
 
     def _take_lock(self) -> None:
-        """Rank 0 locks the run folder; every rank learns whether it could."""
+        """Rank 0 locks the run folder and claims it for a run; every rank learns whether it could."""
         error = None
         if self.info.is_main:
+            self._created = not self.run_dir.exists()
             self.lock = OutputLock(self.run_dir, what="run folder")
             try:
+                check_writable(self.run_dir, self._flag, create=False)
                 self.lock.acquire()
-            except OutputLockedError as err:
-                error = str(err)
+                claim_folder(self.run_dir, "run", flag=self._flag)
+            except UserError as err:
+                self.lock.release()
+                error = (isinstance(err, OutputLockedError), str(err))
         error = broadcast_object(error)
         if error:
-            raise OutputLockedError(error)
+            raise (OutputLockedError if error[0] else UserError)(error[1])
 
     def _load_init(self, model: BrainLMForPretraining) -> None:
         """``init_from``: start from the weights of a model folder of the same size and atlas."""
@@ -215,7 +222,8 @@ class Trainer:
         self.batch_in_epoch = ts["samples_in_epoch"] // self.micro_global
         if ts["samples_in_epoch"] % self.micro_global:
             warnings.warn("the global batch changed since the checkpoint; resuming at the nearest batch boundary")
-        self.best_loss, self.best_step = ts.get("best_loss", math.inf), ts.get("best_step")
+        best = ts.get("best_loss")  # strict JSON writes an infinite loss (no validation yet) as null
+        self.best_loss, self.best_step = (math.inf if best is None else best), ts.get("best_step")
         if len(state["rng"]) > self.info.rank:
             ckpt.restore_rng(state["rng"][self.info.rank])
         self.last_ckpt = state["path"]
@@ -321,6 +329,8 @@ class Trainer:
             return self._run()
         finally:
             if self.lock is not None:
+                if self._created:
+                    remove_if_unused(self.run_dir)
                 self.lock.release()
 
     def _run(self) -> RunResult:
