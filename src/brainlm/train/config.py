@@ -158,7 +158,7 @@ class TrainConfig(Options):
 
 
 def demo() -> TrainConfig:
-    """About 3-4 minutes on 2 CPU cores: the demo store (94 AAL2 regions), a 0.12M-parameter model.
+    """About 3-4.5 minutes on 2 CPU cores: the demo store (94 AAL2 regions), a 0.12M-parameter model.
 
     Windows of 20 timepoints in patches of 5 (4 patches per region), half of the patches
     masked, sliding train windows (stride 5) so each step sees new positions, and every
