@@ -62,6 +62,12 @@ class Loggers:
         if self.wandb is not None:
             self.wandb.log({f"{split}/{k}": v for k, v in numbers.items()}, step=step)
 
+    def log_train(self, step: int, epoch: int, record: dict, speed: float) -> dict:
+        """Log a training record with its speed (windows/s) and epoch; returns it as logged."""
+        record = {**record, "windows_per_s": speed, "epoch": epoch}
+        self.log({"step": step, "split": "train", **record})
+        return record
+
     def write_csv(self) -> None:
         if self.active and self.path.exists():
             import pandas as pd

@@ -64,3 +64,13 @@ def lr_at(step: int, max_steps: int, warmup_steps: int, min_ratio: float = 0.0) 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, max_steps: int, warmup_steps: int, min_ratio: float = 0.0):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, max_steps, warmup_steps, min_ratio))
+
+
+def build_optimization(model: nn.Module, config, global_batch: int):
+    """The run's AdamW and learning-rate schedule from its settings (``TrainConfig``): the peak lr
+    scaled by the global batch unless ``lr`` is given, warmup in steps or as a share of ``max_steps``."""
+    c = config
+    peak_lr = c.lr if c.lr is not None else scaled_lr(c.base_lr, global_batch)
+    optimizer = build_optimizer(model, peak_lr, c.weight_decay, (c.beta1, c.beta2))
+    warmup = c.warmup_steps if c.warmup_steps is not None else round(c.warmup_ratio * c.max_steps)
+    return optimizer, build_scheduler(optimizer, c.max_steps, warmup, c.min_lr_ratio)

@@ -1,23 +1,18 @@
 """The pretraining loop as a small trainer: build, restore, train step, evaluate, save.
 
-What it trains on is :mod:`brainlm.train.data`'s (window datasets of a store, or any dataset
-following its protocol); masks are :mod:`brainlm.train.masking`'s, numbers go to
-:mod:`brainlm.train.loggers`, checkpoints to :mod:`brainlm.train.checkpointing`. Batches come
-from the tested loader:
-:class:`~brainlm.data.sampler.WindowSampler` (which windows each process sees, resumable)
-and :func:`~brainlm.data.loader.collate_windows`.
+What it trains on is :mod:`brainlm.train.data`'s, the masks :mod:`brainlm.train.masking`'s;
+numbers go to :mod:`brainlm.train.loggers`, checkpoints to :mod:`brainlm.train.checkpointing`.
+Batches come from :class:`~brainlm.data.sampler.WindowSampler` (which windows each process
+sees, resumable) and :func:`~brainlm.data.loader.collate_windows`.
 
-Reproducibility. Every random draw comes from a generator seeded by its position
-(:mod:`brainlm.seeding`): window order from (seed, epoch), the masking noise of a window from
-(seed, micro-batch, position of the window in the global batch), dropout from (seed,
-micro-batch, rank). A run therefore resumes exactly from (epoch, batches consumed in the
-epoch), and N processes with batch b see the same windows and masks as one process with
-batch N x b.
+Every random draw is seeded by its position (:mod:`brainlm.seeding`): window order by (seed,
+epoch), a window's mask by (seed, micro-batch, its place in the global batch), dropout by
+(seed, micro-batch, rank). A run therefore resumes exactly, and N processes with batch b see
+the windows and masks of one process with batch N x b.
 
-The run folder is claimed for a run (:func:`brainlm.io.claim_folder`: a new or empty folder,
-or a run; never a folder with files brainlm did not write) and locked while a run writes it
-(:class:`brainlm.io.OutputLock`): a second ``pretrain`` into the same ``--out`` is refused. Validation scores the model next to the
-baseline ladder (:mod:`brainlm.evaluate`), whose connectivity fill is fitted on the train split.
+The run folder is claimed (:func:`brainlm.io.claim_folder`) and locked while a run writes it:
+a second ``pretrain`` into the same ``--out`` is refused. Validation scores the model next to
+the baseline ladder, whose connectivity fill is fitted on the train split.
 """
 
 from __future__ import annotations
@@ -42,7 +37,8 @@ from brainlm.errors import OutputLockedError, UserError
 from brainlm.evaluate.baselines import ReconstructionBaselines
 from brainlm.evaluate.reconstruction import evaluate_reconstruction
 from brainlm.hub import newest_checkpoint, read_model_config, resolve_model_folder
-from brainlm.io import OutputLock, atomic_write_json, atomic_write_text, check_writable, claim_folder, remove_if_unused
+from brainlm.io import (OutputLock, atomic_write_json, atomic_write_text, check_writable, claim_folder,
+                        remove_if_unused)
 from brainlm.memory import check_memory
 from brainlm.model import BrainLMConfig, BrainLMForPretraining
 from brainlm.progress import progress
@@ -53,7 +49,7 @@ from .config import TrainConfig
 from .data import build_datasets, check_dataset, data_identity, fit_baselines
 from .loggers import Loggers, read_metrics
 from .masking import training_noise
-from .optim import build_optimizer, build_scheduler, scaled_lr
+from .optim import build_optimization
 from .region_init import init_region_embedding
 
 __all__ = ["Trainer", "pretrain", "RunResult", "NonFiniteLossError"]
@@ -157,10 +153,7 @@ class Trainer:
             warnings.warn("--fsdp=true on a single process: nothing to shard, training unsharded")
         self.model = wrap_model(model.to(self.device).train(), mode, self.device)
         self.global_batch = self.micro_global * c.grad_accum_steps
-        peak_lr = c.lr if c.lr is not None else scaled_lr(c.base_lr, self.global_batch)
-        self.optimizer = build_optimizer(self.model, peak_lr, c.weight_decay, (c.beta1, c.beta2))
-        warmup = c.warmup_steps if c.warmup_steps is not None else round(c.warmup_ratio * c.max_steps)
-        self.scheduler = build_scheduler(self.optimizer, c.max_steps, warmup, c.min_lr_ratio)
+        self.optimizer, self.scheduler = build_optimization(self.model, c, self.global_batch)
         if c.compile:
             self.model = torch.compile(self.model)
 
@@ -356,7 +349,11 @@ class Trainer:
                 record = self.train_step(batches)
                 windows += self.global_batch
                 if c.log_every and (self.step % c.log_every == 0 or self.step == stop):
-                    record = self._log_train(record, windows / max(time.perf_counter() - t_last, 1e-9))
+                    loss = torch.tensor(record["loss"], dtype=torch.float64)
+                    if self.info.world_size > 1:  # the mean over processes
+                        record["loss"] = float(all_reduce_sum(loss.to(self.device)).cpu() / self.info.world_size)
+                    record = self.loggers.log_train(self.step, self.epoch, record,
+                                                    windows / max(time.perf_counter() - t_last, 1e-9))
                     losses.append((self.step, record["loss"]))
                     t_last, windows = time.perf_counter(), 0
                     bar.set_postfix(loss=f"{record['loss']:.4f}", win_s=f"{record['windows_per_s']:.0f}", refresh=False)
@@ -370,14 +367,6 @@ class Trainer:
             bar.close()
             self.loggers.close()
         return self._result(losses, plots=True)
-
-    def _log_train(self, record: dict, speed: float) -> dict:
-        loss = torch.tensor(record["loss"], dtype=torch.float64)
-        if self.info.world_size > 1:
-            loss = all_reduce_sum(loss.to(self.device)).cpu() / self.info.world_size
-        record = {**record, "loss": float(loss), "windows_per_s": speed, "epoch": self.epoch}
-        self.loggers.log({"step": self.step, "split": "train", **record})
-        return record
 
     def _result(self, losses: list, plots: bool = False) -> RunResult:
         paths: list[Path] = []
