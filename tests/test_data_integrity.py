@@ -77,7 +77,7 @@ def test_damaged_tables_and_missing_shard(store_path):
 
 
 def test_verification_is_cached_per_file_state(store_path, monkeypatch):
-    import brainlm.data.store as store_module
+    import brainlm.io as store_module  # the one per-file verifier and its cache
 
     calls = []
     real = store_module.sha256_file

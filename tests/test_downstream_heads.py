@@ -63,6 +63,11 @@ def test_heads_read_tokens_of_both_model_kinds():
     windows = np.random.default_rng(1).normal(size=(2, 424, 200)).astype(np.float32)
     vt = embed_windows(vit, windows, np.zeros((424, 3), np.float32), pooling="tokens")
     assert vt.shape == (2, vit.num_patches, vit.hidden_size)
+    for model, w, xyz in ((brainlm, x, torch.zeros(2, R, 3)), (vit, windows, None)):
+        w = torch.from_numpy(w)
+        with torch.no_grad():  # one pass gives the tokens and the CLS token
+            both = model.embed(w, xyz, pooling="tokens")
+            torch.testing.assert_close(both.cls, model.embed(w, xyz, pooling="cls").embeddings)
     for X in (tokens, vt):
         y = np.array([0, 1])
         assert train_head("attentive", (X, y), (X, y), (X, y), HeadConfig(lrs=(1e-3,), epochs=1)).test_predictions.shape == (2,)

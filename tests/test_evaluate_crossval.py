@@ -178,3 +178,11 @@ def test_cv_forecast_finetune_is_a_per_fold_stage_rescored_without_repeating_pre
     assert main(cv_args(store, tmp_path / "x", "--forecast-finetune", "-1")) == 2
     assert main(["benchmark", "demo", str(store.path), "--out", str(tmp_path / "y"), "--forecast-finetune", "5"]) == 2
     assert "--forecast-finetune needs --cv" in capsys.readouterr().err
+
+
+def test_python_callers_get_the_cross_validation_tasks_by_default_too():
+    from brainlm.pipelines.benchmark import CV_TASKS, TASKS, BenchmarkOptions
+
+    assert BenchmarkOptions(checkpoint="demo", store="s", out="o", cv=3).tasks == CV_TASKS
+    assert BenchmarkOptions(checkpoint="m", store="s", out="o").tasks == TASKS
+    assert BenchmarkOptions(checkpoint="demo", store="s", out="o", cv=3, tasks=("forecasting",)).tasks == ("forecasting",)

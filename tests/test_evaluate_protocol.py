@@ -92,3 +92,12 @@ def test_preprocessors_are_sklearn_estimators():
     pipe = Pipeline([("scale", ModalityScaler("zscore")), ("ridge", Ridge())]).fit(X, y)
     assert pipe.predict(X).shape == (30,)
     assert clone(pipe).get_params()["scale__method"] == "zscore"
+
+
+def test_permutation_p_counts_the_null_that_reaches_the_observed_value():
+    from brainlm.evaluate.protocol import permutation_p
+
+    null = np.array([[0.1, -0.9], [0.5, 0.2], [0.9, 0.3]])
+    np.testing.assert_allclose(permutation_p([0.5, 0.4], null), [3 / 4, 1 / 4])
+    np.testing.assert_allclose(permutation_p([0.5, 0.4], null, two_sided=True), [3 / 4, 2 / 4])
+    assert np.isnan(permutation_p(np.nan, null[:, 0]))

@@ -123,7 +123,7 @@ def test_corrupt_checkpoint(short_run):
     weights = newest_checkpoint(short_run) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])  # truncated
     before = _snapshot(short_run)
-    with pytest.raises(ValueError, match=r"corrupt: model.safetensors has \d+ bytes, expected \d+ \(truncated"):
+    with pytest.raises(ValueError, match=r"model.safetensors: \d+ bytes, the manifest says \d+ \(truncated"):
         _run(short_run, resume=True, max_steps=8)
     assert _snapshot(short_run) == before
 

@@ -48,9 +48,10 @@ class Command:
         module, name = getattr(self, what).split(":")
         return getattr(importlib.import_module(module), name)
 
-    def add(self, sub: argparse._SubParsersAction, words: list[str]) -> None:
-        """Register the sub-command; its arguments only when ``words`` name it (the command being run)."""
-        build = not words or words[0] == self.name
+    def add(self, sub: argparse._SubParsersAction, words: list[str] | None) -> None:
+        """Register the sub-command; its arguments only when ``words`` (the command line's words)
+        name it, or are empty (every command's); ``None`` builds none."""
+        build = words is not None and (not words or words[0] == self.name)
         if not self.children:
             if not build:
                 sub.add_parser(self.name, help=self.help)
@@ -65,7 +66,7 @@ class Command:
         inner = p.add_subparsers(dest=f"{self.name}_command", required=True, metavar="{" + ",".join(
             c.name for c in self.children) + "}")
         for child in self.children:
-            child.add(inner, words[1:] if build else ["-"])
+            child.add(inner, words[1:] if build else None)
 
 
 COMMANDS = (
@@ -139,7 +140,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), "")
-    prefix = f"brainlm {command}:".replace("brainlm :", "brainlm:")
+    prefix = f"brainlm {command}:" if command else "brainlm:"
     options = None
     try:
         args = build_parser(argv).parse_args(argv)

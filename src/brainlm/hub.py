@@ -53,7 +53,7 @@ from brainlm.io import MARKER, atomic_write_text, claim_folder, read_json, verif
 # huggingface_hub is imported where it is used: a model needs it only to fetch a hub id or to push.
 
 __all__ = ["HubMixin", "model_card", "resolve_checkpoint", "register_format", "open_model", "read_model_config",
-           "resolve_model_folder", "find_checkpoints", "newest_checkpoint", "model_types"]
+           "resolve_model_folder", "find_checkpoints", "newest_checkpoint"]
 
 # Training checkpoints are RUN/checkpoints/step_<8 digits>; temporary folders (.tmp-*) never match.
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -204,11 +204,6 @@ def register_format(model_type: str, load: Callable[..., Any], save: Callable[[A
     _FORMATS[model_type] = _Format(load, save)
 
 
-def model_types() -> list[str]:
-    """The ``model_type`` values that :func:`open_model` reads."""
-    return sorted(t for t in _FORMATS if t in _CLASSES)
-
-
 def open_model(path_or_hub_id: str | os.PathLike, *, map_location: Any = "cpu", revision: str | None = None,
                model_types: tuple[str, ...] | None = None, **kwargs):
     """Open any model folder: the one way in (see the module docstring).
@@ -232,10 +227,10 @@ def open_model(path_or_hub_id: str | os.PathLike, *, map_location: Any = "cpu", 
     """
     folder = resolve_model_folder(resolve_checkpoint(path_or_hub_id, revision=revision))
     if (folder / "manifest.json").is_file():
-        verify_manifest(folder, "checkpoint")
+        verify_manifest(folder, "checkpoint", use_cache=True)
     raw = read_model_config(folder)
     model_type = str(raw.get("model_type", "brainlm"))
-    known = model_types or tuple(sorted(t for t in _FORMATS if t in _CLASSES))
+    known = model_types or tuple(sorted(set(_FORMATS) & set(_CLASSES)))  # what this process can open
     if model_type not in known or model_type not in _FORMATS or model_type not in _CLASSES:
         wanted = " or ".join(repr(t) for t in known)
         raise UserError(f"{folder}: model_type {model_type!r} is not {wanted}")

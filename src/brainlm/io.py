@@ -60,6 +60,7 @@ __all__ = [
     "sha256_file",
     "write_manifest",
     "verify_manifest",
+    "verify_file",
     "atomic_write",
     "atomic_write_text",
     "atomic_write_json",
@@ -123,8 +124,74 @@ def write_manifest(folder: str | os.PathLike) -> Path:
     return folder / "manifest.json"
 
 
-def verify_manifest(folder: str | os.PathLike, what: str = "checkpoint") -> None:
-    """Check every file listed in ``folder/manifest.json`` (size and SHA-256).
+def _cache_file() -> Path:
+    """The machine's record of files already verified (``$BRAINLM_CACHE/verified.json``)."""
+    root = os.environ.get("BRAINLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "brainlm")
+    return Path(root) / "verified.json"
+
+
+_VERIFIED: set[str] = set()  # keys verified by this process (inherited by forked workers)
+
+
+def _cache_key(path: Path, sha256: str) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{sha256}"
+
+
+def _disk_cache() -> set[str]:
+    try:
+        return set(json.loads(_cache_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
+def _remember(key: str) -> None:
+    _VERIFIED.add(key)
+    path = _cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keys = sorted((_disk_cache() | {key}))[-100_000:]
+        atomic_write_json(path, keys, indent=None)
+    except OSError:
+        pass  # a read-only home only costs a re-verification next time
+
+
+def verify_file(path: Path, expected: dict, *, use_cache: bool = True, what: str = "file", remedy: str = "") -> None:
+    """Check one file against its manifest entry (``bytes``, ``sha256``); one-line error naming it.
+
+    The one check of a manifest entry, for stores and checkpoints alike.
+
+    Args:
+        use_cache: skip the SHA-256 when this process or this machine's cache has already
+            verified the same file (same path, size, modification time and inode).
+        what: what the file is, for messages. remedy: what to do about a bad one, appended to them.
+    """
+    end = f"; {remedy}" if remedy else ""
+    path = Path(path)
+    if not path.is_file():
+        raise CorruptFileError(f"{path}: this {what} is missing (listed in the manifest){end}")
+    size = path.stat().st_size
+    if "bytes" in expected and size != expected["bytes"]:
+        raise CorruptFileError(f"{path}: {size} bytes, the manifest says {expected['bytes']} (truncated or replaced){end}")
+    if "sha256" not in expected:
+        return
+    key = _cache_key(path, expected["sha256"])
+    if use_cache and (key in _VERIFIED or key in _disk_cache()):
+        _VERIFIED.add(key)
+        return
+    if sha256_file(path) != expected["sha256"]:
+        raise CorruptFileError(f"{path}: contents do not match the SHA-256 in the manifest (damaged or altered){end}")
+    _remember(key)
+
+
+
+
+def verify_manifest(folder: str | os.PathLike, what: str = "checkpoint", *, use_cache: bool = False) -> None:
+    """Check every file listed in ``folder/manifest.json`` (:func:`verify_file`: size and SHA-256).
+
+    Args:
+        use_cache: trust this machine's record of files already verified unchanged (opening a
+            model); False (``verify``, resuming) hashes every file again.
 
     Raises:
         CorruptFileError: the manifest is missing or unreadable, or a file is missing,
@@ -134,18 +201,13 @@ def verify_manifest(folder: str | os.PathLike, what: str = "checkpoint") -> None
     if not (folder / "manifest.json").is_file():
         raise CorruptFileError(f"{what} {folder} is incomplete: no manifest.json")
     manifest = read_json(folder / "manifest.json", f"the {what}'s manifest")
-    if not isinstance(manifest, dict):
-        raise CorruptFileError(f"{folder / 'manifest.json'}: not a manifest (a JSON object)")
+    if not isinstance(manifest, dict) or not all(isinstance(m, dict) for m in manifest.values()):
+        raise CorruptFileError(f"{folder / 'manifest.json'}: not a manifest (a JSON object of file entries)")
     for name, meta in manifest.items():
-        path = folder / name
-        if Path(name).name != name or not path.is_file():
-            raise CorruptFileError(f"{what} {folder} is corrupt: {name} is missing")
-        size = path.stat().st_size
-        if not isinstance(meta, dict) or size != meta.get("bytes"):
-            raise CorruptFileError(f"{what} {folder} is corrupt: {name} has {size} bytes, expected "
-                                   f"{meta.get('bytes') if isinstance(meta, dict) else '?'} (truncated?)")
-        if sha256_file(path) != meta.get("sha256"):
-            raise CorruptFileError(f"{what} {folder} is corrupt: {name} does not match its SHA-256 in manifest.json")
+        if Path(name).name != name:
+            raise CorruptFileError(f"{folder / 'manifest.json'}: the file name {name!r} leads out of the {what}")
+        verify_file(folder / name, meta, use_cache=use_cache, what=f"{what} file",
+                    remedy=f"the {what} {folder} is damaged; use another one")
 
 
 def temporary_path(path: str | os.PathLike) -> Path:

@@ -607,13 +607,17 @@ class EncoderOutput:
 class EmbeddingOutput:
     """What ``model.embed`` returns (both model kinds).
 
-    embeddings: (B, D) pooled vectors, or (B, R, D) per-region vectors (``region_time`` pooling).
+    embeddings: (B, D) pooled vectors, or (B, R, D) per-region vectors (``region_time`` pooling),
+        or (B, L, D) tokens (``tokens`` pooling).
     cls_attention: (B, R) the last layer's CLS attention summed per region (each row sums to
         1), when asked; None otherwise.
+    cls: (B, D) the CLS token, whatever the pooling (the same forward pass: a caller that needs
+        both the tokens and the CLS token runs the encoder once).
     """
 
     embeddings: Tensor
     cls_attention: Tensor | None = None
+    cls: Tensor | None = None
 
 
 @dataclass
@@ -899,7 +903,7 @@ class BrainLMForPretraining(nn.Module, HubMixin):
             if average_regions:
                 emb = emb.mean(1)  # (B, D)
         attn = _token_attention(enc.cls_attentions[-1], R, P).sum(-1) if output_attentions else None  # (B, R)
-        return EmbeddingOutput(emb, attn)
+        return EmbeddingOutput(emb, attn, hidden[:, 0])
 
     def cls_attention(self, signal_vectors: Tensor, xyz_vectors: Tensor, layer: int | None = -1) -> Tensor:
         """CLS attention over patch tokens in one encoder layer (None: the mean over layers), head

@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from brainlm.errors import UserError
 
-__all__ = ["option", "Options", "add_dataclass_arguments", "given_fields", "positive", "at_least", "finite", "between", "one_of", "need"]
+__all__ = ["option", "Options", "add_dataclass_arguments", "given_fields", "positive", "at_least", "finite", "between", "one_of"]
 
 _META = "brainlm_option"
 
@@ -83,7 +83,7 @@ def _comma_list(item: Callable[[str], Any]) -> Callable[[str], tuple]:
     return parse
 
 
-def _raw_argument(f: dataclasses.Field, kind: Any, names: list[str], dest: str) -> dict[str, Any]:
+def _raw_argument(f: dataclasses.Field, kind: Any, dest: str) -> dict[str, Any]:
     """Keywords of a field kept as the text typed (parsed by the caller); a switch may be given alone."""
     kw = {"dest": dest, "default": argparse.SUPPRESS, "metavar": "VALUE",
           "help": f.metadata.get(_META, {}).get("help") or f"({getattr(kind, '__name__', kind)})"}
@@ -132,7 +132,7 @@ def _argument(f: dataclasses.Field, annotation: Any, prefix: str = "", underscor
     if underscore and "_" in f.name:
         names.append(f"--{prefix}{f.name.replace('_', '-')}")
     if raw:
-        kw = _raw_argument(f, kind, names, f"{dest_prefix}{prefix}{f.name}")
+        kw = _raw_argument(f, kind, f"{dest_prefix}{prefix}{f.name}")
         return names, {**kw, "help": kw["help"].replace("%", "%%")}
     has_default, default = _default_of(f)
     kw: dict[str, Any] = {"help": meta.get("help", "")}
@@ -320,8 +320,3 @@ class Options:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-
-def need(ok: bool, message: str) -> None:
-    """Raise :class:`UserError` with ``message`` unless ``ok`` (for ``__post_init__`` checks)."""
-    if not ok:
-        raise UserError(message)

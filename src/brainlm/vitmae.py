@@ -137,7 +137,6 @@ original's ``modeling_vit_mae_with_padding.py`` has the same layers and paramete
 
 from __future__ import annotations
 
-import json
 import numbers
 import os
 import pickle
@@ -151,7 +150,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainlm.errors import CorruptFileError, MissingInputError, UserError
-from brainlm.hub import HubMixin, open_model, register_format
+from brainlm.hub import HubMixin, open_model, read_model_config, register_format
 from brainlm.model import EmbeddingOutput, ReconstructionOutput
 
 __all__ = [
@@ -177,7 +176,6 @@ PAD_VALUE = -1.0
 TRAIN_MODES = ("auto_encode", "predict_last", "predict_last_pixel")
 FORECAST_MODES = TRAIN_MODES[1:]
 
-_CONFIG_FILE = "config.json"
 _WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -854,9 +852,9 @@ class BrainLMViTMAE(nn.Module, HubMixin):
             emb = torch.einsum("rn,bnd->brd", weights.to(hidden.dtype), hidden[:, 1:])  # (B, R, D)
             emb = emb.mean(1) if average_regions else emb
         else:
-            emb = {"cls": hidden[:, 0], "mean": hidden[:, 1:].mean(dim=1), "tokens": hidden[:, 1:]}[pooling]
+            emb = hidden[:, 0] if pooling == "cls" else (hidden[:, 1:] if pooling == "tokens" else hidden[:, 1:].mean(1))
         attn = self._region_attention(attentions[0][-1]).sum(-1) if output_attentions else None  # (B, R)
-        return EmbeddingOutput(emb, attn)
+        return EmbeddingOutput(emb, attn, hidden[:, 0])
 
     def cls_attention(self, signal_vectors: torch.Tensor, xyz_vectors: torch.Tensor | None = None,
                       layer: int | None = -1) -> torch.Tensor:
@@ -938,19 +936,13 @@ def _check_layer(layer: int | None, num_layers: int) -> None:
 # --------------------------------------------------------------------------- loading
 
 
-def _read_config_json(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / _CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def is_vitmae_checkpoint(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a local folder with a ``vit_mae`` ``config.json`` and weights."""
     folder = Path(path)
-    if not folder.is_dir():
+    try:
+        config = read_model_config(folder) if folder.is_dir() else None
+    except UserError:  # no config.json, or one that is not a JSON object
         return False
-    config = _read_config_json(folder)
     if not config or config.get("model_type") != "vit_mae":
         return False
     return any((folder / name).is_file() for name in _WEIGHT_FILES)

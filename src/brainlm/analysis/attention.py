@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from brainlm.distributed import autocast_context
+from brainlm.downstream.embed import recording_windows
 from brainlm.errors import UserError
 from brainlm.evaluate.protocol import SubjectBootstrap
 from brainlm.evaluate.verdict import compare
@@ -40,7 +41,7 @@ from brainlm.markdown import markdown_table
 from brainlm.options import at_least, option
 from brainlm.progress import progress as progress_bar
 
-from .common import Analysis, AnalysisOptions, check_column, open_analysis, recording_windows
+from .common import Analysis, AnalysisOptions, check_column, open_analysis
 from .plots import bar_figure, glass_brains
 from .signals import STATISTICS, correlation_matrix, region_statistics, within_network_connectivity
 from .stats import Groups, SubjectValues, group_contrast, resolve_groups, subject_means

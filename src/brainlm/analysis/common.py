@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from brainlm.distributed import DeviceOptions, resolve_device, resolve_precision
@@ -25,7 +24,7 @@ from brainlm.options import at_least, option, positive
 
 from .networks import BUNDLED_NETWORKS, Networks, resolve_networks
 
-__all__ = ["AnalysisOptions", "Analysis", "open_analysis", "Report", "recording_windows", "check_column"]
+__all__ = ["AnalysisOptions", "Analysis", "open_analysis", "Report", "check_column"]
 
 
 @dataclass(kw_only=True)
@@ -117,12 +116,6 @@ def check_column(store, column: str, flag: str) -> None:
     if column not in store.recordings.columns or column in ("split", "shard", "row"):
         raise UserError(f"{flag} {column!r}: {store.path} has no such phenotype column "
                         f"(it has {', '.join(store.phenotype_columns) or 'none'})")
-
-
-def recording_windows(timeseries: np.ndarray, window: int) -> np.ndarray:
-    """Every whole window of a ``(T, R)`` recording, back to back: ``(n, R, window)`` (n may be 0)."""
-    n = len(timeseries) // window
-    return np.ascontiguousarray(timeseries[: n * window].reshape(n, window, -1).transpose(0, 2, 1))  # (n, R, W)
 
 
 class Report:

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from brainlm.errors import UserError
-from brainlm.evaluate.protocol import SubjectBootstrap
+from brainlm.evaluate.protocol import SubjectBootstrap, permutation_p
 from brainlm.evaluate.verdict import compare
 from brainlm.figures import pyplot
 from brainlm.markdown import markdown_table
@@ -192,8 +192,7 @@ def identify_networks(features: dict[str, np.ndarray], codes: np.ndarray, *, fol
         for i, metric in enumerate(("accuracy", "macro_f1")):
             observed = row[metric]
             row[f"chance_{metric}"] = float(null[:, i].mean()) if len(null) else np.nan
-            row[f"p_{metric}"] = float((1 + (null[:, i] >= observed - 1e-12).sum()) / (1 + len(null))) if len(null) \
-                else np.nan
+            row[f"p_{metric}"] = float(permutation_p(observed, null[:, i])) if len(null) else np.nan
         rows.append(row)
         predictions[f"{feature}/{clf}"] = pred
     table = pd.DataFrame(rows)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from brainlm.downstream.embed import recording_windows
 from brainlm.errors import UserError
 from brainlm.evaluate.baselines import ForecastBaselines
 from brainlm.evaluate.protocol import SubjectBootstrap
@@ -43,7 +44,7 @@ from brainlm.markdown import markdown_table
 from brainlm.options import at_least, finite, option, positive
 from brainlm.progress import progress as progress_bar
 
-from .common import Analysis, AnalysisOptions, open_analysis, recording_windows
+from .common import Analysis, AnalysisOptions, open_analysis
 from .plots import glass_brains
 
 __all__ = ["PerturbOptions", "Perturbation", "PerturbationResult", "perturb_windows", "response_agreement",

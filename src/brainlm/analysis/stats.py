@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 
 from brainlm.errors import UserError
-from brainlm.evaluate.protocol import SubjectBootstrap
+from brainlm.evaluate.protocol import SubjectBootstrap, permutation_p
 
-__all__ = ["Groups", "SubjectValues", "resolve_groups", "group_contrast", "fdr", "permutation_p", "subject_means", "median_split", "as_label"]
+__all__ = ["Groups", "SubjectValues", "resolve_groups", "group_contrast", "fdr", "subject_means", "median_split", "as_label"]
 
 
 @dataclass(frozen=True)
@@ -234,13 +234,6 @@ def subject_means(values: np.ndarray, subjects) -> tuple[np.ndarray, np.ndarray]
     return frame.index.to_numpy(), frame.to_numpy().reshape(len(frame), *values.shape[1:])
 
 
-def permutation_p(observed: np.ndarray, null: np.ndarray) -> np.ndarray:
-    """Two-sided permutation p-values: ``(1 + #{|null| >= |observed|}) / (1 + n)``; NaN where observed is."""
-    observed = np.asarray(observed, float)
-    exceed = (np.abs(null) >= np.abs(observed) - 1e-12).sum(0)
-    return np.where(np.isfinite(observed), (1 + exceed) / (1 + len(null)), np.nan)
-
-
 def fdr(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg q-values over the finite p-values (NaN stays NaN)."""
     from scipy.stats import false_discovery_control
@@ -274,7 +267,7 @@ def group_contrast(values: np.ndarray, groups: Groups, features, *, permutations
     effects = np.stack([sv.effect_size(idx) for idx in boot.resamples]) if len(boot) else empty
     intervals = np.array([SubjectBootstrap.interval(draws[:, f]) for f in range(len(observed))]).reshape(-1, 2)
     d_intervals = np.array([SubjectBootstrap.interval(effects[:, f]) for f in range(len(observed))]).reshape(-1, 2)
-    p = permutation_p(observed, sv.null(permutations, seed)) if permutations else np.full(len(observed), np.nan)
+    p = permutation_p(observed, sv.null(permutations, seed), two_sided=True) if permutations else np.full(len(observed), np.nan)
     per_level = pd.DataFrame(np.asarray(values, float).reshape(len(groups.level), -1)).assign(
         _s=groups.subjects, _l=groups.level)
     per_level = per_level[per_level["_l"] >= 0].groupby(["_l", "_s"]).mean().groupby(level="_l").mean()

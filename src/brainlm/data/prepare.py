@@ -33,8 +33,8 @@ import json
 import logging
 import shutil
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from brainlm.io import (
     normalize_subject_id,
     read_json,
     sha256_file,
+    verify_file,
 )
 from brainlm.options import Options, at_least, finite, option, positive
 from brainlm.progress import progress
@@ -71,7 +72,6 @@ from .store import (
     open_store,
     shard_schema,
     store_file,
-    verify_file,
     write_parquet,
 )
 from .validate import FLOAT16_MAX, ON_ERROR, duplicate_reason, no_usable_recordings, read_checked

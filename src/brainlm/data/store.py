@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 
-import json
 import os
 from pathlib import Path
 
@@ -39,18 +38,13 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from brainlm.errors import CorruptFileError, MissingInputError, UserError
-from brainlm.io import (
-    atomic_write,
-    atomic_write_json,
-    read_json,
-    sha256_file,
-    temporary_path,
-)
+from brainlm.io import atomic_write, read_json, sha256_file, temporary_path, verify_file
 
 __all__ = ["Store", "open_store", "store_file", "listed_files", "STORE_FORMAT", "META_COLUMNS", "TABLE_COLUMNS",
            "ShardWriter", "shard_schema"]
 
 STORE_FORMAT = "brainlm-store/1"
+_REBUILD = "rebuild the store with brainlm prepare"
 ID_COLUMNS = ("recording_id", "subject_id", "session_id", "run_id", "task")
 # Per-recording metadata, in every shard and in the recordings table: name -> Arrow type.
 META_COLUMNS: dict[str, pa.DataType] = {
@@ -152,62 +146,6 @@ class ShardWriter:
 # ---------------------------------------------------------------------------------------------
 # Verification
 # ---------------------------------------------------------------------------------------------
-
-
-def _cache_file() -> Path:
-    root = os.environ.get("BRAINLM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "brainlm")
-    return Path(root) / "verified.json"
-
-
-_VERIFIED: set[str] = set()  # keys verified by this process (inherited by forked workers)
-
-
-def _cache_key(path: Path, sha256: str) -> str:
-    st = path.stat()
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{sha256}"
-
-
-def _disk_cache() -> set[str]:
-    try:
-        return set(json.loads(_cache_file().read_text()))
-    except (OSError, ValueError, TypeError):
-        return set()
-
-
-def _remember(key: str) -> None:
-    _VERIFIED.add(key)
-    path = _cache_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        keys = sorted((_disk_cache() | {key}))[-100_000:]
-        atomic_write_json(path, keys, indent=None)
-    except OSError:
-        pass  # a read-only home only costs a re-verification next time
-
-
-def verify_file(path: Path, expected: dict, *, use_cache: bool = True, what: str = "file") -> None:
-    """Check one file against its manifest entry (``bytes``, ``sha256``); one-line error naming it.
-
-    Args:
-        use_cache: skip the SHA-256 when this process or this machine's cache has already
-            verified the same file (same path, size, modification time and inode).
-    """
-    if not path.is_file():
-        raise CorruptFileError(f"{path}: this {what} is missing (listed in the manifest); the store is incomplete")
-    size = path.stat().st_size
-    if "bytes" in expected and size != expected["bytes"]:
-        raise CorruptFileError(f"{path}: {size} bytes, the manifest says {expected['bytes']} (truncated or replaced); "
-                               "rebuild the store with brainlm prepare")
-    if "sha256" not in expected:
-        return
-    key = _cache_key(path, expected["sha256"])
-    if use_cache and (key in _VERIFIED or key in _disk_cache()):
-        _VERIFIED.add(key)
-        return
-    if sha256_file(path) != expected["sha256"]:
-        raise CorruptFileError(f"{path}: contents do not match the SHA-256 in the manifest (damaged or altered); "
-                               "rebuild the store with brainlm prepare")
-    _remember(key)
 
 
 def store_file(root: Path, rel: str, entries: dict[str, dict], what: str = "file") -> tuple[Path, dict]:
@@ -317,7 +255,7 @@ class Store:
     def _table(self, name: str) -> pd.DataFrame:
         rel = self.manifest["files"][name]
         path, entry = store_file(self.path, rel, self.manifest.get("checksums", {}), f"{name} table")
-        verify_file(path, entry, what=f"{name} table")
+        verify_file(path, entry, what=f"{name} table", remedy=_REBUILD)
         try:
             return pd.read_parquet(path)
         except Exception as err:  # pyarrow raises several types for damaged files
@@ -370,7 +308,7 @@ class Store:
             self._readers, self._pid = {}, os.getpid()
         if shard not in self._readers:
             path, entry = store_file(self.path, shard, self._entries, "shard")
-            verify_file(path, entry, what="shard")
+            verify_file(path, entry, what="shard", remedy=_REBUILD)
             self._readers[shard] = _ShardReader(path, self.num_regions)
         return self._readers[shard]
 
@@ -404,7 +342,7 @@ class Store:
         entries = [(*store_file(self.path, rel, tables, "table"), "table") for rel in tables]
         entries += [(*store_file(self.path, rel, self._entries, "shard"), "shard") for rel in self._entries]
         for path, meta, what in progress_bar(entries, enabled=progress, desc="verify", unit="file"):
-            verify_file(path, meta, use_cache=False, what=what)
+            verify_file(path, meta, use_cache=False, what=what, remedy=_REBUILD)
             if what == "shard":
                 _ShardReader(path, self.num_regions)
         return {"files": len(entries), "bytes": sum(int(m.get("bytes", 0)) for _, m, _ in entries)}

@@ -114,6 +114,12 @@ def cls_attention(model: nn.Module, signal_vectors, xyz_vectors, layer: int | No
     return model.cls_attention(x.to(device), xyz.to(device), layer).cpu().numpy()  # (B, R, P)
 
 
+def recording_windows(timeseries: np.ndarray, window: int) -> np.ndarray:
+    """Every whole window of a ``(T, R)`` recording, back to back: ``(n, R, window)`` (n may be 0)."""
+    n = len(timeseries) // window
+    return np.ascontiguousarray(timeseries[: n * window].reshape(n, window, -1).transpose(0, 2, 1))  # (n, R, W)
+
+
 def window_starts(num_timepoints: int, window: int, stride: int | None = None, mode: str = "sliding") -> np.ndarray:
     """Start timepoints of the windows of one recording (``first``: only 0)."""
     if mode not in WINDOW_MODES:

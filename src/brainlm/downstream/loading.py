@@ -107,8 +107,11 @@ class Recordings:
     def subset(self, subject_ids) -> "Recordings":
         """The recordings of the given subjects only (in the original order)."""
         wanted = {str(s) for s in subject_ids}
-        keep = [i for i, m in enumerate(self.meta) if m["subject_id"] in wanted]
-        load = self.load
+        return self.rows([i for i, m in enumerate(self.meta) if m["subject_id"] in wanted])
+
+    def rows(self, indices) -> "Recordings":
+        """The recordings at ``indices``, in that order."""
+        keep, load = [int(i) for i in indices], self.load
         return Recordings(self.coords, [self.meta[i] for i in keep], lambda i: load(keep[i]),
                           f"{self.source} ({len(keep)} recordings)", self.region_names)
 

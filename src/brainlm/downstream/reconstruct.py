@@ -43,6 +43,7 @@ from brainlm.evaluate.metrics import r2_per_region
 from brainlm.model import masking_noise
 from brainlm.progress import progress as progress_bar
 
+from .embed import recording_windows, window_starts
 from .loading import Recordings, _as_tensor, check_regions
 
 __all__ = [
@@ -127,7 +128,7 @@ def reconstruct_recording(
     n_win = len(timeseries) // T
     if n_win == 0:
         raise UserError(f"recording of {len(timeseries)} timepoints is shorter than one window ({T})")
-    x = torch.from_numpy(np.ascontiguousarray(timeseries[: n_win * T].reshape(n_win, T, -1).transpose(0, 2, 1)))  # (n, R, T)
+    x = torch.from_numpy(recording_windows(timeseries, T))  # (n, R, T)
     R = x.shape[1]
     xyz = torch.as_tensor(coords, dtype=torch.float32).expand(n_win, R, 3)
     device = next(model.parameters()).device
@@ -280,8 +281,6 @@ def forecast_recordings(
         flag: the name ``k`` came under, for the message when the model cannot take it
             (``--last`` of ``brainlm forecast``, ``--forecast-k`` of ``brainlm benchmark``).
     """
-    from .embed import window_starts
-
     check_regions(model, recordings.num_regions, recordings.source)
     T = window or model.window_length
     check_horizon(model, k, T, recordings.num_regions, flag)

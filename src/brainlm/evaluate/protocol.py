@@ -30,7 +30,7 @@ import pandas as pd
 from brainlm.errors import UserError
 from brainlm.options import Options, at_least, option
 
-__all__ = ["EvaluationOptions", "TASKS", "TASK_CHOICES", "infer_task", "subject_folds", "SubjectBootstrap", "Comparison", "EarlyStopping"]
+__all__ = ["EvaluationOptions", "TASKS", "TASK_CHOICES", "permutation_p", "infer_task", "subject_folds", "SubjectBootstrap", "Comparison", "EarlyStopping"]
 
 TASKS = ("regression", "classification")
 TASK_CHOICES = ("auto", *TASKS)  # --task: auto infers it from the target (infer_task)
@@ -112,6 +112,19 @@ def subject_folds(y, groups, task: str, n_splits: int, seed: int = 0, *,
         if overlap:  # cannot happen with grouped splitters; checked because the claim rests on it
             raise RuntimeError(f"subjects {sorted(overlap)[:5]} in both train and test of fold {f}")
     return folds
+
+
+def permutation_p(observed, null, *, two_sided: bool = False) -> np.ndarray:
+    """Permutation p-values ``(1 + #{null >= observed}) / (1 + n)``, per column of ``null`` ``(n, ...)``.
+
+    A null value within 1e-12 of the observed one counts as reaching it (floating-point ties of the
+    same computation). ``two_sided`` compares magnitudes. NaN where ``observed`` is not finite.
+    """
+    observed, null = np.asarray(observed, float), np.asarray(null, float)
+    if two_sided:
+        observed, null = np.abs(observed), np.abs(null)
+    reach = (null >= observed - 1e-12).sum(0)
+    return np.where(np.isfinite(observed), (1 + reach) / (1 + len(null)), np.nan)
 
 
 class SubjectBootstrap:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from .protocol import Comparison, SubjectBootstrap
 
 __all__ = ["Verdict", "OUTCOMES", "compare"]
@@ -70,10 +72,6 @@ class Verdict:
             return "level (within noise)"
         return "wins" if c.diff_lo >= 0 else "loses"
 
-    @property
-    def model_wins(self) -> bool:
-        return self.outcome == "wins"
-
     def interval_text(self) -> str:
         """``difference +0.013 [95% CI -0.009, +0.019], p_boot 0.210`` (or without the interval)."""
         text = f"difference {self.difference:+.3f}"
@@ -117,8 +115,6 @@ def compare(model: str, baseline: str, model_stat, baseline_stat, boot: SubjectB
         n: the number of rows.
         unit: what ``boot`` resamples, as the line names it.
     """
-    import numpy as np
-
     everything = np.arange(n)
     comparison = boot.compare(model_stat, baseline_stat) if len(boot) else None
     return Verdict(model, float(model_stat(everything)), baseline, float(baseline_stat(everything)), metric,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from brainlm.errors import UserError
-from brainlm.evaluate.protocol import subject_folds
+from brainlm.evaluate.protocol import permutation_p, subject_folds
 from brainlm.integrate.preprocess import ModalityPreprocessor, check_pair
 
 
@@ -198,7 +198,7 @@ class CCAAnalysis:
             fold_corr, *_ = self._cv(X, Y[perm], cov, None if cov is None else cov[perm], x_parts)
             null.append(fold_corr.mean(0))
         self.null_corr_ = np.array(null).reshape(self.n_permutations, self.n_components)
-        self.p_values_ = (1 + (self.null_corr_ >= self.test_corr_).sum(0)) / (1 + self.n_permutations)
+        self.p_values_ = permutation_p(self.test_corr_, self.null_corr_)
         self.p_value_ = float(self.p_values_[0])
 
         pca_x, pca_y = self._pca()

@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from brainlm.errors import UserError
-from brainlm.evaluate.protocol import EarlyStopping, subject_folds
+from brainlm.evaluate.protocol import EarlyStopping, permutation_p, subject_folds
 from brainlm.integrate.io import write_embedding_table
 from brainlm.integrate.preprocess import ModalityPreprocessor, check_pair
 
@@ -383,7 +383,7 @@ class ContrastiveAnalysis:
                     continue
                 null = np.mean([r[key] for r in nulls], axis=0)  # (n_null,) averaged over folds
                 row[f"null_{key}"] = float(null.mean())
-                row[f"p_{key}"] = float((1 + (null >= row[key] - 1e-12).sum()) / (1 + self.n_null))
+                row[f"p_{key}"] = float(permutation_p(row[key], null))
             summary.append(row)
         self.metrics_ = pd.DataFrame(summary)
         return self

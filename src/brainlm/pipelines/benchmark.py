@@ -69,7 +69,8 @@ class BenchmarkConfig(DeviceOptions, TargetOptions, EvaluationOptions):
     the model, the store and the output)."""
 
     split: str = option("test", "split scored for reconstruction and forecasting")
-    tasks: tuple[str, ...] = option(TASKS, "comma separated (with --cv: reconstruction,forecasting)", choices=TASKS)
+    tasks: tuple[str, ...] | None = option(None, "comma separated (default: every task; with --cv: "
+                                           "reconstruction,forecasting)", choices=TASKS)
     mask_ratio: float = option(0.5, "fraction of the model's tokens hidden per window",
                                check=between(0, 1, closed=(False, False)))
     forecast_k: int | None = option(None, "timepoints to forecast (default: one patch, or 20)",
@@ -79,6 +80,11 @@ class BenchmarkConfig(DeviceOptions, TargetOptions, EvaluationOptions):
     brainmarks: bool = option(False, "also a rough Brainmarks convention: 3 quantile bins, accuracy, macro-F1 "
                               "(--protocol brainmarks runs Brainmarks' own protocol)")
     batch_size: int = option(16, "windows per forward pass", check=positive)
+
+    def __post_init__(self) -> None:
+        if self.tasks is None:
+            self.tasks = TASKS
+        super().__post_init__()
 
 
 @dataclass(kw_only=True)
@@ -101,6 +107,8 @@ class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides):
     forecast_lr: float = option(1e-3, "learning rate of --forecast-finetune", check=between(0, 1, closed=(False, True)))
 
     def __post_init__(self) -> None:
+        if self.tasks is None and self.cv is not None:  # cross-validation scores these two by default
+            self.tasks = CV_TASKS
         super().__post_init__()
         if self.cv is None and self.overrides:
             raise UserError(f"unrecognised arguments: {' '.join(f'--{k}' for k in self.overrides)} (training settings "
@@ -112,13 +120,6 @@ class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides):
         if self.cv is None:
             return None
         return "run the same command again to continue: folds already scored are kept, an interrupted one resumes"
-
-    @classmethod
-    def from_args(cls, args, **extra):
-        options = super().from_args(args, **extra)
-        if options.cv is not None and "tasks" not in cls.given(args):  # cross-validation scores these two by default
-            options = options.replace(tasks=CV_TASKS)
-        return options
 
 
 @dataclass

@@ -149,9 +149,7 @@ def _model_features(model, store, rows: np.ndarray, options: BrainmarksOptions, 
     from brainlm.downstream.embed import embed_recordings
     from brainlm.downstream.loading import open_recordings
 
-    recs = open_recordings(store)
-    recs = type(recs)(recs.coords, [recs.meta[i] for i in rows], lambda i, load=recs.load: load(int(rows[i])),
-                      recs.source, recs.region_names)
+    recs = open_recordings(store).rows(rows)
     poolings = {f"brainlm:{r}": _REPRESENTATIONS[r] for r in options.representations}
     if options.heads:
         poolings["tokens"] = "tokens"

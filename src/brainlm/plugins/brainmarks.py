@@ -29,7 +29,6 @@ on); and nothing is downloaded unless a hub id is given.
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -97,8 +96,8 @@ class BrainmarksModel(nn.Module):
         B, W, R, T = x.shape
         flat = x.reshape(B * W, R, T)  # (B W, R, T)
         xyz = self.xyz.expand(B * W, R, 3)
-        cls = self.model.embed(flat, xyz, pooling="cls").embeddings  # (B W, D)
-        tokens = self.model.embed(flat, xyz, pooling="tokens").embeddings  # (B W, L, D)
+        out = self.model.embed(flat, xyz, pooling="tokens")  # one encoder pass for both
+        cls, tokens = out.cls, out.embeddings  # (B W, D), (B W, L, D)
         D = cls.shape[-1]
         cls = cls.reshape(B, W, D).mean(1, keepdim=True)  # (B, 1, D)
         patch = tokens.reshape(B, W * tokens.shape[1], D)  # (B, W L, D)

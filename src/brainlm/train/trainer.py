@@ -22,6 +22,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,7 @@ from brainlm.errors import OutputLockedError, UserError
 from brainlm.evaluate.baselines import ReconstructionBaselines
 from brainlm.evaluate.reconstruction import evaluate_reconstruction
 from brainlm.hub import newest_checkpoint, read_model_config, resolve_model_folder
-from brainlm.io import (OutputLock, atomic_write_json, atomic_write_text, check_writable, claim_folder,
-                        remove_if_unused)
+from brainlm.io import atomic_write_json, atomic_write_text, output_folder
 from brainlm.memory import check_memory
 from brainlm.model import BrainLMConfig, BrainLMForPretraining
 from brainlm.progress import progress
@@ -115,8 +115,7 @@ class Trainer:
         self.examples: list[dict] = []  # reconstructions of the last validation, for the plots
         self.val_windows = None  # per-window sums of the last validation, for the verdict's interval
         self.last_ckpt: Path | None = None
-        self.lock: OutputLock | None = None
-        self._created = False  # the run folder was made by this run (removed again if nothing was written)
+        self._claim = ExitStack()  # rank 0's claim and lock of the run folder, held until fit() ends
         self._flag = "--resume" if resume else "--out"
 
     # -- build -----------------------------------------------------------------------------------
@@ -172,17 +171,14 @@ class Trainer:
                             f"larger than the train split ({len(self.train_dataset)} windows); lower --batch_size")
 
     def _take_lock(self) -> None:
-        """Rank 0 locks the run folder and claims it for a run; every rank learns whether it could."""
+        """Rank 0 claims and locks the run folder (:func:`brainlm.io.output_folder`: a new or empty
+        folder, or a run; released when ``fit`` ends, removed again if nothing was written); every
+        rank learns whether it could."""
         error = None
         if self.info.is_main:
-            self._created = not self.run_dir.exists()
-            self.lock = OutputLock(self.run_dir, what="run folder")
             try:
-                check_writable(self.run_dir, self._flag, create=False)
-                self.lock.acquire()
-                claim_folder(self.run_dir, "run", flag=self._flag)
+                self._claim.enter_context(output_folder(self.run_dir, kind="run", what="run folder", flag=self._flag))
             except UserError as err:
-                self.lock.release()
                 error = (isinstance(err, OutputLockedError), str(err))
         error = broadcast_object(error)
         if error:
@@ -316,15 +312,10 @@ class Trainer:
 
     def fit(self) -> RunResult:
         """Build, restore, train to ``max_steps`` (or ``stop_at_step``), evaluate and save on schedule."""
-        try:
+        with self._claim:
             self.build()
             self.restore()
             return self._run()
-        finally:
-            if self.lock is not None:
-                if self._created:
-                    remove_if_unused(self.run_dir)
-                self.lock.release()
 
     def _run(self) -> RunResult:
         c = self.config
