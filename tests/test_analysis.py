@@ -81,7 +81,7 @@ def test_attention_contrast_finds_the_planted_network_and_says_amplitude_explain
     # Attention sums to 1: what network 0 gains the others lose, and that too is amplitude.
     assert all(r["reading"] != "attention differs beyond what variance and autocorrelation explain"
                for r in rows.values())
-    assert attention_group["contrast"]["verdict"]["outcome"] in OUTCOMES
+    assert attention_group["contrast"]["verdict"]["kind"] in OUTCOMES
     assert attention_group["contrast"]["design"] == "between"
     # The attention map follows variance across regions, and the report says so.
     assert attention_group["map_correlations"]["variance"]["ci_low"] > 0
@@ -154,7 +154,7 @@ def test_networks_fc_profiles_recover_the_planted_networks_and_the_model_is_scor
     model = scores.loc["model"]
     assert len(model) == 2 and model["accuracy"].between(0, 1).all() and model["p_accuracy"].between(0, 1).all()
     assert res["verdict"]["unit"] == "regions" and res["verdict"]["num_subjects"] == R
-    assert res["verdict"]["outcome"] in OUTCOMES
+    assert res["verdict"]["kind"] in OUTCOMES
     predictions = pd.read_csv(planted["root"] / "networks" / "networks_predictions.csv")
     assert (predictions["network"] == [f"net{k}" for k in planted["labels"]]).all()
 
@@ -248,7 +248,7 @@ def test_perturb_reports_the_agreement_and_the_verdict(planted):
     assert set(agreement.index) == {"every region", "unperturbed regions"}
     assert np.isfinite(agreement["correlation"]).all()
     assert res["perturbation"]["regions"] == [f"r{r:03d}" for r in np.flatnonzero(planted["labels"] == 1)]
-    assert res["verdict"]["outcome"] in OUTCOMES and res["windows"] == 5 * 30
+    assert res["verdict"]["kind"] in OUTCOMES and res["windows"] == 5 * 30
     response = pd.read_csv(planted["root"] / "perturb" / "perturb_response.csv")
     assert len(response) == R * 5 and response["perturbed"].sum() == 6 * 5
     assert (planted["root"] / "perturb" / "perturb_map.png").is_file()
@@ -276,9 +276,9 @@ def test_vitmae_runs_through_attention_networks_and_latent(a424):
     attention = pd.read_csv(a424["root"] / "attention" / "attention_recordings.csv")
     assert attention.shape == (6, 2 + 424)
     np.testing.assert_allclose(attention.iloc[:, 2:].sum(axis=1), 1.0, atol=1e-4)
-    assert att["contrast"]["verdict"]["outcome"] in OUTCOMES
+    assert att["contrast"]["verdict"]["kind"] in OUTCOMES
     net = run_networks(options(NetworksOptions, a424, "networks", permutations=3, **kw))
-    assert {r["features"] for r in net["scores"]} == {"model", "fc_profile", "signal", "coordinates"}
+    assert {r["features"] for r in net["scores"]} == {"model", "initial", "fc_profile", "signal", "coordinates"}
     lat = run_latent(options(LatentOptions, a424, "latent", color=("group",), umap=False, **kw))
     assert {r["space"] for r in lat["scores"]} == {"model", "FC", "autocorrelation"} and "region_purity" in lat
 

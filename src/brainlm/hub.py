@@ -53,7 +53,11 @@ from brainlm.io import MARKER, atomic_write_text, claim_folder, read_json, verif
 # huggingface_hub is imported where it is used: a model needs it only to fetch a hub id or to push.
 
 __all__ = ["HubMixin", "model_card", "resolve_checkpoint", "register_format", "open_model", "read_model_config",
-           "resolve_model_folder", "find_checkpoints", "newest_checkpoint"]
+           "resolve_model_folder", "find_checkpoints", "newest_checkpoint", "find_initial", "INIT_FOLDER",
+           "INIT_RECORD"]
+
+# A training run keeps the model as it started in RUN/init/, with how it was initialised.
+INIT_FOLDER, INIT_RECORD = "init", "initialisation.json"
 
 # Training checkpoints are RUN/checkpoints/step_<8 digits>; temporary folders (.tmp-*) never match.
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -168,6 +172,27 @@ def resolve_model_folder(path: str | os.PathLike) -> Path:
     raise MissingInputError(
         f"{folder}: not a checkpoint folder (no config.json) nor a training run (no best/ or checkpoints/step_*)"
     )
+
+
+def find_initial(path: str | os.PathLike) -> tuple[Path | None, dict]:
+    """The model a checkpoint's training run started from, and how it was initialised.
+
+    ``path`` is a training run, its ``best/``, ``init/`` or ``checkpoints/step_*`` folder.
+
+    Returns:
+        ``(RUN/init, its initialisation.json)``, or ``(None, {})`` for a folder outside a run
+        (a saved or released model, a hub id) or a run written before ``RUN/init`` was kept.
+    """
+    folder = Path(path).expanduser()
+    candidates = [folder, folder.parent, folder.parent.parent]
+    for run in candidates:
+        init = run / INIT_FOLDER
+        if (init / "config.json").is_file() and (init / INIT_RECORD).is_file():
+            record = read_json(init / INIT_RECORD, "initialisation record")
+            if not isinstance(record, dict):
+                raise UserError(f"{init / INIT_RECORD}: not an initialisation record (a JSON object)")
+            return init, record
+    return None, {}
 
 
 def read_model_config(folder: str | os.PathLike) -> dict[str, Any]:

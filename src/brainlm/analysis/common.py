@@ -63,6 +63,7 @@ class Analysis:
     recordings: object
     networks: Networks
     out: Path
+    initial: object = None  # brainlm.downstream.Initial: the same model before any training step
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -80,6 +81,9 @@ class Analysis:
                   f"recordings of {len({m['subject_id'] for m in self.recordings.meta})} subjects, "
                   f"{self.store.num_regions} regions), windows of {self.window} timepoints.",
                   self.networks.note()]
+        if self.initial is not None:
+            header.append(f"Beside the model, the same model at initialisation (no training step), so that what "
+                          f"training added is told from what initialisation gave: {self.initial.description}.")
         return Report(title, header, self)
 
 
@@ -93,7 +97,7 @@ def open_analysis(options: AnalysisOptions, outputs: list[str], *,
         check: the analysis's own input checks, run before the model is loaded.
     """
     from brainlm.data import open_store
-    from brainlm.downstream import check_regions, load_model, open_recordings
+    from brainlm.downstream import check_regions, load_initial, load_model, open_recordings
 
     store = open_store(options.store)
     recordings = open_recordings(store, options.split)
@@ -108,7 +112,8 @@ def open_analysis(options: AnalysisOptions, outputs: list[str], *,
             check(store, networks)
         model = load_model(options.checkpoint, map_location=resolve_device(options.device)).eval()
         check_regions(model, store.num_regions, str(store.path))
-        yield Analysis(options, model, store, recordings, networks, out)
+        initial = load_initial(options.checkpoint, model, seed=options.seed)
+        yield Analysis(options, model, store, recordings, networks, out, initial)
 
 
 def check_column(store, column: str, flag: str) -> None:
@@ -126,7 +131,8 @@ class Report:
         self.results: dict = {"analysis": title, "options": analysis.options.to_dict(),
                               "networks": {"source": analysis.networks.source,
                                            "data_derived": analysis.networks.data_derived,
-                                           "names": list(analysis.networks.names)}}
+                                           "names": list(analysis.networks.names)},
+                              "initialisation": analysis.initial.to_dict() if analysis.initial is not None else None}
         self.tables: dict[str, pd.DataFrame] = {"networks.tsv": analysis.networks.table(analysis.store.region_names)}
         self.figures: dict[str, tuple] = {}
         self.analysis = analysis

@@ -184,6 +184,15 @@ class Trainer:
         if error:
             raise (OutputLockedError if error[0] else UserError)(error[1])
 
+    def initialisation(self) -> dict[str, Any]:
+        """How the model was initialised, as ``RUN/init/initialisation.json`` records it: ``kind`` is
+        ``checkpoint`` (``init_from``), ``connectivity`` (region tables from the train split's
+        covariance) or ``normal`` (the model's own random initialisation)."""
+        c = self.config
+        kind = "checkpoint" if c.init_from else c.region_embedding_init
+        return {"kind": kind, "source": str(c.init_from) if c.init_from else None, "seed": c.seed,
+                "model": c.model, "train_mask_scheme": c.train_mask_scheme}
+
     def _load_init(self, model: BrainLMForPretraining) -> None:
         """``init_from``: start from the weights of a model folder of the same size and atlas."""
         source = self.config.init_from
@@ -331,6 +340,8 @@ class Trainer:
             if identity is not None:
                 atomic_write_json(self.run_dir / "data.json", identity)
         barrier()
+        if self.step == 0:  # the model before any step: what initialisation alone gives
+            ckpt.save_initial(self.run_dir, self.model, self.initialisation())
         self.loggers = Loggers(self.run_dir, c, self.info.is_main, keep_until=self.step if self.resume else None)
         bar = progress(total=c.max_steps, initial=self.step, desc="fine-tune" if c.init_from else "pretrain", unit="step",
                        enabled=self.info.is_main and c.progress)
