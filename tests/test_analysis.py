@@ -175,7 +175,7 @@ def test_estimated_networks_are_the_planted_ones_and_marked_data_derived(planted
 def test_latent_scores_every_label_beside_fc(planted):
     res = run_latent(options(LatentOptions, planted, "latent", color=("group", "score"), umap=False))
     scores = pd.DataFrame(res["scores"])
-    assert set(scores["column"]) == {"group", "score"} and set(scores["space"]) == {"model", "FC", "autocorrelation"}
+    assert set(scores["column"]) == {"group", "score"} and set(scores["space"]) == {"model", "initial", "FC", "autocorrelation"}
     fc = scores[(scores["column"] == "group") & (scores["space"] == "FC")]
     assert (fc["purity"] > fc["chance"] + 0.15).all()  # FC separates the planted groups
     assert set(res["verdicts"]) == {"group", "score"}
@@ -280,7 +280,7 @@ def test_vitmae_runs_through_attention_networks_and_latent(a424):
     net = run_networks(options(NetworksOptions, a424, "networks", permutations=3, **kw))
     assert {r["features"] for r in net["scores"]} == {"model", "initial", "fc_profile", "signal", "coordinates"}
     lat = run_latent(options(LatentOptions, a424, "latent", color=("group",), umap=False, **kw))
-    assert {r["space"] for r in lat["scores"]} == {"model", "FC", "autocorrelation"} and "region_purity" in lat
+    assert {r["space"] for r in lat["scores"]} == {"model", "initial", "FC", "autocorrelation"} and "region_purity" in lat
 
 
 # --------------------------------------------------------------------------- the demo's call

@@ -54,14 +54,17 @@ def test_demo_forecast_table_sets_the_model_beside_ar_and_var(tmp_path, capsys):
 
     from downstream_synth import synthetic_store, tiny_model
 
+    from brainlm.evaluate.reconstruction import windows_with_initial
     from brainlm.pipelines.benchmark import BenchmarkConfig, forecasting_windows
     from brainlm.pipelines.demo import _forecast_table
 
     store = synthetic_store(tmp_path / "store", n_subjects=6, split=(4, 1, 1), T=60)
     score = BenchmarkConfig(seed=0, precision="fp32", bootstrap=200)
     tuned = tiny_model()
-    held = SimpleNamespace(forecast_model=tuned, model=tiny_model(seed=1),
-                           forecasting=forecasting_windows(tuned, store, score))
+    pretrained = tiny_model(seed=1)
+    held = SimpleNamespace(forecast_model=tuned, model=pretrained,
+                           forecasting=windows_with_initial(forecasting_windows(tuned, store, score),
+                                                            forecasting_windows(pretrained, store, score)))
     _forecast_table(held, store, score)
     out = capsys.readouterr().out
     assert "BrainLM, fine-tuned to forecast" in out and "BrainLM, pretrained only" in out

@@ -35,7 +35,11 @@ def test_benchmark_report_results_and_figures(setup, capsys):
     tasks = {t["task"]: t for t in results["tasks"]}
     rec = tasks["reconstruction"]
     methods = {row["method"] for row in rec["table"]}
-    assert methods == {"model", "zero", "mean", "interp", "conn"}
+    assert methods == {"model", "zero", "mean", "interp", "conn", "initial"}  # the ladder and the model at step 0
+    # a saved model outside a training run: no record of its initialisation, so a fresh one, named as such
+    assert results["initialisation"]["kind"] == "unknown" and "fresh random initialisation" in report
+    for task in ("forecasting", "fingerprinting", "probes"):
+        assert any(row["method"].startswith("initial") for row in tasks[task]["table"]), task
     for row in rec["table"]:
         assert row["ci_low"] <= row["value"] <= row["ci_high"] or row["method"] == "zero"
     cmp = rec["comparison"]
@@ -83,7 +87,7 @@ def test_benchmark_probes_read_targets_like_probe(setup, tmp_path, capsys):
 
 @pytest.mark.parametrize("lo, hi, expected", [(-0.02, 0.04, "level (within noise)"), (0.01, 0.04, "wins"),
                                               (-0.30, -0.20, "loses"),
-                                              (-0.50, 0.0, "loses")])  # the model better in no resample
+                                              (-0.50, 0.0, "level (within noise)")])  # an end at 0 is no evidence
 def test_verdict_says_within_noise_when_the_paired_interval_spans_zero(lo, hi, expected):
     from types import SimpleNamespace
 

@@ -50,6 +50,7 @@ __all__ = ["AttentionOptions", "AttentionMaps", "attention_maps", "run_attention
 
 RIVALS = {"variance": "signal variance", "autocorrelation": "lag-1 autocorrelation",
           "connectivity": "within-network FC"}
+INITIAL = "CLS attention of the same model at initialisation"
 
 
 def _layer(text: str) -> int | None:
@@ -96,11 +97,13 @@ class AttentionMaps:
         return np.array([m["subject_id"] for m in self.meta])
 
 
-def attention_maps(a: Analysis, layer: int | None = -1) -> AttentionMaps:
-    """CLS attention, signal statistics and within-network connectivity of every recording."""
+def attention_maps(a: Analysis, layer: int | None = -1, model=None) -> AttentionMaps:
+    """CLS attention (of ``model``, default the analysed one), signal statistics and within-network
+    connectivity of every recording."""
     from brainlm.downstream import cls_attention
 
-    device = next(a.model.parameters()).device
+    model = a.model if model is None else model
+    device = next(model.parameters()).device
     codes, K = a.networks.codes, a.networks.num_networks
     attn, stats, conn, meta, skipped, count = [], [], [], [], [], 0
     for m, ts in progress_bar(a.recordings, enabled=a.options.progress, total=len(a.recordings), desc="attention",
@@ -112,7 +115,7 @@ def attention_maps(a: Analysis, layer: int | None = -1) -> AttentionMaps:
         per_window = []
         for start in range(0, len(windows), a.options.batch_size):
             with autocast_context(device, a.dtype):
-                maps = cls_attention(a.model, windows[start : start + a.options.batch_size], a.recordings.coords, layer)
+                maps = cls_attention(model, windows[start : start + a.options.batch_size], a.recordings.coords, layer)
             per_window.append(maps.sum(-1))  # (B, R)
         span = ts[: len(windows) * a.window]
         attn.append(np.concatenate(per_window).mean(0))
@@ -204,7 +207,8 @@ def run_attention(options: AttentionOptions) -> dict:
         report = a.report("CLS attention by region and network")
         _describe(a, maps, report, o)
         if o.group:
-            _contrast(a, maps, report, o)
+            initial = attention_maps(a, o.layer, a.initial.model) if a.initial is not None else None
+            _contrast(a, maps, report, o, initial)
         return report.finish()
 
 
@@ -269,9 +273,11 @@ def _readings(tables: dict) -> list[str]:
 
 
 def _contrast_verdict(features: dict, groups, o: AttentionOptions):
-    """How strongly attention separates the groups (its largest |d| over networks) against the rival
-    that separates them most strongly, on the same subject resamples."""
-    values = {name: SubjectValues.of(features[name], groups) for name in ("attention", *RIVALS)}
+    """How strongly attention separates the groups (its largest |d| over networks) against the
+    strongest of the rivals and the same model's attention at initialisation (``features["initial"]``,
+    when given), on the same subject resamples."""
+    candidates = {**RIVALS, **({"initial": INITIAL} if "initial" in features else {})}
+    values = {name: SubjectValues.of(features[name], groups) for name in ("attention", *candidates)}
     boot = values["attention"].bootstrap(o.bootstrap, o.seed)
 
     def strongest(name):
@@ -282,8 +288,8 @@ def _contrast_verdict(features: dict, groups, o: AttentionOptions):
         return stat
 
     everyone = np.arange(len(values["attention"].subjects))
-    rival = max(RIVALS, key=lambda n: strongest(n)(everyone))
-    return compare("CLS attention", RIVALS[rival], strongest("attention"), strongest(rival), boot, len(everyone),
+    rival = max(candidates, key=lambda n: strongest(n)(everyone))
+    return compare("CLS attention", candidates[rival], strongest("attention"), strongest(rival), boot, len(everyone),
                    metric="largest |effect size| over networks")
 
 
@@ -333,8 +339,9 @@ def _attention_tables(a: Analysis, maps: AttentionMaps, o: AttentionOptions):
     return regions, networks, correlations, len(boot)
 
 
-def _contrast(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions) -> None:
-    """Group contrasts of attention and of its rivals, per network (FDR) and per region."""
+def _contrast(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions, initial: AttentionMaps | None = None) -> None:
+    """Group contrasts of attention and of its rivals, per network (FDR) and per region; ``initial``:
+    the same recordings' maps from the model at initialisation, which the verdict also weighs."""
     nets = a.networks
     codes, K = nets.codes, nets.num_networks
     groups = _groups(a.store, o, [m["recording_id"] for m in maps.meta])
@@ -357,7 +364,8 @@ def _contrast(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions) -> 
                      + [regions.assign(measure="attention per region")], ignore_index=True)
     report.tables["attention_contrasts.csv"] = long[["measure", *[c for c in long.columns if c != "measure"]]]
 
-    verdict = _contrast_verdict(features, groups, o)
+    extra = {"initial": _per_network(initial.attention, codes, K, "sum")} if initial is not None else {}
+    verdict = _contrast_verdict({**features, **extra}, groups, o)
     found = [n for n, q in zip(nets.names, tables["attention"]["q"]) if q < 0.05]
     explained = [n for n, r in zip(nets.names, readings) if "amplitude explains" in r]
     report.say(f"attention contrast, {groups.describe()}: networks with q < 0.05: {', '.join(found) or 'none'}"

@@ -46,6 +46,7 @@ from .stats import as_label, median_split
 __all__ = ["LatentOptions", "knn_purity", "label_scores", "two_d_maps", "run_latent"]
 
 RIVALS = {"FC": "FC features", "autocorrelation": "lag-1 autocorrelation per region"}
+INITIAL = "the same model at initialisation"
 
 
 @dataclass(kw_only=True)
@@ -141,12 +142,13 @@ def run_latent(options: LatentOptions) -> dict:
     with open_analysis(o, outputs, check=check) as a:
         from brainlm.downstream import embed_recordings, fc_features
 
-        emb = embed_recordings(a.model, a.recordings, pooling=o.pooling, windows="average", window=a.window,
-                               batch_size=o.batch_size, precision=o.precision, progress=o.progress)
+        emb, initial = (embed_recordings(model, a.recordings, pooling=o.pooling, windows="average", window=a.window,
+                                         batch_size=o.batch_size, precision=o.precision, progress=o.progress)
+                        for model in (a.model, a.initial.model))
         rivals = {kind: fc_features(a.recordings, window=a.window, windows="average", kind=kind, progress=o.progress)
                   for kind in ("correlation", "autocorrelation")}
         report = a.report("The latent space by phenotype")
-        _write(a, report, emb, rivals, columns, o)
+        _write(a, report, emb, rivals, columns, o, initial)
         if o.regions:
             _regions(a, report, o)
         return report.finish()
@@ -164,7 +166,8 @@ def _labels(rows: pd.DataFrame, column: str) -> np.ndarray:
 def _score_column(report, column: str, labels: np.ndarray, spaces: dict, rows: pd.DataFrame, subjects: np.ndarray,
                   model_label: str, o: LatentOptions):
     """kNN purity and silhouette of one label column in every space, per level with subject intervals,
-    and the model's verdict against its strongest rival; returns (per-recording scores, summary rows, verdict)."""
+    and the model's verdict against the strongest of its rivals and the same model at initialisation
+    (space ``initial``, when given); returns (per-recording scores, summary rows, verdict)."""
     keep = labels != ""
     per, scores, summary = {}, [], []
     for name, X in spaces.items():
@@ -183,21 +186,22 @@ def _score_column(report, column: str, labels: np.ndarray, spaces: dict, rows: p
                             "purity": np.nanmean(purity[members]), "purity_ci_low": lo, "purity_ci_high": hi,
                             "chance": np.nanmean(s["chance"].to_numpy()[members]),
                             "silhouette": np.nanmean(s["silhouette"].to_numpy()[members])})
-    rival = max(RIVALS, key=lambda n: np.nanmean(per[n]["purity"]))
+    candidates = {**RIVALS, **({"initial": INITIAL} if "initial" in per else {})}
+    rival = max(candidates, key=lambda n: np.nanmean(per[n]["purity"]))
     model_p, rival_p = per["model"]["purity"].to_numpy(), per[rival]["purity"].to_numpy()
-    verdict = compare(model_label, RIVALS[rival], lambda idx: np.nanmean(model_p[idx]),
+    verdict = compare(model_label, candidates[rival], lambda idx: np.nanmean(model_p[idx]),
                       lambda idx: np.nanmean(rival_p[idx]), boot, int(keep.sum()),
                       metric=f"kNN purity of {column} (k = {o.neighbours})")
     chance = np.nanmean(per["model"]["chance"])
     report.say(f"latent, {column}: kNN purity {np.nanmean(model_p):.3f} (model) vs "
-               + ", ".join(f"{np.nanmean(per[n]['purity']):.3f} ({n})" for n in RIVALS)
+               + ", ".join(f"{np.nanmean(per[n]['purity']):.3f} ({n})" for n in candidates)
                + f", chance {chance:.3f}; silhouette {np.nanmean(per['model']['silhouette']):+.3f} vs "
-               + ", ".join(f"{np.nanmean(per[n]['silhouette']):+.3f}" for n in RIVALS))
+               + ", ".join(f"{np.nanmean(per[n]['silhouette']):+.3f}" for n in candidates))
     report.say(verdict.line(f"on {column}"))
     return scores, summary, verdict
 
 
-def _write(a: Analysis, report, emb, rivals: dict, columns: list[str], o: LatentOptions) -> None:
+def _write(a: Analysis, report, emb, rivals: dict, columns: list[str], o: LatentOptions, initial=None) -> None:
     rows = a.store.recordings.set_index("recording_id").loc[emb.index["recording_id"]].reset_index()
     subjects = emb.index["subject_id"].astype(str).to_numpy()
     spaces = {"model": _standard(emb.X), "FC": _standard(rivals["correlation"].X),
@@ -209,8 +213,9 @@ def _write(a: Analysis, report, emb, rivals: dict, columns: list[str], o: Latent
         maps[name], note = two_d_maps(X, umap=o.umap, seed=o.seed)
         notes.append(f"{name}: {note} ({time.perf_counter() - started:.1f} s)")
     scores, summary, verdicts = [], [], {}
+    scored = {**spaces, **({"initial": _standard(initial.X)} if initial is not None else {})}
     for column in columns:
-        column_scores, column_summary, verdicts[column] = _score_column(report, column, _labels(rows, column), spaces,
+        column_scores, column_summary, verdicts[column] = _score_column(report, column, _labels(rows, column), scored,
                                                                         rows, subjects, model_label, o)
         scores += column_scores
         summary += column_summary

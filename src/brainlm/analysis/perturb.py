@@ -107,10 +107,12 @@ class PerturbationResult:
     var_forecast: np.ndarray
     true: np.ndarray
     subjects: np.ndarray
+    initial_forecast: np.ndarray | None = None  # (N, R, k) of the same model at initialisation
 
     def r2(self, which: str):
-        """``r2(idx)``: pooled forecast R^2 (``1 - SSE / sum(y^2)``) of ``"model"`` or ``"var"`` on windows ``idx``."""
-        pred = self.model_forecast if which == "model" else self.var_forecast
+        """``r2(idx)``: pooled forecast R^2 (``1 - SSE / sum(y^2)``) of ``"model"``, ``"var"`` or
+        ``"initial"`` on windows ``idx``."""
+        pred = {"model": self.model_forecast, "var": self.var_forecast, "initial": self.initial_forecast}[which]
         sse = ((self.true - pred) ** 2).sum((1, 2))
         syy = (self.true ** 2).sum((1, 2))
         return lambda idx: float(1 - sse[idx].sum() / syy[idx].sum())
@@ -193,6 +195,14 @@ def select_regions(regions: tuple[str, ...], network: str | None, region_names, 
     return np.unique(chosen)
 
 
+def _forecasts(model, windows: np.ndarray, coords, k: int, batch_size: int, dtype) -> np.ndarray:
+    """``(N, R, k)`` unperturbed forecasts of the last ``k`` timepoints of every window."""
+    from brainlm.downstream import forecast_windows
+
+    return np.concatenate([forecast_windows(model, np.asarray(windows[i : i + batch_size], np.float32), coords, k, dtype)
+                           for i in range(0, len(windows), batch_size)]).astype(np.float64)
+
+
 def _held_out_windows(a: Analysis, max_windows: int) -> tuple[np.ndarray, np.ndarray]:
     """Every whole window of the analysed recordings, thinned evenly to ``max_windows``: ``(N, R, T)``, subjects."""
     windows, subjects = [], []
@@ -231,6 +241,7 @@ def run_perturb(options: PerturbOptions) -> dict:
         windows, subjects = _held_out_windows(a, o.max_windows)
         result = perturb_windows(a.model, baselines, windows, a.recordings.coords, subjects, perturbation, k,
                                  batch_size=o.batch_size, dtype=a.dtype, progress=o.progress)
+        result.initial_forecast = _forecasts(a.initial.model, windows, a.recordings.coords, k, o.batch_size, a.dtype)
         report = a.report("In-silico perturbation")
         _write(a, report, result, perturbation, k, o)
         return report.finish()
@@ -242,17 +253,23 @@ def _write(a: Analysis, report, result: PerturbationResult, perturbation: Pertur
     regions = perturbation.regions
     agreement = response_agreement(result, regions, o.bootstrap, o.seed)
     boot = SubjectBootstrap(result.subjects, o.bootstrap, o.seed)
-    verdict = compare("BrainLM forecasting", f"ridge VAR({o.ar_order})", result.r2("model"), result.r2("var"), boot,
+    # against the stronger of the VAR and the same model at initialisation (what fine-tuning started from)
+    everyone = np.arange(len(result.subjects))
+    against = "var" if result.initial_forecast is None or result.r2("var")(everyone) >= result.r2("initial")(everyone) \
+        else "initial"
+    rival = f"ridge VAR({o.ar_order})" if against == "var" else "the same model at initialisation"
+    verdict = compare("BrainLM forecasting", rival, result.r2("model"), result.r2(against), boot,
                       len(result.subjects), metric="forecast R^2 of the unperturbed held-out windows")
+    initial_r2 = result.r2("initial")(everyone) if result.initial_forecast is not None else float("nan")
     model_mean, var_mean = result.model_response.mean(0), result.var_response.mean(0)  # (R, k)
     what = (f"{o.kind} of {o.amplitude:g} SD" + (f" over the last {perturbation.duration} visible timepoints"
                                                  if o.kind == "step" else " at the last visible timepoint")
             + f" in {', '.join(names[r] for r in regions[:6])}" + (f" and {len(regions) - 6} more" if len(regions) > 6
                                                                    else "")
             + (f" (network {o.network})" if o.network else ""))
-    everyone = agreement.set_index("cells")
+    cells = agreement.set_index("cells")
     line = ", ".join(f"{c}: r = {row.correlation:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
-                     for c, row in everyone.iterrows())
+                     for c, row in cells.iterrows())
     report.say(f"perturb: {what}; response agreement, model vs ridge VAR({o.ar_order}): {line}")
     report.say(verdict.line(f"on {len(result.subjects)} held-out windows"))
     per_network = pd.DataFrame({
@@ -270,6 +287,9 @@ def _write(a: Analysis, report, result: PerturbationResult, perturbation: Pertur
         markdown_table(agreement),
         "Mean response per network:",
         markdown_table(per_network),
+        f"Forecast R^2 of the unperturbed windows: the model {result.r2('model')(everyone):.3f}, ridge "
+        f"VAR({o.ar_order}) {result.r2('var')(everyone):.3f}, the same model at initialisation {initial_r2:.3f} "
+        f"({a.initial.kind}).",
         f"Verdict (which simulator forecasts the unperturbed data better): {verdict.line('on the held-out windows')}.")
     report.tables["perturb_response.csv"] = pd.DataFrame(
         [{"region_index": r, "region": names[r], "network": a.networks.labels[r], "perturbed": r in set(regions),
@@ -285,7 +305,9 @@ def _write(a: Analysis, report, result: PerturbationResult, perturbation: Pertur
     report.results.update(perturbation={"regions": [names[r] for r in regions], "kind": o.kind,
                                         "amplitude_sd": o.amplitude, "duration": perturbation.duration, "k": k},
                           windows=len(result.subjects), agreement=agreement.to_dict("records"),
-                          verdict=verdict.to_dict(), per_network=per_network.to_dict("records"))
+                          verdict=verdict.to_dict(), per_network=per_network.to_dict("records"),
+                          forecast_r2={"model": result.r2("model")(everyone), "var": result.r2("var")(everyone),
+                                       "initial": initial_r2})
 
 
 def _time_figure(model_mean: np.ndarray, var_mean: np.ndarray, regions: np.ndarray, names, order: int):

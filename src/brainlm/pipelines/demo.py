@@ -144,8 +144,8 @@ def _reconstruction_table(held, store, model_config, score) -> None:
 def _forecast_table(held, store, score, remedy: str = "") -> None:
     """Forecasting on the same held-out subjects: the last patch of every window from the rest,
     the model fine-tuned to forecast beside persistence, AR(p) and ridge VAR fitted on the train
-    subjects, and the pretrained model it started from."""
-    from .benchmark import forecasting_windows, ladder_from_windows, verdict_of
+    subjects, and the pretrained model it started from (its initialisation, ``initial``)."""
+    from .benchmark import ladder_from_windows, verdict_of
 
     result = ladder_from_windows("forecasting", held.forecasting, score, [])
     model = held.forecast_model
@@ -153,11 +153,10 @@ def _forecast_table(held, store, score, remedy: str = "") -> None:
     print(f"Forecasting the last {k} timepoints of every {window}-timepoint window from the {window - k} before "
           "(same held-out subjects; R^2 over the forecast values):")
     baseline = result.comparison["baseline"]
+    names = {"model": "BrainLM, fine-tuned to forecast", "initial": "BrainLM, pretrained only (its start)"}
     for row in result.table.itertuples():
-        label = "BrainLM, fine-tuned to forecast" if row.method == "model" else row.label
-        print(f"{label + (' *' if row.method == baseline else ''):<34}{row.value:>8.3f}")
-    w = forecasting_windows(held.model, store, score)
-    print(f"{'BrainLM, pretrained only':<34}{1 - w['model_sse'].sum() / w['model_syy'].sum():>8.3f}")
+        label = names.get(row.method, row.label)
+        print(f"{label + (' *' if row.method == baseline else ''):<38}{row.value:>8.3f}")
     print(f"forecasting: {replace(verdict_of(result), remedy=remedy).line('on the held-out subjects')}")
     print()
 
