@@ -187,6 +187,7 @@ def _check_inputs(options: AttentionOptions):
         if options.group is not None:
             check_column(store, options.group, "--group")
             _groups(store, options)
+            networks.require(2, "the within-network connectivity contrasted with --group")
 
     return check
 
