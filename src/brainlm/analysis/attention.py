@@ -303,7 +303,8 @@ def _distance_text(test: dict) -> str:
 
 def _enrichment_text(networks: pd.DataFrame, uniform: dict) -> str:
     """The most enriched network, only when the map differs from uniform over the networks."""
-    test = f"total variation from uniform over networks {_distance_text(uniform['networks'])} over {uniform['subjects']} subjects"
+    test = (f"total variation from uniform over networks {_distance_text(uniform['networks'])} over "
+            f"{uniform['subjects']} subjects")
     if uniform["most_enriched"] is None:
         return f"the map is not distinguishable from uniform ({test}): no network is enriched"
     top = networks.set_index("network", drop=False).loc[uniform["most_enriched"]]

@@ -267,9 +267,9 @@ def estimate_networks(recordings, num_networks: int, *, seed: int = 0, what: str
         if np.bincount(clusters, minlength=K).min() >= min_regions:
             break
     else:
-        raise UserError(f"--num-networks {num_networks}: k-means of the FC profiles of {what} leaves a network of fewer "
-                        f"than {min_regions} regions for every K from {num_networks} down to 2; give the networks "
-                        "with --networks")
+        raise UserError(f"--num-networks {num_networks}: k-means of the FC profiles of {what} leaves a network of "
+                        f"fewer than {min_regions} regions for every K from {num_networks} down to 2; give the "
+                        "networks with --networks")
     # Named by their first region, so the names do not depend on k-means' arbitrary numbering.
     first = {c: i for i, c in reversed(list(enumerate(clusters)))}
     rank = {c: k for k, c in enumerate(sorted(first, key=first.get))}
