@@ -243,12 +243,14 @@ def test_var_response_is_the_true_systems_and_the_models_agreement_is_reported(p
 
 
 def test_perturb_reports_the_agreement_and_the_verdict(planted):
-    res = run_perturb(options(PerturbOptions, planted, "perturb", network="net1", kind="step", duration=3))
+    res = run_perturb(options(PerturbOptions, planted, "perturb", network="net1", kind="step", duration=3,
+                              allow_untrained_forecaster=True))
     agreement = pd.DataFrame(res["agreement"]).set_index("cells")
     assert set(agreement.index) == {"every region", "unperturbed regions"}
-    assert np.isfinite(agreement["correlation"]).all()
+    assert np.isfinite(agreement["correlation"]).all() and (agreement["amplitude_ratio"] > 0).all()
     assert res["perturbation"]["regions"] == [f"r{r:03d}" for r in np.flatnonzero(planted["labels"] == 1)]
-    assert res["verdict"]["outcome"] in OUTCOMES and res["windows"] == 5 * 30
+    # held out by default: the validation and test subjects, 5 + 5
+    assert res["verdict"]["outcome"] in OUTCOMES and res["windows"] == 10 * 30 and res["subjects"] == 10
     response = pd.read_csv(planted["root"] / "perturb" / "perturb_response.csv")
     assert len(response) == R * 5 and response["perturbed"].sum() == 6 * 5
     assert (planted["root"] / "perturb" / "perturb_map.png").is_file()
@@ -287,9 +289,12 @@ def test_vitmae_runs_through_attention_networks_and_latent(a424):
 
 
 def test_quick_analyses_print_each_beside_its_rival(tmp_path):
+    from analysis_synth import forecast_run
+
     store, _ = planted_store(tmp_path / "store", n_subjects=8, T=100, split=(4, 2, 2))
     save_pretrained(tiny_model(num_regions=R, window=20), tmp_path / "tiny")
-    lines = quick_analyses(tmp_path / "tiny", store.path, tmp_path / "quick", forecast_model=tmp_path / "tiny",
+    forecaster = forecast_run(store.path, tmp_path / "tiny", tmp_path / "forecast_run")
+    lines = quick_analyses(tmp_path / "tiny", store.path, tmp_path / "quick", forecast_model=forecaster,
                            figures=False, permutations=5)
     text = "\n".join(lines)
     for words in ("attention (the last encoder layer)", "attention contrast, group", "vs the strongest baseline (",
@@ -454,6 +459,8 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(planted, tmp_path, cap
     extra = [e.format(**paths) for e in extra]
     if "--networks" not in extra:
         extra += ["--networks", planted["networks"]]
+    if command == "perturb":  # the tiny model was never fine-tuned to forecast
+        extra += ["--allow-untrained-forecaster"]
     out = tmp_path / "out"
     code = run_cli(command, planted["root"] / "tiny", planted["root"] / "store", "--out", out, *extra)
     err = capsys.readouterr().err
