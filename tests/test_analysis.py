@@ -243,7 +243,8 @@ def test_var_response_is_the_true_systems_and_the_models_agreement_is_reported(p
 
 
 def test_perturb_reports_the_agreement_and_the_verdict(planted):
-    res = run_perturb(options(PerturbOptions, planted, "perturb", network="net1", kind="step", duration=3))
+    res = run_perturb(options(PerturbOptions, planted, "perturb", network="net1", kind="step", duration=3,
+                              split="test", allow_untrained_forecaster=True))
     agreement = pd.DataFrame(res["agreement"]).set_index("cells")
     assert set(agreement.index) == {"every region", "unperturbed regions"}
     assert np.isfinite(agreement["correlation"]).all()
@@ -252,6 +253,7 @@ def test_perturb_reports_the_agreement_and_the_verdict(planted):
     response = pd.read_csv(planted["root"] / "perturb" / "perturb_response.csv")
     assert len(response) == R * 5 and response["perturbed"].sum() == 6 * 5
     assert (planted["root"] / "perturb" / "perturb_map.png").is_file()
+    assert (agreement["amplitude_ratio"] > 0).all() and res["subjects"] == 5 and res["held_out"]
 
 
 # --------------------------------------------------------------------------- both model kinds
@@ -287,9 +289,12 @@ def test_vitmae_runs_through_attention_networks_and_latent(a424):
 
 
 def test_quick_analyses_print_each_beside_its_rival(tmp_path):
+    from analysis_synth import forecast_run
+
     store, _ = planted_store(tmp_path / "store", n_subjects=8, T=100, split=(4, 2, 2))
     save_pretrained(tiny_model(num_regions=R, window=20), tmp_path / "tiny")
-    lines = quick_analyses(tmp_path / "tiny", store.path, tmp_path / "quick", forecast_model=tmp_path / "tiny",
+    forecaster = forecast_run(store.path, tmp_path / "tiny", tmp_path / "forecast_run")
+    lines = quick_analyses(tmp_path / "tiny", store.path, tmp_path / "quick", forecast_model=forecaster,
                            figures=False, permutations=5)
     text = "\n".join(lines)
     for words in ("attention (the last encoder layer)", "attention contrast, group", "vs the strongest baseline (",
@@ -427,7 +432,7 @@ def run_cli(*args):
     ("perturb", [], r"give the regions to perturb: --regions .* or --network"),
     ("latent", ["--color", "constant"], r"--color 'constant' has fewer than two levels"),
     ("networks", ["--folds", "1"], r"--folds must be an integer >= 2"),
-    ("networks", ["--networks", "{single}"], r"--networks: networks b have one region"),
+    ("networks", ["--networks", "{single}"], r"--networks: networks b \(1\) have fewer than 2 regions"),
     ("attention", ["--layer", "5"], r"--layer 5: the encoder has 2 layers"),
     ("attention", ["--split", "holdout"], r"no split 'holdout' \(--split\)"),
 ])
@@ -454,6 +459,8 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(planted, tmp_path, cap
     extra = [e.format(**paths) for e in extra]
     if "--networks" not in extra:
         extra += ["--networks", planted["networks"]]
+    if command == "perturb":  # the tiny model was never fine-tuned to forecast
+        extra += ["--allow-untrained-forecaster"]
     out = tmp_path / "out"
     code = run_cli(command, planted["root"] / "tiny", planted["root"] / "store", "--out", out, *extra)
     err = capsys.readouterr().err

@@ -42,7 +42,8 @@ class AnalysisOptions(DeviceOptions):
     network_names: tuple[str, ...] = option((), "names of a label image's networks, in label order", group="networks")
     atlas_image: str | None = option(None, "label image of the store's atlas, for a --networks label image when "
                                      "the store does not name one", group="networks")
-    num_networks: int = option(7, "networks to estimate without --networks", check=at_least(2), group="networks")
+    num_networks: int = option(7, "networks to estimate without --networks (the most: fewer when k-means leaves a "
+                               "one-region network)", check=at_least(2), group="networks")
     split: str | None = option(None, "store split to analyse: train, validation or test (default: every recording)")
     batch_size: int = option(32, "windows per forward pass", check=positive)
     bootstrap: int = option(1000, "resamples (of subjects, or of regions) for the 95% intervals", check=at_least(0))

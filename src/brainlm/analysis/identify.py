@@ -237,10 +237,7 @@ def run_networks(options: NetworksOptions) -> dict:
     outputs = ["networks_scores.csv", "networks_predictions.csv", "networks_scores.png", "networks_map.png"]
 
     def check(store, networks) -> None:
-        if np.bincount(networks.codes).min() < 2:
-            small = [n for n, s in zip(networks.names, networks.sizes()) if s < 2]
-            raise UserError(f"--networks: networks {', '.join(small[:5])} have one region; network identification "
-                            "needs at least two regions per network")
+        networks.require(2, "network identification")
 
     with open_analysis(o, outputs, check=check) as a:
         features = region_features(a)
