@@ -40,7 +40,8 @@ from brainlm.checkpoint import load_pretrained, save_pretrained
 from brainlm.errors import MissingInputError, OutputExistsError, UserError
 from brainlm.evaluate.protocol import TASK_CHOICES, EarlyStopping, infer_task
 from brainlm.options import Options, at_least, between, option, positive
-from brainlm.io import atomic_write, atomic_write_json, normalize_subject_id
+from brainlm.hub import verify_model_folder
+from brainlm.io import atomic_write, atomic_write_json, normalize_subject_id, write_manifest
 from brainlm.model import BrainLMForPretraining
 from brainlm.progress import progress as progress_bar
 
@@ -210,7 +211,8 @@ def _run_epoch(model, x, y, xyz, task, batch_size, opt=None, gen=None) -> tuple[
 
 def finetune(model_or_path, store, target: str, config: FinetuneConfig | None = None, *,
              targets_file: str | os.PathLike | None = None, subject_column: str | None = None,
-             out_dir: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True) -> FinetuneResult:
+             out_dir: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True,
+             trust_unverified: bool = False) -> FinetuneResult:
     """Fine-tune encoder + head on a store's phenotype (or a TSV keyed by subject).
 
     Args:
@@ -221,6 +223,7 @@ def finetune(model_or_path, store, target: str, config: FinetuneConfig | None = 
         targets_file, subject_column: a TSV/CSV of targets (default: the store's phenotypes).
         out_dir: where to save the best model (nothing is saved when None).
         overwrite: replace an existing checkpoint in ``out_dir``.
+        trust_unverified: as :func:`load_model`.
 
     Raises:
         FileExistsError: ``out_dir`` holds a checkpoint and ``overwrite`` is False (checked first).
@@ -233,7 +236,8 @@ def finetune(model_or_path, store, target: str, config: FinetuneConfig | None = 
     config = config or FinetuneConfig()
     if out_dir is not None and (Path(out_dir) / "config.json").exists() and not overwrite:
         raise OutputExistsError(f"{out_dir} already holds a checkpoint; pass overwrite=True / --overwrite")
-    backbone = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    backbone = (load_model(model_or_path, trust_unverified=trust_unverified)
+                if isinstance(model_or_path, (str, os.PathLike)) else model_or_path)
     if not isinstance(backbone, BrainLMForPretraining):
         raise UserError("fine-tuning is implemented for BrainLM models, not the released ViT-MAE models")
     store = store if isinstance(store, Store) else open_store(store)
@@ -325,7 +329,8 @@ def _train(model, opt, data, task: str, config: FinetuneConfig, progress: bool) 
 
 
 def save_finetuned(model: BrainLMFinetuner, folder: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write the encoder checkpoint (``config.json``, ``model.safetensors``) and the head files."""
+    """Write the encoder checkpoint (``config.json``, ``model.safetensors``), the adapter, the head
+    files and, last, the ``manifest.json`` of them all."""
     folder = Path(folder)
     if (folder / "config.json").exists() and not overwrite:
         raise OutputExistsError(f"{folder} already holds a checkpoint; pass overwrite=True")
@@ -342,21 +347,26 @@ def save_finetuned(model: BrainLMFinetuner, folder: str | os.PathLike, overwrite
     head = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
     atomic_write(folder / "head.safetensors", lambda tmp: save_file(head, str(tmp)))
     atomic_write_json(folder / "head.json", json.loads(json.dumps(model.info, default=str)), sort_keys=True)
+    write_manifest(folder)  # last: the encoder, the adapter and the head, every file
     return folder
 
 
-def load_finetuned(folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> BrainLMFinetuner:
-    """Load what :func:`save_finetuned` wrote (encoder, adapter if any, head), in eval mode."""
+def load_finetuned(folder: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                   trust_unverified: bool = False) -> BrainLMFinetuner:
+    """Load what :func:`save_finetuned` wrote (encoder, adapter if any, head), in eval mode, verified
+    against its manifest first (``trust_unverified``: as :func:`load_model`)."""
     folder = Path(folder)
     if not (folder / "head.json").is_file():
         raise MissingInputError(f"{folder}: no head.json (not a fine-tuned checkpoint; load_model reads the encoder alone)")
+    verify_model_folder(folder, trust_unverified=trust_unverified)  # before head.json is read
     info = json.loads((folder / "head.json").read_text())
     if info.get("adapter"):
         from .lora import attach_adapter
 
-        backbone = attach_adapter(load_pretrained(folder, map_location, adapter=False), folder / info["adapter"])
+        backbone = attach_adapter(load_pretrained(folder, map_location, adapter=False,
+                                                  trust_unverified=trust_unverified), folder / info["adapter"])
     else:
-        backbone = load_model(folder, map_location)
+        backbone = load_model(folder, map_location, trust_unverified=trust_unverified)
     model = BrainLMFinetuner(backbone, info["num_outputs"], info["hidden"], info["dropout"], info.get("pooling", "cls"))
     model.head.load_state_dict(load_file(str(folder / "head.safetensors")))
     model.info = info

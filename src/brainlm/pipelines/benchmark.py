@@ -39,7 +39,7 @@ from brainlm.errors import UserError
 from brainlm.evaluate.reconstruction import ReconstructionEval, evaluate_reconstruction, r2_statistic
 from brainlm.figures import interval_errors, pyplot, save_figure
 from brainlm.io import atomic_write_json, atomic_write_text, output_folder
-from brainlm.options import at_least, between, option, positive
+from brainlm.options import ModelOptions, at_least, between, option, positive
 from brainlm.train.config import TrainingOverrides
 
 from .brainmarks import BrainmarksOptions
@@ -88,7 +88,7 @@ class BenchmarkConfig(DeviceOptions, TargetOptions, EvaluationOptions):
 
 
 @dataclass(kw_only=True)
-class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides):
+class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides, ModelOptions):
     """Score a model on a store next to the strongest simple baselines (connectivity fill, AR/VAR,
     Pearson/partial/tangent FC), with subject-bootstrap CIs; writes report.md, results.json and figures.
     With --cv K, CHECKPOINT is a training preset (e.g. demo): a model is pretrained per subject fold and every
@@ -115,6 +115,8 @@ class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides):
                             "need --cv)")
         if self.cv is None and self.forecast_finetune:
             raise UserError("--forecast-finetune needs --cv")
+        if self.cv is not None and self.trust_unverified:
+            raise UserError("--trust-unverified applies to a model folder; with --cv the models are trained here")
 
     def resume_hint(self) -> str | None:
         if self.cv is None:
@@ -394,7 +396,8 @@ def run_benchmark(options: BenchmarkOptions) -> list[TaskResult]:
         return run_brainmarks_benchmark(None if o.checkpoint == "-" else o.checkpoint, o.store, o.out, target=o.target,
                                         options=o.as_base(BrainmarksOptions), targets_file=o.targets,
                                         subject_column=o.subject_column, batch_size=o.batch_size,
-                                        precision=o.precision, device=o.device, overwrite=o.overwrite)
+                                        precision=o.precision, device=o.device, overwrite=o.overwrite,
+                                        trust_unverified=o.trust_unverified)
     if o.cv is not None:
         from .crossval import run_crossval
 
@@ -407,7 +410,7 @@ def run_benchmark(options: BenchmarkOptions) -> list[TaskResult]:
     checkpoint, store_path, out_dir = o.checkpoint, o.store, o.out
     with output_folder(out_dir, ["report.md", "results.json"], overwrite=o.overwrite) as out:
         store = open_store(store_path)
-        model = load_model(checkpoint, map_location=resolve_device(cfg.device))
+        model = load_model(checkpoint, map_location=resolve_device(cfg.device), trust_unverified=o.trust_unverified)
         results = benchmark(model, store, cfg)
         header = [f"Model `{checkpoint}` on store `{store_path}` ({store.num_regions} regions; subjects "
                   + ", ".join(f"{k} {len(v)}" for k, v in store.splits.items()) + "). Every method is scored on the "

@@ -292,7 +292,7 @@ def _formatted(table: pd.DataFrame) -> pd.DataFrame:
 
 def run_brainmarks_benchmark(checkpoint: str | None, store_path, out_dir, *, target: str, options: BrainmarksOptions,
                              targets_file=None, subject_column=None, batch_size: int = 16, precision: str = "auto",
-                             device: str = "auto", overwrite: bool = False) -> dict:
+                             device: str = "auto", overwrite: bool = False, trust_unverified: bool = False) -> dict:
     """``brainlm benchmark MODEL STORE --protocol brainmarks``: score, write the report, print the verdict.
 
     ``checkpoint`` ``None`` (``-`` on the command line) scores only the baselines and ``--features``.
@@ -308,7 +308,7 @@ def run_brainmarks_benchmark(checkpoint: str | None, store_path, out_dir, *, tar
         store = open_store(store_path)
         model = None
         if checkpoint is not None:
-            model = load_model(checkpoint, map_location=resolve_device(device)).eval()
+            model = load_model(checkpoint, map_location=resolve_device(device), trust_unverified=trust_unverified).eval()
             check_regions(model, store.num_regions, str(store.path))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)

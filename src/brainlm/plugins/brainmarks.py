@@ -105,20 +105,21 @@ class BrainmarksModel(nn.Module):
 
 
 def create_brainmarks_model(checkpoint: str | None = None, normalization: str = "brainmarks-brainlm",
-                            **kwargs) -> tuple[BrainmarksTransform, BrainmarksModel]:
+                            trust_unverified: bool = False, **kwargs) -> tuple[BrainmarksTransform, BrainmarksModel]:
     """``(transform, model)`` for Brainmarks' registry.
 
     Args:
         checkpoint: anything :func:`brainlm.downstream.load_model` opens; default
             ``$BRAINLM_CHECKPOINT``.
         normalization: what the transform hands the model (see :class:`BrainmarksTransform`).
+        trust_unverified: use a model folder that no complete ``manifest.json`` verifies.
         kwargs: Brainmarks passes its ``model_kwargs``; unknown keys are refused.
     """
     if kwargs:
-        raise UserError(f"brainlm_checkpoint: unknown model_kwargs {sorted(kwargs)} (checkpoint, normalization)")
+        raise UserError(f"brainlm_checkpoint: unknown model_kwargs {sorted(kwargs)} (checkpoint, normalization, trust_unverified)")
     checkpoint = checkpoint or os.environ.get("BRAINLM_CHECKPOINT")
     if not checkpoint:
         raise UserError("brainlm_checkpoint needs a model: --overrides model_kwargs.checkpoint=PATH "
                         "(or BRAINLM_CHECKPOINT=PATH)")
-    model = load_model(checkpoint).eval()
+    model = load_model(checkpoint, trust_unverified=trust_unverified).eval()
     return BrainmarksTransform(model.window_length, normalization), BrainmarksModel(model)
