@@ -83,6 +83,10 @@ class FinetuneConfig(Options):
         super().__post_init__()
         if self.lora and not self.freeze_encoder:
             raise UserError("--lora and --full are different ways to fine-tune: give one of them")
+        changed = [name for name in ("lora_r", "lora_alpha", "lora_dropout")
+                   if getattr(self, name) != type(self).__dataclass_fields__[name].default]
+        if changed and not self.lora:
+            raise UserError(f"{', '.join(self.flag(name) for name in changed)}: only with --lora")
 
 
 class BrainLMFinetuner(nn.Module):
@@ -240,6 +244,9 @@ def finetune(model_or_path, store, target: str, config: FinetuneConfig | None = 
                 if isinstance(model_or_path, (str, os.PathLike)) else model_or_path)
     if not isinstance(backbone, BrainLMForPretraining):
         raise UserError("fine-tuning is implemented for BrainLM models, not the released ViT-MAE models")
+    if config.lora and config.lora_r > backbone.config.hidden_size:  # A (r, in), B (out, r): r <= every in and out
+        raise UserError(f"{config.flag('lora_r')} {config.lora_r}: the rank of a low-rank adapter is at most the "
+                        f"model's hidden size, {backbone.config.hidden_size}")
     store = store if isinstance(store, Store) else open_store(store)
     check_regions(backbone, store.num_regions, str(store.path))
     targets = load_targets(targets_file if targets_file is not None else store, target, subject_column)

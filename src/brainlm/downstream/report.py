@@ -33,6 +33,7 @@ from brainlm.evaluate.baselines import (
     ReconstructionBaselines,
 )
 from brainlm.evaluate.protocol import EvaluationOptions, SubjectBootstrap
+from brainlm.errors import UserError
 from brainlm.evaluate.verdict import compare
 from brainlm.options import ModelOptions, at_least, between, option, positive
 from brainlm.io import (
@@ -102,6 +103,10 @@ class EmbedOptions(RecordingsOptions):
     batch_size: int = option(32, "windows per forward pass", check=positive)
     attention: bool = option(False, "also store CLS attention per region")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _keep_regions_applies(self)
+
 
 @dataclass(kw_only=True)
 class ReconstructOptions(RecordingsOptions):
@@ -162,6 +167,17 @@ class FingerprintOptions(RecordingsOptions):
     keep_regions: bool = option(False, "region_time: compare the (R, D) region embeddings")
     stride: int | None = option(None, "step of the windows inside each half (default: half a window)",
                                 check=at_least(1, optional=True))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _keep_regions_applies(self)
+
+
+def _keep_regions_applies(options) -> None:
+    """``--keep-regions`` keeps the regions of region-time embeddings; with any other pooling it
+    would be ignored, so it is refused."""
+    if options.keep_regions and options.pooling != "region_time":
+        raise UserError(f"--keep-regions applies to --pooling region_time only, not --pooling {options.pooling}")
 
 
 @contextmanager
