@@ -12,9 +12,8 @@ the store's train split only:
   second, over all subjects of the store; BrainLM embeddings (CLS and mean pooling) beside
   Pearson, partial-correlation and tangent-space FC.
 - **probes** (with ``--target``): the probes of :mod:`brainlm.downstream.probe` on the
-  embeddings and on the connectivity ladder, subject-grouped cross-validation; with
-  ``--brainmarks``, continuous targets are also put into 3 quantile bins (edges from all
-  subjects, as Brainmarks does) and scored by accuracy and macro-F1.
+  embeddings and on the connectivity ladder, subject-grouped cross-validation. Brainmarks'
+  protocol is ``--protocol brainmarks`` (:mod:`brainlm.pipelines.brainmarks`).
 
 Every number carries a 95% subject-bootstrap interval, and each task ends with a paired
 comparison of the model against its strongest baseline on the same resamples (the interval
@@ -77,8 +76,6 @@ class BenchmarkConfig(DeviceOptions, TargetOptions, EvaluationOptions):
                                     check=at_least(1, optional=True))
     ar_order: int = option(3, "p of AR(p) and VAR(p)", check=positive)
     probes: tuple[str, ...] = option(("dummy", "ridge"), "comma separated", choices=PROBES)
-    brainmarks: bool = option(False, "also a rough Brainmarks convention: 3 quantile bins, accuracy, macro-F1 "
-                              "(--protocol brainmarks runs Brainmarks' own protocol)")
     batch_size: int = option(16, "windows per forward pass", check=positive)
 
     def __post_init__(self) -> None:
@@ -260,30 +257,19 @@ def _fingerprinting(model, store, cfg: BenchmarkConfig, dtype_name: str) -> Task
 
 
 def _probes(model, store, cfg: BenchmarkConfig) -> list[TaskResult]:
-    from brainlm.downstream.probe import load_targets, probe
+    from brainlm.downstream.probe import probe
 
     if cfg.target is None:
         return []
     targets_file = cfg.targets
     kwargs = dict(targets_file=targets_file, subject_column=cfg.subject_column, task=cfg.task, probes=cfg.probes,
                   n_splits=cfg.folds, n_boot=0, seed=cfg.seed, progress=False, precision=cfg.precision)
-    results = [_probe_task("probes", probe(model, store, cfg.target, **kwargs), cfg)]
-    if cfg.brainmarks:
-        from brainlm.evaluate.brainmarks import quantile_bins
-        from brainlm.evaluate.protocol import infer_task
-
-        y = load_targets(targets_file if targets_file else store, cfg.target, cfg.subject_column).dropna()
-        if infer_task(y.to_numpy(), cfg.task) == "regression":
-            binned = pd.Series(quantile_bins(y.to_numpy(float), y.to_numpy(float), 3), index=y.index, name="bin")
-            res = probe(model, store, binned.map(lambda c: f"q{c}"), **{**kwargs, "task": "classification"})
-            results.append(_probe_task("probes (Brainmarks: 3 quantile bins)", res, cfg, brainmarks=True))
-    return results
+    return [_probe_task("probes", probe(model, store, cfg.target, **kwargs), cfg)]
 
 
-def _probe_task(name: str, res, cfg: BenchmarkConfig, brainmarks: bool = False) -> TaskResult:
-
+def _probe_task(name: str, res, cfg: BenchmarkConfig) -> TaskResult:
     preds = res.predictions
-    main = "macro_f1" if brainmarks else ("r2" if res.task == "regression" else "balanced_accuracy")
+    main = "r2" if res.task == "regression" else "balanced_accuracy"
     classes = np.unique(preds["y_true"].astype(str)) if res.task == "classification" else None
 
     def metric_fn(p: pd.DataFrame):
@@ -303,8 +289,6 @@ def _probe_task(name: str, res, cfg: BenchmarkConfig, brainmarks: bool = False) 
                             if res.task == "classification" else None)
     notes = [f"target {cfg.target!r}, task {res.task}, {cfg.folds}-fold subject-grouped CV; the best probe of "
              f"each feature set ({', '.join(cfg.probes)}) by out-of-fold {main}"]
-    if brainmarks:
-        notes.append("Brainmarks convention: 3 quantile bins (edges from all subjects), accuracy and macro-F1")
     if res.missing_subjects:
         notes.append(f"{len(res.missing_subjects)} subjects without a target left out")
     return _ladder_table(name, main, stats, boot, len(rows), labels, ("brainlm",), notes)
@@ -377,7 +361,7 @@ def task_verdict(r: TaskResult) -> str:
 def write_report(results: list[TaskResult], out: Path, header: list[str]) -> Path:
     lines = ["# Benchmark: BrainLM against the strongest simple baselines", "", *header, ""]
     for r in results:
-        slug = r.task.split(" ")[0] + ("_brainmarks" if "Brainmarks" in r.task else "")
+        slug = r.task.split(" ")[0]
         fig = _figure(r, out / f"{slug}.png")
         table = r.table.assign(**{"95% CI": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(r.table.ci_low, r.table.ci_high)]})
         lines += [f"## {r.task}", "", *[f"{n}." for n in r.notes], "",
