@@ -112,6 +112,10 @@ def test_every_command_that_opens_a_model_refuses_an_unverified_one(world, tmp_p
 def test_trust_unverified_where_no_model_folder_is_opened_is_refused(world, tmp_path, capsys):
     refused(capsys, tmp_path, ["pretrain", "--data", world / "store", *PRETRAIN, "--trust-unverified",
                                "--out", tmp_path / "run"], "--trust-unverified", "--init_from")
+    refused(capsys, tmp_path, ["benchmark", "-", world / "store", "--protocol", "brainmarks", "--target", "group",
+                               "--trust-unverified", "--out", tmp_path / "bm"], "--trust-unverified")
+    refused(capsys, tmp_path, ["benchmark", "demo", world / "store", "--cv", "3", "--trust-unverified",
+                               "--out", tmp_path / "cv"], "--trust-unverified", "--cv")
 
 
 def test_finetune_writes_a_folder_that_verifies_and_reopens(world, tmp_path, capsys):
@@ -223,3 +227,27 @@ def test_the_embedder_refuses_boolean_arrays_as_files_are_refused(world, tmp_pat
     np.save(tmp_path / "sub-01.npy", series(1) > 0)
     refused(capsys, tmp_path, ["embed", world / "ckpt", tmp_path / "sub-01.npy", "--coords", world / "coords.csv",
                                "--on-error", "raise", "--out", tmp_path / "e.parquet"], tmp_path / "sub-01.npy")
+
+
+def test_vitmae_folders_are_written_verified_and_their_config_checked(tmp_path):
+    import warnings
+
+    from brainlm.errors import UserError
+    from brainlm.vitmae import BrainLMViTMAE, load_vitmae, vitmae_111m_config
+
+    config = vitmae_111m_config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                image_size=432, patch_size=48, decoder_hidden_size=16, decoder_num_hidden_layers=1,
+                                decoder_num_attention_heads=2, decoder_intermediate_size=32)
+    folder = BrainLMViTMAE.from_config(config).save_pretrained(tmp_path / "vit")
+    assert {"config.json", "model.safetensors", "README.md"} <= set(json.loads((folder / "manifest.json").read_text()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # verified: no "not verified" warning
+        load_vitmae(folder)
+    for key, value in (("layer_norm_eps", float("nan")), ("num_attention_heads", 3), ("hidden_size", 0)):
+        raw = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**raw, key: value}))
+        write_manifest(folder)
+        with pytest.raises(UserError, match=f"config.json: {key} must be"):
+            load_vitmae(folder)
+        (folder / "config.json").write_text(json.dumps(raw))
+        write_manifest(folder)

@@ -112,8 +112,9 @@ class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides, Mo
                             "need --cv)")
         if self.cv is None and self.forecast_finetune:
             raise UserError("--forecast-finetune needs --cv")
-        if self.cv is not None and self.trust_unverified:
-            raise UserError("--trust-unverified applies to a model folder; with --cv the models are trained here")
+        if self.trust_unverified and (self.cv is not None or self.checkpoint == "-"):
+            raise UserError("--trust-unverified applies to a model folder; with "
+                            f"{'--cv the models are trained here' if self.cv is not None else '- there is none'}")
 
     def resume_hint(self) -> str | None:
         if self.cv is None:
