@@ -21,14 +21,14 @@ def test_benchmark_report_results_and_figures(setup, capsys):
     root, store = setup
     out = root / "out"
     args = ["benchmark", str(root / "model"), str(store.path), "--out", str(out), "--target", "score", "--folds", "3",
-            "--bootstrap", "50", "--brainmarks", "--device", "cpu"]
+            "--bootstrap", "50", "--device", "cpu"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "reconstruction:" in printed and "fingerprinting:" in printed
     report = (out / "report.md").read_text()
-    for task in ("## reconstruction", "## forecasting", "## fingerprinting", "## probes",
-                 "## probes (Brainmarks: 3 quantile bins)"):
+    for task in ("## reconstruction", "## forecasting", "## fingerprinting", "## probes"):
         assert task in report
+    assert "Brainmarks" not in report  # Brainmarks' protocol is --protocol brainmarks, nothing rough beside it
     assert "connectivity-conditional fill" in report and "ridge VAR across regions" in report
     assert "tangent-space FC" in report and report.count("95% CI") >= 5
     results = json.loads((out / "results.json").read_text())
@@ -44,11 +44,12 @@ def test_benchmark_report_results_and_figures(setup, capsys):
         assert row["ci_low"] <= row["value"] <= row["ci_high"] or row["method"] == "zero"
     cmp = rec["comparison"]
     assert cmp["baseline"] == "conn" and cmp["winner"] in ("model", "conn") and 0 <= cmp["p_boot"] <= 1
-    assert tasks["probes (Brainmarks: 3 quantile bins)"]["metric"] == "macro_f1"
-    assert {p.name for p in out.glob("*.png")} >= {"reconstruction.png", "forecasting.png", "fingerprinting.png",
-                                                   "probes.png", "probes_brainmarks.png"}
+    assert {p.name for p in out.glob("*.png")} == {"reconstruction.png", "forecasting.png", "fingerprinting.png",
+                                                   "probes.png"}
     assert main(args) == 2  # outputs exist: refused without --overwrite
     assert "pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--brainmarks"]) == 2  # the rough Brainmarks mode is gone
+    assert "unrecognized arguments: --brainmarks" in capsys.readouterr().err
 
 
 def test_benchmark_bad_inputs_are_one_line(setup, tmp_path, capsys):

@@ -20,7 +20,7 @@ import pandas as pd
 from brainlm.distributed import DeviceOptions, resolve_device, resolve_precision
 from brainlm.errors import UserError
 from brainlm.io import atomic_write_json, atomic_write_text, output_folder, write_csv
-from brainlm.options import at_least, option, positive
+from brainlm.options import ModelOptions, at_least, option, positive
 
 from .networks import BUNDLED_NETWORKS, Networks, resolve_networks
 
@@ -28,7 +28,7 @@ __all__ = ["AnalysisOptions", "Analysis", "open_analysis", "Report", "check_colu
 
 
 @dataclass(kw_only=True)
-class AnalysisOptions(DeviceOptions):
+class AnalysisOptions(DeviceOptions, ModelOptions):
     """What every analysis takes: a model, a store, the networks of its regions, an output folder."""
 
     checkpoint: str = option(help="model folder (ours, original BrainLM, ViT-MAE, a training run) or hub id",
@@ -111,7 +111,8 @@ def open_analysis(options: AnalysisOptions, outputs: list[str], *,
                                     seed=options.seed, progress=options.progress)
         if check is not None:
             check(store, networks)
-        model = load_model(options.checkpoint, map_location=resolve_device(options.device)).eval()
+        model = load_model(options.checkpoint, map_location=resolve_device(options.device),
+                           trust_unverified=options.trust_unverified).eval()
         check_regions(model, store.num_regions, str(store.path))
         initial = load_initial(options.checkpoint, model, seed=options.seed)
         yield Analysis(options, model, store, recordings, networks, out, initial)

@@ -57,14 +57,26 @@ def _as_tensor(a) -> torch.Tensor:
     return torch.from_numpy(np.array(a, dtype=np.float32))
 
 
-def load_model(path_or_id: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+def load_model(path_or_id: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+               trust_unverified: bool = False) -> nn.Module:
     """Load any supported model folder, run or hub id, in eval mode: :func:`brainlm.hub.open_model`.
+
+    Args:
+        trust_unverified: use a folder that no complete ``manifest.json`` verifies (``--trust-unverified``).
 
     Returns:
         ``BrainLMForPretraining`` (ours, original, fine-tuned encoder, run folder) or
         ``BrainLMViTMAE`` (released ViT-MAE).
     """
-    return open_model(path_or_id, map_location=map_location)
+    return open_model(path_or_id, map_location=map_location, trust_unverified=trust_unverified)
+
+
+def check_finite(model: nn.Module, values: torch.Tensor, what: str) -> None:
+    """Stop with one line when a model's outputs hold NaN or inf (checked on every batch, so the
+    first one stops it): damaged weights, a config that breaks the model, or a precision it overflows."""
+    if not bool(torch.isfinite(values).all()):
+        raise UserError(f"{getattr(model, 'source', 'the model')}: the model's {what} hold NaN or inf values (its "
+                        "weights or config.json are broken, or the precision overflows: try --precision fp32)")
 
 
 @dataclass

@@ -12,9 +12,8 @@ the store's train split only:
   second, over all subjects of the store; BrainLM embeddings (CLS and mean pooling) beside
   Pearson, partial-correlation and tangent-space FC.
 - **probes** (with ``--target``): the probes of :mod:`brainlm.downstream.probe` on the
-  embeddings and on the connectivity ladder, subject-grouped cross-validation; with
-  ``--brainmarks``, continuous targets are also put into 3 quantile bins (edges from all
-  subjects, as Brainmarks does) and scored by accuracy and macro-F1.
+  embeddings and on the connectivity ladder, subject-grouped cross-validation. Brainmarks'
+  protocol is ``--protocol brainmarks`` (:mod:`brainlm.pipelines.brainmarks`).
 
 Every number carries a 95% subject-bootstrap interval, and each task ends with a paired
 comparison of the model against its strongest baseline on the same resamples (the interval
@@ -40,7 +39,7 @@ from brainlm.evaluate.reconstruction import (ReconstructionEval, evaluate_recons
                                              windows_with_initial)
 from brainlm.figures import interval_errors, pyplot, save_figure
 from brainlm.io import atomic_write_json, atomic_write_text, output_folder
-from brainlm.options import at_least, between, option, positive
+from brainlm.options import ModelOptions, at_least, between, option, positive
 from brainlm.train.config import TrainingOverrides
 
 from .brainmarks import BrainmarksOptions
@@ -79,8 +78,6 @@ class BenchmarkConfig(DeviceOptions, TargetOptions, EvaluationOptions):
                                     check=at_least(1, optional=True))
     ar_order: int = option(3, "p of AR(p) and VAR(p)", check=positive)
     probes: tuple[str, ...] = option(("dummy", "ridge"), "comma separated", choices=PROBES)
-    brainmarks: bool = option(False, "also a rough Brainmarks convention: 3 quantile bins, accuracy, macro-F1 "
-                              "(--protocol brainmarks runs Brainmarks' own protocol)")
     batch_size: int = option(16, "windows per forward pass", check=positive)
 
     def __post_init__(self) -> None:
@@ -90,7 +87,7 @@ class BenchmarkConfig(DeviceOptions, TargetOptions, EvaluationOptions):
 
 
 @dataclass(kw_only=True)
-class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides):
+class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides, ModelOptions):
     """Score a model on a store next to the strongest simple baselines (connectivity fill, AR/VAR,
     Pearson/partial/tangent FC), with subject-bootstrap CIs; writes report.md, results.json and figures.
     With --cv K, CHECKPOINT is a training preset (e.g. demo): a model is pretrained per subject fold and every
@@ -117,6 +114,9 @@ class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides):
                             "need --cv)")
         if self.cv is None and self.forecast_finetune:
             raise UserError("--forecast-finetune needs --cv")
+        if self.trust_unverified and (self.cv is not None or self.checkpoint == "-"):
+            raise UserError("--trust-unverified applies to a model folder; with "
+                            f"{'--cv the models are trained here' if self.cv is not None else '- there is none'}")
 
     def resume_hint(self) -> str | None:
         if self.cv is None:
@@ -284,7 +284,7 @@ def _fingerprinting(model, store, cfg: BenchmarkConfig, dtype_name: str, initial
 
 
 def _probes(model, store, cfg: BenchmarkConfig, initial=None) -> list[TaskResult]:
-    from brainlm.downstream.probe import load_targets, probe
+    from brainlm.downstream.probe import probe
 
     if cfg.target is None:
         return []
@@ -295,23 +295,12 @@ def _probes(model, store, cfg: BenchmarkConfig, initial=None) -> list[TaskResult
     if initial is not None:  # the same probes, folds and rows on the embeddings of the model at initialisation
         first = probe(initial, store, cfg.target, fc_baseline=False, **kwargs).predictions
         res.predictions = pd.concat([res.predictions, first.assign(features="initial")], ignore_index=True)
-    results = [_probe_task("probes", res, cfg)]
-    if cfg.brainmarks:
-        from brainlm.evaluate.brainmarks import quantile_bins
-        from brainlm.evaluate.protocol import infer_task
-
-        y = load_targets(targets_file if targets_file else store, cfg.target, cfg.subject_column).dropna()
-        if infer_task(y.to_numpy(), cfg.task) == "regression":
-            binned = pd.Series(quantile_bins(y.to_numpy(float), y.to_numpy(float), 3), index=y.index, name="bin")
-            res = probe(model, store, binned.map(lambda c: f"q{c}"), **{**kwargs, "task": "classification"})
-            results.append(_probe_task("probes (Brainmarks: 3 quantile bins)", res, cfg, brainmarks=True))
-    return results
+    return [_probe_task("probes", res, cfg)]
 
 
-def _probe_task(name: str, res, cfg: BenchmarkConfig, brainmarks: bool = False) -> TaskResult:
-
+def _probe_task(name: str, res, cfg: BenchmarkConfig) -> TaskResult:
     preds = res.predictions
-    main = "macro_f1" if brainmarks else ("r2" if res.task == "regression" else "balanced_accuracy")
+    main = "r2" if res.task == "regression" else "balanced_accuracy"
     classes = np.unique(preds["y_true"].astype(str)) if res.task == "classification" else None
 
     def metric_fn(p: pd.DataFrame):
@@ -331,8 +320,6 @@ def _probe_task(name: str, res, cfg: BenchmarkConfig, brainmarks: bool = False) 
                             if res.task == "classification" else None)
     notes = [f"target {cfg.target!r}, task {res.task}, {cfg.folds}-fold subject-grouped CV; the best probe of "
              f"each feature set ({', '.join(cfg.probes)}) by out-of-fold {main}"]
-    if brainmarks:
-        notes.append("Brainmarks convention: 3 quantile bins (edges from all subjects), accuracy and macro-F1")
     if res.missing_subjects:
         notes.append(f"{len(res.missing_subjects)} subjects without a target left out")
     return _ladder_table(name, main, stats, boot, len(rows), labels, ("brainlm",), notes)
@@ -411,7 +398,7 @@ def task_verdict(r: TaskResult) -> str:
 def write_report(results: list[TaskResult], out: Path, header: list[str]) -> Path:
     lines = ["# Benchmark: BrainLM against the strongest simple baselines", "", *header, ""]
     for r in results:
-        slug = r.task.split(" ")[0] + ("_brainmarks" if "Brainmarks" in r.task else "")
+        slug = r.task.split(" ")[0]
         fig = _figure(r, out / f"{slug}.png")
         table = r.table.assign(**{"95% CI": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(r.table.ci_low, r.table.ci_high)]})
         lines += [f"## {r.task}", "", *[f"{n}." for n in r.notes], "",
@@ -430,7 +417,8 @@ def run_benchmark(options: BenchmarkOptions) -> list[TaskResult]:
         return run_brainmarks_benchmark(None if o.checkpoint == "-" else o.checkpoint, o.store, o.out, target=o.target,
                                         options=o.as_base(BrainmarksOptions), targets_file=o.targets,
                                         subject_column=o.subject_column, batch_size=o.batch_size,
-                                        precision=o.precision, device=o.device, overwrite=o.overwrite)
+                                        precision=o.precision, device=o.device, overwrite=o.overwrite,
+                                        trust_unverified=o.trust_unverified)
     if o.cv is not None:
         from .crossval import run_crossval
 
@@ -443,7 +431,7 @@ def run_benchmark(options: BenchmarkOptions) -> list[TaskResult]:
     checkpoint, store_path, out_dir = o.checkpoint, o.store, o.out
     with output_folder(out_dir, ["report.md", "results.json"], overwrite=o.overwrite) as out:
         store = open_store(store_path)
-        model = load_model(checkpoint, map_location=resolve_device(cfg.device))
+        model = load_model(checkpoint, map_location=resolve_device(cfg.device), trust_unverified=o.trust_unverified)
         initial = load_initial(checkpoint, model, seed=cfg.seed)
         results = benchmark(model, store, cfg, initial.model)
         header = [f"Model `{checkpoint}` on store `{store_path}` ({store.num_regions} regions; subjects "

@@ -105,8 +105,9 @@ class Trainer:
     loggers: Loggers
 
     def __init__(self, config: TrainConfig, *, resume: bool = False, train_dataset: Dataset | None = None,
-                 val_dataset: Dataset | None = None):
+                 val_dataset: Dataset | None = None, trust_unverified: bool = False):
         self.config, self.resume = config, resume
+        self.trust_unverified = trust_unverified  # for init_from: a model folder no complete manifest verifies
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.run_dir = Path(config.out_dir)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0  # the data position
@@ -201,7 +202,8 @@ class Trainer:
             raise UserError(f"the data have {self.num_regions} regions but the checkpoint {source} was trained on "
                             f"{regions}; use a store of the same atlas")
         try:
-            model.load_state_dict(BrainLMForPretraining.from_pretrained(source).state_dict())
+            model.load_state_dict(BrainLMForPretraining.from_pretrained(
+                source, trust_unverified=self.trust_unverified).state_dict())
         except RuntimeError as err:
             raise UserError(f"the weights in {source} do not fit the configured model "
                             f"(set --model.* to the same size): {str(err).splitlines()[0]}") from err
@@ -387,8 +389,10 @@ class Trainer:
 
 
 def pretrain(config: TrainConfig, *, resume: bool = False, train_dataset: Dataset | None = None,
-             val_dataset: Dataset | None = None) -> RunResult:
+             val_dataset: Dataset | None = None, trust_unverified: bool = False) -> RunResult:
     """Pretrain BrainLM with masked-patch reconstruction; the same call on 1 or N processes.
+
+    ``trust_unverified``: ``init_from`` may be a model folder that no complete manifest verifies.
 
     Raises:
         UserError: bad input (empty split, batch larger than the data, wrong region count,
@@ -396,5 +400,6 @@ def pretrain(config: TrainConfig, *, resume: bool = False, train_dataset: Datase
             another run); nothing is written then.
         NonFiniteLossError: the loss became NaN / inf; the last good checkpoint is kept.
     """
-    return Trainer(config, resume=resume, train_dataset=train_dataset, val_dataset=val_dataset).fit()
+    return Trainer(config, resume=resume, train_dataset=train_dataset, val_dataset=val_dataset,
+                   trust_unverified=trust_unverified).fit()
 
