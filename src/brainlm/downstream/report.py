@@ -15,8 +15,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from brainlm.data.maps import map_outputs, write_command_maps
 from brainlm.data.sources import ArrayOptions
 from brainlm.data.validate import FLOAT16_MAX, ON_ERROR
 from brainlm.distributed import (
@@ -110,6 +112,8 @@ class ReconstructOptions(RecordingsOptions):
     out: str = option(help="output folder")
     mask_ratio: float = option(0.5, "fraction of tokens hidden per window", check=between(0, 1, closed=(False, False)))
     single_pass: bool = option(False, "one random mask per window instead of covering every patch")
+    write_image: bool = option(False, "also write the plotted recording's reconstruction as a 4D image of parcel series "
+                               "in the store's atlas space (CIFTI dtseries or NIfTI)")
     seed: int = option(0, "seed of the masks")
     plot_recordings: int = option(1, "recordings to plot", cli=False)
 
@@ -123,6 +127,8 @@ class ForecastOptions(RecordingsOptions):
                        aliases=("-k",), check=positive)
     stride: int | None = option(None, "step of the windows (default: the window)", check=at_least(1, optional=True))
     ar_order: int = option(3, "p of AR(p) and VAR(p)", check=positive)
+    write_image: bool = option(False, "also write the first window, its last k timepoints forecast, as a 4D image of "
+                               "parcel series in the store's atlas space (CIFTI dtseries or NIfTI)")
 
 
 @dataclass(kw_only=True)
@@ -187,6 +193,13 @@ def _companions(path: Path) -> list[Path]:
     return [path.with_suffix(".index.tsv")] if path.suffix.lower() == ".npy" else []
 
 
+def _store_of(source):
+    """The store a command runs on, or None for files."""
+    from brainlm.data import open_store
+
+    return open_store(source) if isinstance(source, str) and Path(source).is_dir() else None
+
+
 def _load(checkpoint, device: str):
     """The model on this process's device (its own GPU under torchrun)."""
     return load_model(checkpoint, map_location=resolve_device(device, init_distributed().local_rank))
@@ -223,7 +236,8 @@ def run_reconstruct(options: ReconstructOptions) -> pd.DataFrame | None:
     o = options
     init_distributed()
     try:
-        with _claim(o.out, ["r2_per_region.csv", "summary.csv"], overwrite=o.overwrite) as out:
+        with _claim(o.out, ["r2_per_region.csv", "summary.csv", "results.json", "report.md", *map_outputs("r2_map")],
+                    overwrite=o.overwrite) as out:
             recs = open_recordings(o.recordings(), o.split, o.coords)
             train = training_recordings(o.source)
             baselines = ReconstructionBaselines().fit(x for _, x in train) if train is not None else ReconstructionBaselines()
@@ -242,6 +256,15 @@ def run_reconstruct(options: ReconstructOptions) -> pd.DataFrame | None:
             for rid, rec in results.items():
                 plot_reconstruction(rec, out / f"reconstruction_{rid}.png", region_names=recs.region_names,
                                     title=f"{rid}: mask ratio {o.mask_ratio}")
+            if is_main_process():
+                r2 = table.groupby("region", sort=True)["r2"].mean().reindex(range(recs.num_regions)).to_numpy()
+                store = _store_of(o.source)
+                trs = dict(zip(store.recordings["recording_id"], store.recordings["tr"])) if store is not None else {}
+                images = {f"reconstruction_{rid}": (rec.pred, trs.get(rid)) for rid, rec in results.items()} \
+                    if o.write_image else None
+                for line in write_command_maps(store, out, "reconstruct",
+                                               {"r2_map": {"R2 (mean over recordings)": r2}}, series=images):
+                    print(line)
     finally:
         destroy_distributed()
     subjects = {m["recording_id"]: m["subject_id"] for m in recs.meta}
@@ -266,7 +289,8 @@ def _print_scores(summary: pd.DataFrame, baselines: ReconstructionBaselines, sub
 def run_forecast(options: ForecastOptions) -> pd.DataFrame:
     """Forecast the last k timepoints of each window; write ``forecast_metrics.csv`` and a plot."""
     o = options
-    with output_folder(o.out, ["forecast_metrics.csv", "forecast.png"], overwrite=o.overwrite) as out:
+    with output_folder(o.out, ["forecast_metrics.csv", "forecast.png", "results.json", "report.md",
+                               *map_outputs("forecast_r2_map")], overwrite=o.overwrite) as out:
         recs = open_recordings(o.recordings(), o.split, o.coords)
         train = training_recordings(o.source)
         baselines = ForecastBaselines(order=o.ar_order)
@@ -277,6 +301,16 @@ def run_forecast(options: ForecastOptions) -> pd.DataFrame:
         write_csv(result.metrics, out / "forecast_metrics.csv")
         plot_forecast(result, out / "forecast.png",
                       title=f"last {o.last} timepoints of {result.index['recording_id'].iloc[0]}")
+        err = ((result.preds["brainlm"] - result.true) ** 2).sum((0, 2))
+        r2 = 1 - err / np.maximum((result.true.astype(np.float64) ** 2).sum((0, 2)), 1e-12)  # (R,)
+        first, store = result.index.iloc[0], _store_of(o.source)
+        trs = dict(zip(store.recordings["recording_id"], store.recordings["tr"])) if store is not None else {}
+        images = {f"forecast_{first['recording_id']}_{int(first['window_start'])}": (
+            np.concatenate([result.context[0], result.preds["brainlm"][0]], axis=1).T, trs.get(first["recording_id"]))} \
+            if o.write_image else None
+        for line in write_command_maps(store, out, "forecast",
+                                       {"forecast_r2_map": {"forecast R2 (brainlm)": r2}}, series=images):
+            print(line)
     print(result.metrics.to_string(index=False))
     if train is None:
         print("AR and VAR baselines need a store's train split to be fitted on: pass a store")
