@@ -236,7 +236,7 @@ def _load_brainlm(cls, folder: Path, raw: dict[str, Any], *, map_location: str |
         convert = convert_original_state_dict
     else:
         config = cls.config_class.from_dict(raw)
-        if config.extra:
+        if set(config.extra) - {"training_tr"}:  # training_tr: the TRs training records (brainlm.downstream)
             warnings.warn(f"{folder / 'config.json'}: keeping unknown config keys {sorted(config.extra)}", stacklevel=3)
         convert = dict
     check_memory(8 * config.num_parameters(), torch.device(map_location), f"{folder}: this model "

@@ -53,6 +53,7 @@ import re
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -470,7 +471,8 @@ def labels_on(axis, labels: LabelSet, flag: str, source: str) -> tuple[np.ndarra
 # ---------------------------------------------------------------------------------------------
 
 
-def mesh_coordinates(structure: str, num_vertices: int, flag: str = "--atlas") -> np.ndarray | None:
+@lru_cache(maxsize=8)
+def mesh_coordinates(structure: str, num_vertices: int) -> np.ndarray | None:
     """``(V, 3)`` MNI mm of a hemisphere's midthickness surface, for the meshes we know (fsLR 32k, fsaverage5);
     None for others."""
     hemi = "L" if structure == LEFT else "R"

@@ -20,6 +20,7 @@ import pandas as pd
 
 from brainlm.data.maps import map_outputs, write_command_maps
 from brainlm.data.sources import ArrayOptions
+from brainlm.errors import UserError
 from brainlm.data.validate import FLOAT16_MAX, ON_ERROR
 from brainlm.distributed import (
     DeviceOptions,
@@ -50,7 +51,7 @@ from brainlm.io import (
 from .embed import POOLINGS, WINDOW_MODES, embed
 from .finetune import FinetuneConfig, finetune
 from .fingerprint import fingerprint
-from .loading import load_model, open_recordings, training_recordings
+from .loading import load_model, match_model_tr, open_recordings, training_recordings
 from .plots import plot_fingerprint, plot_forecast, plot_reconstruction
 from .probe import PROBES, TargetOptions, probe
 from .reconstruct import forecast_recordings, reconstruct_recordings
@@ -74,11 +75,24 @@ class RecordingsOptions(DeviceOptions, ArrayOptions):
     on_error: str = option("skip", "time-series files that fail prepare's checks (NaN, constant, complex, duplicate "
                            "IDs, ...): skip them (each named on stderr) or stop", choices=ON_ERROR)
     overwrite: bool = option(False, "replace existing outputs")
+    resample_to_model_tr: bool = option(False, "resample recordings whose TR is more than 10% from the TR the model was "
+                                        "trained on to that TR (polyphase, as prepare --target-tr); said either way")
 
     @property
     def source(self):
         """What :func:`open_recordings` takes: the store folder, or the list of files."""
         return self.data[0] if len(self.data) == 1 and not self.coords else list(self.data)
+
+    def matched(self, model, *, resample: bool | None = None):
+        """The recordings of :meth:`recordings`, their TRs compared with the model's (one line each on stderr,
+        kept in ``self.tr_notes``) and resampled to it with ``--resample-to-model-tr``."""
+        import sys
+
+        recs = open_recordings(self.recordings(), self.split, self.coords)
+        recs, self.tr_notes = match_model_tr(model, recs, self.resample_to_model_tr if resample is None else resample)
+        for line in self.tr_notes:
+            print(line, file=sys.stderr)
+        return recs
 
     def recordings(self):
         """The data to run on: a store as its folder (it was checked when it was prepared), or the
@@ -217,7 +231,7 @@ def run_embed(options: EmbedOptions) -> Path:
     try:
         with _claim(out, overwrite=o.overwrite, file=True):
             model = _load(o.checkpoint, o.device)
-            emb = embed(model, o.recordings(), split=o.split, coords=o.coords, pooling=o.pooling,
+            emb = embed(model, o.matched(model), split=o.split, coords=o.coords, pooling=o.pooling,
                         average_regions=not o.keep_regions, windows=o.windows, window=o.window, stride=o.stride,
                         batch_size=o.batch_size, attention=o.attention, precision=o.precision)
             if emb is not None:
@@ -238,10 +252,11 @@ def run_reconstruct(options: ReconstructOptions) -> pd.DataFrame | None:
     try:
         with _claim(o.out, ["r2_per_region.csv", "summary.csv", "results.json", "report.md", *map_outputs("r2_map")],
                     overwrite=o.overwrite) as out:
-            recs = open_recordings(o.recordings(), o.split, o.coords)
+            model = _load(o.checkpoint, o.device)
+            recs = o.matched(model)
             train = training_recordings(o.source)
             baselines = ReconstructionBaselines().fit(x for _, x in train) if train is not None else ReconstructionBaselines()
-            result = reconstruct_recordings(_load(o.checkpoint, o.device), recs, baselines=baselines,
+            result = reconstruct_recordings(model, recs, baselines=baselines,
                                             precision=o.precision, keep=o.plot_recordings, mask_ratio=o.mask_ratio,
                                             window=o.window, cover=not o.single_pass, seed=o.seed)
             if result is None:
@@ -263,7 +278,8 @@ def run_reconstruct(options: ReconstructOptions) -> pd.DataFrame | None:
                 images = {f"reconstruction_{rid}": (rec.pred, trs.get(rid)) for rid, rec in results.items()} \
                     if o.write_image else None
                 for line in write_command_maps(store, out, "reconstruct",
-                                               {"r2_map": {"R2 (mean over recordings)": r2}}, series=images):
+                                               {"r2_map": {"R2 (mean over recordings)": r2}}, series=images,
+                                               numbers={"tr": o.tr_notes}):
                     print(line)
     finally:
         destroy_distributed()
@@ -291,12 +307,13 @@ def run_forecast(options: ForecastOptions) -> pd.DataFrame:
     o = options
     with output_folder(o.out, ["forecast_metrics.csv", "forecast.png", "results.json", "report.md",
                                *map_outputs("forecast_r2_map")], overwrite=o.overwrite) as out:
-        recs = open_recordings(o.recordings(), o.split, o.coords)
+        model = _load(o.checkpoint, o.device)
+        recs = o.matched(model)
         train = training_recordings(o.source)
         baselines = ForecastBaselines(order=o.ar_order)
         if train is not None:
             baselines.fit(x for _, x in train)
-        result = forecast_recordings(_load(o.checkpoint, o.device), recs, o.last, baselines=baselines,
+        result = forecast_recordings(model, recs, o.last, baselines=baselines,
                                      window=o.window, stride=o.stride, precision=o.precision, flag=o.flag("last"))
         write_csv(result.metrics, out / "forecast_metrics.csv")
         plot_forecast(result, out / "forecast.png",
@@ -309,7 +326,8 @@ def run_forecast(options: ForecastOptions) -> pd.DataFrame:
             np.concatenate([result.context[0], result.preds["brainlm"][0]], axis=1).T, trs.get(first["recording_id"]))} \
             if o.write_image else None
         for line in write_command_maps(store, out, "forecast",
-                                       {"forecast_r2_map": {"forecast R2 (brainlm)": r2}}, series=images):
+                                       {"forecast_r2_map": {"forecast R2 (brainlm)": r2}}, series=images,
+                                       numbers={"tr": o.tr_notes}):
             print(line)
     print(result.metrics.to_string(index=False))
     if train is None:
@@ -321,9 +339,15 @@ def run_probe(options: ProbeOptions) -> pd.DataFrame:
     """Probes on embeddings and on the connectivity ladder; write ``probe_metrics.csv``,
     ``probe_predictions.csv``, ``probe_folds.json`` (subjects per fold) and ``missing_subjects.txt``."""
     o = options
-    names = ["probe_metrics.csv", "probe_predictions.csv", "probe_folds.json", "missing_subjects.txt"]
+    names = ["probe_metrics.csv", "probe_predictions.csv", "probe_folds.json", "missing_subjects.txt", "probe_tr.json"]
     with output_folder(o.out, names, overwrite=o.overwrite) as out:
-        result = probe(_load(o.checkpoint, o.device), o.recordings(), o.target, targets_file=o.targets,
+        model = _load(o.checkpoint, o.device)
+        if o.resample_to_model_tr:
+            raise UserError("--resample-to-model-tr: probe reads its targets from the store; build the store at the "
+                            "model's TR instead (brainlm prepare --target-tr)")
+        o.matched(model, resample=False)  # the TR lines
+        atomic_write_json(out / "probe_tr.json", {"tr": o.tr_notes}, indent=1)
+        result = probe(model, o.recordings(), o.target, targets_file=o.targets,
                        subject_column=o.subject_column, split=o.split, coords=o.coords, pooling=o.pooling,
                        windows=o.windows, window=o.window, stride=o.stride, fc_baseline=o.fc_baseline, task=o.task,
                        probes=o.probes, n_splits=o.folds, inner_splits=o.inner_folds, n_boot=o.bootstrap,
@@ -356,7 +380,8 @@ def run_fingerprint(options: FingerprintOptions) -> pd.DataFrame:
     o = options
     names = ["fingerprint.csv", "fingerprint_matches.csv", "fingerprint.png"]
     with output_folder(o.out, names, overwrite=o.overwrite) as out:
-        summary, matches = fingerprint(_load(o.checkpoint, o.device), o.recordings(), split=o.split, coords=o.coords,
+        model = _load(o.checkpoint, o.device)
+        summary, matches = fingerprint(model, o.matched(model), split=o.split, coords=o.coords,
                                        pooling=o.pooling, keep_regions=o.keep_regions, window=o.window,
                                        stride=o.stride, precision=o.precision)
         write_csv(summary, out / "fingerprint.csv")

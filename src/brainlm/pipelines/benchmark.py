@@ -25,6 +25,7 @@ one figure per task (bars with intervals).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -402,19 +403,23 @@ def run_benchmark(options: BenchmarkOptions) -> list[TaskResult]:
                             forecast_finetune=o.forecast_finetune, forecast_lr=o.forecast_lr, overwrite=o.overwrite)
     from brainlm.data import open_store
     from brainlm.distributed import resolve_device
-    from brainlm.downstream.loading import load_model
+    from brainlm.downstream.loading import load_model, match_model_tr, open_recordings
 
     checkpoint, store_path, out_dir = o.checkpoint, o.store, o.out
     with output_folder(out_dir, ["report.md", "results.json"], overwrite=o.overwrite) as out:
         store = open_store(store_path)
         model = load_model(checkpoint, map_location=resolve_device(cfg.device))
+        tr_lines = match_model_tr(model, open_recordings(store))[1]  # said, not resampled: prepare --target-tr does that
+        for line in tr_lines:
+            print(line, file=sys.stderr)
         results = benchmark(model, store, cfg)
         header = [f"Model `{checkpoint}` on store `{store_path}` ({store.num_regions} regions; subjects "
                   + ", ".join(f"{k} {len(v)}" for k, v in store.splits.items()) + "). Every method is scored on the "
                   "same data with the same formula; the baselines are fitted on the train split only."]
         write_report(results, out, header)
         atomic_write_json(out / "results.json", {"checkpoint": str(checkpoint), "store": str(store_path),
-                                                 "config": cfg.to_dict(), "tasks": [r.to_dict() for r in results]})
+                                                 "config": cfg.to_dict(), "tasks": [r.to_dict() for r in results],
+                                                 "tr": tr_lines})
     for r in results:
         print(f"{r.task}: {task_verdict(r).replace('**', '')}")
     print(f"report: {Path(out_dir) / 'report.md'}")
