@@ -346,7 +346,6 @@ def run_probe(options: ProbeOptions) -> pd.DataFrame:
             raise UserError("--resample-to-model-tr: probe reads its targets from the store; build the store at the "
                             "model's TR instead (brainlm prepare --target-tr)")
         o.matched(model, resample=False)  # the TR lines
-        atomic_write_json(out / "probe_tr.json", {"tr": o.tr_notes}, indent=1)
         result = probe(model, o.recordings(), o.target, targets_file=o.targets,
                        subject_column=o.subject_column, split=o.split, coords=o.coords, pooling=o.pooling,
                        windows=o.windows, window=o.window, stride=o.stride, fc_baseline=o.fc_baseline, task=o.task,
@@ -355,6 +354,7 @@ def run_probe(options: ProbeOptions) -> pd.DataFrame:
         write_csv(result.metrics, out / "probe_metrics.csv")
         write_csv(result.predictions, out / "probe_predictions.csv")
         atomic_write_json(out / "probe_folds.json", result.folds, indent=1)
+        atomic_write_json(out / "probe_tr.json", {"tr": o.tr_notes}, indent=1)
         atomic_write_text(out / "missing_subjects.txt", "".join(f"{s}\n" for s in result.missing_subjects))
     if result.missing_subjects:
         print(f"left out (no {o.target!r} target): {', '.join(result.missing_subjects)}")
