@@ -9,8 +9,10 @@ from. The adapters:
 ==============  ===============================================================================
 ``bold``        4D NIfTI images (files or a folder of ``.nii`` / ``.nii.gz``), parcellated with
                 an atlas (A424 by default; :class:`~brainlm.data.parcellate.Parcellator`)
-``bids``        a BIDS / fMRIPrep derivatives folder (MNI-space preprocessed BOLD, confounds,
-                ``participants.tsv``)
+``bids``        a BIDS / fMRIPrep derivatives folder (MNI-space preprocessed BOLD, or with
+                ``--space`` its surface outputs; confounds, ``participants.tsv``)
+``surface``     CIFTI-2 dense time series (``.dtseries.nii``) and GIFTI functional pairs
+                (``.func.gii``), parcellated with a surface atlas (:mod:`brainlm.data.surface`)
 ``timeseries``  parcellated ``.npy`` / ``.csv`` / ``.tsv`` / ``.mat`` / ``.parquet`` files with a
                 coordinate file (``--coords``)
 ``original``    the original BrainLM Arrow datasets (:mod:`brainlm.data.original`)
@@ -46,7 +48,7 @@ from .readers import (
 
 __all__ = ["KINDS", "ArrayOptions", "InputOptions", "Source", "open_source", "detect_kind", "timeseries_source"]
 
-KINDS = ("auto", "bold", "bids", "timeseries", "original", "brainmarks")
+KINDS = ("auto", "bold", "bids", "surface", "timeseries", "original", "brainmarks")
 _BOLD, _PARCELLATED, _DATASETS = ("parcellation (BOLD / BIDS inputs)", "parcellated inputs",
                                   "original BrainLM and Brainmarks datasets")
 _NIFTI = (".nii", ".nii.gz")
@@ -68,7 +70,11 @@ class InputOptions(ArrayOptions):
 
     kind: str = option("auto", "what the inputs are (auto: detected)", choices=KINDS)
     # parcellation (bold / bids)
-    atlas: str = option("A424", "'A424' (bundled) or a label NIfTI", group=_BOLD)
+    atlas: str = option("A424", "'A424' (bundled) or a label NIfTI; for surface recordings a .dlabel.nii, a "
+                        ".label.gii pair or a named surface atlas (glasser, cole-anticevic, yeo7, yeo17, schaefer100 "
+                        "... schaefer1000; docs/store.md)", group=_BOLD)
+    space: str | None = option(None, "BIDS / fMRIPrep: the outputs to read: MNI volumes (default), fsLR (CIFTI "
+                               "dtseries) or fsaverage5 / fsaverage6 / fsnative (GIFTI pairs)", group=_BOLD)
     atlas_coords: str | None = option(None, "coordinate file of a custom atlas (default: centres from the labels)",
                                       group=_BOLD)
     detrend: bool = option(False, "remove linear trends", group=_BOLD)
@@ -154,15 +160,21 @@ def _arrow_columns(folder: Path) -> set[str]:
 
 def detect_kind(path: Path) -> str:
     """Guess the adapter from one input path (the first of ``brainlm prepare``'s inputs)."""
+    from .surface import is_surface_file
+
     if not path.is_dir():
+        if is_surface_file(path) or path.name.lower().endswith((".dscalar.nii", ".dlabel.nii")):
+            return "surface"
         return "bold" if path.name.endswith(_NIFTI) else "timeseries"
     if (path / "dataset_dict.json").is_file():
         return "brainmarks"
     if (path / "state.json").is_file() or (path / "dataset_info.json").is_file():
         return "brainmarks" if "bold" in _arrow_columns(path) else "original"
-    if find_bids_bold(path):
+    if find_bids_bold(path) or any(path.glob("sub-*/func/*_bold.*")) or any(path.glob("sub-*/ses-*/func/*_bold.*")):
         return "bids"
     names = [q.name for q in path.iterdir()]
+    if any(is_surface_file(n) for n in names):
+        return "surface"
     if any(n.endswith(_NIFTI) for n in names):
         return "bold"
     if any(Path(n).suffix.lower() in TIMESERIES_SUFFIXES for n in names):
@@ -186,7 +198,7 @@ def open_source(inputs: list[str | Path], options: InputOptions | None = None) -
         if not p.exists():
             raise MissingInputError(f"{_shown(p)}: input not found")
     kind = detect_kind(paths[0]) if options.kind == "auto" else options.kind
-    adapters = {"bold": _bold_source, "bids": _bold_source, "timeseries": _timeseries_source,
+    adapters = {"bold": _bold_source, "bids": _bold_source, "surface": _bold_source, "timeseries": _timeseries_source,
                 "original": _original_source, "brainmarks": _brainmarks_source}
     return adapters[kind](paths, options, kind)
 
@@ -196,22 +208,36 @@ def open_source(inputs: list[str | Path], options: InputOptions | None = None) -
 # ---------------------------------------------------------------------------------------------
 
 
-def _expand(paths: list[Path], kind: str) -> list[Path]:
+def _expand(paths: list[Path], kind: str, space: str | None = None) -> list[Path]:
+    from .surface import is_surface_file, surface_inputs
+
     out = []
     for p in paths:
         if not p.is_dir():
             out.append(p)
         elif kind == "bids":
-            out += find_bids_bold(p)
+            out += find_bids_bold(p, space)
+        elif kind == "surface":
+            out += sorted(q for q in p.iterdir() if is_surface_file(q.name))
         elif kind == "timeseries":
             out += sorted(q for q in p.iterdir() if q.suffix.lower() in TIMESERIES_SUFFIXES)
         else:
             out += sorted(q for q in p.iterdir() if q.name.endswith(_NIFTI))
+    if kind == "surface" or (kind == "bids" and _surface_space(space)):
+        return surface_inputs(out)
     return sorted(set(out), key=str)
+
+
+def _surface_space(space: str | None) -> bool:
+    return space is not None and not space.startswith("MNI")
 
 
 def _ids_from_path(path: Path) -> dict:
     ent = parse_bids_entities(path)
+    if "sub" not in ent and len(path.parts) >= 5 and path.parts[-3:-1][0] == "Results" \
+            and path.parts[-4] == "MNINonLinear":
+        # HCP: <subject>/MNINonLinear/Results/<run, e.g. rfMRI_REST1_LR>/<file>
+        return {"subject_id": path.parts[-5], "task": "".join(c for c in path.parts[-2] if c.isalnum())}
     if "sub" not in ent:
         return {"subject_id": path.name.split(".")[0]}
     return {"subject_id": ent["sub"], "session_id": ent.get("ses", ""), "run_id": ent.get("run", ""),
@@ -243,13 +269,24 @@ def _phenotype_lookup(paths: list[Path], options: InputOptions, kind: str, subje
 def _bold_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
     from .parcellate import Parcellator, bold_tr
     from .readers import bold_sidecar
+    from .surface import is_surface_atlas, is_surface_file
 
+    if kind == "surface" or (kind == "bids" and _surface_space(options.space)):
+        return _surface_source(paths, options, kind)
+    if is_surface_atlas(options.atlas):
+        raise UserError(f"--atlas {options.atlas} is a surface atlas, but the inputs are volumes (--kind {kind}); "
+                        "give surface recordings (.dtseries.nii, .func.gii pairs, or --space fsLR with a BIDS folder) "
+                        "or a volume atlas")
     atlas = load_atlas(options.atlas, coords=options.atlas_coords, name=options.atlas_name)
     parcellator = Parcellator(atlas, detrend=options.detrend, high_pass=options.high_pass, low_pass=options.low_pass,
                               confound_strategy=options.confound_strategy).fit()
-    files = _expand(paths, kind)
+    files = _expand(paths, kind, options.space)
     if not files:
-        raise UserError(f"no BOLD images found in {', '.join(map(_shown, paths))} (--kind {kind})")
+        hint = " (its surface outputs: --space fsLR or --space fsaverage5)" if kind == "bids" else ""
+        raise UserError(f"no BOLD images found in {', '.join(map(_shown, paths))} (--kind {kind}){hint}")
+    if any(is_surface_file(f) for f in files):
+        raise UserError(f"{_shown(next(f for f in files if is_surface_file(f)))}: a surface recording among volumes; "
+                        "give surface and volume recordings to separate stores")
     phenotypes = _phenotype_lookup(paths, options, kind, [_ids_from_path(f)["subject_id"] for f in files])
 
     def load(path: Path) -> Recording:
@@ -264,6 +301,58 @@ def _bold_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
             "participants")
     return Source(kind, parcellator.atlas_, [_item(f, load) for f in files], "robust",
                   {k: getattr(options, k) for k in keys})
+
+
+def _surface_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
+    """CIFTI dense time series and GIFTI pairs (or a BIDS folder's, ``--space``), parcellated with a surface atlas."""
+    from .maps import ATLAS_LABELS
+    from .surface import (
+        SurfaceParcellator,
+        atlas_label_image,
+        is_surface_atlas,
+        load_surface_atlas,
+        read_grayordinates,
+        surface_sidecar,
+        surface_tr,
+    )
+
+    if not is_surface_atlas(options.atlas):
+        raise UserError(f"--atlas {options.atlas}: surface recordings need a surface atlas: a .dlabel.nii, a .label.gii "
+                        "pair, or one of glasser, cole-anticevic, yeo7, yeo17, schaefer100 ... schaefer1000 (A424 is a "
+                        "volume; docs/store.md says why it is not offered on grayordinates)")
+    files = _expand(paths, kind, options.space)
+    if not files:
+        raise UserError(f"no surface recordings (.dtseries.nii, .func.gii pairs) found in {', '.join(map(_shown, paths))}"
+                        + (f" for --space {options.space}" if options.space else ""))
+    reference = next((f for f in files if _readable(read_grayordinates, f)), files[0])
+    atlas = load_surface_atlas(options.atlas, reference, coords=options.atlas_coords, name=options.atlas_name)
+    parcellator = SurfaceParcellator(atlas, detrend=options.detrend, high_pass=options.high_pass,
+                                     low_pass=options.low_pass, confound_strategy=options.confound_strategy).fit()
+    phenotypes = _phenotype_lookup(paths, options, kind, [_ids_from_path(f)["subject_id"] for f in files])
+
+    def load(path: Path) -> Recording:
+        data = parcellator.transform(path, t_r=options.tr)
+        tr = options.tr if options.tr else surface_tr(path, surface_sidecar(path))
+        ids = _ids_from_path(Path(str(path).replace("_hemi-L_", "_")))
+        return Recording(data, tr=tr, source=str(path), phenotypes=phenotypes(ids["subject_id"]), **ids)
+
+    def write_labels(path: Path) -> None:
+        tmp = path.with_name(f".tmp-{path.name}")
+        atlas_label_image(atlas).to_filename(tmp)
+        tmp.replace(path)
+
+    keys = ("atlas", "atlas_coords", "detrend", "high_pass", "low_pass", "confound_strategy", "atlas_name", "tr",
+            "participants", "space")
+    return Source(kind, atlas, [_item(f, load) for f in files], "robust", {k: getattr(options, k) for k in keys},
+                  extra_files={ATLAS_LABELS: write_labels})
+
+
+def _readable(read, path: Path) -> bool:
+    try:
+        read(path)
+        return True
+    except InputError:
+        return False
 
 
 def _timeseries_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
