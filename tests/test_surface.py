@@ -532,6 +532,12 @@ def test_model_tr_is_said_and_resampled_on_request(surface_store, tmp_path, caps
     assert run_cli("reconstruct", tmp_path / "slow", store.path, "--out", tmp_path / "rec", "--window", "20",
                    "--resample-to-model-tr", "--split", "test") == 0
     assert "resampled" in json.loads((tmp_path / "rec" / "results.json").read_text())["tr"][0]
+    # probe resamples too, with its targets from a table or from the store
+    ids = sorted(store.recordings["subject_id"].astype(str).unique())
+    pd.DataFrame({"subject_id": ids, "y": np.arange(len(ids)) * 1.5}).to_csv(tmp_path / "y.tsv", sep="\t", index=False)
+    assert run_cli("probe", tmp_path / "slow", store.path, "--target", "y", "--targets", tmp_path / "y.tsv",
+                   "--folds", "2", "--bootstrap", "0", "--out", tmp_path / "probe", "--resample-to-model-tr") == 0
+    assert "resampled 6 of 6" in json.loads((tmp_path / "probe" / "probe_tr.json").read_text())["tr"][0]
 
 
 def test_mixed_trs_are_never_silent(tmp_path):

@@ -53,7 +53,7 @@ from .finetune import FinetuneConfig, finetune
 from .fingerprint import fingerprint
 from .loading import load_model, match_model_tr, open_recordings, training_recordings
 from .plots import plot_fingerprint, plot_forecast, plot_reconstruction
-from .probe import PROBES, TargetOptions, probe
+from .probe import PROBES, TargetOptions, load_targets, probe
 from .reconstruct import forecast_recordings, reconstruct_recordings
 
 __all__ = ["RecordingsOptions", "EmbedOptions", "ReconstructOptions", "ForecastOptions", "ProbeOptions",
@@ -358,12 +358,14 @@ def run_probe(options: ProbeOptions) -> pd.DataFrame:
     names = ["probe_metrics.csv", "probe_predictions.csv", "probe_folds.json", "missing_subjects.txt", "probe_tr.json"]
     with output_folder(o.out, names, overwrite=o.overwrite) as out:
         model = _load(o)
+        recs = o.matched(model)  # the TR lines, and the recordings resampled with --resample-to-model-tr
+        data, target, split = o.recordings(), o.target, o.split
         if o.resample_to_model_tr:
-            raise UserError("--resample-to-model-tr: probe reads its targets from the store; build the store at the "
-                            "model's TR instead (brainlm prepare --target-tr)")
-        o.matched(model, resample=False)  # the TR lines
-        result = probe(model, o.recordings(), o.target, targets_file=o.targets,
-                       subject_column=o.subject_column, split=o.split, coords=o.coords, pooling=o.pooling,
+            if o.targets is None and isinstance(data, str):  # a store's phenotypes, read from the store itself
+                target = load_targets(data, o.target, o.subject_column).rename(o.target)
+            data, split = recs, None
+        result = probe(model, data, target, targets_file=o.targets,
+                       subject_column=o.subject_column, split=split, coords=o.coords, pooling=o.pooling,
                        windows=o.windows, window=o.window, stride=o.stride, fc_baseline=o.fc_baseline, task=o.task,
                        probes=o.probes, n_splits=o.folds, inner_splits=o.inner_folds, n_boot=o.bootstrap,
                        seed=o.seed, precision=o.precision)
