@@ -48,7 +48,9 @@ from brainlm.io import (
     atomic_write_json,
     check_writable,
     claim_folder,
+    content_id,
     normalize_subject_id,
+    remove_outputs,
     read_json,
     sha256_file,
     verify_file,
@@ -178,15 +180,26 @@ def parse_part(text: str) -> tuple[int, int]:
 
 
 def _fingerprint(source: Source, options: StoreOptions) -> str:
-    """Hash of the inputs (names, sizes, modification times) and every option that changes the store."""
+    """Hash of what the inputs hold (:func:`brainlm.io.content_id`: size and SHA-256, not how their
+    paths are spelled or when they were touched), the IDs they get, and every option that changes
+    the store."""
     digest = hashlib.sha256()
-    ident = {"kind": source.kind, "source": source.options, "store": options.identity(), "atlas": source.atlas.name}
+    ident = {"kind": source.kind, "source": source.options, "store": options.identity(), "atlas": source.atlas.name,
+             "subject_ids": source.subject_ids}
     digest.update(json.dumps(ident, sort_keys=True, default=str).encode())
-    for name, _ in source.items:
-        p = Path(name)
-        stat = p.stat() if p.exists() else None
-        digest.update(f"{name}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}".encode())
+    ids = source.ids or [""] * len(source.items)
+    for (name, _), rid in zip(source.items, ids):
+        digest.update(f"{_input_identity(name)}|{rid}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
+
+
+def _input_identity(name: str) -> str:
+    """The content of one input: a file's, a dataset folder's (``folder#row``), else its name."""
+    path = Path(name)
+    if not path.exists() and "#" in name:
+        folder, row = name.rsplit("#", 1)
+        return f"{content_id(folder)}#{row}" if Path(folder).is_dir() else name
+    return content_id(path) if path.exists() else name
 
 
 def _store_manifest(out: Path) -> dict | None:
@@ -214,11 +227,20 @@ def _claim_store(out: Path, fingerprint: str, overwrite: bool) -> None:
     """``out`` may take this build: a folder for a store (:func:`brainlm.io.claim_folder`), and a store
     built there from other inputs or options is replaced only with ``overwrite``."""
     claim_folder(out, "store")
+    _clean_staging(out)
     manifest = _store_manifest(out)
     if manifest is not None and manifest.get("fingerprint") != fingerprint and not overwrite:
         raise OutputExistsError(f"--out {out} holds a store built from other inputs or options (fingerprint "
                                 f"{manifest.get('fingerprint')}, this build {fingerprint}); pass --overwrite to "
                                 "replace it (runs trained on it will not resume on the new one)")
+
+
+def _clean_staging(out: Path) -> None:
+    """Remove the staging folders a killed build left in the store ``out`` (this build holds its lock,
+    so no other build is using them)."""
+    for staging in out.glob(".staging-*"):
+        if staging.is_dir() and not staging.is_symlink():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +269,7 @@ def prepare_part(source: Source, part_dir: str | Path, options: StoreOptions | N
     check_source(source)
     out = check_writable(part_dir, "--out", create=False)
     i, n = part
-    with OutputLock(out, what="part folder"):
+    with OutputLock(out, what="part folder", folder=True):
         claim_folder(out, "part")
         for old in ("part.json", "records.parquet"):
             (out / old).unlink(missing_ok=True)
@@ -281,6 +303,7 @@ def _stage(source: Source, out: Path, options: StoreOptions, i: int, n: int) -> 
         "format": PART_FORMAT, "fingerprint": _fingerprint(source, options), "part": i, "num_parts": n,
         "num_inputs": len(source.items), "kind": source.kind, "default_normalization": source.default_normalization,
         "options": options.identity(), "source_options": source.options, "split_phenotype": source.split_phenotype,
+        "subject_ids": source.subject_ids,
         "flat_regions": flat,
         "atlas": {"name": source.atlas.name, "coords": np.asarray(source.atlas.coords).tolist(),
                   "region_names": list(source.atlas.region_names)},
@@ -402,7 +425,7 @@ def merge_parts(part_dirs: list[str | Path], out_dir: str | Path, *, overwrite_o
         raise UserError(f"--merge: options {diff} differ from those the parts were built with "
                         f"{ {k: options.identity()[k] for k in diff} }; store options belong on the --part jobs")
     out = check_writable(out_dir, "--out", create=False)
-    with OutputLock(out, what="store"):
+    with OutputLock(out, what="store", folder=True):
         _claim_store(out, parts.info["fingerprint"], overwrite)
         if _finished(out, parts.info["fingerprint"]):
             log.info("%s is up to date", out)
@@ -465,6 +488,8 @@ def _write_once(parts: _Parts, out: Path, options: StoreOptions, extra_files: di
         manifest["checksums"].update({rel: {"bytes": (out / rel).stat().st_size, "sha256": sha256_file(out / rel)}
                                       for rel in extra_files})
         manifest["skipped"] = [{"source": s["source"], "reason": s["reason"]} for s in parts.skipped]
+        if info.get("subject_ids"):
+            manifest["subject_ids"] = info["subject_ids"]
         manifest.update(_source_notes(parts, table, info.get("split_phenotype"), options))
         atomic_write_json(out / "manifest.json", manifest, indent=1, fsync=True)
     except BaseException:
@@ -585,12 +610,7 @@ def _remove_stale(out: Path, previous: dict | None, manifest: dict) -> None:
     if previous is None:
         return
     old, keep = listed_files(previous), set(listed_files(manifest))
-    for rel in sorted(set(old) - keep):
-        try:
-            path, _ = store_file(out, rel, old)
-        except CorruptFileError:
-            continue  # a path that leads out of the store is not ours to delete
-        path.unlink(missing_ok=True)
+    remove_outputs(out, sorted(set(old) - keep))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -618,7 +638,7 @@ def write_store(source: Source, out_dir: str | Path, options: StoreOptions | Non
     existed = out.exists()
     check_writable(out, "--out", create=False)
     fingerprint = _fingerprint(source, options)
-    with OutputLock(out, what="store"):
+    with OutputLock(out, what="store", folder=True):
         _claim_store(out, fingerprint, overwrite)
         if _finished(out, fingerprint):
             log.info("%s is up to date", out)

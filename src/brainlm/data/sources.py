@@ -25,6 +25,7 @@ the first input) and checks everything that can be checked without reading the d
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,16 +40,17 @@ from .readers import (
     TIMESERIES_SUFFIXES,
     Recording,
     find_bids_bold,
-    parse_bids_entities,
     read_participants,
     read_timeseries,
 )
+from .subjects import check_pattern, derive_ids
 
 __all__ = ["KINDS", "ArrayOptions", "InputOptions", "Source", "open_source", "detect_kind", "timeseries_source"]
 
 KINDS = ("auto", "bold", "bids", "timeseries", "original", "brainmarks")
 _BOLD, _PARCELLATED, _DATASETS = ("parcellation (BOLD / BIDS inputs)", "parcellated inputs",
                                   "original BrainLM and Brainmarks datasets")
+_IDS = "IDs of BOLD, BIDS and parcellated input files"
 _NIFTI = (".nii", ".nii.gz")
 
 
@@ -91,11 +93,18 @@ class InputOptions(ArrayOptions):
                                  "dataset)", flag="--brainmarks-targets", group=_DATASETS)
     # phenotypes of bold / bids / timeseries inputs
     participants: str | None = option(None, "phenotype table (participants.tsv, .csv or .parquet)", group=_DATASETS)
+    # IDs of bold / bids / timeseries inputs
+    subject_id: str | None = option(None, "where a file's subject ID is in its path: a regular expression with one "
+                                    "group (e.g. 'subjects/([^/]+)/'), or N, the N-th folder above the file (default: "
+                                    "BIDS sub-, else the file name, else the per-subject folder; docs/store.md)",
+                                    metavar="PATTERN", group=_IDS)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.tr is not None and not self.tr > 0:
             raise UserError(f"--tr must be a positive number of seconds, got {self.tr}")
+        if self.subject_id is not None:
+            check_pattern(self.subject_id)
 
     def to_dict(self) -> dict[str, Any]:
         """The input options alone (also when a subclass adds others)."""
@@ -119,6 +128,9 @@ class Source:
             ``--resplit``.
         keep_flat_regions: the source stores regions without signal as constants on purpose
             (Brainmarks writes zeros); they are kept instead of rejected, and listed in the manifest.
+        subject_ids: how the subject IDs were derived, in words (recorded in the store).
+        ids: the recording ID of each item when known before reading it (files: from their
+            paths), else empty; it enters the store fingerprint.
     """
 
     kind: str
@@ -129,6 +141,8 @@ class Source:
     extra_files: dict[str, Callable[[Path], None]] = field(default_factory=dict)
     split_phenotype: str | None = None
     keep_flat_regions: bool = False
+    subject_ids: str = ""
+    ids: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -197,6 +211,8 @@ def open_source(inputs: list[str | Path], options: InputOptions | None = None) -
 
 
 def _expand(paths: list[Path], kind: str) -> list[Path]:
+    """The files of ``paths`` in the order given (a folder's files sorted), each once: the first
+    given of two duplicates is the one kept."""
     out = []
     for p in paths:
         if not p.is_dir():
@@ -207,15 +223,19 @@ def _expand(paths: list[Path], kind: str) -> list[Path]:
             out += sorted(q for q in p.iterdir() if q.suffix.lower() in TIMESERIES_SUFFIXES)
         else:
             out += sorted(q for q in p.iterdir() if q.name.endswith(_NIFTI))
-    return sorted(set(out), key=str)
+    absolute = [Path(os.path.abspath(p)) for p in out]
+    return list(dict.fromkeys(absolute))
 
 
-def _ids_from_path(path: Path) -> dict:
-    ent = parse_bids_entities(path)
-    if "sub" not in ent:
-        return {"subject_id": path.name.split(".")[0]}
-    return {"subject_id": ent["sub"], "session_id": ent.get("ses", ""), "run_id": ent.get("run", ""),
-            "task": ent.get("task", "")}
+def _file_ids(files: list[Path], options: InputOptions) -> tuple[dict[Path, dict], str]:
+    """file -> its IDs (:mod:`brainlm.data.subjects`), and how they were derived."""
+    ids, rule = derive_ids(files, options.subject_id)
+    return {f: i.as_dict() for f, i in zip(files, ids)}, rule
+
+
+def _recording_ids(ids: dict[Path, dict]) -> list[str]:
+    return [Recording(None, **{**i, "subject_id": normalize_subject_id(i["subject_id"])}).recording_id
+            for i in ids.values()]
 
 
 def _phenotype_lookup(paths: list[Path], options: InputOptions, kind: str, subjects: list[str]) -> Callable[[str], dict]:
@@ -250,20 +270,31 @@ def _bold_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
     files = _expand(paths, kind)
     if not files:
         raise UserError(f"no BOLD images found in {', '.join(map(_shown, paths))} (--kind {kind})")
-    phenotypes = _phenotype_lookup(paths, options, kind, [_ids_from_path(f)["subject_id"] for f in files])
 
-    def load(path: Path) -> Recording:
+    def read(path: Path) -> tuple:
         import nibabel as nib
 
         data = parcellator.transform(path, t_r=options.tr)
-        tr = options.tr if options.tr else bold_tr(nib.load(path), bold_sidecar(path))
-        ids = _ids_from_path(path)
-        return Recording(data, tr=tr, source=str(path), phenotypes=phenotypes(ids["subject_id"]), **ids)
+        return data, options.tr if options.tr else bold_tr(nib.load(path), bold_sidecar(path))
 
     keys = ("atlas", "atlas_coords", "detrend", "high_pass", "low_pass", "confound_strategy", "atlas_name", "tr",
             "participants")
-    return Source(kind, parcellator.atlas_, [_item(f, load) for f in files], "robust",
-                  {k: getattr(options, k) for k in keys})
+    return _file_source(kind, parcellator.atlas_, paths, files, options, read, keys)
+
+
+def _file_source(kind: str, atlas: Atlas, paths: list[Path], files: list[Path], options: InputOptions,
+                 read: Callable[[Path], tuple], keys: tuple[str, ...]) -> Source:
+    """The source of input files: ``read(path) -> ((T, R) data, TR)``, IDs from their paths
+    (:mod:`brainlm.data.subjects`), phenotypes by subject; ``keys`` name the options that identify the data."""
+    ids, rule = _file_ids(files, options)
+    phenotypes = _phenotype_lookup(paths, options, kind, [i["subject_id"] for i in ids.values()])
+
+    def load(path: Path) -> Recording:
+        data, tr = read(path)
+        return Recording(data, tr=tr, source=str(path), phenotypes=phenotypes(ids[path]["subject_id"]), **ids[path])
+
+    return Source(kind, atlas, [_item(f, load) for f in files], "robust",
+                  {k: getattr(options, k) for k in (*keys, "subject_id")}, subject_ids=rule, ids=_recording_ids(ids))
 
 
 def _timeseries_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
@@ -286,18 +317,14 @@ def timeseries_source(paths: list[str | Path], atlas: Atlas, options: InputOptio
     files = _expand(paths, "timeseries")
     if not files:
         raise UserError(f"no time-series files ({', '.join(TIMESERIES_SUFFIXES)}) in {', '.join(map(_shown, paths))}")
-    phenotypes = _phenotype_lookup(paths, options, "timeseries", [_ids_from_path(f)["subject_id"] for f in files])
     R = atlas.num_regions
 
-    def load(path: Path) -> Recording:
+    def read(path: Path) -> tuple:
         data = read_timeseries(path, num_regions=R, orientation=options.orientation, key=options.mat_key)
-        ids = _ids_from_path(path)
-        return Recording(data, tr=options.tr or float("nan"), source=str(path),
-                         phenotypes=phenotypes(ids["subject_id"]), **ids)
+        return data, options.tr or float("nan")
 
     keys = ("coords", "atlas_name", "orientation", "mat_key", "tr", "participants")
-    return Source("timeseries", atlas, [_item(f, load) for f in files], "robust",
-                  {k: getattr(options, k) for k in keys})
+    return _file_source("timeseries", atlas, paths, files, options, read, keys)
 
 
 def _shown(path: str | Path) -> str:
