@@ -7,7 +7,9 @@ Only the command being run is imported, so ``brainlm --help`` stays fast.
 Exit status: 0 done; 2 bad input or an error of the machine (a full or read-only disk, no
 permission: :func:`brainlm.errors.environment_error`), one line on standard error; 130
 interrupted (Ctrl-C), one line that says how to continue when the command can
-(:meth:`brainlm.options.Options.resume_hint`). Any other exception is a bug and keeps its traceback.
+(:meth:`brainlm.options.Options.resume_hint`), from the first instant: importing this module
+and the ``brainlm`` package loads nothing heavy, so an interrupt while torch loads is caught here
+too. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -137,6 +139,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_hint(options) -> str | None:
+    """How to continue an interrupted command, when it can (None when there is nothing to say)."""
+    try:
+        return options.resume_hint() if options is not None else None
+    except (UserError, OSError, KeyboardInterrupt):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), "")
@@ -151,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix} error: {err.one_line()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = options.resume_hint() if options is not None else None
-        print(f"{prefix} interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        print(f"{prefix} interrupted" + (f"; {hint}" if (hint := _resume_hint(options)) else ""), file=sys.stderr)
         return 130
     except Exception as err:
         line = environment_error(err)

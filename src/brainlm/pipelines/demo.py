@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from brainlm.options import option
+from brainlm.options import command_line, option
 from brainlm.train.config import TrainingOverrides
 
 __all__ = ["DemoOptions", "run_demo"]
@@ -42,7 +42,7 @@ class DemoOptions(TrainingOverrides):
     smoke: bool = option(False, "a few training steps only, to check the pipeline")
 
     def resume_hint(self) -> str | None:
-        return f"run brainlm demo --out {self.out} again to continue where it stopped"
+        return f"run {command_line('brainlm', 'demo', '--out', self.out)} again to continue where it stopped"
 
 
 def run_demo(options: DemoOptions | None = None) -> int:
@@ -95,8 +95,9 @@ def run_demo(options: DemoOptions | None = None) -> int:
         print(f"plot:       {p}")
     if smoke:
         return 0
-    print(f"every subject held out once (6 folds, about 22 min on 2 cores): brainlm benchmark demo {store.path} --cv 6 "
-          f"--forecast-finetune 600 --out {Path(out_dir) / 'cv'}")
+    cv = command_line("brainlm", "benchmark", "demo", store.path, "--cv", 6, "--forecast-finetune", 600,
+                      "--out", Path(out_dir) / "cv")
+    print(f"every subject held out once (6 folds, about 22 min on 2 cores): {cv}")
     return _verdict(ev, seed=config.seed)
 
 
