@@ -206,6 +206,9 @@ def run_networks(options: NetworksOptions) -> dict:
     outputs = ["networks_scores.csv", "networks_predictions.csv", "networks_scores.png", "networks_map.png"]
 
     def check(store, networks) -> None:
+        if networks.num_networks < 2:
+            raise UserError(f"--networks {o.networks}: every region is in one network ({networks.names[0]}); network "
+                            "identification needs at least two networks")
         if np.bincount(networks.codes).min() < 2:
             small = [n for n, s in zip(networks.names, networks.sizes()) if s < 2]
             raise UserError(f"--networks: networks {', '.join(small[:5])} have one region; network identification "

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from brainlm.errors import InputError, MissingInputError, UserError
-from brainlm.io import normalize_subject_id
+from brainlm.io import folder_kind, normalize_subject_id
 from brainlm.options import Options, at_least, option
 
 from .atlas import Atlas, load_atlas, read_coordinates
@@ -199,6 +199,10 @@ def open_source(inputs: list[str | Path], options: InputOptions | None = None) -
     for p in paths:
         if not p.exists():
             raise MissingInputError(f"{_shown(p)}: input not found")
+        made = folder_kind(p) if p.is_dir() else None
+        if made is not None:
+            raise UserError(f"{_shown(p)}: a brainlm {made}, not an input: prepare reads scans, time series or "
+                            "datasets (commands take a store as it is)")
     kind = detect_kind(paths[0]) if options.kind == "auto" else options.kind
     adapters = {"bold": _bold_source, "bids": _bold_source, "timeseries": _timeseries_source,
                 "original": _original_source, "brainmarks": _brainmarks_source}

@@ -324,7 +324,7 @@ def run_fingerprint(options: FingerprintOptions) -> pd.DataFrame:
     with output_folder(o.out, names, overwrite=o.overwrite) as out:
         summary, matches = fingerprint(_load(o.checkpoint, o.device), o.recordings(), split=o.split, coords=o.coords,
                                        pooling=o.pooling, keep_regions=o.keep_regions, window=o.window,
-                                       stride=o.stride, precision=o.precision)
+                                       stride=o.stride, precision=o.precision, on_error=o.on_error)
         write_csv(summary, out / "fingerprint.csv")
         write_csv(matches, out / "fingerprint_matches.csv")
         plot_fingerprint(summary, out / "fingerprint.png")
