@@ -24,8 +24,11 @@
   manifest maps file names to checksums, and a manifest is written last while the marker must
   be there from the first file on.
 - **Outputs** that exist are replaced only with ``--overwrite`` (:func:`check_overwrite`,
-  :func:`claim_file` for a single file), and a folder being written holds a lock
-  (:class:`OutputLock`): a second writer is refused.
+  :func:`claim_file` for a single file), and a folder being written holds a lock inside it
+  (:class:`OutputLock`): a second writer is refused, a killed writer's lock is taken over.
+  Overwriting deletes only what brainlm recorded writing (:func:`remove_outputs`).
+- **Content identity** (:func:`content_id`): size and SHA-256 of an input, for fingerprints
+  that do not change with the spelling of a path or a ``touch``.
 """
 
 from __future__ import annotations

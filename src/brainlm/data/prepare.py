@@ -5,8 +5,9 @@ The work is two streamed passes, so memory stays bounded at any cohort size:
 1. **stage** (:func:`prepare_part`): read every input (parcellating BOLD images), check it,
    optionally resample it to a target TR, and append it as float32 to staging shards in a
    *part* folder, with a table of what was read. ``--part I/N`` stages only the I-th of N
-   deterministic slices of the sorted inputs (every N-th input from the I-th), so N jobs of a
-   scheduler array can share the reading;
+   deterministic slices of the inputs (every N-th input from the I-th, in the order given), so N
+   jobs of a scheduler array can share the reading; IDs are derived from all the inputs
+   (:mod:`brainlm.data.subjects`), so a part gives each file the ID a one-machine build gives it;
 2. **merge** (:func:`merge_parts`): check that the parts belong together (same inputs and
    options, each slice exactly once), put their recordings back in input order, find
    duplicate IDs, split subjects into train / validation / test (or keep the splits the source
@@ -22,8 +23,10 @@ that reads recordings. The output folder is claimed for a store
 (:func:`brainlm.io.claim_folder`) and locked while it is written; files are written under
 temporary names and the manifest last; if a run fails, what it wrote is removed (a store that
 was there before stays as it was). Re-running with the same inputs and options finds the
-finished store and returns it; a store of other inputs or options is replaced only with
-``--overwrite``, and then only the files its manifest lists are removed.
+finished store and returns it (the fingerprint is what the inputs hold, not how their paths are
+spelled); a store of other inputs or options is replaced only with ``--overwrite``, and then only
+the regular files its manifest lists are removed (:func:`brainlm.io.remove_outputs`). Staging
+folders left by a killed build are removed by the next.
 """
 
 from __future__ import annotations
