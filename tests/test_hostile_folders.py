@@ -136,13 +136,15 @@ def test_two_files_of_one_subject_are_two_runs_and_the_first_given_duplicate_is_
 def test_the_same_inputs_by_another_path_or_touched_find_the_finished_store(world, tmp_path, monkeypatch, capsys):
     data = tmp_path / "data"
     shutil.copytree(world / "inputs", data)
+    shutil.copy(world / "coords.csv", tmp_path / "coords.csv")
     monkeypatch.chdir(tmp_path)
-    args = ["--coords", str(world / "coords.csv"), "--window", "20", "--split", "3", "1", "1"]
-    assert main(["prepare", "data", *args, "--out", "store"]) == 0
+    args = ["--window", "20", "--split", "3", "1", "1"]
+    assert main(["prepare", "data", "--coords", "coords.csv", *args, "--out", "store"]) == 0
     before = tree(tmp_path / "store")
-    for f in data.iterdir():
+    for f in [*data.iterdir(), tmp_path / "coords.csv"]:
         os.utime(f, (time.time() + 100, time.time() + 100))
     monkeypatch.chdir(tmp_path / "data")
+    args = ["--coords", str(tmp_path / "coords.csv"), *args]
     assert main(["prepare", str(data), *args, "--out", str(tmp_path / "store")]) == 0
     assert tree(tmp_path / "store") == before
     # other contents under the same names are other inputs

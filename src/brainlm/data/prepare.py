@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -86,7 +87,7 @@ __all__ = ["StoreOptions", "PrepareOptions", "run_prepare", "prepare", "write_st
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
-PART_FORMAT = "brainlm-part/1"
+PART_FORMAT = "brainlm-part/2"
 
 
 _STORE = "store (with --part: give the same store options to every part)"
@@ -182,27 +183,43 @@ def parse_part(text: str) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _fingerprint(source: Source, options: StoreOptions) -> str:
-    """Hash of what the inputs hold (:func:`brainlm.io.content_id`: size and SHA-256, not how their
-    paths are spelled or when they were touched), the IDs they get, and every option that changes
-    the store."""
-    digest = hashlib.sha256()
-    ident = {"kind": source.kind, "source": source.options, "store": options.identity(), "atlas": source.atlas.name,
-             "subject_ids": source.subject_ids}
-    digest.update(json.dumps(ident, sort_keys=True, default=str).encode())
-    ids = source.ids or [""] * len(source.items)
-    for (name, _), rid in zip(source.items, ids):
-        digest.update(f"{_input_identity(name)}|{rid}\n".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()[:16]
+def _setup(source: Source, options: StoreOptions) -> str:
+    """Hash of what a build is besides the inputs' contents: the kind, every option that changes the
+    store (option files by content), the number of inputs and the IDs they get. Every part of one
+    build has the same."""
+    ident = {"kind": source.kind, "source": {k: _identity(v) for k, v in source.options.items()},
+             "store": options.identity(), "atlas": source.atlas.name, "subject_ids": source.subject_ids,
+             "ids": source.ids, "num_inputs": len(source.items)}
+    text = json.dumps(ident, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _identity(value: Any) -> Any:
+    """An option as it enters the fingerprint: a file or folder it names by its content."""
+    return content_id(value) if isinstance(value, str) and value and Path(value).exists() else value
+
+
+def _absolute(options: dict) -> dict:
+    """Options as the store records them: the files and folders they name by absolute path."""
+    return {k: os.path.abspath(v) if isinstance(v, str) and v and Path(v).exists() else v for k, v in options.items()}
 
 
 def _input_identity(name: str) -> str:
-    """The content of one input: a file's, a dataset folder's (``folder#row``), else its name."""
+    """What one input holds (:func:`brainlm.io.content_id`: size and SHA-256, not how its path is
+    spelled or when it was touched): a file's, a dataset folder's (``folder#row``), else its name."""
     path = Path(name)
     if not path.exists() and "#" in name:
         folder, row = name.rsplit("#", 1)
         return f"{content_id(folder)}#{row}" if Path(folder).is_dir() else name
     return content_id(path) if path.exists() else name
+
+
+def _fingerprint(setup: str, inputs: list[str]) -> str:
+    """The store's fingerprint: the build's setup and what every input holds, in input order."""
+    digest = hashlib.sha256(setup.encode())
+    for identity in inputs:
+        digest.update(f"{identity}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
 
 
 def _store_manifest(out: Path) -> dict | None:
@@ -303,9 +320,10 @@ def _stage(source: Source, out: Path, options: StoreOptions, i: int, n: int) -> 
     table = pd.DataFrame(records)
     write_parquet(out / "records.parquet", table if len(table) else pd.DataFrame({"input_index": []}))
     atomic_write_json(out / "part.json", {
-        "format": PART_FORMAT, "fingerprint": _fingerprint(source, options), "part": i, "num_parts": n,
+        "format": PART_FORMAT, "setup": _setup(source, options), "part": i, "num_parts": n,
+        "inputs": {str(k): _input_identity(source.items[k][0]) for k in indices},
         "num_inputs": len(source.items), "kind": source.kind, "default_normalization": source.default_normalization,
-        "options": options.identity(), "source_options": source.options, "split_phenotype": source.split_phenotype,
+        "options": options.identity(), "source_options": _absolute(source.options), "split_phenotype": source.split_phenotype,
         "subject_ids": source.subject_ids,
         "flat_regions": flat,
         "atlas": {"name": source.atlas.name, "coords": np.asarray(source.atlas.coords).tolist(),
@@ -343,9 +361,9 @@ def _read_parts(folders: list[Path]) -> _Parts:
         infos.append(info)
     first = infos[0]
     for folder, info in zip(folders, infos):
-        if info["fingerprint"] != first["fingerprint"] or info["num_parts"] != first["num_parts"]:
-            raise UserError(f"{folder}: built from other inputs or options than {folders[0]} (part fingerprint "
-                            f"{info['fingerprint']} vs {first['fingerprint']}); rebuild it with the same command")
+        if info.get("setup") != first.get("setup") or info["num_parts"] != first["num_parts"]:
+            raise UserError(f"{folder}: built from other inputs or options than {folders[0]}; rebuild it with the "
+                            "same command")
     seen: dict[int, Path] = {}
     for folder, info in zip(folders, infos):
         if info["part"] in seen:
@@ -354,6 +372,11 @@ def _read_parts(folders: list[Path]) -> _Parts:
     missing = sorted(set(range(first["num_parts"])) - set(seen))
     if missing:
         raise UserError(f"--merge: parts {missing} of {first['num_parts']} are missing; run their --part jobs first")
+    inputs = {int(k): v for info in infos for k, v in info["inputs"].items()}
+    if sorted(inputs) != list(range(first["num_inputs"])):
+        raise UserError(f"--merge: the parts do not cover the {first['num_inputs']} inputs once each; rebuild them "
+                        "with the same command")
+    first = {**first, "fingerprint": _fingerprint(first["setup"], [inputs[k] for k in range(len(inputs))])}
     tables = []
     for folder, info in zip(folders, infos):
         for shard in info["shards"]:
@@ -640,7 +663,7 @@ def write_store(source: Source, out_dir: str | Path, options: StoreOptions | Non
     out = Path(out_dir)
     existed = out.exists()
     check_writable(out, "--out", create=False)
-    fingerprint = _fingerprint(source, options)
+    fingerprint = _fingerprint(_setup(source, options), [_input_identity(name) for name, _ in source.items])
     with OutputLock(out, what="store", folder=True):
         _claim_store(out, fingerprint, overwrite)
         if _finished(out, fingerprint):
