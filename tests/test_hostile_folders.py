@@ -140,6 +140,9 @@ def test_the_same_inputs_by_another_path_or_touched_find_the_finished_store(worl
     monkeypatch.chdir(tmp_path)
     args = ["--window", "20", "--split", "3", "1", "1"]
     assert main(["prepare", "data", "--coords", "coords.csv", *args, "--out", "store"]) == 0
+    # the store names the files it was made from by absolute path (the analyses read them from anywhere)
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    assert manifest["options"]["coords"] == str(tmp_path / "coords.csv")
     before = tree(tmp_path / "store")
     for f in [*data.iterdir(), tmp_path / "coords.csv"]:
         os.utime(f, (time.time() + 100, time.time() + 100))
