@@ -610,8 +610,8 @@ def _record_report(folder: Path, outputs: list[str], before: dict[str, tuple], o
 
 
 def remove_outputs(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
-    """Delete files brainlm recorded writing in ``folder`` (an old manifest's, a report's), and only
-    those that still are what it wrote there: regular files (not links, not folders) inside
+    """Delete files brainlm recorded writing in ``folder`` (an old manifest's, a report's), and of
+    those only regular files (not links, not folders) by relative paths that stay inside
     ``folder``, never a manifest, the marker or the lock. Returns the files removed."""
     folder = Path(folder)
     root = folder.resolve()
