@@ -106,6 +106,20 @@ def test_a_bad_subject_id_pattern_is_one_line(world, tmp_path, capsys, pattern, 
     assert words in line and not (tmp_path / "store").exists()
 
 
+def test_folders_that_differ_at_two_levels_need_the_user_s_word(world, tmp_path, capsys):
+    data = tmp_path / "data"
+    for i, (site, subject) in enumerate([("hcp", "001"), ("hcp", "002"), ("gw", "001")]):
+        (data / site / subject).mkdir(parents=True)
+        np.save(data / site / subject / "ts.npy", series(i))
+    files = sorted(data.glob("*/*/ts.npy"))
+    line = refused(capsys, tmp_path, ["prepare", *files, "--coords", world / "coords.csv", "--out", tmp_path / "s"],
+                   "--subject-id 1", "--subject-id 2")
+    assert "001, 002" in line and "gw, hcp" in line
+    assert main(["prepare", *map(str, files), "--coords", str(world / "coords.csv"), "--window", "20", "--split", "1",
+                 "1", "1", "--subject-id", r"data/(\w+/\d+)/", "--out", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["num_subjects"] == 3
+
+
 def test_two_files_of_one_subject_are_two_runs_and_the_first_given_duplicate_is_kept(world, tmp_path):
     data = tmp_path / "data"
     for subject in ("s1", "s2"):

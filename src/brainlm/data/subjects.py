@@ -12,7 +12,10 @@ ID a one-machine ``prepare`` gives it:
 3. the file name without its extension, when no two inputs share one;
 4. otherwise (files named alike, one folder per subject: ``101309/functional/TC.mat``,
    ``211619/functional/TC.mat``) the nearest folder above the files that, with what lies below
-   it, tells them apart: the per-subject folder.
+   it, tells them apart: the per-subject folder. When the nearest folder that differs does not
+   tell them apart and one further up does (``site/subject/x.npy`` with subject folders that
+   repeat across sites, or ``subject/session/x.npy``), which one holds the subject is the user's
+   to say: refused, naming both and ``--subject-id``.
 
 Two files of one subject are told apart by the nearest part of their paths that differs (the
 file name, else a folder), which becomes their run ID; only files that name the same subject,
@@ -136,10 +139,25 @@ def derive_ids(files: list[Path], pattern: str | None = None) -> tuple[list[File
     # Files named alike: the nearest folder that, with what lies below it, tells them apart.
     depth = max(map(len, comps))
     level = next(d for d in range(1, depth + 1) if len({tuple(c[:d + 1]) for c in comps}) == len(comps))
-    subjects = [c[level] if level < len(c) else "" for c in comps]
+    varying = next(d for d in range(1, depth + 1) if len({_at(c, d) for c in comps}) > 1)
+    if varying < level:
+        # Two folder levels vary (site/subject or subject/session?): only the user can tell.
+        raise UserError(f"--subject-id: files named alike ({files[0].name}) lie in folders that differ at two levels "
+                        f"(the folder {varying} above: {_examples(comps, varying)}; {level} above: "
+                        f"{_examples(comps, level)}); say which holds the subject with --subject-id {varying} or "
+                        f"--subject-id {level}, or a regular expression with one group")
+    subjects = [_at(c, level) for c in comps]
     ids = _with_runs(files, comps, subjects, level)
     ids = [b if b is not None else i for b, i in zip(bids, ids)]
     return ids, f"the folder {level} level{'s' if level > 1 else ''} above each file (files named alike)"
+
+
+def _at(components: list[str], level: int) -> str:
+    return components[level] if level < len(components) else ""
+
+
+def _examples(comps: list[list[str]], level: int) -> str:
+    return ", ".join(list(dict.fromkeys(_at(c, level) for c in comps))[:3])
 
 
 def _with_runs(files: list[Path], comps: list[list[str]], subjects: list[str], below: int) -> list[FileIDs]:
