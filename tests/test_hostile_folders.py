@@ -245,6 +245,25 @@ def test_a_stale_lock_inside_the_store_and_staging_left_by_a_killed_build_are_cl
     assert sorted(p.name for p in tmp_path.iterdir()) == listing  # no lock beside the store, ever
 
 
+def test_a_build_killed_with_sigkill_is_finished_by_the_next_run(world, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(40):
+        np.save(data / f"sub-{i:02d}.npy", series(i, T=400))
+    store = tmp_path / "store"
+    argv = ["prepare", str(data), "--coords", str(world / "coords.csv"), "--window", "20", "--out", str(store)]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "BRAINLM_PROGRESS": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "brainlm.cli", *argv], env=env, stderr=subprocess.DEVNULL)
+    while proc.poll() is None and not list(store.glob(".staging-*")):
+        time.sleep(0.01)
+    proc.kill()  # as kill -9: no clean-up runs
+    proc.wait()
+    assert main([*argv, "--seed", "1", "--overwrite"]) == 0  # another build into the same folder cleans the killed one's leftovers
+    assert not (store / LOCK).exists() and not list(store.glob(".staging-*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "store"]
+    assert main(["verify", str(store)]) == 0
+
+
 def test_an_empty_writable_out_under_a_read_only_parent_is_written(world, tmp_path, monkeypatch):
     parent = tmp_path / "parent"
     (parent / "store").mkdir(parents=True)
