@@ -9,13 +9,17 @@ permission: :func:`brainlm.errors.environment_error`), one line on standard erro
 interrupted (Ctrl-C), one line that says how to continue when the command can
 (:meth:`brainlm.options.Options.resume_hint`), from the first instant: importing this module
 and the ``brainlm`` package loads nothing heavy, so an interrupt while torch loads is caught here
-too. Any other exception is a bug and keeps its traceback.
+too, and one that comes as the command ends is ignored. (Under ``python -m brainlm.cli``, CPython
+itself may end an interrupted run by SIGINT after the line, if the interrupt landed inside a C
+extension's start-up; the shell reports 130 either way.) Any other exception is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -148,7 +152,16 @@ def _resume_hint(options) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """Run ``brainlm ARGV`` (the process's own arguments when None); returns the exit status."""
+    process = argv is None  # the command line of this process: brainlm ..., python -m brainlm.cli ...
+    try:
+        return _run(sys.argv[1:] if process else list(argv))
+    finally:
+        if process:  # the command has answered: an interrupt while Python exits has nothing left to stop
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run(argv: list[str]) -> int:
     command = next((a for a in argv if not a.startswith("-")), "")
     prefix = f"brainlm {command}:" if command else "brainlm:"
     options = None
