@@ -10,9 +10,9 @@ interrupted (Ctrl-C), one line that says how to continue when the command can
 (:meth:`brainlm.options.Options.resume_hint`), from the first instant: importing this module
 and the ``brainlm`` package loads nothing heavy, so an interrupt while torch loads is caught here
 too, and one that comes as the command ends is ignored. (Under ``python -m brainlm.cli``, CPython
-itself may end an interrupted run by SIGINT after the line, if the interrupt landed inside a C
-extension's start-up; the shell reports 130 either way.) Any other exception is a bug and keeps
-its traceback.
+may still end an interrupted run by SIGINT after that line, when the interrupt landed while an
+extension module was starting; a shell reports 130 either way.) Any other exception is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
