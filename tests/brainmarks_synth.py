@@ -77,3 +77,34 @@ def write_brainmarks_dataset(root, samples: dict) -> Path:
     sex = {r["sub"]: int(r["gender"] == "M") for rows in samples.values() for r in rows}
     (targets / f"{prefix}_target_map_sex.json").write_text(json.dumps(sex))
     return root
+
+
+def brainmarks_brainlm_transform(workdir) -> type:
+    """Brainmarks' own ``BrainLMTransform`` class (brainmarks 0.1.1, ``brainmarks/models/brainlm.py``).
+
+    That module imports the original BrainLM packages for its model wrapper, which the transform
+    does not use: they are stood in for by empty modules, and ``brainlm_toolkit`` by a folder in
+    ``workdir`` holding the A424 coordinate file (brainlm's bundled copy) where the transform
+    reads it. Nothing of brainlm's code runs in the transform.
+    """
+    import importlib
+    import shutil
+    import sys
+    import types
+
+    from brainlm.data.atlas import bundled_path
+
+    toolkit = Path(workdir) / "stand-ins" / "brainlm_toolkit"
+    (toolkit / "atlases").mkdir(parents=True, exist_ok=True)
+    (toolkit / "__init__.py").write_text("")
+    shutil.copy(bundled_path("A424_Coordinates.dat"), toolkit / "atlases" / "A424_Coordinates.dat")
+    sys.path.insert(0, str(toolkit.parent))
+    try:
+        for name, attr in (("brainlm_mae", None), ("brainlm_mae.modeling_vit_mae_with_padding", "ViTMAEForPreTraining"),
+                           ("brainlm_mae.modeling_brainlm", "BrainLMForPretraining")):
+            module = sys.modules.setdefault(name, types.ModuleType(name))
+            if attr:
+                setattr(module, attr, object)
+        return importlib.import_module("brainmarks.models.brainlm").BrainLMTransform
+    finally:
+        sys.path.remove(str(toolkit.parent))

@@ -81,7 +81,7 @@ def test_attention_contrast_finds_the_planted_network_and_says_amplitude_explain
     # Attention sums to 1: what network 0 gains the others lose, and that too is amplitude.
     assert all(r["reading"] != "attention differs beyond what variance and autocorrelation explain"
                for r in rows.values())
-    assert attention_group["contrast"]["verdict"]["outcome"] in OUTCOMES
+    assert attention_group["contrast"]["verdict"]["kind"] in OUTCOMES
     assert attention_group["contrast"]["design"] == "between"
     # The attention map follows variance across regions, and the report says so.
     assert attention_group["map_correlations"]["variance"]["ci_low"] > 0
@@ -154,7 +154,7 @@ def test_networks_fc_profiles_recover_the_planted_networks_and_the_model_is_scor
     model = scores.loc["model"]
     assert len(model) == 2 and model["accuracy"].between(0, 1).all() and model["p_accuracy"].between(0, 1).all()
     assert res["verdict"]["unit"] == "regions" and res["verdict"]["num_subjects"] == R
-    assert res["verdict"]["outcome"] in OUTCOMES
+    assert res["verdict"]["kind"] in OUTCOMES
     predictions = pd.read_csv(planted["root"] / "networks" / "networks_predictions.csv")
     assert (predictions["network"] == [f"net{k}" for k in planted["labels"]]).all()
 
@@ -175,7 +175,7 @@ def test_estimated_networks_are_the_planted_ones_and_marked_data_derived(planted
 def test_latent_scores_every_label_beside_fc(planted):
     res = run_latent(options(LatentOptions, planted, "latent", color=("group", "score"), umap=False))
     scores = pd.DataFrame(res["scores"])
-    assert set(scores["column"]) == {"group", "score"} and set(scores["space"]) == {"model", "FC", "autocorrelation"}
+    assert set(scores["column"]) == {"group", "score"} and set(scores["space"]) == {"model", "initial", "FC", "autocorrelation"}
     fc = scores[(scores["column"] == "group") & (scores["space"] == "FC")]
     assert (fc["purity"] > fc["chance"] + 0.15).all()  # FC separates the planted groups
     assert set(res["verdicts"]) == {"group", "score"}
@@ -243,15 +243,17 @@ def test_var_response_is_the_true_systems_and_the_models_agreement_is_reported(p
 
 
 def test_perturb_reports_the_agreement_and_the_verdict(planted):
-    res = run_perturb(options(PerturbOptions, planted, "perturb", network="net1", kind="step", duration=3))
+    res = run_perturb(options(PerturbOptions, planted, "perturb", network="net1", kind="step", duration=3,
+                              split="test", allow_untrained_forecaster=True))
     agreement = pd.DataFrame(res["agreement"]).set_index("cells")
     assert set(agreement.index) == {"every region", "unperturbed regions"}
     assert np.isfinite(agreement["correlation"]).all()
     assert res["perturbation"]["regions"] == [f"r{r:03d}" for r in np.flatnonzero(planted["labels"] == 1)]
-    assert res["verdict"]["outcome"] in OUTCOMES and res["windows"] == 5 * 30
+    assert res["verdict"]["kind"] in OUTCOMES and res["windows"] == 5 * 30
     response = pd.read_csv(planted["root"] / "perturb" / "perturb_response.csv")
     assert len(response) == R * 5 and response["perturbed"].sum() == 6 * 5
     assert (planted["root"] / "perturb" / "perturb_map.png").is_file()
+    assert (agreement["amplitude_ratio"] > 0).all() and res["subjects"] == 5 and res["held_out"]
 
 
 # --------------------------------------------------------------------------- both model kinds
@@ -276,20 +278,23 @@ def test_vitmae_runs_through_attention_networks_and_latent(a424):
     attention = pd.read_csv(a424["root"] / "attention" / "attention_recordings.csv")
     assert attention.shape == (6, 2 + 424)
     np.testing.assert_allclose(attention.iloc[:, 2:].sum(axis=1), 1.0, atol=1e-4)
-    assert att["contrast"]["verdict"]["outcome"] in OUTCOMES
+    assert att["contrast"]["verdict"]["kind"] in OUTCOMES
     net = run_networks(options(NetworksOptions, a424, "networks", permutations=3, **kw))
-    assert {r["features"] for r in net["scores"]} == {"model", "fc_profile", "signal", "coordinates"}
+    assert {r["features"] for r in net["scores"]} == {"model", "initial", "fc_profile", "signal", "coordinates"}
     lat = run_latent(options(LatentOptions, a424, "latent", color=("group",), umap=False, **kw))
-    assert {r["space"] for r in lat["scores"]} == {"model", "FC", "autocorrelation"} and "region_purity" in lat
+    assert {r["space"] for r in lat["scores"]} == {"model", "initial", "FC", "autocorrelation"} and "region_purity" in lat
 
 
 # --------------------------------------------------------------------------- the demo's call
 
 
 def test_quick_analyses_print_each_beside_its_rival(tmp_path):
+    from analysis_synth import forecast_run
+
     store, _ = planted_store(tmp_path / "store", n_subjects=8, T=100, split=(4, 2, 2))
     save_pretrained(tiny_model(num_regions=R, window=20), tmp_path / "tiny")
-    lines = quick_analyses(tmp_path / "tiny", store.path, tmp_path / "quick", forecast_model=tmp_path / "tiny",
+    forecaster = forecast_run(store.path, tmp_path / "tiny", tmp_path / "forecast_run")
+    lines = quick_analyses(tmp_path / "tiny", store.path, tmp_path / "quick", forecast_model=forecaster,
                            figures=False, permutations=5)
     text = "\n".join(lines)
     for words in ("attention (the last encoder layer)", "attention contrast, group", "vs the strongest baseline (",
@@ -427,7 +432,7 @@ def run_cli(*args):
     ("perturb", [], r"give the regions to perturb: --regions .* or --network"),
     ("latent", ["--color", "constant"], r"--color 'constant' has fewer than two levels"),
     ("networks", ["--folds", "1"], r"--folds must be an integer >= 2"),
-    ("networks", ["--networks", "{single}"], r"--networks: networks b have one region"),
+    ("networks", ["--networks", "{single}"], r"--networks: networks b \(1\) have fewer than 2 regions"),
     ("attention", ["--layer", "5"], r"--layer 5: the encoder has 2 layers"),
     ("attention", ["--split", "holdout"], r"no split 'holdout' \(--split\)"),
 ])
@@ -454,6 +459,8 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(planted, tmp_path, cap
     extra = [e.format(**paths) for e in extra]
     if "--networks" not in extra:
         extra += ["--networks", planted["networks"]]
+    if command == "perturb":  # the tiny model was never fine-tuned to forecast
+        extra += ["--allow-untrained-forecaster"]
     out = tmp_path / "out"
     code = run_cli(command, planted["root"] / "tiny", planted["root"] / "store", "--out", out, *extra)
     err = capsys.readouterr().err

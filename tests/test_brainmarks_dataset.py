@@ -1,23 +1,21 @@
 """A Brainmarks dataset as it is: its splits, its flat regions, and Brainmarks' BrainLM input.
 
 The dataset is written with ``datasets`` the way Brainmarks writes them (``brainmarks_synth``).
-The reference for ``--normalization brainmarks-brainlm`` is written here from Brainmarks'
-description of its BrainLM transform (brainmarks 0.1.1, ``models/brainlm.py``), in torch, with
-none of our code: unscale, pooled quantiles of the training split, robust scaling, division by
-5.6430855, linear resampling to 0.735 s, windows of 200, regions ordered by Y.
+The reference for ``--normalization brainmarks-brainlm`` is Brainmarks' own BrainLM transform
+(brainmarks 0.1.1, ``models/brainlm.py``): unscale, pooled float32 quantiles of the training
+split, robust scaling, linear resampling to 0.735 s, windows of 200, regions ordered by Y.
 """
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from brainlm.data import InputOptions, StoreOptions, load_atlas, open_source, write_store
+from brainlm.data import InputOptions, StoreOptions, open_source, write_store
 from brainlm.data.brainmarks import BRAINMARKS_INDEX, BRAINMARKS_SPLIT
 
 pytest.importorskip("datasets")
 torch = pytest.importorskip("torch")
 
-from brainmarks_synth import brainmarks_samples, write_brainmarks_dataset  # noqa: E402
+from brainmarks_synth import brainmarks_brainlm_transform, brainmarks_samples, write_brainmarks_dataset  # noqa: E402
 
 
 def _store(root, out, **options):
@@ -55,27 +53,25 @@ def test_prepare_keeps_every_sample_every_split_and_the_flat_region(dataset, tmp
     assert moved > 0  # --resplit makes our own subject split
 
 
-def _brainmarks_brainlm_input(train, sample, max_val=5.6430855, target_tr=0.735, window=200):
-    """Brainmarks' BrainLM transform, from its description: (W, 3, 424, window) float32."""
-    def unscale(s):
-        return torch.tensor(s["bold"]) * torch.tensor(s["std"]) + torch.tensor(s["mean"])
+@pytest.fixture(scope="module")
+def brainmarks_transform(tmp_path_factory):
+    return brainmarks_brainlm_transform(tmp_path_factory.mktemp("brainmarks"))
 
-    pooled = torch.cat([unscale(s) for s in train])
-    q1, median, q3 = torch.quantile(pooled, torch.tensor([0.25, 0.5, 0.75]), dim=0)
-    bold = (unscale(sample) - median) / (q3 - q1 + 1e-6) / max_val
-    tr = float(np.float32(sample["tr"]))
-    if abs(tr - target_tr) >= 0.1:
-        size = round(tr * len(bold) / target_tr)
-        bold = torch.nn.functional.interpolate(bold.T.unsqueeze(0), size=size, mode="linear").squeeze(0).T
-    n = len(bold) // window
-    bold = bold[: n * window].reshape(n, window, -1).transpose(1, 2)  # (W, 424, window)
-    coords = pd.DataFrame(load_atlas("A424").coords, columns=["X", "Y", "Z"])
-    order = np.asarray(np.argsort(coords["Y"]))  # as Brainmarks orders them (not a stable sort)
-    return bold[:, order].unsqueeze(1).repeat(1, 3, 1, 1), order
+
+def _brainmarks_brainlm_input(transform_class, train, sample, window=200):
+    """Brainmarks' own BrainLM transform of ``sample``, fitted on ``train``: ``(W, 424, window)``
+    float32 in its region order (by Y), and that order. Its division by 5.6430855 is left out (by 1)."""
+    def loaded(row):
+        return {k: torch.tensor(v, dtype=torch.float32) if isinstance(v, (np.ndarray, float)) else v
+                for k, v in row.items()}
+
+    transform = transform_class(num_timepoints=window, max_val_to_scale=1.0, repeat_channels=False)
+    transform.fit([loaded(r) for r in train])
+    return transform(loaded(sample))["bold"][:, 0], np.asarray(transform.reorder_indices)
 
 
 @pytest.mark.parametrize("tr", [0.72, 2.0])
-def test_brainmarks_brainlm_normalisation_is_brainmarks_transform(tr, tmp_path):
+def test_brainmarks_brainlm_normalisation_is_brainmarks_transform(tr, tmp_path, brainmarks_transform):
     samples = brainmarks_samples((4, 2, 2), length=260, tr=tr, seed=3)
     root = write_brainmarks_dataset(tmp_path / "eval" / "toy.a424.arrow", samples)
     store = _store(root, tmp_path / "store", normalization="brainmarks-brainlm")
@@ -84,12 +80,10 @@ def test_brainmarks_brainlm_normalisation_is_brainmarks_transform(tr, tmp_path):
     for split, rows in samples.items():
         for k, sample in enumerate(rows):
             i = int(np.flatnonzero((table[BRAINMARKS_SPLIT] == split) & (table[BRAINMARKS_INDEX] == k))[0])
-            expected, order = _brainmarks_brainlm_input(samples["train"], sample)
+            expected, order = _brainmarks_brainlm_input(brainmarks_transform, samples["train"], sample)
             ours = store.get(i)  # (T', 424) in A424 label order, before the ViT-MAE's own scaling
             assert table.loc[i, "tr"] == pytest.approx(0.735 if tr == 2.0 else tr)
             assert len(ours) == (round(tr * 260 / 0.735) if tr == 2.0 else 260) == table.loc[i, "num_timepoints"]
             n = len(ours) // 200
-            windows = (ours[: n * 200] / 5.6430855).reshape(n, 200, -1).transpose(0, 2, 1)[:, order]
-            for c in range(3):
-                # float32 rounding: ours scales in float64 then resamples, Brainmarks does both in float32
-                np.testing.assert_allclose(windows, expected[:, c].numpy(), rtol=1e-5, atol=1e-5)
+            windows = ours[: n * 200].reshape(n, 200, -1).transpose(0, 2, 1)[:, order]
+            np.testing.assert_array_equal(windows, expected.numpy())  # to the last bit

@@ -73,7 +73,8 @@ def test_save_load_round_trip_is_exact(tmp_path):
     torch.manual_seed(0)
     model = BrainLMForPretraining(brainlm_tiny(use_tanh_decoder=True)).eval()
     save_pretrained(model, tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [MARKER, "config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [MARKER, "config.json", "manifest.json",
+                                                                   "model.safetensors"]
     loaded = load_pretrained(tmp_path / "m")
     assert loaded.config == model.config
     for (n, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):

@@ -65,6 +65,21 @@ def test_lora_finetune_saves_an_adapter_that_reloads_to_identical_outputs(store,
         assert not torch.allclose(untouched.embed(x, xyz).embeddings, trained.pool(x, xyz))  # the adapter matters
 
 
+def test_a_plain_finetune_over_a_lora_folder_removes_the_old_adapter(store, tmp_path):
+    """--overwrite without --lora: the earlier adapter would otherwise be folded into the new encoder."""
+    folder = tmp_path / "ft"
+    finetune(tiny_model(), store, "score", FinetuneConfig(lora=True, epochs=1, batch_size=16), out_dir=folder,
+             progress=False)
+    plain = finetune(tiny_model(), store, "score", FinetuneConfig(epochs=1, batch_size=16), out_dir=folder,
+                     overwrite=True, progress=False)
+    assert not (folder / "adapter").exists() and "adapter" not in json.loads((folder / "head.json").read_text())
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(2, R, WINDOW)).astype(np.float32))
+    xyz = torch.from_numpy(store.coords.astype(np.float32))[None].expand(2, -1, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(folder, trust_unverified=True).embed(x, xyz).embeddings,
+                                   plain.model.pool(x, xyz), rtol=1e-4, atol=1e-5)
+
+
 def test_lora_from_the_command_line_and_bad_options(store, tmp_path):
     model = tiny_model()
     model.save_pretrained(tmp_path / "m")

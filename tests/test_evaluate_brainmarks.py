@@ -52,10 +52,11 @@ def test_reproduces_brainmarks_main_logistic_exactly():
 
 
 def test_same_numbers_as_brainmarks_own_evaluate():
-    pytest.importorskip("brainmarks.main_logistic")
+    # brainmarks is part of the test environment; the fixed splits only, for time (the re-splits
+    # run the same evaluate, and ours are checked against the recorded table above)
     X, y, split, order = _reference_features()
-    ours = logistic_protocol(X, y, split, order=order, protocol=LogisticProtocol(n_trials=1, engine="brainlm"))
-    theirs = logistic_protocol(X, y, split, order=order, protocol=LogisticProtocol(n_trials=1, engine="brainmarks"))
+    ours = logistic_protocol(X, y, split, order=order, protocol=LogisticProtocol(n_trials=0, engine="brainlm"))
+    theirs = logistic_protocol(X, y, split, order=order, protocol=LogisticProtocol(n_trials=0, engine="brainmarks"))
     assert theirs.engine == "brainmarks"
     np.testing.assert_array_equal(ours.table[COLUMNS].to_numpy(), theirs.table[COLUMNS].to_numpy())
     np.testing.assert_array_equal(ours.test_predictions, theirs.test_predictions)

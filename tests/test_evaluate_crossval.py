@@ -102,8 +102,9 @@ def test_cv_trains_and_fits_ladders_on_training_subjects_only(store, tmp_path, m
         assert list(w) == SUBJECTS
     results = json.loads((out / "results.json").read_text())
     rec = results["tasks"][0]
+    # the ladder, and the same model at initialisation (each fold's run/init) beside it
     assert rec["task"] == "reconstruction" and {r["method"] for r in rec["table"]} == {"model", "zero", "mean",
-                                                                                         "interp", "conn"}
+                                                                                         "interp", "conn", "initial"}
     assert "9 of 9 subjects each scored once" in (out / "report.md").read_text()
     assert (out / "per_subject.png").stat().st_size > 0
 

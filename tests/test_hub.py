@@ -51,7 +51,7 @@ def _benchmark_results():
 
 def test_round_trip_gives_identical_outputs_in_our_format(model, tmp_path):
     folder = model.save_pretrained(tmp_path / "saved")
-    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md", MARKER}
+    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md", "manifest.json", MARKER}
     assert json.loads((folder / "config.json").read_text())["model_type"] == "brainlm"
     assert set(load_file(folder / "model.safetensors")) == set(model.state_dict())
     loaded = BrainLMForPretraining.from_pretrained(folder)

@@ -217,7 +217,16 @@ def test_config_json_round_trip(tmp_path):
         (dict(mask_ratio=1.0), "mask_ratio"),
         (dict(attention_type="flash"), "attention_type"),
         (dict(conv_kernel_size=64), "odd"),
-        (dict(hidden_size=0), "positive integer"),
+        (dict(hidden_size=0), r"hidden_size must be an integer in 1\.\."),
+        (dict(hidden_size=True), "hidden_size must be an integer"),
+        (dict(num_brain_voxels=1 << 30), "num_brain_voxels must be an integer in"),
+        (dict(layer_norm_eps=float("nan")), "layer_norm_eps must be a finite number"),
+        (dict(layer_norm_eps=-1.0), "layer_norm_eps must be a finite number"),
+        (dict(layer_norm_eps=0.0), "layer_norm_eps"),
+        (dict(initializer_range=float("inf")), "initializer_range"),
+        (dict(hidden_dropout_prob=float("nan")), "hidden_dropout_prob"),
+        (dict(mask_ratio=float("nan")), "mask_ratio"),
+        (dict(qkv_bias="yes"), "qkv_bias must be true or false"),
     ],
 )
 def test_config_validation(kw, match):

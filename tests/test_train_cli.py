@@ -81,8 +81,11 @@ def test_two_runs_into_one_folder_one_is_refused(store, tmp_path):
 def test_impossible_sizes_are_refused_before_allocating(store, tmp_path, capsys):
     out = tmp_path / "huge"
     assert main(["pretrain", "--data", str(store.path), "--out", str(out), *TINY,
-                 "--model.num_hidden_layers=1000000000"]) == 2
+                 "--model.num_hidden_layers=10000000"]) == 2  # in the config's range, beyond any memory
     assert "GiB are free" in capsys.readouterr().err and not out.exists()
+    assert main(["pretrain", "--data", str(store.path), "--out", str(out), *TINY,
+                 "--model.num_hidden_layers=1000000000"]) == 2  # beyond any model: the config refuses it
+    assert "num_hidden_layers must be an integer in 1..16777216" in capsys.readouterr().err and not out.exists()
 
 
 def test_a_damaged_store_stops_pretrain_and_embed(store, tmp_path, capsys):

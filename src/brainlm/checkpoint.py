@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from brainlm.errors import MissingInputError, UserError
 from brainlm.hub import open_model, register_format
-from brainlm.io import atomic_write, atomic_write_text, claim_folder
+from brainlm.io import atomic_write, atomic_write_text, claim_folder, write_manifest
 from brainlm.memory import check_memory
 
 __all__ = ["BRAINLM_TYPES", "ADAPTER_DIR", "read_adapter", "merge_adapter", "load_pretrained", "save_pretrained", "save_weights", "save_config",
@@ -211,7 +211,7 @@ def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
 
 
 def load_pretrained(path_or_hub_id: str | Path, map_location: str | torch.device = "cpu", *,
-                    revision: str | None = None, adapter: bool = True):
+                    revision: str | None = None, adapter: bool = True, trust_unverified: bool = False):
     """A BrainLM model (our format or the original's) from a folder, a training run or a hub id.
 
     :func:`brainlm.hub.open_model` restricted to BrainLM checkpoints
@@ -219,26 +219,27 @@ def load_pretrained(path_or_hub_id: str | Path, map_location: str | torch.device
 
     Args:
         adapter: fold a LoRA fine-tune's ``adapter/`` into the weights (False: the base weights).
+        trust_unverified: use a folder that no complete ``manifest.json`` verifies.
 
     Returns:
         The model in eval mode on ``map_location``.
     """
     return open_model(path_or_hub_id, map_location=map_location, revision=revision, model_types=BRAINLM_TYPES,
-                      adapter=adapter)
+                      adapter=adapter, trust_unverified=trust_unverified)
 
 
 def _load_brainlm(cls, folder: Path, raw: dict[str, Any], *, map_location: str | torch.device = "cpu",
                   adapter: bool = True):
     """A BrainLM checkpoint folder (ours or the original's) as ``cls``, in eval mode (registered loader)."""
     weights = _find_weights(folder)
-    if raw.get("model_type") == "brainlm_mae":
-        config = original_config_to_ours(raw, cls.config_class)
-        convert = convert_original_state_dict
-    else:
-        config = cls.config_class.from_dict(raw)
-        if config.extra:
-            warnings.warn(f"{folder / 'config.json'}: keeping unknown config keys {sorted(config.extra)}", stacklevel=3)
-        convert = dict
+    original = raw.get("model_type") == "brainlm_mae"
+    try:  # the config's values are checked before a model is built
+        config = original_config_to_ours(raw, cls.config_class) if original else cls.config_class.from_dict(raw)
+    except (UserError, TypeError) as err:
+        raise UserError(f"{folder / 'config.json'}: {str(err).splitlines()[0]}") from None
+    if config.extra and not original:
+        warnings.warn(f"{folder / 'config.json'}: keeping unknown config keys {sorted(config.extra)}", stacklevel=3)
+    convert = convert_original_state_dict if original else dict
     check_memory(8 * config.num_parameters(), torch.device(map_location), f"{folder}: this model "
                  f"({config.num_parameters() / 1e6:.0f}M parameters)", "is config.json right?")
     state = convert(load_state_dict_file(weights))
@@ -287,12 +288,14 @@ def save_config(config, path: str | Path) -> None:
 
 
 def save_pretrained(model: torch.nn.Module, path: str | Path) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into the folder ``path``, each atomically
-    (no model card: ``model.save_pretrained`` adds one). The folder is claimed for a checkpoint
-    first (:func:`brainlm.io.claim_folder`): new, empty, or a checkpoint folder."""
+    """Write ``config.json`` and ``model.safetensors`` into the folder ``path``, each atomically,
+    then the folder's ``manifest.json`` (no model card: ``model.save_pretrained`` adds one). The
+    folder is claimed for a checkpoint first (:func:`brainlm.io.claim_folder`): new, empty, or a
+    checkpoint folder."""
     folder = claim_folder(path, "checkpoint", overwrite=True, flag="path")
     save_weights(model.state_dict(), folder / "model.safetensors")
     save_config(model.config, folder / "config.json")
+    write_manifest(folder)
     return folder
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "OutputExistsError",
     "OutputLockedError",
     "CorruptFileError",
+    "UnverifiedModelError",
     "HubUnavailableError",
     "environment_error",
 ]
@@ -62,6 +63,10 @@ class OutputLockedError(UserError):
 
 class CorruptFileError(UserError):
     """A stored file does not match its manifest (size or SHA-256), or cannot be parsed."""
+
+
+class UnverifiedModelError(UserError):
+    """A model folder that no complete manifest verifies, used without the user's word (``--trust-unverified``)."""
 
 
 class HubUnavailableError(MissingInputError):

@@ -7,9 +7,14 @@
 - **How**: :func:`open_model` is the one function that opens any model folder. It reads
   ``config.json`` once and dispatches on its ``model_type`` to the loader the format's adapter
   registered (:func:`register_format`): ``brainlm`` and ``brainlm_mae`` by
-  :mod:`brainlm.checkpoint`, ``vit_mae`` by :mod:`brainlm.vitmae`. A folder with a
-  ``manifest.json`` (training checkpoints) is verified against it first, so a flipped byte is
-  refused before any weight is used. Every other entry point calls it:
+  :mod:`brainlm.checkpoint`, ``vit_mae`` by :mod:`brainlm.vitmae`. The folder is verified
+  first (:func:`verify_model_folder`, the one rule): every writer of a model folder (training
+  checkpoints and ``best/``, ``save_pretrained``, fine-tuning, LoRA adapters) writes a
+  ``manifest.json`` of every file, so a flipped byte is refused before any weight is used, and
+  a folder with no manifest, an empty one, or one that leaves a weight file or a config
+  unlisted is refused unless the caller says ``trust_unverified`` (``--trust-unverified``).
+  Original BrainLM and released ViT-MAE folders come without one and are opened unverified,
+  said so in a warning. Every other entry point calls it:
   ``Model.from_pretrained``, :func:`brainlm.checkpoint.load_pretrained`,
   :func:`brainlm.vitmae.load_vitmae` and :func:`brainlm.downstream.load_model`.
 - **Hub conventions**: :class:`HubMixin` gives both model kinds ``from_pretrained``,
@@ -40,6 +45,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +53,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from brainlm.errors import HubUnavailableError, MissingInputError, UserError
-from brainlm.io import MARKER, atomic_write_text, claim_folder, read_json, verify_manifest
+from brainlm.errors import HubUnavailableError, MissingInputError, UnverifiedModelError, UserError
+from brainlm.io import MARKER, atomic_write_text, claim_folder, read_json, unlisted_files, verify_manifest
 
 # huggingface_hub is imported where it is used: a model needs it only to fetch a hub id or to push.
 
 __all__ = ["HubMixin", "model_card", "resolve_checkpoint", "register_format", "open_model", "read_model_config",
-           "resolve_model_folder", "find_checkpoints", "newest_checkpoint"]
+           "resolve_model_folder", "find_checkpoints", "newest_checkpoint", "verify_model_folder", "TRUST_FLAG",
+           "find_initial", "INIT_FOLDER", "INIT_RECORD"]
+
+# A training run keeps the model as it started in RUN/init/, with how it was initialised.
+INIT_FOLDER, INIT_RECORD = "init", "initialisation.json"
 
 # Training checkpoints are RUN/checkpoints/step_<8 digits>; temporary folders (.tmp-*) never match.
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -170,6 +180,27 @@ def resolve_model_folder(path: str | os.PathLike) -> Path:
     )
 
 
+def find_initial(path: str | os.PathLike) -> tuple[Path | None, dict]:
+    """The model a checkpoint's training run started from, and how it was initialised.
+
+    ``path`` is a training run, its ``best/``, ``init/`` or ``checkpoints/step_*`` folder.
+
+    Returns:
+        ``(RUN/init, its initialisation.json)``, or ``(None, {})`` for a folder outside a run
+        (a saved or released model, a hub id) or a run written before ``RUN/init`` was kept.
+    """
+    folder = Path(path).expanduser()
+    candidates = [folder, folder.parent, folder.parent.parent]
+    for run in candidates:
+        init = run / INIT_FOLDER
+        if (init / "config.json").is_file() and (init / INIT_RECORD).is_file():
+            record = read_json(init / INIT_RECORD, "initialisation record")
+            if not isinstance(record, dict):
+                raise UserError(f"{init / INIT_RECORD}: not an initialisation record (a JSON object)")
+            return init, record
+    return None, {}
+
+
 def read_model_config(folder: str | os.PathLike) -> dict[str, Any]:
     """The ``config.json`` of a model folder, as a dict (``model_type`` defaults to ``brainlm``)."""
     folder = Path(folder)
@@ -198,14 +229,64 @@ def register_format(model_type: str, load: Callable[..., Any], save: Callable[[A
         load: ``load(cls, folder, raw_config, **kwargs)``; ``cls`` is the model class that
             names ``model_type`` (so the adapter never imports a model), ``raw_config`` the
             folder's ``config.json``; returns the model in eval mode.
-        save: ``save(model, folder)`` writes ``config.json`` and the weights (formats that are
-            only read have none).
+        save: ``save(model, folder)`` writes ``config.json``, the weights and, last, the
+            folder's ``manifest.json`` (:func:`brainlm.io.write_manifest`); formats that are only
+            read have none.
     """
     _FORMATS[model_type] = _Format(load, save)
 
 
+# The outside formats, whose folders come without a manifest: opened unverified, and said so.
+_UNVERIFIED_FORMATS = {"brainlm_mae": "original BrainLM folder", "vit_mae": "ViT-MAE folder"}
+# What a model is read from: its configs and weights (other files, such as a model card, may be unlisted).
+_MODEL_FILE_NAMES = ("config.json", "head.json", "adapter_config.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+TRUST_FLAG = "--trust-unverified"
+
+
+def _is_model_file(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return base in _MODEL_FILE_NAMES or base.endswith(_WEIGHT_SUFFIXES)
+
+
+def verify_model_folder(folder: str | os.PathLike, *, trust_unverified: bool = False, use_cache: bool = True) -> str:
+    """The one check of a model folder before it is used; a line saying what was checked.
+
+    The files its ``manifest.json`` lists must match it (size and SHA-256), always. A folder
+    with no manifest, an empty one, or one that leaves a weight file or a config unlisted is
+    refused, unless ``trust_unverified`` or it is an original BrainLM or ViT-MAE folder (which
+    come without one): then it is used, and the line says it was not verified.
+
+    Args:
+        use_cache: trust this machine's record of files already verified unchanged (opening
+            a model); False (``verify``) hashes every file again.
+
+    Raises:
+        CorruptFileError: a listed file that is missing, truncated or altered.
+        UnverifiedModelError: nothing verifies the folder and the user did not say to trust it.
+    """
+    folder = Path(folder)
+    manifest = verify_manifest(folder, "checkpoint", use_cache=use_cache) if (folder / "manifest.json").is_file() else None
+    unlisted = [name for name in unlisted_files(folder, manifest or {}) if _is_model_file(name)]
+    if manifest is None:
+        problem = "no manifest.json"
+    elif not manifest:
+        problem = "an empty manifest.json"
+    elif unlisted:
+        problem = f"a manifest.json that does not list {unlisted[0]}"
+    else:
+        return f"{folder}: checkpoint OK ({len(manifest)} files checked)"
+    model_type = str(read_model_config(folder).get("model_type", "brainlm"))
+    if model_type in _UNVERIFIED_FORMATS:
+        return f"{folder}: {_UNVERIFIED_FORMATS[model_type]}, {problem}: not verified"
+    if trust_unverified:
+        return f"{folder}: {problem}: not verified ({TRUST_FLAG})"
+    raise UnverifiedModelError(f"{folder}: {problem}, so nothing verifies its weights (brainlm writes a complete one "
+                               f"with every model folder); pass {TRUST_FLAG} (trust_unverified=True) to use it anyway")
+
+
 def open_model(path_or_hub_id: str | os.PathLike, *, map_location: Any = "cpu", revision: str | None = None,
-               model_types: tuple[str, ...] | None = None, **kwargs):
+               model_types: tuple[str, ...] | None = None, trust_unverified: bool = False, **kwargs):
     """Open any model folder: the one way in (see the module docstring).
 
     Args:
@@ -214,27 +295,33 @@ def open_model(path_or_hub_id: str | os.PathLike, *, map_location: Any = "cpu", 
         map_location: the device the model is put on.
         revision: hub revision (ignored for local folders).
         model_types: only these ``model_type`` values are accepted (a model class's own).
+        trust_unverified: use a folder that no complete manifest verifies (``--trust-unverified``).
         **kwargs: passed to the format's loader (``dtype``, ``coords_path`` for ViT-MAE).
 
     Returns:
-        The model in eval mode: ``BrainLMForPretraining`` or ``BrainLMViTMAE``.
+        The model in eval mode: ``BrainLMForPretraining`` or ``BrainLMViTMAE``; its ``source``
+        is the folder it was read from.
 
     Raises:
         MissingInputError: nothing loadable at the path (``HubUnavailableError`` for a hub id
             neither cached nor reachable).
         CorruptFileError: a file that does not match the folder's ``manifest.json``.
+        UnverifiedModelError: no complete manifest, and ``trust_unverified`` not given.
         UserError: an unknown ``model_type``, or one other than ``model_types``.
     """
     folder = resolve_model_folder(resolve_checkpoint(path_or_hub_id, revision=revision))
-    if (folder / "manifest.json").is_file():
-        verify_manifest(folder, "checkpoint", use_cache=True)
     raw = read_model_config(folder)
     model_type = str(raw.get("model_type", "brainlm"))
     known = model_types or tuple(sorted(set(_FORMATS) & set(_CLASSES)))  # what this process can open
     if model_type not in known or model_type not in _FORMATS or model_type not in _CLASSES:
         wanted = " or ".join(repr(t) for t in known)
         raise UserError(f"{folder}: model_type {model_type!r} is not {wanted}")
-    return _FORMATS[model_type].load(_CLASSES[model_type], folder, raw, map_location=map_location, **kwargs)
+    checked = verify_model_folder(folder, trust_unverified=trust_unverified)
+    if checked.endswith("not verified"):
+        warnings.warn(checked, stacklevel=2)
+    model = _FORMATS[model_type].load(_CLASSES[model_type], folder, raw, map_location=map_location, **kwargs)
+    model.source = str(folder)
+    return model
 
 
 # --------------------------------------------------------------------------- the model card
@@ -345,7 +432,8 @@ class HubMixin:
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, benchmark: dict | str | os.PathLike | None = None,
                         hub_id: str | None = None) -> Path:
-        """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card into a folder.
+        """Write ``config.json``, ``model.safetensors``, a ``README.md`` model card and the
+        ``manifest.json`` of them all into a folder.
 
         Args:
             save_directory: the folder (created if needed): new, empty or a checkpoint folder
@@ -362,8 +450,8 @@ class HubMixin:
         folder = Path(save_directory)
         card = model_card(type(self).__name__, self._card_config(), benchmark=benchmark, hub_id=hub_id)
         claim_folder(folder, "checkpoint", overwrite=True, flag="save_directory")
-        _FORMATS[self.model_types[0]].save(self, folder)
         atomic_write_text(folder / "README.md", card)
+        _FORMATS[self.model_types[0]].save(self, folder)  # the format's files, then the manifest of them all
         return folder
 
     def push_to_hub(self, repo_id: str, *, benchmark: dict | str | os.PathLike | None = None,

@@ -62,6 +62,7 @@ from brainlm.errors import (
 __all__ = [
     "sha256_file",
     "write_manifest",
+    "unlisted_files",
     "verify_manifest",
     "verify_file",
     "atomic_write",
@@ -120,15 +121,29 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def _manifest_files(folder: Path) -> list[str]:
+    """Every file under ``folder`` (sub-folders too, as ``sub/name``) but the manifest, the
+    marker and hidden files (temporary files of a write in progress)."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+                  and p.relative_to(folder).as_posix() != "manifest.json")
+
+
 def write_manifest(folder: str | os.PathLike) -> Path:
-    """``manifest.json``: the size and SHA-256 of every other file of ``folder``; written last, all fsynced."""
+    """``manifest.json``: the size and SHA-256 of every other file of ``folder`` (sub-folders
+    too, keyed ``sub/name``); written last, all fsynced."""
     folder = Path(folder)
-    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in ("manifest.json", *NOT_OUTPUTS))
+    files = _manifest_files(folder)
     manifest = {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)} for name in files}
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    atomic_write_text(folder / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     for name in [*files, "manifest.json"]:
         fsync_file(folder / name)
     return folder / "manifest.json"
+
+
+def unlisted_files(folder: str | os.PathLike, manifest: dict) -> list[str]:
+    """The files of ``folder`` (as :func:`write_manifest` lists them) that ``manifest`` does not list."""
+    return [name for name in _manifest_files(Path(folder)) if name not in manifest]
 
 
 def _cache_file() -> Path:
@@ -193,8 +208,9 @@ def verify_file(path: Path, expected: dict, *, use_cache: bool = True, what: str
 
 
 
-def verify_manifest(folder: str | os.PathLike, what: str = "checkpoint", *, use_cache: bool = False) -> None:
-    """Check every file listed in ``folder/manifest.json`` (:func:`verify_file`: size and SHA-256).
+def verify_manifest(folder: str | os.PathLike, what: str = "checkpoint", *, use_cache: bool = False) -> dict:
+    """Check every file listed in ``folder/manifest.json`` (:func:`verify_file`: size and SHA-256);
+    returns the manifest.
 
     Args:
         use_cache: trust this machine's record of files already verified unchanged (opening a
@@ -211,10 +227,12 @@ def verify_manifest(folder: str | os.PathLike, what: str = "checkpoint", *, use_
     if not isinstance(manifest, dict) or not all(isinstance(m, dict) for m in manifest.values()):
         raise CorruptFileError(f"{folder / 'manifest.json'}: not a manifest (a JSON object of file entries)")
     for name, meta in manifest.items():
-        if Path(name).name != name:
+        parts = name.split("/")
+        if Path(name).is_absolute() or "\\" in name or any(part in ("", ".", "..") for part in parts):
             raise CorruptFileError(f"{folder / 'manifest.json'}: the file name {name!r} leads out of the {what}")
         verify_file(folder / name, meta, use_cache=use_cache, what=f"{what} file",
                     remedy=f"the {what} {folder} is damaged; use another one")
+    return manifest
 
 
 _CONTENT: dict[str, str] = {}  # "path|size|mtime|inode|" -> SHA-256, for this process

@@ -60,6 +60,9 @@ from brainlm.hub import HubMixin
 
 __all__ = [
     "BrainLMConfig",
+    "MAX_SIZE",
+    "is_count",
+    "is_finite_number",
     "BrainLMForPretraining",
     "BrainLMOutput",
     "EncoderOutput",
@@ -85,6 +88,21 @@ _ACTIVATIONS = {
 # ---------------------------------------------------------------------------------------------
 # Config
 # ---------------------------------------------------------------------------------------------
+
+
+# The largest size a config may name (widths, layers, regions, timepoints): beyond any real model,
+# small enough that counting its parameters cannot overflow what a checkpoint file could hold.
+MAX_SIZE = 1 << 24
+
+
+def is_count(value: Any) -> bool:
+    """An integer (``True`` is not one), for the config checks of both model kinds."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """A finite int or float (not a bool, not NaN or infinite)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(kw_only=True)
@@ -139,8 +157,18 @@ class BrainLMConfig:
             "num_landmarks", "max_time_patches",
         ):
             value = getattr(self, name)
-            need(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
-        need(self.decoder_num_hidden_layers >= 0, "decoder_num_hidden_layers must be >= 0")
+            need(is_count(value) and 0 < value <= MAX_SIZE, f"{name} must be an integer in 1..{MAX_SIZE}, got {value!r}")
+        need(is_count(self.decoder_num_hidden_layers) and 0 <= self.decoder_num_hidden_layers <= MAX_SIZE,
+             f"decoder_num_hidden_layers must be an integer in 0..{MAX_SIZE}, got {self.decoder_num_hidden_layers!r}")
+        # a NaN or negative epsilon gives NaN embeddings without any error: refused before a model is built
+        need(is_finite_number(self.layer_norm_eps) and 0 < self.layer_norm_eps < 1,
+             f"layer_norm_eps must be a finite number in (0, 1), got {self.layer_norm_eps!r}")
+        need(is_finite_number(self.initializer_range) and self.initializer_range >= 0,
+             f"initializer_range must be a finite number >= 0, got {self.initializer_range!r}")
+        need(self.conv_kernel_size is None or (is_count(self.conv_kernel_size) and 0 <= self.conv_kernel_size <= MAX_SIZE),
+             f"conv_kernel_size must be None or an integer in 0..{MAX_SIZE}, got {self.conv_kernel_size!r}")
+        for name in ("qkv_bias", "use_tanh_decoder", "learned_region_embedding", "inv_coeff_init_option"):
+            need(isinstance(getattr(self, name), bool), f"{name} must be true or false, got {getattr(self, name)!r}")
         need(
             self.hidden_size % self.num_attention_heads == 0,
             f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size ({self.hidden_size})",
@@ -160,7 +188,6 @@ class BrainLMConfig:
             f"{self.num_timepoints_per_voxel // self.timepoint_patching_size} patches per region exceed "
             f"max_time_patches ({self.max_time_patches})",
         )
-        need(0.0 <= self.mask_ratio < 1.0, f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         need(self.loss_fn in ("mse", "mae"), f"loss_fn must be 'mse' or 'mae', got {self.loss_fn!r}")
         need(self.hidden_act in _ACTIVATIONS, f"hidden_act must be one of {sorted(_ACTIVATIONS)}, got {self.hidden_act!r}")
         need(
@@ -169,8 +196,9 @@ class BrainLMConfig:
         )
         if self.conv_kernel_size:
             need(self.conv_kernel_size % 2 == 1, f"conv_kernel_size must be odd, got {self.conv_kernel_size}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "time_encoding_dropout"):
-            need(0.0 <= getattr(self, name) < 1.0, f"{name} must be in [0, 1)")
+        for name in ("mask_ratio", "hidden_dropout_prob", "attention_probs_dropout_prob", "time_encoding_dropout"):
+            need(is_finite_number(getattr(self, name)) and 0.0 <= getattr(self, name) < 1.0,
+                 f"{name} must be in [0, 1), got {getattr(self, name)!r}")
 
     def num_parameters(self) -> int:
         """Parameters of the model this config builds, counted without building it."""

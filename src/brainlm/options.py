@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 from brainlm.errors import UserError
 
-__all__ = ["command_line", "option", "Options", "add_dataclass_arguments", "given_fields", "positive", "at_least", "finite", "between", "one_of"]
+__all__ = ["command_line", "option", "Options", "ModelOptions", "add_dataclass_arguments", "given_fields", "positive", "at_least", "finite", "between", "one_of"]
 
 _META = "brainlm_option"
 
@@ -321,6 +321,14 @@ class Options:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(kw_only=True)
+class ModelOptions(Options):
+    """What every command that opens a model folder takes besides the folder."""
+
+    trust_unverified: bool = option(False, "use a model folder that no complete manifest.json verifies (written by "
+                                    "hand or by other code): its weights are not checked")
 
 
 def command_line(*words: Any) -> str:

@@ -61,6 +61,7 @@ class BrainLMEmbedder(TransformerMixin, BaseEstimator):
         batch_size: windows per forward pass.
         device: ``"cpu"``, ``"cuda"``, ``"auto"``, ...
         precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"``.
+        trust_unverified: use a model folder that no complete ``manifest.json`` verifies.
 
     Attributes:
         model_: the loaded model, in eval mode on ``device``.
@@ -69,7 +70,8 @@ class BrainLMEmbedder(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, model=None, *, coords=None, pooling: str = "cls", window: int | None = None,
-                 stride: int | None = None, batch_size: int = 32, device: str = "cpu", precision: str = "fp32"):
+                 stride: int | None = None, batch_size: int = 32, device: str = "cpu", precision: str = "fp32",
+                 trust_unverified: bool = False):
         self.model = model
         self.coords = coords
         self.pooling = pooling
@@ -78,6 +80,7 @@ class BrainLMEmbedder(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.device = device
         self.precision = precision
+        self.trust_unverified = trust_unverified
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -101,7 +104,7 @@ class BrainLMEmbedder(TransformerMixin, BaseEstimator):
             raise UserError("BrainLMEmbedder needs model=: a model folder, a hub id or a loaded model")
         device = resolve_device(self.device)
         if isinstance(self.model, (str, os.PathLike)):
-            model = load_model(self.model, map_location=device)
+            model = load_model(self.model, map_location=device, trust_unverified=self.trust_unverified)
         else:
             model = self.model
             if model.training or next(model.parameters()).device != device:

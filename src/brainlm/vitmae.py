@@ -151,7 +151,8 @@ from torch import nn
 
 from brainlm.errors import CorruptFileError, MissingInputError, UserError
 from brainlm.hub import HubMixin, open_model, read_model_config, register_format
-from brainlm.model import EmbeddingOutput, ReconstructionOutput
+from brainlm.io import write_manifest
+from brainlm.model import MAX_SIZE, EmbeddingOutput, ReconstructionOutput, is_count, is_finite_number
 
 __all__ = [
     "A424_SCALE",
@@ -955,6 +956,7 @@ def load_vitmae(
     device: str | torch.device = "cpu",
     coords_path: str | os.PathLike | None = None,
     revision: str | None = None,
+    trust_unverified: bool = False,
 ) -> BrainLMViTMAE:
     """Load a released BrainLM ViT-MAE checkpoint: :func:`brainlm.hub.open_model` for ``vit_mae`` folders.
 
@@ -967,12 +969,14 @@ def load_vitmae(
         device: where the model lives.
         coords_path: A424 coordinate file for the region order; ``None`` uses the bundled one.
         revision: hub revision (ignored for local folders).
+        trust_unverified: a folder with a manifest that does not list a weight file is refused
+            without it (a released folder without any manifest is opened unverified).
 
     Returns:
         ``BrainLMViTMAE`` in eval mode.
     """
     return open_model(path_or_hub_id, map_location=device, dtype=dtype, coords_path=coords_path, revision=revision,
-                      model_types=BrainLMViTMAE.model_types)
+                      model_types=BrainLMViTMAE.model_types, trust_unverified=trust_unverified)
 
 
 def _load_folder(cls, folder: Path, raw: dict, *, map_location: str | torch.device = "cpu",
@@ -983,6 +987,7 @@ def _load_folder(cls, folder: Path, raw: dict, *, map_location: str | torch.devi
     source = str(folder)
     if not any((folder / name).is_file() for name in _WEIGHT_FILES):
         raise UserError(f"{source}: no weights ({' or '.join(_WEIGHT_FILES[::2])})")
+    _check_config(raw, folder / "config.json")
     region_order = read_region_order(coords_path)
 
     # transformers reads .bin weights with torch.load(weights_only=True) and renames the
@@ -1011,8 +1016,41 @@ def _load_folder(cls, folder: Path, raw: dict, *, map_location: str | torch.devi
     return model.to(device=map_location, dtype=dtype).eval()
 
 
+# The ViT-MAE config values a model is built from: (name, default, the smallest allowed value).
+_VITMAE_SIZES = (("hidden_size", 768, 1), ("num_hidden_layers", 12, 1), ("num_attention_heads", 12, 1),
+                 ("intermediate_size", 3072, 1), ("decoder_hidden_size", 512, 1), ("decoder_num_hidden_layers", 8, 0),
+                 ("decoder_num_attention_heads", 16, 1), ("decoder_intermediate_size", 2048, 1),
+                 ("patch_size", 16, 1), ("num_channels", 3, 1))
+
+
+def _check_config(raw: dict, path: Path) -> None:
+    """Refuse config values that would build a broken model (a NaN ``layer_norm_eps`` gives NaN
+    embeddings without any error), before the model is built."""
+    def refuse(name: str, what: str) -> None:
+        raise UserError(f"{path}: {name} must be {what}, got {raw.get(name)!r}")
+
+    values = {name: raw.get(name, default) for name, default, _ in _VITMAE_SIZES}
+    for name, _, low in _VITMAE_SIZES:
+        if not (is_count(values[name]) and low <= values[name] <= MAX_SIZE):
+            refuse(name, f"an integer in {low}..{MAX_SIZE}")
+    image = raw.get("image_size", 224)
+    sizes = list(image) if isinstance(image, (list, tuple)) else [image]
+    if not sizes or not all(is_count(v) and 1 <= v <= MAX_SIZE for v in sizes):
+        refuse("image_size", f"an integer (or a pair) in 1..{MAX_SIZE}")
+    for width, heads in (("hidden_size", "num_attention_heads"), ("decoder_hidden_size", "decoder_num_attention_heads")):
+        if values[width] % values[heads]:
+            refuse(heads, f"a divisor of {width} ({values[width]})")
+    eps = raw.get("layer_norm_eps", 1e-12)
+    if not (is_finite_number(eps) and 0 < eps < 1):
+        refuse("layer_norm_eps", "a finite number in (0, 1)")
+    ratio = raw.get("mask_ratio", 0.75)
+    if not (is_finite_number(ratio) and 0 <= ratio < 1):
+        refuse("mask_ratio", "in [0, 1)")
+
+
 def _save_folder(model: BrainLMViTMAE, folder: Path) -> None:
     model.mae.save_pretrained(folder, safe_serialization=True)
+    write_manifest(folder)
 
 
 register_format("vit_mae", _load_folder, save=_save_folder)

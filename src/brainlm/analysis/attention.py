@@ -8,6 +8,16 @@ and averaged over the windows: an ``(R,)`` map summing to 1. A network's attenti
 over its regions; its **enrichment** is that mass over its share of the regions (1 = what a
 uniform map gives it).
 
+Before any network is called enriched, the map is tested against a uniform one
+(:func:`brainlm.analysis.stats.distance_test`): each subject's map (the mean over its
+recordings) minus the uniform map is that subject's deviation; the statistic is the total
+variation distance of the mean deviation from uniform, over the regions (from ``1 / R``) and
+over the networks (from each network's share of the regions), and its null flips the signs of
+whole subjects' deviations (``--permutations``), what a uniform map plus each subject's noise
+gives. The most enriched network is named only when the map differs from uniform over the
+networks (p < 0.05); otherwise the headline says the map is not distinguishable from uniform,
+with the distance and p.
+
 The rivals, from the same timepoints: each region's **variance** and **lag-1 autocorrelation**
 (a network's: the mean over its regions) and each network's **within-network connectivity**
 (the mean correlation between two of its regions). The attention map is correlated with the
@@ -44,12 +54,13 @@ from brainlm.progress import progress as progress_bar
 from .common import Analysis, AnalysisOptions, check_column, open_analysis
 from .plots import bar_figure, glass_brains
 from .signals import STATISTICS, correlation_matrix, region_statistics, within_network_connectivity
-from .stats import Groups, SubjectValues, group_contrast, resolve_groups, subject_means
+from .stats import Groups, SubjectValues, distance_test, group_contrast, resolve_groups, subject_means
 
 __all__ = ["AttentionOptions", "AttentionMaps", "attention_maps", "run_attention"]
 
 RIVALS = {"variance": "signal variance", "autocorrelation": "lag-1 autocorrelation",
           "connectivity": "within-network FC"}
+INITIAL = "CLS attention of the same model at initialisation"
 
 
 def _layer(text: str) -> int | None:
@@ -68,7 +79,8 @@ class AttentionOptions(AnalysisOptions):
     levels: tuple[str, ...] = option((), "the two levels of --group to contrast, when it has more")
     layer: int | None = option(-1, "encoder layer: 0 the first, -1 the last, or 'all' (the mean over layers)",
                                parse=_layer)
-    permutations: int = option(1000, "subject-level permutations per test", check=at_least(0))
+    permutations: int = option(1000, "subject-level permutations per test (the group contrasts, and the map "
+                               "against a uniform map)", check=at_least(0))
 
 
 @dataclass
@@ -96,11 +108,13 @@ class AttentionMaps:
         return np.array([m["subject_id"] for m in self.meta])
 
 
-def attention_maps(a: Analysis, layer: int | None = -1) -> AttentionMaps:
-    """CLS attention, signal statistics and within-network connectivity of every recording."""
+def attention_maps(a: Analysis, layer: int | None = -1, model=None) -> AttentionMaps:
+    """CLS attention (of ``model``, default the analysed one), signal statistics and within-network
+    connectivity of every recording."""
     from brainlm.downstream import cls_attention
 
-    device = next(a.model.parameters()).device
+    model = a.model if model is None else model
+    device = next(model.parameters()).device
     codes, K = a.networks.codes, a.networks.num_networks
     attn, stats, conn, meta, skipped, count = [], [], [], [], [], 0
     for m, ts in progress_bar(a.recordings, enabled=a.options.progress, total=len(a.recordings), desc="attention",
@@ -112,7 +126,7 @@ def attention_maps(a: Analysis, layer: int | None = -1) -> AttentionMaps:
         per_window = []
         for start in range(0, len(windows), a.options.batch_size):
             with autocast_context(device, a.dtype):
-                maps = cls_attention(a.model, windows[start : start + a.options.batch_size], a.recordings.coords, layer)
+                maps = cls_attention(model, windows[start : start + a.options.batch_size], a.recordings.coords, layer)
             per_window.append(maps.sum(-1))  # (B, R)
         span = ts[: len(windows) * a.window]
         attn.append(np.concatenate(per_window).mean(0))
@@ -187,6 +201,7 @@ def _check_inputs(options: AttentionOptions):
         if options.group is not None:
             check_column(store, options.group, "--group")
             _groups(store, options)
+            networks.require(2, "the within-network connectivity contrasted with --group")
 
     return check
 
@@ -204,7 +219,8 @@ def run_attention(options: AttentionOptions) -> dict:
         report = a.report("CLS attention by region and network")
         _describe(a, maps, report, o)
         if o.group:
-            _contrast(a, maps, report, o)
+            initial = attention_maps(a, o.layer, a.initial.model) if a.initial is not None else None
+            _contrast(a, maps, report, o, initial)
         return report.finish()
 
 
@@ -214,18 +230,22 @@ def _describe(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions) -> 
     layer = _layer_name(o.layer)
     regions, networks, correlations, num_resamples = _attention_tables(a, maps, o)
     mean_map, variance_map = regions["attention"].to_numpy(), regions[STATISTICS[0]].to_numpy()
-    top = networks.sort_values("enrichment", ascending=False).iloc[0]
+    uniform = _uniformity(a, maps, o)
     v, ac = correlations["variance"], correlations["autocorrelation"]
-    report.say(f"attention ({layer}): most enriched network {top.network} ({top.enrichment:.2f} times its share of "
-               f"regions [95% CI {top.enrichment_ci_low:.2f}, {top.enrichment_ci_high:.2f}]); the map vs signal "
-               f"variance across regions: Spearman {v['spearman']:+.2f} [{v['ci_low']:+.2f}, {v['ci_high']:+.2f}], vs "
-               f"lag-1 autocorrelation {ac['spearman']:+.2f} [{ac['ci_low']:+.2f}, {ac['ci_high']:+.2f}]")
+    report.say(f"attention ({layer}): {_enrichment_text(networks, uniform)}; the map vs signal variance across "
+               f"regions: {_spearman_text(v)}, vs lag-1 autocorrelation: {_spearman_text(ac)}")
     explained = [s for s in STATISTICS if correlations[s]["ci_low"] > 0 or correlations[s]["ci_high"] < 0]
     report.section(
         "Attention by network",
         f"CLS attention of {layer}, heads averaged, summed per region and averaged over {maps.num_windows} windows of "
         f"{len(maps.meta)} recordings, then over each subject's recordings; 95% intervals from {num_resamples} subject "
         "resamples. Enrichment: a network's attention over its share of the regions (1 = a uniform map).",
+        f"Against a uniform map (total variation distance of the subjects' mean map; {o.permutations} sign flips of "
+        f"whole subjects' deviations, {uniform['subjects']} subjects): over the regions "
+        f"{_distance_text(uniform['regions'])}, over the networks {_distance_text(uniform['networks'])}. "
+        + ("The map differs from uniform over the networks: the enrichments below are more than noise."
+           if uniform["differs"] else "The map is not distinguishable from uniform over the networks: no network is "
+           "enriched, whatever the table's point estimates say."),
         markdown_table(networks),
         "Beside it, the rivals: is the map the signal's amplitude or slowness? The Spearman correlation, across "
         "regions, of the attention map with each region's variance and lag-1 autocorrelation:",
@@ -251,7 +271,49 @@ def _describe(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions) -> 
                                      title=f"CLS attention by network ({layer})"))
     report.results.update(layer="all" if o.layer is None else o.layer, recordings=len(maps.meta),
                           windows=maps.num_windows, skipped=maps.skipped, networks_attention=networks.to_dict("records"),
-                          map_correlations=correlations)
+                          uniformity=uniform, map_correlations=correlations)
+
+
+def _uniformity(a: Analysis, maps: AttentionMaps, o: AttentionOptions) -> dict:
+    """The subjects' maps against a uniform map, over the regions and over the networks (module docstring);
+    ``most_enriched`` is set only when the map differs from uniform over the networks."""
+    nets = a.networks
+    attention = subject_means(maps.attention, maps.subjects)[1]  # (S, R)
+    R = attention.shape[1]
+    share = nets.sizes() / R
+    mass = _per_network(attention, nets.codes, nets.num_networks, "sum")  # (S, K)
+    tests = {}
+    for cells, values, expected in (("regions", attention, np.full(R, 1.0 / R)), ("networks", mass, share)):
+        distance, p = distance_test(values, expected, permutations=o.permutations, seed=o.seed)
+        tests[cells] = {"total_variation": distance, "p": p}
+    differs = bool(tests["networks"]["p"] < 0.05)
+    most = nets.names[int(np.argmax(mass.mean(0) / share))] if differs else None
+    return {**tests, "subjects": len(attention), "permutations": o.permutations, "differs": differs,
+            "most_enriched": most}
+
+
+def _spearman_text(c: dict) -> str:
+    """A correlation of maps with its interval, in words where there is none (a constant map)."""
+    if not np.isfinite(c["spearman"]):
+        return "no correlation (a map is constant)"
+    interval = f" [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]" if np.isfinite(c["ci_low"]) else " (no interval)"
+    return f"Spearman {c['spearman']:+.2f}{interval}"
+
+
+def _distance_text(test: dict) -> str:
+    p = f"p {test['p']:.3f}" if np.isfinite(test["p"]) else "no p (--permutations 0)"
+    return f"{test['total_variation']:.3f}, sign-flip {p}"
+
+
+def _enrichment_text(networks: pd.DataFrame, uniform: dict) -> str:
+    """The most enriched network, only when the map differs from uniform over the networks."""
+    test = (f"total variation from uniform over networks {_distance_text(uniform['networks'])} over "
+            f"{uniform['subjects']} subjects")
+    if uniform["most_enriched"] is None:
+        return f"the map is not distinguishable from uniform ({test}): no network is enriched"
+    top = networks.set_index("network", drop=False).loc[uniform["most_enriched"]]
+    return (f"the map differs from uniform ({test}); most enriched network {top.network} ({top.enrichment:.3f} times "
+            f"its share of regions [95% CI {top.enrichment_ci_low:.3f}, {top.enrichment_ci_high:.3f}])")
 
 
 def _readings(tables: dict) -> list[str]:
@@ -269,9 +331,11 @@ def _readings(tables: dict) -> list[str]:
 
 
 def _contrast_verdict(features: dict, groups, o: AttentionOptions):
-    """How strongly attention separates the groups (its largest |d| over networks) against the rival
-    that separates them most strongly, on the same subject resamples."""
-    values = {name: SubjectValues.of(features[name], groups) for name in ("attention", *RIVALS)}
+    """How strongly attention separates the groups (its largest |d| over networks) against the
+    strongest of the rivals and the same model's attention at initialisation (``features["initial"]``,
+    when given), on the same subject resamples."""
+    candidates = {**RIVALS, **({"initial": INITIAL} if "initial" in features else {})}
+    values = {name: SubjectValues.of(features[name], groups) for name in ("attention", *candidates)}
     boot = values["attention"].bootstrap(o.bootstrap, o.seed)
 
     def strongest(name):
@@ -282,8 +346,8 @@ def _contrast_verdict(features: dict, groups, o: AttentionOptions):
         return stat
 
     everyone = np.arange(len(values["attention"].subjects))
-    rival = max(RIVALS, key=lambda n: strongest(n)(everyone))
-    return compare("CLS attention", RIVALS[rival], strongest("attention"), strongest(rival), boot, len(everyone),
+    rival = max(candidates, key=lambda n: strongest(n)(everyone))
+    return compare("CLS attention", candidates[rival], strongest("attention"), strongest(rival), boot, len(everyone),
                    metric="largest |effect size| over networks")
 
 
@@ -333,8 +397,9 @@ def _attention_tables(a: Analysis, maps: AttentionMaps, o: AttentionOptions):
     return regions, networks, correlations, len(boot)
 
 
-def _contrast(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions) -> None:
-    """Group contrasts of attention and of its rivals, per network (FDR) and per region."""
+def _contrast(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions, initial: AttentionMaps | None = None) -> None:
+    """Group contrasts of attention and of its rivals, per network (FDR) and per region; ``initial``:
+    the same recordings' maps from the model at initialisation, which the verdict also weighs."""
     nets = a.networks
     codes, K = nets.codes, nets.num_networks
     groups = _groups(a.store, o, [m["recording_id"] for m in maps.meta])
@@ -357,7 +422,8 @@ def _contrast(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions) -> 
                      + [regions.assign(measure="attention per region")], ignore_index=True)
     report.tables["attention_contrasts.csv"] = long[["measure", *[c for c in long.columns if c != "measure"]]]
 
-    verdict = _contrast_verdict(features, groups, o)
+    extra = {"initial": _per_network(initial.attention, codes, K, "sum")} if initial is not None else {}
+    verdict = _contrast_verdict({**features, **extra}, groups, o)
     found = [n for n, q in zip(nets.names, tables["attention"]["q"]) if q < 0.05]
     explained = [n for n, r in zip(nets.names, readings) if "amplitude explains" in r]
     report.say(f"attention contrast, {groups.describe()}: networks with q < 0.05: {', '.join(found) or 'none'}"

@@ -20,7 +20,7 @@ import pandas as pd
 from brainlm.distributed import DeviceOptions, resolve_device, resolve_precision
 from brainlm.errors import UserError
 from brainlm.io import atomic_write_json, atomic_write_text, output_folder, write_csv
-from brainlm.options import at_least, option, positive
+from brainlm.options import ModelOptions, at_least, option, positive
 
 from .networks import BUNDLED_NETWORKS, Networks, resolve_networks
 
@@ -28,7 +28,7 @@ __all__ = ["AnalysisOptions", "Analysis", "open_analysis", "Report", "check_colu
 
 
 @dataclass(kw_only=True)
-class AnalysisOptions(DeviceOptions):
+class AnalysisOptions(DeviceOptions, ModelOptions):
     """What every analysis takes: a model, a store, the networks of its regions, an output folder."""
 
     checkpoint: str = option(help="model folder (ours, original BrainLM, ViT-MAE, a training run) or hub id",
@@ -42,7 +42,8 @@ class AnalysisOptions(DeviceOptions):
     network_names: tuple[str, ...] = option((), "names of a label image's networks, in label order", group="networks")
     atlas_image: str | None = option(None, "label image of the store's atlas, for a --networks label image when "
                                      "the store does not name one", group="networks")
-    num_networks: int = option(7, "networks to estimate without --networks", check=at_least(2), group="networks")
+    num_networks: int = option(7, "networks to estimate without --networks (the most: fewer when k-means leaves a "
+                               "one-region network)", check=at_least(2), group="networks")
     split: str | None = option(None, "store split to analyse: train, validation or test (default: every recording)")
     batch_size: int = option(32, "windows per forward pass", check=positive)
     bootstrap: int = option(1000, "resamples (of subjects, or of regions) for the 95% intervals", check=at_least(0))
@@ -63,6 +64,7 @@ class Analysis:
     recordings: object
     networks: Networks
     out: Path
+    initial: object = None  # brainlm.downstream.Initial: the same model before any training step
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -80,6 +82,9 @@ class Analysis:
                   f"recordings of {len({m['subject_id'] for m in self.recordings.meta})} subjects, "
                   f"{self.store.num_regions} regions), windows of {self.window} timepoints.",
                   self.networks.note()]
+        if self.initial is not None:
+            header.append(f"Beside the model, the same model at initialisation (no training step), so that what "
+                          f"training added is told from what initialisation gave: {self.initial.description}.")
         return Report(title, header, self)
 
 
@@ -93,7 +98,7 @@ def open_analysis(options: AnalysisOptions, outputs: list[str], *,
         check: the analysis's own input checks, run before the model is loaded.
     """
     from brainlm.data import open_store
-    from brainlm.downstream import check_regions, load_model, open_recordings
+    from brainlm.downstream import check_regions, load_initial, load_model, open_recordings
 
     store = open_store(options.store)
     recordings = open_recordings(store, options.split)
@@ -106,9 +111,11 @@ def open_analysis(options: AnalysisOptions, outputs: list[str], *,
                                     seed=options.seed, progress=options.progress)
         if check is not None:
             check(store, networks)
-        model = load_model(options.checkpoint, map_location=resolve_device(options.device)).eval()
+        model = load_model(options.checkpoint, map_location=resolve_device(options.device),
+                           trust_unverified=options.trust_unverified).eval()
         check_regions(model, store.num_regions, str(store.path))
-        yield Analysis(options, model, store, recordings, networks, out)
+        initial = load_initial(options.checkpoint, model, seed=options.seed)
+        yield Analysis(options, model, store, recordings, networks, out, initial)
 
 
 def check_column(store, column: str, flag: str) -> None:
@@ -126,7 +133,8 @@ class Report:
         self.results: dict = {"analysis": title, "options": analysis.options.to_dict(),
                               "networks": {"source": analysis.networks.source,
                                            "data_derived": analysis.networks.data_derived,
-                                           "names": list(analysis.networks.names)}}
+                                           "names": list(analysis.networks.names)},
+                              "initialisation": analysis.initial.to_dict() if analysis.initial is not None else None}
         self.tables: dict[str, pd.DataFrame] = {"networks.tsv": analysis.networks.table(analysis.store.region_names)}
         self.figures: dict[str, tuple] = {}
         self.analysis = analysis

@@ -3,7 +3,9 @@ identification, as the BrainLM paper did it, beside the rivals a reviewer asks a
 
 Features of a region (one row per region, ``R`` rows):
 
-- **the model's**: its region-time embeddings (``model.embed(pooling="region_time")``: the
+- **the model's**, and **the same model's at initialisation** (no training step: its run's
+  ``RUN/init``), so that networks the initialisation already tells (a connectivity-initialised
+  region table, above all) are not credited to training: its region-time embeddings (``model.embed(pooling="region_time")``: the
   region's tokens averaged over time), averaged over every window of every recording. For the
   released ViT-MAE models a region's vector comes from the image patches that hold it, so the
   regions of one patch row share a vector (:mod:`brainlm.vitmae`);
@@ -23,7 +25,8 @@ Accuracy and macro-F1 come with their **chance** level and a **permutation p**, 
 same classifiers rerun with the network labels permuted across regions (chance: the mean
 under permutation; p: ``(1 + #{permuted >= observed}) / (1 + permutations)``), and with 95%
 intervals from resampling regions. The verdict puts the model's better classifier against the
-best rival (feature set and classifier), paired on the same region resamples.
+stronger of the best rival and the model at initialisation (feature set and classifier), paired
+on the same region resamples.
 """
 
 from __future__ import annotations
@@ -45,10 +48,11 @@ from .common import Analysis, AnalysisOptions, open_analysis
 from .plots import interval_bars, network_brain
 from .signals import STATISTICS, GroupConnectivity, correlation_matrix, fc_profiles, region_statistics
 
-__all__ = ["NetworksOptions", "region_features", "identify_networks", "run_networks", "CLASSIFIERS"]
+__all__ = ["NetworksOptions", "region_features", "identify_networks", "network_verdict", "run_networks", "CLASSIFIERS"]
 
 CLASSIFIERS = ("knn", "logistic")
-FEATURES = {"model": "the model's region embeddings", "fc_profile": "FC profile (row of group FC)",
+FEATURES = {"model": "the model's region embeddings",
+            "initial": "the same model at initialisation", "fc_profile": "FC profile (row of group FC)",
             "signal": "signal statistics (variance, lag-1 autocorrelation)",
             "coordinates": "coordinates (the region's x, y, z)"}
 
@@ -63,13 +67,16 @@ class NetworksOptions(AnalysisOptions):
 
 
 def region_features(a: Analysis) -> dict[str, np.ndarray]:
-    """``{"model": (R, D), "fc_profile": (R, R), "signal": (R, 2), "coordinates": (R, 3)}`` from every
-    recording analysed."""
+    """``{"model": (R, D), "initial": (R, D), "fc_profile": (R, R), "signal": (R, 2), "coordinates": (R, 3)}``
+    from every recording analysed."""
     from brainlm.downstream import embed_recordings
 
-    emb = embed_recordings(a.model, a.recordings, pooling="region_time", average_regions=False, windows="average",
-                           window=a.window, batch_size=a.options.batch_size, precision=a.options.precision,
-                           progress=a.options.progress)
+    def regions(model) -> np.ndarray:
+        emb = embed_recordings(model, a.recordings, pooling="region_time", average_regions=False, windows="average",
+                               window=a.window, batch_size=a.options.batch_size, precision=a.options.precision,
+                               progress=a.options.progress)
+        return emb.X.mean(0)
+
     group, stats = GroupConnectivity(), []
     for _, ts in progress_bar(a.recordings, enabled=a.options.progress, total=len(a.recordings), desc="FC profiles",
                               unit="rec"):
@@ -77,7 +84,8 @@ def region_features(a: Analysis) -> dict[str, np.ndarray]:
         if len(span):
             group.add(correlation_matrix(span))
             stats.append(region_statistics(span))
-    return {"model": emb.X.mean(0), "fc_profile": fc_profiles(group.matrix()), "signal": np.mean(stats, 0).T,
+    features = {"model": regions(a.model), "initial": regions(a.initial.model)}
+    return {**features, "fc_profile": fc_profiles(group.matrix()), "signal": np.mean(stats, 0).T,
             "coordinates": np.asarray(a.recordings.coords, np.float64)}
 
 
@@ -200,6 +208,29 @@ def identify_networks(features: dict[str, np.ndarray], codes: np.ndarray, *, fol
     return table, predictions
 
 
+def network_verdict(table: pd.DataFrame, predictions: dict, codes: np.ndarray, boot):
+    """The trained model's better classifier against the stronger of the best rival and the same
+    model at initialisation (when the table has it), paired on the same region resamples.
+
+    Returns:
+        ``(verdict, best model row, best rival row, best initial row or None)``.
+    """
+    def best(rows: pd.DataFrame):
+        return rows.loc[rows["accuracy"].idxmax()]
+
+    best_model = best(table[table["features"] == "model"])
+    best_rival = best(table[~table["features"].isin(["model", "initial"])])
+    best_initial = best(table[table["features"] == "initial"]) if (table["features"] == "initial").any() else None
+    against = best_rival if best_initial is None or best_rival.accuracy >= best_initial.accuracy else best_initial
+    pm = predictions[f"model/{best_model.classifier}"]
+    pa = predictions[f"{against.features}/{against.classifier}"]
+    verdict = compare(f"the model's region embeddings ({best_model.classifier})",
+                      f"{FEATURES[against.features]}, {against.classifier}",
+                      lambda idx: (pm[idx] == codes[idx]).mean(), lambda idx: (pa[idx] == codes[idx]).mean(), boot,
+                      len(codes), metric="accuracy", unit="regions")
+    return verdict, best_model, best_rival, best_initial
+
+
 def run_networks(options: NetworksOptions) -> dict:
     """Run ``brainlm networks`` and write its report into ``options.out``; returns ``results.json``'s content."""
     o = options
@@ -209,10 +240,7 @@ def run_networks(options: NetworksOptions) -> dict:
         if networks.num_networks < 2:
             raise UserError(f"--networks {o.networks}: every region is in one network ({networks.names[0]}); network "
                             "identification needs at least two networks")
-        if np.bincount(networks.codes).min() < 2:
-            small = [n for n, s in zip(networks.names, networks.sizes()) if s < 2]
-            raise UserError(f"--networks: networks {', '.join(small[:5])} have one region; network identification "
-                            "needs at least two regions per network")
+        networks.require(2, "network identification")
 
     with open_analysis(o, outputs, check=check) as a:
         features = region_features(a)
@@ -228,20 +256,15 @@ def run_networks(options: NetworksOptions) -> dict:
 def _write(a: Analysis, report, table: pd.DataFrame, predictions: dict, features: dict, o: NetworksOptions) -> None:
     codes, names = a.networks.codes, list(a.networks.names)
     boot = table.attrs["boot"]
-    model_rows = table[table["features"] == "model"]
-    rivals = table[table["features"] != "model"]
-    best_model = model_rows.loc[model_rows["accuracy"].idxmax()]
-    best_rival = rivals.loc[rivals["accuracy"].idxmax()]
+    verdict, best_model, best_rival, best_initial = network_verdict(table, predictions, codes, boot)
     pm = predictions[f"model/{best_model.classifier}"]
     pr = predictions[f"{best_rival.features}/{best_rival.classifier}"]
-    verdict = compare(f"the model's region embeddings ({best_model.classifier})",
-                      f"{FEATURES[best_rival.features]}, {best_rival.classifier}",
-                      lambda idx: (pm[idx] == codes[idx]).mean(), lambda idx: (pr[idx] == codes[idx]).mean(), boot,
-                      len(codes), metric="accuracy", unit="regions")
+    initial = (f"; the same model at initialisation {best_initial.accuracy:.3f} ({best_initial.classifier}, "
+               f"{a.initial.kind})" if best_initial is not None else "")
     report.say(f"networks: {len(names)} networks of {len(codes)} regions; accuracy {best_model.accuracy:.3f} "
-               f"(model, {best_model.classifier}; chance {best_model.chance_accuracy:.3f}, permutation p "
-               f"{best_model.p_accuracy:.3g}) vs {best_rival.accuracy:.3f} ({FEATURES[best_rival.features]}, "
-               f"{best_rival.classifier})")
+               f"(trained model, {best_model.classifier}; chance {best_model.chance_accuracy:.3f}, permutation p "
+               f"{best_model.p_accuracy:.3g}){initial}; best rival {best_rival.accuracy:.3f} "
+               f"({FEATURES[best_rival.features]}, {best_rival.classifier})")
     report.say(verdict.line("identifying networks of held-out regions"))
     shown = table.assign(features=table["features"].map(FEATURES))
     report.section(

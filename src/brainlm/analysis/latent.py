@@ -13,7 +13,11 @@ scores are computed in the full standardised space:
   subjects' recordings (so that a subject's own recordings cannot make a label look clustered),
   that share its label; per level, and overall (the mean over recordings), beside **chance**,
   the share of other subjects' recordings with the same label;
-- **silhouette** (scikit-learn, Euclidean) per level and overall.
+- **silhouette** (Euclidean) per level and overall, among other subjects' recordings too: for
+  a recording, ``a`` is its mean distance to the recordings of its label from other subjects,
+  ``b`` the smallest mean distance to another label's recordings from other subjects, and
+  ``(b - a) / max(a, b)`` its score (scikit-learn's silhouette when every subject has one
+  recording; NaN where no other subject shares its label).
 
 Numeric columns with more than two values are split at the subjects' median (as the group
 contrasts do). 95% intervals resample subjects; the verdict compares the model's overall kNN
@@ -43,9 +47,10 @@ from .common import Analysis, AnalysisOptions, check_column, open_analysis
 from .plots import network_colors
 from .stats import as_label, median_split
 
-__all__ = ["LatentOptions", "knn_purity", "label_scores", "two_d_maps", "run_latent"]
+__all__ = ["LatentOptions", "knn_purity", "subject_silhouette", "label_scores", "two_d_maps", "run_latent"]
 
 RIVALS = {"FC": "FC features", "autocorrelation": "lag-1 autocorrelation per region"}
+INITIAL = "the same model at initialisation"
 
 
 @dataclass(kw_only=True)
@@ -60,14 +65,22 @@ class LatentOptions(AnalysisOptions):
     regions: bool = option(True, "also map the regions' representations, coloured by network")
 
 
+def _other_subjects_distances(X: np.ndarray, subjects: np.ndarray) -> np.ndarray:
+    """``(N, N)`` Euclidean distances between rows, ``inf`` between two rows of the same subject
+    (a subject's own recordings never count for or against its label)."""
+    from scipy.spatial.distance import cdist
+
+    subjects = np.asarray(subjects)
+    dist = cdist(X, X)
+    dist[subjects[:, None] == subjects[None, :]] = np.inf
+    return dist
+
+
 def knn_purity(X: np.ndarray, labels: np.ndarray, subjects: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the share of its ``k`` nearest rows of other subjects with its label, and chance
     (the share of all other subjects' rows with its label). NaN where no other subject exists."""
-    from scipy.spatial.distance import cdist
-
-    labels, subjects = np.asarray(labels), np.asarray(subjects)
-    dist = cdist(X, X)
-    dist[subjects[:, None] == subjects[None, :]] = np.inf  # a subject's own recordings never count
+    labels = np.asarray(labels)
+    dist = _other_subjects_distances(X, subjects)
     purity, chance = np.full(len(X), np.nan), np.full(len(X), np.nan)
     for i in range(len(X)):
         others = np.flatnonzero(np.isfinite(dist[i]))
@@ -79,12 +92,37 @@ def knn_purity(X: np.ndarray, labels: np.ndarray, subjects: np.ndarray, k: int) 
     return purity, chance
 
 
-def label_scores(X: np.ndarray, labels: np.ndarray, subjects: np.ndarray, k: int) -> pd.DataFrame:
-    """Per row: ``purity``, ``chance``, ``silhouette`` (module docstring)."""
-    from sklearn.metrics import silhouette_samples
+def subject_silhouette(X: np.ndarray, labels: np.ndarray, subjects: np.ndarray) -> np.ndarray:
+    """Per row: the silhouette of its label among other subjects' rows only (module docstring).
 
+    Args:
+        X: ``(N, F)`` one row per recording; labels, subjects: ``(N,)``.
+
+    Returns:
+        ``(N,)`` in [-1, 1]; NaN where no other subject's row shares the row's label or none has
+        another label.
+    """
+    labels = np.asarray(labels)
+    dist = _other_subjects_distances(X, subjects)
+    usable = np.isfinite(dist)
+    mean_to = {}  # label -> (N,) mean distance to that label's rows of other subjects
+    for level in np.unique(labels):
+        member = usable & (labels == level)[None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_to[level] = np.where(member, dist, 0.0).sum(1) / member.sum(1)
+    out = np.full(len(X), np.nan)
+    for i, own in enumerate(labels):
+        a = mean_to[own][i]
+        b = min((m[i] for level, m in mean_to.items() if level != own and np.isfinite(m[i])), default=np.nan)
+        if np.isfinite(a) and np.isfinite(b):
+            out[i] = (b - a) / max(a, b) if max(a, b) > 0 else 0.0
+    return out
+
+
+def label_scores(X: np.ndarray, labels: np.ndarray, subjects: np.ndarray, k: int) -> pd.DataFrame:
+    """Per row: ``purity``, ``chance``, ``silhouette`` (module docstring), each among other subjects' rows."""
     purity, chance = knn_purity(X, labels, subjects, k)
-    silhouette = silhouette_samples(X, labels) if len(set(labels)) > 1 else np.full(len(X), np.nan)
+    silhouette = subject_silhouette(X, labels, subjects)
     return pd.DataFrame({"purity": purity, "chance": chance, "silhouette": silhouette})
 
 
@@ -141,12 +179,13 @@ def run_latent(options: LatentOptions) -> dict:
     with open_analysis(o, outputs, check=check) as a:
         from brainlm.downstream import embed_recordings, fc_features
 
-        emb = embed_recordings(a.model, a.recordings, pooling=o.pooling, windows="average", window=a.window,
-                               batch_size=o.batch_size, precision=o.precision, progress=o.progress)
+        emb, initial = (embed_recordings(model, a.recordings, pooling=o.pooling, windows="average", window=a.window,
+                                         batch_size=o.batch_size, precision=o.precision, progress=o.progress)
+                        for model in (a.model, a.initial.model))
         rivals = {kind: fc_features(a.recordings, window=a.window, windows="average", kind=kind, progress=o.progress)
                   for kind in ("correlation", "autocorrelation")}
         report = a.report("The latent space by phenotype")
-        _write(a, report, emb, rivals, columns, o)
+        _write(a, report, emb, rivals, columns, o, initial)
         if o.regions:
             _regions(a, report, o)
         return report.finish()
@@ -164,7 +203,8 @@ def _labels(rows: pd.DataFrame, column: str) -> np.ndarray:
 def _score_column(report, column: str, labels: np.ndarray, spaces: dict, rows: pd.DataFrame, subjects: np.ndarray,
                   model_label: str, o: LatentOptions):
     """kNN purity and silhouette of one label column in every space, per level with subject intervals,
-    and the model's verdict against its strongest rival; returns (per-recording scores, summary rows, verdict)."""
+    and the model's verdict against the strongest of its rivals and the same model at initialisation
+    (space ``initial``, when given); returns (per-recording scores, summary rows, verdict)."""
     keep = labels != ""
     per, scores, summary = {}, [], []
     for name, X in spaces.items():
@@ -182,22 +222,35 @@ def _score_column(report, column: str, labels: np.ndarray, spaces: dict, rows: p
             summary.append({"column": column, "level": level, "space": name, "recordings": int(members.sum()),
                             "purity": np.nanmean(purity[members]), "purity_ci_low": lo, "purity_ci_high": hi,
                             "chance": np.nanmean(s["chance"].to_numpy()[members]),
-                            "silhouette": np.nanmean(s["silhouette"].to_numpy()[members])})
-    rival = max(RIVALS, key=lambda n: np.nanmean(per[n]["purity"]))
+                            "silhouette": _finite_mean(s["silhouette"].to_numpy()[members])})
+    candidates = {**RIVALS, **({"initial": INITIAL} if "initial" in per else {})}
+    rival = max(candidates, key=lambda n: np.nanmean(per[n]["purity"]))
     model_p, rival_p = per["model"]["purity"].to_numpy(), per[rival]["purity"].to_numpy()
-    verdict = compare(model_label, RIVALS[rival], lambda idx: np.nanmean(model_p[idx]),
+    verdict = compare(model_label, candidates[rival], lambda idx: np.nanmean(model_p[idx]),
                       lambda idx: np.nanmean(rival_p[idx]), boot, int(keep.sum()),
                       metric=f"kNN purity of {column} (k = {o.neighbours})")
     chance = np.nanmean(per["model"]["chance"])
     report.say(f"latent, {column}: kNN purity {np.nanmean(model_p):.3f} (model) vs "
-               + ", ".join(f"{np.nanmean(per[n]['purity']):.3f} ({n})" for n in RIVALS)
-               + f", chance {chance:.3f}; silhouette {np.nanmean(per['model']['silhouette']):+.3f} vs "
-               + ", ".join(f"{np.nanmean(per[n]['silhouette']):+.3f}" for n in RIVALS))
+               + ", ".join(f"{np.nanmean(per[n]['purity']):.3f} ({n})" for n in candidates)
+               + f", chance {chance:.3f}; silhouette {_silhouette_text(per['model']['silhouette'])} vs "
+               + ", ".join(_silhouette_text(per[n]["silhouette"]) for n in candidates))
     report.say(verdict.line(f"on {column}"))
     return scores, summary, verdict
 
 
-def _write(a: Analysis, report, emb, rivals: dict, columns: list[str], o: LatentOptions) -> None:
+def _finite_mean(values) -> float:
+    """The mean of the finite values; NaN (without a warning) where there is none."""
+    values = np.asarray(values, float)
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else float("nan")
+
+
+def _silhouette_text(values) -> str:
+    mean = _finite_mean(values)
+    return f"{mean:+.3f}" if np.isfinite(mean) else "n/a (no label shared by two subjects)"
+
+
+def _write(a: Analysis, report, emb, rivals: dict, columns: list[str], o: LatentOptions, initial=None) -> None:
     rows = a.store.recordings.set_index("recording_id").loc[emb.index["recording_id"]].reset_index()
     subjects = emb.index["subject_id"].astype(str).to_numpy()
     spaces = {"model": _standard(emb.X), "FC": _standard(rivals["correlation"].X),
@@ -209,16 +262,17 @@ def _write(a: Analysis, report, emb, rivals: dict, columns: list[str], o: Latent
         maps[name], note = two_d_maps(X, umap=o.umap, seed=o.seed)
         notes.append(f"{name}: {note} ({time.perf_counter() - started:.1f} s)")
     scores, summary, verdicts = [], [], {}
+    scored = {**spaces, **({"initial": _standard(initial.X)} if initial is not None else {})}
     for column in columns:
-        column_scores, column_summary, verdicts[column] = _score_column(report, column, _labels(rows, column), spaces,
+        column_scores, column_summary, verdicts[column] = _score_column(report, column, _labels(rows, column), scored,
                                                                         rows, subjects, model_label, o)
         scores += column_scores
         summary += column_summary
     table = pd.DataFrame(summary)
     report.section(
         "Scores",
-        f"{len(rows)} recordings of {len(set(subjects))} subjects; kNN purity with k = {o.neighbours} among other "
-        "subjects' recordings, silhouette in the full standardised space (model: "
+        f"{len(rows)} recordings of {len(set(subjects))} subjects; kNN purity with k = {o.neighbours} and the "
+        "silhouette, both among other subjects' recordings only, in the full standardised space (model: "
         f"{emb.X.reshape(len(emb.X), -1).shape[1]} dimensions, FC: {spaces['FC'].shape[1]}, autocorrelation: "
         f"{spaces['autocorrelation'].shape[1]}); 95% intervals from "
         f"{o.bootstrap} subject resamples.",

@@ -18,7 +18,17 @@ Three ways in, and one default:
   group connectivity of the training split, Fisher z, standardised so that the distance is a
   correlation distance), as Yeo et al. (2011) clustered connectivity profiles. Such networks
   are data-derived, and every report says so: an analysis on the same kind of data that made
-  them (an FC profile identifying them, above all) is partly circular.
+  them (an FC profile identifying them, above all) is partly circular. The number of networks
+  is chosen from the data: the largest ``K`` up to ``--num-networks`` whose k-means networks
+  all have at least :data:`MIN_REGIONS` regions (a network of one region has no
+  within-network connectivity, and cross-validation cannot hold out a region of it and still
+  train on another); the note every report carries says which ``K`` was asked for and which
+  were passed over. When even ``K = 2`` leaves a network of one region, the estimate is
+  refused with one line naming ``--num-networks`` and ``--networks``.
+
+Every analysis that needs networks of some size checks it once (:meth:`Networks.require`),
+and the message names the flag that made the networks (``--networks``, or ``--num-networks``
+for estimated ones).
 """
 
 from __future__ import annotations
@@ -37,11 +47,12 @@ from brainlm.progress import progress as progress_bar
 
 from .signals import GroupConnectivity, correlation_matrix, fc_profiles
 
-__all__ = ["Networks", "BUNDLED_NETWORKS", "UNASSIGNED", "read_network_table", "networks_from_image",
+__all__ = ["Networks", "BUNDLED_NETWORKS", "UNASSIGNED", "MIN_REGIONS", "read_network_table", "networks_from_image",
            "estimate_networks", "resolve_networks", "store_atlas_image"]
 
 BUNDLED_NETWORKS = {"aal2-systems": ("aal2_94_systems.tsv", "the bundled AAL2 anatomical systems")}
 UNASSIGNED = "unassigned"
+MIN_REGIONS = 2  # the fewest regions an estimated network may have (module docstring)
 _IMAGE_SUFFIXES = (".nii", ".nii.gz")
 
 
@@ -83,6 +94,23 @@ class Networks:
         """One row per region: ``region_index``, ``region``, ``network`` (``--networks`` reads it back)."""
         return pd.DataFrame({"region_index": np.arange(len(self.labels)), "region": list(region_names),
                              "network": list(self.labels)})
+
+    @property
+    def flag(self) -> str:
+        """The flag that made these networks: ``--num-networks`` for estimated ones, else ``--networks``."""
+        return "--num-networks" if self.data_derived else "--networks"
+
+    def require(self, minimum: int, why: str) -> None:
+        """Refuse networks of fewer than ``minimum`` regions, naming them and the flag that made them.
+
+        Raises:
+            UserError: e.g. ``--networks: networks b have one region; <why> needs at least two regions per network``.
+        """
+        small = [f"{n} ({s})" for n, s in zip(self.names, self.sizes()) if s < minimum]
+        if small:
+            raise UserError(f"{self.flag}: networks {', '.join(small[:5])}{' and more' if len(small) > 5 else ''} "
+                            f"have fewer than {minimum} regions ({self.source}); {why} needs at least {minimum} "
+                            "regions per network")
 
     def note(self) -> str:
         """The line every report carries about the networks."""
@@ -212,16 +240,19 @@ def networks_from_image(path: str | os.PathLike, atlas_image: str | os.PathLike,
 
 
 def estimate_networks(recordings, num_networks: int, *, seed: int = 0, what: str = "the training split",
-                      progress: bool = True) -> Networks:
-    """Networks from k-means of FC profiles (module docstring).
+                      progress: bool = True, min_regions: int = MIN_REGIONS) -> Networks:
+    """Networks from k-means of FC profiles, as many as the data allow up to ``num_networks`` (module docstring).
 
     Args:
         recordings: a ``Recordings`` (or any iterable of ``(meta, (T, R))``).
-        num_networks: K (at least 2, fewer than the regions).
+        num_networks: the largest K (at least 2, fewer than the regions).
         what: the recordings, as the report says it.
-    """
-    from sklearn.cluster import KMeans
+        min_regions: the fewest regions a network may have.
 
+    Raises:
+        UserError: ``num_networks`` out of range, or a network of fewer than ``min_regions``
+            regions for every K from ``num_networks`` down to 2.
+    """
     group = GroupConnectivity()
     for _, ts in progress_bar(recordings, enabled=progress, desc="networks from FC", unit="rec"):
         group.add(correlation_matrix(ts))
@@ -230,13 +261,32 @@ def estimate_networks(recordings, num_networks: int, *, seed: int = 0, what: str
     if not 2 <= num_networks < R:
         raise UserError(f"--num-networks must be between 2 and {R - 1} (the store has {R} regions), got {num_networks}")
     standard = (profiles - profiles.mean(1, keepdims=True)) / (profiles.std(1, keepdims=True) + 1e-12)
-    clusters = KMeans(num_networks, n_init=20, random_state=seed).fit_predict(standard)
+    for K in range(num_networks, 1, -1):
+        clusters = _kmeans(standard, K, seed)
+        if np.bincount(clusters, minlength=K).min() >= min_regions:
+            break
+    else:
+        raise UserError(f"--num-networks {num_networks}: k-means of the FC profiles of {what} leaves a network of "
+                        f"fewer than {min_regions} regions for every K from {num_networks} down to 2; give the "
+                        "networks with --networks")
     # Named by their first region, so the names do not depend on k-means' arbitrary numbering.
     first = {c: i for i, c in reversed(list(enumerate(clusters)))}
     rank = {c: k for k, c in enumerate(sorted(first, key=first.get))}
     labels = [f"network {rank[c] + 1}" for c in clusters]
+    how = f"K = {K}, seed {seed}"
+    if K < num_networks:
+        how = (f"K = {K}, the largest K up to --num-networks {num_networks} whose networks all have at least "
+               f"{min_regions} regions: K = {num_networks}{f' to {K + 1}' if K + 1 < num_networks else ''} left "
+               f"smaller ones; seed {seed}")
     return _from_labels(labels, f"estimated from the connectivity of {what} (k-means of the regions' FC profiles, "
-                                f"K = {num_networks}, seed {seed})", data_derived=True)
+                                f"{how})", data_derived=True)
+
+
+def _kmeans(standard: np.ndarray, K: int, seed: int) -> np.ndarray:
+    """``(R,)`` cluster of each row of ``standard`` (k-means, 20 starts)."""
+    from sklearn.cluster import KMeans
+
+    return KMeans(K, n_init=20, random_state=seed).fit_predict(standard)
 
 
 def resolve_networks(spec: str | None, store, *, atlas_image: str | None = None, network_names: tuple[str, ...] = (),

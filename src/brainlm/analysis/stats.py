@@ -19,6 +19,16 @@ resampling subjects (:class:`brainlm.evaluate.protocol.SubjectBootstrap`), an ef
 difference's in units of the same SD), the two-sided permutation
 p-value ``(1 + #{|null| >= |observed|}) / (1 + permutations)``, and the Benjamini-Hochberg
 q-value over the features tested together (``scipy.stats.false_discovery_control``).
+
+A **distribution against an expected one** (:func:`distance_test`; an attention map against a
+uniform map): each subject's distribution over ``F`` cells minus the expected one is that
+subject's deviation; the statistic is the total variation distance of the subjects' mean
+deviation, ``0.5 * sum_f |mean_s d_sf|``, and its null flips the sign of whole subjects'
+deviations (what a distribution that is the expected one plus noise symmetric around it gives),
+as the within-subject contrasts do. With ``S`` subjects there are ``2^(S-1)`` distinct null
+values, so few subjects cannot give a small p. Deviations below ``resolution`` (the
+arithmetic's: float32 maps carry rounding errors near 1e-7) count as 0, so that rounding,
+which is the same in every subject, is never taken for a consistent difference.
 """
 
 from __future__ import annotations
@@ -32,7 +42,8 @@ import pandas as pd
 from brainlm.errors import UserError
 from brainlm.evaluate.protocol import SubjectBootstrap, permutation_p
 
-__all__ = ["Groups", "SubjectValues", "resolve_groups", "group_contrast", "fdr", "subject_means", "median_split", "as_label"]
+__all__ = ["Groups", "SubjectValues", "resolve_groups", "group_contrast", "distance_test", "fdr", "subject_means",
+           "median_split", "as_label"]
 
 
 @dataclass(frozen=True)
@@ -232,6 +243,29 @@ def subject_means(values: np.ndarray, subjects) -> tuple[np.ndarray, np.ndarray]
     values = np.asarray(values, np.float64)
     frame = pd.DataFrame(values.reshape(len(values), -1)).groupby(np.asarray(subjects).astype(str)).mean()
     return frame.index.to_numpy(), frame.to_numpy().reshape(len(frame), *values.shape[1:])
+
+
+def distance_test(values: np.ndarray, expected: np.ndarray, *, permutations: int = 1000, seed: int = 0,
+                  resolution: float = 1e-6) -> tuple[float, float]:
+    """How far the subjects' mean distribution is from ``expected``, and whether noise explains it (module docstring).
+
+    Args:
+        values: ``(S, F)`` one distribution per subject (rows sum to 1).
+        expected: ``(F,)`` the distribution to test against (e.g. each cell's share of the regions).
+        permutations: sign flips of the subjects' deviations (0: no p).
+        resolution: deviations smaller than this count as 0.
+
+    Returns:
+        The total variation distance (0 to 1) and its sign-flip permutation p (NaN without permutations).
+    """
+    d = np.asarray(values, np.float64) - np.asarray(expected, np.float64)  # (S, F)
+    d[np.abs(d) < resolution] = 0.0
+    deviation = SubjectValues(d, np.ones(len(d), np.int64), np.arange(len(d)).astype(str), "within")
+    observed = 0.5 * float(np.abs(deviation.difference()).sum())
+    if not permutations:
+        return observed, float("nan")
+    null = 0.5 * np.abs(deviation.null(permutations, seed)).sum(1)  # (permutations,)
+    return observed, float(permutation_p(observed, null))
 
 
 def fdr(p: np.ndarray) -> np.ndarray:

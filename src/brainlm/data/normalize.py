@@ -110,6 +110,17 @@ class _RowReservoir:
         return self.buffer[: self.filled] if self.buffer is not None else np.empty((0, 0))
 
 
+def _brainmarks_statistics(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The median and ``IQR + 1e-6`` per region of every training timepoint, ``(T, R)`` float32,
+    computed as Brainmarks' BrainLM transform computes them: ``torch.quantile`` in float32 (numpy's
+    float64 quantiles differ in the last bits, and the normalised values by up to 2e-5)."""
+    import torch
+
+    pooled = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+    q1, median, q3 = torch.quantile(pooled, torch.tensor([0.25, 0.5, 0.75], dtype=pooled.dtype), dim=0)
+    return median.numpy(), ((q3 - q1) + BRAINMARKS_IQR_EPS).numpy()
+
+
 class Normalizer:
     """Per-region normalisation of ``(T, R)`` recordings.
 
@@ -162,8 +173,7 @@ class Normalizer:
             return self
         m = self.method
         if m == "brainmarks-brainlm":
-            q25, q50, q75 = np.percentile(np.concatenate(every_row), [25, 50, 75], axis=0)
-            self.center_, self.scale_ = q50, (q75 - q25) + BRAINMARKS_IQR_EPS
+            self.center_, self.scale_ = _brainmarks_statistics(np.concatenate(every_row))
             return self
         rows = sample.rows().astype(np.float64)
         if m in {"robust", "original_robust"}:
@@ -200,7 +210,8 @@ class Normalizer:
             if tr is None or not np.isfinite(tr):
                 raise UserError("the brainmarks-brainlm normalisation resamples to TR 0.735 s and needs each "
                                 "recording's TR (pass --tr for inputs that do not carry one)")
-            x = ((x - self.center_) / self.scale_).astype(np.float32)
+            # in float32 throughout, operation for operation as Brainmarks (so the values are equal)
+            x = (x.astype(np.float32) - np.float32(self.center_)) / np.float32(self.scale_)
             return resample_linear(x, tr, BRAINMARKS_TR) if self.output_tr(tr) != tr else x
         if m in _CENTRED or m == "subtract_mean":
             x = x - x.mean(0)
@@ -271,27 +282,25 @@ def resample_tr(x: np.ndarray, tr: float, target_tr: float) -> np.ndarray:
 
 
 def resample_linear(x: np.ndarray, tr: float, target_tr: float) -> np.ndarray:
-    """Resample ``(T, R)`` to ``target_tr`` by linear interpolation, as ``torch``'s
-    ``interpolate(mode="linear", align_corners=False)`` to ``round(T * tr / target_tr)`` points.
+    """Resample ``(T, R)`` to ``target_tr`` by linear interpolation: ``torch``'s
+    ``interpolate(mode="linear", align_corners=False)`` to ``round(T * tr / target_tr)`` points, in
+    float32, the call Brainmarks' BrainLM transform resamples with (so the values are the same).
 
     Output point ``i`` reads the input at ``(i + 0.5) * T / T' - 0.5`` (clamped at 0) and
-    interpolates between its two neighbours; this is how Brainmarks' BrainLM transform
-    resamples. Computed in float32, as there.
+    interpolates between its two neighbours.
 
     Returns:
         ``(T', R)`` float32.
     """
+    import torch
+    import torch.nn.functional as F
+
     x = np.asarray(x, np.float32)
-    T = len(x)
-    size = int(round(float(tr) * T / float(target_tr)))
+    size = int(round(float(tr) * len(x) / float(target_tr)))
     if size < 1:
-        raise UserError(f"resampling {T} timepoints from TR {tr} to {target_tr} s leaves none")
-    scale = np.float32(T / size)
-    src = np.maximum((np.arange(size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
-    lo = np.minimum(src.astype(np.int64), T - 1)
-    hi = np.minimum(lo + 1, T - 1)
-    w = (src - lo).astype(np.float32)[:, None]  # (T', 1)
-    return ((1 - w) * x[lo] + w * x[hi]).astype(np.float32)
+        raise UserError(f"resampling {len(x)} timepoints from TR {tr} to {target_tr} s leaves none")
+    out = F.interpolate(torch.from_numpy(np.ascontiguousarray(x.T))[None], size=size, mode="linear")  # (1, R, T')
+    return out[0].T.numpy()  # (T', R) in torch's layout, as Brainmarks' resampled recording
 
 
 class TemporalResampler:

@@ -54,8 +54,8 @@ def check_recording(x: np.ndarray, source: str, *, num_regions: int, window: int
     x = np.asarray(x)
     if np.iscomplexobj(x):
         raise InputError(f"{source}: complex values (dtype {x.dtype}); a recording must be real")
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise InputError(f"{source}: not numeric (dtype {x.dtype})")
+    if not np.issubdtype(x.dtype, np.number):  # booleans too, as the file readers refuse them
+        raise InputError(f"{source}: not numeric (dtype {x.dtype}); a recording holds numbers")
     if x.ndim != 2:
         raise InputError(f"{source}: expected timepoints x regions, got shape {x.shape}")
     if x.shape[1] != num_regions:

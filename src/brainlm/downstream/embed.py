@@ -48,7 +48,7 @@ from brainlm.errors import UserError
 from brainlm.io import INDEX_COLUMNS, Embeddings
 from brainlm.progress import progress as progress_bar
 
-from .loading import Recordings, _as_tensor, check_regions, load_model, open_recordings
+from .loading import Recordings, _as_tensor, check_finite, check_regions, load_model, open_recordings
 
 __all__ = ["POOLINGS", "WINDOW_MODES", "embed_windows", "cls_attention", "window_starts", "embed_recordings", "embed"]
 
@@ -97,6 +97,7 @@ def embed_windows(
     with autocast_context(device, dtype):
         out = model.embed(x.to(device), xyz.to(device), pooling=pooling, average_regions=average_regions,
                           output_attentions=attention)
+    check_finite(model, out.embeddings, "embeddings")
     emb = out.embeddings.float().cpu().numpy()
     return (emb, out.cls_attention.float().cpu().numpy()) if attention else emb
 
@@ -241,6 +242,7 @@ def embed(
     split: str | None = None,
     coords=None,
     device: str = "cpu",
+    trust_unverified: bool = False,
     **kwargs,
 ) -> Embeddings | None:
     """Load a model (if given a path) and embed a store or files; see :func:`embed_recordings`.
@@ -251,9 +253,11 @@ def embed(
         split: store split, None for all.
         coords: coordinates for files.
         device: where a loaded model runs (``"auto"``: this process's GPU under torchrun, if any).
+        trust_unverified: as :func:`load_model`.
         **kwargs: passed to :func:`embed_recordings`.
     """
     model = model_or_path
     if isinstance(model_or_path, (str, os.PathLike)):
-        model = load_model(model_or_path, map_location=resolve_device(device, init_distributed().local_rank))
+        model = load_model(model_or_path, map_location=resolve_device(device, init_distributed().local_rank),
+                           trust_unverified=trust_unverified)
     return embed_recordings(model.eval(), open_recordings(data, split, coords), **kwargs)

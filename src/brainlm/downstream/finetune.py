@@ -40,7 +40,8 @@ from brainlm.checkpoint import load_pretrained, save_pretrained
 from brainlm.errors import MissingInputError, OutputExistsError, UserError
 from brainlm.evaluate.protocol import TASK_CHOICES, EarlyStopping, infer_task
 from brainlm.options import Options, at_least, between, option, positive
-from brainlm.io import atomic_write, atomic_write_json, normalize_subject_id
+from brainlm.hub import verify_model_folder
+from brainlm.io import atomic_write, atomic_write_json, read_json, normalize_subject_id, write_manifest
 from brainlm.model import BrainLMForPretraining
 from brainlm.progress import progress as progress_bar
 
@@ -82,6 +83,10 @@ class FinetuneConfig(Options):
         super().__post_init__()
         if self.lora and not self.freeze_encoder:
             raise UserError("--lora and --full are different ways to fine-tune: give one of them")
+        changed = [name for name in ("lora_r", "lora_alpha", "lora_dropout")
+                   if getattr(self, name) != type(self).__dataclass_fields__[name].default]
+        if changed and not self.lora:
+            raise UserError(f"{', '.join(self.flag(name) for name in changed)}: only with --lora")
 
 
 class BrainLMFinetuner(nn.Module):
@@ -210,7 +215,8 @@ def _run_epoch(model, x, y, xyz, task, batch_size, opt=None, gen=None) -> tuple[
 
 def finetune(model_or_path, store, target: str, config: FinetuneConfig | None = None, *,
              targets_file: str | os.PathLike | None = None, subject_column: str | None = None,
-             out_dir: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True) -> FinetuneResult:
+             out_dir: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True,
+             trust_unverified: bool = False) -> FinetuneResult:
     """Fine-tune encoder + head on a store's phenotype (or a TSV keyed by subject).
 
     Args:
@@ -221,6 +227,7 @@ def finetune(model_or_path, store, target: str, config: FinetuneConfig | None = 
         targets_file, subject_column: a TSV/CSV of targets (default: the store's phenotypes).
         out_dir: where to save the best model (nothing is saved when None).
         overwrite: replace an existing checkpoint in ``out_dir``.
+        trust_unverified: as :func:`load_model`.
 
     Raises:
         FileExistsError: ``out_dir`` holds a checkpoint and ``overwrite`` is False (checked first).
@@ -233,9 +240,13 @@ def finetune(model_or_path, store, target: str, config: FinetuneConfig | None = 
     config = config or FinetuneConfig()
     if out_dir is not None and (Path(out_dir) / "config.json").exists() and not overwrite:
         raise OutputExistsError(f"{out_dir} already holds a checkpoint; pass overwrite=True / --overwrite")
-    backbone = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    backbone = (load_model(model_or_path, trust_unverified=trust_unverified)
+                if isinstance(model_or_path, (str, os.PathLike)) else model_or_path)
     if not isinstance(backbone, BrainLMForPretraining):
         raise UserError("fine-tuning is implemented for BrainLM models, not the released ViT-MAE models")
+    if config.lora and config.lora_r > backbone.config.hidden_size:  # A (r, in), B (out, r): r <= every in and out
+        raise UserError(f"{config.flag('lora_r')} {config.lora_r}: the rank of a low-rank adapter is at most the "
+                        f"model's hidden size, {backbone.config.hidden_size}")
     store = store if isinstance(store, Store) else open_store(store)
     check_regions(backbone, store.num_regions, str(store.path))
     targets = load_targets(targets_file if targets_file is not None else store, target, subject_column)
@@ -324,11 +335,32 @@ def _train(model, opt, data, task: str, config: FinetuneConfig, progress: bool) 
     return history, stop
 
 
+def _remove_old_adapter(folder: Path) -> None:
+    """Remove the ``adapter/`` files an earlier fine-tune into ``folder`` wrote (those its manifest
+    lists, regular files only), and the folder once empty; nothing the manifest does not list."""
+    from brainlm.checkpoint import ADAPTER_DIR
+
+    adapter, manifest = folder / ADAPTER_DIR, folder / "manifest.json"
+    if not adapter.is_dir() or not manifest.is_file():
+        return
+    listed = read_json(manifest, "manifest")
+    for name in listed if isinstance(listed, dict) else {}:
+        path = folder / name
+        if name.startswith(f"{ADAPTER_DIR}/") and path.is_file() and not path.is_symlink():
+            path.unlink()
+    try:
+        adapter.rmdir()
+    except OSError:  # files the manifest did not list stay, and so does their folder
+        pass
+
+
 def save_finetuned(model: BrainLMFinetuner, folder: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write the encoder checkpoint (``config.json``, ``model.safetensors``) and the head files."""
+    """Write the encoder checkpoint (``config.json``, ``model.safetensors``), the adapter, the head
+    files and, last, the ``manifest.json`` of them all."""
     folder = Path(folder)
     if (folder / "config.json").exists() and not overwrite:
         raise OutputExistsError(f"{folder} already holds a checkpoint; pass overwrite=True")
+    _remove_old_adapter(folder)  # a stale adapter would be folded into the new encoder when it is opened
     if hasattr(model.backbone, "lora_config"):
         from .lora import ADAPTER_DIR, base_state_dict, save_adapter
 
@@ -342,21 +374,26 @@ def save_finetuned(model: BrainLMFinetuner, folder: str | os.PathLike, overwrite
     head = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
     atomic_write(folder / "head.safetensors", lambda tmp: save_file(head, str(tmp)))
     atomic_write_json(folder / "head.json", json.loads(json.dumps(model.info, default=str)), sort_keys=True)
+    write_manifest(folder)  # last: the encoder, the adapter and the head, every file
     return folder
 
 
-def load_finetuned(folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> BrainLMFinetuner:
-    """Load what :func:`save_finetuned` wrote (encoder, adapter if any, head), in eval mode."""
+def load_finetuned(folder: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                   trust_unverified: bool = False) -> BrainLMFinetuner:
+    """Load what :func:`save_finetuned` wrote (encoder, adapter if any, head), in eval mode, verified
+    against its manifest first (``trust_unverified``: as :func:`load_model`)."""
     folder = Path(folder)
     if not (folder / "head.json").is_file():
         raise MissingInputError(f"{folder}: no head.json (not a fine-tuned checkpoint; load_model reads the encoder alone)")
+    verify_model_folder(folder, trust_unverified=trust_unverified)  # before head.json is read
     info = json.loads((folder / "head.json").read_text())
     if info.get("adapter"):
         from .lora import attach_adapter
 
-        backbone = attach_adapter(load_pretrained(folder, map_location, adapter=False), folder / info["adapter"])
+        backbone = attach_adapter(load_pretrained(folder, map_location, adapter=False,
+                                                  trust_unverified=trust_unverified), folder / info["adapter"])
     else:
-        backbone = load_model(folder, map_location)
+        backbone = load_model(folder, map_location, trust_unverified=trust_unverified)
     model = BrainLMFinetuner(backbone, info["num_outputs"], info["hidden"], info["dropout"], info.get("pooling", "cls"))
     model.head.load_state_dict(load_file(str(folder / "head.safetensors")))
     model.info = info

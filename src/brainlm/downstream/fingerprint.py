@@ -92,6 +92,7 @@ def fingerprint(
     connectivity: tuple[str, ...] = tuple(CONNECTIVITY_FEATURES),
     precision: str = "fp32",
     on_error: str = "raise",
+    trust_unverified: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Subject identification accuracy of embeddings and of the connectivity ladder.
 
@@ -108,12 +109,14 @@ def fingerprint(
         connectivity: feature baselines to compare with (``fc``, ``fc_partial``, ``fc_tangent``, ``autocorr``).
         precision: compute precision of the embeddings (``auto``, ``fp32``, ``bf16``, ``fp16``).
         on_error: ``"skip"`` a recording too short for a window in each half (logged), or ``"raise"``.
+        trust_unverified: as :func:`load_model`.
 
     Returns:
         ``summary`` (one row per feature kind: ``features``, ``label``, ``accuracy``,
         ``chance``, ``num_subjects``) and ``matches`` (one row per subject and feature kind).
     """
-    model = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    model = (load_model(model_or_path, trust_unverified=trust_unverified)
+             if isinstance(model_or_path, (str, os.PathLike)) else model_or_path)
     model.eval()
     recs = open_recordings(data, split, coords)
     check_regions(model, recs.num_regions, recs.source)

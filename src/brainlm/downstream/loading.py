@@ -40,6 +40,8 @@ from brainlm.hub import open_model, resolve_model_folder
 
 __all__ = [
     "load_model",
+    "Initial",
+    "load_initial",
     "resolve_model_folder",
     "check_regions",
     "check_layout",
@@ -55,14 +57,78 @@ def _as_tensor(a) -> torch.Tensor:
     return torch.from_numpy(np.array(a, dtype=np.float32))
 
 
-def load_model(path_or_id: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+def load_model(path_or_id: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+               trust_unverified: bool = False) -> nn.Module:
     """Load any supported model folder, run or hub id, in eval mode: :func:`brainlm.hub.open_model`.
+
+    Args:
+        trust_unverified: use a folder that no complete ``manifest.json`` verifies (``--trust-unverified``).
 
     Returns:
         ``BrainLMForPretraining`` (ours, original, fine-tuned encoder, run folder) or
         ``BrainLMViTMAE`` (released ViT-MAE).
     """
-    return open_model(path_or_id, map_location=map_location)
+    return open_model(path_or_id, map_location=map_location, trust_unverified=trust_unverified)
+
+
+def check_finite(model: nn.Module, values: torch.Tensor, what: str) -> None:
+    """Stop with one line when a model's outputs hold NaN or inf (checked on every batch, so the
+    first one stops it): damaged weights, a config that breaks the model, or a precision it overflows."""
+    if not bool(torch.isfinite(values).all()):
+        raise UserError(f"{getattr(model, 'source', 'the model')}: the model's {what} hold NaN or inf values (its "
+                        "weights or config.json are broken, or the precision overflows: try --precision fp32)")
+
+
+@dataclass
+class Initial:
+    """The same model before any training step, and how it was initialised.
+
+    Attributes:
+        model: the model at initialisation, in eval mode on the trained model's device.
+        kind: ``connectivity``, ``normal``, ``checkpoint`` (the run's ``RUN/init``), or
+            ``unknown`` (no training record: the same architecture freshly initialised).
+        description: how reports name it.
+        path: ``RUN/init`` when the run kept it.
+    """
+
+    model: nn.Module
+    kind: str
+    description: str
+    path: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "description": self.description, "path": str(self.path) if self.path else None}
+
+
+_INIT_KINDS = {
+    "connectivity": "region tables from the training split's covariance (region_embedding_init=connectivity), "
+                    "everything else at random",
+    "normal": "the model's random initialisation (region_embedding_init=normal)",
+}
+
+
+def load_initial(path_or_id: str | os.PathLike, model: nn.Module, *, seed: int = 0) -> Initial:
+    """The model ``path_or_id`` holds, as it was before training: what initialisation alone gives.
+
+    A training run keeps it in ``RUN/init/`` (:func:`brainlm.hub.find_initial`); a folder outside
+    a run (a saved, released or fine-tuned model) has no record of its initialisation, so the same
+    architecture is initialised afresh (seeded) and named as such.
+    """
+    from brainlm.hub import find_initial
+
+    device = next(model.parameters()).device
+    folder, record = find_initial(path_or_id) if Path(path_or_id).exists() else (None, {})
+    if folder is not None:
+        kind = str(record.get("kind", "unknown"))
+        text = _INIT_KINDS.get(kind) or (f"the checkpoint it was fine-tuned from ({record.get('source')})"
+                                         if kind == "checkpoint" else f"initialisation {kind!r}")
+        return Initial(load_model(folder, map_location=device).eval(), kind,
+                       f"{text}, seed {record.get('seed')} ({folder})", folder)
+    torch.manual_seed(seed)
+    fresh = type(model).from_config(model.config) if hasattr(type(model), "from_config") else type(model)(model.config)
+    return Initial(fresh.to(device).eval(), "unknown",
+                   f"no training record beside {path_or_id}: the same architecture at a fresh random "
+                   f"initialisation (seed {seed}), which need not be how it was initialised")
 
 
 def check_regions(model: nn.Module, num_regions: int, what: str = "the data") -> None:

@@ -358,7 +358,7 @@ def probe(model_or_path, data, target: str | pd.Series, *, targets_file: str | o
           subject_column: str | None = None, split: str | None = None, coords=None, pooling: str = "cls",
           windows: str = "average", window: int | None = None, stride: int | None = None, fc_baseline: bool = True,
           connectivity: tuple[str, ...] = tuple(CONNECTIVITY_FEATURES), batch_size: int = 32, progress: bool = True,
-          precision: str = "fp32", **probe_kwargs) -> ProbeResult:
+          precision: str = "fp32", trust_unverified: bool = False, **probe_kwargs) -> ProbeResult:
     """Frozen-embedding probes and the same probes on the connectivity ladder, side by side.
 
     Args:
@@ -376,12 +376,14 @@ def probe(model_or_path, data, target: str | pd.Series, *, targets_file: str | o
         connectivity: which (``fc`` Pearson, ``fc_partial``, ``fc_tangent``, ``autocorr``; see
             :func:`brainlm.evaluate.baselines.connectivity_features`; the tangent reference
             is the mean over all windows and uses no targets).
+        trust_unverified: as :func:`load_model`.
         **probe_kwargs: passed to :func:`run_probes` (task, probes, n_splits, ...).
 
     Returns:
         ``ProbeResult`` with ``features`` = ``"brainlm"``, ``"fc"``, ``"fc_partial"``, ``"fc_tangent"``, ``"autocorr"`` rows.
     """
-    model = load_model(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else model_or_path
+    model = (load_model(model_or_path, trust_unverified=trust_unverified)
+             if isinstance(model_or_path, (str, os.PathLike)) else model_or_path)
     recs = open_recordings(data, split, coords)
     target, targets = _probe_targets(target, data, targets_file, subject_column)
     window = window or model.window_length

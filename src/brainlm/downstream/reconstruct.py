@@ -44,7 +44,7 @@ from brainlm.model import masking_noise
 from brainlm.progress import progress as progress_bar
 
 from .embed import recording_windows, window_starts
-from .loading import Recordings, _as_tensor, check_regions
+from .loading import Recordings, _as_tensor, check_finite, check_regions
 
 __all__ = [
     "Reconstruction",
@@ -155,6 +155,7 @@ def _masked_passes(model, x, xyz, passes, batch_size, baselines, device, dtype):
             sl = slice(s, s + batch_size)
             with autocast_context(device, dtype):
                 out = model.reconstruct(x[sl].to(device), xyz[sl].to(device), noise=noise[sl].to(device), mask_ratio=ratio)
+            check_finite(model, out.pred, "reconstructions")
             m = out.mask.cpu()  # (b, R, T)
             new = m & ~hidden[sl]  # the first pass that hid a value wins
             pred[sl] = torch.where(new, out.pred.float().cpu(), pred[sl])
@@ -221,7 +222,9 @@ def forecast_windows(model: nn.Module, signal_vectors, xyz_vectors, k: int,
         xyz = xyz.expand(x.shape[0], -1, -1)
     device = next(model.parameters()).device
     with autocast_context(device, dtype):
-        return model.forecast(x.to(device), xyz.to(device), k).float().cpu().numpy()
+        pred = model.forecast(x.to(device), xyz.to(device), k)
+    check_finite(model, pred, "forecasts")
+    return pred.float().cpu().numpy()
 
 
 def check_horizon(model: nn.Module, k: int, window: int, num_regions: int, flag: str = "k") -> None:
@@ -231,9 +234,10 @@ def check_horizon(model: nn.Module, k: int, window: int, num_regions: int, flag:
     a ViT-MAE model its own range): one window of zeros is forecast and its refusal re-raised.
     """
     x = torch.zeros(1, num_regions, window)
+    device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            forecast_windows(model, x, torch.zeros(num_regions, 3), k)
+            model.forecast(x.to(device), torch.zeros(1, num_regions, 3, device=device), k)
     except (ValueError, TypeError) as err:
         raise UserError(f"{flag} {k}: {err}") from None
 

@@ -33,8 +33,9 @@ from brainlm.evaluate.baselines import (
     ReconstructionBaselines,
 )
 from brainlm.evaluate.protocol import EvaluationOptions, SubjectBootstrap
+from brainlm.errors import UserError
 from brainlm.evaluate.verdict import compare
-from brainlm.options import at_least, between, option, positive
+from brainlm.options import ModelOptions, at_least, between, option, positive
 from brainlm.io import (
     OutputLock,
     atomic_write_json,
@@ -59,7 +60,7 @@ __all__ = ["RecordingsOptions", "EmbedOptions", "ReconstructOptions", "ForecastO
 
 
 @dataclass(kw_only=True)
-class RecordingsOptions(DeviceOptions, ArrayOptions):
+class RecordingsOptions(DeviceOptions, ArrayOptions, ModelOptions):
     """A model and the recordings it runs on: what every command applying a model takes."""
 
     checkpoint: str = option(help="model folder (ours, original BrainLM, ViT-MAE, a training run) or hub id",
@@ -102,6 +103,10 @@ class EmbedOptions(RecordingsOptions):
     batch_size: int = option(32, "windows per forward pass", check=positive)
     attention: bool = option(False, "also store CLS attention per region")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _keep_regions_applies(self)
+
 
 @dataclass(kw_only=True)
 class ReconstructOptions(RecordingsOptions):
@@ -141,7 +146,7 @@ class ProbeOptions(RecordingsOptions, TargetOptions, EvaluationOptions):
 
 
 @dataclass(kw_only=True)
-class FinetuneOptions(FinetuneConfig, TargetOptions):
+class FinetuneOptions(FinetuneConfig, TargetOptions, ModelOptions):
     """``brainlm finetune``: train a CLS -> MLP head (encoder frozen or not) with early stopping."""
 
     checkpoint: str = option(help="model folder or training run", positional=True)
@@ -162,6 +167,17 @@ class FingerprintOptions(RecordingsOptions):
     keep_regions: bool = option(False, "region_time: compare the (R, D) region embeddings")
     stride: int | None = option(None, "step of the windows inside each half (default: half a window)",
                                 check=at_least(1, optional=True))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _keep_regions_applies(self)
+
+
+def _keep_regions_applies(options) -> None:
+    """``--keep-regions`` keeps the regions of region-time embeddings; with any other pooling it
+    would be ignored, so it is refused."""
+    if options.keep_regions and options.pooling != "region_time":
+        raise UserError(f"--keep-regions applies to --pooling region_time only, not --pooling {options.pooling}")
 
 
 @contextmanager
@@ -187,9 +203,10 @@ def _companions(path: Path) -> list[Path]:
     return [path.with_suffix(".index.tsv")] if path.suffix.lower() == ".npy" else []
 
 
-def _load(checkpoint, device: str):
-    """The model on this process's device (its own GPU under torchrun)."""
-    return load_model(checkpoint, map_location=resolve_device(device, init_distributed().local_rank))
+def _load(options: RecordingsOptions):
+    """The model of ``options.checkpoint`` on this process's device (its own GPU under torchrun)."""
+    return load_model(options.checkpoint, map_location=resolve_device(options.device, init_distributed().local_rank),
+                      trust_unverified=options.trust_unverified)
 
 
 def run_embed(options: EmbedOptions) -> Path:
@@ -203,7 +220,7 @@ def run_embed(options: EmbedOptions) -> Path:
     init_distributed()
     try:
         with _claim(out, overwrite=o.overwrite, file=True):
-            model = _load(o.checkpoint, o.device)
+            model = _load(o)
             emb = embed(model, o.recordings(), split=o.split, coords=o.coords, pooling=o.pooling,
                         average_regions=not o.keep_regions, windows=o.windows, window=o.window, stride=o.stride,
                         batch_size=o.batch_size, attention=o.attention, precision=o.precision)
@@ -227,7 +244,7 @@ def run_reconstruct(options: ReconstructOptions) -> pd.DataFrame | None:
             recs = open_recordings(o.recordings(), o.split, o.coords)
             train = training_recordings(o.source)
             baselines = ReconstructionBaselines().fit(x for _, x in train) if train is not None else ReconstructionBaselines()
-            result = reconstruct_recordings(_load(o.checkpoint, o.device), recs, baselines=baselines,
+            result = reconstruct_recordings(_load(o), recs, baselines=baselines,
                                             precision=o.precision, keep=o.plot_recordings, mask_ratio=o.mask_ratio,
                                             window=o.window, cover=not o.single_pass, seed=o.seed)
             if result is None:
@@ -272,7 +289,7 @@ def run_forecast(options: ForecastOptions) -> pd.DataFrame:
         baselines = ForecastBaselines(order=o.ar_order)
         if train is not None:
             baselines.fit(x for _, x in train)
-        result = forecast_recordings(_load(o.checkpoint, o.device), recs, o.last, baselines=baselines,
+        result = forecast_recordings(_load(o), recs, o.last, baselines=baselines,
                                      window=o.window, stride=o.stride, precision=o.precision, flag=o.flag("last"))
         write_csv(result.metrics, out / "forecast_metrics.csv")
         plot_forecast(result, out / "forecast.png",
@@ -289,7 +306,7 @@ def run_probe(options: ProbeOptions) -> pd.DataFrame:
     o = options
     names = ["probe_metrics.csv", "probe_predictions.csv", "probe_folds.json", "missing_subjects.txt"]
     with output_folder(o.out, names, overwrite=o.overwrite) as out:
-        result = probe(_load(o.checkpoint, o.device), o.recordings(), o.target, targets_file=o.targets,
+        result = probe(_load(o), o.recordings(), o.target, targets_file=o.targets,
                        subject_column=o.subject_column, split=o.split, coords=o.coords, pooling=o.pooling,
                        windows=o.windows, window=o.window, stride=o.stride, fc_baseline=o.fc_baseline, task=o.task,
                        probes=o.probes, n_splits=o.folds, inner_splits=o.inner_folds, n_boot=o.bootstrap,
@@ -310,7 +327,8 @@ def run_finetune(options: FinetuneOptions) -> pd.DataFrame:
     config = o.as_base(FinetuneConfig).replace(freeze_encoder=not o.full)
     with output_folder(o.out, ["config.json", "history.csv"], kind="checkpoint", overwrite=o.overwrite) as out:
         result = finetune(o.checkpoint, o.store, o.target, config, targets_file=o.targets,
-                          subject_column=o.subject_column, out_dir=out, overwrite=True)
+                          subject_column=o.subject_column, out_dir=out, overwrite=True,
+                          trust_unverified=o.trust_unverified)
         write_csv(result.history, out / "history.csv")
     print(f"best epoch {result.best_epoch}: validation loss {result.history['val_loss'].iloc[result.best_epoch]:.4f} "
           f"(before fine-tuning {result.history['val_loss'].iloc[0]:.4f}); saved {o.out}")
@@ -322,7 +340,7 @@ def run_fingerprint(options: FingerprintOptions) -> pd.DataFrame:
     o = options
     names = ["fingerprint.csv", "fingerprint_matches.csv", "fingerprint.png"]
     with output_folder(o.out, names, overwrite=o.overwrite) as out:
-        summary, matches = fingerprint(_load(o.checkpoint, o.device), o.recordings(), split=o.split, coords=o.coords,
+        summary, matches = fingerprint(_load(o), o.recordings(), split=o.split, coords=o.coords,
                                        pooling=o.pooling, keep_regions=o.keep_regions, window=o.window,
                                        stride=o.stride, precision=o.precision, on_error=o.on_error)
         write_csv(summary, out / "fingerprint.csv")

@@ -65,6 +65,8 @@ BASELINE_LABELS = {
     "conn": "connectivity-conditional fill", "persistence": "persistence", "ar": "AR(p) per region",
     "var": "ridge VAR across regions", "fc": "Pearson FC", "fc_partial": "partial-correlation FC",
     "fc_tangent": "tangent-space FC", "autocorr": "lag-1 autocorrelation per region",
+    # not a baseline but the comparator every credited model also faces: what initialisation alone gives
+    "initial": "the same model at initialisation",
 }
 
 

@@ -424,6 +424,13 @@ def _brainmarks_evaluate(protocol: LogisticProtocol, X: dict, y: dict, validatio
 def _engine(name: str) -> str:
     if name == "brainlm":
         return "brainlm"
+    import logging
+
+    # Brainmarks imports every model wrapper it has and logs one warning per wrapper whose own
+    # package is missing (pycortex, brain-jepa, ...): none is used here, so they are not shown.
+    plugins = logging.getLogger("brainmarks.models")
+    level = plugins.level
+    plugins.setLevel(logging.ERROR)
     try:
         import brainmarks.main_logistic  # noqa: F401
     except ImportError:
@@ -431,6 +438,8 @@ def _engine(name: str) -> str:
             raise UserError("--engine brainmarks: brainmarks is not installed (pip install --no-deps "
                             "brainmarks==0.1.1, see docs/brainmarks.md)") from None
         return "brainlm"
+    finally:
+        plugins.setLevel(level)
     return "brainmarks"
 
 

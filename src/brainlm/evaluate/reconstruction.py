@@ -27,7 +27,7 @@ from .protocol import SubjectBootstrap
 from .verdict import Verdict, compare
 
 __all__ = ["ReconstructionEval", "evaluate_reconstruction", "best_baseline", "r2_statistic", "format_ladder",
-           "ladder_verdict"]
+           "ladder_verdict", "with_initial", "windows_with_initial"]
 
 
 @dataclass
@@ -46,6 +46,23 @@ class ReconstructionEval:
     examples: list[dict] = field(default_factory=list)
     windows: pd.DataFrame | None = None
     methods: tuple[str, ...] = ()
+
+
+def windows_with_initial(windows: pd.DataFrame, initial: pd.DataFrame) -> pd.DataFrame:
+    """Per-window sums of the model beside those of the same model at initialisation (``initial_*``
+    columns), scored on the same windows with the same masks, so the ladder compares them paired."""
+    if len(windows) != len(initial) or (windows["subject_id"].to_numpy() != initial["subject_id"].to_numpy()).any():
+        raise RuntimeError("the model at initialisation was scored on other windows than the model")
+    extra = {f"initial_{c[len('model_'):]}": initial[c].to_numpy() for c in initial.columns if c.startswith("model_")}
+    return windows.assign(**extra)
+
+
+def with_initial(ev: ReconstructionEval, initial: ReconstructionEval) -> ReconstructionEval:
+    """``ev`` with the same model at initialisation as one more method (``initial``) of its ladder."""
+    metrics = {**ev.metrics, **{f"initial_{k[len('model_'):]}": v for k, v in initial.metrics.items()
+                                if k.startswith("model_")}}
+    windows = windows_with_initial(ev.windows, initial.windows) if ev.windows is not None else None
+    return ReconstructionEval(metrics, ev.examples, windows, (*ev.methods, "initial"))
 
 
 def best_baseline(metrics: dict[str, float], methods) -> str:

@@ -5,12 +5,17 @@ and its cross-validation, training's validation report, ``reconstruct``, the ana
 one :class:`Verdict` line, so the same numbers are always said the same way:
 
 - **wins**: the paired interval of the difference (model minus baseline, resampling subjects)
-  lies above zero;
-- **loses**: it lies below zero;
-- **level (within noise)**: it spans zero (:attr:`Comparison.within_noise`): neither side is
-  shown better, whatever the point estimates say. This is never worded as a win.
-- Without an interval (no resamples, e.g. one subject), only the point estimates are compared,
-  and the line says so: **ahead** / **behind** / **level** "(no interval)".
+  lies strictly above zero (its lower end > 0);
+- **loses**: it lies strictly below zero (its upper end < 0);
+- **level (within noise)**: otherwise, an end exactly at zero included
+  (:attr:`Comparison.within_noise`): neither side is shown better, whatever the point estimates
+  say. This is never worded as a win.
+- **too few subjects to tell (n = N)**: the numbers rest on fewer independent units than
+  :data:`~brainlm.evaluate.protocol.MIN_UNITS` (6; below it an end of the 95% interval is set by
+  resamples that hold one or two units). No verdict is drawn, whatever the interval; the line
+  names where one can be had (``remedy``: cross-validation over every subject, say).
+- Without an interval (no resamples), only the point estimates are compared, and the line says
+  so: **ahead** / **behind** / **level** "(no interval)".
 
 Higher is better for every metric the package reports (R^2, accuracy, F1, correlation).
 """
@@ -22,12 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .protocol import Comparison, SubjectBootstrap
+from .protocol import MIN_UNITS, Comparison, SubjectBootstrap
 
-__all__ = ["Verdict", "OUTCOMES", "compare"]
+__all__ = ["Verdict", "OUTCOMES", "DECISIVE", "compare"]
 
-OUTCOMES = ("wins", "loses", "level (within noise)", "ahead (no interval)", "behind (no interval)",
-            "level (no interval)")
+OUTCOMES = ("wins", "loses", "level (within noise)", "too few to tell", "ahead (no interval)",
+            "behind (no interval)", "level (no interval)")
+DECISIVE = ("wins", "loses")  # the only outcomes that claim a difference
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,8 @@ class Verdict:
         comparison: the paired bootstrap comparison of model minus baseline, or None.
         num_subjects: how many units the interval resamples (named in the line).
         unit: what the interval resamples (``"subjects"``; ``"regions"`` where a region is the unit).
+        remedy: where a verdict can be had when the units are too few (``"run brainlm benchmark
+            STORE --cv 5 for one over every subject"``), said in the line then.
     """
 
     model: str
@@ -51,6 +59,7 @@ class Verdict:
     comparison: Comparison | None = None
     num_subjects: int | None = None
     unit: str = "subjects"
+    remedy: str = ""
 
     @property
     def difference(self) -> float:
@@ -62,15 +71,27 @@ class Verdict:
         return c is not None and math.isfinite(c.diff_lo) and math.isfinite(c.diff_hi)
 
     @property
+    def too_few(self) -> bool:
+        """Fewer independent units than :data:`~brainlm.evaluate.protocol.MIN_UNITS`: no verdict."""
+        return self.num_subjects is not None and self.num_subjects < MIN_UNITS
+
+    @property
+    def kind(self) -> str:
+        """The outcome without its qualifier: one of :data:`OUTCOMES` (``"too few to tell"`` for any n)."""
+        return "too few to tell" if self.too_few else self.outcome
+
+    @property
     def outcome(self) -> str:
-        """One of :data:`OUTCOMES` (see the module docstring)."""
+        """The outcome as the line words it (see the module docstring)."""
+        if self.too_few:
+            return f"too few {self.unit} to tell (n = {self.num_subjects})"
         if not self.has_interval:
             d = self.difference
             return "ahead (no interval)" if d > 0 else ("behind (no interval)" if d < 0 else "level (no interval)")
         c = self.comparison
         if c.within_noise:
             return "level (within noise)"
-        return "wins" if c.diff_lo >= 0 else "loses"
+        return "wins" if c.diff_lo > 0 else "loses"
 
     def interval_text(self) -> str:
         """``difference +0.013 [95% CI -0.009, +0.019], p_boot 0.210`` (or without the interval)."""
@@ -92,7 +113,8 @@ class Verdict:
             where: what the numbers are on, appended after the baseline (``"on the held-out subjects"``).
         """
         place = f" {where}" if where else ""
-        return (f"{self.model} vs the strongest baseline ({self.baseline}){place}: {self.outcome}; "
+        remedy = f" ({self.remedy})" if self.too_few and self.remedy else ""
+        return (f"{self.model} vs the strongest baseline ({self.baseline}){place}: {self.outcome}{remedy}; "
                 f"{self.metric} {self.model_value:.3f} vs {self.baseline_value:.3f}, {self.interval_text()}")
 
     def to_dict(self) -> dict:
@@ -101,11 +123,12 @@ class Verdict:
                 "model_value": float(self.model_value), "baseline_value": float(self.baseline_value),
                 "difference": self.difference, "outcome": self.outcome,
                 "diff_ci_low": c.diff_lo if c else None, "diff_ci_high": c.diff_hi if c else None,
-                "p_boot": c.p_boot if c else None, "num_subjects": self.num_subjects, "unit": self.unit}
+                "p_boot": c.p_boot if c else None, "num_subjects": self.num_subjects, "unit": self.unit,
+                "kind": self.kind, "minimum_units": MIN_UNITS}
 
 
 def compare(model: str, baseline: str, model_stat, baseline_stat, boot: SubjectBootstrap, n: int, *,
-            metric: str = "R^2", unit: str = "subjects") -> Verdict:
+            metric: str = "R^2", unit: str = "subjects", remedy: str = "") -> Verdict:
     """The verdict of two statistics of the same rows: values on all ``n`` rows, the paired
     interval from ``boot``'s subject resamples.
 
@@ -114,8 +137,9 @@ def compare(model: str, baseline: str, model_stat, baseline_stat, boot: SubjectB
         boot: the resamples (its subjects are counted in the line).
         n: the number of rows.
         unit: what ``boot`` resamples, as the line names it.
+        remedy: where a verdict can be had when ``boot`` has too few units.
     """
     everything = np.arange(n)
     comparison = boot.compare(model_stat, baseline_stat) if len(boot) else None
     return Verdict(model, float(model_stat(everything)), baseline, float(baseline_stat(everything)), metric,
-                   comparison, boot.num_subjects, unit)
+                   comparison, boot.num_subjects, unit, remedy)

@@ -12,9 +12,8 @@ the store's train split only:
   second, over all subjects of the store; BrainLM embeddings (CLS and mean pooling) beside
   Pearson, partial-correlation and tangent-space FC.
 - **probes** (with ``--target``): the probes of :mod:`brainlm.downstream.probe` on the
-  embeddings and on the connectivity ladder, subject-grouped cross-validation; with
-  ``--brainmarks``, continuous targets are also put into 3 quantile bins (edges from all
-  subjects, as Brainmarks does) and scored by accuracy and macro-F1.
+  embeddings and on the connectivity ladder, subject-grouped cross-validation. Brainmarks'
+  protocol is ``--protocol brainmarks`` (:mod:`brainlm.pipelines.brainmarks`).
 
 Every number carries a 95% subject-bootstrap interval, and each task ends with a paired
 comparison of the model against its strongest baseline on the same resamples (the interval
@@ -36,10 +35,11 @@ from brainlm.data import WindowDataset
 from brainlm.distributed import DeviceOptions
 from brainlm.downstream.probe import PROBES, TargetOptions
 from brainlm.errors import UserError
-from brainlm.evaluate.reconstruction import ReconstructionEval, evaluate_reconstruction, r2_statistic
+from brainlm.evaluate.reconstruction import (ReconstructionEval, evaluate_reconstruction, r2_statistic,
+                                             windows_with_initial)
 from brainlm.figures import interval_errors, pyplot, save_figure
 from brainlm.io import atomic_write_json, atomic_write_text, output_folder
-from brainlm.options import at_least, between, option, positive
+from brainlm.options import ModelOptions, at_least, between, option, positive
 from brainlm.train.config import TrainingOverrides
 
 from .brainmarks import BrainmarksOptions
@@ -56,6 +56,7 @@ from brainlm.markdown import markdown_table
 from brainlm.evaluate.verdict import Verdict
 
 __all__ = ["BenchmarkConfig", "BenchmarkOptions", "CV_TASKS", "TaskResult", "run_benchmark", "benchmark", "score_reconstruction", "reconstruction_windows",
+           "reconstruction_ladder", "forecast_ladder",
            "window_sums", "forecasting_windows", "ladder_from_windows", "verdict_of", "task_verdict"]
 
 
@@ -77,8 +78,6 @@ class BenchmarkConfig(DeviceOptions, TargetOptions, EvaluationOptions):
                                     check=at_least(1, optional=True))
     ar_order: int = option(3, "p of AR(p) and VAR(p)", check=positive)
     probes: tuple[str, ...] = option(("dummy", "ridge"), "comma separated", choices=PROBES)
-    brainmarks: bool = option(False, "also a rough Brainmarks convention: 3 quantile bins, accuracy, macro-F1 "
-                              "(--protocol brainmarks runs Brainmarks' own protocol)")
     batch_size: int = option(16, "windows per forward pass", check=positive)
 
     def __post_init__(self) -> None:
@@ -88,7 +87,7 @@ class BenchmarkConfig(DeviceOptions, TargetOptions, EvaluationOptions):
 
 
 @dataclass(kw_only=True)
-class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides):
+class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides, ModelOptions):
     """Score a model on a store next to the strongest simple baselines (connectivity fill, AR/VAR,
     Pearson/partial/tangent FC), with subject-bootstrap CIs; writes report.md, results.json and figures.
     With --cv K, CHECKPOINT is a training preset (e.g. demo): a model is pretrained per subject fold and every
@@ -115,6 +114,9 @@ class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides):
                             "need --cv)")
         if self.cv is None and self.forecast_finetune:
             raise UserError("--forecast-finetune needs --cv")
+        if self.trust_unverified and (self.cv is not None or self.checkpoint == "-"):
+            raise UserError("--trust-unverified applies to a model folder; with "
+                            f"{'--cv the models are trained here' if self.cv is not None else '- there is none'}")
 
     def resume_hint(self) -> str | None:
         if self.cv is None:
@@ -166,11 +168,24 @@ def _ladder_table(task: str, metric: str, stats: dict[str, Callable[[np.ndarray]
 # ---------------------------------------------------------------------------------------------
 
 
-def score_reconstruction(model, store, cfg: BenchmarkConfig, device, dtype) -> ReconstructionEval:
+def reconstruction_ladder(store) -> ReconstructionBaselines:
+    """The reconstruction ladder fitted on the store's train split."""
+    return ReconstructionBaselines().fit(x for _, x in store.iter_recordings("train"))
+
+
+def forecast_ladder(store, cfg: BenchmarkConfig) -> ForecastBaselines:
+    """The forecasting ladder (AR and VAR of order ``cfg.ar_order``) fitted on the store's train split."""
+    from brainlm.downstream import open_recordings
+
+    return ForecastBaselines(order=cfg.ar_order).fit(x for _, x in open_recordings(store, "train"))
+
+
+def score_reconstruction(model, store, cfg: BenchmarkConfig, device, dtype,
+                         baselines: ReconstructionBaselines | None = None) -> ReconstructionEval:
     """The model's masked reconstruction of the ``cfg.split`` windows beside the reconstruction
-    ladder fitted on the train split: a seeded random mask per window (``cfg.mask_ratio`` of the
-    model's tokens), metrics and per-window sums."""
-    baselines = ReconstructionBaselines().fit(x for _, x in store.iter_recordings("train"))
+    ladder fitted on the train split (``baselines``, fitted here when not given): a seeded random
+    mask per window (``cfg.mask_ratio`` of the model's tokens), metrics and per-window sums."""
+    baselines = baselines or reconstruction_ladder(store)
     ds = WindowDataset(store, cfg.split, window=model.window_length, mode="sliding")
     return evaluate_reconstruction(model, ds, baselines=baselines, batch_size=cfg.batch_size, seed=cfg.seed,
                                    device=device, dtype=dtype, mask_ratio=cfg.mask_ratio, per_window=True)
@@ -191,13 +206,14 @@ def forecast_horizon(model, cfg: BenchmarkConfig) -> int:
     return cfg.forecast_k or getattr(getattr(model, "config", None), "timepoint_patching_size", 20)
 
 
-def forecasting_windows(model, store, cfg: BenchmarkConfig) -> pd.DataFrame:
+def forecasting_windows(model, store, cfg: BenchmarkConfig, baselines: ForecastBaselines | None = None) -> pd.DataFrame:
     """Per window of ``cfg.split``: the same columns as :func:`reconstruction_windows` for the
-    last ``k`` timepoints, the model beside the forecast ladder fitted on the train split."""
+    last ``k`` timepoints, the model beside the forecast ladder fitted on the train split
+    (``baselines``, fitted here when not given)."""
     from brainlm.downstream import open_recordings
     from brainlm.downstream.reconstruct import forecast_recordings
 
-    baselines = ForecastBaselines(order=cfg.ar_order).fit(x for _, x in open_recordings(store, "train"))
+    baselines = baselines or forecast_ladder(store, cfg)
     res = forecast_recordings(model, open_recordings(store, cfg.split), forecast_horizon(model, cfg), baselines=baselines,
                               batch_size=cfg.batch_size, precision=cfg.precision, progress=True,
                               flag=BenchmarkConfig.flag("forecast_k"))
@@ -215,26 +231,32 @@ def ladder_from_windows(task: str, windows: pd.DataFrame, cfg: BenchmarkConfig, 
     methods = [c[: -len("_sse")] for c in windows.columns if c.endswith("_sse")]
     boot = SubjectBootstrap(windows["subject_id"].to_numpy(), cfg.bootstrap, cfg.seed)
     stats = {m: r2_statistic(windows, m) for m in methods}
-    labels = {m: "BrainLM" if m == "model" else BASELINE_LABELS[m] for m in methods}
+    labels = {m: "BrainLM" if m == "model" else BASELINE_LABELS[m] for m in methods}  # "initial" is the model at step 0
     return _ladder_table(task, "R^2", stats, boot, len(windows), labels, ("model",), notes)
 
 
-def _reconstruction(model, store, cfg: BenchmarkConfig, device, dtype) -> TaskResult:
-    frame = reconstruction_windows(model, store, cfg, device, dtype)
+def _reconstruction(model, store, cfg: BenchmarkConfig, device, dtype, initial=None) -> TaskResult:
+    ladder = reconstruction_ladder(store)
+    frame = window_sums(score_reconstruction(model, store, cfg, device, dtype, ladder))
+    if initial is not None:
+        frame = windows_with_initial(frame, window_sums(score_reconstruction(initial, store, cfg, device, dtype, ladder)))
     notes = [f"{len(frame)} windows of {model.window_length} timepoints of the {cfg.split} split "
              f"({frame['subject_id'].nunique()} subjects), {cfg.mask_ratio:.0%} of the model's tokens hidden at "
              "random per window"]
     return ladder_from_windows("reconstruction", frame, cfg, notes)
 
 
-def _forecasting(model, store, cfg: BenchmarkConfig) -> TaskResult:
-    frame = forecasting_windows(model, store, cfg)
+def _forecasting(model, store, cfg: BenchmarkConfig, initial=None) -> TaskResult:
+    ladder = forecast_ladder(store, cfg)
+    frame = forecasting_windows(model, store, cfg, ladder)
+    if initial is not None:
+        frame = windows_with_initial(frame, forecasting_windows(initial, store, cfg, ladder))
     notes = [f"the last {forecast_horizon(model, cfg)} timepoints of {len(frame)} windows of the {cfg.split} split; "
              f"AR({cfg.ar_order}) and VAR({cfg.ar_order}) fitted on the train split"]
     return ladder_from_windows("forecasting", frame, cfg, notes)
 
 
-def _fingerprinting(model, store, cfg: BenchmarkConfig, dtype_name: str) -> TaskResult:
+def _fingerprinting(model, store, cfg: BenchmarkConfig, dtype_name: str, initial=None) -> TaskResult:
     from brainlm.downstream.fingerprint import fingerprint
 
     per_subject, labels = {}, {}
@@ -247,6 +269,10 @@ def _fingerprinting(model, store, cfg: BenchmarkConfig, dtype_name: str) -> Task
             key = f"brainlm_{pooling}" if kind == "brainlm" else kind
             per_subject[key] = (grp["subject_id"] == grp["identified_as"]).to_numpy(float)
             labels[key] = model_labels[pooling] if kind == "brainlm" else BASELINE_LABELS[kind]
+        if initial is not None:
+            matches = fingerprint(initial, store, pooling=pooling, precision=dtype_name, connectivity=())[1]
+            per_subject[f"initial_{pooling}"] = (matches["subject_id"] == matches["identified_as"]).to_numpy(float)
+            labels[f"initial_{pooling}"] = f"{BASELINE_LABELS['initial']} ({pooling})"
     n = len(next(iter(per_subject.values())))
     boot = SubjectBootstrap(np.arange(n), cfg.bootstrap, cfg.seed)
     stats = {k: (lambda v: lambda idx: float(v[idx].mean()))(v) for k, v in per_subject.items()}
@@ -257,31 +283,24 @@ def _fingerprinting(model, store, cfg: BenchmarkConfig, dtype_name: str) -> Task
                          tuple(f"brainlm_{p}" for p in model_labels), notes)
 
 
-def _probes(model, store, cfg: BenchmarkConfig) -> list[TaskResult]:
-    from brainlm.downstream.probe import load_targets, probe
+def _probes(model, store, cfg: BenchmarkConfig, initial=None) -> list[TaskResult]:
+    from brainlm.downstream.probe import probe
 
     if cfg.target is None:
         return []
     targets_file = cfg.targets
     kwargs = dict(targets_file=targets_file, subject_column=cfg.subject_column, task=cfg.task, probes=cfg.probes,
                   n_splits=cfg.folds, n_boot=0, seed=cfg.seed, progress=False, precision=cfg.precision)
-    results = [_probe_task("probes", probe(model, store, cfg.target, **kwargs), cfg)]
-    if cfg.brainmarks:
-        from brainlm.evaluate.brainmarks import quantile_bins
-        from brainlm.evaluate.protocol import infer_task
-
-        y = load_targets(targets_file if targets_file else store, cfg.target, cfg.subject_column).dropna()
-        if infer_task(y.to_numpy(), cfg.task) == "regression":
-            binned = pd.Series(quantile_bins(y.to_numpy(float), y.to_numpy(float), 3), index=y.index, name="bin")
-            res = probe(model, store, binned.map(lambda c: f"q{c}"), **{**kwargs, "task": "classification"})
-            results.append(_probe_task("probes (Brainmarks: 3 quantile bins)", res, cfg, brainmarks=True))
-    return results
+    res = probe(model, store, cfg.target, **kwargs)
+    if initial is not None:  # the same probes, folds and rows on the embeddings of the model at initialisation
+        first = probe(initial, store, cfg.target, fc_baseline=False, **kwargs).predictions
+        res.predictions = pd.concat([res.predictions, first.assign(features="initial")], ignore_index=True)
+    return [_probe_task("probes", res, cfg)]
 
 
-def _probe_task(name: str, res, cfg: BenchmarkConfig, brainmarks: bool = False) -> TaskResult:
-
+def _probe_task(name: str, res, cfg: BenchmarkConfig) -> TaskResult:
     preds = res.predictions
-    main = "macro_f1" if brainmarks else ("r2" if res.task == "regression" else "balanced_accuracy")
+    main = "r2" if res.task == "regression" else "balanced_accuracy"
     classes = np.unique(preds["y_true"].astype(str)) if res.task == "classification" else None
 
     def metric_fn(p: pd.DataFrame):
@@ -301,8 +320,6 @@ def _probe_task(name: str, res, cfg: BenchmarkConfig, brainmarks: bool = False) 
                             if res.task == "classification" else None)
     notes = [f"target {cfg.target!r}, task {res.task}, {cfg.folds}-fold subject-grouped CV; the best probe of "
              f"each feature set ({', '.join(cfg.probes)}) by out-of-fold {main}"]
-    if brainmarks:
-        notes.append("Brainmarks convention: 3 quantile bins (edges from all subjects), accuracy and macro-F1")
     if res.missing_subjects:
         notes.append(f"{len(res.missing_subjects)} subjects without a target left out")
     return _ladder_table(name, main, stats, boot, len(rows), labels, ("brainlm",), notes)
@@ -313,8 +330,14 @@ def _probe_task(name: str, res, cfg: BenchmarkConfig, brainmarks: bool = False) 
 # ---------------------------------------------------------------------------------------------
 
 
-def benchmark(model, store, cfg: BenchmarkConfig | None = None) -> list[TaskResult]:
-    """Every task of ``cfg.tasks`` for a loaded model on a store (see the module docstring)."""
+def benchmark(model, store, cfg: BenchmarkConfig | None = None, initial=None) -> list[TaskResult]:
+    """Every task of ``cfg.tasks`` for a loaded model on a store (see the module docstring).
+
+    Args:
+        initial: the same model at initialisation (no training step); when given, every task
+            scores it beside the model, and the model's verdict is against the stronger of the
+            best baseline and it.
+    """
     from brainlm.distributed import resolve_precision
     from brainlm.downstream.loading import check_regions
 
@@ -333,13 +356,13 @@ def benchmark(model, store, cfg: BenchmarkConfig | None = None) -> list[TaskResu
     dtype = resolve_precision(cfg.precision, device)
     results = []
     if "reconstruction" in cfg.tasks:
-        results.append(_reconstruction(model, store, cfg, device, dtype))
+        results.append(_reconstruction(model, store, cfg, device, dtype, initial))
     if "forecasting" in cfg.tasks:
-        results.append(_forecasting(model, store, cfg))
+        results.append(_forecasting(model, store, cfg, initial))
     if "fingerprinting" in cfg.tasks:
-        results.append(_fingerprinting(model, store, cfg, cfg.precision))
+        results.append(_fingerprinting(model, store, cfg, cfg.precision, initial))
     if "probes" in cfg.tasks:
-        results += _probes(model, store, cfg)
+        results += _probes(model, store, cfg, initial)
     return results
 
 
@@ -375,7 +398,7 @@ def task_verdict(r: TaskResult) -> str:
 def write_report(results: list[TaskResult], out: Path, header: list[str]) -> Path:
     lines = ["# Benchmark: BrainLM against the strongest simple baselines", "", *header, ""]
     for r in results:
-        slug = r.task.split(" ")[0] + ("_brainmarks" if "Brainmarks" in r.task else "")
+        slug = r.task.split(" ")[0]
         fig = _figure(r, out / f"{slug}.png")
         table = r.table.assign(**{"95% CI": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(r.table.ci_low, r.table.ci_high)]})
         lines += [f"## {r.task}", "", *[f"{n}." for n in r.notes], "",
@@ -394,7 +417,8 @@ def run_benchmark(options: BenchmarkOptions) -> list[TaskResult]:
         return run_brainmarks_benchmark(None if o.checkpoint == "-" else o.checkpoint, o.store, o.out, target=o.target,
                                         options=o.as_base(BrainmarksOptions), targets_file=o.targets,
                                         subject_column=o.subject_column, batch_size=o.batch_size,
-                                        precision=o.precision, device=o.device, overwrite=o.overwrite)
+                                        precision=o.precision, device=o.device, overwrite=o.overwrite,
+                                        trust_unverified=o.trust_unverified)
     if o.cv is not None:
         from .crossval import run_crossval
 
@@ -402,19 +426,23 @@ def run_benchmark(options: BenchmarkOptions) -> list[TaskResult]:
                             forecast_finetune=o.forecast_finetune, forecast_lr=o.forecast_lr, overwrite=o.overwrite)
     from brainlm.data import open_store
     from brainlm.distributed import resolve_device
-    from brainlm.downstream.loading import load_model
+    from brainlm.downstream.loading import load_initial, load_model
 
     checkpoint, store_path, out_dir = o.checkpoint, o.store, o.out
     with output_folder(out_dir, ["report.md", "results.json"], overwrite=o.overwrite) as out:
         store = open_store(store_path)
-        model = load_model(checkpoint, map_location=resolve_device(cfg.device))
-        results = benchmark(model, store, cfg)
+        model = load_model(checkpoint, map_location=resolve_device(cfg.device), trust_unverified=o.trust_unverified)
+        initial = load_initial(checkpoint, model, seed=cfg.seed)
+        results = benchmark(model, store, cfg, initial.model)
         header = [f"Model `{checkpoint}` on store `{store_path}` ({store.num_regions} regions; subjects "
                   + ", ".join(f"{k} {len(v)}" for k, v in store.splits.items()) + "). Every method is scored on the "
-                  "same data with the same formula; the baselines are fitted on the train split only."]
+                  "same data with the same formula; the baselines are fitted on the train split only.",
+                  "Beside the model, the same model at initialisation (no training step), and the model's verdict is "
+                  f"against the stronger of it and the best baseline: {initial.description}."]
         write_report(results, out, header)
         atomic_write_json(out / "results.json", {"checkpoint": str(checkpoint), "store": str(store_path),
-                                                 "config": cfg.to_dict(), "tasks": [r.to_dict() for r in results]})
+                                                 "config": cfg.to_dict(), "initialisation": initial.to_dict(),
+                                                 "tasks": [r.to_dict() for r in results]})
     for r in results:
         print(f"{r.task}: {task_verdict(r).replace('**', '')}")
     print(f"report: {Path(out_dir) / 'report.md'}")

@@ -127,8 +127,42 @@ def brainmarks_samples(store, target: str, targets_file=None, subject_column=Non
         y = table[target].to_numpy(dtype=object)
     else:
         y = out["subject_id"].map(load_targets(targets_file, target, subject_column)).to_numpy(dtype=object)
+    if bins:
+        _check_binnable(y, target, bins)
     out["target"] = brainmarks_bins(y, bins) if bins else y
     return out
+
+
+def _check_binnable(values: np.ndarray, target: str, bins: str) -> None:
+    """Refuse ``--bins`` on a target it cannot apply to: text (the rules bin numbers; HCP-YA age
+    also takes its range text), or two values or fewer (already classes)."""
+    given = pd.Series(values, dtype=object).dropna()
+    numbers = pd.to_numeric(given, errors="coerce")
+    if BRAINMARKS_TASKS.get(bins, (None, bins))[1] != "hcpya_age" and numbers.isna().any():
+        raise UserError(f"--bins {bins}: the target {target!r} holds values that are not numbers (e.g. "
+                        f"{given[numbers.isna()].iloc[0]!r}); its classes are used as they are without --bins")
+    distinct = sorted(set(given.astype(str)))
+    if len(distinct) <= 2:
+        raise UserError(f"--bins {bins}: the target {target!r} has {len(distinct)} distinct values "
+                        f"({', '.join(distinct)}), already classes: leave out --bins")
+
+
+def _check_classes(samples: pd.DataFrame, target: str, bins: str | None) -> None:
+    """Refuse targets Brainmarks' protocol cannot score, before any feature is computed: its
+    stratified folds need two classes, and every class twice in train and validation together."""
+    fit = samples.loc[samples["split"].isin(["train", "validation"]), "code"]
+    counts = fit.value_counts()
+    if len(counts) < 2:
+        raise UserError(f"--target {target}: {len(counts)} class(es) in train and validation; the protocol needs two")
+    if not (samples["split"] == "test").any():
+        raise UserError(f"--target {target}: no test sample has a target")
+    single = counts[counts < 2]
+    if len(single):
+        hint = ("; a continuous target needs --bins (e.g. qcut3)" if bins is None and len(counts) > len(fit) / 2
+                else "")
+        raise UserError(f"--target {target}: {len(single)} of its {len(counts)} classes have a single sample in "
+                        f"train and validation (e.g. {str(single.index[0])!r}); Brainmarks' stratified folds need two"
+                        f"{hint}")
 
 
 def _precomputed(name: str, path: str, samples: pd.DataFrame) -> np.ndarray:
@@ -211,6 +245,7 @@ def brainmarks_benchmark(model, store, target: str, options: BrainmarksOptions |
     samples, rows = samples.iloc[order].reset_index(drop=True), rows[order]
     numeric = pd.to_numeric(samples["target"], errors="coerce")
     samples["code"] = numeric if not numeric.isna().any() else samples["target"].astype(str)
+    _check_classes(samples, target, options.bins)
     features: dict[str, np.ndarray] = {}
     if model is not None:
         features.update(_model_features(model, store, rows, options, batch_size, precision))
@@ -292,7 +327,7 @@ def _formatted(table: pd.DataFrame) -> pd.DataFrame:
 
 def run_brainmarks_benchmark(checkpoint: str | None, store_path, out_dir, *, target: str, options: BrainmarksOptions,
                              targets_file=None, subject_column=None, batch_size: int = 16, precision: str = "auto",
-                             device: str = "auto", overwrite: bool = False) -> dict:
+                             device: str = "auto", overwrite: bool = False, trust_unverified: bool = False) -> dict:
     """``brainlm benchmark MODEL STORE --protocol brainmarks``: score, write the report, print the verdict.
 
     ``checkpoint`` ``None`` (``-`` on the command line) scores only the baselines and ``--features``.
@@ -308,7 +343,7 @@ def run_brainmarks_benchmark(checkpoint: str | None, store_path, out_dir, *, tar
         store = open_store(store_path)
         model = None
         if checkpoint is not None:
-            model = load_model(checkpoint, map_location=resolve_device(device)).eval()
+            model = load_model(checkpoint, map_location=resolve_device(device), trust_unverified=trust_unverified).eval()
             check_regions(model, store.num_regions, str(store.path))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)

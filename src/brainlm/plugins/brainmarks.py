@@ -21,6 +21,9 @@ of a model (``brainmarks.models.base``):
   triple: ``cls`` ``(B, 1, D)`` (the CLS token averaged over windows), no register tokens, and
   ``patch`` ``(B, W * L, D)`` (every token of every window), as Brainmarks' BrainLM wrapper does.
 
+``num_workers=0`` is refused when the model is created: brainmarks 0.1.1's ``main_logistic``
+passes it to ``LogisticRegressionCV(n_jobs=...)``, which fails only after every feature is extracted.
+
 Departures from Brainmarks' own BrainLM wrapper, on purpose: the ViT-MAE orders regions by Y with
 a stable sort, as the original BrainLM code does (Brainmarks' ``np.argsort`` of a pandas column
 is not stable and puts 359 of the 424 tied regions elsewhere, on the machine this was checked
@@ -29,7 +32,9 @@ on); and nothing is downloaded unless a hub id is given.
 
 from __future__ import annotations
 
+import inspect
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,12 +75,12 @@ class BrainmarksTransform:
 
     def __call__(self, sample: dict) -> dict:
         tr = float(sample["tr"]) if "tr" in sample else float("nan")
-        x = self.normalizer.transform(_unscaled(sample), tr=tr)  # (T, R)
-        if len(x) < self.window:  # as Brainmarks: pad with the sample's mean
-            x = np.concatenate([x, np.repeat(x.mean(0, keepdims=True), self.window - len(x), axis=0)])
+        x = torch.from_numpy(self.normalizer.transform(_unscaled(sample), tr=tr))  # (T, R)
+        if len(x) < self.window:  # as Brainmarks, in torch (the same mean to the last bit): pad with the sample's mean
+            x = torch.cat([x, x.mean(dim=0).repeat(self.window - len(x), 1)])
         W = len(x) // self.window
-        windows = x[: W * self.window].reshape(W, self.window, -1).transpose(0, 2, 1)  # (W, R, window)
-        return {**sample, "bold": torch.from_numpy(np.ascontiguousarray(windows))}
+        windows = x[: W * self.window].reshape(W, self.window, -1).transpose(1, 2)  # (W, R, window)
+        return {**sample, "bold": windows.contiguous()}
 
 
 class BrainmarksModel(nn.Module):
@@ -104,21 +109,41 @@ class BrainmarksModel(nn.Module):
         return cls, None, patch
 
 
+def _logistic_script_settings():
+    """The settings (``args``) of Brainmarks' ``main_logistic`` when it is the caller creating the
+    model, else None: the one Brainmarks setting the model must check before the run starts."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            source = Path(frame.f_globals.get("__file__") or "")
+            if (source.parent.name, source.name) == ("brainmarks", "main_logistic.py") and "args" in frame.f_locals:
+                return frame.f_locals["args"]
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
+
+
 def create_brainmarks_model(checkpoint: str | None = None, normalization: str = "brainmarks-brainlm",
-                            **kwargs) -> tuple[BrainmarksTransform, BrainmarksModel]:
+                            trust_unverified: bool = False, **kwargs) -> tuple[BrainmarksTransform, BrainmarksModel]:
     """``(transform, model)`` for Brainmarks' registry.
 
     Args:
         checkpoint: anything :func:`brainlm.downstream.load_model` opens; default
             ``$BRAINLM_CHECKPOINT``.
         normalization: what the transform hands the model (see :class:`BrainmarksTransform`).
+        trust_unverified: use a model folder that no complete ``manifest.json`` verifies.
         kwargs: Brainmarks passes its ``model_kwargs``; unknown keys are refused.
     """
+    settings = _logistic_script_settings()
+    if settings is not None and settings.get("num_workers") == 0:
+        raise UserError("brainlm_checkpoint: num_workers=0 fails in brainmarks 0.1.1's main_logistic once the features "
+                        "are extracted (it becomes LogisticRegressionCV(n_jobs=0)); pass num_workers=1 or more")
     if kwargs:
-        raise UserError(f"brainlm_checkpoint: unknown model_kwargs {sorted(kwargs)} (checkpoint, normalization)")
+        raise UserError(f"brainlm_checkpoint: unknown model_kwargs {sorted(kwargs)} (checkpoint, normalization, trust_unverified)")
     checkpoint = checkpoint or os.environ.get("BRAINLM_CHECKPOINT")
     if not checkpoint:
         raise UserError("brainlm_checkpoint needs a model: --overrides model_kwargs.checkpoint=PATH "
                         "(or BRAINLM_CHECKPOINT=PATH)")
-    model = load_model(checkpoint).eval()
+    model = load_model(checkpoint, trust_unverified=trust_unverified).eval()
     return BrainmarksTransform(model.window_length, normalization), BrainmarksModel(model)

@@ -13,7 +13,8 @@ A checkpoint is a folder ``RUN/checkpoints/step_00000100/``:
 It is written by rank 0 into ``checkpoints/.tmp-step_...`` and renamed into place, so a
 folder named ``step_*`` is always complete; a truncated or altered file fails the manifest
 check with a clear error. The last ``keep_last`` are kept; the model with the best
-validation loss is kept separately in ``RUN/best/``.
+validation loss is kept separately in ``RUN/best/``, and the model as training started (no step
+taken) in ``RUN/init/`` with ``initialisation.json`` saying how it was initialised.
 
 Model and optimiser state are gathered into full state dicts
 (``torch.distributed.checkpoint.state_dict`` with ``full_state_dict=True``), so a run saved by
@@ -46,12 +47,13 @@ from torch.distributed.checkpoint.state_dict import (
 from brainlm.checkpoint import load_state_dict_file, save_config
 from brainlm.distributed import all_gather, unwrap_model
 from brainlm.errors import CorruptFileError, MissingInputError, UserError
-from brainlm.hub import find_checkpoints, newest_checkpoint, read_model_config
+from brainlm.hub import INIT_FOLDER, INIT_RECORD, find_checkpoints, newest_checkpoint, read_model_config
 from brainlm.io import atomic_write_json, fsync_file, read_json, verify_manifest, write_manifest
 
 from .config import TrainConfig
 
-__all__ = ["save_checkpoint", "load_checkpoint", "restore_checkpoint", "save_best", "capture_rng", "restore_rng",
+__all__ = ["save_checkpoint", "load_checkpoint", "restore_checkpoint", "save_best", "save_initial", "save_model_folder",
+           "capture_rng", "restore_rng",
            "clean_partial", "check_run_folder"]
 
 # Testing hook: "STEP" or "STEP:SECONDS". The writer of that step's checkpoint sleeps halfway
@@ -97,8 +99,9 @@ def clean_partial(run_dir: str | Path) -> None:
         if root.is_dir():
             for p in root.iterdir():
                 if p.name.startswith((".tmp-", ".trash-")):
-                    if p.name.startswith(".trash-best") and not (Path(run_dir) / "best").exists():
-                        p.rename(Path(run_dir) / "best")  # killed between the two renames of save_best
+                    kept = next((n for n in ("best", INIT_FOLDER) if p.name.startswith(f".trash-{n}-")), None)
+                    if kept and not (Path(run_dir) / kept).exists():
+                        p.rename(Path(run_dir) / kept)  # killed between the two renames of save_model_folder
                     else:
                         shutil.rmtree(p, ignore_errors=True)
 
@@ -169,15 +172,28 @@ def save_checkpoint(
 
 def save_best(run_dir: str | Path, model: nn.Module, metrics: dict[str, Any]) -> Path:
     """Replace ``RUN/best/`` with the current model and its validation metrics (collective)."""
+    return save_model_folder(run_dir, "best", model, {"metrics.json": metrics})
+
+
+def save_initial(run_dir: str | Path, model: nn.Module, initialisation: dict[str, Any]) -> Path:
+    """``RUN/init/``: the model as training starts (no step taken) and how it was initialised
+    (``initialisation.json``), so that every analysis can show what initialisation already gives
+    beside what training added (collective)."""
+    return save_model_folder(run_dir, INIT_FOLDER, model, {INIT_RECORD: initialisation})
+
+
+def save_model_folder(run_dir: str | Path, name: str, model: nn.Module, records: dict[str, dict]) -> Path:
+    """Replace ``RUN/<name>/`` with the current model (config, weights), the JSON ``records``
+    (file name -> content) and a manifest, written aside and renamed into place (collective)."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=_is_dist())
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     model = unwrap_model(model)
     model_sd = get_model_state_dict(model, options=options)
     run_dir = Path(run_dir)
-    best = run_dir / "best"
+    final = run_dir / name
     if not _is_dist() or dist.get_rank() == 0:
-        tmp = run_dir / f".tmp-best-{os.getpid()}"
+        tmp = run_dir / f".tmp-{name}-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
@@ -185,19 +201,20 @@ def save_best(run_dir: str | Path, model: nn.Module, metrics: dict[str, Any]) ->
             save_file({k: v.detach().contiguous().cpu() for k, v in model_sd.items()}, str(tmp / "model.safetensors"),
                       metadata={"format": "pt", "brainlm": "1"})
             save_config(unwrap_model(model).config, tmp / "config.json")
-            atomic_write_json(tmp / "metrics.json", metrics, sort_keys=True)
+            for filename, content in records.items():
+                atomic_write_json(tmp / filename, content, sort_keys=True)
             write_manifest(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        trash = run_dir / f".trash-best-{os.getpid()}"
-        if best.exists():
-            best.rename(trash)
-        os.replace(tmp, best)
+        trash = run_dir / f".trash-{name}-{os.getpid()}"
+        if final.exists():
+            final.rename(trash)
+        os.replace(tmp, final)
         shutil.rmtree(trash, ignore_errors=True)
     if _is_dist():
         dist.barrier()
-    return best
+    return final
 
 
 def load_checkpoint(folder: str | Path) -> dict[str, Any]:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from brainlm.distributed import destroy_distributed, init_distributed
 from brainlm.evaluate.reconstruction import ladder_verdict
-from brainlm.options import command_line, option
+from brainlm.errors import UserError
+from brainlm.options import ModelOptions, command_line, option
 
 from .config import TrainConfig, TrainingOverrides, resolve_config
 from .trainer import RunResult, pretrain
@@ -16,7 +17,7 @@ __all__ = ["PretrainOptions", "run_pretrain"]
 
 
 @dataclass(kw_only=True)
-class PretrainOptions(TrainingOverrides):
+class PretrainOptions(TrainingOverrides, ModelOptions):
     """Pretrain BrainLM (also under torchrun for DDP / FSDP); any training setting as --key=value
     (e.g. --max_steps=500, --model.hidden_size=128), see docs/training.md."""
 
@@ -46,7 +47,9 @@ def run_pretrain(options: PretrainOptions) -> RunResult:
     """Train (or continue) a run and print the validation numbers next to the strongest baseline."""
     config = options.config()
     try:
-        result = pretrain(config, resume=options.resume is not None)
+        if options.trust_unverified and not config.init_from:
+            raise UserError("--trust-unverified applies to the model folder of --init_from; none was given")
+        result = pretrain(config, resume=options.resume is not None, trust_unverified=options.trust_unverified)
         if init_distributed().is_main:
             _report(result)
     finally:

@@ -105,8 +105,9 @@ class Trainer:
     loggers: Loggers
 
     def __init__(self, config: TrainConfig, *, resume: bool = False, train_dataset: Dataset | None = None,
-                 val_dataset: Dataset | None = None):
+                 val_dataset: Dataset | None = None, trust_unverified: bool = False):
         self.config, self.resume = config, resume
+        self.trust_unverified = trust_unverified  # for init_from: a model folder no complete manifest verifies
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.run_dir = Path(config.out_dir)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0  # the data position
@@ -184,6 +185,15 @@ class Trainer:
         if error:
             raise (OutputLockedError if error[0] else UserError)(error[1])
 
+    def initialisation(self) -> dict[str, Any]:
+        """How the model was initialised, as ``RUN/init/initialisation.json`` records it: ``kind`` is
+        ``checkpoint`` (``init_from``), ``connectivity`` (region tables from the train split's
+        covariance) or ``normal`` (the model's own random initialisation)."""
+        c = self.config
+        kind = "checkpoint" if c.init_from else c.region_embedding_init
+        return {"kind": kind, "source": str(c.init_from) if c.init_from else None, "seed": c.seed,
+                "model": c.model, "train_mask_scheme": c.train_mask_scheme}
+
     def _load_init(self, model: BrainLMForPretraining) -> None:
         """``init_from``: start from the weights of a model folder of the same size and atlas."""
         source = self.config.init_from
@@ -192,7 +202,8 @@ class Trainer:
             raise UserError(f"the data have {self.num_regions} regions but the checkpoint {source} was trained on "
                             f"{regions}; use a store of the same atlas")
         try:
-            model.load_state_dict(BrainLMForPretraining.from_pretrained(source).state_dict())
+            model.load_state_dict(BrainLMForPretraining.from_pretrained(
+                source, trust_unverified=self.trust_unverified).state_dict())
         except RuntimeError as err:
             raise UserError(f"the weights in {source} do not fit the configured model "
                             f"(set --model.* to the same size): {str(err).splitlines()[0]}") from err
@@ -331,6 +342,8 @@ class Trainer:
             if identity is not None:
                 atomic_write_json(self.run_dir / "data.json", identity)
         barrier()
+        if self.step == 0:  # the model before any step: what initialisation alone gives
+            ckpt.save_initial(self.run_dir, self.model, self.initialisation())
         self.loggers = Loggers(self.run_dir, c, self.info.is_main, keep_until=self.step if self.resume else None)
         bar = progress(total=c.max_steps, initial=self.step, desc="fine-tune" if c.init_from else "pretrain", unit="step",
                        enabled=self.info.is_main and c.progress)
@@ -376,8 +389,10 @@ class Trainer:
 
 
 def pretrain(config: TrainConfig, *, resume: bool = False, train_dataset: Dataset | None = None,
-             val_dataset: Dataset | None = None) -> RunResult:
+             val_dataset: Dataset | None = None, trust_unverified: bool = False) -> RunResult:
     """Pretrain BrainLM with masked-patch reconstruction; the same call on 1 or N processes.
+
+    ``trust_unverified``: ``init_from`` may be a model folder that no complete manifest verifies.
 
     Raises:
         UserError: bad input (empty split, batch larger than the data, wrong region count,
@@ -386,5 +401,6 @@ def pretrain(config: TrainConfig, *, resume: bool = False, train_dataset: Datase
         NonFiniteLossError: the loss became NaN / inf; the last good checkpoint is kept.
     """
     config = absolute_paths(config)  # the saved settings work from any folder
-    return Trainer(config, resume=resume, train_dataset=train_dataset, val_dataset=val_dataset).fit()
+    return Trainer(config, resume=resume, train_dataset=train_dataset, val_dataset=val_dataset,
+                   trust_unverified=trust_unverified).fit()
 
