@@ -120,6 +120,19 @@ def test_folders_that_differ_at_two_levels_need_the_user_s_word(world, tmp_path,
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["num_subjects"] == 3
 
 
+def test_commands_given_files_take_subject_ids_the_same_way(world, tmp_path):
+    files = _subject_folders(tmp_path / "data")
+    out = tmp_path / "emb.parquet"
+    assert main(["embed", str(world / "ckpt"), *map(str, files), "--coords", str(world / "coords.csv"), "--out",
+                 str(out)]) == 0
+    assert sorted(set(pd.read_parquet(out)["subject_id"])) == ["101309", "211619", "NAP_001", "NAP_002"]
+    assert main(["embed", str(world / "ckpt"), *map(str, files), "--coords", str(world / "coords.csv"),
+                 "--subject-id", r"subjects/(\w)", "--out", str(tmp_path / "emb2.parquet")]) == 0
+    table = pd.read_parquet(tmp_path / "emb2.parquet")
+    assert sorted(set(table["subject_id"])) == ["1", "2", "N"]  # NAP_001 and NAP_002: two runs of subject N
+    assert table["recording_id"].nunique() == 4
+
+
 def test_two_files_of_one_subject_are_two_runs_and_the_first_given_duplicate_is_kept(world, tmp_path):
     data = tmp_path / "data"
     for subject in ("s1", "s2"):

@@ -56,12 +56,21 @@ _NIFTI = (".nii", ".nii.gz")
 
 @dataclass(kw_only=True)
 class ArrayOptions(Options):
-    """How the array of a parcellated time-series file is read: the same for ``prepare`` and for every
-    command that applies a model to files."""
+    """How a parcellated time-series file is read (its array, the IDs in its path): the same for
+    ``prepare`` and for every command that applies a model to files."""
 
     orientation: str = option("auto", "rows are timepoints (TR) or regions (RT)", choices=("auto", "TR", "RT"),
                               group=_PARCELLATED)
     mat_key: str | None = option(None, "variable name inside .mat files", group=_PARCELLATED)
+    subject_id: str | None = option(None, "where a file's subject ID is in its path: a regular expression with one "
+                                    "group (e.g. 'subjects/([^/]+)/'), or N, the N-th folder above the file (default: "
+                                    "BIDS sub-, else the file name, else the per-subject folder; docs/store.md)",
+                                    metavar="PATTERN", group=_IDS)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.subject_id is not None:
+            check_pattern(self.subject_id)
 
 
 @dataclass(kw_only=True)
@@ -93,18 +102,11 @@ class InputOptions(ArrayOptions):
                                  "dataset)", flag="--brainmarks-targets", group=_DATASETS)
     # phenotypes of bold / bids / timeseries inputs
     participants: str | None = option(None, "phenotype table (participants.tsv, .csv or .parquet)", group=_DATASETS)
-    # IDs of bold / bids / timeseries inputs
-    subject_id: str | None = option(None, "where a file's subject ID is in its path: a regular expression with one "
-                                    "group (e.g. 'subjects/([^/]+)/'), or N, the N-th folder above the file (default: "
-                                    "BIDS sub-, else the file name, else the per-subject folder; docs/store.md)",
-                                    metavar="PATTERN", group=_IDS)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.tr is not None and not self.tr > 0:
             raise UserError(f"--tr must be a positive number of seconds, got {self.tr}")
-        if self.subject_id is not None:
-            check_pattern(self.subject_id)
 
     def to_dict(self) -> dict[str, Any]:
         """The input options alone (also when a subclass adds others)."""

@@ -87,7 +87,7 @@ class RecordingsOptions(DeviceOptions, ArrayOptions, ModelOptions):
             return source
         return open_recordings(source, self.split, self.coords, on_error=self.on_error,
                                max_abs=FLOAT16_MAX if self.precision == "fp16" else None,
-                               orientation=self.orientation, mat_key=self.mat_key)
+                               orientation=self.orientation, mat_key=self.mat_key, subject_id=self.subject_id)
 
 
 @dataclass(kw_only=True)
