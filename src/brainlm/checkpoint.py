@@ -237,7 +237,7 @@ def _load_brainlm(cls, folder: Path, raw: dict[str, Any], *, map_location: str |
         config = original_config_to_ours(raw, cls.config_class) if original else cls.config_class.from_dict(raw)
     except (UserError, TypeError) as err:
         raise UserError(f"{folder / 'config.json'}: {str(err).splitlines()[0]}") from None
-    if config.extra and not original:
+    if set(config.extra) - {"training_tr"} and not original:  # training_tr: the TRs training records
         warnings.warn(f"{folder / 'config.json'}: keeping unknown config keys {sorted(config.extra)}", stacklevel=3)
     convert = convert_original_state_dict if original else dict
     check_memory(8 * config.num_parameters(), torch.device(map_location), f"{folder}: this model "

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from brainlm.data.maps import map_outputs
 from brainlm.distributed import autocast_context
 from brainlm.downstream.embed import recording_windows
 from brainlm.errors import UserError
@@ -210,7 +211,7 @@ def run_attention(options: AttentionOptions) -> dict:
     """Run ``brainlm attention`` and write its report into ``options.out``; returns ``results.json``'s content."""
     o = options
     outputs = ["attention_regions.csv", "attention_networks.csv", "attention_recordings.csv", "attention_map.png",
-               "attention_networks.png"]
+               "attention_networks.png", *map_outputs("attention_map")]
     if o.group:
         outputs += ["attention_contrasts.csv", "attention_contrast_map.png", "attention_contrast_networks.png"]
     with open_analysis(o, outputs, check=_check_inputs(o)) as a:
@@ -263,6 +264,7 @@ def _describe(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions) -> 
                   lambda: glass_brains([(mean_map, f"CLS attention ({layer})"),
                                         (variance_map, "signal variance (the rival)")], a.recordings.coords),
                   tight=False)
+    report.region_map("attention_map", {"attention": mean_map, "variance": variance_map}, "CLS attention per region")
     report.figure("attention_networks.png", "attention per network with 95% intervals",
                   lambda: bar_figure(list(nets.names), {"enrichment": (networks["enrichment"],
                                                                        networks["enrichment_ci_low"],

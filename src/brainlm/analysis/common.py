@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from brainlm.distributed import DeviceOptions, resolve_device, resolve_precision
@@ -38,7 +39,9 @@ class AnalysisOptions(DeviceOptions, ModelOptions):
     networks: str | None = option(
         None, "networks of the regions: a table (region index or name -> network), a network label image "
         f"(.nii/.nii.gz) on the store's atlas grid, or {', '.join(BUNDLED_NETWORKS)} (the 94 AAL2 demo regions in "
-        "anatomical systems); default: estimated from the training split's connectivity", group="networks")
+        "anatomical systems); surface stores: yeo7, yeo17, cole-anticevic-networks or a .dlabel.nii / .label.gii "
+        "network map (majority per parcel); 'atlas': from region names such as 7Networks_LH_Vis_1; default: from "
+        "such names, else estimated from the training split's connectivity", group="networks")
     network_names: tuple[str, ...] = option((), "names of a label image's networks, in label order", group="networks")
     atlas_image: str | None = option(None, "label image of the store's atlas, for a --networks label image when "
                                      "the store does not name one", group="networks")
@@ -137,6 +140,7 @@ class Report:
                               "initialisation": analysis.initial.to_dict() if analysis.initial is not None else None}
         self.tables: dict[str, pd.DataFrame] = {"networks.tsv": analysis.networks.table(analysis.store.region_names)}
         self.figures: dict[str, tuple] = {}
+        self.maps: dict[str, dict] = {}
         self.analysis = analysis
         self.printed: list[str] = []
 
@@ -154,6 +158,30 @@ class Report:
         if self.analysis.options.figures:
             self.figures[name] = (draw(), tight)
             self.lines += [f"![{caption}]({name})", ""]
+
+    def region_map(self, stem: str, maps: dict, caption: str, *, diverging: bool = False) -> None:
+        """Per-region values (name -> ``(R,)``) as an image in the store's atlas space, named in the report and
+        in ``results.json["region_maps"]``; on a surface store also drawn on the surface (:mod:`brainlm.data.maps`)."""
+        from brainlm.data.maps import atlas_space, surface_figure
+
+        space, why = atlas_space(self.analysis.store)
+        values = {name: [float(v) for v in np.asarray(m, float)] for name, m in maps.items()}
+        if space is None:
+            self.lines += [f"Map: none written; {why}.", ""]
+            self.results.setdefault("region_maps", {})[stem] = {"file": None, "note": why, "maps": values}
+            return
+        name = f"{stem}{space.suffix}"
+        kind = "CIFTI dense scalar" if space.kind == "surface" else "NIfTI"
+        self.maps[stem] = {"space": space, "maps": maps}
+        self.lines += [f"Map: `{name}` ({kind}, {', '.join(maps)}; every {'grayordinate' if space.kind == 'surface' else 'voxel'} "
+                       f"of a region takes its value).", ""]
+        self.results.setdefault("region_maps", {})[stem] = {"file": name, "format": kind, "atlas": space.source,
+                                                            "maps": values}
+        if space.kind == "surface":
+            first = next(iter(maps))
+            self.figure(f"{stem}_surface.png", f"{caption} on the surface",
+                        lambda: surface_figure(space, np.asarray(maps[first], float), f"{first}", diverging=diverging),
+                        tight=False)
 
     def finish(self) -> dict:
         """Write everything, print the headline lines (unless ``echo`` is off); returns ``results.json``'s content."""
@@ -173,7 +201,12 @@ class Report:
         for name, table in self.tables.items():
             write_csv(table, out / name, sep="\t" if name.endswith(".tsv") else ",")
         for name, (fig, tight) in self.figures.items():
-            save_figure(fig, out / name, dpi=80, tight=tight)
+            if fig is not None:
+                save_figure(fig, out / name, dpi=80, tight=tight)
+        for stem, entry in self.maps.items():
+            from brainlm.data.maps import write_region_map
+
+            write_region_map(entry["space"], entry["maps"], out / stem)
         self.results["headline"] = self.printed
         atomic_write_json(out / "results.json", self.results)
         self.lines.append(f"Wall time: {seconds:.1f} s.")

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from brainlm.data.maps import map_outputs
 from brainlm.errors import UserError
 from brainlm.evaluate.protocol import SubjectBootstrap, permutation_p
 from brainlm.evaluate.verdict import compare
@@ -234,7 +235,8 @@ def network_verdict(table: pd.DataFrame, predictions: dict, codes: np.ndarray, b
 def run_networks(options: NetworksOptions) -> dict:
     """Run ``brainlm networks`` and write its report into ``options.out``; returns ``results.json``'s content."""
     o = options
-    outputs = ["networks_scores.csv", "networks_predictions.csv", "networks_scores.png", "networks_map.png"]
+    outputs = ["networks_scores.csv", "networks_predictions.csv", "networks_scores.png", "networks_map.png",
+               *map_outputs("networks_map")]
 
     def check(store, networks) -> None:
         if networks.num_networks < 2:
@@ -290,6 +292,9 @@ def _write(a: Analysis, report, table: pd.DataFrame, predictions: dict, features
                                          (pm, f"predicted from the model's embeddings ({best_model.classifier})"),
                                          (pr, f"predicted from {best_rival.features} ({best_rival.classifier})")],
                                         a.recordings.coords, names), tight=False)
+    report.region_map("networks_map", {"network given": codes + 1, "predicted (model)": pm + 1,
+                                       f"predicted ({best_rival.features})": pr + 1},
+                      "networks (numbered as in results.json's network names)")
     report.results.update(scores=table.to_dict("records"), verdict=verdict.to_dict(), folds=table.attrs["folds"])
 
 

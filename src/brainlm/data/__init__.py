@@ -12,6 +12,8 @@ Public API::
     WindowSampler(num_items, batch_size, rank=..., world_size=...)   resumable, rank-aware batches
     collate_windows(items) -> {"signal_vectors": (B, R, W), "xyz_vectors": (B, R, 3), ...}
     Parcellator, Normalizer, TemporalResampler    scikit-learn style preprocessing objects
+    SurfaceParcellator, load_surface_atlas        CIFTI-2 dtseries / GIFTI pairs with surface atlases (surface.py)
+    atlas_space(store), write_region_map(...)     per-region values as CIFTI / NIfTI images (maps.py)
 """
 
 from brainlm.errors import InputError
@@ -26,6 +28,7 @@ from .demo import (
 from .loader import WindowDataset, collate_windows
 from .normalize import NORMALIZATIONS, Normalizer, TemporalResampler, resample_tr
 from .original import read_original_coordinates, read_original_dataset
+from .maps import atlas_space, write_region_map, write_region_series
 from .parcellate import Parcellator
 from .prepare import (
     StoreOptions,
@@ -40,6 +43,7 @@ from .readers import Recording, find_bids_bold, read_participants, read_timeseri
 from .sampler import WindowSampler
 from .sources import InputOptions, Source, open_source
 from .store import STORE_FORMAT, Store, open_store
+from .surface import SurfaceAtlas, SurfaceParcellator, load_surface_atlas
 from .validate import check_recording, read_checked
 
 __all__ = [
@@ -48,7 +52,8 @@ __all__ = [
     "WindowDataset", "WindowSampler", "collate_windows",
     "NORMALIZATIONS", "Normalizer", "TemporalResampler", "resample_tr",
     "read_original_dataset", "read_original_coordinates",
-    "Parcellator",
+    "Parcellator", "SurfaceAtlas", "SurfaceParcellator", "load_surface_atlas",
+    "atlas_space", "write_region_map", "write_region_series",
     "InputOptions", "StoreOptions", "Source", "open_source",
     "prepare", "write_store", "prepare_part", "merge_parts", "parse_part", "check_recording", "read_checked", "split_subjects",
     "InputError", "Recording", "find_bids_bold", "read_participants", "read_timeseries",

@@ -142,14 +142,31 @@ def read_timeseries(
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def find_bids_bold(root: str | Path) -> list[Path]:
-    """Preprocessed MNI-space BOLD images of a BIDS / fMRIPrep derivatives folder.
+def find_bids_bold(root: str | Path, space: str | None = None) -> list[Path]:
+    """Preprocessed BOLD recordings of a BIDS / fMRIPrep derivatives folder, sorted.
 
-    Matches ``sub-*/[ses-*/]func/*_space-MNI152*_desc-preproc_bold.nii[.gz]``, sorted.
+    Args:
+        space: None (MNI volumes: ``sub-*/[ses-*/]func/*_space-MNI152*_desc-preproc_bold.nii[.gz]``),
+            a volume space (``MNI152NLin2009cAsym``: that space's volumes), ``fsLR`` (the CIFTI
+            ``*_space-fsLR_den-*_bold.dtseries.nii``) or another surface space (``fsaverage5``,
+            ``fsnative``: the left files of the ``*_hemi-L_space-<space>_bold.func.gii`` pairs; a run
+            with only a right file is listed too, so that reading it says a half is missing).
     """
     root = Path(root)
-    found = list(root.glob("sub-*/func/*_space-MNI152*_desc-preproc_bold.nii*"))
-    found += root.glob("sub-*/ses-*/func/*_space-MNI152*_desc-preproc_bold.nii*")
+    if space is None:
+        patterns = ["*_space-MNI152*_desc-preproc_bold.nii*"]
+    elif space.startswith("MNI"):
+        patterns = [f"*_space-{space}_*desc-preproc_bold.nii*", f"*_space-{space}_desc-preproc_bold.nii*"]
+    elif space == "fsLR":
+        patterns = ["*_space-fsLR_*bold.dtseries.nii"]
+    else:
+        patterns = [f"*_hemi-L_space-{space}_*bold.func.gii", f"*_hemi-L_space-{space}_bold.func.gii"]
+        right = {f for pattern in (p.replace("hemi-L", "hemi-R") for p in patterns)
+                 for f in (*root.glob(f"sub-*/func/{pattern}"), *root.glob(f"sub-*/ses-*/func/{pattern}"))}
+        lonely = [f for f in right if not f.with_name(f.name.replace("_hemi-R_", "_hemi-L_")).is_file()]
+    found = {f for pattern in patterns for f in (*root.glob(f"sub-*/func/{pattern}"), *root.glob(f"sub-*/ses-*/func/{pattern}"))}
+    if space is not None and not space.startswith("MNI") and space != "fsLR":
+        found |= set(lonely)
     return sorted(found)
 
 

@@ -9,8 +9,10 @@ from. The adapters:
 ==============  ===============================================================================
 ``bold``        4D NIfTI images (files or a folder of ``.nii`` / ``.nii.gz``), parcellated with
                 an atlas (A424 by default; :class:`~brainlm.data.parcellate.Parcellator`)
-``bids``        a BIDS / fMRIPrep derivatives folder (MNI-space preprocessed BOLD, confounds,
-                ``participants.tsv``)
+``bids``        a BIDS / fMRIPrep derivatives folder (MNI-space preprocessed BOLD, or with
+                ``--space`` its surface outputs; confounds, ``participants.tsv``)
+``surface``     CIFTI-2 dense time series (``.dtseries.nii``) and GIFTI functional pairs
+                (``.func.gii``), parcellated with a surface atlas (:mod:`brainlm.data.surface`)
 ``timeseries``  parcellated ``.npy`` / ``.csv`` / ``.tsv`` / ``.mat`` / ``.parquet`` files with a
                 coordinate file (``--coords``)
 ``original``    the original BrainLM Arrow datasets (:mod:`brainlm.data.original`)
@@ -47,7 +49,7 @@ from .subjects import check_pattern, derive_ids
 
 __all__ = ["KINDS", "ArrayOptions", "InputOptions", "Source", "open_source", "detect_kind", "timeseries_source"]
 
-KINDS = ("auto", "bold", "bids", "timeseries", "original", "brainmarks")
+KINDS = ("auto", "bold", "bids", "surface", "timeseries", "original", "brainmarks")
 _BOLD, _PARCELLATED, _DATASETS = ("parcellation (BOLD / BIDS inputs)", "parcellated inputs",
                                   "original BrainLM and Brainmarks datasets")
 _IDS = "IDs of BOLD, BIDS and parcellated input files"
@@ -79,7 +81,11 @@ class InputOptions(ArrayOptions):
 
     kind: str = option("auto", "what the inputs are (auto: detected)", choices=KINDS)
     # parcellation (bold / bids)
-    atlas: str = option("A424", "'A424' (bundled) or a label NIfTI", group=_BOLD)
+    atlas: str = option("A424", "'A424' (bundled) or a label NIfTI; for surface recordings a .dlabel.nii, a "
+                        ".label.gii pair or a named surface atlas (glasser, cole-anticevic, yeo7, yeo17, schaefer100 "
+                        "... schaefer1000; docs/store.md)", group=_BOLD)
+    space: str | None = option(None, "BIDS / fMRIPrep: the outputs to read: MNI volumes (default), fsLR (CIFTI "
+                               "dtseries) or fsaverage5 / fsaverage6 / fsnative (GIFTI pairs)", group=_BOLD)
     atlas_coords: str | None = option(None, "coordinate file of a custom atlas (default: centres from the labels)",
                                       group=_BOLD)
     detrend: bool = option(False, "remove linear trends", group=_BOLD)
@@ -170,15 +176,21 @@ def _arrow_columns(folder: Path) -> set[str]:
 
 def detect_kind(path: Path) -> str:
     """Guess the adapter from one input path (the first of ``brainlm prepare``'s inputs)."""
+    from .surface import is_surface_file
+
     if not path.is_dir():
+        if is_surface_file(path) or path.name.lower().endswith((".dscalar.nii", ".dlabel.nii")):
+            return "surface"
         return "bold" if path.name.endswith(_NIFTI) else "timeseries"
     if (path / "dataset_dict.json").is_file():
         return "brainmarks"
     if (path / "state.json").is_file() or (path / "dataset_info.json").is_file():
         return "brainmarks" if "bold" in _arrow_columns(path) else "original"
-    if find_bids_bold(path):
+    if find_bids_bold(path) or any(path.glob("sub-*/func/*_bold.*")) or any(path.glob("sub-*/ses-*/func/*_bold.*")):
         return "bids"
     names = [q.name for q in path.iterdir()]
+    if any(is_surface_file(n) for n in names):
+        return "surface"
     if any(n.endswith(_NIFTI) for n in names):
         return "bold"
     if any(Path(n).suffix.lower() in TIMESERIES_SUFFIXES for n in names):
@@ -206,7 +218,7 @@ def open_source(inputs: list[str | Path], options: InputOptions | None = None) -
             raise UserError(f"{_shown(p)}: a brainlm {made}, not an input: prepare reads scans, time series or "
                             "datasets (commands take a store as it is)")
     kind = detect_kind(paths[0]) if options.kind == "auto" else options.kind
-    adapters = {"bold": _bold_source, "bids": _bold_source, "timeseries": _timeseries_source,
+    adapters = {"bold": _bold_source, "bids": _bold_source, "surface": _bold_source, "timeseries": _timeseries_source,
                 "original": _original_source, "brainmarks": _brainmarks_source}
     return adapters[kind](paths, options, kind)
 
@@ -216,21 +228,31 @@ def open_source(inputs: list[str | Path], options: InputOptions | None = None) -
 # ---------------------------------------------------------------------------------------------
 
 
-def _expand(paths: list[Path], kind: str) -> list[Path]:
+def _expand(paths: list[Path], kind: str, space: str | None = None) -> list[Path]:
     """The files of ``paths`` in the order given (a folder's files sorted), each once: the first
-    given of two duplicates is the one kept."""
+    given of two duplicates is the one kept (a GIFTI pair once, by its left file)."""
+    from .surface import is_surface_file, surface_inputs
+
     out = []
     for p in paths:
         if not p.is_dir():
             out.append(p)
         elif kind == "bids":
-            out += find_bids_bold(p)
+            out += find_bids_bold(p, space)
+        elif kind == "surface":
+            out += sorted(q for q in p.iterdir() if is_surface_file(q.name))
         elif kind == "timeseries":
             out += sorted(q for q in p.iterdir() if q.suffix.lower() in TIMESERIES_SUFFIXES)
         else:
             out += sorted(q for q in p.iterdir() if q.name.endswith(_NIFTI))
-    absolute = [Path(os.path.abspath(p)) for p in out]
-    return list(dict.fromkeys(absolute))
+    files = list(dict.fromkeys(Path(os.path.abspath(p)) for p in out))
+    if kind == "surface" or (kind == "bids" and _surface_space(space)):
+        return surface_inputs(files)
+    return files
+
+
+def _surface_space(space: str | None) -> bool:
+    return space is not None and not space.startswith("MNI")
 
 
 def _file_ids(files: list[Path], options: InputOptions) -> tuple[dict[Path, dict], str]:
@@ -269,13 +291,24 @@ def _phenotype_lookup(paths: list[Path], options: InputOptions, kind: str, subje
 def _bold_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
     from .parcellate import Parcellator, bold_tr
     from .readers import bold_sidecar
+    from .surface import is_surface_atlas, is_surface_file
 
+    if kind == "surface" or (kind == "bids" and _surface_space(options.space)):
+        return _surface_source(paths, options, kind)
+    if is_surface_atlas(options.atlas):
+        raise UserError(f"--atlas {options.atlas} is a surface atlas, but the inputs are volumes (--kind {kind}); "
+                        "give surface recordings (.dtseries.nii, .func.gii pairs, or --space fsLR with a BIDS folder) "
+                        "or a volume atlas")
     atlas = load_atlas(options.atlas, coords=options.atlas_coords, name=options.atlas_name)
     parcellator = Parcellator(atlas, detrend=options.detrend, high_pass=options.high_pass, low_pass=options.low_pass,
                               confound_strategy=options.confound_strategy).fit()
-    files = _expand(paths, kind)
+    files = _expand(paths, kind, options.space)
     if not files:
-        raise UserError(f"no BOLD images found in {', '.join(map(_shown, paths))} (--kind {kind})")
+        hint = " (its surface outputs: --space fsLR or --space fsaverage5)" if kind == "bids" else ""
+        raise UserError(f"no BOLD images found in {', '.join(map(_shown, paths))} (--kind {kind}){hint}")
+    if any(is_surface_file(f) for f in files):
+        raise UserError(f"{_shown(next(f for f in files if is_surface_file(f)))}: a surface recording among volumes; "
+                        "give surface and volume recordings to separate stores")
 
     def read(path: Path) -> tuple:
         import nibabel as nib
@@ -289,9 +322,11 @@ def _bold_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
 
 
 def _file_source(kind: str, atlas: Atlas, paths: list[Path], files: list[Path], options: InputOptions,
-                 read: Callable[[Path], tuple], keys: tuple[str, ...]) -> Source:
+                 read: Callable[[Path], tuple], keys: tuple[str, ...],
+                 extra_files: dict[str, Callable[[Path], None]] | None = None) -> Source:
     """The source of input files: ``read(path) -> ((T, R) data, TR)``, IDs from their paths
-    (:mod:`brainlm.data.subjects`), phenotypes by subject; ``keys`` name the options that identify the data."""
+    (:mod:`brainlm.data.subjects`), phenotypes by subject; ``keys`` name the options that identify
+    the data; ``extra_files`` as :class:`Source`'s."""
     ids, rule = _file_ids(files, options)
     phenotypes = _phenotype_lookup(paths, options, kind, [i["subject_id"] for i in ids.values()])
 
@@ -300,7 +335,56 @@ def _file_source(kind: str, atlas: Atlas, paths: list[Path], files: list[Path], 
         return Recording(data, tr=tr, source=str(path), phenotypes=phenotypes(ids[path]["subject_id"]), **ids[path])
 
     return Source(kind, atlas, [_item(f, load) for f in files], "robust",
-                  {k: getattr(options, k) for k in (*keys, "subject_id")}, subject_ids=rule, ids=_recording_ids(ids))
+                  {k: getattr(options, k) for k in (*keys, "subject_id")}, extra_files=extra_files or {},
+                  subject_ids=rule, ids=_recording_ids(ids))
+
+
+def _surface_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
+    """CIFTI dense time series and GIFTI pairs (or a BIDS folder's, ``--space``), parcellated with a surface atlas."""
+    from .maps import ATLAS_LABELS
+    from .surface import (
+        SurfaceParcellator,
+        atlas_label_image,
+        is_surface_atlas,
+        load_surface_atlas,
+        read_grayordinates,
+        surface_sidecar,
+        surface_tr,
+    )
+
+    if not is_surface_atlas(options.atlas):
+        raise UserError(f"--atlas {options.atlas}: surface recordings need a surface atlas: a .dlabel.nii, a .label.gii "
+                        "pair, or one of glasser, cole-anticevic, yeo7, yeo17, schaefer100 ... schaefer1000 (A424 is a "
+                        "volume; docs/store.md says why it is not offered on grayordinates)")
+    files = _expand(paths, kind, options.space)
+    if not files:
+        raise UserError(f"no surface recordings (.dtseries.nii, .func.gii pairs) found in {', '.join(map(_shown, paths))}"
+                        + (f" for --space {options.space}" if options.space else ""))
+    reference = next((f for f in files if _readable(read_grayordinates, f)), files[0])
+    atlas = load_surface_atlas(options.atlas, reference, coords=options.atlas_coords, name=options.atlas_name)
+    parcellator = SurfaceParcellator(atlas, detrend=options.detrend, high_pass=options.high_pass,
+                                     low_pass=options.low_pass, confound_strategy=options.confound_strategy).fit()
+
+    def read(path: Path) -> tuple:
+        return parcellator.transform(path, t_r=options.tr), options.tr if options.tr else surface_tr(
+            path, surface_sidecar(path))
+
+    def write_labels(path: Path) -> None:
+        tmp = path.with_name(f".tmp-{path.name}")
+        atlas_label_image(atlas).to_filename(tmp)
+        tmp.replace(path)
+
+    keys = ("atlas", "atlas_coords", "detrend", "high_pass", "low_pass", "confound_strategy", "atlas_name", "tr",
+            "participants", "space")
+    return _file_source(kind, atlas, paths, files, options, read, keys, {ATLAS_LABELS: write_labels})
+
+
+def _readable(read, path: Path) -> bool:
+    try:
+        read(path)
+        return True
+    except InputError:
+        return False
 
 
 def _timeseries_source(paths: list[Path], options: InputOptions, kind: str) -> Source:

@@ -1,6 +1,6 @@
 """Subject, session and run IDs of input files, from their paths, as people lay out their data.
 
-One rule for every adapter that reads files (``bold``, ``bids``, ``timeseries``), decided over
+One rule for every adapter that reads files (``bold``, ``bids``, ``surface``, ``timeseries``), decided over
 all the inputs of a command at once, so that a ``prepare --part I/N`` job gives every file the
 ID a one-machine ``prepare`` gives it:
 
@@ -8,7 +8,8 @@ ID a one-machine ``prepare`` gives it:
    file's absolute path (``subjects/(\\d+)/``), or a number N, the N-th folder above each file
    (1: the folder it lies in). A file the pattern does not match is refused.
 2. the BIDS ``sub-`` entity of the file name or, failing that, of a ``sub-*`` folder above it
-   (``ses``, ``task`` and ``run`` likewise from the file name);
+   (``ses``, ``task`` and ``run`` likewise from the file name); or the HCP layout
+   ``SUBJECT/MNINonLinear/Results/RUN/FILE`` (the task from ``RUN``);
 3. the file name without its extension, when no two inputs share one;
 4. otherwise (files named alike, one folder per subject: ``101309/functional/TC.mat``,
    ``211619/functional/TC.mat``) the nearest folder above the files that, with what lies below
@@ -71,6 +72,26 @@ def _bids(path: Path) -> FileIDs | None:
     return FileIDs(ent["sub"], ent.get("ses", ""), ent.get("run", ""), ent.get("task", ""))
 
 
+def _hcp(path: Path) -> FileIDs | None:
+    """The HCP layout ``<subject>/MNINonLinear/Results/<run, e.g. rfMRI_REST1_LR>/<file>``."""
+    parts = Path(os.path.abspath(path)).parts
+    if len(parts) >= 6 and parts[-3] == "Results" and parts[-4] == "MNINonLinear":
+        return FileIDs(parts[-5], task="".join(c for c in parts[-2] if c.isalnum()))
+    return None
+
+
+def _known(path: Path) -> tuple[FileIDs, str] | None:
+    """The IDs of a file in a layout that names them (BIDS, HCP), and the layout."""
+    for layout, ids in ((_BIDS, _bids(path)), (_HCP, _hcp(path))):
+        if ids is not None:
+            return ids, layout
+    return None
+
+
+_BIDS = "the BIDS sub- entity (ses, task and run likewise)"
+_HCP = "the HCP layout (SUBJECT/MNINonLinear/Results/RUN/; the task from RUN)"
+
+
 def _pattern(pattern: str, path: Path) -> str:
     text = Path(os.path.abspath(path)).as_posix()
     if pattern.isdigit():
@@ -129,13 +150,15 @@ def derive_ids(files: list[Path], pattern: str | None = None) -> tuple[list[File
         check_pattern(pattern)
         subjects = [_pattern(pattern, f) for f in files]
         return _with_runs(files, comps, subjects, len(max(comps, key=len))), f"--subject-id {pattern}"
-    bids = [_bids(f) for f in files]
-    if files and all(b is not None for b in bids):
-        return bids, "the BIDS sub- entity (ses, task and run likewise)"
+    known = [_known(f) for f in files]
+    layouts = " or ".join(dict.fromkeys(k[1] for k in known if k is not None))
+    named = [k[0] if k is not None else None for k in known]
+    if files and all(b is not None for b in named):
+        return named, layouts
     stems = [c[0] for c in comps]
     if len(set(stems)) == len(stems):
-        ids = [b if b is not None else FileIDs(s) for b, s in zip(bids, stems)]
-        return ids, "the file name" if not any(bids) else "the BIDS sub- entity, else the file name"
+        ids = [b if b is not None else FileIDs(s) for b, s in zip(named, stems)]
+        return ids, "the file name" if not layouts else f"{layouts}, else the file name"
     # Files named alike: the nearest folder that, with what lies below it, tells them apart.
     depth = max(map(len, comps))
     level = next(d for d in range(1, depth + 1) if len({tuple(c[:d + 1]) for c in comps}) == len(comps))
@@ -148,7 +171,7 @@ def derive_ids(files: list[Path], pattern: str | None = None) -> tuple[list[File
                         f"--subject-id {level}, or a regular expression with one group")
     subjects = [_at(c, level) for c in comps]
     ids = _with_runs(files, comps, subjects, level)
-    ids = [b if b is not None else i for b, i in zip(bids, ids)]
+    ids = [b if b is not None else i for b, i in zip(named, ids)]
     return ids, f"the folder {level} level{'s' if level > 1 else ''} above each file (files named alike)"
 
 

@@ -25,6 +25,7 @@ import copy
 import json
 import math
 import os
+import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ from brainlm.io import atomic_write, atomic_write_json, read_json, normalize_sub
 from brainlm.model import BrainLMForPretraining
 from brainlm.progress import progress as progress_bar
 
-from .loading import _as_tensor, check_regions, load_model
+from .loading import _as_tensor, check_regions, load_model, match_model_tr, open_recordings
 
 __all__ = ["FinetuneConfig", "BrainLMFinetuner", "FinetuneResult", "finetune", "save_finetuned", "load_finetuned"]
 
@@ -248,6 +249,8 @@ def finetune(model_or_path, store, target: str, config: FinetuneConfig | None = 
         raise UserError(f"{config.flag('lora_r')} {config.lora_r}: the rank of a low-rank adapter is at most the "
                         f"model's hidden size, {backbone.config.hidden_size}")
     store = store if isinstance(store, Store) else open_store(store)
+    for line in match_model_tr(backbone, open_recordings(store))[1]:  # said; prepare --target-tr resamples a store
+        print(line, file=sys.stderr)
     check_regions(backbone, store.num_regions, str(store.path))
     targets = load_targets(targets_file if targets_file is not None else store, target, subject_column)
     window = config.window or backbone.window_length

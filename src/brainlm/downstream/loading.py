@@ -158,6 +158,7 @@ class Recordings:
     source: str
     region_names: list[str] | None = None
     skipped: list[dict] = field(default_factory=list)  # files not used: source and reason
+    trs: list[float] | None = None  # repetition time of each recording (s; NaN unknown), when known
 
     @property
     def num_regions(self) -> int:
@@ -179,7 +180,8 @@ class Recordings:
         """The recordings at ``indices``, in that order."""
         keep, load = [int(i) for i in indices], self.load
         return Recordings(self.coords, [self.meta[i] for i in keep], lambda i: load(keep[i]),
-                          f"{self.source} ({len(keep)} recordings)", self.region_names)
+                          f"{self.source} ({len(keep)} recordings)", self.region_names,
+                          trs=None if self.trs is None else [self.trs[i] for i in keep])
 
 
 def open_recordings(
@@ -239,7 +241,7 @@ def _store_recordings(store, split: str | None) -> Recordings:
     cols = ["recording_id", "subject_id", "session_id", "run_id"]
     meta = [{c: str(v) for c, v in row.items()} for row in store.recordings.iloc[idx][cols].to_dict("records")]
     return Recordings(store.coords.astype(np.float32), meta, lambda i: store.get(int(idx[i])), str(store.path),
-                      list(store.region_names))
+                      list(store.region_names), trs=[float(t) for t in store.recordings["tr"].iloc[idx]])
 
 
 def _coordinates(coords) -> np.ndarray:
@@ -293,7 +295,60 @@ def _file_recordings(files: Sequence, xyz: np.ndarray, on_error: str, max_abs: f
              "run_id": rec.run_id} for _, rec in kept]
     loads = [source.items[k][1] for k, _ in kept]
     return Recordings(xyz, meta, lambda i: np.ascontiguousarray(loads[i]().data, dtype=np.float32),
-                      f"{len(kept)} files", skipped=skipped)
+                      f"{len(kept)} files", skipped=skipped, trs=[float(rec.tr) for _, rec in kept])
+
+
+TR_TOLERANCE = 0.10  # a recording's TR further than this from the model's (relative) is said, or resampled
+
+
+def model_trs(model) -> list[float]:
+    """The repetition times (s) the model was trained on, as training records them in its config
+    (``training_tr``); empty for models that do not record them (the released checkpoints)."""
+    extra = getattr(getattr(model, "config", None), "extra", None) or {}
+    return [float(t) for t in extra.get("training_tr", []) if np.isfinite(float(t))]
+
+
+def match_model_tr(model, recordings: Recordings, resample: bool = False) -> tuple[Recordings, list[str]]:
+    """Compare the recordings' TRs with the model's: returns the recordings (resampled to the model's TR,
+    polyphase as ``prepare --target-tr``, where ``resample`` and they differ by more than 10%) and the
+    lines to say. Mixed TRs are never silent: recordings of several TRs are said even when the model
+    records none.
+    """
+    from brainlm.data.normalize import resample_tr
+
+    trs = np.asarray(recordings.trs if recordings.trs is not None else [np.nan] * len(recordings), float)
+    known = trs[np.isfinite(trs)]
+    lines = []
+    distinct = np.unique(np.round(known, 4))
+    if len(distinct) > 1:
+        lines.append(f"{recordings.source}: recordings of {len(distinct)} TRs ({', '.join(f'{t:g}' for t in distinct[:6])} "
+                     "s) mixed")
+    target = model_trs(model)
+    if not target or not len(known):
+        if target and len(known) < len(trs):
+            lines.append(f"{len(trs) - len(known)} recordings have no TR; the model was trained at "
+                         f"{', '.join(f'{t:g}' for t in target)} s")
+        return recordings, lines
+    goal = float(np.median(target))
+    off = np.flatnonzero(np.isfinite(trs) & (np.abs(trs - goal) > TR_TOLERANCE * goal))
+    if not len(off):
+        return recordings, lines
+    shown = ", ".join(f"{t:g}" for t in np.unique(np.round(trs[off], 4))[:6])
+    if not resample:
+        lines.append(f"{len(off)} of {len(trs)} recordings have TR {shown} s, more than 10% from the TR the model was "
+                     f"trained on ({goal:g} s); --resample-to-model-tr resamples them")
+        return recordings, lines
+    load, wrong = recordings.load, set(off.tolist())
+
+    def resampled(i: int) -> np.ndarray:
+        x = load(i)
+        return resample_tr(x, float(trs[i]), goal).astype(np.float32) if i in wrong else x
+
+    lines.append(f"resampled {len(off)} of {len(trs)} recordings from TR {shown} s to the model's {goal:g} s "
+                 "(polyphase, --resample-to-model-tr)")
+    new_trs = [goal if i in wrong else float(t) for i, t in enumerate(trs)]
+    return Recordings(recordings.coords, recordings.meta, resampled, recordings.source, recordings.region_names,
+                      recordings.skipped, new_trs), lines
 
 
 def training_recordings(data) -> Recordings | None:

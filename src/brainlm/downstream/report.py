@@ -15,9 +15,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from brainlm.data.maps import map_outputs, write_command_maps
 from brainlm.data.sources import ArrayOptions
+from brainlm.errors import UserError
 from brainlm.data.validate import FLOAT16_MAX, ON_ERROR
 from brainlm.distributed import (
     DeviceOptions,
@@ -33,7 +36,6 @@ from brainlm.evaluate.baselines import (
     ReconstructionBaselines,
 )
 from brainlm.evaluate.protocol import EvaluationOptions, SubjectBootstrap
-from brainlm.errors import UserError
 from brainlm.evaluate.verdict import compare
 from brainlm.options import ModelOptions, at_least, between, option, positive
 from brainlm.io import (
@@ -49,7 +51,7 @@ from brainlm.io import (
 from .embed import POOLINGS, WINDOW_MODES, embed
 from .finetune import FinetuneConfig, finetune
 from .fingerprint import fingerprint
-from .loading import load_model, open_recordings, training_recordings
+from .loading import load_model, match_model_tr, open_recordings, training_recordings
 from .plots import plot_fingerprint, plot_forecast, plot_reconstruction
 from .probe import PROBES, TargetOptions, probe
 from .reconstruct import forecast_recordings, reconstruct_recordings
@@ -73,11 +75,24 @@ class RecordingsOptions(DeviceOptions, ArrayOptions, ModelOptions):
     on_error: str = option("skip", "time-series files that fail prepare's checks (NaN, constant, complex, duplicate "
                            "IDs, ...): skip them (each named on stderr) or stop", choices=ON_ERROR)
     overwrite: bool = option(False, "replace existing outputs")
+    resample_to_model_tr: bool = option(False, "resample recordings whose TR is more than 10% from the TR the model was "
+                                        "trained on to that TR (polyphase, as prepare --target-tr); said either way")
 
     @property
     def source(self):
         """What :func:`open_recordings` takes: the store folder, or the list of files."""
         return self.data[0] if len(self.data) == 1 and not self.coords else list(self.data)
+
+    def matched(self, model, *, resample: bool | None = None):
+        """The recordings of :meth:`recordings`, their TRs compared with the model's (one line each on stderr,
+        kept in ``self.tr_notes``) and resampled to it with ``--resample-to-model-tr``."""
+        import sys
+
+        recs = open_recordings(self.recordings(), self.split, self.coords)
+        recs, self.tr_notes = match_model_tr(model, recs, self.resample_to_model_tr if resample is None else resample)
+        for line in self.tr_notes:
+            print(line, file=sys.stderr)
+        return recs
 
     def recordings(self):
         """The data to run on: a store as its folder (it was checked when it was prepared), or the
@@ -115,6 +130,8 @@ class ReconstructOptions(RecordingsOptions):
     out: str = option(help="output folder")
     mask_ratio: float = option(0.5, "fraction of tokens hidden per window", check=between(0, 1, closed=(False, False)))
     single_pass: bool = option(False, "one random mask per window instead of covering every patch")
+    write_image: bool = option(False, "also write the plotted recording's reconstruction as a 4D image of parcel series "
+                               "in the store's atlas space (CIFTI dtseries or NIfTI)")
     seed: int = option(0, "seed of the masks")
     plot_recordings: int = option(1, "recordings to plot", cli=False)
 
@@ -128,6 +145,8 @@ class ForecastOptions(RecordingsOptions):
                        aliases=("-k",), check=positive)
     stride: int | None = option(None, "step of the windows (default: the window)", check=at_least(1, optional=True))
     ar_order: int = option(3, "p of AR(p) and VAR(p)", check=positive)
+    write_image: bool = option(False, "also write the first window, its last k timepoints forecast, as a 4D image of "
+                               "parcel series in the store's atlas space (CIFTI dtseries or NIfTI)")
 
 
 @dataclass(kw_only=True)
@@ -203,6 +222,13 @@ def _companions(path: Path) -> list[Path]:
     return [path.with_suffix(".index.tsv")] if path.suffix.lower() == ".npy" else []
 
 
+def _store_of(source):
+    """The store a command runs on, or None for files."""
+    from brainlm.data import open_store
+
+    return open_store(source) if isinstance(source, str) and Path(source).is_dir() else None
+
+
 def _load(options: RecordingsOptions):
     """The model of ``options.checkpoint`` on this process's device (its own GPU under torchrun)."""
     return load_model(options.checkpoint, map_location=resolve_device(options.device, init_distributed().local_rank),
@@ -221,7 +247,7 @@ def run_embed(options: EmbedOptions) -> Path:
     try:
         with _claim(out, overwrite=o.overwrite, file=True):
             model = _load(o)
-            emb = embed(model, o.recordings(), split=o.split, coords=o.coords, pooling=o.pooling,
+            emb = embed(model, o.matched(model), split=o.split, coords=o.coords, pooling=o.pooling,
                         average_regions=not o.keep_regions, windows=o.windows, window=o.window, stride=o.stride,
                         batch_size=o.batch_size, attention=o.attention, precision=o.precision)
             if emb is not None:
@@ -240,11 +266,13 @@ def run_reconstruct(options: ReconstructOptions) -> pd.DataFrame | None:
     o = options
     init_distributed()
     try:
-        with _claim(o.out, ["r2_per_region.csv", "summary.csv"], overwrite=o.overwrite) as out:
-            recs = open_recordings(o.recordings(), o.split, o.coords)
+        with _claim(o.out, ["r2_per_region.csv", "summary.csv", "results.json", "report.md", *map_outputs("r2_map")],
+                    overwrite=o.overwrite) as out:
+            model = _load(o)
+            recs = o.matched(model)
             train = training_recordings(o.source)
             baselines = ReconstructionBaselines().fit(x for _, x in train) if train is not None else ReconstructionBaselines()
-            result = reconstruct_recordings(_load(o), recs, baselines=baselines,
+            result = reconstruct_recordings(model, recs, baselines=baselines,
                                             precision=o.precision, keep=o.plot_recordings, mask_ratio=o.mask_ratio,
                                             window=o.window, cover=not o.single_pass, seed=o.seed)
             if result is None:
@@ -259,6 +287,16 @@ def run_reconstruct(options: ReconstructOptions) -> pd.DataFrame | None:
             for rid, rec in results.items():
                 plot_reconstruction(rec, out / f"reconstruction_{rid}.png", region_names=recs.region_names,
                                     title=f"{rid}: mask ratio {o.mask_ratio}")
+            if is_main_process():
+                r2 = table.groupby("region", sort=True)["r2"].mean().reindex(range(recs.num_regions)).to_numpy()
+                store = _store_of(o.source)
+                trs = dict(zip(store.recordings["recording_id"], store.recordings["tr"])) if store is not None else {}
+                images = {f"reconstruction_{rid}": (rec.pred, trs.get(rid)) for rid, rec in results.items()} \
+                    if o.write_image else None
+                for line in write_command_maps(store, out, "reconstruct",
+                                               {"r2_map": {"R2 (mean over recordings)": r2}}, series=images,
+                                               numbers={"tr": o.tr_notes}):
+                    print(line)
     finally:
         destroy_distributed()
     subjects = {m["recording_id"]: m["subject_id"] for m in recs.meta}
@@ -283,17 +321,30 @@ def _print_scores(summary: pd.DataFrame, baselines: ReconstructionBaselines, sub
 def run_forecast(options: ForecastOptions) -> pd.DataFrame:
     """Forecast the last k timepoints of each window; write ``forecast_metrics.csv`` and a plot."""
     o = options
-    with output_folder(o.out, ["forecast_metrics.csv", "forecast.png"], overwrite=o.overwrite) as out:
-        recs = open_recordings(o.recordings(), o.split, o.coords)
+    with output_folder(o.out, ["forecast_metrics.csv", "forecast.png", "results.json", "report.md",
+                               *map_outputs("forecast_r2_map")], overwrite=o.overwrite) as out:
+        model = _load(o)
+        recs = o.matched(model)
         train = training_recordings(o.source)
         baselines = ForecastBaselines(order=o.ar_order)
         if train is not None:
             baselines.fit(x for _, x in train)
-        result = forecast_recordings(_load(o), recs, o.last, baselines=baselines,
+        result = forecast_recordings(model, recs, o.last, baselines=baselines,
                                      window=o.window, stride=o.stride, precision=o.precision, flag=o.flag("last"))
         write_csv(result.metrics, out / "forecast_metrics.csv")
         plot_forecast(result, out / "forecast.png",
                       title=f"last {o.last} timepoints of {result.index['recording_id'].iloc[0]}")
+        err = ((result.preds["brainlm"] - result.true) ** 2).sum((0, 2))
+        r2 = 1 - err / np.maximum((result.true.astype(np.float64) ** 2).sum((0, 2)), 1e-12)  # (R,)
+        first, store = result.index.iloc[0], _store_of(o.source)
+        trs = dict(zip(store.recordings["recording_id"], store.recordings["tr"])) if store is not None else {}
+        images = {f"forecast_{first['recording_id']}_{int(first['window_start'])}": (
+            np.concatenate([result.context[0], result.preds["brainlm"][0]], axis=1).T, trs.get(first["recording_id"]))} \
+            if o.write_image else None
+        for line in write_command_maps(store, out, "forecast",
+                                       {"forecast_r2_map": {"forecast R2 (brainlm)": r2}}, series=images,
+                                       numbers={"tr": o.tr_notes}):
+            print(line)
     print(result.metrics.to_string(index=False))
     if train is None:
         print("AR and VAR baselines need a store's train split to be fitted on: pass a store")
@@ -304,9 +355,14 @@ def run_probe(options: ProbeOptions) -> pd.DataFrame:
     """Probes on embeddings and on the connectivity ladder; write ``probe_metrics.csv``,
     ``probe_predictions.csv``, ``probe_folds.json`` (subjects per fold) and ``missing_subjects.txt``."""
     o = options
-    names = ["probe_metrics.csv", "probe_predictions.csv", "probe_folds.json", "missing_subjects.txt"]
+    names = ["probe_metrics.csv", "probe_predictions.csv", "probe_folds.json", "missing_subjects.txt", "probe_tr.json"]
     with output_folder(o.out, names, overwrite=o.overwrite) as out:
-        result = probe(_load(o), o.recordings(), o.target, targets_file=o.targets,
+        model = _load(o)
+        if o.resample_to_model_tr:
+            raise UserError("--resample-to-model-tr: probe reads its targets from the store; build the store at the "
+                            "model's TR instead (brainlm prepare --target-tr)")
+        o.matched(model, resample=False)  # the TR lines
+        result = probe(model, o.recordings(), o.target, targets_file=o.targets,
                        subject_column=o.subject_column, split=o.split, coords=o.coords, pooling=o.pooling,
                        windows=o.windows, window=o.window, stride=o.stride, fc_baseline=o.fc_baseline, task=o.task,
                        probes=o.probes, n_splits=o.folds, inner_splits=o.inner_folds, n_boot=o.bootstrap,
@@ -314,6 +370,7 @@ def run_probe(options: ProbeOptions) -> pd.DataFrame:
         write_csv(result.metrics, out / "probe_metrics.csv")
         write_csv(result.predictions, out / "probe_predictions.csv")
         atomic_write_json(out / "probe_folds.json", result.folds, indent=1)
+        atomic_write_json(out / "probe_tr.json", {"tr": o.tr_notes}, indent=1)
         atomic_write_text(out / "missing_subjects.txt", "".join(f"{s}\n" for s in result.missing_subjects))
     if result.missing_subjects:
         print(f"left out (no {o.target!r} target): {', '.join(result.missing_subjects)}")
@@ -340,7 +397,8 @@ def run_fingerprint(options: FingerprintOptions) -> pd.DataFrame:
     o = options
     names = ["fingerprint.csv", "fingerprint_matches.csv", "fingerprint.png"]
     with output_folder(o.out, names, overwrite=o.overwrite) as out:
-        summary, matches = fingerprint(_load(o), o.recordings(), split=o.split, coords=o.coords,
+        model = _load(o)
+        summary, matches = fingerprint(model, o.matched(model), split=o.split, coords=o.coords,
                                        pooling=o.pooling, keep_regions=o.keep_regions, window=o.window,
                                        stride=o.stride, precision=o.precision, on_error=o.on_error)
         write_csv(summary, out / "fingerprint.csv")

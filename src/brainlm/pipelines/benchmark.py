@@ -24,6 +24,7 @@ one figure per task (bars with intervals).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -426,12 +427,15 @@ def run_benchmark(options: BenchmarkOptions) -> list[TaskResult]:
                             forecast_finetune=o.forecast_finetune, forecast_lr=o.forecast_lr, overwrite=o.overwrite)
     from brainlm.data import open_store
     from brainlm.distributed import resolve_device
-    from brainlm.downstream.loading import load_initial, load_model
+    from brainlm.downstream.loading import load_initial, load_model, match_model_tr, open_recordings
 
     checkpoint, store_path, out_dir = o.checkpoint, o.store, o.out
     with output_folder(out_dir, ["report.md", "results.json"], overwrite=o.overwrite) as out:
         store = open_store(store_path)
         model = load_model(checkpoint, map_location=resolve_device(cfg.device), trust_unverified=o.trust_unverified)
+        tr_lines = match_model_tr(model, open_recordings(store))[1]  # said, not resampled: prepare --target-tr does that
+        for line in tr_lines:
+            print(line, file=sys.stderr)
         initial = load_initial(checkpoint, model, seed=cfg.seed)
         results = benchmark(model, store, cfg, initial.model)
         header = [f"Model `{checkpoint}` on store `{store_path}` ({store.num_regions} regions; subjects "
@@ -442,7 +446,7 @@ def run_benchmark(options: BenchmarkOptions) -> list[TaskResult]:
         write_report(results, out, header)
         atomic_write_json(out / "results.json", {"checkpoint": str(checkpoint), "store": str(store_path),
                                                  "config": cfg.to_dict(), "initialisation": initial.to_dict(),
-                                                 "tasks": [r.to_dict() for r in results]})
+                                                 "tasks": [r.to_dict() for r in results], "tr": tr_lines})
     for r in results:
         print(f"{r.task}: {task_verdict(r).replace('**', '')}")
     print(f"report: {Path(out_dir) / 'report.md'}")

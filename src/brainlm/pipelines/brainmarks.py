@@ -212,11 +212,14 @@ def _head_result(kind: str, tokens: np.ndarray, samples: pd.DataFrame, labels: n
 
 def brainmarks_benchmark(model, store, target: str, options: BrainmarksOptions | None = None, *, targets_file=None,
                          subject_column=None, batch_size: int = 16, precision: str = "auto",
-                         protocol: LogisticProtocol | None = None) -> dict:
+                         protocol: LogisticProtocol | None = None, initial=None) -> dict:
     """Every feature set through Brainmarks' protocol (module docstring).
 
     Args:
         model: a loaded model, or None to score only the baselines and ``options.features``.
+        initial: the same model at initialisation; its representations (``initial:<repr>``, logistic
+            probe only) are scored too, and the model's verdict is against the stronger of them and
+            the best baseline.
         store: an opened store.
         protocol: other protocol settings than Brainmarks' (e.g. fewer solver iterations);
             its seed, trials and engine are those of ``options``.
@@ -249,6 +252,9 @@ def brainmarks_benchmark(model, store, target: str, options: BrainmarksOptions |
     features: dict[str, np.ndarray] = {}
     if model is not None:
         features.update(_model_features(model, store, rows, options, batch_size, precision))
+    if model is not None and initial is not None:
+        first = _model_features(initial, store, rows, dataclasses.replace(options, heads=()), batch_size, precision)
+        features.update({f"initial:{name.split(':', 1)[1]}": X for name, X in first.items()})
     series = [store.get(int(i)) for i in rows] if options.baselines else []
     for kind in options.baselines:
         features[kind] = brainmarks_connectome(series) if kind == "fc" else connectivity_features(series, kind)
@@ -278,19 +284,24 @@ def _label(name: str) -> str:
     if name.startswith("brainlm:"):
         rep = name.split(":", 1)[1]
         return f"BrainLM ({rep.replace('/', ' head: ')})" if "/" in rep else f"BrainLM ({rep}, logistic)"
+    if name.startswith("initial:"):
+        return f"{BASELINE_LABELS['initial']} ({name.split(':', 1)[1]}, logistic)"
     return f"{BASELINE_LABELS.get(name, name)} (logistic)"
 
 
 def _verdict(results: dict[str, ProtocolResult], options: BrainmarksOptions) -> Verdict | None:
+    """The best model representation against the stronger of the best baseline and the model at
+    initialisation, paired over the test split's bootstrap resamples (its samples are the units)."""
     baselines = [n for n in results if n in options.baselines]
-    models = [n for n in results if n not in options.baselines]
+    initial = [n for n in results if n.startswith("initial:")]
+    models = [n for n in results if n not in options.baselines and n not in initial]
     if not baselines or not models:
         return None
     model = max(models, key=lambda n: _fixed_test(results[n]))
-    base = max(baselines, key=lambda n: _fixed_test(results[n]))
+    base = max(baselines + initial, key=lambda n: _fixed_test(results[n]))
     comparison = paired_comparison(results[model], results[base], "bacc", options.protocol_seed)
     return Verdict(_label(model), _fixed_test(results[model]), _label(base), _fixed_test(results[base]),
-                   "balanced accuracy", comparison)
+                   "balanced accuracy", comparison, results[model].counts.get("test"), "test samples")
 
 
 def _report(out: dict, header: list[str], dataset: str) -> str:
@@ -335,32 +346,38 @@ def run_brainmarks_benchmark(checkpoint: str | None, store_path, out_dir, *, tar
     from brainlm.data import open_store
     from brainlm.distributed import resolve_device
 
-    from brainlm.downstream.loading import check_regions, load_model
+    from brainlm.downstream.loading import check_regions, load_initial, load_model
 
     if target is None:
         raise UserError("--protocol brainmarks needs --target (a class or a binned column of the store)")
     with output_folder(out_dir, ["report.md", "eval_table.csv", "results.json"], overwrite=overwrite) as folder:
         store = open_store(store_path)
-        model = None
+        model = initial = None
         if checkpoint is not None:
             model = load_model(checkpoint, map_location=resolve_device(device), trust_unverified=trust_unverified).eval()
             check_regions(model, store.num_regions, str(store.path))
+            initial = load_initial(checkpoint, model, seed=options.protocol_seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             out = brainmarks_benchmark(model, store, target, options, targets_file=targets_file,
-                                       subject_column=subject_column, batch_size=batch_size, precision=precision)
+                                       subject_column=subject_column, batch_size=batch_size, precision=precision,
+                                       initial=initial.model if model is not None else None)
         counts = next(iter(out["results"].values())).counts if out["results"] else {}
         header = [f"Model `{checkpoint or 'none'}` on store `{store_path}`, target `{target}`"
                   + (f" binned by `{options.bins}`" if options.bins else "") + "; samples "
                   + ", ".join(f"{k} {v}" for k, v in counts.items()) + "; engine "
                   + ", ".join(sorted({r.engine for r in out["results"].values()})) + "."]
+        if initial is not None:
+            header.append("Beside the model, the same model at initialisation (no training step), and the model's "
+                          f"verdict is against the stronger of it and the best baseline: {initial.description}.")
         atomic_write_text(folder / "report.md", _report(out, header, Path(str(store_path)).name))
         tables = [r.table.assign(features=name) for name, r in out["results"].items()]
         write_csv(pd.concat(tables, ignore_index=True), folder / "eval_table.csv")
         atomic_write_json(folder / "results.json", {
             "checkpoint": checkpoint, "store": str(store_path), "target": target, "options": options.to_dict(),
             "summary": summary_table({n: r for n, r in out["results"].items() if "/" not in n}).to_dict("records"),
-            "verdict": out["verdict"].to_dict() if out["verdict"] else None, "notes": out["notes"]})
+            "verdict": out["verdict"].to_dict() if out["verdict"] else None, "notes": out["notes"],
+            "initialisation": initial.to_dict() if initial is not None else None})
     if out["verdict"] is not None:
         print(out["verdict"].line("on the Brainmarks test split"))
     print(f"report: {Path(out_dir) / 'report.md'}")

@@ -281,7 +281,7 @@ def check_run_folder(run_dir: str | Path, resume: bool, model_config, data: dict
         raise UserError(f"the data have {new['num_brain_voxels']} regions but the checkpoint in {run_dir} was "
                         f"trained on {saved.get('num_brain_voxels')}; use a store of the same atlas")
     differences = [f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(saved) | set(new))
-                   if saved.get(k) != new.get(k)]
+                   if saved.get(k) != new.get(k) and k != "training_tr"]  # a record of the data, not of the model
     if differences:
         raise UserError(f"{run_dir} was trained with an incompatible model config:\n  " + "\n  ".join(differences))
     _check_same_data(run_dir, data)

@@ -9,6 +9,7 @@ of a ``brainlm.data`` store are used.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -18,7 +19,7 @@ from brainlm.evaluate.baselines import ReconstructionBaselines
 
 from .config import TrainConfig
 
-__all__ = ["build_datasets", "fit_baselines", "data_identity", "check_dataset"]
+__all__ = ["build_datasets", "fit_baselines", "data_identity", "training_trs", "check_dataset"]
 
 
 def build_datasets(config: TrainConfig, splits: tuple[str, ...] = ("train", "validation"), store=None) -> list[Dataset]:
@@ -61,6 +62,15 @@ def data_identity(dataset: Dataset) -> dict | None:
     if fingerprint is None:
         return None
     return {"store": str(store.path), "fingerprint": fingerprint, "train_subjects": sorted(map(str, store.splits["train"]))}
+
+
+def training_trs(dataset: Dataset) -> list[float]:
+    """The distinct repetition times (s) of a store's training recordings (empty when unknown)."""
+    store = getattr(dataset, "store", None)
+    if store is None or "tr" not in getattr(store, "recordings", {}):
+        return []
+    rows = store.recordings.iloc[store.split_index("train")]["tr"].astype(float)
+    return sorted({round(float(t), 4) for t in rows if np.isfinite(t)})
 
 
 def check_dataset(dataset: Dataset | None, split: str, window: int) -> int:

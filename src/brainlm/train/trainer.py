@@ -46,7 +46,7 @@ from brainlm.seeding import DROPOUT, TRAIN_MASK, seed_of
 
 from . import checkpointing as ckpt
 from .config import TrainConfig, absolute_paths
-from .data import build_datasets, check_dataset, data_identity, fit_baselines
+from .data import build_datasets, check_dataset, data_identity, fit_baselines, training_trs
 from .loggers import Loggers, read_metrics
 from .masking import training_noise
 from .optim import build_optimization
@@ -131,6 +131,9 @@ class Trainer:
         self.dtype = resolve_precision(c.precision, self.device)
         self._build_data()
         self.model_config = c.model_config(num_regions=self.num_regions)
+        trs = training_trs(self.train_dataset)
+        if trs:  # the model records the TRs it was trained on (downstream commands compare them)
+            self.model_config.extra["training_tr"] = trs
         self.micro_global = c.batch_size * self.info.world_size
         check_memory(16 * self.model_config.num_parameters() +
                      4 * self.model_config.activation_elements(c.batch_size, self.num_regions, c.window),
