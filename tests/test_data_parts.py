@@ -105,7 +105,7 @@ def test_failed_prepare_leaves_nothing(inputs):
 
 
 def test_a_second_writer_is_refused(inputs):
-    with OutputLock(inputs / "store"):
+    with OutputLock(inputs / "store", folder=True):
         with pytest.raises(OutputLockedError, match="being written by process"):
             prepare([inputs / "in"], inputs / "store", _input_options(inputs), StoreOptions(**STORE))
 

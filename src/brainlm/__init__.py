@@ -1,30 +1,25 @@
-"""BrainLM: a masked-autoencoder foundation model for fMRI parcel time series."""
+"""BrainLM: a masked-autoencoder foundation model for fMRI parcel time series.
 
-from brainlm.checkpoint import load_pretrained, save_pretrained
-from brainlm.hub import open_model, resolve_checkpoint
-from brainlm.model import (
-    PRESETS,
-    BrainLMConfig,
-    BrainLMForPretraining,
-    BrainLMOutput,
-    brainlm_13m,
-    brainlm_111m,
-    brainlm_650m,
-    brainlm_tiny,
-)
-
-from brainlm.vitmae import (  # transformers itself is imported only when a ViT-MAE is built or loaded
-    BrainLMViTMAE,
-    is_vitmae_checkpoint,
-    load_vitmae,
-    vitmae_111m_config,
-    vitmae_650m_config,
-)
+Every name below is imported on first use (``from brainlm import BrainLMConfig`` works as
+usual): importing the package itself costs nothing, so the command line answers Ctrl-C, bad
+flags and ``--help`` at once instead of after torch has loaded.
+"""
 
 __version__ = "0.1.0"
 
-# Loaded on first use: scikit-learn is slow to import.
-_LAZY = {"BrainLMEmbedder": "brainlm.sklearn"}
+# name -> the module that defines it
+_LAZY = {
+    "load_pretrained": "brainlm.checkpoint",
+    "save_pretrained": "brainlm.checkpoint",
+    "open_model": "brainlm.hub",
+    "resolve_checkpoint": "brainlm.hub",
+    **dict.fromkeys(["PRESETS", "BrainLMConfig", "BrainLMForPretraining", "BrainLMOutput", "brainlm_13m",
+                     "brainlm_111m", "brainlm_650m", "brainlm_tiny"], "brainlm.model"),
+    # transformers itself is imported only when a ViT-MAE is built or loaded
+    **dict.fromkeys(["BrainLMViTMAE", "is_vitmae_checkpoint", "load_vitmae", "vitmae_111m_config",
+                     "vitmae_650m_config"], "brainlm.vitmae"),
+    "BrainLMEmbedder": "brainlm.sklearn",  # scikit-learn is slow to import
+}
 
 __all__ = [
     "open_model",
@@ -44,7 +39,7 @@ __all__ = [
     "load_vitmae",
     "vitmae_111m_config",
     "vitmae_650m_config",
-    *_LAZY,
+    "BrainLMEmbedder",
 ]
 
 
@@ -54,3 +49,7 @@ def __getattr__(name):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'brainlm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])

@@ -7,13 +7,19 @@ Only the command being run is imported, so ``brainlm --help`` stays fast.
 Exit status: 0 done; 2 bad input or an error of the machine (a full or read-only disk, no
 permission: :func:`brainlm.errors.environment_error`), one line on standard error; 130
 interrupted (Ctrl-C), one line that says how to continue when the command can
-(:meth:`brainlm.options.Options.resume_hint`). Any other exception is a bug and keeps its traceback.
+(:meth:`brainlm.options.Options.resume_hint`), from the first instant: importing this module
+and the ``brainlm`` package loads nothing heavy, so an interrupt while torch loads is caught here
+too, and one that comes as the command ends is ignored. (Under ``python -m brainlm.cli``, CPython
+may still end an interrupted run by SIGINT after that line, when the interrupt landed while an
+extension module was starting; a shell reports 130 either way.) Any other exception is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -137,8 +143,25 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_hint(options) -> str | None:
+    """How to continue an interrupted command, when it can (None when there is nothing to say)."""
+    try:
+        return options.resume_hint() if options is not None else None
+    except (UserError, OSError, KeyboardInterrupt):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """Run ``brainlm ARGV`` (the process's own arguments when None); returns the exit status."""
+    process = argv is None  # the command line of this process: brainlm ..., python -m brainlm.cli ...
+    try:
+        return _run(sys.argv[1:] if process else list(argv))
+    finally:
+        if process:  # the command has answered: an interrupt while Python exits has nothing left to stop
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run(argv: list[str]) -> int:
     command = next((a for a in argv if not a.startswith("-")), "")
     prefix = f"brainlm {command}:" if command else "brainlm:"
     options = None
@@ -151,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix} error: {err.one_line()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = options.resume_hint() if options is not None else None
-        print(f"{prefix} interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        print(f"{prefix} interrupted" + (f"; {hint}" if (hint := _resume_hint(options)) else ""), file=sys.stderr)
         return 130
     except Exception as err:
         line = environment_error(err)

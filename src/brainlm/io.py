@@ -24,8 +24,11 @@
   manifest maps file names to checksums, and a manifest is written last while the marker must
   be there from the first file on.
 - **Outputs** that exist are replaced only with ``--overwrite`` (:func:`check_overwrite`,
-  :func:`claim_file` for a single file), and a folder being written holds a lock
-  (:class:`OutputLock`): a second writer is refused.
+  :func:`claim_file` for a single file), and a folder being written holds a lock inside it
+  (:class:`OutputLock`): a second writer is refused, a killed writer's lock is taken over.
+  Overwriting deletes only what brainlm recorded writing (:func:`remove_outputs`).
+- **Content identity** (:func:`content_id`): size and SHA-256 of an input, for fingerprints
+  that do not change with the spelling of a path or a ``touch``.
 """
 
 from __future__ import annotations
@@ -78,6 +81,10 @@ __all__ = [
     "claim_folder",
     "claim_file",
     "remove_if_unused",
+    "remove_outputs",
+    "content_id",
+    "LOCK",
+    "NOT_OUTPUTS",
     "OutputLock",
     "output_folder",
     "normalize_subject_id",
@@ -228,6 +235,31 @@ def verify_manifest(folder: str | os.PathLike, what: str = "checkpoint", *, use_
     return manifest
 
 
+_CONTENT: dict[str, str] = {}  # "path|size|mtime|inode|" -> SHA-256, for this process
+
+
+def content_id(path: str | os.PathLike) -> str:
+    """What a file (or a folder of files) holds, independent of how its path is spelled and of its
+    modification time: ``"<bytes>:<sha256>"``; a folder's is the hash of its files' names and ids.
+
+    A file's SHA-256 is computed once per process (and once per machine while its size,
+    modification time and inode stay the same: the cache of :func:`verify_file`).
+    """
+    path = Path(os.path.abspath(path))
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            digest.update(f"{p.relative_to(path).as_posix()}|{content_id(p)}\n".encode())
+        return f"folder:{digest.hexdigest()}"
+    if not _CONTENT:  # the machine's cache, read once per process
+        _CONTENT.update((k[:k.rindex("|") + 1], k[k.rindex("|") + 1:]) for k in _disk_cache() | _VERIFIED)
+    prefix = _cache_key(path, "")
+    if prefix not in _CONTENT:
+        _CONTENT[prefix] = sha256_file(path)
+        _remember(prefix + _CONTENT[prefix])
+    return f"{path.stat().st_size}:{_CONTENT[prefix]}"
+
+
 def temporary_path(path: str | os.PathLike) -> Path:
     """A hidden, unique sibling of ``path`` to write into before renaming."""
     path = Path(path)
@@ -328,6 +360,10 @@ def check_writable(path: str | os.PathLike, flag: str = "--out", *, create: bool
 
 # The name of the marker brainlm leaves in every folder it claims (see the module docstring).
 MARKER = ".brainlm.json"
+# The lock of a folder being written (:class:`OutputLock`), inside it.
+LOCK = ".brainlm.lock"
+# What brainlm keeps in a folder besides its outputs: never listed as one, never deleted as one.
+NOT_OUTPUTS = (MARKER, LOCK)
 # What a folder can hold, and how the folders of earlier versions (no marker) are recognised.
 FOLDER_KINDS = {
     "store": "manifest.json of format brainlm-store/*",
@@ -376,6 +412,8 @@ def folder_kind(path: str | os.PathLike) -> str | None:
     """
     path = Path(path)
     marker = path / MARKER
+    if marker.exists() and not marker.is_file():
+        raise CorruptFileError(f"{marker}: not a brainlm folder marker (not a file); remove it or choose another folder")
     if marker.is_file():
         value = read_json(marker, "brainlm folder marker")
         if not isinstance(value, dict) or value.get("kind") not in FOLDER_KINDS:
@@ -414,7 +452,7 @@ def claim_folder(path: str | os.PathLike, kind: str, *, outputs: Iterable[str] =
     check_writable(path, flag, create=False)
     outputs = list(outputs)
     found = folder_kind(path)
-    if found is None and path.is_dir() and any(p.name != MARKER for p in path.iterdir()):
+    if found is None and path.is_dir() and any(p.name not in NOT_OUTPUTS for p in path.iterdir()):
         if kind == "report" and any((path / name).exists() for name in outputs):
             found = "report"  # a report folder of an earlier version
         else:
@@ -461,23 +499,28 @@ def _alive(pid: int, started: str | None) -> bool:
 
 
 class OutputLock:
-    """An exclusive claim on an output path, held by a lock file beside it.
+    """An exclusive claim on an output path, held by a lock file.
 
-    The lock file ``<parent>/.<name>.lock`` is created with ``O_CREAT | O_EXCL`` (atomic on
-    local and NFSv3+ file systems) and holds the owner's host, pid and start time. A second
-    writer is refused with a message naming the owner. A lock whose process has ended on this
-    host is stale and taken over; a lock from another host cannot be checked, so the message
-    says how to remove it.
+    The lock of a folder (``folder=True``) is ``<folder>/.brainlm.lock``, inside it: an
+    existing folder is locked without writing to its parent, and the lock goes wherever the
+    folder goes. The lock of a single file is ``<parent>/.<name>.lock`` beside it. The lock file
+    is created with ``O_CREAT | O_EXCL`` (atomic on local and NFSv3+ file systems) and holds the
+    owner's host, pid and start time. A second writer is refused with a message naming the
+    owner. A lock whose process has ended on this host (a killed run) is stale and taken over;
+    a lock from another host cannot be checked, so the message says how to remove it. A folder
+    the lock created is removed again on release when nothing but the marker was written in it.
 
     Use as a context manager; ``enabled=False`` (non-zero ranks) makes it a no-op.
     """
 
-    def __init__(self, path: str | os.PathLike, *, what: str = "output", enabled: bool = True):
+    def __init__(self, path: str | os.PathLike, *, what: str = "output", enabled: bool = True, folder: bool = False):
         self.path = Path(path)
-        self.lock_path = self.path.parent / f".{self.path.name}.lock"
+        self.folder = folder
+        self.lock_path = self.path / LOCK if folder else self.path.parent / f".{self.path.name}.lock"
         self.what = what
         self.enabled = enabled
         self._held = False
+        self._made = False
 
     def _owner(self) -> dict:
         try:
@@ -488,6 +531,7 @@ class OutputLock:
     def acquire(self) -> "OutputLock":
         if not self.enabled or self._held:
             return self
+        self._made = not self.lock_path.parent.exists()
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         me = {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid()),
               "since": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -523,6 +567,8 @@ class OutputLock:
         if self._held:
             self.lock_path.unlink(missing_ok=True)
             self._held = False
+            if self.folder and self._made:
+                remove_if_unused(self.path)
 
     def __enter__(self) -> "OutputLock":
         return self.acquire()
@@ -537,18 +583,67 @@ def output_folder(path: str | os.PathLike, outputs: Iterable[str] = (), *, kind:
     """Claim an output folder (:func:`claim_folder`) and hold its lock while the body writes it.
 
     Yields the folder. If it did not exist and the body fails, it is removed again, so a
-    failed command leaves nothing behind.
+    failed command leaves nothing behind. A report records in the marker the files it wrote
+    (``reports``: the command's ``outputs`` and its files); a rerun with ``overwrite`` removes
+    the files its previous run recorded that it did not write again, and nothing else.
     """
-    path = Path(path)
-    existed = path.exists()
+    path, outputs = Path(path), list(outputs)
     check_writable(path, flag, create=False)
-    with OutputLock(path, what=what or f"{kind} folder"):
-        try:
-            yield claim_folder(path, kind, outputs=outputs, overwrite=overwrite, flag=flag)
-        except BaseException:
-            if not existed:
-                remove_if_unused(path)
-            raise
+    with OutputLock(path, what=what or f"{kind} folder", folder=True):
+        folder = claim_folder(path, kind, outputs=outputs, overwrite=overwrite, flag=flag)
+        if kind != "report":
+            yield folder
+            return
+        before = _snapshot(folder)
+        yield folder
+        _record_report(folder, sorted(outputs), before, overwrite)
+
+
+def _snapshot(folder: Path) -> dict[str, tuple]:
+    """relative path -> (size, mtime, inode) of every file under ``folder``."""
+    out = {}
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            st = p.stat()
+            out[p.relative_to(folder).as_posix()] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
+
+
+def _record_report(folder: Path, outputs: list[str], before: dict[str, tuple], overwrite: bool) -> None:
+    """Record in the marker the files this report command wrote (new or changed); with ``overwrite``,
+    remove those the previous run of the same command recorded and this one did not write."""
+    after = _snapshot(folder)
+    written = sorted(rel for rel, meta in after.items() if before.get(rel) != meta and Path(rel).name not in NOT_OUTPUTS)
+    marker = read_json(folder / MARKER, "brainlm folder marker")
+    runs = [r for r in marker.get("reports", []) if isinstance(r, dict)]
+    previous = next((r for r in runs if r.get("outputs") == outputs), None)
+    if previous is not None:
+        old = [rel for rel in previous.get("files", []) if rel not in written]
+        if overwrite:
+            remove_outputs(folder, old)
+        else:
+            written = sorted({*written, *(rel for rel in old if (folder / rel).is_file())})
+    runs = [r for r in runs if r is not previous] + [{"outputs": outputs, "files": written}]
+    atomic_write_json(folder / MARKER, {**marker, "reports": runs})
+
+
+def remove_outputs(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete files brainlm recorded writing in ``folder`` (an old manifest's, a report's), and of
+    those only regular files (not links, not folders) by relative paths that stay inside
+    ``folder``, never a manifest, the marker or the lock. Returns the files removed."""
+    folder = Path(folder)
+    root = folder.resolve()
+    removed = []
+    for rel in names:
+        rel_path = Path(str(rel))
+        if rel_path.is_absolute() or ".." in rel_path.parts or rel_path.name in ("manifest.json", *NOT_OUTPUTS):
+            continue
+        path = folder / rel_path
+        if path.is_symlink() or not path.is_file() or root not in path.resolve().parents:
+            continue
+        path.unlink()
+        removed.append(path)
+    return removed
 
 
 def remove_if_unused(path: str | os.PathLike) -> None:

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import types
 import typing
 from typing import Any, Callable
 
 from brainlm.errors import UserError
 
-__all__ = ["option", "Options", "ModelOptions", "add_dataclass_arguments", "given_fields", "positive", "at_least", "finite", "between", "one_of"]
+__all__ = ["command_line", "option", "Options", "ModelOptions", "add_dataclass_arguments", "given_fields", "positive", "at_least", "finite", "between", "one_of"]
 
 _META = "brainlm_option"
 
@@ -305,7 +306,8 @@ class Options:
         return meta.get("flag") or f"--{name.replace('_', '-')}"
 
     def resume_hint(self) -> str | None:
-        """What to run to continue after an interruption (Ctrl-C), for a command that can continue; else None."""
+        """What to run to continue after an interruption (Ctrl-C), for a command that can continue; else None
+        (commands in it written with :func:`command_line`)."""
         return None
 
     def replace(self, **changes: Any):
@@ -321,10 +323,15 @@ class Options:
         return dataclasses.asdict(self)
 
 
-
 @dataclasses.dataclass(kw_only=True)
 class ModelOptions(Options):
     """What every command that opens a model folder takes besides the folder."""
 
     trust_unverified: bool = option(False, "use a model folder that no complete manifest.json verifies (written by "
                                     "hand or by other code): its weights are not checked")
+
+
+def command_line(*words: Any) -> str:
+    """A command to print for the user to run: every word shell-quoted, so that a path with a space
+    or a quote in it is pasted back as one word."""
+    return " ".join(shlex.quote(str(w)) for w in words)

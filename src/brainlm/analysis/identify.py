@@ -239,6 +239,9 @@ def run_networks(options: NetworksOptions) -> dict:
                *map_outputs("networks_map")]
 
     def check(store, networks) -> None:
+        if networks.num_networks < 2:
+            raise UserError(f"--networks {o.networks}: every region is in one network ({networks.names[0]}); network "
+                            "identification needs at least two networks")
         networks.require(2, "network identification")
 
     with open_analysis(o, outputs, check=check) as a:

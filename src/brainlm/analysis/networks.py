@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainlm.data.atlas import bundled_path
+from brainlm.data.atlas import bundled_path, image_labels
 from brainlm.errors import InputError, MissingInputError, UserError
 from brainlm.io import read_table
 from brainlm.progress import progress as progress_bar
@@ -154,7 +154,9 @@ def read_network_table(path: str | os.PathLike, region_names, *, flag: str = "--
     R = len(names)
     by_name = {n: i for i, n in enumerate(names)}
     values = table[key].map(lambda v: "" if pd.isna(v) else str(v).strip())
-    numeric = str(key).lower() in ("region_index", "index") or not values.isin(by_name).any()
+    # an index column, or a "region" column of numbers; a "name" column always holds names
+    numeric = str(key).lower() in ("region_index", "index") or (
+        str(key).lower() == "region" and not values.isin(by_name).any() and values.str.lstrip("-").str.isdigit().all())
     regions, unknown = [], []
     for v in values:
         if numeric and v.lstrip("-").isdigit() and 0 <= int(v) < R:
@@ -217,20 +219,17 @@ def networks_from_image(path: str | os.PathLike, atlas_image: str | os.PathLike,
         raise MissingInputError(f"--networks {path}: file not found")
     try:
         net_img, atlas_img = nib.load(path), nib.load(atlas_image)
-        nets = np.asarray(net_img.dataobj).astype(np.int64)
-        parcels = np.asarray(atlas_img.dataobj).astype(np.int64)
+        nets, parcels = np.asarray(net_img.dataobj), np.asarray(atlas_img.dataobj)
     except Exception as err:  # nibabel raises many types for bad files
         raise InputError(f"--networks {path}: cannot read the label image ({type(err).__name__}: {err})") from err
+    values, labels = image_labels(nets, f"--networks {path}"), image_labels(parcels, f"--atlas-image {atlas_image}")
+    nets, parcels = nets.astype(np.int64), parcels.astype(np.int64)
     nets = nets.reshape(nets.shape[:3]) if nets.ndim == 4 and nets.shape[3] == 1 else nets
     if nets.shape != parcels.shape or not np.allclose(net_img.affine, atlas_img.affine, atol=1e-3):
         raise InputError(f"--networks {path}: the label image is on another grid than the atlas {atlas_image} (shape "
                          f"{nets.shape} vs {parcels.shape}); resample it onto the atlas grid (nearest neighbour) first")
-    labels = np.unique(parcels)
-    labels = labels[labels != 0]
     if len(labels) != num_regions:
         raise InputError(f"--atlas-image {atlas_image}: {len(labels)} parcels, but the store has {num_regions} regions")
-    values = np.unique(nets)
-    values = values[values != 0]
     if network_names and len(network_names) != len(values):
         raise UserError(f"--network-names gives {len(network_names)} names but {path} has {len(values)} network "
                         f"labels ({', '.join(map(str, values[:10]))})")

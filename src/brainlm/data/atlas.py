@@ -66,6 +66,11 @@ def read_coordinates(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
     if len(bad):
         raise InputError(f"{path}: {len(bad)} regions have missing or non-finite coordinates "
                          f"(e.g. row {int(bad[0]) + 1}); every region needs an x, y, z centre")
+    repeated = pd.Series(names, dtype=object).duplicated(keep=False) if names is not None else pd.Series([], dtype=bool)
+    if repeated.any():
+        rows = np.flatnonzero(repeated.to_numpy())
+        raise InputError(f"{path}: the region name {names[rows[0]]!r} is given to {int((np.asarray(names) == names[rows[0]]).sum())} "
+                         f"rows (e.g. rows {int(rows[0]) + 1} and {int(rows[1]) + 1}); every region needs a name of its own")
     return coords, names
 
 
@@ -94,6 +99,29 @@ def _label_centres(labels_img) -> tuple[np.ndarray, np.ndarray]:
 
     coords, labels = find_parcellation_cut_coords(labels_img, return_label_names=True)
     return np.asarray(coords, np.float32), np.asarray(labels).astype(np.int64)
+
+
+def image_labels(data: np.ndarray, where: str) -> np.ndarray:
+    """The labels of a label image: its non-zero values, which must be whole numbers.
+
+    Raises:
+        InputError: values that are not whole numbers (a probability or statistical map is not a
+            label image; a float image holding whole numbers is one), or no label at all (every
+            voxel 0). ``where`` (flag and file) starts the message.
+    """
+    data = np.asanyarray(data)
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+        raise InputError(f"{where}: not a label image (values of type {data.dtype}; labels are whole numbers)")
+    if np.issubdtype(data.dtype, np.floating):
+        bad = ~np.isfinite(data) | (data != np.round(data))
+        if bad.any():
+            raise InputError(f"{where}: not a label image: {int(bad.sum())} voxels hold values that are not whole "
+                             f"numbers (e.g. {data[bad].flat[0]:g}); a label image gives each voxel a region number")
+    values = np.unique(data.astype(np.int64))
+    values = values[values != 0]
+    if not len(values):
+        raise InputError(f"{where}: the label image has no labels (every voxel is 0)")
+    return values
 
 
 def load_atlas(
@@ -129,8 +157,7 @@ def load_atlas(
         raise UserError(f"{img_path}: cannot read atlas label image ({err})") from err
     if data.ndim != 3:
         raise UserError(f"{img_path}: atlas label image must be 3D, has shape {data.shape}")
-    label_values = np.unique(data.astype(np.int64))
-    label_values = label_values[label_values != 0]
+    label_values = image_labels(data, f"--atlas {img_path}")
     if coords is not None:
         xyz, names = read_coordinates(coords)
         if len(xyz) != len(label_values):

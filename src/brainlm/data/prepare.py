@@ -5,8 +5,9 @@ The work is two streamed passes, so memory stays bounded at any cohort size:
 1. **stage** (:func:`prepare_part`): read every input (parcellating BOLD images), check it,
    optionally resample it to a target TR, and append it as float32 to staging shards in a
    *part* folder, with a table of what was read. ``--part I/N`` stages only the I-th of N
-   deterministic slices of the sorted inputs (every N-th input from the I-th), so N jobs of a
-   scheduler array can share the reading;
+   deterministic slices of the inputs (every N-th input from the I-th, in the order given), so N
+   jobs of a scheduler array can share the reading; IDs are derived from all the inputs
+   (:mod:`brainlm.data.subjects`), so a part gives each file the ID a one-machine build gives it;
 2. **merge** (:func:`merge_parts`): check that the parts belong together (same inputs and
    options, each slice exactly once), put their recordings back in input order, find
    duplicate IDs, split subjects into train / validation / test (or keep the splits the source
@@ -22,8 +23,10 @@ that reads recordings. The output folder is claimed for a store
 (:func:`brainlm.io.claim_folder`) and locked while it is written; files are written under
 temporary names and the manifest last; if a run fails, what it wrote is removed (a store that
 was there before stays as it was). Re-running with the same inputs and options finds the
-finished store and returns it; a store of other inputs or options is replaced only with
-``--overwrite``, and then only the files its manifest lists are removed.
+finished store and returns it (the fingerprint is what the inputs hold, not how their paths are
+spelled); a store of other inputs or options is replaced only with ``--overwrite``, and then only
+the regular files its manifest lists are removed (:func:`brainlm.io.remove_outputs`). Staging
+folders left by a killed build are removed by the next.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -48,7 +52,9 @@ from brainlm.io import (
     atomic_write_json,
     check_writable,
     claim_folder,
+    content_id,
     normalize_subject_id,
+    remove_outputs,
     read_json,
     sha256_file,
     verify_file,
@@ -81,7 +87,7 @@ __all__ = ["StoreOptions", "PrepareOptions", "run_prepare", "prepare", "write_st
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
-PART_FORMAT = "brainlm-part/1"
+PART_FORMAT = "brainlm-part/2"
 
 
 _STORE = "store (with --part: give the same store options to every part)"
@@ -177,15 +183,42 @@ def parse_part(text: str) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _fingerprint(source: Source, options: StoreOptions) -> str:
-    """Hash of the inputs (names, sizes, modification times) and every option that changes the store."""
-    digest = hashlib.sha256()
-    ident = {"kind": source.kind, "source": source.options, "store": options.identity(), "atlas": source.atlas.name}
-    digest.update(json.dumps(ident, sort_keys=True, default=str).encode())
-    for name, _ in source.items:
-        p = Path(name)
-        stat = p.stat() if p.exists() else None
-        digest.update(f"{name}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}".encode())
+def _setup(source: Source, options: StoreOptions) -> str:
+    """Hash of what a build is besides the inputs' contents: the kind, every option that changes the
+    store (option files by content), the number of inputs and the IDs they get. Every part of one
+    build has the same."""
+    ident = {"kind": source.kind, "source": {k: _identity(v) for k, v in source.options.items()},
+             "store": options.identity(), "atlas": source.atlas.name, "subject_ids": source.subject_ids,
+             "ids": source.ids, "num_inputs": len(source.items)}
+    text = json.dumps(ident, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _identity(value: Any) -> Any:
+    """An option as it enters the fingerprint: a file or folder it names by its content."""
+    return content_id(value) if isinstance(value, str) and value and Path(value).exists() else value
+
+
+def _absolute(options: dict) -> dict:
+    """Options as the store records them: the files and folders they name by absolute path."""
+    return {k: os.path.abspath(v) if isinstance(v, str) and v and Path(v).exists() else v for k, v in options.items()}
+
+
+def _input_identity(name: str) -> str:
+    """What one input holds (:func:`brainlm.io.content_id`: size and SHA-256, not how its path is
+    spelled or when it was touched): a file's, a dataset folder's (``folder#row``), else its name."""
+    path = Path(name)
+    if not path.exists() and "#" in name:
+        folder, row = name.rsplit("#", 1)
+        return f"{content_id(folder)}#{row}" if Path(folder).is_dir() else name
+    return content_id(path) if path.exists() else name
+
+
+def _fingerprint(setup: str, inputs: list[str]) -> str:
+    """The store's fingerprint: the build's setup and what every input holds, in input order."""
+    digest = hashlib.sha256(setup.encode())
+    for identity in inputs:
+        digest.update(f"{identity}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 
@@ -214,11 +247,20 @@ def _claim_store(out: Path, fingerprint: str, overwrite: bool) -> None:
     """``out`` may take this build: a folder for a store (:func:`brainlm.io.claim_folder`), and a store
     built there from other inputs or options is replaced only with ``overwrite``."""
     claim_folder(out, "store")
+    _clean_staging(out)
     manifest = _store_manifest(out)
     if manifest is not None and manifest.get("fingerprint") != fingerprint and not overwrite:
         raise OutputExistsError(f"--out {out} holds a store built from other inputs or options (fingerprint "
                                 f"{manifest.get('fingerprint')}, this build {fingerprint}); pass --overwrite to "
                                 "replace it (runs trained on it will not resume on the new one)")
+
+
+def _clean_staging(out: Path) -> None:
+    """Remove the staging folders a killed build left in the store ``out`` (this build holds its lock,
+    so no other build is using them)."""
+    for staging in out.glob(".staging-*"):
+        if staging.is_dir() and not staging.is_symlink():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +289,7 @@ def prepare_part(source: Source, part_dir: str | Path, options: StoreOptions | N
     check_source(source)
     out = check_writable(part_dir, "--out", create=False)
     i, n = part
-    with OutputLock(out, what="part folder"):
+    with OutputLock(out, what="part folder", folder=True):
         claim_folder(out, "part")
         for old in ("part.json", "records.parquet"):
             (out / old).unlink(missing_ok=True)
@@ -278,9 +320,11 @@ def _stage(source: Source, out: Path, options: StoreOptions, i: int, n: int) -> 
     table = pd.DataFrame(records)
     write_parquet(out / "records.parquet", table if len(table) else pd.DataFrame({"input_index": []}))
     atomic_write_json(out / "part.json", {
-        "format": PART_FORMAT, "fingerprint": _fingerprint(source, options), "part": i, "num_parts": n,
+        "format": PART_FORMAT, "setup": _setup(source, options), "part": i, "num_parts": n,
+        "inputs": {str(k): _input_identity(source.items[k][0]) for k in indices},
         "num_inputs": len(source.items), "kind": source.kind, "default_normalization": source.default_normalization,
-        "options": options.identity(), "source_options": source.options, "split_phenotype": source.split_phenotype,
+        "options": options.identity(), "source_options": _absolute(source.options), "split_phenotype": source.split_phenotype,
+        "subject_ids": source.subject_ids,
         "flat_regions": flat,
         "atlas": {"name": source.atlas.name, "coords": np.asarray(source.atlas.coords).tolist(),
                   "region_names": list(source.atlas.region_names)},
@@ -317,9 +361,9 @@ def _read_parts(folders: list[Path]) -> _Parts:
         infos.append(info)
     first = infos[0]
     for folder, info in zip(folders, infos):
-        if info["fingerprint"] != first["fingerprint"] or info["num_parts"] != first["num_parts"]:
-            raise UserError(f"{folder}: built from other inputs or options than {folders[0]} (part fingerprint "
-                            f"{info['fingerprint']} vs {first['fingerprint']}); rebuild it with the same command")
+        if info.get("setup") != first.get("setup") or info["num_parts"] != first["num_parts"]:
+            raise UserError(f"{folder}: built from other inputs or options than {folders[0]}; rebuild it with the "
+                            "same command")
     seen: dict[int, Path] = {}
     for folder, info in zip(folders, infos):
         if info["part"] in seen:
@@ -328,6 +372,11 @@ def _read_parts(folders: list[Path]) -> _Parts:
     missing = sorted(set(range(first["num_parts"])) - set(seen))
     if missing:
         raise UserError(f"--merge: parts {missing} of {first['num_parts']} are missing; run their --part jobs first")
+    inputs = {int(k): v for info in infos for k, v in info["inputs"].items()}
+    if sorted(inputs) != list(range(first["num_inputs"])):
+        raise UserError(f"--merge: the parts do not cover the {first['num_inputs']} inputs once each; rebuild them "
+                        "with the same command")
+    first = {**first, "fingerprint": _fingerprint(first["setup"], [inputs[k] for k in range(len(inputs))])}
     tables = []
     for folder, info in zip(folders, infos):
         for shard in info["shards"]:
@@ -402,7 +451,7 @@ def merge_parts(part_dirs: list[str | Path], out_dir: str | Path, *, overwrite_o
         raise UserError(f"--merge: options {diff} differ from those the parts were built with "
                         f"{ {k: options.identity()[k] for k in diff} }; store options belong on the --part jobs")
     out = check_writable(out_dir, "--out", create=False)
-    with OutputLock(out, what="store"):
+    with OutputLock(out, what="store", folder=True):
         _claim_store(out, parts.info["fingerprint"], overwrite)
         if _finished(out, parts.info["fingerprint"]):
             log.info("%s is up to date", out)
@@ -465,6 +514,8 @@ def _write_once(parts: _Parts, out: Path, options: StoreOptions, extra_files: di
         manifest["checksums"].update({rel: {"bytes": (out / rel).stat().st_size, "sha256": sha256_file(out / rel)}
                                       for rel in extra_files})
         manifest["skipped"] = [{"source": s["source"], "reason": s["reason"]} for s in parts.skipped]
+        if info.get("subject_ids"):
+            manifest["subject_ids"] = info["subject_ids"]
         manifest.update(_source_notes(parts, table, info.get("split_phenotype"), options))
         atomic_write_json(out / "manifest.json", manifest, indent=1, fsync=True)
     except BaseException:
@@ -585,12 +636,7 @@ def _remove_stale(out: Path, previous: dict | None, manifest: dict) -> None:
     if previous is None:
         return
     old, keep = listed_files(previous), set(listed_files(manifest))
-    for rel in sorted(set(old) - keep):
-        try:
-            path, _ = store_file(out, rel, old)
-        except CorruptFileError:
-            continue  # a path that leads out of the store is not ours to delete
-        path.unlink(missing_ok=True)
+    remove_outputs(out, sorted(set(old) - keep))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -617,8 +663,8 @@ def write_store(source: Source, out_dir: str | Path, options: StoreOptions | Non
     out = Path(out_dir)
     existed = out.exists()
     check_writable(out, "--out", create=False)
-    fingerprint = _fingerprint(source, options)
-    with OutputLock(out, what="store"):
+    fingerprint = _fingerprint(_setup(source, options), [_input_identity(name) for name, _ in source.items])
+    with OutputLock(out, what="store", folder=True):
         _claim_store(out, fingerprint, overwrite)
         if _finished(out, fingerprint):
             log.info("%s is up to date", out)

@@ -27,13 +27,14 @@ the first input) and checks everything that can be checked without reading the d
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from brainlm.errors import InputError, MissingInputError, UserError
-from brainlm.io import normalize_subject_id
+from brainlm.io import folder_kind, normalize_subject_id
 from brainlm.options import Options, at_least, option
 
 from .atlas import Atlas, load_atlas, read_coordinates
@@ -41,27 +42,37 @@ from .readers import (
     TIMESERIES_SUFFIXES,
     Recording,
     find_bids_bold,
-    parse_bids_entities,
     read_participants,
     read_timeseries,
 )
+from .subjects import check_pattern, derive_ids
 
 __all__ = ["KINDS", "ArrayOptions", "InputOptions", "Source", "open_source", "detect_kind", "timeseries_source"]
 
 KINDS = ("auto", "bold", "bids", "surface", "timeseries", "original", "brainmarks")
 _BOLD, _PARCELLATED, _DATASETS = ("parcellation (BOLD / BIDS inputs)", "parcellated inputs",
                                   "original BrainLM and Brainmarks datasets")
+_IDS = "IDs of BOLD, BIDS and parcellated input files"
 _NIFTI = (".nii", ".nii.gz")
 
 
 @dataclass(kw_only=True)
 class ArrayOptions(Options):
-    """How the array of a parcellated time-series file is read: the same for ``prepare`` and for every
-    command that applies a model to files."""
+    """How a parcellated time-series file is read (its array, the IDs in its path): the same for
+    ``prepare`` and for every command that applies a model to files."""
 
     orientation: str = option("auto", "rows are timepoints (TR) or regions (RT)", choices=("auto", "TR", "RT"),
                               group=_PARCELLATED)
     mat_key: str | None = option(None, "variable name inside .mat files", group=_PARCELLATED)
+    subject_id: str | None = option(None, "where a file's subject ID is in its path: a regular expression with one "
+                                    "group (e.g. 'subjects/([^/]+)/'), or N, the N-th folder above the file (default: "
+                                    "BIDS sub-, else the file name, else the per-subject folder; docs/store.md)",
+                                    metavar="PATTERN", group=_IDS)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.subject_id is not None:
+            check_pattern(self.subject_id)
 
 
 @dataclass(kw_only=True)
@@ -125,6 +136,9 @@ class Source:
             ``--resplit``.
         keep_flat_regions: the source stores regions without signal as constants on purpose
             (Brainmarks writes zeros); they are kept instead of rejected, and listed in the manifest.
+        subject_ids: how the subject IDs were derived, in words (recorded in the store).
+        ids: the recording ID of each item when known before reading it (files: from their
+            paths), else empty; it enters the store fingerprint.
     """
 
     kind: str
@@ -135,6 +149,8 @@ class Source:
     extra_files: dict[str, Callable[[Path], None]] = field(default_factory=dict)
     split_phenotype: str | None = None
     keep_flat_regions: bool = False
+    subject_ids: str = ""
+    ids: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -197,6 +213,10 @@ def open_source(inputs: list[str | Path], options: InputOptions | None = None) -
     for p in paths:
         if not p.exists():
             raise MissingInputError(f"{_shown(p)}: input not found")
+        made = folder_kind(p) if p.is_dir() else None
+        if made is not None:
+            raise UserError(f"{_shown(p)}: a brainlm {made}, not an input: prepare reads scans, time series or "
+                            "datasets (commands take a store as it is)")
     kind = detect_kind(paths[0]) if options.kind == "auto" else options.kind
     adapters = {"bold": _bold_source, "bids": _bold_source, "surface": _bold_source, "timeseries": _timeseries_source,
                 "original": _original_source, "brainmarks": _brainmarks_source}
@@ -209,6 +229,8 @@ def open_source(inputs: list[str | Path], options: InputOptions | None = None) -
 
 
 def _expand(paths: list[Path], kind: str, space: str | None = None) -> list[Path]:
+    """The files of ``paths`` in the order given (a folder's files sorted), each once: the first
+    given of two duplicates is the one kept (a GIFTI pair once, by its left file)."""
     from .surface import is_surface_file, surface_inputs
 
     out = []
@@ -223,25 +245,25 @@ def _expand(paths: list[Path], kind: str, space: str | None = None) -> list[Path
             out += sorted(q for q in p.iterdir() if q.suffix.lower() in TIMESERIES_SUFFIXES)
         else:
             out += sorted(q for q in p.iterdir() if q.name.endswith(_NIFTI))
+    files = list(dict.fromkeys(Path(os.path.abspath(p)) for p in out))
     if kind == "surface" or (kind == "bids" and _surface_space(space)):
-        return surface_inputs(out)
-    return sorted(set(out), key=str)
+        return surface_inputs(files)
+    return files
 
 
 def _surface_space(space: str | None) -> bool:
     return space is not None and not space.startswith("MNI")
 
 
-def _ids_from_path(path: Path) -> dict:
-    ent = parse_bids_entities(path)
-    if "sub" not in ent and len(path.parts) >= 5 and path.parts[-3:-1][0] == "Results" \
-            and path.parts[-4] == "MNINonLinear":
-        # HCP: <subject>/MNINonLinear/Results/<run, e.g. rfMRI_REST1_LR>/<file>
-        return {"subject_id": path.parts[-5], "task": "".join(c for c in path.parts[-2] if c.isalnum())}
-    if "sub" not in ent:
-        return {"subject_id": path.name.split(".")[0]}
-    return {"subject_id": ent["sub"], "session_id": ent.get("ses", ""), "run_id": ent.get("run", ""),
-            "task": ent.get("task", "")}
+def _file_ids(files: list[Path], options: InputOptions) -> tuple[dict[Path, dict], str]:
+    """file -> its IDs (:mod:`brainlm.data.subjects`), and how they were derived."""
+    ids, rule = derive_ids(files, options.subject_id)
+    return {f: i.as_dict() for f, i in zip(files, ids)}, rule
+
+
+def _recording_ids(ids: dict[Path, dict]) -> list[str]:
+    return [Recording(None, **{**i, "subject_id": normalize_subject_id(i["subject_id"])}).recording_id
+            for i in ids.values()]
 
 
 def _phenotype_lookup(paths: list[Path], options: InputOptions, kind: str, subjects: list[str]) -> Callable[[str], dict]:
@@ -287,20 +309,34 @@ def _bold_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
     if any(is_surface_file(f) for f in files):
         raise UserError(f"{_shown(next(f for f in files if is_surface_file(f)))}: a surface recording among volumes; "
                         "give surface and volume recordings to separate stores")
-    phenotypes = _phenotype_lookup(paths, options, kind, [_ids_from_path(f)["subject_id"] for f in files])
 
-    def load(path: Path) -> Recording:
+    def read(path: Path) -> tuple:
         import nibabel as nib
 
         data = parcellator.transform(path, t_r=options.tr)
-        tr = options.tr if options.tr else bold_tr(nib.load(path), bold_sidecar(path))
-        ids = _ids_from_path(path)
-        return Recording(data, tr=tr, source=str(path), phenotypes=phenotypes(ids["subject_id"]), **ids)
+        return data, options.tr if options.tr else bold_tr(nib.load(path), bold_sidecar(path))
 
     keys = ("atlas", "atlas_coords", "detrend", "high_pass", "low_pass", "confound_strategy", "atlas_name", "tr",
             "participants")
-    return Source(kind, parcellator.atlas_, [_item(f, load) for f in files], "robust",
-                  {k: getattr(options, k) for k in keys})
+    return _file_source(kind, parcellator.atlas_, paths, files, options, read, keys)
+
+
+def _file_source(kind: str, atlas: Atlas, paths: list[Path], files: list[Path], options: InputOptions,
+                 read: Callable[[Path], tuple], keys: tuple[str, ...],
+                 extra_files: dict[str, Callable[[Path], None]] | None = None) -> Source:
+    """The source of input files: ``read(path) -> ((T, R) data, TR)``, IDs from their paths
+    (:mod:`brainlm.data.subjects`), phenotypes by subject; ``keys`` name the options that identify
+    the data; ``extra_files`` as :class:`Source`'s."""
+    ids, rule = _file_ids(files, options)
+    phenotypes = _phenotype_lookup(paths, options, kind, [i["subject_id"] for i in ids.values()])
+
+    def load(path: Path) -> Recording:
+        data, tr = read(path)
+        return Recording(data, tr=tr, source=str(path), phenotypes=phenotypes(ids[path]["subject_id"]), **ids[path])
+
+    return Source(kind, atlas, [_item(f, load) for f in files], "robust",
+                  {k: getattr(options, k) for k in (*keys, "subject_id")}, extra_files=extra_files or {},
+                  subject_ids=rule, ids=_recording_ids(ids))
 
 
 def _surface_source(paths: list[Path], options: InputOptions, kind: str) -> Source:
@@ -328,13 +364,10 @@ def _surface_source(paths: list[Path], options: InputOptions, kind: str) -> Sour
     atlas = load_surface_atlas(options.atlas, reference, coords=options.atlas_coords, name=options.atlas_name)
     parcellator = SurfaceParcellator(atlas, detrend=options.detrend, high_pass=options.high_pass,
                                      low_pass=options.low_pass, confound_strategy=options.confound_strategy).fit()
-    phenotypes = _phenotype_lookup(paths, options, kind, [_ids_from_path(f)["subject_id"] for f in files])
 
-    def load(path: Path) -> Recording:
-        data = parcellator.transform(path, t_r=options.tr)
-        tr = options.tr if options.tr else surface_tr(path, surface_sidecar(path))
-        ids = _ids_from_path(Path(str(path).replace("_hemi-L_", "_")))
-        return Recording(data, tr=tr, source=str(path), phenotypes=phenotypes(ids["subject_id"]), **ids)
+    def read(path: Path) -> tuple:
+        return parcellator.transform(path, t_r=options.tr), options.tr if options.tr else surface_tr(
+            path, surface_sidecar(path))
 
     def write_labels(path: Path) -> None:
         tmp = path.with_name(f".tmp-{path.name}")
@@ -343,8 +376,7 @@ def _surface_source(paths: list[Path], options: InputOptions, kind: str) -> Sour
 
     keys = ("atlas", "atlas_coords", "detrend", "high_pass", "low_pass", "confound_strategy", "atlas_name", "tr",
             "participants", "space")
-    return Source(kind, atlas, [_item(f, load) for f in files], "robust", {k: getattr(options, k) for k in keys},
-                  extra_files={ATLAS_LABELS: write_labels})
+    return _file_source(kind, atlas, paths, files, options, read, keys, {ATLAS_LABELS: write_labels})
 
 
 def _readable(read, path: Path) -> bool:
@@ -375,18 +407,14 @@ def timeseries_source(paths: list[str | Path], atlas: Atlas, options: InputOptio
     files = _expand(paths, "timeseries")
     if not files:
         raise UserError(f"no time-series files ({', '.join(TIMESERIES_SUFFIXES)}) in {', '.join(map(_shown, paths))}")
-    phenotypes = _phenotype_lookup(paths, options, "timeseries", [_ids_from_path(f)["subject_id"] for f in files])
     R = atlas.num_regions
 
-    def load(path: Path) -> Recording:
+    def read(path: Path) -> tuple:
         data = read_timeseries(path, num_regions=R, orientation=options.orientation, key=options.mat_key)
-        ids = _ids_from_path(path)
-        return Recording(data, tr=options.tr or float("nan"), source=str(path),
-                         phenotypes=phenotypes(ids["subject_id"]), **ids)
+        return data, options.tr or float("nan")
 
     keys = ("coords", "atlas_name", "orientation", "mat_key", "tr", "participants")
-    return Source("timeseries", atlas, [_item(f, load) for f in files], "robust",
-                  {k: getattr(options, k) for k in keys})
+    return _file_source("timeseries", atlas, paths, files, options, read, keys)
 
 
 def _shown(path: str | Path) -> str:

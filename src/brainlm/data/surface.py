@@ -139,7 +139,7 @@ def surface_inputs(files: list[Path]) -> list[Path]:
             if pair is not None and pair[0] == "R" and pair[1].is_file():
                 continue
         out.append(f)
-    return sorted(set(out), key=str)
+    return list(dict.fromkeys(out))  # in the order given: of two duplicates, the first given is kept
 
 
 def _gifti_pair(path: Path) -> tuple[Path, Path]:

@@ -15,6 +15,7 @@ vector; accuracy is the fraction assigned correctly, chance is 1 / S.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -30,6 +31,8 @@ from brainlm.evaluate.baselines import (
 
 from .embed import embed_windows, window_starts
 from .loading import Recordings, check_regions, load_model, open_recordings
+
+log = logging.getLogger(__name__)
 
 __all__ = ["identify", "fingerprint"]
 
@@ -51,21 +54,27 @@ def identify(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return corr.argmax(1)
 
 
-def _halves(recs: Recordings, window: int) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
-    """Subjects (first recording each) and the two halves of their recordings."""
+def _halves(recs: Recordings, window: int, on_error: str = "raise") -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """Subjects (first usable recording each) and the two halves of their recordings; a recording
+    too short for a window in each half is skipped (``on_error="skip"``) or the end of the command."""
     subjects, first, second = [], [], []
     for meta, ts in recs:
         if meta["subject_id"] in subjects:
             continue
         half = len(ts) // 2
         if half < window:
-            raise UserError(f"{meta['recording_id']}: half of its {len(ts)} timepoints is shorter than a window of "
-                            f"{window}; pass a smaller --window")
+            reason = (f"{meta['recording_id']}: half of its {len(ts)} timepoints is shorter than a window of "
+                      f"{window}; pass a smaller --window")
+            if on_error != "skip":
+                raise UserError(reason)
+            log.warning("skipped: %s", reason)
+            continue
         subjects.append(meta["subject_id"])
         first.append(ts[:half])
         second.append(ts[half : 2 * half])
     if len(subjects) < 2:
-        raise UserError("fingerprinting needs at least two subjects")
+        raise UserError(f"fingerprinting needs at least two subjects with two windows of {window} timepoints "
+                        f"(one in each half of a recording); {len(subjects)} in {recs.source}")
     return subjects, first, second
 
 
@@ -82,6 +91,7 @@ def fingerprint(
     batch_size: int = 32,
     connectivity: tuple[str, ...] = tuple(CONNECTIVITY_FEATURES),
     precision: str = "fp32",
+    on_error: str = "raise",
     trust_unverified: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Subject identification accuracy of embeddings and of the connectivity ladder.
@@ -98,6 +108,7 @@ def fingerprint(
         stride: step of the sliding windows inside each half (default ``window // 2``).
         connectivity: feature baselines to compare with (``fc``, ``fc_partial``, ``fc_tangent``, ``autocorr``).
         precision: compute precision of the embeddings (``auto``, ``fp32``, ``bf16``, ``fp16``).
+        on_error: ``"skip"`` a recording too short for a window in each half (logged), or ``"raise"``.
         trust_unverified: as :func:`load_model`.
 
     Returns:
@@ -111,7 +122,7 @@ def fingerprint(
     check_regions(model, recs.num_regions, recs.source)
     window = window or model.window_length
     stride = stride or max(1, window // 2)
-    subjects, first, second = _halves(recs, window)
+    subjects, first, second = _halves(recs, window, on_error)
     dtype = resolve_precision(precision, next(model.parameters()).device)
     if pooling not in ("cls", "mean", "region_time", "connectivity"):
         raise UserError(f"--pooling must be cls, mean, region_time or connectivity, got {pooling!r}")

@@ -187,6 +187,7 @@ class Recordings:
 def open_recordings(
     data, split: str | None = None, coords: str | os.PathLike | np.ndarray | None = None, *,
     on_error: str = "skip", max_abs: float | None = None, orientation: str = "auto", mat_key: str | None = None,
+    subject_id: str | None = None,
 ) -> Recordings:
     """Recordings of a store (optionally one split) or of parcellated time-series files.
 
@@ -199,7 +200,8 @@ def open_recordings(
         on_error: a file that fails the checks of ``prepare`` is skipped (``"skip"``, listed in
             ``Recordings.skipped``) or stops (``"raise"``); arrays always raise.
         max_abs: the largest magnitude a value may have (float16 inference: 65504).
-        orientation, mat_key: how a file's array is read, as ``prepare``'s ``--orientation`` and ``--mat-key``.
+        orientation, mat_key, subject_id: how a file is read, as ``prepare``'s ``--orientation``,
+            ``--mat-key`` and ``--subject-id``.
 
     Returns:
         ``Recordings``.
@@ -230,7 +232,8 @@ def open_recordings(
         return _array_recordings(list(data) if isinstance(data, np.ndarray) else data, xyz, max_abs)
     from brainlm.data import InputOptions
 
-    return _file_recordings(files, xyz, on_error, max_abs, InputOptions(orientation=orientation, mat_key=mat_key))
+    return _file_recordings(files, xyz, on_error, max_abs, InputOptions(orientation=orientation, mat_key=mat_key,
+                                                                                subject_id=subject_id))
 
 
 def _store_recordings(store, split: str | None) -> Recordings:

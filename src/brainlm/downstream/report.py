@@ -102,7 +102,7 @@ class RecordingsOptions(DeviceOptions, ArrayOptions, ModelOptions):
             return source
         return open_recordings(source, self.split, self.coords, on_error=self.on_error,
                                max_abs=FLOAT16_MAX if self.precision == "fp16" else None,
-                               orientation=self.orientation, mat_key=self.mat_key)
+                               orientation=self.orientation, mat_key=self.mat_key, subject_id=self.subject_id)
 
 
 @dataclass(kw_only=True)
@@ -402,7 +402,7 @@ def run_fingerprint(options: FingerprintOptions) -> pd.DataFrame:
         model = _load(o)
         summary, matches = fingerprint(model, o.matched(model), split=o.split, coords=o.coords,
                                        pooling=o.pooling, keep_regions=o.keep_regions, window=o.window,
-                                       stride=o.stride, precision=o.precision)
+                                       stride=o.stride, precision=o.precision, on_error=o.on_error)
         write_csv(summary, out / "fingerprint.csv")
         write_csv(matches, out / "fingerprint_matches.csv")
         plot_fingerprint(summary, out / "fingerprint.png")

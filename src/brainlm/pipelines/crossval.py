@@ -47,6 +47,7 @@ import pandas as pd
 from brainlm.errors import UserError
 from brainlm.evaluate.protocol import subject_folds
 from brainlm.io import atomic_write, atomic_write_json, output_folder, read_json
+from brainlm.options import command_line
 
 from .benchmark import CV_TASKS, BenchmarkConfig, TaskResult, ladder_from_windows, task_verdict, window_sums, write_report
 from .heldout import pretrain_and_score
@@ -168,8 +169,8 @@ def run_crossval(preset: str, store_path, out_dir, k: int, cfg: BenchmarkConfig 
         minutes = (time.perf_counter() - t0) / 60
         timings = [read_json(p, "fold timing") for p in sorted(out.glob("folds/fold_*/timing.json"))]
         stages = {key: sum(t.get(key, 0.0) for t in timings) / 60 for key in ("pretrain_s", "forecast_finetune_s", "score_s")}
-        command = f"brainlm benchmark {preset} {store_path} --cv {k}" + (
-            f" --forecast-finetune {forecast_finetune}" if forecast_finetune else "")
+        command = command_line("brainlm", "benchmark", preset, store_path, "--cv", k,
+                               *(["--forecast-finetune", forecast_finetune] if forecast_finetune else []))
         header = [f"`{command}`: store {store.num_regions} regions, {len(subjects)} subjects. Every method is scored "
                   "on the same windows with the same formula; intervals resample subjects.",
                   f"Time: this invocation {minutes:.1f} min; over all folds as recorded, pretraining "

@@ -26,13 +26,12 @@ zero, region mean, interpolation); losing to the connectivity fill is reported, 
 
 from __future__ import annotations
 
-import shlex
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from brainlm.options import option
+from brainlm.options import command_line, option
 from brainlm.train.config import TrainingOverrides
 
 __all__ = ["DemoOptions", "run_demo", "RECORDED_CV", "cv_command"]
@@ -54,8 +53,8 @@ RECORDED_CV = {
 
 def cv_command(store, out) -> str:
     """The cross-validation that gives the demo's verdicts over every subject."""
-    return (f"brainlm benchmark demo {shlex.quote(str(store))} --cv 6 --forecast-finetune 600 "
-            f"--out {shlex.quote(str(Path(out) / 'cv'))}")
+    return command_line("brainlm", "benchmark", "demo", store, "--cv", 6, "--forecast-finetune", 600,
+                        "--out", Path(out) / "cv")
 
 
 @dataclass(kw_only=True)
@@ -66,7 +65,7 @@ class DemoOptions(TrainingOverrides):
     smoke: bool = option(False, "a few training steps only, to check the pipeline")
 
     def resume_hint(self) -> str | None:
-        return f"run brainlm demo --out {self.out} again to continue where it stopped"
+        return f"run {command_line('brainlm', 'demo', '--out', self.out)} again to continue where it stopped"
 
 
 def run_demo(options: DemoOptions | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -375,7 +376,25 @@ def resolve_config(
         config = train_preset(preset or "13m")
     config = apply_overrides(config, overrides or {})
     if resume is not None:
-        config = config.replace(out_dir=str(resume))
+        config = config.replace(out_dir=str(resume), data=_moved_with_run(config, resume))
     elif out is not None:
         config = config.replace(out_dir=str(out))
-    return config
+    return absolute_paths(config)
+
+
+def _moved_with_run(config: TrainConfig, run: str | Path) -> str | None:
+    """The store of a resumed run: where its settings say, or, when the store is not there and the
+    run has moved, the same place relative to the run (a run and its store moved together)."""
+    if not config.data or Path(config.data).exists() or not Path(config.data).is_absolute():
+        return config.data
+    moved = Path(run) / os.path.relpath(config.data, config.out_dir)
+    return str(moved) if moved.exists() else config.data
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with its folders as absolute paths (the store, the run, a local ``init_from``), so
+    that the run's saved settings work from any folder (``pretrain --resume RUN`` from elsewhere)."""
+    local = {"data": config.data, "out_dir": config.out_dir}
+    if config.init_from and Path(config.init_from).exists():
+        local["init_from"] = config.init_from
+    return config.replace(**{k: os.path.abspath(v) for k, v in local.items() if v})

@@ -8,7 +8,7 @@ from pathlib import Path
 from brainlm.distributed import destroy_distributed, init_distributed
 from brainlm.evaluate.reconstruction import ladder_verdict
 from brainlm.errors import UserError
-from brainlm.options import ModelOptions, option
+from brainlm.options import ModelOptions, command_line, option
 
 from .config import TrainConfig, TrainingOverrides, resolve_config
 from .trainer import RunResult, pretrain
@@ -39,7 +39,7 @@ class PretrainOptions(TrainingOverrides, ModelOptions):
     def resume_hint(self) -> str | None:
         run = Path(self.config().out_dir)
         if (run / "train_config.json").is_file():
-            return f"continue with: brainlm pretrain --resume {run}"
+            return f"continue with: {command_line('brainlm', 'pretrain', '--resume', run)}"
         return "nothing was saved yet; run the same command again to start"
 
 

@@ -45,7 +45,7 @@ from brainlm.progress import progress
 from brainlm.seeding import DROPOUT, TRAIN_MASK, seed_of
 
 from . import checkpointing as ckpt
-from .config import TrainConfig
+from .config import TrainConfig, absolute_paths
 from .data import build_datasets, check_dataset, data_identity, fit_baselines, training_trs
 from .loggers import Loggers, read_metrics
 from .masking import training_noise
@@ -403,6 +403,7 @@ def pretrain(config: TrainConfig, *, resume: bool = False, train_dataset: Datase
             another run); nothing is written then.
         NonFiniteLossError: the loss became NaN / inf; the last good checkpoint is kept.
     """
+    config = absolute_paths(config)  # the saved settings work from any folder
     return Trainer(config, resume=resume, train_dataset=train_dataset, val_dataset=val_dataset,
                    trust_unverified=trust_unverified).fit()
 
