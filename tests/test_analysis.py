@@ -388,6 +388,16 @@ def test_the_atlas_image_of_a_store(tmp_path):
     assert store_atlas_image(a424, tmp_path / "mine.nii.gz") == tmp_path / "mine.nii.gz"
     with pytest.raises(FileNotFoundError, match="--atlas-image .*nope.nii.gz: file not found"):
         store_atlas_image(a424, tmp_path / "nope.nii.gz")
+    # a store moved together with its atlas: the path recorded relative to the store is found
+    moved = tmp_path / "elsewhere"
+    (moved / "store").mkdir(parents=True)
+    (tmp_path / "mine.nii.gz").rename(moved / "mine.nii.gz")
+    travelled = SimpleNamespace(path=moved / "store", atlas="mine",
+                                manifest={"options": {"atlas": str(tmp_path / "mine.nii.gz")},
+                                          "relative_options": {"atlas": "../mine.nii.gz"}})
+    assert store_atlas_image(travelled) == moved / "store" / "../mine.nii.gz"
+    with pytest.raises(ValueError, match="does not say which atlas label image"):
+        store_atlas_image(custom)  # neither path exists any more
 
 
 def test_bundled_aal2_systems_cover_the_demo_regions():

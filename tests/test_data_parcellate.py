@@ -145,6 +145,12 @@ def test_bids_fmriprep_folder_to_store(tmp_path):
     # Confound regression removed the motion artefact shared by all parcels.
     x = store.get(str(rec.loc["01", "recording_id"]))
     assert np.abs(np.corrcoef(x.T, motion["01"])[-1, :-1]).max() < 0.05
+    # the atlas by absolute path and relative to the store, so the two can move together
+    from brainlm.data.atlas import store_atlas_image
+
+    assert store.manifest["options"]["atlas"] == str(atlas_path.resolve())
+    assert (store.path / store.manifest["relative_options"]["atlas"]).resolve() == atlas_path.resolve()
+    assert store_atlas_image(store).resolve() == atlas_path.resolve()
 
 
 def test_image_outside_atlas_space_is_refused(tmp_path):

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainlm.data.atlas import bundled_path, image_labels
+from brainlm.data.atlas import bundled_path, image_labels, store_atlas_image as atlas_image_of
 from brainlm.errors import InputError, MissingInputError, UserError
 from brainlm.io import read_table
 from brainlm.progress import progress as progress_bar
@@ -195,11 +195,9 @@ def store_atlas_image(store, atlas_image: str | os.PathLike | None = None) -> Pa
         if not path.is_file():
             raise MissingInputError(f"--atlas-image {path}: file not found")
         return path
-    named = str(store.manifest.get("options", {}).get("atlas") or store.atlas)
-    if named.upper() == "A424":
-        return bundled_path("A424+2mm.nii.gz")
-    if named.endswith(_IMAGE_SUFFIXES) and Path(named).is_file():
-        return Path(named)
+    path = atlas_image_of(store)
+    if path is not None:
+        return path
     raise UserError(f"{store.path}: the store does not say which atlas label image its regions come from (atlas "
                     f"{store.atlas!r}); pass it with --atlas-image to use a network label image")
 

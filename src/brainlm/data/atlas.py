@@ -16,12 +16,37 @@ import pandas as pd
 
 from brainlm.errors import InputError, MissingInputError, UserError
 
-__all__ = ["Atlas", "load_atlas", "read_coordinates", "bundled_path", "aal2_94_regions"]
+__all__ = ["Atlas", "load_atlas", "read_coordinates", "bundled_path", "aal2_94_regions", "store_option_path",
+           "store_atlas_image"]
 
 
 def bundled_path(filename: str) -> Path:
     """Path of a file shipped in ``brainlm/atlases`` (see the NOTICE there)."""
     return Path(str(resources.files("brainlm") / "atlases" / filename))
+
+
+def store_option_path(store, name: str) -> Path | None:
+    """A file a store was prepared with (``--atlas``, ``--coords``, ...): its absolute path as recorded,
+    else the path recorded relative to the store (a store moved together with its inputs); None when
+    neither exists or the option names no file."""
+    value = store.manifest.get("options", {}).get(name)
+    if not isinstance(value, str) or not value:
+        return None
+    relative = store.manifest.get("relative_options", {}).get(name)
+    for candidate in (Path(value), Path(store.path) / relative if relative else None):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def store_atlas_image(store) -> Path | None:
+    """The volumetric label image a store's regions come from: the bundled A424, or the image it was
+    parcellated with (:func:`store_option_path`); None when it names none."""
+    named = str(store.manifest.get("options", {}).get("atlas") or store.atlas)
+    if named.upper() == "A424":
+        return bundled_path("A424+2mm.nii.gz")
+    path = store_option_path(store, "atlas")
+    return path if path is not None and path.name.endswith((".nii", ".nii.gz")) else None
 
 
 @dataclass(frozen=True)

@@ -68,19 +68,15 @@ def atlas_space(store) -> tuple[AtlasSpace | None, str]:
     """The atlas space of a store, or None with the reason it has none."""
     import nibabel as nib
 
-    from .atlas import bundled_path
+    from .atlas import store_atlas_image
     from .store import listed_files, store_file
 
     files = listed_files(store.manifest)
     if ATLAS_LABELS in files:
         path, _ = store_file(store.path, ATLAS_LABELS, files)
         return AtlasSpace("surface", nib.load(path), source=str(path)), ""
-    named = str(store.manifest.get("options", {}).get("atlas") or store.atlas)
-    if named.upper() == "A424":
-        path = bundled_path("A424+2mm.nii.gz")
-    elif named.endswith((".nii", ".nii.gz")) and Path(named).is_file():
-        path = Path(named)
-    else:
+    path = store_atlas_image(store)
+    if path is None:
         return None, (f"the store's regions ({store.atlas}) come with no atlas image, so no map image is written; "
                       "the values are in the tables")
     img = nib.load(path)

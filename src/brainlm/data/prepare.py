@@ -627,6 +627,9 @@ def _write_tables(table, atlas, out, info, options, normalizer, splits, shards, 
         "phenotype_columns": [c for c in table.columns if c not in TABLE_COLUMNS],
         "shards": shards, "skipped": [], "kind": info["kind"],
         "options": {**options.identity(), **info["source_options"]},
+        # the same files relative to the store, for a store moved together with them
+        "relative_options": {k: os.path.relpath(v, out) for k, v in info["source_options"].items()
+                             if isinstance(v, str) and os.path.isabs(v) and Path(v).exists()},
     }
 
 
