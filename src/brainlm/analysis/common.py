@@ -19,7 +19,8 @@ import pandas as pd
 
 from brainlm.distributed import DeviceOptions, resolve_device, resolve_precision
 from brainlm.errors import UserError
-from brainlm.io import atomic_write_json, atomic_write_text, output_folder, write_csv
+from brainlm.report import Report as _Writer
+from brainlm.io import output_folder
 from brainlm.options import at_least, option, positive
 
 from .networks import BUNDLED_NETWORKS, Networks, resolve_networks
@@ -123,35 +124,24 @@ def check_column(store, column: str, flag: str) -> None:
                         f"(it has {', '.join(store.phenotype_columns) or 'none'})")
 
 
-class Report:
-    """``report.md`` and ``results.json`` of one analysis, with its tables and figures, written last."""
+class Report(_Writer):
+    """``report.md``, ``report.html`` and ``results.json`` of one analysis (:class:`brainlm.report.Report`),
+    with its tables and figures, written last."""
 
     def __init__(self, title: str, header: list[str], analysis: Analysis):
-        self.lines = [f"# {title}", "", *[f"{h}\n" for h in header]]
-        self.results: dict = {"analysis": title, "options": analysis.options.to_dict(),
-                              "networks": {"source": analysis.networks.source,
-                                           "data_derived": analysis.networks.data_derived,
-                                           "names": list(analysis.networks.names)},
-                              "initialisation": analysis.initial.to_dict() if analysis.initial is not None else None}
-        self.tables: dict[str, pd.DataFrame] = {"networks.tsv": analysis.networks.table(analysis.store.region_names)}
-        self.figures: dict[str, tuple] = {}
+        super().__init__(title, header, {
+            "analysis": title, "options": analysis.options.to_dict(),
+            "networks": {"source": analysis.networks.source, "data_derived": analysis.networks.data_derived,
+                         "names": list(analysis.networks.names)},
+            "initialisation": analysis.initial.to_dict() if analysis.initial is not None else None})
+        self.tables["networks.tsv"] = analysis.networks.table(analysis.store.region_names)
         self.analysis = analysis
-        self.printed: list[str] = []
-
-    def section(self, heading: str, *paragraphs: str) -> None:
-        self.lines += [f"## {heading}", ""] + [f"{p}\n" for p in paragraphs]
-
-    def say(self, line: str) -> None:
-        """A headline: in the report and printed when the analysis ends."""
-        self.lines.append(f"{line}\n")
-        self.printed.append(line)
 
     def figure(self, name: str, caption: str, draw: Callable[[], object], *, tight: bool = True) -> None:
         """Add the figure ``draw()`` makes, unless figures are off (``tight=False`` for glass brains,
         whose axes tight_layout cannot place)."""
         if self.analysis.options.figures:
-            self.figures[name] = (draw(), tight)
-            self.lines += [f"![{caption}]({name})", ""]
+            super().figure(name, caption, draw(), tight=tight, dpi=80)
 
     def finish(self) -> dict:
         """Write everything, print the headline lines (unless ``echo`` is off); returns ``results.json``'s content."""
@@ -161,19 +151,10 @@ class Report:
                 print(line)
         return self.results
 
-    def write(self) -> Path:
-        """Tables, figures and ``results.json``, then ``report.md`` (each atomically)."""
-        from brainlm.figures import save_figure
-
-        out = self.analysis.out
+    def write(self, out=None, name: str = "report") -> Path:
+        """Tables, figures and ``results.json``, then ``report.md`` and ``report.html`` (each atomically)."""
         seconds = time.perf_counter() - self.analysis.started
         self.results["seconds"] = round(seconds, 1)
-        for name, table in self.tables.items():
-            write_csv(table, out / name, sep="\t" if name.endswith(".tsv") else ",")
-        for name, (fig, tight) in self.figures.items():
-            save_figure(fig, out / name, dpi=80, tight=tight)
         self.results["headline"] = self.printed
-        atomic_write_json(out / "results.json", self.results)
-        self.lines.append(f"Wall time: {seconds:.1f} s.")
-        atomic_write_text(out / "report.md", "\n".join(self.lines).rstrip() + "\n")
-        return out / "report.md"
+        self.paragraph(f"Wall time: {seconds:.1f} s.")
+        return super().write(self.analysis.out if out is None else out, name)

@@ -40,7 +40,6 @@ from brainlm.evaluate.baselines import ForecastBaselines
 from brainlm.evaluate.protocol import SubjectBootstrap
 from brainlm.evaluate.verdict import compare
 from brainlm.figures import pyplot
-from brainlm.markdown import markdown_table
 from brainlm.options import at_least, finite, option, positive
 from brainlm.progress import progress as progress_bar
 
@@ -271,7 +270,7 @@ def _write(a: Analysis, report, result: PerturbationResult, perturbation: Pertur
     line = ", ".join(f"{c}: r = {row.correlation:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
                      for c, row in cells.iterrows())
     report.say(f"perturb: {what}; response agreement, model vs ridge VAR({o.ar_order}): {line}")
-    report.say(verdict.line(f"on {len(result.subjects)} held-out windows"))
+    report.verdict(verdict, f"on {len(result.subjects)} held-out windows", say=True)
     per_network = pd.DataFrame({
         "network": list(a.networks.names),
         "model response (step 1)": [model_mean[a.networks.members(n), 0].mean() for n in a.networks.names],
@@ -284,9 +283,9 @@ def _write(a: Analysis, report, result: PerturbationResult, perturbation: Pertur
         f"({len(set(result.subjects))} subjects) forecast with and without it; the ridge VAR({o.ar_order}) fitted on "
         "the train split. Response: perturbed minus unperturbed forecast, mean over windows, in the store's units.",
         "Agreement of the two responses over (region, step) cells, 95% intervals from resampling subjects:",
-        markdown_table(agreement),
+        agreement,
         "Mean response per network:",
-        markdown_table(per_network),
+        per_network,
         f"Forecast R^2 of the unperturbed windows: the model {result.r2('model')(everyone):.3f}, ridge "
         f"VAR({o.ar_order}) {result.r2('var')(everyone):.3f}, the same model at initialisation {initial_r2:.3f} "
         f"({a.initial.kind}).",

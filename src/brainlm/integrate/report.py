@@ -1,8 +1,8 @@
-"""Short Markdown reports with PNG plots (matplotlib, Agg backend) for each analysis.
+"""Short reports with PNG plots (matplotlib, Agg backend) for each analysis (:class:`brainlm.report.Report`).
 
-Each ``write_*_report(analysis, out_dir, ...)`` writes ``<out_dir>/report.md`` plus its
-figures next to it, and returns the report path. ``notes`` lines (data description,
-join summary) go at the top.
+Each ``write_*_report(analysis, out_dir, ...)`` writes ``<out_dir>/report.md``, ``report.html`` and
+``results.json`` (the tables of the report) plus its figures next to it, and returns the report
+path. ``notes`` lines (data description, join summary) go at the top.
 """
 
 from __future__ import annotations
@@ -11,23 +11,31 @@ from pathlib import Path
 
 import numpy as np
 
-from brainlm.markdown import markdown_table
-from brainlm.figures import interval_errors, pyplot, save_figure
-from brainlm.io import atomic_write_text
+from brainlm.figures import interval_errors, pyplot
+from brainlm.report import Report
 
 
 def _plt():
     return pyplot()
 
 
-def _write(out_dir: Path, title: str, notes, blocks: list[str]) -> Path:
-    lines = [f"# {title}", ""]
-    for note in notes or []:
-        lines += [note, ""]
-    lines += blocks
-    path = out_dir / "report.md"
-    atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
-    return path
+def _write(out_dir: Path, title: str, notes, blocks: list, figure: tuple[str, str, object]) -> Path:
+    """The report: ``notes``, then ``blocks`` (paragraphs, ``("## heading",)`` sections, tables), then the
+    figure ``(name, caption, matplotlib figure)``; ``results.json`` holds the tables by name."""
+    tables = {}
+    report = Report(title, notes or [], {"title": title, "tables": tables})
+    for block in blocks:
+        if isinstance(block, tuple):  # (name, table)
+            name, frame = block
+            tables[name] = frame.reset_index(drop=True).to_dict("records")
+            report.table(frame, key=name)
+        elif block.startswith("## "):
+            report.section(block[3:])
+        else:
+            report.paragraph(block)
+    name, caption, fig = figure
+    report.figure(name, caption, fig, dpi=110)
+    return report.write(out_dir)
 
 
 def write_cca_report(analysis, out_dir, title: str = "CCA: brain vs genetic embeddings", notes=None) -> Path:
@@ -47,17 +55,13 @@ def write_cca_report(analysis, out_dir, title: str = "CCA: brain vs genetic embe
     p_title = f"p = {analysis.p_value_:.3g} ({analysis.n_permutations} permutations)"
     axes[1].set(xlabel="held-out r (component 1)", ylabel="permutations", title=p_title)
     axes[1].legend(fontsize=8)
-    save_figure(fig, out_dir / "cca.png", dpi=110)
     blocks = [
         f"{len(analysis.folds_)}-fold cross-validation, {analysis.n_permutations} subject-label permutations; "
         "held-out r is the correlation of the canonical variates of held-out subjects, averaged over folds; "
         "stability is the mean |cosine| of fold weight vectors (1 = same direction in every fold).",
-        "",
-        markdown_table(analysis.summary()),
-        "",
-        "![held-out canonical correlations and permutation null](cca.png)",
+        ("cca", analysis.summary()),
     ]
-    return _write(out_dir, title, notes, blocks)
+    return _write(out_dir, title, notes, blocks, ("cca.png", "held-out canonical correlations and permutation null", fig))
 
 
 def write_fusion_report(analysis, out_dir, title: str = "Late fusion: genetic vs brain vs both", notes=None) -> Path:
@@ -76,22 +80,15 @@ def write_fusion_report(analysis, out_dir, title: str = "Late fusion: genetic vs
     ax.axhline(0.5 if main == "auroc" else 0.0, color="k", lw=0.8, ls="--")
     ax.set_xticks(range(len(res)), labels, fontsize=7)
     ax.set_ylabel(main.upper() if main == "auroc" else "R^2")
-    save_figure(fig, out_dir / "fusion.png", dpi=110)
     blocks = [
         f"Task: {analysis.task_}; {len(analysis.folds_)} subject-grouped folds; out-of-fold predictions scored once; "
         f"95% bootstrap intervals over {analysis.n_bootstrap} subject resamples.",
-        "",
         "## Performance",
-        "",
-        markdown_table(res),
-        "",
+        ("performance", res),
         "## Fusion minus best single modality (paired bootstrap)",
-        "",
-        markdown_table(analysis.gains_),
-        "",
-        "![performance with 95% intervals](fusion.png)",
+        ("gains", analysis.gains_),
     ]
-    return _write(out_dir, title, notes, blocks)
+    return _write(out_dir, title, notes, blocks, ("fusion.png", "performance with 95% intervals", fig))
 
 
 def write_contrastive_report(
@@ -113,7 +110,6 @@ def write_contrastive_report(
     for f, al in enumerate(analysis.aligners_):
         axes[1].plot(al.history_.epoch, al.history_.val_loss, label=f"fold {f}")
     axes[1].set(xlabel="epoch", ylabel="validation InfoNCE")
-    save_figure(fig, out_dir / "contrastive.png", dpi=110)
     best = [al.best_epoch_ for al in analysis.aligners_]
     temps = [al.temperature_ for al in analysis.aligners_]
     blocks = [
@@ -123,9 +119,6 @@ def write_contrastive_report(
         + ("; `shuffled_fit_*`: towers trained on shuffled training pairs, scored on the true held-out pairs. "
            if analysis.shuffled_fit else ". ")
         + f"Best epochs per fold: {best}; learnt temperatures: {[round(t, 3) for t in temps]}.",
-        "",
-        markdown_table(m),
-        "",
-        "![retrieval and validation loss](contrastive.png)",
+        ("retrieval", m),
     ]
-    return _write(out_dir, title, notes, blocks)
+    return _write(out_dir, title, notes, blocks, ("contrastive.png", "retrieval and validation loss", fig))
