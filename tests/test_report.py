@@ -2,6 +2,7 @@
 and every page opened in headless Chromium: images loaded, no console errors, no network, not
 blank, readable at a phone's width, and the numbers on the page those of results.json."""
 
+import html
 import json
 import math
 import shutil
@@ -60,6 +61,7 @@ def test_the_writer_gives_markdown_html_and_results_from_the_same_blocks(tmp_pat
     report.figure("line.png", "a line", fig)
     report.verdict(_verdict(0.01, 0.04), "on y", say=True)
     report.bullets(["one", "two"])
+    report.paragraph("**ahead of** the others, in bold but no verdict")
     path = report.write(tmp_path)
     md = path.read_text()
     assert md.startswith("# A title\n\n") and "| a | 0.123 |" in md and "![a line](line.png)" in md
@@ -75,8 +77,10 @@ def test_the_writer_gives_markdown_html_and_results_from_the_same_blocks(tmp_pat
     (tmp_path / "report.html").unlink()
     rebuild(tmp_path)
     again = (tmp_path / "report.html").read_text()
-    assert again.count("data:image/png;base64,") == 1 and 'class="verdict v-wins"' in again
-    assert "<th>R^2</th>" in again and "<li>two</li>" in again and results["produced_by"]["command"] in again
+    assert again.count("data:image/png;base64,") == 1 and again.count('class="verdict v-') == 1
+    assert 'class="verdict v-wins"' in again and "<strong>ahead of</strong> the others" in again
+    assert "<th>R^2</th>" in again and "<li>two</li>" in again
+    assert html.escape(results["produced_by"]["command"]) in again
 
 
 # --------------------------------------------------------------------------- small runs, shared

@@ -87,9 +87,14 @@ def produced_by() -> dict:
         except PackageNotFoundError:
             return "not installed"
 
-    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-    prog = "brainlm" if prog in ("brainlm", "cli.py", "__main__.py", "-m", "-c") else prog
-    return {"command": shlex.join([prog, *sys.argv[1:]]),
+    first = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    if first.name == "brainlm" or first.parts[-2:] in (("brainlm", "cli.py"), ("brainlm", "__main__.py")):
+        prog = ["brainlm"]  # the console script, or python -m brainlm.cli
+    elif first.name == "__main__.py":
+        prog = ["python", "-m", first.parent.name]
+    else:
+        prog = ["python", first.name] if first.name in ("-c", "-m") else [first.name]
+    return {"command": shlex.join([*prog, *sys.argv[1:]]),
             # the package's own version (brainlm/__init__.py, loaded before this module; not imported: it is a higher floor)
             "versions": {"brainlm": getattr(sys.modules.get("brainlm"), "__version__", None) or installed("brainlm"),
                          "torch": installed("torch"), "numpy": np.__version__,
@@ -418,6 +423,10 @@ def _paragraph(text: str):
     """A paragraph read back; a line whose bold part is a verdict's outcome is a verdict line."""
     match = _OUTCOME.search(text)
     if match is not None and "\n" not in text:
+        try:
+            outcome_badge(match.group(1))
+        except ValueError:  # bold words that are no outcome ("ahead of ...")
+            return _Paragraph(text)
         return _ReadVerdict(text[: match.start()], match.group(1), text[match.end():])
     return _Paragraph(text)
 
