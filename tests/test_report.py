@@ -34,6 +34,9 @@ TABLES = ("Array.from(document.querySelectorAll('table')).map(t => ({key: t.data
 VERDICTS = ("Array.from(document.querySelectorAll('.verdict')).map(v => ({cls: v.className, "
             "outcome: v.dataset.outcome, badge: getComputedStyle(v.querySelector('.badge')).backgroundColor}))")
 FOOTER = "document.querySelector('footer').textContent"
+SORT = ("(() => { const t = document.querySelector('table[data-key]'), head = t.tHead.rows[0].cells[1]; "
+        "const column = () => Array.from(t.tBodies[0].rows).map(r => Number(r.cells[1].dataset.value)); "
+        "head.click(); const up = column(); head.click(); return [up, column()]; })()")
 
 
 def _verdict(lo, hi, n=8):
@@ -102,8 +105,8 @@ def runs(tmp_path_factory):
     return root
 
 
-def _look(page: Path, **kw):
-    check = open_page(page, {"tables": TABLES, "verdicts": VERDICTS, "footer": FOOTER}, **kw)
+def _look(page: Path, extra: dict | None = None, **kw):
+    check = open_page(page, {"tables": TABLES, "verdicts": VERDICTS, "footer": FOOTER, **(extra or {})}, **kw)
     assert check.images and all(i["complete"] and i["naturalWidth"] > 0 for i in check.images), check.images
     assert check.errors == []
     assert all(url.startswith(("file:", "data:")) for url in check.requests), check.requests  # no network
@@ -118,7 +121,7 @@ def _look(page: Path, **kw):
 @needs_browser
 def test_the_benchmark_page_shows_results_json(runs):
     out = runs / "bench"
-    check = _look(out / "report.html")
+    check = _look(out / "report.html", {"sorted": SORT})
     results = json.loads((out / "results.json").read_text())
     tables = {t["key"]: t for t in check.values["tables"]}
     for task in results["tasks"]:
@@ -127,6 +130,9 @@ def test_the_benchmark_page_shows_results_json(runs):
         assert [row[:2] for row in shown["rows"]] == [[r["label"], r["value"]] for r in task["table"]]
     assert [v["outcome"] for v in check.values["verdicts"]] == [t["comparison"]["outcome"] for t in results["tasks"]]
     assert len(check.images) == len(results["tasks"])
+    # a click on a column head sorts its table by the exact values, a second click the other way
+    values = [r["value"] for r in results["tasks"][0]["table"]]
+    assert check.values["sorted"] == [sorted(values), sorted(values, reverse=True)]
 
 
 @needs_browser

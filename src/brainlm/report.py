@@ -369,7 +369,7 @@ footer{margin-top:3rem;padding-top:.5rem;border-top:1px solid var(--line);color:
 
 # Click a column head to sort its table by that column (numbers by their exact value).
 _SCRIPT = """
-document.querySelectorAll("table.sortable th").forEach(function (th, col) {
+document.querySelectorAll("table.sortable th").forEach(function (th) {
   th.addEventListener("click", function () {
     var table = th.closest("table"), body = table.tBodies[0], up = th.getAttribute("aria-sort") !== "ascending";
     var index = Array.prototype.indexOf.call(th.parentNode.children, th);
