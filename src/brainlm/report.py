@@ -49,7 +49,9 @@ PAGES = ("report", "index")  # the pages a folder may hold: a command's report, 
 
 
 class VerdictLike(Protocol):
-    """What a verdict line needs to be written: both renderings of one line."""
+    """What a verdict line needs to be written: the plain line (printed) and its two renderings."""
+
+    def line(self, where: str = "") -> str: ...
 
     def markdown(self, where: str = "") -> str: ...
 
@@ -236,6 +238,9 @@ class _ReadVerdict:
     before: str
     outcome: str
     after: str
+
+    def line(self, where: str = "") -> str:
+        return f"{self.before}{self.outcome}{self.after}"
 
     def markdown(self, where: str = "") -> str:
         return f"{self.before}**{self.outcome}**{self.after}"
