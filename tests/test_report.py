@@ -192,6 +192,15 @@ def test_brainlm_report_refuses_a_folder_without_a_report(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no report.md" in err[0]
     assert list((tmp_path / "empty").iterdir()) == []
+    # one unreadable report among good ones: refused, and no page written
+    for name in ("a", "b"):
+        Report(name).write(tmp_path / "two" / name)
+        (tmp_path / "two" / name / "report.html").unlink()
+    (tmp_path / "two" / "b" / "report.md").write_bytes(b"# \xff\xfe binary")
+    assert main(["report", str(tmp_path / "two")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not UTF-8" in err[0] and "b/report.md" in err[0]
+    assert not list((tmp_path / "two").rglob("*.html"))
 
 
 # --------------------------------------------------------------------------- the demo's page

@@ -42,8 +42,8 @@ from brainlm.io import atomic_write_json, atomic_write_text, read_json, write_cs
 from brainlm.markdown import format_cell, markdown_table
 from brainlm.options import Options, option
 
-__all__ = ["Report", "VerdictLike", "verdict_html", "outcome_badge", "produced_by", "rebuild", "ReportOptions",
-           "run_report", "PAGES"]
+__all__ = ["Report", "VerdictLike", "verdict_html", "outcome_badge", "produced_by", "rebuild", "rebuilt_page",
+           "read_markdown", "ReportOptions", "run_report", "PAGES"]
 
 PAGES = ("report", "index")  # the pages a folder may hold: a command's report, the demo's index
 
@@ -466,20 +466,26 @@ def read_markdown(text: str) -> tuple[str, list]:
     return title, blocks
 
 
-def rebuild(folder: str | os.PathLike, name: str = "report") -> Path:
-    """Write ``NAME.html`` again from the folder's ``NAME.md``, its figures and ``results.json``
-    (the command line and versions that produced it, when recorded there).
-
-    Returns:
-        The page's path.
-    """
+def rebuilt_page(folder: str | os.PathLike, name: str = "report") -> str:
+    """``NAME.html`` of a folder made again from its ``NAME.md``, the figures it names and
+    ``results.json`` (the command line and versions that produced it, when recorded there)."""
     folder = Path(folder)
-    title, blocks = read_markdown((folder / f"{name}.md").read_text(encoding="utf-8"))
+    source = folder / f"{name}.md"
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{source}: not a report written by brainlm (not UTF-8 text: {err.reason})") from None
+    title, blocks = read_markdown(text)
     results = folder / ("results.json" if name == "report" else f"{name}.json")
     recorded = read_json(results, "report results").get("produced_by") if results.is_file() else None
     footer = dict(recorded or {"command": "not recorded", "versions": produced_by()["versions"]})
     footer["rebuilt_by"] = produced_by()["command"]
-    return atomic_write_text(folder / f"{name}.html", page(title, [b.html(folder) for b in blocks], footer))
+    return page(title, [b.html(folder) for b in blocks], footer)
+
+
+def rebuild(folder: str | os.PathLike, name: str = "report") -> Path:
+    """Write ``NAME.html`` again (:func:`rebuilt_page`); returns its path."""
+    return atomic_write_text(Path(folder) / f"{name}.html", rebuilt_page(folder, name))
 
 
 @dataclass(kw_only=True)
@@ -495,11 +501,12 @@ def run_report(options: ReportOptions) -> list[Path]:
     """``brainlm report DIR``: rebuild every page under ``DIR``; returns their paths."""
     folder = Path(options.folder)
     if not folder.is_dir():
-        raise UserError(f"{folder}: no such folder (FOLDER)")
+        raise UserError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'} (FOLDER)")
     found = sorted(p for page_name in PAGES for p in folder.rglob(f"{page_name}.md"))
     if not found:
         raise UserError(f"{folder}: no report.md or index.md in it or below it (FOLDER)")
-    written = [rebuild(p.parent, p.stem) for p in found]
-    for path in written:
+    pages = [(p.with_suffix(".html"), rebuilt_page(p.parent, p.stem)) for p in found]  # all read before any is written
+    for path, text in pages:
+        atomic_write_text(path, text)
         print(f"report: {path}")
-    return written
+    return [path for path, _ in pages]
