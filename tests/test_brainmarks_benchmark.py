@@ -50,6 +50,7 @@ def test_model_and_fc_through_the_protocol_with_a_verdict(setup, capsys):
                  "--baselines", "autocorr", "--precision", "fp32"]) == 0
     report = (out / "report.md").read_text()
     assert "## Logistic probe" in report and "## Trained probe heads" in report and "## Verdict" in report
+    assert 'class="verdict v-' in (out / "report.html").read_text()
     assert "BrainLM (cls, logistic)" in report
     table = pd.read_csv(out / "eval_table.csv")
     # the model, the baseline, the model at initialisation (a saved model: a fresh one, named as such), the head

@@ -107,6 +107,8 @@ def test_cv_trains_and_fits_ladders_on_training_subjects_only(store, tmp_path, m
                                                                                          "interp", "conn", "initial"}
     assert "9 of 9 subjects each scored once" in (out / "report.md").read_text()
     assert (out / "per_subject.png").stat().st_size > 0
+    page = (out / "report.html").read_text()  # the same report, with the per-subject figure inline
+    assert page.count("data:image/png;base64,") == 3 and page.count('class="verdict v-') == 2
 
 
 def test_cv_resumes_after_a_killed_fold_with_the_same_result(store, tmp_path, monkeypatch, capsys):

@@ -23,7 +23,7 @@ def test_run_real_demo_writes_reports(tmp_path):
     assert out["n_subjects"] == 12
     assert 0 < out["cca_p"] <= 1 and out["contrastive_chance_recall1"] == pytest.approx(0.25)
     for sub in ("cca", "cca_no_covariate", "fusion", "contrastive"):
-        assert (tmp_path / sub / "report.md").exists()
+        assert (tmp_path / sub / "report.md").exists() and (tmp_path / sub / "report.html").exists()
     summary = (tmp_path / "report.md").read_text()
     assert "functional-connectivity features" in summary and "not BrainLM embeddings" in summary
 

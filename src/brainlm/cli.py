@@ -118,6 +118,8 @@ COMMANDS = (
             "brainlm.analysis.latent:LatentOptions", "brainlm.analysis.latent:run_latent"),
     Command("perturb", "in-silico perturbation with a forecasting model, beside the ridge VAR's response",
             "brainlm.analysis.perturb:PerturbOptions", "brainlm.analysis.perturb:run_perturb"),
+    Command("report", "rebuild report.html (and a demo folder's index.html) from a folder's report.md, results.json "
+            "and figures", "brainlm.report:ReportOptions", "brainlm.report:run_report"),
 )
 
 

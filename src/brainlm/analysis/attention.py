@@ -48,7 +48,6 @@ from brainlm.downstream.embed import recording_windows
 from brainlm.errors import UserError
 from brainlm.evaluate.protocol import SubjectBootstrap
 from brainlm.evaluate.verdict import compare
-from brainlm.markdown import markdown_table
 from brainlm.options import at_least, option
 from brainlm.progress import progress as progress_bar
 
@@ -247,10 +246,10 @@ def _describe(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions) -> 
         + ("The map differs from uniform over the networks: the enrichments below are more than noise."
            if uniform["differs"] else "The map is not distinguishable from uniform over the networks: no network is "
            "enriched, whatever the table's point estimates say."),
-        markdown_table(networks),
+        networks,
         "Beside it, the rivals: is the map the signal's amplitude or slowness? The Spearman correlation, across "
         "regions, of the attention map with each region's variance and lag-1 autocorrelation:",
-        markdown_table(pd.DataFrame(correlations).T.reset_index().rename(columns={"index": "statistic"})),
+        pd.DataFrame(correlations).T.reset_index().rename(columns={"index": "statistic"}),
         ("The map follows " + " and ".join(RIVALS[s] for s in explained) + " (the interval excludes 0): that part "
          "of it, the signal statistics already show.") if explained else
         "Neither correlation is distinguishable from 0: the map is not the signal's amplitude or slowness.")
@@ -430,14 +429,14 @@ def _contrast(a: Analysis, maps: AttentionMaps, report, o: AttentionOptions, ini
     explained = [n for n, r in zip(nets.names, readings) if "amplitude explains" in r]
     report.say(f"attention contrast, {groups.describe()}: networks with q < 0.05: {', '.join(found) or 'none'}"
                + (f"; explained by amplitude: {', '.join(explained)}" if explained else ""))
-    report.say(verdict.line(f"on {o.group}"))
+    report.verdict(verdict, f"on {o.group}", say=True)
     report.section(
         f"Contrast: {o.group}",
         f"{groups.describe()}; {o.permutations} permutations, Benjamini-Hochberg FDR over the {K} networks (q); "
         f"effect sizes d ({'d_z of the within-subject differences' if groups.design == 'within' else 'Cohen'}; "
         f"{second} minus {first}). `attention_adjusted`: each network's attention after removing what its variance "
         "and autocorrelation, absolute and relative to the whole brain's, predict (least squares across recordings).",
-        markdown_table(summary),
+        summary,
         f"Every measure per network (the mean per level, {second} minus {first} with its 95% subject interval, p, q) "
         "and attention per region: `attention_contrasts.csv`.",
         f"Verdict: {verdict.line(f'on {o.group}')}.")

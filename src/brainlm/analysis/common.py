@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from brainlm.distributed import DeviceOptions, resolve_device, resolve_precision
 from brainlm.errors import UserError
-from brainlm.io import atomic_write_json, atomic_write_text, output_folder, write_csv
+from brainlm.report import Report as _Writer
+from brainlm.io import output_folder
 from brainlm.options import ModelOptions, at_least, option, positive
 
 from .networks import BUNDLED_NETWORKS, Networks, resolve_networks
@@ -128,36 +128,27 @@ def check_column(store, column: str, flag: str) -> None:
                         f"(it has {', '.join(store.phenotype_columns) or 'none'})")
 
 
-class Report:
-    """``report.md`` and ``results.json`` of one analysis, with its tables and figures, written last."""
+class Report(_Writer):
+    """``report.md``, ``report.html`` and ``results.json`` of one analysis (:class:`brainlm.report.Report`),
+    with its tables and figures, written last."""
 
     def __init__(self, title: str, header: list[str], analysis: Analysis):
-        self.lines = [f"# {title}", "", *[f"{h}\n" for h in header]]
-        self.results: dict = {"analysis": title, "options": analysis.options.to_dict(),
-                              "networks": {"source": analysis.networks.source,
-                                           "data_derived": analysis.networks.data_derived,
-                                           "names": list(analysis.networks.names)},
-                              "initialisation": analysis.initial.to_dict() if analysis.initial is not None else None}
-        self.tables: dict[str, pd.DataFrame] = {"networks.tsv": analysis.networks.table(analysis.store.region_names)}
-        self.figures: dict[str, tuple] = {}
-        self.maps: dict[str, dict] = {}
+        super().__init__(title, header, {
+            "analysis": title, "options": analysis.options.to_dict(),
+            "networks": {"source": analysis.networks.source, "data_derived": analysis.networks.data_derived,
+                         "names": list(analysis.networks.names)},
+            "initialisation": analysis.initial.to_dict() if analysis.initial is not None else None})
+        self.tables["networks.tsv"] = analysis.networks.table(analysis.store.region_names)
+        self.maps: dict[str, dict] = {}  # stem -> the region maps written beside the report
         self.analysis = analysis
-        self.printed: list[str] = []
-
-    def section(self, heading: str, *paragraphs: str) -> None:
-        self.lines += [f"## {heading}", ""] + [f"{p}\n" for p in paragraphs]
-
-    def say(self, line: str) -> None:
-        """A headline: in the report and printed when the analysis ends."""
-        self.lines.append(f"{line}\n")
-        self.printed.append(line)
 
     def figure(self, name: str, caption: str, draw: Callable[[], object], *, tight: bool = True) -> None:
         """Add the figure ``draw()`` makes, unless figures are off (``tight=False`` for glass brains,
         whose axes tight_layout cannot place)."""
         if self.analysis.options.figures:
-            self.figures[name] = (draw(), tight)
-            self.lines += [f"![{caption}]({name})", ""]
+            fig = draw()
+            if fig is not None:  # None: nothing to draw (a surface figure on a mesh we do not know)
+                super().figure(name, caption, fig, tight=tight, dpi=80)
 
     def region_map(self, stem: str, maps: dict, caption: str, *, diverging: bool = False) -> None:
         """Per-region values (name -> ``(R,)``) as an image in the store's atlas space, named in the report and
@@ -167,14 +158,14 @@ class Report:
         space, why = atlas_space(self.analysis.store)
         values = {name: [float(v) for v in np.asarray(m, float)] for name, m in maps.items()}
         if space is None:
-            self.lines += [f"Map: none written; {why}.", ""]
+            self.paragraph(f"Map: none written; {why}.")
             self.results.setdefault("region_maps", {})[stem] = {"file": None, "note": why, "maps": values}
             return
         name = f"{stem}{space.suffix}"
         kind = "CIFTI dense scalar" if space.kind == "surface" else "NIfTI"
         self.maps[stem] = {"space": space, "maps": maps}
-        self.lines += [f"Map: `{name}` ({kind}, {', '.join(maps)}; every {'grayordinate' if space.kind == 'surface' else 'voxel'} "
-                       f"of a region takes its value).", ""]
+        self.paragraph(f"Map: `{name}` ({kind}, {', '.join(maps)}; every "
+                       f"{'grayordinate' if space.kind == 'surface' else 'voxel'} of a region takes its value).")
         self.results.setdefault("region_maps", {})[stem] = {"file": name, "format": kind, "atlas": space.source,
                                                             "maps": values}
         if space.kind == "surface":
@@ -191,24 +182,15 @@ class Report:
                 print(line)
         return self.results
 
-    def write(self) -> Path:
-        """Tables, figures and ``results.json``, then ``report.md`` (each atomically)."""
-        from brainlm.figures import save_figure
-
-        out = self.analysis.out
+    def write(self, out=None, name: str = "report") -> Path:
+        """Tables, figures and ``results.json``, then ``report.md`` and ``report.html`` (each atomically)."""
         seconds = time.perf_counter() - self.analysis.started
         self.results["seconds"] = round(seconds, 1)
-        for name, table in self.tables.items():
-            write_csv(table, out / name, sep="\t" if name.endswith(".tsv") else ",")
-        for name, (fig, tight) in self.figures.items():
-            if fig is not None:
-                save_figure(fig, out / name, dpi=80, tight=tight)
+        out = self.analysis.out if out is None else Path(out)
         for stem, entry in self.maps.items():
             from brainlm.data.maps import write_region_map
 
             write_region_map(entry["space"], entry["maps"], out / stem)
         self.results["headline"] = self.printed
-        atomic_write_json(out / "results.json", self.results)
-        self.lines.append(f"Wall time: {seconds:.1f} s.")
-        atomic_write_text(out / "report.md", "\n".join(self.lines).rstrip() + "\n")
-        return out / "report.md"
+        self.paragraph(f"Wall time: {seconds:.1f} s.")
+        return super().write(out, name)

@@ -41,7 +41,6 @@ from brainlm.errors import UserError
 from brainlm.evaluate.protocol import SubjectBootstrap, permutation_p
 from brainlm.evaluate.verdict import compare
 from brainlm.figures import pyplot
-from brainlm.markdown import markdown_table
 from brainlm.options import at_least, option, positive
 from brainlm.progress import progress as progress_bar
 
@@ -267,7 +266,7 @@ def _write(a: Analysis, report, table: pd.DataFrame, predictions: dict, features
                f"(trained model, {best_model.classifier}; chance {best_model.chance_accuracy:.3f}, permutation p "
                f"{best_model.p_accuracy:.3g}){initial}; best rival {best_rival.accuracy:.3f} "
                f"({FEATURES[best_rival.features]}, {best_rival.classifier})")
-    report.say(verdict.line("identifying networks of held-out regions"))
+    report.verdict(verdict, "identifying networks of held-out regions", say=True)
     shown = table.assign(features=table["features"].map(FEATURES))
     report.section(
         "Scores",
@@ -275,7 +274,7 @@ def _write(a: Analysis, report, table: pd.DataFrame, predictions: dict, features
         f"a fold), kNN (k = {o.neighbours}) and logistic regression on standardised features; chance and p from "
         f"{o.permutations} permutations of the network labels across regions; 95% intervals from {len(boot)} "
         "region resamples.",
-        markdown_table(shown),
+        shown,
         f"Verdict: {verdict.line('identifying networks of held-out regions')}.",
         f"Feature sizes: model {features['model'].shape[1]}, FC profile {features['fc_profile'].shape[1]}, "
         f"signal statistics {features['signal'].shape[1]} ({', '.join(STATISTICS)}), coordinates 3.")

@@ -41,7 +41,6 @@ from brainlm.errors import UserError
 from brainlm.evaluate.protocol import SubjectBootstrap
 from brainlm.evaluate.verdict import compare
 from brainlm.figures import pyplot
-from brainlm.markdown import markdown_table
 from brainlm.options import option, positive
 
 from .common import Analysis, AnalysisOptions, check_column, open_analysis
@@ -235,7 +234,7 @@ def _score_column(report, column: str, labels: np.ndarray, spaces: dict, rows: p
                + ", ".join(f"{np.nanmean(per[n]['purity']):.3f} ({n})" for n in candidates)
                + f", chance {chance:.3f}; silhouette {_silhouette_text(per['model']['silhouette'])} vs "
                + ", ".join(_silhouette_text(per[n]["silhouette"]) for n in candidates))
-    report.say(verdict.line(f"on {column}"))
+    report.verdict(verdict, f"on {column}", say=True)
     return scores, summary, verdict
 
 
@@ -277,7 +276,7 @@ def _write(a: Analysis, report, emb, rivals: dict, columns: list[str], o: Latent
         f"{emb.X.reshape(len(emb.X), -1).shape[1]} dimensions, FC: {spaces['FC'].shape[1]}, autocorrelation: "
         f"{spaces['autocorrelation'].shape[1]}); 95% intervals from "
         f"{o.bootstrap} subject resamples.",
-        markdown_table(table),
+        table,
         *[f"Verdict ({c}): {v.line(f'on {c}')}." for c, v in verdicts.items()],
         "Maps: " + "; ".join(notes) + ".")
     coordinates = rows[["recording_id", "subject_id", *columns]].copy()

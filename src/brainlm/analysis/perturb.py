@@ -59,7 +59,6 @@ from brainlm.evaluate.baselines import ForecastBaselines
 from brainlm.evaluate.protocol import SubjectBootstrap
 from brainlm.evaluate.verdict import compare
 from brainlm.figures import pyplot
-from brainlm.markdown import markdown_table
 from brainlm.options import at_least, option, positive
 from brainlm.progress import progress as progress_bar
 
@@ -402,7 +401,7 @@ def _write(a: Analysis, report, result: PerturbationResult, perturbation: Pertur
     line = "; ".join(_agreement_text(row) for row in agreement.itertuples())
     report.say(f"perturb: {what}; {len(result.subjects)} {windows} ({source}) of {num_subjects} subjects; "
                f"response, model vs ridge VAR({o.ar_order}): {line}")
-    report.say(verdict.line(f"on {len(result.subjects)} {windows}"))
+    report.verdict(verdict, f"on {len(result.subjects)} {windows}", say=True)
     per_network = pd.DataFrame({
         "network": list(a.networks.names),
         "model response (step 1)": [model_mean[a.networks.members(n), 0].mean() for n in a.networks.names],
@@ -418,9 +417,9 @@ def _write(a: Analysis, report, result: PerturbationResult, perturbation: Pertur
         "Agreement of the two responses over (region, step) cells: the correlation (their shape) and the amplitude "
         "ratio (the root mean square of the model's response over the VAR's: their size); 95% intervals from "
         f"resampling the {num_subjects} subjects:",
-        markdown_table(agreement),
+        agreement,
         "Mean response per network:",
-        markdown_table(per_network),
+        per_network,
         f"Forecast R^2 of the unperturbed windows: the model {result.r2('model')(everyone):.3f}, ridge "
         f"VAR({o.ar_order}) {result.r2('var')(everyone):.3f}, the same model at initialisation {initial_r2:.3f} "
         f"({a.initial.kind}).",

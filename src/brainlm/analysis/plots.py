@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from brainlm.figures import pyplot
+from brainlm.figures import interval_errors, pyplot
 
 __all__ = ["glass_brains", "network_brain", "interval_bars", "bar_figure", "network_colors"]
 
@@ -86,8 +86,7 @@ def interval_bars(ax, labels, series: dict[str, tuple[np.ndarray, np.ndarray, np
     for i, (name, (v, lo, hi)) in enumerate(series.items()):
         v, lo, hi = (np.asarray(a, float) for a in (v, lo, hi))
         pos = x - 0.4 + width * (i + 0.5)
-        err = np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
-        ax.bar(pos, v, width, yerr=np.nan_to_num(err), capsize=2, label=name, error_kw={"lw": 0.8})
+        ax.bar(pos, v, width, yerr=interval_errors(v, lo, hi), capsize=2, label=name, error_kw={"lw": 0.8})
         for j, text in enumerate((marks or {}).get(name, [])):
             if text:
                 ax.text(pos[j], np.nanmax([hi[j], v[j]]), text, ha="center", va="bottom", fontsize=9)

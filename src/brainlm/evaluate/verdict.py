@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from brainlm.report import verdict_html
+
 from .protocol import MIN_UNITS, Comparison, SubjectBootstrap
 
 __all__ = ["Verdict", "OUTCOMES", "DECISIVE", "compare"]
@@ -105,6 +107,13 @@ class Verdict:
                 text += f" over {self.num_subjects} {self.unit}"
         return text
 
+    def _parts(self, where: str) -> tuple[str, str, str]:
+        """The line around its outcome: ``(before, outcome, after)``."""
+        place = f" {where}" if where else ""
+        remedy = f" ({self.remedy})" if self.too_few and self.remedy else ""
+        return (f"{self.model} vs the strongest baseline ({self.baseline}){place}: ", self.outcome,
+                f"{remedy}; {self.metric} {self.model_value:.3f} vs {self.baseline_value:.3f}, {self.interval_text()}")
+
     def line(self, where: str = "") -> str:
         """The verdict as one plain line, e.g. ``BrainLM vs the strongest baseline (connectivity-
         conditional fill) on the held-out subjects: level (within noise); R^2 0.433 vs 0.420, ...``.
@@ -112,10 +121,17 @@ class Verdict:
         Args:
             where: what the numbers are on, appended after the baseline (``"on the held-out subjects"``).
         """
-        place = f" {where}" if where else ""
-        remedy = f" ({self.remedy})" if self.too_few and self.remedy else ""
-        return (f"{self.model} vs the strongest baseline ({self.baseline}){place}: {self.outcome}{remedy}; "
-                f"{self.metric} {self.model_value:.3f} vs {self.baseline_value:.3f}, {self.interval_text()}")
+        return "".join(self._parts(where))
+
+    def markdown(self, where: str = "") -> str:
+        """:meth:`line` with its outcome in bold (Markdown)."""
+        before, outcome, after = self._parts(where)
+        return f"{before}**{outcome}**{after}"
+
+    def html(self, where: str = "") -> str:
+        """:meth:`line` as an HTML paragraph marked by its outcome (a coloured badge: wins, loses,
+        level, too few; :func:`brainlm.report.verdict_html`)."""
+        return verdict_html(*self._parts(where))
 
     def to_dict(self) -> dict:
         c = self.comparison

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainlm.markdown import markdown_table
 from brainlm.integrate.cca import CCAAnalysis
 from brainlm.integrate.contrastive import ContrastiveAnalysis
 from brainlm.integrate.fusion import FusionAnalysis
@@ -45,8 +44,9 @@ from brainlm.integrate.report import (
     write_contrastive_report,
     write_fusion_report,
 )
-from brainlm.io import atomic_write_text, output_folder
+from brainlm.io import output_folder
 from brainlm.options import Options, at_least, option, positive
+from brainlm.report import Report
 
 __all__ = ["IntegrateDemoOptions", "run_real_demo", "load_demo_subjects"]
 
@@ -186,16 +186,11 @@ def _headline(num_subjects: int, cca, cca_raw, fusion, con) -> dict:
 
 
 def _write_summary(out_dir: Path, notes: list[str], headline: dict) -> None:
+    """``report.md``, ``report.html`` and ``results.json`` (the headline numbers) of the summary."""
     table = pd.DataFrame({"quantity": list(headline), "value": [str(np.round(v, 3)) for v in headline.values()]})
-    lines = [
-        "# Integration demo: 12 real subjects",
-        "",
-        *[n + "\n" for n in notes],
-        "In the tables of the sub-reports, `genetic` stands for the structural modality.",
-        "",
-        markdown_table(table),
-        "",
-        "Reports: [CCA](cca/report.md), [CCA without covariate](cca_no_covariate/report.md), "
-        "[fusion](fusion/report.md), [contrastive](contrastive/report.md).",
-    ]
-    atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
+    report = Report("Integration demo: 12 real subjects", notes, {"headline": headline})
+    report.paragraph("In the tables of the sub-reports, `genetic` stands for the structural modality.")
+    report.table(table, key="headline")
+    report.paragraph("Reports: [CCA](cca/report.md), [CCA without covariate](cca_no_covariate/report.md), "
+                     "[fusion](fusion/report.md), [contrastive](contrastive/report.md).")
+    report.write(out_dir)

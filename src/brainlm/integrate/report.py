@@ -1,8 +1,8 @@
-"""Short Markdown reports with PNG plots (matplotlib, Agg backend) for each analysis.
+"""Short reports with PNG plots (matplotlib, Agg backend) for each analysis (:class:`brainlm.report.Report`).
 
-Each ``write_*_report(analysis, out_dir, ...)`` writes ``<out_dir>/report.md`` plus its
-figures next to it, and returns the report path. ``notes`` lines (data description,
-join summary) go at the top.
+Each ``write_*_report(analysis, out_dir, ...)`` writes ``<out_dir>/report.md``, ``report.html`` and
+``results.json`` (the tables of the report) plus its figures next to it, and returns the report
+path. ``notes`` lines (data description, join summary) go at the top.
 """
 
 from __future__ import annotations
@@ -11,30 +11,27 @@ from pathlib import Path
 
 import numpy as np
 
-from brainlm.markdown import markdown_table
-from brainlm.figures import interval_errors, pyplot, save_figure
-from brainlm.io import atomic_write_text
+from brainlm.figures import interval_errors, pyplot
+from brainlm.report import Report
 
 
 def _plt():
     return pyplot()
 
 
-def _write(out_dir: Path, title: str, notes, blocks: list[str]) -> Path:
-    lines = [f"# {title}", ""]
-    for note in notes or []:
-        lines += [note, ""]
-    lines += blocks
-    path = out_dir / "report.md"
-    atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
-    return path
+def _report(title: str, notes) -> Report:
+    """A report whose ``results.json`` holds its tables by name (:func:`_table`)."""
+    return Report(title, notes or [], {"title": title, "tables": {}})
+
+
+def _table(report: Report, name: str, frame) -> None:
+    report.results["tables"][name] = frame.reset_index(drop=True).to_dict("records")
+    report.table(frame, key=name)
 
 
 def write_cca_report(analysis, out_dir, title: str = "CCA: brain vs genetic embeddings", notes=None) -> Path:
     """Report of a fitted :class:`~brainlm.integrate.cca.CCAAnalysis`: table, null histogram."""
     plt = _plt()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     k = np.arange(1, analysis.n_components + 1)
     axes[0].bar(k, analysis.test_corr_, yerr=analysis.fold_corr_.std(0), color="tab:blue", label="held-out r")
@@ -47,24 +44,19 @@ def write_cca_report(analysis, out_dir, title: str = "CCA: brain vs genetic embe
     p_title = f"p = {analysis.p_value_:.3g} ({analysis.n_permutations} permutations)"
     axes[1].set(xlabel="held-out r (component 1)", ylabel="permutations", title=p_title)
     axes[1].legend(fontsize=8)
-    save_figure(fig, out_dir / "cca.png", dpi=110)
-    blocks = [
+    report = _report(title, notes)
+    report.paragraph(
         f"{len(analysis.folds_)}-fold cross-validation, {analysis.n_permutations} subject-label permutations; "
         "held-out r is the correlation of the canonical variates of held-out subjects, averaged over folds; "
-        "stability is the mean |cosine| of fold weight vectors (1 = same direction in every fold).",
-        "",
-        markdown_table(analysis.summary()),
-        "",
-        "![held-out canonical correlations and permutation null](cca.png)",
-    ]
-    return _write(out_dir, title, notes, blocks)
+        "stability is the mean |cosine| of fold weight vectors (1 = same direction in every fold).")
+    _table(report, "cca", analysis.summary())
+    report.figure("cca.png", "held-out canonical correlations and permutation null", fig, dpi=110)
+    return report.write(out_dir)
 
 
 def write_fusion_report(analysis, out_dir, title: str = "Late fusion: genetic vs brain vs both", notes=None) -> Path:
     """Report of a fitted :class:`~brainlm.integrate.fusion.FusionAnalysis`: tables, CI plot."""
     plt = _plt()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     main = analysis.gains_.metric.iloc[0]
     res = analysis.results_
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
@@ -76,22 +68,16 @@ def write_fusion_report(analysis, out_dir, title: str = "Late fusion: genetic vs
     ax.axhline(0.5 if main == "auroc" else 0.0, color="k", lw=0.8, ls="--")
     ax.set_xticks(range(len(res)), labels, fontsize=7)
     ax.set_ylabel(main.upper() if main == "auroc" else "R^2")
-    save_figure(fig, out_dir / "fusion.png", dpi=110)
-    blocks = [
+    report = _report(title, notes)
+    report.paragraph(
         f"Task: {analysis.task_}; {len(analysis.folds_)} subject-grouped folds; out-of-fold predictions scored once; "
-        f"95% bootstrap intervals over {analysis.n_bootstrap} subject resamples.",
-        "",
-        "## Performance",
-        "",
-        markdown_table(res),
-        "",
-        "## Fusion minus best single modality (paired bootstrap)",
-        "",
-        markdown_table(analysis.gains_),
-        "",
-        "![performance with 95% intervals](fusion.png)",
-    ]
-    return _write(out_dir, title, notes, blocks)
+        f"95% bootstrap intervals over {analysis.n_bootstrap} subject resamples.")
+    report.section("Performance")
+    _table(report, "performance", res)
+    report.section("Fusion minus best single modality (paired bootstrap)")
+    _table(report, "gains", analysis.gains_)
+    report.figure("fusion.png", "performance with 95% intervals", fig, dpi=110)
+    return report.write(out_dir)
 
 
 def write_contrastive_report(
@@ -99,8 +85,6 @@ def write_contrastive_report(
 ) -> Path:
     """Report of a fitted :class:`~brainlm.integrate.contrastive.ContrastiveAnalysis`."""
     plt = _plt()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     m = analysis.metrics_
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     ks = [1, 5, 10]
@@ -113,19 +97,16 @@ def write_contrastive_report(
     for f, al in enumerate(analysis.aligners_):
         axes[1].plot(al.history_.epoch, al.history_.val_loss, label=f"fold {f}")
     axes[1].set(xlabel="epoch", ylabel="validation InfoNCE")
-    save_figure(fig, out_dir / "contrastive.png", dpi=110)
     best = [al.best_epoch_ for al in analysis.aligners_]
     temps = [al.temperature_ for al in analysis.aligners_]
-    blocks = [
+    report = _report(title, notes)
+    report.paragraph(
         f"{len(analysis.folds_)}-fold cross-validation; candidates are the held-out subjects of a fold "
         f"(about {n_cand:.0f}); null: the same similarity matrix scored against {analysis.n_null} shuffled pairings "
         "(`null_*`, `p_*`)"
         + ("; `shuffled_fit_*`: towers trained on shuffled training pairs, scored on the true held-out pairs. "
            if analysis.shuffled_fit else ". ")
-        + f"Best epochs per fold: {best}; learnt temperatures: {[round(t, 3) for t in temps]}.",
-        "",
-        markdown_table(m),
-        "",
-        "![retrieval and validation loss](contrastive.png)",
-    ]
-    return _write(out_dir, title, notes, blocks)
+        + f"Best epochs per fold: {best}; learnt temperatures: {[round(t, 3) for t in temps]}.")
+    _table(report, "retrieval", m)
+    report.figure("contrastive.png", "retrieval and validation loss", fig, dpi=110)
+    return report.write(out_dir)

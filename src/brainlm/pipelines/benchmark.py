@@ -18,8 +18,8 @@ the store's train split only:
 Every number carries a 95% subject-bootstrap interval, and each task ends with a paired
 comparison of the model against its strongest baseline on the same resamples (the interval
 of the difference and ``p_boot``, the fraction of resamples in which the model is not
-better). Outputs: ``report.md`` (a table per task, the winner of each), ``results.json`` and
-one figure per task (bars with intervals).
+better). Outputs: ``report.md`` and ``report.html`` (a table per task, the verdict of each),
+``results.json`` and one figure per task (bars with intervals).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from brainlm.downstream.probe import PROBES, TargetOptions
 from brainlm.errors import UserError
 from brainlm.evaluate.reconstruction import (ReconstructionEval, evaluate_reconstruction, r2_statistic,
                                              windows_with_initial)
-from brainlm.figures import interval_errors, pyplot, save_figure
-from brainlm.io import atomic_write_json, atomic_write_text, output_folder
+from brainlm.figures import interval_errors, pyplot
+from brainlm.io import output_folder
 from brainlm.options import ModelOptions, at_least, between, option, positive
 from brainlm.train.config import TrainingOverrides
 
@@ -53,12 +53,13 @@ from brainlm.evaluate.baselines import (
 )
 from brainlm.evaluate.metrics import prediction_metric
 from brainlm.evaluate.protocol import Comparison, EvaluationOptions, SubjectBootstrap
-from brainlm.markdown import markdown_table
+from brainlm.report import Report
 from brainlm.evaluate.verdict import Verdict
 
 __all__ = ["BenchmarkConfig", "BenchmarkOptions", "CV_TASKS", "TaskResult", "run_benchmark", "benchmark", "score_reconstruction", "reconstruction_windows",
            "reconstruction_ladder", "forecast_ladder",
-           "window_sums", "forecasting_windows", "ladder_from_windows", "verdict_of", "task_verdict"]
+           "window_sums", "forecasting_windows", "ladder_from_windows", "verdict_of", "task_verdict",
+           "benchmark_report", "write_report"]
 
 
 TASKS = ("reconstruction", "forecasting", "fingerprinting", "probes")
@@ -367,7 +368,7 @@ def benchmark(model, store, cfg: BenchmarkConfig | None = None, initial=None) ->
     return results
 
 
-def _figure(result: TaskResult, path: Path) -> Path:
+def _figure(result: TaskResult):
     plt = pyplot()
     t = result.table
     fig, ax = plt.subplots(figsize=(1.1 * len(t) + 2.5, 3.4))
@@ -379,7 +380,7 @@ def _figure(result: TaskResult, path: Path) -> Path:
     ax.axhline(0, color="k", lw=0.6)
     ax.set_ylabel(result.metric)
     ax.set_title(f"{result.task}: BrainLM (red) vs the strongest baseline (blue), 95% subject-bootstrap CIs", fontsize=8)
-    return save_figure(fig, path, dpi=110)
+    return fig
 
 
 def verdict_of(r: TaskResult) -> Verdict:
@@ -392,20 +393,28 @@ def verdict_of(r: TaskResult) -> Verdict:
 
 def task_verdict(r: TaskResult) -> str:
     """The verdict line of a task, its outcome in bold (Markdown)."""
-    v = verdict_of(r)
-    return v.line().replace(f": {v.outcome};", f": **{v.outcome}**;", 1)
+    return verdict_of(r).markdown()
 
 
-def write_report(results: list[TaskResult], out: Path, header: list[str]) -> Path:
-    lines = ["# Benchmark: BrainLM against the strongest simple baselines", "", *header, ""]
+def benchmark_report(results: list[TaskResult], header: list[str], summary: dict | None = None) -> Report:
+    """The report of scored tasks: per task its notes, table, verdict and figure; ``results.json``
+    holds ``summary`` and every task (:meth:`TaskResult.to_dict`)."""
+    report = Report("Benchmark: BrainLM against the strongest simple baselines", header,
+                    {**(summary or {}), "tasks": [r.to_dict() for r in results]})
     for r in results:
         slug = r.task.split(" ")[0]
-        fig = _figure(r, out / f"{slug}.png")
         table = r.table.assign(**{"95% CI": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(r.table.ci_low, r.table.ci_high)]})
-        lines += [f"## {r.task}", "", *[f"{n}." for n in r.notes], "",
-                  markdown_table(table[["label", "value", "95% CI"]].rename(columns={"label": "method", "value": r.metric})),
-                  "", task_verdict(r), "", f"![{r.task}]({fig.name})", ""]
-    return atomic_write_text(out / "report.md", "\n".join(lines).rstrip() + "\n")
+        report.section(r.task, *[f"{n}." for n in r.notes])
+        report.table(table[["label", "value", "95% CI"]].rename(columns={"label": "method", "value": r.metric}),
+                     key=r.task)
+        report.verdict(verdict_of(r))
+        report.figure(f"{slug}.png", r.task, _figure(r), dpi=110)
+    return report
+
+
+def write_report(results: list[TaskResult], out: Path, header: list[str], summary: dict | None = None) -> Path:
+    """``report.md``, ``report.html``, ``results.json`` and a figure per task (:func:`benchmark_report`)."""
+    return benchmark_report(results, header, summary).write(out)
 
 
 def run_benchmark(options: BenchmarkOptions) -> list[TaskResult]:
@@ -443,11 +452,9 @@ def run_benchmark(options: BenchmarkOptions) -> list[TaskResult]:
                   "same data with the same formula; the baselines are fitted on the train split only.",
                   "Beside the model, the same model at initialisation (no training step), and the model's verdict is "
                   f"against the stronger of it and the best baseline: {initial.description}."]
-        write_report(results, out, header)
-        atomic_write_json(out / "results.json", {"checkpoint": str(checkpoint), "store": str(store_path),
-                                                 "config": cfg.to_dict(), "initialisation": initial.to_dict(),
-                                                 "tasks": [r.to_dict() for r in results], "tr": tr_lines})
+        write_report(results, out, header, {"checkpoint": str(checkpoint), "store": str(store_path),
+                                            "config": cfg.to_dict(), "initialisation": initial.to_dict(), "tr": tr_lines})
     for r in results:
-        print(f"{r.task}: {task_verdict(r).replace('**', '')}")
+        print(f"{r.task}: {verdict_of(r).line()}")
     print(f"report: {Path(out_dir) / 'report.md'}")
     return results

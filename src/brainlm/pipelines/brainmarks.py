@@ -20,7 +20,7 @@ store uses its own splits, rows ordered by recording ID, so the result never dep
 store's row order. Recordings shorter than the model's window are left out of every feature
 set (Brainmarks pads them with their mean instead).
 
-Outputs: ``report.md`` (Brainmarks' table form: fixed splits and the mean and standard
+Outputs: ``report.md`` and ``report.html`` (Brainmarks' table form: fixed splits and the mean and standard
 deviation over the random re-splits; then the verdict of the best model feature set against
 the strongest baseline, on balanced accuracy, paired over Brainmarks' bootstrap of the test
 split), ``eval_table.csv`` (every row of every feature set, as ``main_logistic`` writes them) and
@@ -55,8 +55,8 @@ from brainlm.evaluate.brainmarks import (
     summary_table,
 )
 from brainlm.evaluate.verdict import Verdict
-from brainlm.io import atomic_write_json, atomic_write_text, output_folder, read_embeddings, write_csv
-from brainlm.markdown import markdown_table
+from brainlm.io import output_folder, read_embeddings
+from brainlm.report import Report
 from brainlm.options import Options, at_least, option
 
 from brainlm.downstream.heads import HEADS, HeadConfig, train_head
@@ -304,29 +304,28 @@ def _verdict(results: dict[str, ProtocolResult], options: BrainmarksOptions) -> 
                    "balanced accuracy", comparison, results[model].counts.get("test"), "test samples")
 
 
-def _report(out: dict, header: list[str], dataset: str) -> str:
+def _report(out: dict, header: list[str], dataset: str, summary: dict | None = None) -> Report:
+    """The report (``summary``: what ``results.json`` holds)."""
     results = out["results"]
+    report = Report("Benchmark: Brainmarks' protocol, the model against the strongest simple baseline", header, summary)
     logistic = {n: r for n, r in results.items() if "/" not in n}
-    lines = ["# Benchmark: Brainmarks' protocol, the model against the strongest simple baseline", "", *header, ""]
     if logistic:
-        table = summary_table(logistic, dataset=dataset)
-        lines += ["## Logistic probe (Brainmarks' `main_logistic`)", "",
-                  "Fixed splits: the test split, ± the standard deviation over 500 stratified bootstrap resamples. "
-                  "Random: mean ± standard deviation over the re-splits.", "",
-                  markdown_table(_formatted(table)), ""]
+        report.section("Logistic probe (Brainmarks' `main_logistic`)",
+                       "Fixed splits: the test split, ± the standard deviation over 500 stratified bootstrap resamples. "
+                       "Random: mean ± standard deviation over the re-splits.")
+        report.table(_formatted(summary_table(logistic, dataset=dataset)), key="logistic")
     heads = {n: r for n, r in results.items() if "/" in n}
     if heads:
         rows = [{"model": "brainlm", "repr": "tokens", "clf": n.split("/")[1], "dataset": dataset, "splits": "fixed",
                  "lr": r.table["lr"].iloc[0], "epoch": int(r.table["epoch"].iloc[0]),
                  **{k: r.table[k].iloc[0] for m in METRICS for k in (m, f"{m}_std")}} for n, r in heads.items()]
-        lines += ["## Trained probe heads (Brainmarks' `main_probe`: chosen on validation, scored on test)", "",
-                  markdown_table(_formatted(pd.DataFrame(rows))), ""]
+        report.section("Trained probe heads (Brainmarks' `main_probe`: chosen on validation, scored on test)")
+        report.table(_formatted(pd.DataFrame(rows)), key="heads")
     if out["verdict"] is not None:
-        v = out["verdict"]
-        line = v.line("on the Brainmarks test split (paired over its 500 stratified bootstrap resamples)")
-        lines += ["## Verdict", "", line.replace(f": {v.outcome};", f": **{v.outcome}**;", 1), ""]
-    lines += [f"- {n}" for n in out["notes"]]
-    return "\n".join(lines).rstrip() + "\n"
+        report.section("Verdict")
+        report.verdict(out["verdict"], "on the Brainmarks test split (paired over its 500 stratified bootstrap resamples)")
+    report.bullets(out["notes"])
+    return report
 
 
 def _formatted(table: pd.DataFrame) -> pd.DataFrame:
@@ -370,14 +369,14 @@ def run_brainmarks_benchmark(checkpoint: str | None, store_path, out_dir, *, tar
         if initial is not None:
             header.append("Beside the model, the same model at initialisation (no training step), and the model's "
                           f"verdict is against the stronger of it and the best baseline: {initial.description}.")
-        atomic_write_text(folder / "report.md", _report(out, header, Path(str(store_path)).name))
-        tables = [r.table.assign(features=name) for name, r in out["results"].items()]
-        write_csv(pd.concat(tables, ignore_index=True), folder / "eval_table.csv")
-        atomic_write_json(folder / "results.json", {
+        report = _report(out, header, Path(str(store_path)).name, {
             "checkpoint": checkpoint, "store": str(store_path), "target": target, "options": options.to_dict(),
             "summary": summary_table({n: r for n, r in out["results"].items() if "/" not in n}).to_dict("records"),
             "verdict": out["verdict"].to_dict() if out["verdict"] else None, "notes": out["notes"],
             "initialisation": initial.to_dict() if initial is not None else None})
+        report.tables["eval_table.csv"] = pd.concat([r.table.assign(features=name) for name, r in out["results"].items()],
+                                                    ignore_index=True)
+        report.write(folder)
     if out["verdict"] is not None:
         print(out["verdict"].line("on the Brainmarks test split"))
     print(f"report: {Path(out_dir) / 'report.md'}")

@@ -15,7 +15,7 @@ Layout of ``DIR``::
     folds/fold_<k>/forecast_run/    with --forecast-finetune: the fold's forecasting fine-tune
     folds/fold_<k>/<task>.parquet   per-window errors, written once the fold is scored
     folds/fold_<k>/timing.json      minutes spent per stage
-    report.md, results.json, <task>.png, per_subject.png
+    report.md, report.html, results.json, <task>.png, per_subject.png
 
 Rerunning the same command continues: scored folds are read back, a fold whose training was
 interrupted resumes from its last checkpoint. A crash loses at most the fold in progress.
@@ -49,7 +49,7 @@ from brainlm.evaluate.protocol import subject_folds
 from brainlm.io import atomic_write, atomic_write_json, output_folder, read_json
 from brainlm.options import command_line
 
-from .benchmark import CV_TASKS, BenchmarkConfig, TaskResult, ladder_from_windows, task_verdict, window_sums, write_report
+from .benchmark import CV_TASKS, BenchmarkConfig, TaskResult, benchmark_report, ladder_from_windows, verdict_of, window_sums
 from .heldout import pretrain_and_score
 
 __all__ = ["fold_assignments", "run_crossval"]
@@ -106,9 +106,9 @@ def _fold(k: int, store, split: dict[str, str], train_config, cfg: BenchmarkConf
     return out
 
 
-def _per_subject_figure(frames: dict[str, pd.DataFrame], results: list[TaskResult], path: Path) -> Path:
+def _per_subject_figure(frames: dict[str, pd.DataFrame], results: list[TaskResult]):
     """Per held-out subject: the model's R^2 minus the strongest baseline's, one panel per task."""
-    from brainlm.figures import pyplot, save_figure
+    from brainlm.figures import pyplot
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.2), squeeze=False)
@@ -123,7 +123,7 @@ def _per_subject_figure(frames: dict[str, pd.DataFrame], results: list[TaskResul
         ax.set_ylabel("R^2 difference")
         label = dict(zip(r.table["method"], r.table["label"]))[base]
         ax.set_title(f"{r.task}: BrainLM minus {label}\n(red: BrainLM ahead)", fontsize=8)
-    return save_figure(fig, path, dpi=110)
+    return fig
 
 
 def run_crossval(preset: str, store_path, out_dir, k: int, cfg: BenchmarkConfig | None = None, *,
@@ -176,12 +176,13 @@ def run_crossval(preset: str, store_path, out_dir, k: int, cfg: BenchmarkConfig 
                   f"Time: this invocation {minutes:.1f} min; over all folds as recorded, pretraining "
                   f"{stages['pretrain_s']:.1f} min, forecasting fine-tunes {stages['forecast_finetune_s']:.1f} min, "
                   f"scoring {stages['score_s']:.1f} min."]
-        write_report(results, out, header)
-        _per_subject_figure(pooled, results, out / "per_subject.png")
-        atomic_write_json(out / "results.json", {"command": command, **plan, "minutes": minutes,
-                                                 "stage_minutes": stages, "tasks": [r.to_dict() for r in results]})
+        report = benchmark_report(results, header, {"command": command, **plan, "minutes": minutes,
+                                                    "stage_minutes": stages})
+        report.figure("per_subject.png", "per held-out subject: BrainLM's R^2 minus the strongest baseline's",
+                      _per_subject_figure(pooled, results), dpi=110)
+        report.write(out)
     for r in results:
-        print(f"{r.task} ({k}-fold CV): {task_verdict(r).replace('**', '')}")
+        print(f"{r.task} ({k}-fold CV): {verdict_of(r).line()}")
     print(f"report: {Path(out_dir) / 'report.md'}")
     return results
 

@@ -15,7 +15,9 @@
    subjects, fewer than a verdict needs (:data:`~brainlm.evaluate.protocol.MIN_UNITS`), so its
    lines say "too few subjects to tell (n = 2)" and name the cross-validation that has enough;
    the last lines state that cross-validation's figures as recorded in docs/training.md
-   (:data:`RECORDED_CV`), labelled as recorded, not rerun.
+   (:data:`RECORDED_CV`), labelled as recorded, not rerun. Right after the held-out verdict, the
+   path of ``OUT/index.html`` (:func:`write_index`): all of the above on one page, with links to
+   every report.
 
 Steps 2-4 are :func:`~brainlm.pipelines.heldout.pretrain_and_score`, the path every
 cross-validation fold takes too.
@@ -27,14 +29,18 @@ zero, region mean, interpolation); losing to the connectivity fill is reported, 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from brainlm.options import command_line, option
 from brainlm.train.config import TrainingOverrides
 
-__all__ = ["DemoOptions", "run_demo", "RECORDED_CV", "cv_command"]
+__all__ = ["DemoOptions", "run_demo", "RECORDED_CV", "cv_command", "write_index"]
 
 # The 12-subject cross-validation of the demo preset (every subject held out once), as recorded in
 # docs/training.md and the README: ``cv_command()`` reproduces it in about 22 minutes on 2 cores.
@@ -49,6 +55,10 @@ RECORDED_CV = {
          "diff_ci_low": 0.004, "diff_ci_high": 0.035, "p_boot": 0.003, "num_subjects": 12},
     ],
 }
+
+
+# The forecasting table's rows that are the model (fine-tuned) and its start (the pretrained model).
+FORECAST_NAMES = {"model": "BrainLM, fine-tuned to forecast", "initial": "BrainLM, pretrained only (its start)"}
 
 
 def cv_command(store, out) -> str:
@@ -108,8 +118,8 @@ def run_demo(options: DemoOptions | None = None) -> int:
     atomic_write_json(run_dir / "test_metrics.json", {"model": str(held.chosen), **ev.metrics})
     _reconstruction_table(held, store, model_config, score)
     if not smoke:
-        _forecast_table(held, store, score, _remedy(store.path, out_dir))
-        _analyses(held.chosen, held.forecaster, store.path, out / "analysis")
+        forecasting = _forecast_table(held, store, score, _remedy(store.path, out_dir))
+        analyses = _analyses(held.chosen, held.forecaster, store.path, out / "analysis")
     print(f"trained {result.step} steps ({held.seconds['pretrain_s'] / 60:.1f} min); this invocation took "
           f"{(time.perf_counter() - t0) / 60:.1f} min in all")
     print(f"checkpoint: {result.checkpoint}\nbest model: {held.chosen}")
@@ -118,7 +128,8 @@ def run_demo(options: DemoOptions | None = None) -> int:
         print(f"plot:       {p}")
     if smoke:
         return 0
-    return _verdict(ev, seed=config.seed, remedy=_remedy(store.path, out_dir))
+    index = partial(write_index, out, store=store, held=held, forecasting=forecasting, analyses=analyses)
+    return _verdict(ev, seed=config.seed, remedy=_remedy(store.path, out_dir), index=index)
 
 
 def _remedy(store, out_dir) -> str:
@@ -140,7 +151,7 @@ def _reconstruction_table(held, store, model_config, score) -> None:
     print()
 
 
-def _forecast_table(held, store, score, remedy: str = "") -> None:
+def _forecast_table(held, store, score, remedy: str = ""):
     """Forecasting on the same held-out subjects: the last patch of every window from the rest,
     the model fine-tuned to forecast beside persistence, AR(p) and ridge VAR fitted on the train
     subjects, and the pretrained model it started from (its initialisation, ``initial``)."""
@@ -152,35 +163,46 @@ def _forecast_table(held, store, score, remedy: str = "") -> None:
     print(f"Forecasting the last {k} timepoints of every {window}-timepoint window from the {window - k} before "
           "(same held-out subjects; R^2 over the forecast values):")
     baseline = result.comparison["baseline"]
-    names = {"model": "BrainLM, fine-tuned to forecast", "initial": "BrainLM, pretrained only (its start)"}
     for row in result.table.itertuples():
-        label = names.get(row.method, row.label)
+        label = FORECAST_NAMES.get(row.method, row.label)
         print(f"{label + (' *' if row.method == baseline else ''):<38}{row.value:>8.3f}")
-    print(f"forecasting: {replace(verdict_of(result), remedy=remedy).line('on the held-out subjects')}")
+    verdict = replace(verdict_of(result), remedy=remedy)
+    print(f"forecasting: {verdict.line('on the held-out subjects')}")
     print()
+    return result, verdict
 
 
-def _analyses(model, forecast_model, store, out) -> None:
+def _analyses(model, forecast_model, store, out) -> list[str]:
     """What the model has learned (brainlm.analysis): attention by network, network identification,
-    the latent space and a perturbation, each beside its rival."""
+    the latent space and a perturbation, each beside its rival; returns the printed lines."""
     from brainlm.analysis import quick_analyses
 
     print("What the model has learned, each beside its simplest rival:")
-    for line in quick_analyses(model, store, out, forecast_model=forecast_model):
+    lines = quick_analyses(model, store, out, forecast_model=forecast_model)
+    for line in lines:
         print(line)
     print()
+    return lines
 
 
-def _verdict(ev, seed: int = 0, n_boot: int = 1000, remedy: str = "") -> int:
+def _verdict(ev, seed: int = 0, n_boot: int = 1000, remedy: str = "",
+             index: Callable[[Any], Path] | None = None) -> int:
     """The last lines: the model against the strongest baseline on the held-out subjects (with the
     paired subject-bootstrap interval; "too few subjects to tell" below the minimum), then, when
-    those are too few, the recorded cross-validation over every subject; status 1 if training failed."""
+    those are too few, the recorded cross-validation over every subject; status 1 if training failed.
+
+    Args:
+        index: writes the demo's page given the verdict (:func:`write_index`); its path is printed
+            right after the verdict line.
+    """
     from brainlm.evaluate.reconstruction import ladder_verdict
 
     metrics = ev.metrics
     verdict = ladder_verdict(metrics, ev.methods, ev.windows, n_boot=n_boot, seed=seed)
     verdict = replace(verdict, remedy=remedy)
     print(verdict.line("on the held-out test subjects"))
+    if index is not None:
+        print(f"report: {index(verdict)} (everything above on one page)")
     trivial = max(metrics[f"{m}_r2"] for m in ("zero", "mean", "interp"))
     if not metrics["model_r2"] > trivial:
         print("training failed: the model does not even beat the trivial baselines (zero, region mean, interpolation)")
@@ -191,14 +213,80 @@ def _verdict(ev, seed: int = 0, n_boot: int = 1000, remedy: str = "") -> int:
     return 0
 
 
-def recorded_lines() -> list[str]:
-    """The recorded 12-subject cross-validation (:data:`RECORDED_CV`) in the verdict's one wording."""
+def _recorded_verdicts() -> list[tuple[str, Any]]:
+    """``(task, Verdict)`` of the recorded 12-subject cross-validation (:data:`RECORDED_CV`)."""
     from brainlm.evaluate.protocol import Comparison
     from brainlm.evaluate.verdict import Verdict
 
-    lines = [f"Recorded, not rerun here ({RECORDED_CV['where']}):"]
-    for t in RECORDED_CV["tasks"]:
-        v = Verdict("BrainLM", t["model"], t["baseline"], t["baseline_value"], t["metric"],
-                    Comparison(t["diff_ci_low"], t["diff_ci_high"], t["p_boot"]), t["num_subjects"])
-        lines.append(f"  {t['task']}: {v.line('over every subject held out once')}")
-    return lines
+    return [(t["task"], Verdict("BrainLM", t["model"], t["baseline"], t["baseline_value"], t["metric"],
+                                Comparison(t["diff_ci_low"], t["diff_ci_high"], t["p_boot"]), t["num_subjects"]))
+            for t in RECORDED_CV["tasks"]]
+
+
+def recorded_lines() -> list[str]:
+    """The recorded 12-subject cross-validation (:data:`RECORDED_CV`) in the verdict's one wording."""
+    return [f"Recorded, not rerun here ({RECORDED_CV['where']}):",
+            *[f"  {task}: {v.line(RECORDED_WHERE)}" for task, v in _recorded_verdicts()]]
+
+
+RECORDED_WHERE = "over every subject held out once"
+ANALYSES = ("attention", "networks", "latent", "perturb")  # quick_analyses' reports, in order
+
+
+def write_index(out, verdict, *, store, held, forecasting=None, analyses=()) -> Path:
+    """``OUT/index.html`` (and ``index.md``, ``index.json``): the demo on one page, with links to every report.
+
+    The training curves and reconstructions (``run/plots``), the held-out reconstruction ladder and
+    its verdict, forecasting (``(TaskResult, Verdict)`` of :func:`_forecast_table`), the analyses'
+    headline lines with links to their reports, and, when the held-out subjects are too few, the
+    recorded cross-validation over every subject.
+    """
+    from brainlm.evaluate.baselines import BASELINE_LABELS
+    from brainlm.report import Report
+
+    out = Path(out)
+    ev = held.reconstruction
+    results: dict[str, Any] = {"store": str(store.path), "model": str(held.chosen),
+                               "reconstruction": {"metrics": ev.metrics, "verdict": verdict.to_dict()}}
+    report = Report("BrainLM demo: pretrained on real recordings, scored on held-out subjects", [
+        f"Store `{store.path}`: {store.num_regions} regions; subjects train {len(store.splits['train'])}, validation "
+        f"{len(store.splits['validation'])}, test {len(store.splits['test'])}. Model `{held.chosen}` (the checkpoint "
+        "with the best validation loss)."], results)
+    plots = sorted((out / "run" / "plots").glob("*.png"))
+    if plots:
+        report.section("Pretraining", "Training and validation curves, and reconstructions of validation windows.")
+        for path in plots:
+            report.figure(path.relative_to(out).as_posix(), f"run/plots/{path.name}")
+    report.section("Masked reconstruction on the held-out test subjects",
+                   f"{ev.metrics['num_windows']} windows; R^2 = 1 - SSE / sum(y^2) over the masked values; every "
+                   "baseline fitted on the train subjects.")
+    names = {"model": "BrainLM", "initial": BASELINE_LABELS.get("initial", "initial")}
+    report.table(pd.DataFrame([{"method": names.get(m, BASELINE_LABELS.get(m, m)),
+                                **{label: ev.metrics[f"{m}_{key}"] for key, label in
+                                   (("r2", "R^2"), ("mse", "MSE"), ("mae", "MAE"), ("pearson", "r"))}}
+                               for m in ev.methods]), key="reconstruction")
+    report.verdict(verdict, "on the held-out test subjects")
+    if forecasting is not None:
+        task, forecast_verdict = forecasting
+        results["forecasting"] = task.to_dict()
+        report.section("Forecasting the last patch", "The model fine-tuned to forecast beside persistence, AR(p) and "
+                       "ridge VAR fitted on the train subjects, and the pretrained model it started from.")
+        table = task.table.assign(label=[FORECAST_NAMES.get(m, label) for m, label in zip(task.table.method,
+                                                                                          task.table.label)])
+        report.table(table[["label", "value", "ci_low", "ci_high"]].rename(
+            columns={"label": "method", "value": task.metric}), key="forecasting")
+        report.verdict(forecast_verdict, "on the held-out subjects")
+    lines = [line for line in analyses if not line.startswith("reports:")]
+    if lines:
+        results["analyses"] = lines
+        report.section("What the model has learned", "Each analysis beside its simplest rival.")
+        report.bullets(lines)
+        report.paragraph("Reports: " + ", ".join(f"[{name}](analysis/{name}/report.md)" for name in ANALYSES
+                                                 if (out / "analysis" / name / "report.md").is_file()) + ".")
+    if verdict.too_few:
+        report.section("Every subject held out once (recorded, not rerun here)", f"{RECORDED_CV['where']}.")
+        for task, recorded in _recorded_verdicts():
+            report.paragraph(f"{task}:")
+            report.verdict(recorded, RECORDED_WHERE)
+    report.write(out, "index")
+    return out / "index.html"
