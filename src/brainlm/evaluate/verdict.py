@@ -49,6 +49,8 @@ class Verdict:
         comparison: the paired bootstrap comparison of model minus baseline, or None.
         num_subjects: how many units the interval resamples (named in the line).
         unit: what the interval resamples (``"subjects"``; ``"regions"`` where a region is the unit).
+        recorded_difference: the difference as it was recorded, for figures quoted with rounded
+            values (their difference would be rounded twice).
         remedy: where a verdict can be had when the units are too few (``"run brainlm benchmark
             STORE --cv 5 for one over every subject"``), said in the line then.
     """
@@ -62,9 +64,12 @@ class Verdict:
     num_subjects: int | None = None
     unit: str = "subjects"
     remedy: str = ""
+    recorded_difference: float | None = None  # the difference as recorded, where the values are rounded
 
     @property
     def difference(self) -> float:
+        if self.recorded_difference is not None:
+            return float(self.recorded_difference)
         return float(self.model_value - self.baseline_value)
 
     @property

@@ -219,7 +219,8 @@ def _recorded_verdicts() -> list[tuple[str, Any]]:
     from brainlm.evaluate.verdict import Verdict
 
     return [(t["task"], Verdict("BrainLM", t["model"], t["baseline"], t["baseline_value"], t["metric"],
-                                Comparison(t["diff_ci_low"], t["diff_ci_high"], t["p_boot"]), t["num_subjects"]))
+                                Comparison(t["diff_ci_low"], t["diff_ci_high"], t["p_boot"]), t["num_subjects"],
+                                recorded_difference=t["difference"]))
             for t in RECORDED_CV["tasks"]]
 
 
