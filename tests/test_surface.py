@@ -538,6 +538,24 @@ def test_model_tr_is_said_and_resampled_on_request(surface_store, tmp_path, caps
     assert run_cli("probe", tmp_path / "slow", store.path, "--target", "y", "--targets", tmp_path / "y.tsv",
                    "--folds", "2", "--bootstrap", "0", "--out", tmp_path / "probe", "--resample-to-model-tr") == 0
     assert "resampled 6 of 6" in json.loads((tmp_path / "probe" / "probe_tr.json").read_text())["tr"][0]
+    # a store read at the model's TR: the benchmark and fine-tuning see the resampled recordings
+    from brainlm.downstream.loading import match_store_tr
+
+    retimed, lines = match_store_tr(model, store, resample=True)
+    assert "resampled 6 of 6" in lines[0] and (retimed.recordings["tr"] == 2.0).all() and (store.recordings["tr"] != 2.0).all()
+    x = retimed.get(0)
+    assert len(x) == retimed.recordings["num_timepoints"].iloc[0] == round(60 * 0.72 / 2.0)
+    np.testing.assert_array_equal(retimed.window(0, 3, 10), x[3:13])
+    assert run_cli("benchmark", tmp_path / "slow", store.path, "--out", tmp_path / "bench", "--tasks", "reconstruction",
+                   "--bootstrap", "20", "--resample-to-model-tr") == 0
+    bench = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert "resampled 6 of 6" in bench["tr"][0]
+    assert run_cli("finetune", tmp_path / "slow", store.path, "--target", "y", "--targets", tmp_path / "y.tsv",
+                   "--epochs", "1", "--out", tmp_path / "ft", "--resample-to-model-tr") == 0
+    assert "resampled 6 of 6" in capsys.readouterr().err
+    assert run_cli("benchmark", tmp_path / "slow", store.path, "--out", tmp_path / "cv", "--cv", "3",
+                   "--resample-to-model-tr") == 2
+    assert "--resample-to-model-tr applies to a model's benchmark" in capsys.readouterr().err
 
 
 def test_mixed_trs_are_never_silent(tmp_path):

@@ -251,6 +251,8 @@ class Store:
             store_file(self.path, shard, self._entries, "shard")
         self._readers: dict[str, _ShardReader] = {}
         self._pid = os.getpid()
+        self._retime: dict[int, tuple[float, float]] = {}  # recording -> (its TR, the TR it is read at)
+        self._last: tuple[int, np.ndarray] | None = None  # the last retimed recording windows were read from
 
     def _table(self, name: str) -> pd.DataFrame:
         rel = self.manifest["files"][name]
@@ -303,6 +305,25 @@ class Store:
         view._readers = {}
         return view
 
+    def retimed(self, target_tr: float, indices) -> "Store":
+        """The same store with recordings ``indices`` (positions in ``recordings``) read resampled to
+        ``target_tr`` (polyphase, as ``prepare --target-tr``), in memory only; their ``tr`` and
+        ``num_timepoints`` say what is read (``--resample-to-model-tr``)."""
+        from .normalize import resample_tr
+
+        view = copy.copy(self)
+        view.recordings = self.recordings.copy()
+        view._retime = dict(self._retime)
+        for i in map(int, indices):
+            tr = float(self.recordings["tr"].iloc[i])
+            view._retime[i] = (tr, float(target_tr))
+            length = len(resample_tr(np.zeros((int(self.recordings["num_timepoints"].iloc[i]), 1), np.float32), tr,
+                                     target_tr))
+            view.recordings.iloc[i, view.recordings.columns.get_loc("tr")] = float(target_tr)
+            view.recordings.iloc[i, view.recordings.columns.get_loc("num_timepoints")] = length
+        view._readers, view._last = {}, None
+        return view
+
     def _reader(self, shard: str) -> _ShardReader:
         if os.getpid() != self._pid:  # a forked DataLoader worker maps the files anew
             self._readers, self._pid = {}, os.getpid()
@@ -314,6 +335,10 @@ class Store:
 
     def window(self, index: int, start: int, length: int) -> np.ndarray:
         """``(length, R)`` read-only view of recording ``index`` (position in ``recordings``)."""
+        if int(index) in self._retime:  # windows come in order: the last resampled recording is kept
+            if self._last is None or self._last[0] != int(index):
+                self._last = (int(index), self.get(int(index)))
+            return self._last[1][start : start + length]
         return self._reader(self._shard_of[index]).window(int(self._row_of[index]), start, length)
 
     def get(self, index: int | str) -> np.ndarray:
@@ -323,7 +348,12 @@ class Store:
             if len(hits) == 0:
                 raise KeyError(index)
             index = int(hits[0])
-        return self._reader(self._shard_of[index]).recording(int(self._row_of[index])).astype(np.float32)
+        x = self._reader(self._shard_of[index]).recording(int(self._row_of[index])).astype(np.float32)
+        if int(index) in self._retime:
+            from .normalize import resample_tr
+
+            x = resample_tr(x, *self._retime[int(index)])
+        return x
 
     def iter_recordings(self, split: str | None = None):
         """Yield ``(metadata row, (T, R) float32)`` one at a time (streamed, bounded memory)."""

@@ -46,7 +46,7 @@ from brainlm.io import atomic_write, atomic_write_json, read_json, normalize_sub
 from brainlm.model import BrainLMForPretraining
 from brainlm.progress import progress as progress_bar
 
-from .loading import _as_tensor, check_regions, load_model, match_model_tr, open_recordings
+from .loading import _as_tensor, check_regions, load_model, match_store_tr
 
 __all__ = ["FinetuneConfig", "BrainLMFinetuner", "FinetuneResult", "finetune", "save_finetuned", "load_finetuned"]
 
@@ -217,7 +217,7 @@ def _run_epoch(model, x, y, xyz, task, batch_size, opt=None, gen=None) -> tuple[
 def finetune(model_or_path, store, target: str, config: FinetuneConfig | None = None, *,
              targets_file: str | os.PathLike | None = None, subject_column: str | None = None,
              out_dir: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True,
-             trust_unverified: bool = False) -> FinetuneResult:
+             trust_unverified: bool = False, resample_to_model_tr: bool = False) -> FinetuneResult:
     """Fine-tune encoder + head on a store's phenotype (or a TSV keyed by subject).
 
     Args:
@@ -229,6 +229,8 @@ def finetune(model_or_path, store, target: str, config: FinetuneConfig | None = 
         out_dir: where to save the best model (nothing is saved when None).
         overwrite: replace an existing checkpoint in ``out_dir``.
         trust_unverified: as :func:`load_model`.
+        resample_to_model_tr: read recordings whose TR is more than 10% from the model's resampled to it
+            (:func:`~brainlm.downstream.loading.match_store_tr`); the TR lines are said either way.
 
     Raises:
         FileExistsError: ``out_dir`` holds a checkpoint and ``overwrite`` is False (checked first).
@@ -249,7 +251,8 @@ def finetune(model_or_path, store, target: str, config: FinetuneConfig | None = 
         raise UserError(f"{config.flag('lora_r')} {config.lora_r}: the rank of a low-rank adapter is at most the "
                         f"model's hidden size, {backbone.config.hidden_size}")
     store = store if isinstance(store, Store) else open_store(store)
-    for line in match_model_tr(backbone, open_recordings(store))[1]:  # said; prepare --target-tr resamples a store
+    store, tr_lines = match_store_tr(backbone, store, resample_to_model_tr)
+    for line in tr_lines:
         print(line, file=sys.stderr)
     check_regions(backbone, store.num_regions, str(store.path))
     targets = load_targets(targets_file if targets_file is not None else store, target, subject_column)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -42,6 +43,8 @@ __all__ = [
     "load_model",
     "Initial",
     "load_initial",
+    "match_store_tr",
+    "RESAMPLE_HELP",
     "resolve_model_folder",
     "check_regions",
     "check_layout",
@@ -299,6 +302,9 @@ def _file_recordings(files: Sequence, xyz: np.ndarray, on_error: str, max_abs: f
 
 
 TR_TOLERANCE = 0.10  # a recording's TR further than this from the model's (relative) is said, or resampled
+# --resample-to-model-tr, on every command that runs a model on recordings
+RESAMPLE_HELP = ("resample recordings whose TR is more than 10% from the TR the model was trained on to that TR "
+                 "(polyphase, as prepare --target-tr); said either way")
 
 
 def model_trs(model) -> list[float]:
@@ -306,6 +312,37 @@ def model_trs(model) -> list[float]:
     (``training_tr``); empty for models that do not record them (the released checkpoints)."""
     extra = getattr(getattr(model, "config", None), "extra", None) or {}
     return [float(t) for t in extra.get("training_tr", []) if np.isfinite(float(t))]
+
+
+def _tr_plan(model, trs, source: str, resample: bool) -> tuple[float | None, np.ndarray, list[str]]:
+    """What :func:`match_model_tr` and :func:`match_store_tr` do: the model's TR (None when it
+    records none), the positions more than 10% off it (to resample), and the lines to say."""
+    trs = np.asarray(trs, float)
+    known = trs[np.isfinite(trs)]
+    lines = []
+    distinct = np.unique(np.round(known, 4))
+    if len(distinct) > 1:
+        lines.append(f"{source}: recordings of {len(distinct)} TRs ({', '.join(f'{t:g}' for t in distinct[:6])} "
+                     "s) mixed")
+    target = model_trs(model)
+    none = np.zeros(0, np.int64)
+    if not target or not len(known):
+        if target and len(known) < len(trs):
+            lines.append(f"{len(trs) - len(known)} recordings have no TR; the model was trained at "
+                         f"{', '.join(f'{t:g}' for t in target)} s")
+        return None, none, lines
+    goal = float(np.median(target))
+    off = np.flatnonzero(np.isfinite(trs) & (np.abs(trs - goal) > TR_TOLERANCE * goal))
+    if not len(off):
+        return goal, none, lines
+    shown = ", ".join(f"{t:g}" for t in np.unique(np.round(trs[off], 4))[:6])
+    if not resample:
+        lines.append(f"{len(off)} of {len(trs)} recordings have TR {shown} s, more than 10% from the TR the model was "
+                     f"trained on ({goal:g} s); --resample-to-model-tr resamples them")
+        return goal, none, lines
+    lines.append(f"resampled {len(off)} of {len(trs)} recordings from TR {shown} s to the model's {goal:g} s "
+                 "(polyphase, --resample-to-model-tr)")
+    return goal, off, lines
 
 
 def match_model_tr(model, recordings: Recordings, resample: bool = False) -> tuple[Recordings, list[str]]:
@@ -317,26 +354,8 @@ def match_model_tr(model, recordings: Recordings, resample: bool = False) -> tup
     from brainlm.data.normalize import resample_tr
 
     trs = np.asarray(recordings.trs if recordings.trs is not None else [np.nan] * len(recordings), float)
-    known = trs[np.isfinite(trs)]
-    lines = []
-    distinct = np.unique(np.round(known, 4))
-    if len(distinct) > 1:
-        lines.append(f"{recordings.source}: recordings of {len(distinct)} TRs ({', '.join(f'{t:g}' for t in distinct[:6])} "
-                     "s) mixed")
-    target = model_trs(model)
-    if not target or not len(known):
-        if target and len(known) < len(trs):
-            lines.append(f"{len(trs) - len(known)} recordings have no TR; the model was trained at "
-                         f"{', '.join(f'{t:g}' for t in target)} s")
-        return recordings, lines
-    goal = float(np.median(target))
-    off = np.flatnonzero(np.isfinite(trs) & (np.abs(trs - goal) > TR_TOLERANCE * goal))
+    goal, off, lines = _tr_plan(model, trs, recordings.source, resample)
     if not len(off):
-        return recordings, lines
-    shown = ", ".join(f"{t:g}" for t in np.unique(np.round(trs[off], 4))[:6])
-    if not resample:
-        lines.append(f"{len(off)} of {len(trs)} recordings have TR {shown} s, more than 10% from the TR the model was "
-                     f"trained on ({goal:g} s); --resample-to-model-tr resamples them")
         return recordings, lines
     load, wrong = recordings.load, set(off.tolist())
 
@@ -344,11 +363,19 @@ def match_model_tr(model, recordings: Recordings, resample: bool = False) -> tup
         x = load(i)
         return resample_tr(x, float(trs[i]), goal).astype(np.float32) if i in wrong else x
 
-    lines.append(f"resampled {len(off)} of {len(trs)} recordings from TR {shown} s to the model's {goal:g} s "
-                 "(polyphase, --resample-to-model-tr)")
     new_trs = [goal if i in wrong else float(t) for i, t in enumerate(trs)]
     return Recordings(recordings.coords, recordings.meta, resampled, recordings.source, recordings.region_names,
                       recordings.skipped, new_trs), lines
+
+
+def match_store_tr(model, store, resample: bool = False):
+    """:func:`match_model_tr` for a whole store (every split): returns the store, read resampled to
+    the model's TR where ``resample`` and a recording's TR is more than 10% off
+    (:meth:`brainlm.data.Store.retimed`), and the lines to say."""
+    trs = pd.to_numeric(store.recordings["tr"], errors="coerce").to_numpy(float) if "tr" in store.recordings \
+        else np.full(len(store.recordings), np.nan)
+    goal, off, lines = _tr_plan(model, trs, str(store.path), resample)
+    return (store.retimed(goal, off) if len(off) else store), lines
 
 
 def training_recordings(data) -> Recordings | None:

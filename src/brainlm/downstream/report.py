@@ -51,7 +51,7 @@ from brainlm.io import (
 from .embed import POOLINGS, WINDOW_MODES, embed
 from .finetune import FinetuneConfig, finetune
 from .fingerprint import fingerprint
-from .loading import load_model, match_model_tr, open_recordings, training_recordings
+from .loading import RESAMPLE_HELP, load_model, match_model_tr, open_recordings, training_recordings
 from .plots import plot_fingerprint, plot_forecast, plot_reconstruction
 from .probe import PROBES, TargetOptions, load_targets, probe
 from .reconstruct import forecast_recordings, reconstruct_recordings
@@ -75,8 +75,7 @@ class RecordingsOptions(DeviceOptions, ArrayOptions, ModelOptions):
     on_error: str = option("skip", "time-series files that fail prepare's checks (NaN, constant, complex, duplicate "
                            "IDs, ...): skip them (each named on stderr) or stop", choices=ON_ERROR)
     overwrite: bool = option(False, "replace existing outputs")
-    resample_to_model_tr: bool = option(False, "resample recordings whose TR is more than 10% from the TR the model was "
-                                        "trained on to that TR (polyphase, as prepare --target-tr); said either way")
+    resample_to_model_tr: bool = option(False, RESAMPLE_HELP)
 
     @property
     def source(self):
@@ -174,6 +173,7 @@ class FinetuneOptions(FinetuneConfig, TargetOptions, ModelOptions):
     out: str = option(help="checkpoint folder to write")
     overwrite: bool = option(False, "replace an existing --out")
     full: bool = option(False, "fine-tune the encoder too (default: frozen)")
+    resample_to_model_tr: bool = option(False, RESAMPLE_HELP)
 
 
 @dataclass(kw_only=True)
@@ -387,7 +387,7 @@ def run_finetune(options: FinetuneOptions) -> pd.DataFrame:
     with output_folder(o.out, ["config.json", "history.csv"], kind="checkpoint", overwrite=o.overwrite) as out:
         result = finetune(o.checkpoint, o.store, o.target, config, targets_file=o.targets,
                           subject_column=o.subject_column, out_dir=out, overwrite=True,
-                          trust_unverified=o.trust_unverified)
+                          trust_unverified=o.trust_unverified, resample_to_model_tr=o.resample_to_model_tr)
         write_csv(result.history, out / "history.csv")
     print(f"best epoch {result.best_epoch}: validation loss {result.history['val_loss'].iloc[result.best_epoch]:.4f} "
           f"(before fine-tuning {result.history['val_loss'].iloc[0]:.4f}); saved {o.out}")

@@ -34,6 +34,7 @@ import pandas as pd
 
 from brainlm.data import WindowDataset
 from brainlm.distributed import DeviceOptions
+from brainlm.downstream.loading import RESAMPLE_HELP
 from brainlm.downstream.probe import PROBES, TargetOptions
 from brainlm.errors import UserError
 from brainlm.evaluate.reconstruction import (ReconstructionEval, evaluate_reconstruction, r2_statistic,
@@ -106,6 +107,7 @@ class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides, Mo
     forecast_finetune: int = option(0, "with --cv: fine-tune each fold's model this many steps to predict the last "
                                     "patch (forecasting)", metavar="STEPS", check=at_least(0))
     forecast_lr: float = option(1e-3, "learning rate of --forecast-finetune", check=between(0, 1, closed=(False, True)))
+    resample_to_model_tr: bool = option(False, RESAMPLE_HELP)
 
     def __post_init__(self) -> None:
         if self.tasks is None and self.cv is not None:  # cross-validation scores these two by default
@@ -116,6 +118,9 @@ class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides, Mo
                             "need --cv)")
         if self.cv is None and self.forecast_finetune:
             raise UserError("--forecast-finetune needs --cv")
+        if self.resample_to_model_tr and (self.cv is not None or self.protocol == "brainmarks"):
+            raise UserError("--resample-to-model-tr applies to a model's benchmark; with "
+                            f"{'--cv the models are trained on the store as it is' if self.cv is not None else '--protocol brainmarks the store is read as Brainmarks reads it'}")
         if self.trust_unverified and (self.cv is not None or self.checkpoint == "-"):
             raise UserError("--trust-unverified applies to a model folder; with "
                             f"{'--cv the models are trained here' if self.cv is not None else '- there is none'}")
@@ -436,13 +441,13 @@ def run_benchmark(options: BenchmarkOptions) -> list[TaskResult]:
                             forecast_finetune=o.forecast_finetune, forecast_lr=o.forecast_lr, overwrite=o.overwrite)
     from brainlm.data import open_store
     from brainlm.distributed import resolve_device
-    from brainlm.downstream.loading import load_initial, load_model, match_model_tr, open_recordings
+    from brainlm.downstream.loading import load_initial, load_model, match_store_tr
 
     checkpoint, store_path, out_dir = o.checkpoint, o.store, o.out
     with output_folder(out_dir, ["report.md", "results.json"], overwrite=o.overwrite) as out:
         store = open_store(store_path)
         model = load_model(checkpoint, map_location=resolve_device(cfg.device), trust_unverified=o.trust_unverified)
-        tr_lines = match_model_tr(model, open_recordings(store))[1]  # said, not resampled: prepare --target-tr does that
+        store, tr_lines = match_store_tr(model, store, o.resample_to_model_tr)
         for line in tr_lines:
             print(line, file=sys.stderr)
         initial = load_initial(checkpoint, model, seed=cfg.seed)
