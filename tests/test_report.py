@@ -289,3 +289,19 @@ def test_an_integration_page_shows_results_json(tmp_path):
     shown = next(t for t in check.values["tables"] if t["key"] == "cca")
     assert shown["head"] == list(rows[0])
     assert shown["rows"] == [list(r.values()) for r in rows]
+
+
+def test_an_undefined_value_reads_as_a_dash_in_both_renderings(tmp_path):
+    """NaN (the correlation of a constant prediction) is shown as the terminal tables show it; the exact
+    value stays in the cell's data-value."""
+    import numpy as np
+    import pandas as pd
+
+    from brainlm.report import Report
+
+    report = Report("t")
+    report.table(pd.DataFrame({"method": ["zero"], "r": [np.nan], "R^2": [0.0]}))
+    report.write(tmp_path)
+    assert "| zero | - | 0.000 |" in (tmp_path / "report.md").read_text()
+    page = (tmp_path / "report.html").read_text()
+    assert '<td data-value="nan">-</td>' in page and ">nan<" not in page

@@ -9,7 +9,10 @@ __all__ = ["markdown_table", "format_cell"]
 
 
 def format_cell(v, digits: int = 3) -> str:
-    """A table cell as the reports show it: floats rounded to ``digits`` (tiny ones in ``g`` form)."""
+    """A table cell as the reports show it: floats rounded to ``digits`` (tiny ones in ``g`` form), an
+    undefined value (NaN, e.g. the correlation of a constant prediction) as ``-``, as the terminal tables."""
+    if isinstance(v, (float, np.floating)) and np.isnan(v):
+        return "-"
     if isinstance(v, (float, np.floating)):
         return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
     return str(v)
