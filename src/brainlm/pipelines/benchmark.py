@@ -1,4 +1,5 @@
-"""``brainlm benchmark MODEL STORE --out DIR``: every task of the model against the baseline ladder.
+"""Every task of a model against the baseline ladder: the scoring that ``brainlm benchmark``
+(:mod:`brainlm.pipelines.benchmark_command`), cross-validation and the demo share.
 
 Tasks, each scored on the same data for the model and every baseline, the baselines fitted on
 the store's train split only:
@@ -24,7 +25,6 @@ better). Outputs: ``report.md`` and ``report.html`` (a table per task, the verdi
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,17 +34,12 @@ import pandas as pd
 
 from brainlm.data import WindowDataset
 from brainlm.distributed import DeviceOptions
-from brainlm.downstream.loading import RESAMPLE_HELP
 from brainlm.downstream.probe import PROBES, TargetOptions
 from brainlm.errors import UserError
 from brainlm.evaluate.reconstruction import (ReconstructionEval, evaluate_reconstruction, r2_statistic,
                                              windows_with_initial)
 from brainlm.figures import interval_errors, pyplot
-from brainlm.io import output_folder
-from brainlm.options import ModelOptions, at_least, between, option, positive
-from brainlm.train.config import TrainingOverrides
-
-from .brainmarks import BrainmarksOptions
+from brainlm.options import at_least, between, option, positive
 
 from brainlm.evaluate.baselines import (
     BASELINE_LABELS,
@@ -57,7 +52,7 @@ from brainlm.evaluate.protocol import Comparison, EvaluationOptions, SubjectBoot
 from brainlm.report import Report
 from brainlm.evaluate.verdict import Verdict
 
-__all__ = ["BenchmarkConfig", "BenchmarkOptions", "CV_TASKS", "TaskResult", "run_benchmark", "benchmark", "score_reconstruction", "reconstruction_windows",
+__all__ = ["BenchmarkConfig", "CV_TASKS", "TaskResult", "benchmark", "score_reconstruction", "reconstruction_windows",
            "reconstruction_ladder", "forecast_ladder",
            "window_sums", "forecasting_windows", "ladder_from_windows", "verdict_of", "task_verdict",
            "benchmark_report", "write_report"]
@@ -87,48 +82,6 @@ class BenchmarkConfig(DeviceOptions, TargetOptions, EvaluationOptions):
         if self.tasks is None:
             self.tasks = TASKS
         super().__post_init__()
-
-
-@dataclass(kw_only=True)
-class BenchmarkOptions(BenchmarkConfig, BrainmarksOptions, TrainingOverrides, ModelOptions):
-    """Score a model on a store next to the strongest simple baselines (connectivity fill, AR/VAR,
-    Pearson/partial/tangent FC), with subject-bootstrap CIs; writes report.md, results.json and figures.
-    With --cv K, CHECKPOINT is a training preset (e.g. demo): a model is pretrained per subject fold and every
-    subject is scored once while held out (training settings as --key=value, e.g. --max_steps=500)."""
-
-    checkpoint: str = option(help="model folder (ours, original BrainLM, ViT-MAE, a training run); with --cv, a "
-                             "training preset; with --protocol brainmarks, '-' for none (baselines and --features)",
-                             positional=True)
-    store: str = option(help="store folder (baselines are fitted on its train split)", positional=True)
-    out: str = option(help="output folder")
-    overwrite: bool = option(False, "replace the outputs of an earlier run in --out")
-    cv: int | None = option(None, "K-fold subject cross-validation: pretrain CHECKPOINT (a preset) per fold; rerun "
-                            "to continue", metavar="K", check=at_least(3, optional=True))
-    forecast_finetune: int = option(0, "with --cv: fine-tune each fold's model this many steps to predict the last "
-                                    "patch (forecasting)", metavar="STEPS", check=at_least(0))
-    forecast_lr: float = option(1e-3, "learning rate of --forecast-finetune", check=between(0, 1, closed=(False, True)))
-    resample_to_model_tr: bool = option(False, RESAMPLE_HELP)
-
-    def __post_init__(self) -> None:
-        if self.tasks is None and self.cv is not None:  # cross-validation scores these two by default
-            self.tasks = CV_TASKS
-        super().__post_init__()
-        if self.cv is None and self.overrides:
-            raise UserError(f"unrecognised arguments: {' '.join(f'--{k}' for k in self.overrides)} (training settings "
-                            "need --cv)")
-        if self.cv is None and self.forecast_finetune:
-            raise UserError("--forecast-finetune needs --cv")
-        if self.resample_to_model_tr and (self.cv is not None or self.protocol == "brainmarks"):
-            raise UserError("--resample-to-model-tr applies to a model's benchmark; with "
-                            f"{'--cv the models are trained on the store as it is' if self.cv is not None else '--protocol brainmarks the store is read as Brainmarks reads it'}")
-        if self.trust_unverified and (self.cv is not None or self.checkpoint == "-"):
-            raise UserError("--trust-unverified applies to a model folder; with "
-                            f"{'--cv the models are trained here' if self.cv is not None else '- there is none'}")
-
-    def resume_hint(self) -> str | None:
-        if self.cv is None:
-            return None
-        return "run the same command again to continue: folds already scored are kept, an interrupted one resumes"
 
 
 @dataclass
@@ -420,46 +373,3 @@ def benchmark_report(results: list[TaskResult], header: list[str], summary: dict
 def write_report(results: list[TaskResult], out: Path, header: list[str], summary: dict | None = None) -> Path:
     """``report.md``, ``report.html``, ``results.json`` and a figure per task (:func:`benchmark_report`)."""
     return benchmark_report(results, header, summary).write(out)
-
-
-def run_benchmark(options: BenchmarkOptions) -> list[TaskResult]:
-    """``brainlm benchmark``: the model's tasks (or, with ``--cv``, the cross-validation of a preset);
-    writes ``report.md``, ``results.json`` and the figures."""
-    o, cfg = options, options.as_base(BenchmarkConfig)
-    if o.protocol == "brainmarks":
-        from .brainmarks import run_brainmarks_benchmark
-
-        return run_brainmarks_benchmark(None if o.checkpoint == "-" else o.checkpoint, o.store, o.out, target=o.target,
-                                        options=o.as_base(BrainmarksOptions), targets_file=o.targets,
-                                        subject_column=o.subject_column, batch_size=o.batch_size,
-                                        precision=o.precision, device=o.device, overwrite=o.overwrite,
-                                        trust_unverified=o.trust_unverified)
-    if o.cv is not None:
-        from .crossval import run_crossval
-
-        return run_crossval(o.checkpoint, o.store, o.out, o.cv, cfg, overrides=o.overrides,
-                            forecast_finetune=o.forecast_finetune, forecast_lr=o.forecast_lr, overwrite=o.overwrite)
-    from brainlm.data import open_store
-    from brainlm.distributed import resolve_device
-    from brainlm.downstream.loading import load_initial, load_model, match_store_tr
-
-    checkpoint, store_path, out_dir = o.checkpoint, o.store, o.out
-    with output_folder(out_dir, ["report.md", "results.json"], overwrite=o.overwrite) as out:
-        store = open_store(store_path)
-        model = load_model(checkpoint, map_location=resolve_device(cfg.device), trust_unverified=o.trust_unverified)
-        store, tr_lines = match_store_tr(model, store, o.resample_to_model_tr)
-        for line in tr_lines:
-            print(line, file=sys.stderr)
-        initial = load_initial(checkpoint, model, seed=cfg.seed)
-        results = benchmark(model, store, cfg, initial.model)
-        header = [f"Model `{checkpoint}` on store `{store_path}` ({store.num_regions} regions; subjects "
-                  + ", ".join(f"{k} {len(v)}" for k, v in store.splits.items()) + "). Every method is scored on the "
-                  "same data with the same formula; the baselines are fitted on the train split only.",
-                  "Beside the model, the same model at initialisation (no training step), and the model's verdict is "
-                  f"against the stronger of it and the best baseline: {initial.description}."]
-        write_report(results, out, header, {"checkpoint": str(checkpoint), "store": str(store_path),
-                                            "config": cfg.to_dict(), "initialisation": initial.to_dict(), "tr": tr_lines})
-    for r in results:
-        print(f"{r.task}: {verdict_of(r).line()}")
-    print(f"report: {Path(out_dir) / 'report.md'}")
-    return results
