@@ -115,7 +115,7 @@ def test_perturb_reports_no_number_for_forecasts_that_are_not_finite(planted, tm
     with torch.no_grad():
         model.decoder.pred2.bias.fill_(float("nan"))
     save_pretrained(model, tmp_path / "broken")
-    with pytest.raises(UserError, match="forecasts (are not finite in 60 of 60 windows|hold NaN or inf values)"):
+    with pytest.raises(UserError, match="forecasts hold NaN or inf values"):
         run_perturb(options(PerturbOptions, planted, "perturb_broken", tmp_path / "broken", network="net1",
                             allow_untrained_forecaster=True))
     assert not (planted["root"] / "perturb_broken").exists()

@@ -41,6 +41,9 @@ def test_a_run_keeps_its_model_before_any_step(runs):
     assert folder == run / INIT_FOLDER and record == read_json(run / INIT_FOLDER / INIT_RECORD)
     assert record["kind"] == "connectivity" and record["source"] is None
     assert find_initial(run / "checkpoints" / "step_00000001")[0] == folder
+    assert find_initial(run)[0] == folder and find_initial(folder)[0] == folder
+    # a model folder saved inside a run folder is not one of its checkpoints: its initialisation is unknown
+    assert find_initial(run / "exported") == (None, {})
     init, trained = load_model(folder), load_model(run / "best")
     # the region table the covariance gave, before the step changed it
     before = init.encoder.region_embedding.detach()

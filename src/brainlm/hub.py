@@ -190,7 +190,9 @@ def find_initial(path: str | os.PathLike) -> tuple[Path | None, dict]:
         (a saved or released model, a hub id) or a run written before ``RUN/init`` was kept.
     """
     folder = Path(path).expanduser()
-    candidates = [folder, folder.parent, folder.parent.parent]
+    # the run itself, the run of its best/ or init/, the run of a checkpoints/step_* (nothing further up)
+    candidates = [folder, *([folder.parent] if folder.name in ("best", INIT_FOLDER) else []),
+                  *([folder.parent.parent] if folder.parent.name == "checkpoints" else [])]
     for run in candidates:
         init = run / INIT_FOLDER
         if (init / "config.json").is_file() and (init / INIT_RECORD).is_file():

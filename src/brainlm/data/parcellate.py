@@ -41,7 +41,7 @@ import numpy as np
 from brainlm.errors import InputError, MissingInputError, UserError
 
 from .atlas import Atlas, load_atlas
-from .readers import bold_sidecar, confounds_file
+from .readers import bold_sidecar, confounds_file, fmriprep_confounds
 
 __all__ = ["Parcellator", "bold_tr"]
 
@@ -378,12 +378,7 @@ class Parcellator:
             t_r = t_r if t_r is not None else bold_tr(image, sidecar)
             if confounds is None and self.confound_strategy and isinstance(img, (str, Path)) \
                     and confounds_file(Path(source)):
-                from nilearn.interfaces.fmriprep import load_confounds_strategy
-
-                try:
-                    confounds, sample_mask = load_confounds_strategy(str(source), denoise_strategy=self.confound_strategy)
-                except Exception as err:
-                    raise InputError(f"{source}: cannot load confounds ({type(err).__name__}: {err})") from err
+                confounds, sample_mask = fmriprep_confounds(str(source), self.confound_strategy, source)
             # A gzipped image opened by the caller (not kept open) would be reopened and
             # decompressed from the start for every block: read it in one piece instead.
             filename = str(image.get_filename() or "") if hasattr(image, "get_filename") else ""

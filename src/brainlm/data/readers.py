@@ -19,6 +19,7 @@ from brainlm.io import read_subject_table
 
 __all__ = [
     "InputError",
+    "fmriprep_confounds",
     "Recording",
     "read_timeseries",
     "find_bids_bold",
@@ -192,3 +193,19 @@ def read_participants(path: str | Path) -> pd.DataFrame:
     """A phenotype table indexed by subject ID (``participant_id``, ``subject_id`` or the first
     column; text, ``sub-`` prefix dropped), read by :func:`brainlm.io.read_subject_table`."""
     return read_subject_table(path, flag="--participants")
+
+
+def fmriprep_confounds(files, strategy: str, source: str):
+    """``(confounds, sample_mask)`` of an fMRIPrep run by nilearn's ``load_confounds_strategy``
+    (``files``: the BOLD file, or the two GIFTI halves of a surface run), its warnings hidden; one
+    ``InputError`` naming ``source`` when they cannot be read."""
+    import warnings
+
+    from nilearn.interfaces.fmriprep import load_confounds_strategy
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load_confounds_strategy(files, denoise_strategy=strategy)
+    except Exception as err:  # nilearn raises many types for a malformed confounds table
+        raise InputError(f"{source}: cannot load confounds ({type(err).__name__}: {err})") from err

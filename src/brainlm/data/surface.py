@@ -51,7 +51,6 @@ from __future__ import annotations
 import colorsys
 import logging
 import re
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -63,6 +62,7 @@ import numpy as np
 from brainlm.errors import InputError, MissingInputError, UserError
 
 from .atlas import Atlas, read_coordinates
+from .readers import fmriprep_confounds
 
 __all__ = ["SURFACE_SUFFIXES", "NAMED_SURFACE_ATLASES", "NAMED_NETWORK_MAPS", "LabelSet", "SurfaceAtlas",
            "SurfaceParcellator", "is_surface_file", "is_surface_atlas", "surface_inputs", "hemisphere_pair",
@@ -740,17 +740,8 @@ class SurfaceParcellator:
         t_r = t_r if t_r is not None else surface_tr(path, surface_sidecar(path), img)
         confounds, sample_mask = None, None
         if self.confound_strategy and surface_confounds_file(path):
-            from nilearn.interfaces.fmriprep import load_confounds_strategy
-
-            files = list(_gifti_pair(path)) if path.name.lower().endswith(".func.gii") else str(path)
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    confounds, sample_mask = load_confounds_strategy(
-                        [str(f) for f in files] if isinstance(files, list) else files,
-                        denoise_strategy=self.confound_strategy)
-            except Exception as err:
-                raise InputError(f"{source}: cannot load confounds ({type(err).__name__}: {err})") from err
+            files = [str(f) for f in _gifti_pair(path)] if path.name.lower().endswith(".func.gii") else str(path)
+            confounds, sample_mask = fmriprep_confounds(files, self.confound_strategy, source)
         if confounds is None and not (self.detrend or self.high_pass or self.low_pass):
             return means.astype(np.float32)
         signals = clean(means, detrend=self.detrend, standardize=None, standardize_confounds=True,
