@@ -17,7 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from brainlm.data import open_store
+from brainlm.data.maps import atlas_space, surface_figure, write_region_map
 from brainlm.distributed import DeviceOptions, resolve_device, resolve_precision
+from brainlm.downstream import check_regions, load_initial, load_model, open_recordings
 from brainlm.errors import UserError
 from brainlm.report import Report as _Writer
 from brainlm.io import output_folder
@@ -100,8 +103,6 @@ def open_analysis(options: AnalysisOptions, outputs: list[str], *,
         outputs: the files the analysis writes (besides ``report.md``, ``results.json``, ``networks.tsv``).
         check: the analysis's own input checks, run before the model is loaded.
     """
-    from brainlm.data import open_store
-    from brainlm.downstream import check_regions, load_initial, load_model, open_recordings
 
     store = open_store(options.store)
     recordings = open_recordings(store, options.split)
@@ -153,7 +154,6 @@ class Report(_Writer):
     def region_map(self, stem: str, maps: dict, caption: str, *, diverging: bool = False) -> None:
         """Per-region values (name -> ``(R,)``) as an image in the store's atlas space, named in the report and
         in ``results.json["region_maps"]``; on a surface store also drawn on the surface (:mod:`brainlm.data.maps`)."""
-        from brainlm.data.maps import atlas_space, surface_figure
 
         space, why = atlas_space(self.analysis.store)
         values = {name: [float(v) for v in np.asarray(m, float)] for name, m in maps.items()}
@@ -188,8 +188,6 @@ class Report(_Writer):
         self.results["seconds"] = round(seconds, 1)
         out = self.analysis.out if out is None else Path(out)
         for stem, entry in self.maps.items():
-            from brainlm.data.maps import write_region_map
-
             write_region_map(entry["space"], entry["maps"], out / stem)
         self.results["headline"] = self.printed
         self.paragraph(f"Wall time: {seconds:.1f} s.")

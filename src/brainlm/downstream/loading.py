@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from brainlm.errors import MissingInputError, UserError
-from brainlm.hub import open_model, resolve_model_folder
+from brainlm.hub import find_initial, open_model, resolve_model_folder
 
 __all__ = [
     "load_model",
@@ -117,8 +117,6 @@ def load_initial(path_or_id: str | os.PathLike, model: nn.Module, *, seed: int =
     a run (a saved, released or fine-tuned model) has no record of its initialisation, so the same
     architecture is initialised afresh (seeded) and named as such.
     """
-    from brainlm.hub import find_initial
-
     device = next(model.parameters()).device
     folder, record = find_initial(path_or_id) if Path(path_or_id).exists() else (None, {})
     if folder is not None:
